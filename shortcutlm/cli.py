@@ -1,0 +1,57 @@
+"""One entry point: ``shortcutlm COMMAND``.
+
+Each command lives in its own module exposing ``configure(parser)`` and ``run(args) -> int``;
+modules are imported only when their command runs, so ``shortcutlm --help`` stays fast and a
+broken optional dependency only breaks the command that needs it.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+COMMANDS: dict[str, tuple[str, str]] = {
+    "prepare": ("shortcutlm.datasets.prepare", "turn a dataset into token shards + manifest.json"),
+    "train": ("shortcutlm.training", "train a model from a recipe"),
+    "evaluate": ("shortcutlm.evaluation", "next-token loss per domain for one or more checkpoints"),
+    "generate": ("shortcutlm.generation", "continue a prompt file or sample from a checkpoint"),
+    "recipe": ("shortcutlm.recipe", "run a recipe's stages: prepare, train, evaluate, generate, report"),
+    "diagnose": ("shortcutlm.diagnostics", "attention-concentration and shortcut-depth maps for a checkpoint"),
+}
+
+BENCHMARKS: dict[str, tuple[str, str]] = {
+    "model": ("shortcutlm.bench.model", "decoder variants: step time, tokens/s, KV cache, generation"),
+    "tokenizers": ("shortcutlm.bench.tokenizers", "per-domain tokenizer throughput"),
+    "data": ("shortcutlm.bench.data", "prepare and loader throughput"),
+    "peer": ("shortcutlm.bench.peer", "side by side with x-transformers"),
+}
+
+
+def _add_lazy(sub: argparse._SubParsersAction, name: str, module: str, help_text: str, argv: list[str]) -> None:
+    parser = sub.add_parser(name, help=help_text, description=help_text)
+    parser.set_defaults(_module=module)
+    # Only the chosen command's module is imported (to build its options).
+    if name in argv:
+        importlib.import_module(module).configure(parser)
+
+
+def build_parser(argv: list[str]) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="shortcutlm", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name, (module, help_text) in COMMANDS.items():
+        _add_lazy(sub, name, module, help_text, argv[:1])
+    bench = sub.add_parser("bench", help="benchmarks with JSON output", description="benchmarks with JSON output")
+    bench_sub = bench.add_subparsers(dest="benchmark", required=True)
+    for name, (module, help_text) in BENCHMARKS.items():
+        _add_lazy(bench_sub, name, module, help_text, argv[1:2] if argv[:1] == ["bench"] else [])
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = build_parser(argv).parse_args(argv)
+    return int(importlib.import_module(args._module).run(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

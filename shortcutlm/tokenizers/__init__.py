@@ -1,0 +1,27 @@
+"""Domain tokenizers behind one protocol (see base.py)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from shortcutlm.tokenizers.base import Encoded, FingerprintMismatch, Tokenizer, TokenizerError, read_config
+
+__all__ = ["Encoded", "FingerprintMismatch", "Tokenizer", "TokenizerError", "load_tokenizer", "tokenizer_class"]
+
+
+def tokenizer_class(domain: str) -> type[Tokenizer]:
+    """The tokenizer class for a domain name ("text", "midi", "acoustic"); imported lazily."""
+    if domain == "text":
+        from shortcutlm.tokenizers.text import TextTokenizer
+        return TextTokenizer
+    if domain == "midi":
+        from shortcutlm.tokenizers.midi import MidiTokenizer
+        return MidiTokenizer
+    if domain == "acoustic":
+        from shortcutlm.tokenizers.acoustic import AcousticTokenizer
+        return AcousticTokenizer
+    raise ValueError(f"unknown tokenizer domain {domain!r}; expected text, midi or acoustic")
+
+
+def load_tokenizer(folder: str | Path) -> Tokenizer:
+    """Load whichever tokenizer a folder holds, from its ``tokenizer.json``."""
+    return tokenizer_class(read_config(folder)["domain"]).load(folder)

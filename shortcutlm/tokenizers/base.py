@@ -1,0 +1,158 @@
+"""The protocol every domain tokenizer follows, so everything downstream is domain-blind.
+
+A tokenizer turns one document into an integer array and back into an artifact
+(.wav, .mid, .txt). Shapes:
+
+* one stream (``n_streams == 1``): ``tokens`` is ``int64[T]``;
+* several streams (acoustic ``delay`` layout, ``n_streams == K``): ``int64[K, T]``.
+
+Every id of every stream is in ``[0, vocab_size)``. ``special_ids`` always holds
+``pad``, ``bos`` and ``eos``; a domain may add more (e.g. ``empty`` for the delay
+layout's unfilled positions).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar, Iterable
+
+import numpy as np
+
+from shortcutlm.documents import Document
+
+CONFIG_FILE = "tokenizer.json"
+
+
+class TokenizerError(ValueError):
+    """Bad input to a tokenizer. The message names the file and what is wrong."""
+
+
+class FingerprintMismatch(ValueError):
+    """Shards or a checkpoint were made with a different tokenizer mapping."""
+
+
+@dataclass
+class Encoded:
+    """Tokens of one document plus what the domain knows about its size.
+
+    ``meta`` holds e.g. ``{"bytes": 1234}`` for text (for bits per byte) or
+    ``{"seconds": 5.0}`` for audio and MIDI.
+    """
+
+    tokens: np.ndarray
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+class Tokenizer(ABC):
+    """One domain's mapping between files and ids."""
+
+    domain: ClassVar[str]
+    #: file suffixes (lower case, with dot) this tokenizer reads.
+    extensions: ClassVar[tuple[str, ...]] = ()
+
+    @property
+    @abstractmethod
+    def vocab_size(self) -> int: ...
+
+    @property
+    def n_streams(self) -> int:
+        return 1
+
+    @property
+    @abstractmethod
+    def special_ids(self) -> dict[str, int]: ...
+
+    @property
+    def pad_id(self) -> int:
+        return self.special_ids["pad"]
+
+    @property
+    def bos_id(self) -> int:
+        return self.special_ids["bos"]
+
+    @property
+    def eos_id(self) -> int:
+        return self.special_ids["eos"]
+
+    @classmethod
+    @abstractmethod
+    def from_settings(cls, settings: dict[str, Any]) -> "Tokenizer":
+        """Build from a recipe's tokenizer settings (unknown keys are an error naming them)."""
+
+    @property
+    def needs_training(self) -> bool:
+        """True until ``train`` has fitted what this tokenizer learns from data (if anything)."""
+        return False
+
+    def train(self, documents: "Iterable[Document]") -> None:
+        """Fit learned parts (SentencePiece model, MIDI BPE, offline codec codebooks) on train documents."""
+
+    def token_families(self) -> dict[str, np.ndarray]:
+        """Name -> ids of each token family, for per-family loss (MIDI: Pitch, Velocity, ...;
+        acoustic flatten: one family per codebook). Empty when the domain has none."""
+        return {}
+
+    @abstractmethod
+    def encode_document(self, doc: Document) -> Encoded:
+        """Encode one document; raise TokenizerError naming ``doc.describe()`` on bad input."""
+
+    def encode(self, path: str | Path) -> np.ndarray:
+        path = Path(path)
+        return self.encode_document(Document(doc_id=path.stem.replace(".", "_"), split="", source="file", path=path)).tokens
+
+    @abstractmethod
+    def decode(self, tokens: np.ndarray, out_path: str | Path) -> Path:
+        """Write the artifact for ``tokens`` to ``out_path`` and return the path written."""
+
+    @abstractmethod
+    def config(self) -> dict[str, Any]:
+        """JSON-able settings that, with the model files, fully define the mapping."""
+
+    @abstractmethod
+    def save(self, folder: str | Path) -> Path:
+        """Write ``tokenizer.json`` (with ``domain``, ``config`` and ``fingerprint``) and model files."""
+
+    @classmethod
+    @abstractmethod
+    def load(cls, folder: str | Path) -> "Tokenizer": ...
+
+    def model_files_digest(self) -> str:
+        """Digest of any learned model files (SentencePiece model, BPE merges, codec weights)."""
+        return ""
+
+    def fingerprint(self) -> str:
+        """Changes whenever the mapping from input to ids changes."""
+        payload = json.dumps({"domain": self.domain, "config": self.config(), "files": self.model_files_digest()},
+                             sort_keys=True, default=str)
+        return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+    def check_fingerprint(self, expected: str, what: str) -> None:
+        """Refuse data or checkpoints made with another mapping."""
+        if expected != self.fingerprint():
+            raise FingerprintMismatch(
+                f"{what} was made with tokenizer fingerprint {expected}, but this tokenizer's is "
+                f"{self.fingerprint()}: the ids would mean different things. Re-run prepare, or use the matching tokenizer.")
+
+
+def write_config(folder: str | Path, tokenizer: Tokenizer, extra: dict[str, Any] | None = None) -> Path:
+    """Write the human-readable ``tokenizer.json`` shared by every domain."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    body = {"domain": tokenizer.domain, "fingerprint": tokenizer.fingerprint(), "vocab_size": tokenizer.vocab_size,
+            "n_streams": tokenizer.n_streams, "special_ids": tokenizer.special_ids, "config": tokenizer.config()}
+    body.update(extra or {})
+    out = folder / CONFIG_FILE
+    tmp = out.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(body, indent=2, sort_keys=True, default=str))
+    tmp.replace(out)
+    return out
+
+
+def read_config(folder: str | Path) -> dict[str, Any]:
+    path = Path(folder) / CONFIG_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no tokenizer config here (expected {CONFIG_FILE} written by save())")
+    return json.loads(path.read_text())
