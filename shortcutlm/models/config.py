@@ -1,0 +1,122 @@
+"""The decoder's configuration: one dataclass, recorded in every checkpoint."""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
+
+VALUE_RESIDUALS = ("none", "resformer", "learnable", "svformer")
+SHORTCUTS = ("none", "depth", "full")
+POSITIONS = ("rope", "learned")
+MLPS = ("gelu", "swiglu")
+
+
+@dataclass
+class GPTConfig:
+    """A pre-norm GPT with optional value residual and layerwise attention shortcuts.
+
+    Every field has a safe default; ``shortcut="none", value_residual="none"`` is a plain GPT.
+    """
+
+    vocab_size: int = 1024
+    """Ids per stream (every stream shares this size)."""
+    n_layer: int = 6
+    n_head: int = 6
+    n_kv_head: int | None = None
+    """Key/value heads for grouped-query attention; ``None`` means ``n_head`` (plain multi-head)."""
+    n_embd: int = 384
+    block_size: int = 512
+    """Context length in tokens (steps, for several streams)."""
+    n_streams: int = 1
+    """Parallel token streams (acoustic ``delay`` layout): summed embeddings, one head per stream."""
+    positions: str = "rope"
+    """``rope`` (rotary, base ``rope_base``) or ``learned`` absolute position embeddings."""
+    rope_base: float = 10000.0
+    mlp: str = "gelu"
+    """``gelu`` (4x GELU MLP) or ``swiglu`` (gated, 8/3 x width rounded to 64)."""
+    dropout: float = 0.0
+    bias: bool = False
+    tie_embeddings: bool = True
+    """Share each stream's input embedding with its output head."""
+    value_residual: str = "none"
+    """``none``, ``resformer`` (V_n' = (V_1 + V_n)/2), ``learnable`` (λ pair per layer),
+    ``svformer`` (layers >= 2 reuse V_1 and have no value projection)."""
+    shortcut: str = "none"
+    """``none``, ``depth`` (final representation attends over depth at its own position) or
+    ``full`` (over every position s <= t of every selected depth)."""
+    shortcut_layers: list[int] | None = None
+    """Depths the shortcut reads: 0 is the embedding output, l in 1..n_layer-1 the output of
+    block l. ``None`` selects all of them."""
+    shortcut_heads: int | None = None
+    """Heads of the shortcut attention; ``None`` means ``n_head``."""
+    shortcut_dim: int | None = None
+    """Width of the shortcut's queries, keys and values; ``None`` means ``n_embd // 2``."""
+    shortcut_hidden: int | None = None
+    """Hidden width of each per-depth MLP feature map φ_l; ``None`` means ``n_embd // 4``."""
+    init_std: float = 0.02
+    extra: dict[str, Any] = field(default_factory=dict)
+    """Free-form notes carried with the config (never read by the model)."""
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    # Derived sizes -------------------------------------------------------------------------
+    @property
+    def kv_heads(self) -> int:
+        return self.n_kv_head or self.n_head
+
+    @property
+    def head_dim(self) -> int:
+        return self.n_embd // self.n_head
+
+    @property
+    def depths(self) -> list[int]:
+        """The depths the shortcut reads, sorted."""
+        if self.shortcut_layers is None:
+            return list(range(self.n_layer))
+        return sorted(set(self.shortcut_layers))
+
+    @property
+    def sc_heads(self) -> int:
+        return self.shortcut_heads or self.n_head
+
+    @property
+    def sc_dim(self) -> int:
+        return self.shortcut_dim or self.n_embd // 2
+
+    @property
+    def sc_hidden(self) -> int:
+        return self.shortcut_hidden or max(1, self.n_embd // 4)
+
+    def validate(self) -> None:
+        def need(cond: bool, msg: str) -> None:
+            if not cond:
+                raise ValueError(f"GPTConfig: {msg}")
+
+        need(self.value_residual in VALUE_RESIDUALS, f"value_residual={self.value_residual!r}, expected one of {VALUE_RESIDUALS}")
+        need(self.shortcut in SHORTCUTS, f"shortcut={self.shortcut!r}, expected one of {SHORTCUTS}")
+        need(self.positions in POSITIONS, f"positions={self.positions!r}, expected one of {POSITIONS}")
+        need(self.mlp in MLPS, f"mlp={self.mlp!r}, expected one of {MLPS}")
+        for name in ("vocab_size", "n_layer", "n_head", "n_embd", "block_size", "n_streams"):
+            need(getattr(self, name) >= 1, f"{name} must be >= 1, got {getattr(self, name)}")
+        need(self.n_embd % self.n_head == 0, f"n_embd={self.n_embd} is not divisible by n_head={self.n_head}")
+        need(self.n_head % self.kv_heads == 0, f"n_head={self.n_head} is not divisible by n_kv_head={self.kv_heads}")
+        need(self.positions != "rope" or self.head_dim % 2 == 0, "RoPE needs an even head dimension")
+        need(0.0 <= self.dropout < 1.0, f"dropout must be in [0, 1), got {self.dropout}")
+        if self.shortcut != "none":
+            bad = [d for d in self.depths if not 0 <= d < self.n_layer]
+            need(not bad, f"shortcut_layers {bad} out of range: depths are 0 (embeddings) .. {self.n_layer - 1}")
+            need(len(self.depths) >= 1, "shortcut_layers selects no depth")
+            need(self.sc_dim % self.sc_heads == 0, f"shortcut_dim={self.sc_dim} is not divisible by shortcut_heads={self.sc_heads}")
+            need(self.shortcut != "full" or self.positions != "rope" or (self.sc_dim // self.sc_heads) % 2 == 0,
+                 "the full shortcut with RoPE needs an even shortcut head dimension")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "GPTConfig":
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"GPTConfig: unknown field(s) {unknown}; known fields: {sorted(known)}")
+        return cls(**data)

@@ -1,0 +1,442 @@
+"""The shared decoder: a pre-norm GPT with value residual learning and layerwise attention shortcuts.
+
+Reads top to bottom: rotary positions, the KV cache, attention (with the value residual),
+the MLP, a block, the shortcut over depth, and the model. See DESIGN.md "The decoder" for
+the maths; the names below follow it (V_1 is the first layer's value states).
+
+The model never imports a tokenizer: it knows ids, streams and shapes only.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from shortcutlm.models.config import GPTConfig
+
+
+def _no_decay(p: nn.Parameter) -> nn.Parameter:
+    """Mark a parameter that AdamW must not decay (biases, gains, λ scalars)."""
+    p._no_weight_decay = True  # type: ignore[attr-defined]
+    return p
+
+
+# --------------------------------------------------------------------------------------------
+# Rotary positions
+# --------------------------------------------------------------------------------------------
+class Rotary(nn.Module):
+    """Rotary position embedding (RoFormer), rotate-half form, precomputed up to ``max_len``."""
+
+    def __init__(self, dim: int, max_len: int, base: float) -> None:
+        super().__init__()
+        inv_freq = 1.0 / (base ** (torch.arange(0, dim, 2, dtype=torch.float64) / dim))
+        freqs = torch.outer(torch.arange(max_len, dtype=torch.float64), inv_freq)
+        self.register_buffer("cos", freqs.cos().float(), persistent=False)
+        self.register_buffer("sin", freqs.sin().float(), persistent=False)
+
+    def forward(self, x: Tensor, offset: int) -> Tensor:
+        """Rotate ``x`` of shape [..., T, D] for positions offset .. offset+T-1."""
+        t = x.shape[-2]
+        cos = self.cos[offset:offset + t].to(x.dtype)
+        sin = self.sin[offset:offset + t].to(x.dtype)
+        x1, x2 = x.chunk(2, dim=-1)
+        return torch.cat((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1)
+
+
+# --------------------------------------------------------------------------------------------
+# KV cache
+# --------------------------------------------------------------------------------------------
+class KVCache:
+    """Preallocated keys and values per layer, filled left to right during generation.
+
+    Under ``svformer`` only layer 1 owns a value tensor (layers >= 2 read it), so the cache
+    holds L key tensors and one value tensor. The ``full`` shortcut also caches its per-depth
+    key/value features.
+    """
+
+    def __init__(self, config: GPTConfig, batch: int, device: torch.device | str, dtype: torch.dtype,
+                 max_len: int | None = None) -> None:
+        self.max_len = max_len or config.block_size
+        shape = (batch, config.kv_heads, self.max_len, config.head_dim)
+        self.keys = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(config.n_layer)]
+        owns_values = [i == 0 or config.value_residual != "svformer" for i in range(config.n_layer)]
+        self.values = [torch.zeros(shape, device=device, dtype=dtype) if own else None for own in owns_values]
+        self.shortcut_keys: Tensor | None = None
+        self.shortcut_values: Tensor | None = None
+        if config.shortcut == "full":
+            sc_shape = (batch, config.sc_heads, len(config.depths), self.max_len, config.sc_dim // config.sc_heads)
+            self.shortcut_keys = torch.zeros(sc_shape, device=device, dtype=dtype)
+            self.shortcut_values = torch.zeros(sc_shape, device=device, dtype=dtype)
+        self.length = 0
+
+    def reset(self) -> None:
+        self.length = 0
+
+    def attention_nbytes(self) -> int:
+        """Bytes of the attention keys and values (what value sharing saves)."""
+        return sum(t.nbytes for t in self.keys) + sum(t.nbytes for t in self.values if t is not None)
+
+    def nbytes(self) -> int:
+        """All cached bytes, shortcut features included."""
+        extra = sum(t.nbytes for t in (self.shortcut_keys, self.shortcut_values) if t is not None)
+        return self.attention_nbytes() + extra
+
+
+def _causal_mask(q_len: int, k_len: int, offset: int, device: torch.device) -> Tensor:
+    """Boolean [q_len, k_len]: query t (absolute offset+t) may see key s iff s <= offset+t."""
+    q_pos = torch.arange(offset, offset + q_len, device=device)[:, None]
+    return torch.arange(k_len, device=device)[None, :] <= q_pos
+
+
+def _attend(q: Tensor, k: Tensor, v: Tensor, offset: int, dropout: float, need_weights: bool,
+            mask: Tensor | None = None, causal: bool = True) -> tuple[Tensor, Tensor | None]:
+    """Scaled dot-product attention of q [B,H,T,D] over k, v [B,Hkv,S,D].
+
+    Causal by absolute position (query t sits at offset+t) unless ``mask`` is given or
+    ``causal`` is False (every key visible).
+
+    The fast path is ``scaled_dot_product_attention`` (flash kernels on GPU); ``need_weights``
+    takes an eager path that also returns the probabilities, for diagnostics.
+    """
+    t, s = q.shape[-2], k.shape[-2]
+    groups = q.shape[1] // k.shape[1]
+    if need_weights:
+        if groups > 1:
+            k, v = k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1)
+        scores = ((q @ k.transpose(-2, -1)) / math.sqrt(q.shape[-1])).float()
+        allowed = mask if mask is not None else _causal_mask(t, s, offset, q.device) if causal else None
+        if allowed is not None:
+            scores = scores.masked_fill(~allowed, float("-inf"))
+        probs = scores.softmax(dim=-1).to(q.dtype)
+        return probs @ v, probs
+    if mask is None and causal:
+        if s == t:
+            return F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=dropout,
+                                                  enable_gqa=groups > 1), None
+        if t > 1:  # a chunk after cached tokens: it sees all the past and itself causally
+            mask = _causal_mask(t, s, offset, q.device)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout, enable_gqa=groups > 1), None
+
+
+# --------------------------------------------------------------------------------------------
+# Attention with value residual
+# --------------------------------------------------------------------------------------------
+class CausalSelfAttention(nn.Module):
+    """Multi-head (or grouped-query) causal attention whose values may mix in V_1."""
+
+    def __init__(self, config: GPTConfig, layer: int) -> None:
+        super().__init__()
+        self.layer = layer  # 0-based; the papers' layer n is layer + 1
+        self.n_head, self.n_kv, self.head_dim = config.n_head, config.kv_heads, config.head_dim
+        self.mode = config.value_residual if layer > 0 else "none"
+        kv_dim = self.n_kv * self.head_dim
+        self.q_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
+        self.k_proj = nn.Linear(config.n_embd, kv_dim, bias=config.bias)
+        # SVFormer: layers >= 2 have no value projection at all.
+        self.v_proj = None if self.mode == "svformer" else nn.Linear(config.n_embd, kv_dim, bias=config.bias)
+        self.o_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
+        self.lambdas = _no_decay(nn.Parameter(torch.full((2,), 0.5))) if self.mode == "learnable" else None
+        self.dropout = config.dropout
+
+    def forward(self, x: Tensor, v1: Tensor | None, rotary: Rotary | None, cache: KVCache | None,
+                need_weights: bool) -> tuple[Tensor, Tensor, Tensor | None]:
+        """Return (output, the values this layer attends with for the new tokens, probabilities)."""
+        b, t, _ = x.shape
+        offset = cache.length if cache is not None else 0
+        q = self.q_proj(x).view(b, t, self.n_head, self.head_dim).transpose(1, 2)
+        k = self.k_proj(x).view(b, t, self.n_kv, self.head_dim).transpose(1, 2)
+        if self.mode == "svformer":
+            v = v1
+        else:
+            v = self.v_proj(x).view(b, t, self.n_kv, self.head_dim).transpose(1, 2)
+            if self.mode == "resformer":  # ResFormer Eq. 7: V_n' = (V_1 + V_n) / 2
+                v = 0.5 * v1 + 0.5 * v
+            elif self.mode == "learnable":
+                v = self.lambdas[0] * v1 + self.lambdas[1] * v
+        if rotary is not None:
+            q, k = rotary(q, offset), rotary(k, offset)
+        k_all, v_all = k, v
+        if cache is not None:
+            end = offset + t
+            cache.keys[self.layer][:, :, offset:end] = k
+            k_all = cache.keys[self.layer][:, :, :end]
+            store = cache.values[self.layer]
+            if store is not None:  # the mixed value is what enters the cache
+                store[:, :, offset:end] = v
+                v_all = store[:, :, :end]
+            else:  # SVFormer: read layer 1's cached values
+                v_all = cache.values[0][:, :, :end]
+        drop = self.dropout if self.training else 0.0
+        y, probs = _attend(q, k_all, v_all, offset, drop, need_weights)
+        y = y.transpose(1, 2).reshape(b, t, -1)
+        return F.dropout(self.o_proj(y), drop, self.training), v, probs
+
+
+class MLP(nn.Module):
+    def __init__(self, config: GPTConfig) -> None:
+        super().__init__()
+        self.gated = config.mlp == "swiglu"
+        hidden = 4 * config.n_embd
+        if self.gated:  # keep the parameter count of a 4x MLP, rounded for matmul efficiency
+            hidden = 64 * math.ceil(int(8 * config.n_embd / 3) / 64)
+        self.up = nn.Linear(config.n_embd, hidden * (2 if self.gated else 1), bias=config.bias)
+        self.down = nn.Linear(hidden, config.n_embd, bias=config.bias)
+        self.dropout = config.dropout
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = self.up(x)
+        if self.gated:
+            gate, up = h.chunk(2, dim=-1)
+            h = F.silu(gate) * up
+        else:
+            h = F.gelu(h)
+        return F.dropout(self.down(h), self.dropout, self.training)
+
+
+class Block(nn.Module):
+    def __init__(self, config: GPTConfig, layer: int) -> None:
+        super().__init__()
+        self.ln_1 = nn.LayerNorm(config.n_embd, bias=config.bias)
+        self.attn = CausalSelfAttention(config, layer)
+        self.ln_2 = nn.LayerNorm(config.n_embd, bias=config.bias)
+        self.mlp = MLP(config)
+
+    def forward(self, x: Tensor, v1: Tensor | None, rotary: Rotary | None, cache: KVCache | None,
+                need_weights: bool) -> tuple[Tensor, Tensor, Tensor | None]:
+        a, v, probs = self.attn(self.ln_1(x), v1, rotary, cache, need_weights)
+        x = x + a
+        return x + self.mlp(self.ln_2(x)), v, probs
+
+
+# --------------------------------------------------------------------------------------------
+# Attention shortcut over depth
+# --------------------------------------------------------------------------------------------
+class DepthShortcut(nn.Module):
+    """The final representation attends to earlier depths through learned feature maps.
+
+    For each selected depth l, φ_l(h) = W2_l · GELU(W1_l · LN(h) + b1_l) + e_l gives that
+    depth's key and value features (e_l is the learned depth embedding). The query comes from
+    the last block's output y_t. ``depth`` attends over depths at position t only (softmax
+    over depth); ``full`` attends over every position s <= t of every depth. The result joins
+    y through an output projection that starts at zero, so a fresh model is the plain GPT.
+    """
+
+    def __init__(self, config: GPTConfig) -> None:
+        super().__init__()
+        self.mode = config.shortcut
+        self.depths = config.depths
+        n_depths, d, m, ds = len(self.depths), config.n_embd, config.sc_hidden, config.sc_dim
+        self.n_head, self.head_dim = config.sc_heads, ds // config.sc_heads
+        self.q_norm = nn.LayerNorm(d, bias=config.bias)
+        self.q_proj = nn.Linear(d, ds, bias=False)
+        # The per-depth MLPs are stacked so that all depths run as one batched matmul.
+        self.w1 = nn.Parameter(torch.empty(n_depths, d, m))
+        self.b1 = _no_decay(nn.Parameter(torch.zeros(n_depths, 1, m)))
+        self.w2 = nn.Parameter(torch.empty(n_depths, m, 2 * ds))
+        self.depth_embedding = nn.Parameter(torch.empty(n_depths, 1, 2 * ds))
+        self.o_proj = nn.Linear(ds, d, bias=False)
+        self.rotary = (Rotary(self.head_dim, config.block_size, config.rope_base)
+                       if self.mode == "full" and config.positions == "rope" else None)
+
+    def features(self, hidden: Tensor) -> tuple[Tensor, Tensor]:
+        """φ over stacked hidden states [S,B,T,d] -> keys, values [B, H, S, T, hd]."""
+        s, b, t, d = hidden.shape
+        h = F.layer_norm(hidden, (d,)).reshape(s, b * t, d)
+        z = F.gelu(torch.baddbmm(self.b1, h, self.w1))
+        kv = torch.baddbmm(self.depth_embedding, z, self.w2)
+        kv = kv.view(s, b, t, 2, self.n_head, self.head_dim).permute(3, 1, 4, 0, 2, 5)
+        return kv[0], kv[1]
+
+    def forward(self, y: Tensor, hidden: Tensor, cache: KVCache | None,
+                need_weights: bool) -> tuple[Tensor, Tensor | None]:
+        """Return (y + shortcut(y), depth weights [B, H, T, S] if asked)."""
+        b, t, _ = y.shape
+        n_depths = hidden.shape[0]
+        offset = cache.length if cache is not None else 0
+        q = self.q_proj(self.q_norm(y)).view(b, t, self.n_head, self.head_dim).transpose(1, 2)  # [B,H,T,hd]
+        k, v = self.features(hidden)  # [B,H,S,T,hd]
+        weights = None
+        if self.mode == "depth":
+            # Softmax over depth only: each position is its own batch element of S keys.
+            qd = q.transpose(1, 2).reshape(b * t, self.n_head, 1, self.head_dim)
+            kd = k.permute(0, 3, 1, 2, 4).reshape(b * t, self.n_head, n_depths, self.head_dim)
+            vd = v.permute(0, 3, 1, 2, 4).reshape(b * t, self.n_head, n_depths, self.head_dim)
+            out, probs = _attend(qd, kd, vd, 0, 0.0, need_weights, causal=False)
+            out = out.view(b, t, -1)
+            if probs is not None:
+                weights = probs.view(b, t, self.n_head, n_depths).transpose(1, 2)
+        else:
+            if self.rotary is not None:
+                q, k = self.rotary(q, offset), self.rotary(k, offset)
+            if cache is not None:
+                end = offset + t
+                cache.shortcut_keys[:, :, :, offset:end] = k
+                cache.shortcut_values[:, :, :, offset:end] = v
+                k, v = cache.shortcut_keys[:, :, :, :end], cache.shortcut_values[:, :, :, :end]
+            span = k.shape[3]
+            mask = _causal_mask(t, span, offset, y.device).repeat(1, n_depths)  # keys are depth-major
+            out, probs = _attend(q, k.reshape(b, self.n_head, n_depths * span, self.head_dim),
+                                 v.reshape(b, self.n_head, n_depths * span, self.head_dim),
+                                 offset, 0.0, need_weights, mask=mask)
+            out = out.transpose(1, 2).reshape(b, t, -1)
+            if probs is not None:  # total weight each depth receives, over its positions
+                weights = probs.view(b, self.n_head, t, n_depths, span).sum(-1)
+        return y + self.o_proj(out), weights
+
+
+# --------------------------------------------------------------------------------------------
+# The model
+# --------------------------------------------------------------------------------------------
+@dataclass
+class ForwardOutput:
+    """Logits plus what the diagnostics read. Lists run over layers (index 0 = layer 1)."""
+
+    logits: Tensor
+    hidden_states: list[Tensor] = field(default_factory=list)  # embedding output, then each block's output
+    values: list[Tensor] = field(default_factory=list)  # the values each layer attends with [B,Hkv,T,hd]
+    attention: list[Tensor] = field(default_factory=list)  # probabilities [B,H,T,S] per layer
+    shortcut_weights: Tensor | None = None  # [B,H,T,depths]
+
+
+class GPT(nn.Module):
+    """Decoder over ``n_streams`` parallel token streams (1 for text, MIDI and flattened audio)."""
+
+    def __init__(self, config: GPTConfig) -> None:
+        super().__init__()
+        self.config = config
+        d = config.n_embd
+        self.embeddings = nn.ModuleList(nn.Embedding(config.vocab_size, d) for _ in range(config.n_streams))
+        self.position_embedding = nn.Embedding(config.block_size, d) if config.positions == "learned" else None
+        self.rotary = Rotary(config.head_dim, config.block_size, config.rope_base) if config.positions == "rope" else None
+        self.blocks = nn.ModuleList(Block(config, i) for i in range(config.n_layer))
+        self.shortcut = DepthShortcut(config) if config.shortcut != "none" else None
+        self.ln_f = nn.LayerNorm(d, bias=config.bias)
+        self.heads = nn.ModuleList(nn.Linear(d, config.vocab_size, bias=False) for _ in range(config.n_streams))
+        self.reset_parameters()
+        if config.tie_embeddings:
+            for head, emb in zip(self.heads, self.embeddings):
+                head.weight = emb.weight
+        for name, p in self.named_parameters():
+            if name.endswith("bias") or ".ln_" in name or "norm" in name or name.startswith("ln_f"):
+                _no_decay(p)
+
+    def reset_parameters(self) -> None:
+        """GPT-2 initialisation; residual projections scaled by 1/sqrt(2L); shortcut output zero."""
+        std = self.config.init_std
+        for module in self.modules():
+            if isinstance(module, (nn.Linear, nn.Embedding)):
+                nn.init.normal_(module.weight, 0.0, std)
+                if getattr(module, "bias", None) is not None:
+                    nn.init.zeros_(module.bias)
+        for block in self.blocks:
+            for proj in (block.attn.o_proj, block.mlp.down):
+                nn.init.normal_(proj.weight, 0.0, std / math.sqrt(2 * self.config.n_layer))
+        if self.shortcut is not None:
+            for p in (self.shortcut.w1, self.shortcut.w2, self.shortcut.depth_embedding):
+                nn.init.normal_(p, 0.0, std)
+            nn.init.zeros_(self.shortcut.b1)
+            nn.init.zeros_(self.shortcut.o_proj.weight)
+
+    # ----------------------------------------------------------------------------------------
+    def num_params(self, exclude_embeddings: bool = False) -> int:
+        n = sum(p.numel() for p in self.parameters())
+        if exclude_embeddings:
+            n -= sum(e.weight.numel() for e in self.embeddings)
+            if self.position_embedding is not None:
+                n -= self.position_embedding.weight.numel()
+        return n
+
+    def param_groups(self, weight_decay: float) -> list[dict]:
+        """AdamW groups: decay matrices, never norms, biases or λ scalars."""
+        decay, no_decay = [], []
+        for p in self.parameters():
+            (no_decay if getattr(p, "_no_weight_decay", False) or p.dim() < 2 else decay).append(p)
+        return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+    def new_cache(self, batch: int, device: torch.device | str | None = None,
+                  dtype: torch.dtype | None = None) -> KVCache:
+        ref = self.ln_f.weight
+        return KVCache(self.config, batch, device or ref.device, dtype or ref.dtype)
+
+    def _embed(self, idx: Tensor, offset: int) -> Tensor:
+        cfg = self.config
+        if cfg.n_streams == 1:
+            if idx.dim() != 2:
+                raise ValueError(f"expected token ids [batch, time], got shape {tuple(idx.shape)}")
+            x = self.embeddings[0](idx)
+        else:
+            if idx.dim() != 3 or idx.shape[1] != cfg.n_streams:
+                raise ValueError(f"expected token ids [batch, {cfg.n_streams} streams, time], got {tuple(idx.shape)}")
+            x = sum(emb(idx[:, k]) for k, emb in enumerate(self.embeddings))
+        t = x.shape[1]
+        if offset + t > cfg.block_size:
+            raise ValueError(f"sequence of {offset + t} positions exceeds block_size {cfg.block_size}")
+        if self.position_embedding is not None:
+            x = x + self.position_embedding(torch.arange(offset, offset + t, device=idx.device))
+        return F.dropout(x, cfg.dropout, self.training)
+
+    def forward(self, idx: Tensor, cache: KVCache | None = None, last_only: bool = False,
+                return_internals: bool = False) -> Tensor | ForwardOutput:
+        """Logits [B,T,V] (one stream) or [B,K,T,V] (K streams).
+
+        With ``cache`` the ids are the next tokens after ``cache.length`` cached ones.
+        ``last_only`` runs the heads on the final position only (sampling).
+        ``return_internals`` takes the eager attention path and returns a ForwardOutput.
+        """
+        offset = cache.length if cache is not None else 0
+        x = self._embed(idx, offset)
+        want = return_internals
+        sc_depths = set(self.shortcut.depths) if self.shortcut is not None else set()
+        kept = [x] if 0 in sc_depths else []
+        out = ForwardOutput(logits=x, hidden_states=[x] if want else [])
+        v1 = None
+        for i, block in enumerate(self.blocks):
+            x, v, probs = block(x, v1, self.rotary, cache, want)
+            if i == 0:
+                v1 = v
+            if i + 1 in sc_depths and i + 1 < len(self.blocks):
+                kept.append(x)
+            if want:
+                out.hidden_states.append(x)
+                out.values.append(v)
+                out.attention.append(probs)
+        if self.shortcut is not None:
+            x, out.shortcut_weights = self.shortcut(x, torch.stack(kept), cache, want)
+        if cache is not None:
+            cache.length += idx.shape[-1]
+        if last_only:
+            x = x[:, -1:]
+        x = self.ln_f(x)
+        logits = torch.stack([head(x) for head in self.heads], dim=1) if self.config.n_streams > 1 else self.heads[0](x)
+        if not want:
+            return logits
+        out.logits = logits
+        return out
+
+
+def stream_losses(logits: Tensor, targets: Tensor, ignore_index: int = -100) -> Tensor:
+    """Mean cross-entropy per stream over valid targets: shape [K] (K = 1 for one stream).
+
+    The training loss is the mean over streams, as MusicGen does for its codebooks.
+    """
+    if logits.dim() == 3:
+        logits, targets = logits.unsqueeze(1), targets.unsqueeze(1)
+    b, k, t, v = logits.shape
+    flat = F.cross_entropy(logits.float().reshape(-1, v), targets.reshape(-1), ignore_index=ignore_index,
+                           reduction="none").view(b, k, t)
+    valid = (targets != ignore_index).float()
+    return (flat * valid).sum(dim=(0, 2)) / valid.sum(dim=(0, 2)).clamp_min(1.0)
+
+
+def flops_per_token(config: GPTConfig, n_params: int) -> float:
+    """Training FLOPs per token (forward + backward): nanoGPT's 6N + 12·L·d·T, plus the shortcut's
+    attention: 12·S·d_s for ``depth`` (S keys per query) and 12·S·d_s·T for ``full``."""
+    flops = 6 * n_params + 12 * config.n_layer * config.n_embd * config.block_size
+    if config.shortcut == "depth":
+        flops += 12 * len(config.depths) * config.sc_dim
+    elif config.shortcut == "full":
+        flops += 12 * len(config.depths) * config.sc_dim * config.block_size
+    return float(flops)
