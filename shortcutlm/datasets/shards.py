@@ -1,0 +1,186 @@
+"""Bytes on disk: WebDataset shards of token arrays, their checksums and ``manifest.json``.
+
+A shard sample is one document: key = doc id (no dots), ``tokens.npy`` (uint16 where the
+vocabulary fits, else int32; shape ``[T]`` or ``[K, T]``) and ``meta.json`` (source,
+split, doc id, byte count or duration). Shards are written with webdataset's
+``TarWriter`` — the reference writer of the format, so member names and encodings are
+exactly what webdataset readers expect — into a temp file that is renamed only when
+complete, so a killed run never leaves a half shard that looks whole. Member times are
+fixed, so the same documents give byte-identical shards (and checksums) on every run.
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+
+MANIFEST = "manifest.json"
+FORMAT = "shortcutlm-shards"
+VERSION = 1
+TMP_SUFFIX = ".tmp"
+
+
+class ShardError(RuntimeError):
+    """A shard is missing, fails its checksum, or is not a readable tar of samples."""
+
+
+def token_dtype(vocab_size: int) -> np.dtype:
+    """uint16 when every id fits (halves disk and read bandwidth), else int32."""
+    return np.dtype(np.uint16) if vocab_size <= 2**16 else np.dtype(np.int32)
+
+
+def shard_name(split: str, index: int) -> str:
+    return f"{split}-{index:06d}.tar"
+
+
+def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(chunk), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def write_json_atomic(path: str | Path, body: Any) -> None:
+    """Write JSON through a temp file and a rename, so readers never see half a file."""
+    path = Path(path)
+    tmp = path.with_name(path.name + TMP_SUFFIX)
+    with open(tmp, "w", encoding="utf-8") as handle:
+        json.dump(body, handle, indent=1, sort_keys=False, default=str)
+        handle.flush()
+        os.fsync(handle.fileno())
+    tmp.replace(path)
+
+
+def npy_bytes(array: np.ndarray) -> bytes:
+    stream = io.BytesIO()
+    np.lib.format.write_array(stream, np.ascontiguousarray(array), allow_pickle=False)
+    return stream.getvalue()
+
+
+@dataclass
+class ShardRecord:
+    """What the manifest says about one finished shard."""
+
+    name: str
+    split: str
+    sha256: str
+    documents: int
+    tokens: int
+    size: int
+    doc_ids: list[str] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "split": self.split, "sha256": self.sha256, "documents": self.documents,
+                "tokens": self.tokens, "size": self.size, "doc_ids": self.doc_ids}
+
+
+class ShardWriter:
+    """Writes one shard to ``<name>.tmp``; ``finish()`` renames it into place and returns its record."""
+
+    def __init__(self, folder: str | Path, split: str, index: int, dtype: np.dtype) -> None:
+        from webdataset import TarWriter
+
+        self.path = Path(folder) / shard_name(split, index)
+        self.tmp = self.path.with_name(self.path.name + TMP_SUFFIX)
+        self.split, self.dtype = split, np.dtype(dtype)
+        self.handle = open(self.tmp, "wb")
+        self.tar = TarWriter(self.handle, encoder=False, mtime=0.0, user="", group="", mode=0o644)
+        self.doc_ids: list[str] = []
+        self.tokens = 0
+        self.bytes_written = 0
+
+    def add(self, doc_id: str, tokens: np.ndarray, meta: dict[str, Any]) -> None:
+        if "." in doc_id or "/" in doc_id:
+            raise ValueError(f"document id {doc_id!r} cannot be a WebDataset key (no dots or slashes)")
+        tokens = np.asarray(tokens)
+        if tokens.size and (tokens.min() < 0 or tokens.max() > np.iinfo(self.dtype).max):
+            raise ValueError(f"document {doc_id}: ids outside the range of {self.dtype}")
+        self.bytes_written += self.tar.write({
+            "__key__": doc_id,
+            "tokens.npy": npy_bytes(tokens.astype(self.dtype, copy=False)),
+            "meta.json": json.dumps(meta, sort_keys=True, default=str).encode("utf-8"),
+        })
+        self.doc_ids.append(doc_id)
+        self.tokens += int(tokens.shape[-1])
+
+    def finish(self) -> ShardRecord:
+        self.tar.close()
+        self.handle.flush()
+        os.fsync(self.handle.fileno())
+        self.handle.close()
+        digest = sha256_file(self.tmp)
+        size = self.tmp.stat().st_size
+        self.tmp.replace(self.path)
+        return ShardRecord(self.path.name, self.split, digest, len(self.doc_ids), self.tokens, size, self.doc_ids)
+
+    def abort(self) -> None:
+        try:
+            self.tar.close()
+            self.handle.close()
+        finally:
+            self.tmp.unlink(missing_ok=True)
+
+
+def read_manifest(folder: str | Path, require_complete: bool = True) -> dict[str, Any]:
+    """The manifest beside the shards; refuses a missing, foreign or unfinished one."""
+    path = Path(folder) / MANIFEST
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no manifest here; run `shortcutlm prepare` to make shards")
+    manifest = json.loads(path.read_text(encoding="utf-8"))
+    if manifest.get("format") != FORMAT:
+        raise ValueError(f"{path}: not a shortcutlm shard manifest")
+    if require_complete and not manifest.get("complete"):
+        raise ValueError(f"{path}: prepare did not finish; re-run it with the same arguments to resume")
+    return manifest
+
+
+def verify_shard(path: str | Path, sha256: str) -> None:
+    """Refuse a shard that is missing or whose bytes differ from the manifest's checksum."""
+    path = Path(path)
+    if not path.is_file():
+        raise ShardError(f"shard {path} is missing (listed in the manifest)")
+    actual = sha256_file(path)
+    if actual != sha256:
+        raise ShardError(f"shard {path} fails its checksum: manifest says sha256 {sha256[:16]}…, "
+                         f"file has {actual[:16]}…; the file is corrupt or was changed — re-run prepare")
+
+
+def decode_sample(sample: dict[str, Any], shard: str | Path) -> tuple[str, np.ndarray, dict[str, Any]]:
+    key = sample.get("__key__", "?")
+    if "tokens.npy" not in sample or "meta.json" not in sample:
+        raise ShardError(f"shard {shard}: sample {key!r} lacks tokens.npy or meta.json")
+    try:
+        tokens = np.lib.format.read_array(io.BytesIO(sample["tokens.npy"]), allow_pickle=False)
+        meta = json.loads(sample["meta.json"])
+    except Exception as exc:
+        raise ShardError(f"shard {shard}: sample {key!r} cannot be decoded ({exc})") from exc
+    return key, tokens, meta
+
+
+def read_shard(path: str | Path) -> Iterator[tuple[str, np.ndarray, dict[str, Any]]]:
+    """``(doc_id, tokens, meta)`` for each sample, in the order written.
+
+    Parsing is webdataset's own (``tar_file_iterator`` + ``group_by_keys``); any tar error
+    is re-raised as a :class:`ShardError` that names the shard.
+    """
+    from webdataset.tariterators import group_by_keys, tar_file_iterator
+
+    path = Path(path)
+    if not path.is_file():
+        raise ShardError(f"shard {path} is missing")
+    try:
+        with open(path, "rb") as handle:
+            files = ({**f, "__url__": str(path)} for f in tar_file_iterator(handle))
+            for sample in group_by_keys(files):
+                yield decode_sample(sample, path)
+    except ShardError:
+        raise
+    except Exception as exc:
+        raise ShardError(f"shard {path} is not a readable WebDataset tar: {type(exc).__name__}: {exc}") from exc
