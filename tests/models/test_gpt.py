@@ -1,0 +1,306 @@
+"""The decoder against hand-written references: plain GPT, value residual formulas, shortcuts, cache."""
+from __future__ import annotations
+
+import itertools
+import math
+from fractions import Fraction
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from shortcutlm.models import GPT, GPTConfig, SamplingSettings, generate, stream_losses
+from shortcutlm.models.sampling import filter_logits
+
+VALUE_RESIDUALS = ["none", "resformer", "learnable", "svformer"]
+SHORTCUTS = ["none", "depth", "full"]
+
+
+def tiny(**overrides) -> GPTConfig:
+    base = dict(vocab_size=37, n_layer=3, n_head=4, n_embd=32, block_size=24)
+    base.update(overrides)
+    return GPTConfig(**base)
+
+
+def make(config: GPTConfig, seed: int = 0, wake_shortcut: bool = True) -> GPT:
+    """A model in eval mode; the shortcut's zero output projection is filled so it does something."""
+    torch.manual_seed(seed)
+    model = GPT(config).eval()
+    if wake_shortcut and model.shortcut is not None:
+        torch.nn.init.normal_(model.shortcut.o_proj.weight, 0.0, 0.2)
+    return model
+
+
+def tokens(config: GPTConfig, batch: int, length: int, seed: int = 1) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    shape = (batch, length) if config.n_streams == 1 else (batch, config.n_streams, length)
+    return torch.randint(0, config.vocab_size, shape, generator=g)
+
+
+# ------------------------------------------------------------------------------------------
+# A naive reference GPT written from the weights, one head at a time.
+# ------------------------------------------------------------------------------------------
+def naive_rope(x: torch.Tensor, base: float) -> torch.Tensor:
+    """Rotary embedding in complex form: pair (i, i + D/2) is one complex number."""
+    t, d = x.shape
+    half = d // 2
+    theta = base ** (-torch.arange(half, dtype=torch.float64) * 2 / d)
+    angles = torch.arange(t, dtype=torch.float64)[:, None] * theta[None, :]
+    z = torch.complex(x[:, :half].double(), x[:, half:].double()) * torch.polar(torch.ones_like(angles), angles)
+    return torch.cat([z.real, z.imag], dim=1).float()
+
+
+def naive_logits(model: GPT, idx: torch.Tensor) -> torch.Tensor:
+    cfg = model.config
+    out = []
+    for row in idx:
+        x = model.embeddings[0].weight[row]
+        if model.position_embedding is not None:
+            x = x + model.position_embedding.weight[: len(row)]
+        t = len(row)
+        for block in model.blocks:
+            a = block.attn
+            h = F.layer_norm(x, (cfg.n_embd,), block.ln_1.weight, block.ln_1.bias)
+            q, k, v = h @ a.q_proj.weight.T, h @ a.k_proj.weight.T, h @ a.v_proj.weight.T
+            heads = []
+            for head in range(cfg.n_head):
+                kv_head = head // (cfg.n_head // cfg.kv_heads)
+                sl = slice(head * cfg.head_dim, (head + 1) * cfg.head_dim)
+                kvs = slice(kv_head * cfg.head_dim, (kv_head + 1) * cfg.head_dim)
+                qh, kh, vh = q[:, sl], k[:, kvs], v[:, kvs]
+                if cfg.positions == "rope":
+                    qh, kh = naive_rope(qh, cfg.rope_base), naive_rope(kh, cfg.rope_base)
+                scores = qh @ kh.T / math.sqrt(cfg.head_dim)
+                scores = scores.masked_fill(torch.triu(torch.ones(t, t, dtype=torch.bool), 1), float("-inf"))
+                heads.append(torch.softmax(scores, dim=-1) @ vh)
+            x = x + torch.cat(heads, dim=1) @ a.o_proj.weight.T
+            h = F.layer_norm(x, (cfg.n_embd,), block.ln_2.weight, block.ln_2.bias)
+            x = x + F.gelu(h @ block.mlp.up.weight.T) @ block.mlp.down.weight.T
+        x = F.layer_norm(x, (cfg.n_embd,), model.ln_f.weight, model.ln_f.bias)
+        out.append(x @ model.heads[0].weight.T)
+    return torch.stack(out)
+
+
+@pytest.mark.parametrize("overrides", [{}, {"n_kv_head": 2}, {"positions": "learned"}, {"tie_embeddings": False}])
+def test_plain_model_matches_naive_reference(overrides):
+    model = make(tiny(**overrides))
+    idx = tokens(model.config, 2, 20)
+    with torch.no_grad():
+        torch.testing.assert_close(model(idx), naive_logits(model, idx), atol=1e-5, rtol=0)
+
+
+# ------------------------------------------------------------------------------------------
+# Value residual
+# ------------------------------------------------------------------------------------------
+def capture_raw_values(model: GPT) -> list:
+    raw: list = []
+    for block in model.blocks:
+        if block.attn.v_proj is not None:
+            block.attn.v_proj.register_forward_hook(lambda m, i, o: raw.append(o))
+    return raw
+
+
+@pytest.mark.parametrize("mode", ["resformer", "learnable"])
+def test_value_residual_equals_formula(mode):
+    cfg = tiny(value_residual=mode, n_kv_head=2)
+    model = make(cfg)
+    if mode == "learnable":  # move λ off its initial 0.5/0.5 so the test sees them used
+        for n, block in enumerate(model.blocks[1:], start=1):
+            block.attn.lambdas.data = torch.tensor([0.3 * n, 1.7 - 0.2 * n])
+    raw = capture_raw_values(model)
+    attended: list = []
+    for block in model.blocks:
+        block.attn.o_proj.register_forward_hook(lambda m, i, o: attended.append(i[0]))
+    idx = tokens(cfg, 2, 16)
+    with torch.no_grad():
+        out = model(idx, return_internals=True)
+    b, t = idx.shape
+    as_heads = lambda v: v.view(b, t, cfg.kv_heads, cfg.head_dim).transpose(1, 2)
+    v1 = as_heads(raw[0])
+    torch.testing.assert_close(out.values[0], v1, atol=0, rtol=0)
+    for n in range(1, cfg.n_layer):
+        vn = as_heads(raw[n])
+        lam = (0.5, 0.5) if mode == "resformer" else tuple(model.blocks[n].attn.lambdas.tolist())
+        expected = lam[0] * v1 + lam[1] * vn
+        torch.testing.assert_close(out.values[n], expected, atol=1e-6, rtol=0)
+        # ...and the layer really attends with the mixed values: A_n V_n'.
+        probs = out.attention[n]
+        mixed = expected.repeat_interleave(cfg.n_head // cfg.kv_heads, dim=1)
+        torch.testing.assert_close(attended[n], (probs @ mixed).transpose(1, 2).reshape(b, t, -1), atol=1e-6, rtol=0)
+
+
+def test_svformer_has_no_value_projection_past_layer_one():
+    model = make(tiny(value_residual="svformer"))
+    assert model.blocks[0].attn.v_proj is not None
+    assert all(block.attn.v_proj is None for block in model.blocks[1:])
+    assert not any(".v_proj" in name for name, _ in model.named_parameters() if not name.startswith("blocks.0."))
+    with torch.no_grad():
+        out = model(tokens(model.config, 2, 10), return_internals=True)
+    for v in out.values[1:]:
+        assert torch.equal(v, out.values[0])
+
+
+def test_learnable_lambdas_train_and_are_not_decayed():
+    model = make(tiny(value_residual="learnable"))
+    lambdas = [b.attn.lambdas for b in model.blocks[1:]]
+    no_decay = model.param_groups(0.1)[1]["params"]
+    assert all(any(l is p for p in no_decay) for l in lambdas)
+    assert all(torch.equal(l.detach(), torch.tensor([0.5, 0.5])) for l in lambdas)
+    idx = tokens(model.config, 2, 12)
+    stream_losses(model(idx[:, :-1]), idx[:, 1:]).mean().backward()
+    assert all(l.grad is not None and l.grad.abs().sum() > 0 for l in lambdas)
+
+
+def test_norms_and_biases_are_not_decayed():
+    model = make(tiny(bias=True))
+    decay, no_decay = model.param_groups(0.1)
+    decayed = {id(p) for p in decay["params"]}
+    for name, p in model.named_parameters():
+        if name.endswith("bias") or "ln_" in name:
+            assert id(p) not in decayed, name
+    assert id(model.blocks[0].attn.q_proj.weight) in decayed
+
+
+# ------------------------------------------------------------------------------------------
+# Shortcuts
+# ------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("shortcut", ["depth", "full"])
+def test_fresh_shortcut_model_equals_plain_model(shortcut):
+    plain = make(tiny())
+    torch.manual_seed(5)
+    with_sc = GPT(tiny(shortcut=shortcut)).eval()
+    missing, unexpected = with_sc.load_state_dict(plain.state_dict(), strict=False)
+    assert not unexpected and all(name.startswith("shortcut.") for name in missing)
+    idx = tokens(plain.config, 2, 20)
+    with torch.no_grad():
+        assert torch.equal(with_sc(idx), plain(idx))
+
+
+@pytest.mark.parametrize("shortcut", ["depth", "full"])
+def test_shortcut_parameters_learn(shortcut):
+    torch.manual_seed(0)
+    model = GPT(tiny(shortcut=shortcut))
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    idx = tokens(model.config, 4, 20)
+    for _ in range(2):
+        opt.zero_grad()
+        stream_losses(model(idx[:, :-1]), idx[:, 1:]).mean().backward()
+        opt.step()
+    for name, p in model.shortcut.named_parameters():
+        assert p.grad is not None and p.grad.abs().sum() > 0, name
+    assert model.shortcut.o_proj.weight.abs().sum() > 0
+
+
+@pytest.mark.parametrize("shortcut", ["depth", "full"])
+def test_shortcut_weights_are_distributions_over_selected_depths(shortcut):
+    model = make(tiny(n_layer=4, shortcut=shortcut, shortcut_layers=[0, 2, 3]))
+    with torch.no_grad():
+        out = model(tokens(model.config, 2, 12), return_internals=True)
+    w = out.shortcut_weights
+    assert w.shape == (2, model.config.sc_heads, 12, 3)
+    torch.testing.assert_close(w.sum(-1), torch.ones(w.shape[:-1]), atol=1e-5, rtol=0)
+    assert (w >= 0).all()
+
+
+def test_bad_config_is_refused_with_a_reason():
+    with pytest.raises(ValueError, match="value_residual"):
+        tiny(value_residual="resnet")
+    with pytest.raises(ValueError, match="shortcut_layers"):
+        tiny(shortcut="depth", shortcut_layers=[5])
+    with pytest.raises(ValueError, match="n_kv_head"):
+        tiny(n_kv_head=3)
+    with pytest.raises(ValueError, match="unknown field"):
+        GPTConfig.from_dict({"n_layers": 3})
+
+
+# ------------------------------------------------------------------------------------------
+# Every combination: cache equality, causality, reproducible sampling
+# ------------------------------------------------------------------------------------------
+COMBOS = [dict(value_residual=vr, shortcut=sc, n_streams=k, n_kv_head=kv)
+          for vr, sc, k, kv in itertools.product(VALUE_RESIDUALS, SHORTCUTS, [1, 3], [None, 2])]
+
+
+def combo_id(c: dict) -> str:
+    return f"{c['value_residual']}-{c['shortcut']}-K{c['n_streams']}-kv{c['n_kv_head'] or 'all'}"
+
+
+@pytest.mark.parametrize("combo", COMBOS, ids=combo_id)
+def test_cached_decoding_equals_full_forward(combo):
+    model = make(tiny(**combo))
+    idx = tokens(model.config, 2, 18)
+    with torch.no_grad():
+        full = model(idx)
+        cache = model.new_cache(2)
+        pieces = [model(idx[..., :7], cache=cache), model(idx[..., 7:10], cache=cache)]
+        pieces += [model(idx[..., t:t + 1], cache=cache) for t in range(10, 18)]
+    torch.testing.assert_close(torch.cat(pieces, dim=-2), full, atol=1e-4, rtol=0)
+    assert cache.length == 18
+
+
+@pytest.mark.parametrize("combo", COMBOS, ids=combo_id)
+def test_future_tokens_never_change_past_logits(combo):
+    model = make(tiny(**combo))
+    idx = tokens(model.config, 2, 16)
+    changed = idx.clone()
+    changed[..., 9:] = (changed[..., 9:] + 1) % model.config.vocab_size
+    with torch.no_grad():
+        a, b = model(idx), model(changed)
+    torch.testing.assert_close(a[..., :9, :], b[..., :9, :], atol=1e-6, rtol=0)
+    assert not torch.allclose(a[..., 9:, :], b[..., 9:, :])
+
+
+@pytest.mark.parametrize("combo", COMBOS[::3], ids=combo_id)
+def test_sampling_is_reproducible_and_cache_agrees_with_recompute(combo):
+    model = make(tiny(**combo))
+    prompt = tokens(model.config, 2, 5)
+    settings = SamplingSettings(temperature=0.9, top_k=20, top_p=0.95, seed=123)
+    first = generate(model, prompt, 12, settings)
+    assert torch.equal(first, generate(model, prompt, 12, settings))
+    assert torch.equal(first[..., :5], prompt) and first.shape[-1] == 17
+    greedy = SamplingSettings(temperature=0.0)
+    assert torch.equal(generate(model, prompt, 12, greedy), generate(model, prompt, 12, greedy, use_cache=False))
+
+
+def test_generation_slides_past_the_context():
+    model = make(tiny(shortcut="full", value_residual="svformer", block_size=16))
+    out = generate(model, tokens(model.config, 1, 10), 30, SamplingSettings(seed=0))
+    assert out.shape == (1, 40)
+
+
+def test_generation_stops_at_stop_tokens():
+    model = make(tiny(bias=True, tie_embeddings=False))
+    model.ln_f.weight.data.zero_()
+    model.ln_f.bias.data.zero_()
+    model.ln_f.bias.data[0] = 10.0
+    model.heads[0].weight.data.zero_()
+    model.heads[0].weight.data[7, 0] = 1.0  # every position now prefers id 7
+    out = generate(model, torch.zeros(1, 3, dtype=torch.long), 50, SamplingSettings(temperature=0.0), stop_tokens=[7])
+    assert out.shape == (1, 4) and out[0, -1] == 7
+
+
+# ------------------------------------------------------------------------------------------
+# Cache size and sampling filters
+# ------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("n_layer", [2, 3, 6])
+def test_svformer_cache_is_measured_at_l_plus_one_over_two_l(n_layer):
+    base = make(tiny(n_layer=n_layer)).new_cache(2).attention_nbytes()
+    shared = make(tiny(n_layer=n_layer, value_residual="svformer")).new_cache(2).attention_nbytes()
+    assert Fraction(shared, base) == Fraction(n_layer + 1, 2 * n_layer)
+
+
+def test_top_k_and_top_p_filters():
+    logits = torch.tensor([[4.0, 3.0, 2.0, 1.0, 0.0]])
+    assert torch.isfinite(filter_logits(logits, 2, None)).sum() == 2
+    probs = logits.softmax(-1)[0]  # ≈ .64 .24 .09 .03 .01
+    kept = torch.isfinite(filter_logits(logits, None, float(probs[0] + 0.01)))
+    assert kept.tolist() == [[True, True, False, False, False]]
+    assert torch.isfinite(filter_logits(logits, None, 0.5)).sum() == 1
+
+
+def test_stream_losses_mask_ignored_targets():
+    logits = torch.randn(2, 3, 5, 11)
+    targets = torch.randint(0, 11, (2, 3, 5))
+    targets[:, 1, :2] = -100
+    losses = stream_losses(logits, targets)
+    expected = F.cross_entropy(logits[:, 1, 2:].reshape(-1, 11), targets[:, 1, 2:].reshape(-1))
+    torch.testing.assert_close(losses[1], expected)
