@@ -1,0 +1,456 @@
+"""Acoustic tokens: EnCodec codes laid out as token ids (``flatten`` or ``delay``, see codebooks.py).
+
+Audio of any sample rate / channel count is read with ``soundfile`` (torchaudio's loaders need
+torchcodec, which is absent), downmixed, resampled with ``torchaudio.functional.resample`` and
+encoded with EnCodec at a chosen bandwidth (K codebooks). Weights, setting ``weights``:
+
+* ``pretrained``: encodec's own download of the published model (needs a network once; then
+  torch.hub's cache);
+* a path to a state dict (e.g. the published ``encodec_24khz-d7cc33bc.th`` fetched by hand, or a
+  ``codec.pt`` written by :meth:`AcousticTokenizer.save`);
+* ``random_kmeans``: random init under ``torch.manual_seed(seed)``, then each residual-VQ
+  codebook fitted by k-means on the encoder's latents of the training audio, residual by
+  residual (:meth:`AcousticTokenizer.train`). For runs with no network: the codes mean
+  something (they cluster real latents) but the decoded audio is not speech-quality. Logged
+  and recorded in the saved config.
+
+Long files are encoded in chunks of ``chunk_seconds`` (a multiple of the hop), which bounds
+memory; chunking is part of the mapping and so of the fingerprint.
+
+The 48 kHz model is stereo and was trained on loudness-normalised 1 s segments whose scale
+travels beside the codes. Token ids cannot carry that scale, so here the whole file is
+normalised to unit RMS before encoding and decoded audio is written at -20 dBFS RMS.
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import logging
+import warnings
+from pathlib import Path
+from typing import Any, Iterable
+
+import numpy as np
+
+from shortcutlm.documents import Document
+from shortcutlm.tokenizers import codebooks
+from shortcutlm.tokenizers.base import Encoded, FingerprintMismatch, Tokenizer, TokenizerError, read_config, write_config
+from shortcutlm.tokenizers.settings import merge_settings
+
+log = logging.getLogger(__name__)
+
+CODEC_FILE = "codec.pt"
+BANDWIDTHS = {24000: (1.5, 3.0, 6.0, 12.0, 24.0), 48000: (3.0, 6.0, 12.0, 24.0)}
+PRETRAINED_NAMES = {24000: "encodec_24khz", 48000: "encodec_48khz"}
+_EMA_BUFFERS = ("embed_avg", "cluster_size")
+DECODE_RMS_48K = 0.1  # -20 dBFS: the level 48 kHz decodes are written at (the scale is not in the ids)
+
+DEFAULTS: dict[str, Any] = {
+    "sample_rate": 24000,      # which EnCodec: 24000 (mono, causal) or 48000 (stereo)
+    "bandwidth": 6.0,          # kbps; K = bandwidth / (10 bits * frame rate / 1000)
+    "layout": "flatten",       # flatten | delay
+    "weights": "pretrained",   # pretrained | random_kmeans | path to a state dict
+    "seed": 0,                 # random_kmeans: init seed and k-means seed
+    "kmeans_iters": 20,        # random_kmeans: MiniBatchKMeans max_iter per codebook
+    "kmeans_max_frames": 50000,  # random_kmeans: latent frames sampled for fitting
+    "chunk_seconds": 30.0,     # encode/decode in chunks of this length (memory bound)
+}
+
+
+class AcousticTokenizer(Tokenizer):
+    """EnCodec codes as ids; ``n_streams`` is 1 for ``flatten`` and K for ``delay``."""
+
+    domain = "acoustic"
+    extensions = (".wav", ".flac", ".ogg", ".mp3", ".aiff", ".aif")
+
+    def __init__(self, settings: dict[str, Any] | None = None, *, state_dict: dict | None = None,
+                 weights_source: str | None = None) -> None:
+        s = merge_settings(self.domain, DEFAULTS, settings)
+        self.sample_rate = int(s["sample_rate"])
+        if self.sample_rate not in BANDWIDTHS:
+            raise ValueError(f"acoustic tokenizer: sample_rate must be 24000 or 48000, not {s['sample_rate']}")
+        self.bandwidth = float(s["bandwidth"])
+        if self.bandwidth not in BANDWIDTHS[self.sample_rate]:
+            raise ValueError(f"acoustic tokenizer: bandwidth {s['bandwidth']} kbps is not one EnCodec "
+                             f"{self.sample_rate // 1000} kHz offers: {BANDWIDTHS[self.sample_rate]}")
+        self.layout = str(s["layout"])
+        if self.layout not in codebooks.LAYOUTS:
+            raise ValueError(f"acoustic tokenizer: layout must be one of {codebooks.LAYOUTS}, not {self.layout!r}")
+        self.seed = int(s["seed"])
+        self.kmeans_iters = int(s["kmeans_iters"])
+        self.kmeans_max_frames = int(s["kmeans_max_frames"])
+        self.chunk_seconds = float(s["chunk_seconds"])
+        if self.chunk_seconds <= 0:
+            raise ValueError("acoustic tokenizer: chunk_seconds must be positive")
+        weights = str(s["weights"])
+        if weights in ("pretrained", "random_kmeans"):
+            self.weights_kind = weights
+        else:
+            self.weights_kind = "checkpoint"
+        self.weights_source = weights_source or weights
+        self._digest: str | None = None
+        self._model = self._build_model(weights, state_dict)
+        self._model.set_target_bandwidth(self.bandwidth)
+        self.n_q = self._model.quantizer.get_num_quantizers_for_bandwidth(self._model.frame_rate, self.bandwidth)
+        self.hop_length = int(np.prod(self._model.encoder.ratios))
+        self._fitted = self.weights_kind != "random_kmeans" or self._codebooks_fitted()
+        if self.weights_kind == "random_kmeans":
+            log.warning("acoustic tokenizer: EnCodec with RANDOM-INIT weights (seed %d) and k-means codebooks%s; "
+                        "codes cluster real latents but decoded audio is not the published codec's quality",
+                        self.seed, "" if self._fitted else " (not fitted yet: call train())")
+
+    # ------------------------------------------------------------------ construction
+    def _build_model(self, weights: str, state_dict: dict | None):
+        import torch
+        from encodec import EncodecModel
+
+        factory = (EncodecModel.encodec_model_24khz if self.sample_rate == 24000
+                   else EncodecModel.encodec_model_48khz)
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*weight_norm.*")
+            if state_dict is None and weights == "pretrained":
+                try:
+                    model = factory(pretrained=True)
+                except Exception as exc:  # urllib / hash / unpickling errors alike
+                    raise RuntimeError(
+                        f"acoustic tokenizer: could not get the pretrained {PRETRAINED_NAMES[self.sample_rate]} "
+                        f"weights ({type(exc).__name__}: {exc}). encodec downloads them from "
+                        "dl.fbaipublicfiles.com into torch.hub's cache; without a network, put the .th file "
+                        "there, pass its path as `weights`, or use `weights: random_kmeans`.") from exc
+            else:
+                with torch.random.fork_rng(devices=[]):
+                    torch.manual_seed(self.seed)
+                    model = factory(pretrained=False)
+                if state_dict is None and self.weights_kind == "checkpoint":
+                    path = Path(weights).expanduser()
+                    if not path.is_file():
+                        raise FileNotFoundError(f"acoustic tokenizer: weights file {path} does not exist "
+                                                "(weights must be 'pretrained', 'random_kmeans' or a state-dict path)")
+                    try:
+                        state_dict = torch.load(path, map_location="cpu", weights_only=True)
+                    except Exception as exc:
+                        raise RuntimeError(f"acoustic tokenizer: cannot read weights file {path}: {exc}") from exc
+                if state_dict is not None:
+                    _load_inference_state(model, state_dict, self.weights_source, self.sample_rate)
+        if self.sample_rate == 48000:
+            # Whole-file RMS normalisation instead of per-segment scales (see module docstring).
+            model.segment = None
+            model.normalize = False
+        model.eval()
+        return model
+
+    def _codebooks_fitted(self) -> bool:
+        layers = self._model.quantizer.vq.layers[: self.n_q]
+        return all(bool(layer._codebook.inited.item()) and float(layer._codebook.embed.abs().sum()) > 0
+                   for layer in layers)
+
+    @classmethod
+    def from_settings(cls, settings: dict[str, Any]) -> "AcousticTokenizer":
+        return cls(settings)
+
+    # ------------------------------------------------------------------ protocol: sizes and ids
+    @property
+    def frames_per_second(self) -> int:
+        """EnCodec frames per second (75 at 24 kHz, 150 at 48 kHz)."""
+        return int(self._model.frame_rate)
+
+    @property
+    def tokens_per_second(self) -> int:
+        """Sequence positions per second: K*frames for ``flatten``, frames for ``delay`` (K ids per step)."""
+        return self.frames_per_second * (self.n_q if self.layout == "flatten" else 1)
+
+    @property
+    def n_codebooks(self) -> int:
+        return self.n_q
+
+    @property
+    def n_streams(self) -> int:
+        return self.n_q if self.layout == "delay" else 1
+
+    @property
+    def _n_codes(self) -> int:
+        return self.n_q * codebooks.CARD if self.layout == "flatten" else codebooks.CARD
+
+    @property
+    def special_ids(self) -> dict[str, int]:
+        base = self._n_codes
+        ids = {"pad": base, "bos": base + 1, "eos": base + 2}
+        if self.layout == "delay":
+            ids["empty"] = base + 3
+        return ids
+
+    @property
+    def vocab_size(self) -> int:
+        return self._n_codes + len(self.special_ids)
+
+    def token_families(self) -> dict[str, np.ndarray]:
+        """``flatten``: one family per codebook ("codebook_0", ...) plus "special". ``delay``: none —
+        every stream shares the ids, and per-codebook loss comes from the stream index instead."""
+        if self.layout != "flatten":
+            return {}
+        card = codebooks.CARD
+        families = {f"codebook_{k}": np.arange(k * card, (k + 1) * card) for k in range(self.n_q)}
+        families["special"] = np.array(sorted(self.special_ids.values()))
+        return families
+
+    def valid_mask(self, n_frames: int) -> np.ndarray:
+        """Where real codes sit in the token array of ``n_frames`` frames (the loss mask)."""
+        if self.layout == "delay":
+            return codebooks.delay_valid_mask(self.n_q, n_frames)
+        return np.ones(n_frames * self.n_q, dtype=bool)
+
+    def codes_to_tokens(self, codes: np.ndarray) -> np.ndarray:
+        """``codes[K, T]`` -> this layout's token array."""
+        if self.layout == "delay":
+            return codebooks.build_delay(codes, self.special_ids["empty"])
+        return codebooks.build_flatten(codes)
+
+    def tokens_to_codes(self, tokens: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Token array -> ``(codes[K, T], valid[K, T])``; specials and misplaced ids become invalid code 0."""
+        if self.layout == "delay":
+            return codebooks.revert_delay(tokens)
+        return codebooks.revert_flatten(tokens, self.n_q)
+
+    @property
+    def needs_training(self) -> bool:
+        return not self._fitted
+
+    # ------------------------------------------------------------------ audio in
+    def read_audio(self, doc: Document) -> tuple[np.ndarray, float]:
+        """Read, downmix and resample one file to the codec's rate: ``(wave[C, N] float32, seconds)``."""
+        import soundfile as sf
+
+        if doc.path is None:
+            raise TokenizerError(f"{doc.describe()}: acoustic documents must be audio files, not in-memory text")
+        try:
+            data, rate = sf.read(str(doc.path), dtype="float32", always_2d=True)
+        except Exception as exc:  # soundfile raises LibsndfileError / RuntimeError / OSError
+            raise TokenizerError(f"{doc.describe()}: cannot read audio ({exc})") from exc
+        if data.shape[0] == 0:
+            raise TokenizerError(f"{doc.describe()}: audio is empty (0 samples)")
+        if not np.isfinite(data).all():
+            raise TokenizerError(f"{doc.describe()}: audio holds NaN or infinite samples")
+        seconds = data.shape[0] / rate
+        return self._prepare_wave(data.T, rate), seconds
+
+    def _prepare_wave(self, wave: np.ndarray, rate: int) -> np.ndarray:
+        import torch
+        import torchaudio.functional as AF
+
+        channels = self._model.channels
+        mono = wave.mean(axis=0, keepdims=True) if (channels == 1 or wave.shape[0] > 2) else wave
+        x = torch.from_numpy(np.ascontiguousarray(mono, dtype=np.float32))
+        if rate != self.sample_rate:
+            x = AF.resample(x, int(rate), self.sample_rate)
+        if channels == 2 and x.shape[0] == 1:
+            x = x.expand(2, -1)
+        if self.sample_rate == 48000:
+            rms = float(x.mean(0).pow(2).mean().sqrt())
+            x = x / (rms + 1e-8) if rms > 1e-6 else x
+        return x.contiguous().numpy()
+
+    # ------------------------------------------------------------------ codec
+    @property
+    def _chunk_samples(self) -> int:
+        hops = max(1, round(self.chunk_seconds * self.sample_rate / self.hop_length))
+        return hops * self.hop_length
+
+    def encode_wave(self, wave: np.ndarray) -> np.ndarray:
+        """``wave[C, N]`` at the codec's rate -> ``codes[K, ceil(N / hop)]`` (int64)."""
+        import torch
+
+        if not self._fitted:
+            raise RuntimeError("acoustic tokenizer: random_kmeans codebooks are not fitted; call train(documents) first")
+        x = torch.from_numpy(np.ascontiguousarray(wave, dtype=np.float32))
+        parts = []
+        with torch.inference_mode():
+            for start in range(0, x.shape[-1], self._chunk_samples):
+                chunk = x[None, :, start:start + self._chunk_samples]
+                codes = self._model.quantizer.encode(self._model.encoder(chunk), self._model.frame_rate,
+                                                     self.bandwidth)  # [K, 1, T]
+                parts.append(codes[:, 0].numpy())
+        return np.concatenate(parts, axis=1).astype(np.int64)
+
+    def decode_codes(self, codes: np.ndarray) -> np.ndarray:
+        """``codes[K, T]`` -> ``wave[C, T * hop]`` float32 (decoder output trimmed to whole frames)."""
+        import torch
+
+        codes = np.asarray(codes, dtype=np.int64)
+        frames_per_chunk = self._chunk_samples // self.hop_length
+        parts = []
+        with torch.inference_mode():
+            for start in range(0, codes.shape[1], frames_per_chunk):
+                chunk = torch.from_numpy(codes[:, start:start + frames_per_chunk])
+                emb = self._model.quantizer.decode(chunk[:, None])  # [K, B=1, T] -> [1, D, T]
+                wave = self._model.decoder(emb)[0, :, : chunk.shape[1] * self.hop_length]
+                parts.append(wave.numpy())
+        if not parts:
+            return np.zeros((self._model.channels, 0), np.float32)
+        wave = np.concatenate(parts, axis=1)
+        if self.sample_rate == 48000:
+            wave = wave * DECODE_RMS_48K
+        return wave.astype(np.float32)
+
+    # ------------------------------------------------------------------ protocol: encode / decode
+    def encode_document(self, doc: Document) -> Encoded:
+        wave, seconds = self.read_audio(doc)
+        codes = self.encode_wave(wave)
+        return Encoded(self.codes_to_tokens(codes), {"seconds": seconds, "frames": int(codes.shape[1])})
+
+    def _strip_specials(self, tokens: np.ndarray) -> np.ndarray:
+        """Cut at the first EOS and drop PAD/BOS positions (whole steps for ``delay``)."""
+        sp = self.special_ids
+        if self.layout == "delay":
+            tokens = np.asarray(tokens, dtype=np.int64)
+            if tokens.ndim != 2 or tokens.shape[0] != self.n_q:
+                raise ValueError(f"delay tokens must be [{self.n_q}, S], got shape {tokens.shape}")
+            eos = np.nonzero((tokens == sp["eos"]).any(axis=0))[0]
+            if eos.size:
+                tokens = tokens[:, : eos[0]]
+            keep = ~np.isin(tokens, [sp["pad"], sp["bos"]]).all(axis=0)
+            return tokens[:, keep]
+        tokens = np.asarray(tokens, dtype=np.int64).reshape(-1)
+        eos = np.nonzero(tokens == sp["eos"])[0]
+        if eos.size:
+            tokens = tokens[: eos[0]]
+        return tokens[~np.isin(tokens, [sp["pad"], sp["bos"]])]
+
+    def decode(self, tokens: np.ndarray, out_path: str | Path) -> Path:
+        """Ids -> codes -> ``.wav`` (16-bit PCM). Invalid positions of generated ids become code 0, with a warning."""
+        import soundfile as sf
+
+        codes, valid = self.tokens_to_codes(self._strip_specials(tokens))
+        if valid.size and not valid.all():
+            log.warning("acoustic decode: %d of %d code positions held no valid code (used code 0)",
+                        int((~valid).sum()), valid.size)
+        wave = self.decode_codes(codes)
+        out_path = Path(out_path)
+        out_path.parent.mkdir(parents=True, exist_ok=True)
+        sf.write(str(out_path), np.clip(wave.T, -1.0, 1.0), self.sample_rate, subtype="PCM_16")
+        return out_path
+
+    # ------------------------------------------------------------------ training (random_kmeans)
+    def train(self, documents: Iterable[Document]) -> None:
+        """Fit each residual codebook by k-means on encoder latents, residual by residual.
+
+        Only for ``weights: random_kmeans`` (pretrained and checkpoint weights need nothing).
+        Uses sklearn's MiniBatchKMeans; with fewer latent frames than 1024 the spare codes
+        repeat fitted centroids (never chosen, since ties go to the first index).
+        """
+        if self.weights_kind != "random_kmeans":
+            return
+        import torch
+        from sklearn.cluster import MiniBatchKMeans
+
+        latents = []
+        with torch.inference_mode():
+            for doc in documents:
+                wave, _ = self.read_audio(doc)
+                x = torch.from_numpy(wave)
+                for start in range(0, x.shape[-1], self._chunk_samples):
+                    emb = self._model.encoder(x[None, :, start:start + self._chunk_samples])  # [1, D, T]
+                    latents.append(emb[0].T.numpy())
+        if not latents:
+            raise ValueError("acoustic tokenizer: train() got no audio documents to fit codebooks on")
+        frames = np.concatenate(latents).astype(np.float32)
+        rng = np.random.default_rng(self.seed)
+        if frames.shape[0] > self.kmeans_max_frames:
+            frames = frames[np.sort(rng.choice(frames.shape[0], self.kmeans_max_frames, replace=False))]
+        residual = torch.from_numpy(frames.T.copy())[None]  # [1, D, N] as the quantizer sees latents
+        card = codebooks.CARD
+        with torch.inference_mode():
+            for k, layer in enumerate(self._model.quantizer.vq.layers[: self.n_q]):
+                points = residual[0].T.numpy()
+                n_clusters = min(card, points.shape[0])
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")  # duplicate points (silence) -> fewer distinct clusters
+                    km = MiniBatchKMeans(n_clusters=n_clusters, random_state=self.seed + k, n_init=1,
+                                         max_iter=self.kmeans_iters, batch_size=min(4096, points.shape[0]),
+                                         compute_labels=False).fit(points)
+                centers = km.cluster_centers_.astype(np.float32)
+                if n_clusters < card:
+                    centers = np.concatenate([centers, centers[np.arange(card - n_clusters) % n_clusters]])
+                book = layer._codebook
+                book.embed.copy_(torch.from_numpy(centers))
+                book.embed_avg.copy_(book.embed)
+                book.cluster_size.fill_(1.0)
+                book.inited.fill_(1.0)
+                residual = residual - layer.decode(layer.encode(residual))
+        self._fitted = True
+        self._digest = None
+        log.warning("acoustic tokenizer: fitted %d random-init codebooks on %d latent frames", self.n_q, frames.shape[0])
+
+    # ------------------------------------------------------------------ persistence
+    def config(self) -> dict[str, Any]:
+        return {"sample_rate": self.sample_rate, "bandwidth": self.bandwidth, "layout": self.layout,
+                "weights": self.weights_kind, "seed": self.seed, "kmeans_iters": self.kmeans_iters,
+                "kmeans_max_frames": self.kmeans_max_frames, "chunk_seconds": self.chunk_seconds}
+
+    def _inference_state(self) -> dict:
+        """The state dict minus the VQ's training-only EMA statistics (``embed_avg``, ``cluster_size``):
+        they never touch encode or decode, and leaving them out makes ``codec.pt`` a third smaller."""
+        return {name: t for name, t in self._model.state_dict().items() if not name.endswith(_EMA_BUFFERS)}
+
+    def model_files_digest(self) -> str:
+        """sha256 over the codec's inference state (names, dtypes, shapes, bytes), cached until retrained."""
+        if self._digest is None:
+            digest = hashlib.sha256()
+            for name, tensor in sorted(self._inference_state().items()):
+                t = tensor.detach().cpu().contiguous()
+                digest.update(f"{name}:{t.dtype}:{tuple(t.shape)}".encode())
+                digest.update(t.numpy().tobytes())
+            self._digest = digest.hexdigest()
+        return self._digest
+
+    def save(self, folder: str | Path) -> Path:
+        """``tokenizer.json`` plus ``codec.pt`` (the state dict), except for pretrained weights (the name suffices)."""
+        import torch
+
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        extra = {"weights_source": self.weights_source, "random_init": self.weights_kind == "random_kmeans",
+                 "codec": PRETRAINED_NAMES[self.sample_rate], "n_codebooks": self.n_q,
+                 "frames_per_second": self.frames_per_second, "tokens_per_second": self.tokens_per_second}
+        if self.weights_kind != "pretrained":
+            buf = io.BytesIO()
+            torch.save(self._inference_state(), buf)
+            tmp = folder / (CODEC_FILE + ".tmp")
+            tmp.write_bytes(buf.getvalue())
+            tmp.replace(folder / CODEC_FILE)
+            extra["codec_file"] = CODEC_FILE
+        return write_config(folder, self, extra)
+
+    @classmethod
+    def load(cls, folder: str | Path) -> "AcousticTokenizer":
+        import torch
+
+        folder = Path(folder)
+        body = read_config(folder)
+        settings = dict(body["config"])
+        state_dict = None
+        if settings["weights"] != "pretrained":
+            path = folder / CODEC_FILE
+            if not path.is_file():
+                raise FileNotFoundError(f"{path}: codec weights missing (the tokenizer was saved with {CODEC_FILE})")
+            state_dict = torch.load(path, map_location="cpu", weights_only=True)
+        kind = settings.pop("weights")
+        tok = cls({**settings, "weights": kind if kind != "checkpoint" else str(folder / CODEC_FILE)},
+                  state_dict=state_dict, weights_source=body.get("weights_source"))
+        tok.weights_kind = kind
+        if tok.fingerprint() != body["fingerprint"]:
+            raise FingerprintMismatch(f"{folder}: loaded tokenizer has fingerprint {tok.fingerprint()} but "
+                                      f"{body['fingerprint']} was saved; the weights differ from those it was saved with")
+        return tok
+
+
+def _load_inference_state(model, state_dict: dict, source: str, sample_rate: int) -> None:
+    """Load a full or an inference-only state dict (EMA buffers absent: ``embed_avg`` := ``embed``)."""
+    missing, unexpected = model.load_state_dict(state_dict, strict=False)
+    bad = [name for name in missing if not name.endswith(_EMA_BUFFERS)] + list(unexpected)
+    if bad:
+        raise RuntimeError(f"acoustic tokenizer: weights from {source} do not fit EnCodec {sample_rate // 1000} kHz "
+                           f"(missing or unexpected: {', '.join(bad[:8])}{' ...' if len(bad) > 8 else ''})")
+    for name in missing:
+        if name.endswith("embed_avg"):
+            book = model.get_submodule(name.rsplit(".", 1)[0])
+            book.embed_avg.copy_(book.embed)
