@@ -75,10 +75,11 @@ class ShardRecord:
     tokens: int
     size: int
     doc_ids: list[str] = field(default_factory=list)
+    doc_tokens: list[int] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
         return {"name": self.name, "split": self.split, "sha256": self.sha256, "documents": self.documents,
-                "tokens": self.tokens, "size": self.size, "doc_ids": self.doc_ids}
+                "tokens": self.tokens, "size": self.size, "doc_ids": self.doc_ids, "doc_tokens": self.doc_tokens}
 
 
 class ShardWriter:
@@ -93,6 +94,7 @@ class ShardWriter:
         self.handle = open(self.tmp, "wb")
         self.tar = TarWriter(self.handle, encoder=False, mtime=0.0, user="", group="", mode=0o644)
         self.doc_ids: list[str] = []
+        self.doc_tokens: list[int] = []
         self.tokens = 0
         self.bytes_written = 0
 
@@ -108,6 +110,7 @@ class ShardWriter:
             "meta.json": json.dumps(meta, sort_keys=True, default=str).encode("utf-8"),
         })
         self.doc_ids.append(doc_id)
+        self.doc_tokens.append(int(tokens.shape[-1]))
         self.tokens += int(tokens.shape[-1])
 
     def finish(self) -> ShardRecord:
@@ -118,7 +121,8 @@ class ShardWriter:
         digest = sha256_file(self.tmp)
         size = self.tmp.stat().st_size
         self.tmp.replace(self.path)
-        return ShardRecord(self.path.name, self.split, digest, len(self.doc_ids), self.tokens, size, self.doc_ids)
+        return ShardRecord(self.path.name, self.split, digest, len(self.doc_ids), self.tokens, size,
+                           self.doc_ids, self.doc_tokens)
 
     def abort(self) -> None:
         try:
