@@ -1,0 +1,303 @@
+"""Text tokens: SentencePiece (BPE or unigram), trained here or loaded from an existing ``.model``.
+
+Models trained here give exact round trips: identity normalisation, no dummy prefix, no
+whitespace squeezing, ``"\\n"`` as a piece of its own and byte fallback, so every string
+(any script, control characters) encodes and decodes back to itself.
+
+Files of any size are streamed: read in blocks, decoded incrementally (invalid UTF-8 is a
+:class:`TokenizerError` naming the file and byte offset, or U+FFFD with ``errors: replace``),
+cut at newlines (over-long lines at a space) and encoded a batch of lines per call.
+``Encoded.meta["bytes"]`` is the document's UTF-8 byte count, for bits per byte.
+"""
+from __future__ import annotations
+
+import codecs
+import hashlib
+import io
+import itertools
+import logging
+from pathlib import Path
+from typing import Any, Iterable, Iterator
+
+import numpy as np
+
+from shortcutlm.documents import Document
+from shortcutlm.tokenizers.base import Encoded, FingerprintMismatch, Tokenizer, TokenizerError, read_config, write_config
+from shortcutlm.tokenizers.settings import merge_settings
+
+log = logging.getLogger(__name__)
+
+MODEL_FILE = "text.model"
+NEWLINE = "\n"
+#: Lines longer than this (characters) are cut at a space, so one-line corpora such as text8
+#: stream, and sentencepiece's trainer (which drops sentences over max_sentence_length) sees them.
+MAX_LINE_CHARS = 4096
+
+DEFAULTS: dict[str, Any] = {
+    "model_type": "bpe",            # bpe | unigram
+    "vocab_size": 8000,             # target size when training (unigram may end a little smaller)
+    "character_coverage": 0.9995,   # rarer characters go to byte fallback
+    "byte_fallback": True,          # unseen characters become UTF-8 byte pieces, never <unk>
+    "model_file": None,             # an existing SentencePiece .model instead of training
+    "errors": "strict",             # strict: invalid UTF-8 is an error | replace: U+FFFD
+    "input_sentence_size": 200_000,  # lines sampled for training (keeps 5 MB at about a second)
+    "train_max_bytes": 64 << 20,    # stop reading training documents after this many bytes
+    "seed": 0,                      # sentencepiece's sampling seed
+    "block_bytes": 1 << 20,         # streaming read size
+    "num_threads": 2,               # sentencepiece threads for training and batch encoding
+}
+_RUNTIME_KEYS = ("block_bytes", "num_threads", "model_file")  # do not change the mapping
+
+
+class TextTokenizer(Tokenizer):
+    """SentencePiece over UTF-8 text; specials ``unk``, ``bos``, ``eos``, ``pad``."""
+
+    domain = "text"
+    extensions = (".txt", ".md", ".tokens", ".text")
+
+    def __init__(self, settings: dict[str, Any] | None = None, *, model_proto: bytes | None = None) -> None:
+        s = merge_settings(self.domain, DEFAULTS, settings)
+        if s["model_type"] not in ("bpe", "unigram"):
+            raise ValueError(f"text tokenizer: model_type must be 'bpe' or 'unigram', not {s['model_type']!r}")
+        if s["errors"] not in ("strict", "replace"):
+            raise ValueError(f"text tokenizer: errors must be 'strict' or 'replace', not {s['errors']!r}")
+        self.settings = s
+        self._sp = None
+        self._proto: bytes | None = None
+        if model_proto is None and s["model_file"]:
+            path = Path(s["model_file"]).expanduser()
+            if not path.is_file():
+                raise FileNotFoundError(f"text tokenizer: model_file {path} does not exist")
+            model_proto = path.read_bytes()
+        if model_proto is not None:
+            self._set_model(model_proto, source=str(s["model_file"] or "bytes"))
+
+    @classmethod
+    def from_settings(cls, settings: dict[str, Any]) -> "TextTokenizer":
+        return cls(settings)
+
+    def _set_model(self, proto: bytes, source: str) -> None:
+        import sentencepiece as spm
+
+        sp = spm.SentencePieceProcessor()
+        try:
+            sp.LoadFromSerializedProto(proto)
+        except Exception as exc:
+            raise ValueError(f"text tokenizer: {source} is not a SentencePiece model: {exc}") from exc
+        self._sp, self._proto = sp, proto
+        n = sp.get_piece_size()
+        # A model without some special gets it appended after its pieces.
+        ids, extra = {}, 0
+        for name, got in (("unk", sp.unk_id()), ("bos", sp.bos_id()), ("eos", sp.eos_id()), ("pad", sp.pad_id())):
+            if got < 0:
+                got, extra = n + extra, extra + 1
+            ids[name] = got
+        self._special, self._vocab = ids, n + extra
+        self._strip = np.array([ids["pad"], ids["bos"]])
+
+    # ------------------------------------------------------------------ protocol: sizes and ids
+    def _need_model(self):
+        if self._sp is None:
+            raise RuntimeError("text tokenizer: no SentencePiece model yet; call train(documents) or set model_file")
+        return self._sp
+
+    @property
+    def vocab_size(self) -> int:
+        self._need_model()
+        return self._vocab
+
+    @property
+    def special_ids(self) -> dict[str, int]:
+        self._need_model()
+        return dict(self._special)
+
+    @property
+    def needs_training(self) -> bool:
+        return self._sp is None
+
+    def token_families(self) -> dict[str, np.ndarray]:
+        """"byte" (fallback byte pieces), "special" and "piece" (the rest), for per-family loss."""
+        sp = self._need_model()
+        n = sp.get_piece_size()
+        byte = np.array([i for i in range(n) if sp.is_byte(i)], dtype=np.int64)
+        special = np.array(sorted(set(self._special.values())), dtype=np.int64)
+        piece = np.setdiff1d(np.arange(n), np.concatenate([byte, special]))
+        return {"piece": piece, "byte": byte, "special": special}
+
+    # ------------------------------------------------------------------ streaming text
+    def iter_blocks(self, doc: Document) -> Iterator[tuple[str, int]]:
+        """``(text, n_bytes)`` blocks of a document, each ending at a line end where the text has one."""
+        if doc.text is not None:
+            text = doc.text
+            for start in range(0, len(text), self.settings["block_bytes"]):
+                block = text[start:start + self.settings["block_bytes"]]
+                yield block, len(block.encode("utf-8", errors="surrogatepass"))
+            return
+        decoder = codecs.getincrementaldecoder("utf-8")(errors=self.settings["errors"])
+        consumed = 0
+        try:
+            with open(doc.path, "rb") as fh:
+                while True:
+                    raw = fh.read(self.settings["block_bytes"])
+                    pending = len(decoder.getstate()[0])
+                    try:
+                        text = decoder.decode(raw, final=not raw)
+                    except UnicodeDecodeError as exc:
+                        offset = consumed - pending + exc.start
+                        raise TokenizerError(
+                            f"{doc.describe()}: not valid UTF-8 at byte offset {offset} ({exc.reason}); "
+                            "set `errors: replace` to decode it with U+FFFD") from None
+                    consumed += len(raw)
+                    if text or raw:
+                        yield text, len(raw)
+                    if not raw:
+                        return
+        except OSError as exc:
+            raise TokenizerError(f"{doc.describe()}: cannot read ({exc})") from exc
+
+    def iter_line_batches(self, doc: Document, sizes: list[int] | None = None) -> Iterator[list[str]]:
+        """Lists of lines (newline kept) of a document, one list per block read; over-long lines are
+        cut at a space. Joined, they give the text back. Lists rather than single lines because
+        per-line Python overhead would cost as much as sentencepiece itself.
+
+        ``sizes``, when given, gets the byte count of every block read appended to it.
+        """
+        carry = ""
+        for text, size in self.iter_blocks(doc):
+            if sizes is not None:
+                sizes.append(size)
+            parts = (carry + text).split(NEWLINE)
+            carry = parts.pop()
+            lines = [part + NEWLINE for part in parts]
+            if len(carry) > MAX_LINE_CHARS:
+                pieces = list(_cut(carry))
+                carry = pieces.pop()
+                lines.extend(pieces)
+            if lines and max(map(len, lines)) > MAX_LINE_CHARS:
+                lines = [piece for line in lines for piece in _cut(line)]
+            if lines:
+                yield lines
+        if carry:
+            yield list(_cut(carry))
+
+    # ------------------------------------------------------------------ protocol: encode / decode
+    def encode_document(self, doc: Document) -> Encoded:
+        """Stream the document through sentencepiece, one batch of lines (one read block) per call."""
+        sp = self._need_model()
+        sizes: list[int] = []
+        chunks = [np.fromiter(itertools.chain.from_iterable(sp.encode(lines, num_threads=self.settings["num_threads"])),
+                              dtype=np.int64)
+                  for lines in self.iter_line_batches(doc, sizes)]
+        n_bytes = sum(sizes)
+        if n_bytes == 0:
+            raise TokenizerError(f"{doc.describe()}: empty text")
+        tokens = np.concatenate(chunks) if chunks else np.zeros(0, np.int64)
+        return Encoded(tokens, {"bytes": n_bytes})
+
+    def encode_text(self, text: str) -> np.ndarray:
+        """Ids of an in-memory string (prompts)."""
+        return self.encode_document(Document(doc_id="text", split="", source="memory", text=text)).tokens
+
+    def decode_text(self, tokens: np.ndarray) -> str:
+        """Ids -> string: cut at the first EOS, PAD/BOS and out-of-range ids dropped."""
+        sp = self._need_model()
+        ids = np.asarray(tokens, dtype=np.int64).reshape(-1)
+        eos = np.nonzero(ids == self._special["eos"])[0]
+        if eos.size:
+            ids = ids[: eos[0]]
+        ids = ids[(ids >= 0) & (ids < sp.get_piece_size()) & ~np.isin(ids, self._strip)]
+        return sp.decode(ids.tolist())
+
+    def decode(self, tokens: np.ndarray, out_path: str | Path) -> Path:
+        """Write the decoded text as UTF-8 (no newline translation)."""
+        out_path = Path(out_path)
+        out_path.parent.mkdir(parents=True, exist_ok=True)
+        with open(out_path, "w", encoding="utf-8", newline="") as fh:
+            fh.write(self.decode_text(tokens))
+        return out_path
+
+    # ------------------------------------------------------------------ training
+    def train(self, documents: Iterable[Document]) -> None:
+        """Train SentencePiece on the documents' lines through its iterator API.
+
+        Reading stops after ``train_max_bytes``; sentencepiece samples ``input_sentence_size``
+        lines of what it read. A document that cannot be read is skipped with a warning (it
+        will be rejected, with its reason, when encoded).
+        """
+        import sentencepiece as spm
+
+        s = self.settings
+        budget = {"bytes": 0, "lines": 0}
+
+        def sentences() -> Iterator[str]:
+            for doc in documents:
+                try:
+                    for lines in self.iter_line_batches(doc):
+                        for line in lines:
+                            budget["bytes"] += len(line)
+                            budget["lines"] += 1
+                            yield line
+                        if budget["bytes"] >= s["train_max_bytes"]:
+                            return
+                except TokenizerError as exc:
+                    log.warning("text tokenizer: skipping a training document: %s", exc)
+
+        buf = io.BytesIO()
+        spm.set_random_generator_seed(int(s["seed"]))
+        try:
+            spm.SentencePieceTrainer.train(
+                sentence_iterator=sentences(), model_writer=buf, model_type=s["model_type"],
+                vocab_size=int(s["vocab_size"]), character_coverage=float(s["character_coverage"]),
+                byte_fallback=bool(s["byte_fallback"]), input_sentence_size=int(s["input_sentence_size"]),
+                shuffle_input_sentence=True, normalization_rule_name="identity", remove_extra_whitespaces=False,
+                add_dummy_prefix=False, allow_whitespace_only_pieces=True, user_defined_symbols=[NEWLINE],
+                unk_id=0, bos_id=1, eos_id=2, pad_id=3, hard_vocab_limit=False,
+                max_sentence_length=4 * MAX_LINE_CHARS + 16, num_threads=int(s["num_threads"]), minloglevel=2)
+        except RuntimeError as exc:
+            raise ValueError(f"text tokenizer: sentencepiece training failed on {budget['lines']} lines "
+                             f"({budget['bytes']} characters): {exc}") from exc
+        if budget["lines"] == 0:
+            raise ValueError("text tokenizer: train() got no text")
+        self._set_model(buf.getvalue(), source="training")
+
+    # ------------------------------------------------------------------ persistence
+    def config(self) -> dict[str, Any]:
+        return {k: v for k, v in self.settings.items() if k not in _RUNTIME_KEYS}
+
+    def model_files_digest(self) -> str:
+        return hashlib.sha256(self._proto).hexdigest() if self._proto is not None else ""
+
+    def save(self, folder: str | Path) -> Path:
+        """``tokenizer.json`` plus ``text.model`` (the SentencePiece model proto)."""
+        self._need_model()
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        tmp = folder / (MODEL_FILE + ".tmp")
+        tmp.write_bytes(self._proto)
+        tmp.replace(folder / MODEL_FILE)
+        return write_config(folder, self, {"model_file": MODEL_FILE, "model_source": self.settings["model_file"],
+                                           "runtime": {k: self.settings[k] for k in ("block_bytes", "num_threads")}})
+
+    @classmethod
+    def load(cls, folder: str | Path) -> "TextTokenizer":
+        folder = Path(folder)
+        body = read_config(folder)
+        path = folder / MODEL_FILE
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: SentencePiece model missing (the tokenizer was saved with {MODEL_FILE})")
+        tok = cls({**body["config"], **body.get("runtime", {})}, model_proto=path.read_bytes())
+        if tok.fingerprint() != body["fingerprint"]:
+            raise FingerprintMismatch(f"{folder}: {MODEL_FILE} gives fingerprint {tok.fingerprint()}, "
+                                      f"but {body['fingerprint']} was saved; the model file was changed")
+        return tok
+
+
+def _cut(line: str) -> Iterator[str]:
+    """Split a line longer than MAX_LINE_CHARS just before a space (or hard, if it has none)."""
+    while len(line) > MAX_LINE_CHARS:
+        at = line.rfind(" ", MAX_LINE_CHARS // 2, MAX_LINE_CHARS)
+        at = at if at > 0 else MAX_LINE_CHARS
+        yield line[:at]
+        line = line[at:]
+    if line:
+        yield line
