@@ -1,0 +1,74 @@
+"""Shared pieces of the benchmarks: machine description, matmul peak, timing and JSON output."""
+from __future__ import annotations
+
+import json
+import os
+import platform
+import statistics
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+
+def machine() -> dict[str, Any]:
+    """What the figures were measured on."""
+    info: dict[str, Any] = {"python": platform.python_version(), "torch": torch.__version__,
+                            "threads": torch.get_num_threads(), "cpu_count": os.cpu_count(),
+                            "processor": platform.processor() or platform.machine()}
+    if torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name()
+    return info
+
+
+def sync(device: torch.device | str) -> None:
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize()
+
+
+def matmul_peak_flops(device: str = "cpu", dtype: torch.dtype = torch.float32, size: int = 2048,
+                      repeats: int = 5) -> float:
+    """The best matrix-product rate this machine reaches (FLOP/s) — the denominator of MFU."""
+    a = torch.randn(size, size, device=device, dtype=dtype)
+    b = torch.randn(size, size, device=device, dtype=dtype)
+    a @ b
+    best = float("inf")
+    for _ in range(repeats):
+        sync(device)
+        start = time.perf_counter()
+        a @ b
+        sync(device)
+        best = min(best, time.perf_counter() - start)
+    return 2 * size ** 3 / best
+
+
+def timed(fn: Callable[[], Any], device: torch.device | str = "cpu") -> float:
+    """Seconds one call of ``fn`` takes, measured as elapsed wall time."""
+    sync(device)
+    start = time.perf_counter()
+    fn()
+    sync(device)
+    return time.perf_counter() - start
+
+
+def median(values: list[float]) -> float:
+    return float(statistics.median(values))
+
+
+def target(value: float, bound: float, kind: str) -> dict[str, Any]:
+    """A target line: ``kind`` is "<=" or ">=" (or "==", exact)."""
+    ok = {"<=": value <= bound, ">=": value >= bound, "==": value == bound}[kind]
+    return {"value": value, "target": f"{kind} {bound}", "pass": bool(ok)}
+
+
+def write_json(result: dict[str, Any], path: str | Path | None) -> None:
+    """Print the result and write it to ``path`` (atomically) when given."""
+    text = json.dumps(result, indent=2, default=str)
+    print(text)
+    if path:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(path.suffix + ".tmp")
+        tmp.write_text(text)
+        tmp.replace(path)

@@ -1,0 +1,161 @@
+"""``shortcutlm bench model``: every decoder variant side by side at one stated config.
+
+All variants live in one process and their steps are interleaved (variant A step, variant B
+step, ...) so that drift in the machine's speed hits them all alike; figures are medians.
+"""
+from __future__ import annotations
+
+import argparse
+import math
+from dataclasses import replace
+from typing import Any
+
+import torch
+
+from shortcutlm.bench.common import machine, matmul_peak_flops, median, target, timed, write_json
+from shortcutlm.models import GPT, GPTConfig, SamplingSettings, flops_per_token, generate, stream_losses
+
+VARIANTS: dict[str, dict[str, Any]] = {
+    "baseline": {},
+    "resformer": {"value_residual": "resformer"},
+    "learnable": {"value_residual": "learnable"},
+    "svformer": {"value_residual": "svformer"},
+    "shortcut_depth": {"shortcut": "depth"},
+    "shortcut_full": {"shortcut": "full"},
+    "depth_resformer": {"shortcut": "depth", "value_residual": "resformer"},
+}
+
+
+def default_config(args: argparse.Namespace | None = None) -> GPTConfig:
+    """The benchmark's stated config: 6 layers, width 384, 6 heads, context 512 (vocab 2048)."""
+    a = args or argparse.Namespace(layers=6, width=384, heads=6, context=512, vocab=2048)
+    return GPTConfig(vocab_size=a.vocab, n_layer=a.layers, n_head=a.heads, n_embd=a.width, block_size=a.context)
+
+
+class Trainee:
+    """One variant with its optimiser and a fixed batch; ``step`` is forward, backward, AdamW."""
+
+    def __init__(self, config: GPTConfig, batch: int, device: str, dtype: torch.dtype, seed: int = 0) -> None:
+        torch.manual_seed(seed)
+        self.config = config
+        self.model = GPT(config).to(device)
+        self.opt = torch.optim.AdamW(self.model.param_groups(0.1), lr=3e-4, betas=(0.9, 0.95), fused=device == "cuda")
+        self.idx = torch.randint(0, config.vocab_size, (batch, config.block_size + 1), device=device)
+        self.device, self.dtype = device, dtype
+
+    def step(self) -> float:
+        self.opt.zero_grad(set_to_none=True)
+        with torch.autocast(torch.device(self.device).type, dtype=self.dtype, enabled=self.dtype != torch.float32):
+            loss = stream_losses(self.model(self.idx[:, :-1]), self.idx[:, 1:]).mean()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
+        self.opt.step()
+        return float(loss)
+
+
+def measure_training(trainees: dict[str, Trainee], steps: int, warmup: int) -> dict[str, list[float]]:
+    """Interleaved step times per variant (seconds)."""
+    for _ in range(warmup):
+        for t in trainees.values():
+            t.step()
+    times: dict[str, list[float]] = {name: [] for name in trainees}
+    for _ in range(steps):
+        for name, t in trainees.items():
+            times[name].append(timed(t.step, t.device))
+    return times
+
+
+def measure_generation(model: GPT, new_tokens: int, use_cache: bool, device: str) -> float:
+    """Generated tokens per second from a 16-token prompt (batch 1)."""
+    prompt = torch.randint(0, model.config.vocab_size, (1, 16), device=device)
+    settings = SamplingSettings(temperature=1.0, top_k=50, seed=0)
+    seconds = timed(lambda: generate(model, prompt, new_tokens, settings, use_cache=use_cache), device)
+    return new_tokens / seconds
+
+
+def training_tokens_per_second(steps: int = 3, device: str = "cpu") -> float:
+    """Tokens per second the baseline trains at in the default config (what a loader must feed)."""
+    trainee = Trainee(default_config(), 8, device, torch.float32)
+    times = measure_training({"baseline": trainee}, steps, 1)["baseline"]
+    return 8 * trainee.config.block_size / median(times)
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--json", metavar="FILE", help="write the figures here as JSON")
+    parser.add_argument("--layers", type=int, default=6)
+    parser.add_argument("--width", type=int, default=384)
+    parser.add_argument("--heads", type=int, default=6)
+    parser.add_argument("--context", type=int, default=512)
+    parser.add_argument("--vocab", type=int, default=2048)
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--steps", type=int, default=5, help="timed steps per variant (after warmup)")
+    parser.add_argument("--warmup", type=int, default=1)
+    parser.add_argument("--new-tokens", type=int, default=256)
+    parser.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32", help="bf16 = autocast")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated subset of " + ",".join(VARIANTS))
+
+
+def run(args: argparse.Namespace) -> int:
+    names = [v.strip() for v in args.variants.split(",") if v.strip()]
+    unknown = [n for n in names if n not in VARIANTS]
+    if unknown:
+        raise SystemExit(f"unknown variant(s) {unknown}; choose from {list(VARIANTS)}")
+    dtype = torch.bfloat16 if args.dtype == "bf16" else torch.float32
+    base = default_config(args)
+    trainees = {n: Trainee(replace(base, **VARIANTS[n]), args.batch, args.device, dtype) for n in names}
+    times = measure_training(trainees, args.steps, args.warmup)
+    peak = matmul_peak_flops(args.device, dtype)
+    tokens_per_step = args.batch * base.block_size
+    out: dict[str, Any] = {}
+    for name, trainee in trainees.items():
+        model, cfg = trainee.model.eval(), trainee.config
+        step = median(times[name])
+        n_params = model.num_params()
+        cache = model.new_cache(1)
+        with torch.autocast(torch.device(args.device).type, dtype=dtype, enabled=dtype != torch.float32):
+            cached = measure_generation(model, args.new_tokens, True, args.device)
+            uncached = measure_generation(model, args.new_tokens, False, args.device)
+        tps = tokens_per_step / step
+        out[name] = {
+            "config": {k: v for k, v in cfg.to_dict().items() if k in ("value_residual", "shortcut")},
+            "parameters": n_params,
+            "train_step_seconds_median": step,
+            "train_step_seconds_all": times[name],
+            "tokens_per_second": tps,
+            "mfu": tps * flops_per_token(cfg, n_params) / peak,
+            "kv_cache_bytes_full_context": cache.attention_nbytes(),
+            "kv_cache_bytes_with_shortcut_features": cache.nbytes(),
+            "generate_tokens_per_second_cached": cached,
+            "generate_tokens_per_second_uncached": uncached,
+            "cache_speedup": cached / uncached,
+        }
+        trainee.model.train()
+    result: dict[str, Any] = {
+        "benchmark": "model",
+        "machine": machine(),
+        "setup": {"layers": base.n_layer, "width": base.n_embd, "heads": base.n_head, "context": base.block_size,
+                  "vocab": base.vocab_size, "batch": args.batch, "dtype": args.dtype, "device": args.device,
+                  "timed_steps": args.steps, "warmup_steps": args.warmup, "new_tokens": args.new_tokens,
+                  "flops_per_token": "6N + 12·L·d·T (nanoGPT), + shortcut attention terms",
+                  "matmul_peak_flops": peak},
+        "variants": out,
+    }
+    if "baseline" in out:
+        b = out["baseline"]
+        ratios = {n: v["train_step_seconds_median"] / b["train_step_seconds_median"] for n, v in out.items()}
+        result["step_time_ratio_to_baseline"] = ratios
+        targets: dict[str, Any] = {}
+        for n, bound in (("resformer", 1.03), ("learnable", 1.03), ("shortcut_depth", 1.05)):
+            if n in ratios:
+                targets[f"{n}_step_ratio"] = target(round(ratios[n], 4), bound, "<=")
+        if "svformer" in out:
+            L = base.n_layer
+            measured = out["svformer"]["kv_cache_bytes_full_context"] / b["kv_cache_bytes_full_context"]
+            targets["svformer_cache_fraction"] = target(measured, (L + 1) / (2 * L), "==")
+            targets["svformer_cache_fraction"]["exact"] = math.isclose(measured, (L + 1) / (2 * L), rel_tol=0, abs_tol=0)
+        for n, v in out.items():
+            targets[f"{n}_cache_speedup"] = target(round(v["cache_speedup"], 2), 5.0, ">=")
+        result["targets"] = targets
+    write_json(result, args.json)
+    return 0
