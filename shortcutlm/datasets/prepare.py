@@ -396,8 +396,9 @@ def run(args: argparse.Namespace) -> int:
         return 2
     elapsed = time.perf_counter() - start
     for split, entry in manifest["splits"].items():
-        extra = "".join(f", {k} {entry[k]:.6g}" for k in entry if k not in ("documents", "tokens", "shards"))
-        print(f"{split}: {entry['documents']} documents, {entry['tokens']} tokens in {len(entry['shards'])} shard(s){extra}")
+        extra = "".join(f", {k} {entry[k]:,.6g}" if isinstance(entry[k], float) else f", {k} {entry[k]:,}"
+                        for k in entry if k not in ("documents", "tokens", "shards"))
+        print(f"{split}: {entry['documents']:,} documents, {entry['tokens']:,} tokens in {len(entry['shards'])} shard(s){extra}")
     print(f"{manifest['inputs']['rejected']} rejected of {manifest['inputs']['total']} inputs; "
           f"manifest: {Path(spec['out']) / MANIFEST} ({elapsed:.1f} s)")
     for item in manifest["rejected"][:10]:
