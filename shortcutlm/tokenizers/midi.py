@@ -1,0 +1,388 @@
+"""Symbolic-music tokens: miditok (REMI by default), optionally compressed by miditok's BPE.
+
+Settings are this module's keys (``tokenization``, ``vocab_size``, ``max_train_files``) plus any
+parameter of miditok's ``TokenizerConfig`` (``pitch_range``, ``beat_res``, ``num_velocities``,
+``use_tempos``, ``num_tempos``, ``tempo_range``, ``use_programs``, ``programs``, ...); a key that is
+neither is refused.
+
+Multi-track files become one sequence. The choice, by ``use_programs``:
+
+* ``false`` (default): every non-drum track is merged into one piano track before tokenizing.
+  Compact (no Program token per note), right for piano (MAESTRO) and SATB chorales; instrument
+  identity and drum tracks are dropped.
+* ``true``: miditok's own single stream (``one_token_stream_for_programs``): a Program token
+  before each note keeps every instrument, drums included.
+
+``token_families()`` groups base ids by miditok token type (Pitch, Velocity, Duration, Position,
+Bar, TimeSig, Tempo, Program, ...), specials under "special" and every learned BPE id under "BPE"
+(a merged id spans several types, so it gets a family of its own rather than its first token's).
+
+Generated ids are repaired before decoding: cut at the first EOS, specials and out-of-range ids
+dropped, BPE ids expanded, and tokens whose type may not follow the previous kept token (by
+miditok's token-type graph) dropped. ``last_repair`` says what was removed.
+"""
+from __future__ import annotations
+
+import hashlib
+import inspect
+import logging
+import os
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+
+from shortcutlm.documents import Document
+from shortcutlm.tokenizers.base import Encoded, FingerprintMismatch, Tokenizer, TokenizerError, read_config, write_config
+from shortcutlm.tokenizers.settings import merge_settings
+
+log = logging.getLogger(__name__)
+
+MIDITOK_FILE = "miditok.json"
+SOUNDFONT = "TimGM6mb.sf2"
+SPECIALS = {"pad": "PAD_None", "bos": "BOS_None", "eos": "EOS_None", "mask": "MASK_None"}
+#: Tokenizations whose tokens are tuples (one id per family per step): a single-stream GPT cannot model them.
+MULTI_VOCAB = ("CPWord", "Octuple", "MuMIDI")
+
+DEFAULTS: dict[str, Any] = {
+    "tokenization": "REMI",   # any single-vocabulary miditok tokenization: REMI, TSD, MIDILike, Structured, ...
+    "vocab_size": None,       # BPE target vocabulary; None: no BPE
+    "max_train_files": 2000,  # BPE is learned on at most this many training files
+    "use_programs": False,    # false: merge tracks into one; true: Program tokens in one stream
+}
+# Tuple-valued TokenizerConfig fields (YAML/JSON give lists).
+_TUPLE_FIELDS = ("pitch_range", "tempo_range", "drums_pitch_range", "pitch_bend_range", "chord_unknown")
+
+
+def _config_params() -> list[str]:
+    from miditok import TokenizerConfig
+
+    return [name for name, p in inspect.signature(TokenizerConfig.__init__).parameters.items()
+            if name != "self" and p.kind is not inspect.Parameter.VAR_KEYWORD]
+
+
+def _beat_res(value: Any) -> dict[tuple[int, int], int]:
+    """``{"0_4": 8}``, ``{(0, 4): 8}`` or ``[[0, 4, 8], ...]`` -> miditok's ``{(0, 4): 8}``."""
+    if isinstance(value, dict):
+        out = {}
+        for key, res in value.items():
+            start, end = (map(int, key.split("_")) if isinstance(key, str) else key)
+            out[(int(start), int(end))] = int(res)
+        return out
+    return {(int(a), int(b)): int(r) for a, b, r in value}
+
+
+def default_soundfont() -> Path:
+    """The General MIDI soundfont that pretty_midi's wheel ships (``TimGM6mb.sf2``)."""
+    import pretty_midi
+
+    return Path(os.path.dirname(pretty_midi.__file__)) / SOUNDFONT
+
+
+class MidiTokenizer(Tokenizer):
+    """miditok behind the protocol; one token stream per file."""
+
+    domain = "midi"
+    extensions = (".mid", ".midi")
+
+    def __init__(self, settings: dict[str, Any] | None = None, *, miditok_params: Path | None = None) -> None:
+        import miditok
+
+        s = merge_settings(self.domain, DEFAULTS, settings, extra_known=_config_params())
+        name = str(s["tokenization"])
+        if name in MULTI_VOCAB:
+            raise ValueError(f"midi tokenizer: {name} is a multi-vocabulary tokenization (one id per token family "
+                             "per step), which a single-stream GPT cannot model; use REMI, TSD, MIDILike or Structured")
+        cls = getattr(miditok, name, None)
+        if not (isinstance(cls, type) and issubclass(cls, miditok.MusicTokenizer)) or cls is miditok.MusicTokenizer:
+            raise ValueError(f"midi tokenizer: unknown miditok tokenization {name!r}; e.g. REMI, TSD, MIDILike, Structured")
+        self.tokenization = name
+        self.vocab_target = None if s["vocab_size"] in (None, 0) else int(s["vocab_size"])
+        self.max_train_files = int(s["max_train_files"])
+        if miditok_params is not None:
+            self._tok = cls(params=miditok_params)
+        else:
+            self._tok = cls(self._make_config(s))
+        if self._tok.is_multi_voc:
+            raise ValueError(f"midi tokenizer: {name} uses several vocabularies; choose a single-vocabulary tokenization")
+        self.use_programs = bool(self._tok.config.use_programs)
+        if self.use_programs and not self._tok.one_token_stream:
+            raise ValueError("midi tokenizer: use_programs needs one_token_stream_for_programs=true (one sequence per file)")
+        missing = [tok for tok in SPECIALS.values() if tok not in self._tok.vocab]
+        if missing:
+            raise ValueError(f"midi tokenizer: special tokens {missing} missing (keep PAD, BOS, EOS, MASK in special_tokens)")
+        self.last_repair: dict[str, int] = {}
+        self._refresh()
+
+    @staticmethod
+    def _make_config(s: dict[str, Any]):
+        from miditok import TokenizerConfig
+
+        params = {k: v for k, v in s.items() if k in set(_config_params())}
+        for key in ("beat_res", "beat_res_rest"):
+            if key in params:
+                params[key] = _beat_res(params[key])
+        for key in _TUPLE_FIELDS:
+            if params.get(key) is not None:
+                params[key] = tuple(params[key])
+        if "time_signature_range" in params:
+            params["time_signature_range"] = {int(k): v for k, v in params["time_signature_range"].items()}
+        special = list(params.get("special_tokens", ["PAD", "BOS", "EOS", "MASK"]))
+        for name in ("PAD", "BOS", "EOS", "MASK"):
+            if name not in special and f"{name}_None" not in special:
+                special.append(name)
+        params["special_tokens"] = special
+        try:
+            return TokenizerConfig(**params)
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"midi tokenizer: bad miditok TokenizerConfig setting: {exc}") from exc
+
+    def _refresh(self) -> None:
+        """Cache ids that decode and repair need (after construction or BPE training)."""
+        vocab = self._tok.vocab
+        self._special = {name: int(vocab[tok]) for name, tok in SPECIALS.items()}
+        self._special_set = np.array(sorted({int(i) for i in self._tok.special_tokens_ids} | set(self._special.values())))
+        self._base_size = len(vocab)
+        self._digest: str | None = None
+
+    @classmethod
+    def from_settings(cls, settings: dict[str, Any]) -> "MidiTokenizer":
+        return cls(settings)
+
+    @property
+    def miditok(self):
+        """The wrapped miditok tokenizer."""
+        return self._tok
+
+    # ------------------------------------------------------------------ protocol: sizes and ids
+    @property
+    def vocab_size(self) -> int:
+        return int(self._tok.vocab_size)
+
+    @property
+    def special_ids(self) -> dict[str, int]:
+        return dict(self._special)
+
+    @property
+    def needs_training(self) -> bool:
+        return self.vocab_target is not None and not self._tok.is_trained
+
+    def token_families(self) -> dict[str, np.ndarray]:
+        """miditok token type -> base ids; specials under "special"; learned BPE ids under "BPE"."""
+        families: dict[str, list[int]] = {}
+        special = set(self._special_set.tolist())
+        for token, idx in self._tok.vocab.items():
+            kind = "special" if idx in special else token.split("_")[0]
+            families.setdefault(kind, []).append(int(idx))
+        if self.vocab_size > self._base_size:
+            families["BPE"] = list(range(self._base_size, self.vocab_size))
+        return {name: np.array(sorted(ids), dtype=np.int64) for name, ids in families.items()}
+
+    # ------------------------------------------------------------------ reading
+    def load_score(self, doc: Document):
+        """Read a MIDI file as a symusic Score (tracks merged unless ``use_programs``); returns (score, seconds)."""
+        import symusic
+
+        if doc.path is None:
+            raise TokenizerError(f"{doc.describe()}: MIDI documents must be files, not in-memory text")
+        try:
+            score = symusic.Score(str(doc.path))
+        except Exception as exc:  # symusic raises RuntimeError for corrupt, empty and truncated files
+            raise TokenizerError(f"{doc.describe()}: not a readable MIDI file ({exc})") from exc
+        if score.note_num() == 0:
+            raise TokenizerError(f"{doc.describe()}: MIDI file has no notes")
+        seconds = float(score.to("second").end())
+        if not self.use_programs:
+            score = _merge_tracks(score)
+            if score.note_num() == 0:
+                raise TokenizerError(f"{doc.describe()}: MIDI file has only drum notes (dropped when use_programs is false)")
+        return score, seconds
+
+    def _encode_score(self, score, encode_ids: bool = True):
+        seq = self._tok.encode(score, encode_ids=encode_ids)
+        return seq[0] if isinstance(seq, list) else seq
+
+    # ------------------------------------------------------------------ protocol: encode / decode
+    def encode_document(self, doc: Document) -> Encoded:
+        score, seconds = self.load_score(doc)
+        try:
+            seq = self._encode_score(score)
+        except Exception as exc:  # miditok's preprocessing can trip on odd content
+            raise TokenizerError(f"{doc.describe()}: miditok could not tokenize it ({type(exc).__name__}: {exc})") from exc
+        tokens = np.asarray(seq.ids, dtype=np.int64)
+        if tokens.size == 0:
+            raise TokenizerError(f"{doc.describe()}: no tokens (every note fell outside the tokenizer's pitch range?)")
+        return Encoded(tokens, {"seconds": seconds})
+
+    def repair(self, tokens: np.ndarray | Sequence[int]) -> list[str]:
+        """Generated ids -> well-formed base tokens (strings). Sets ``last_repair`` with what was dropped."""
+        from miditok import TokSequence
+
+        ids = np.asarray(tokens, dtype=np.int64).reshape(-1)
+        eos = np.nonzero(ids == self._special["eos"])[0]
+        cut = int(ids.size - eos[0]) if eos.size else 0
+        if eos.size:
+            ids = ids[: eos[0]]
+        ok = (ids >= 0) & (ids < self.vocab_size) & ~np.isin(ids, self._special_set)
+        dropped_ids = int((~ok).sum())
+        ids = ids[ok].tolist()
+        if self._tok.is_trained and ids:
+            seq = TokSequence(ids=ids, are_ids_encoded=True)
+            self._tok.decode_token_ids(seq)
+            tokens_str = list(seq.tokens)
+        else:
+            tokens_str = self._tok._ids_to_tokens(ids)
+        graph = self._tok.tokens_types_graph
+        kept: list[str] = []
+        previous = None
+        for token in tokens_str:
+            kind = token.split("_")[0]
+            if previous is None or kind in graph.get(previous, ()):
+                kept.append(token)
+                previous = kind
+        self.last_repair = {"after_eos": cut, "dropped_ids": dropped_ids, "dropped_tokens": len(tokens_str) - len(kept)}
+        if dropped_ids or len(kept) < len(tokens_str):
+            log.warning("midi decode: repaired generated ids (%s)", self.last_repair)
+        return kept
+
+    def tokens_to_score(self, tokens: np.ndarray | Sequence[int]):
+        """Ids (possibly generated) -> symusic Score, after :meth:`repair`. Never raises on bad ids."""
+        import symusic
+        from miditok import TokSequence
+
+        kept = self.repair(tokens)
+        if not kept:
+            log.warning("midi decode: no usable tokens; writing an empty MIDI file")
+            return symusic.Score(self._tok.time_division)
+        seq = TokSequence(tokens=kept, ids=self._tok._tokens_to_ids(kept))
+        return self._tok.decode(seq if self._tok.one_token_stream else [seq])
+
+    def decode(self, tokens: np.ndarray, out_path: str | Path) -> Path:
+        """Write a ``.mid``; ill-formed generated ids are repaired (see :meth:`repair`)."""
+        out_path = Path(out_path)
+        try:
+            score = self.tokens_to_score(tokens)
+        except Exception as exc:  # repair makes this unexpected; report it rather than crash a sampling run
+            raise TokenizerError(f"{out_path}: ids did not decode to MIDI even after repair "
+                                 f"({type(exc).__name__}: {exc})") from exc
+        out_path.parent.mkdir(parents=True, exist_ok=True)
+        score.dump_midi(str(out_path))
+        return out_path
+
+    def render(self, mid_or_tokens: str | Path | np.ndarray | Sequence[int], wav_path: str | Path,
+               soundfont: str | Path | None = None, sample_rate: int = 44100) -> Path:
+        """Render a ``.mid`` file (or ids) to a mono ``.wav`` with symusic's synthesizer.
+
+        ``soundfont`` defaults to the General MIDI ``TimGM6mb.sf2`` in pretty_midi's package folder.
+        """
+        import soundfile as sf
+        import symusic
+
+        font = Path(soundfont) if soundfont else default_soundfont()
+        if not font.is_file():
+            raise FileNotFoundError(f"soundfont {font} does not exist")
+        if isinstance(mid_or_tokens, (str, Path)):
+            try:
+                score = symusic.Score(str(mid_or_tokens))  # every track as written, not merged
+            except Exception as exc:
+                raise TokenizerError(f"{mid_or_tokens}: not a readable MIDI file ({exc})") from exc
+        else:
+            score = self.tokens_to_score(mid_or_tokens)
+        audio = symusic.Synthesizer(sf_path=str(font), sample_rate=int(sample_rate)).render(score, stereo=False)
+        audio = np.asarray(audio, dtype=np.float32).reshape(-1)
+        peak = float(np.abs(audio).max()) if audio.size else 0.0
+        if peak > 1.0:
+            audio = audio / peak
+        wav_path = Path(wav_path)
+        wav_path.parent.mkdir(parents=True, exist_ok=True)
+        sf.write(str(wav_path), audio, int(sample_rate), subtype="PCM_16")
+        return wav_path
+
+    # ------------------------------------------------------------------ training (BPE)
+    def train(self, documents: Iterable[Document]) -> None:
+        """Learn BPE merges up to ``vocab_size`` with miditok's trainer (no-op without ``vocab_size``).
+
+        Our iterator, not miditok's: miditok's reads files itself and would skip the track merge.
+        Unreadable files are skipped with a warning (they are rejected, with reason, when encoded).
+        """
+        if self.vocab_target is None:
+            return
+        paths = [doc for doc in documents if doc.path is not None][: self.max_train_files]
+        if not paths:
+            raise ValueError("midi tokenizer: train() got no MIDI files")
+        self._tok.train(vocab_size=self.vocab_target, model="BPE", iterator=_TrainingIterator(self, paths))
+        self._refresh()
+
+    # ------------------------------------------------------------------ persistence
+    def config(self) -> dict[str, Any]:
+        return {"tokenization": self.tokenization, "vocab_size": self.vocab_target,
+                "max_train_files": self.max_train_files, "miditok_config": self._tok.config.to_dict(serialize=True)}
+
+    def model_files_digest(self) -> str:
+        """Digest of the learned BPE model (empty without BPE: the config defines the mapping)."""
+        if self._digest is None:
+            self._digest = hashlib.sha256(self._tok._model.to_str().encode()).hexdigest() if self._tok.is_trained else ""
+        return self._digest
+
+    def save(self, folder: str | Path) -> Path:
+        """``tokenizer.json`` plus ``miditok.json`` (miditok's own save: config, vocab, BPE model)."""
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        self._tok.save(folder / MIDITOK_FILE)
+        return write_config(folder, self, {"miditok_file": MIDITOK_FILE, "multitrack":
+                                           "program tokens" if self.use_programs else "tracks merged"})
+
+    @classmethod
+    def load(cls, folder: str | Path) -> "MidiTokenizer":
+        folder = Path(folder)
+        body = read_config(folder)
+        params = folder / MIDITOK_FILE
+        if not params.is_file():
+            raise FileNotFoundError(f"{params}: miditok config missing (the tokenizer was saved with {MIDITOK_FILE})")
+        cfg = body["config"]
+        tok = cls({"tokenization": cfg["tokenization"], "vocab_size": cfg["vocab_size"],
+                   "max_train_files": cfg["max_train_files"]}, miditok_params=params)
+        if tok.fingerprint() != body["fingerprint"]:
+            raise FingerprintMismatch(f"{folder}: {MIDITOK_FILE} gives fingerprint {tok.fingerprint()}, "
+                                      f"but {body['fingerprint']} was saved; the miditok file was changed")
+        return tok
+
+
+def _merge_tracks(score):
+    """All non-drum notes in one program-0 track (tempo, time and key signatures kept)."""
+    import symusic
+
+    merged = score.copy()
+    track = symusic.Track(name="merged", program=0, is_drum=False, ttype="tick")
+    for source in score.tracks:
+        if not source.is_drum:
+            track.notes.extend(source.notes)
+    track.notes.sort()
+    merged.tracks = [track]
+    return merged
+
+
+class _TrainingIterator:
+    """Yields each training file's base tokens as miditok's byte strings, split per bar/beat as
+    miditok's own TokTrainingIterator does (same ``__len__`` contract for the HF trainer)."""
+
+    def __init__(self, owner: MidiTokenizer, docs: list[Document]) -> None:
+        self.owner, self.docs = owner, docs
+
+    def __len__(self) -> int:
+        return len(self.docs)
+
+    def __iter__(self):
+        tok = self.owner.miditok
+        split = tok.config.encode_ids_split
+        for doc in self.docs:
+            try:
+                score, _ = self.owner.load_score(doc)
+                seq = self.owner._encode_score(score, encode_ids=False)
+            except Exception as exc:
+                log.warning("midi tokenizer: skipping a training file: %s", exc)
+                continue
+            seqs = seq.split_per_bars() if split == "bar" else seq.split_per_beats() if split == "beat" else [seq]
+            for part in seqs:
+                if len(part) > 0:
+                    yield tok._ids_to_bytes(part.ids, as_one_str=True)
