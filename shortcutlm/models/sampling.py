@@ -58,14 +58,17 @@ def sample_next(logits: Tensor, settings: SamplingSettings, generator: torch.Gen
 
 @torch.no_grad()
 def generate(model: GPT, prompt: Tensor, max_new_tokens: int, settings: SamplingSettings | None = None,
-             stop_tokens: Iterable[int] = (), use_cache: bool = True, slide_keep: int | None = None) -> Tensor:
+             stop_tokens: Iterable[int] = (), use_cache: bool = True, slide_keep: int | None = None,
+             forced: Tensor | None = None) -> Tensor:
     """Continue ``prompt`` ([B, T] or [B, K, T]) by up to ``max_new_tokens`` steps.
 
     Prefill once, then one token per step through the KV cache. When the context fills, the
     window slides: the last ``slide_keep`` tokens (default: three quarters of the context) are
     prefilled again and decoding goes on. Generation stops early once every row has produced
     a stop token (on stream 0 for several streams); use ``trim_at_stop`` on each row.
-    Returns prompt and continuation together.
+    ``forced`` ([B, F] or [B, K, F]) fixes the first F generated steps wherever it is >= 0
+    (-1 = sample): the delay layout uses it to keep the prompt's known codes in the streams
+    that lag behind. Returns prompt and continuation together.
     """
     settings = settings or SamplingSettings()
     cfg = model.config
@@ -90,8 +93,11 @@ def generate(model: GPT, prompt: Tensor, max_new_tokens: int, settings: Sampling
         return model(seq[..., -n:], cache=cache, last_only=True)
 
     logits = prefill(min(seq.shape[-1], cfg.block_size))
-    for _ in range(max_new_tokens):
+    for step in range(max_new_tokens):
         nxt = sample_next(logits[..., -1, :], settings, generator)  # [B] or [B, K]
+        if forced is not None and step < forced.shape[-1]:
+            fixed = forced[..., step]
+            nxt = torch.where(fixed >= 0, fixed, nxt)
         seq = torch.cat([seq, nxt.unsqueeze(-1)], dim=-1)
         if stops.numel():
             lead = nxt if nxt.dim() == 1 else nxt[:, 0]

@@ -304,3 +304,13 @@ def test_stream_losses_mask_ignored_targets():
     losses = stream_losses(logits, targets)
     expected = F.cross_entropy(logits[:, 1, 2:].reshape(-1, 11), targets[:, 1, 2:].reshape(-1))
     torch.testing.assert_close(losses[1], expected)
+
+
+def test_forced_steps_override_sampling():
+    model = make(tiny(n_streams=3))
+    prompt = tokens(model.config, 1, 4)
+    forced = torch.full((1, 3, 2), -1)
+    forced[0, 1:, 0] = torch.tensor([5, 6])
+    forced[0, 2, 1] = 9
+    out = generate(model, prompt, 5, SamplingSettings(seed=3), forced=forced)
+    assert out[0, 1:, 4].tolist() == [5, 6] and out[0, 2, 5] == 9
