@@ -28,6 +28,7 @@ Manifest schema (``manifest.json``)::
     shards: [{name, split, sha256, documents, tokens, size, doc_ids, doc_tokens, sums}]
     rejected: [{input, reason, split, doc_id}]
     inputs: {total, documents, rejected}
+    last_run: {collect_s, tokenizer_s, encode_s, workers, encoded_documents, encoded_tokens}
 
 ``tokens`` counts time steps (positions) per document: for a K-stream layout a document of
 shape [K, T] counts T.
@@ -246,9 +247,13 @@ def prepare(source: dict[str, Any], tokenizer: dict[str, Any], out_dir: str | Pa
     out.mkdir(parents=True, exist_ok=True)
     previous = _previous(out, source, tokenizer_spec)
 
+    clock = time.perf_counter()
     docs, source_rejected = _collect(source, cls)
     n_inputs = len(docs) + len(source_rejected)
+    timings = {"collect_s": time.perf_counter() - clock}
+    clock = time.perf_counter()
     tok = _tokenizer_for(out, domain, settings, docs, previous, progress)
+    timings["tokenizer_s"] = time.perf_counter() - clock
     manifest = _empty_manifest(source, tokenizer_spec, tok)
     dtype = token_dtype(tok.vocab_size)
 
@@ -288,6 +293,7 @@ def prepare(source: dict[str, Any], tokenizer: dict[str, Any], out_dir: str | Pa
         writer, sums = None, {}
         flush()
 
+    clock, encoded = time.perf_counter(), {"documents": 0, "tokens": 0}
     bar = tqdm(total=len(pending), desc=f"prepare {source['name']}", unit="doc", disable=not progress,
                mininterval=1.0)
     stream = _encoded_stream(pending, out / TOKENIZER_FOLDER, tok, workers)
@@ -305,6 +311,8 @@ def prepare(source: dict[str, Any], tokenizer: dict[str, Any], out_dir: str | Pa
             if doc.meta:
                 meta["info"] = doc.meta
             writer.add(doc.doc_id, tokens, meta)
+            encoded["documents"] += 1
+            encoded["tokens"] += int(tokens.shape[-1])
             for key, value in info.items():
                 if isinstance(value, (int, float)) and not isinstance(value, bool):
                     sums[key] = sums.get(key, 0) + value
@@ -319,6 +327,9 @@ def prepare(source: dict[str, Any], tokenizer: dict[str, Any], out_dir: str | Pa
         stream.close()  # stops the worker pool at once on errors and interrupts
         bar.close()
     manifest["complete"] = True
+    # What this run did (a resumed run only counts its own work): for benchmarks and logs.
+    manifest["last_run"] = {**timings, "encode_s": time.perf_counter() - clock, "workers": workers,
+                            "encoded_documents": encoded["documents"], "encoded_tokens": encoded["tokens"]}
     flush()
     if manifest["inputs"]["documents"] == 0:
         reasons = "; ".join(f"{r['input']}: {r['reason']}" for r in manifest["rejected"][:3])
