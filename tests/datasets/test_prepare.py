@@ -183,3 +183,63 @@ def test_cli_with_spec_file(tmp_path, capsys):
     assert "train:" in capsys.readouterr().out
     assert cli_main(["prepare", "--source", "nope", "--tokenizer", "text", "--out", str(out)]) == 2
     assert "unknown source" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------------ MIDI and audio
+
+def test_midi_chorales_with_a_corrupt_file(chorales_cache, tmp_path):
+    """Chorales as MIDI through the folder source, one file corrupt: counts still add up."""
+    from .conftest import CHORALES
+
+    folder = tmp_path / "midi"
+    folder.mkdir()
+    for path in sorted((chorales_cache / "bach_chorales").glob("*.mid"))[:CHORALES]:
+        (folder / path.name).write_bytes(path.read_bytes())
+    (folder / "broken.mid").write_bytes(b"MThd\x00\x00\x00\x06garbage")
+    manifest = prepare({"name": "folder", "path": str(folder)}, {"domain": "midi"}, tmp_path / "out",
+                       workers=1, progress=False)
+    inputs = manifest["inputs"]
+    assert inputs["total"] == CHORALES + 1 == inputs["documents"] + inputs["rejected"]
+    assert [r["doc_id"] for r in manifest["rejected"]] == ["broken_mid"]
+    assert manifest["tokenizer"]["domain"] == "midi" and manifest["dtype"] == "uint16"
+    assert all(s["seconds"] > 0 for s in manifest["splits"].values())
+    _, tokens, meta = next(read_shard(tmp_path / "out" / manifest["shards"][0]["name"]))
+    assert meta["seconds"] > 1 and tokens.ndim == 1
+
+
+def test_bach_chorales_source_end_to_end(chorales_cache, tmp_path):
+    manifest = prepare({"name": "bach_chorales", "limit": 4, "cache": str(chorales_cache)}, {"domain": "midi"},
+                       tmp_path / "out", workers=2, progress=False)
+    assert manifest["inputs"] == {"total": 4, "documents": 4, "rejected": 0}
+    batch = next(iter(train_batches(tmp_path / "out", 32, 2, seed=0)))
+    assert batch.shape == (2, 33)
+
+
+def test_acoustic_delay_layout_end_to_end(tmp_path):
+    """K-stream tokens ([K, T]) from real audio through shards and both loaders."""
+    import soundfile
+
+    folder = tmp_path / "wav"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    rate = 24000
+    for i in range(3):
+        t = np.arange(int(rate * 0.6)) / rate
+        wave = 0.3 * np.sin(2 * np.pi * (220 + 110 * i) * t) + 0.01 * rng.standard_normal(t.size)
+        soundfile.write(str(folder / f"clip{i}.wav"), wave.astype(np.float32), rate)
+    settings = {"domain": "acoustic", "weights": "random_kmeans", "bandwidth": 1.5, "layout": "delay",
+                "kmeans_iters": 2, "kmeans_max_frames": 2000}
+    manifest = prepare({"name": "folder", "path": str(folder)}, settings, tmp_path / "out", workers=1, progress=False)
+    k = manifest["tokenizer"]["n_streams"]
+    assert k == 2 and manifest["inputs"]["documents"] == 3
+    _, tokens, meta = next(read_shard(tmp_path / "out" / manifest["shards"][0]["name"]))
+    assert tokens.shape[0] == k and meta["seconds"] == pytest.approx(0.6, abs=0.02)
+    eos = manifest["tokenizer"]["special_ids"]["eos"]
+    for split in manifest["splits"]:
+        batches = list(eval_batches(tmp_path / "out", split, 16, 4))
+        assert batches[0].shape[1:] == (k, 17) and (batches[0][0, :, 0] == eos).all()
+        pad = manifest["tokenizer"]["special_ids"]["pad"]
+        targets = sum(int((b[:, 0, 1:] != pad).sum()) for b in batches)
+        entry = manifest["splits"][split]
+        assert targets == entry["tokens"] + entry["documents"]
+    assert next(iter(train_batches(tmp_path / "out", 16, 3, seed=1))).shape == (3, k, 17)
