@@ -4,7 +4,7 @@ Public API (what the trainer and evaluator call)::
 
     read_manifest(shard_dir) -> dict
     train_batches(shard_dir, block_size, batch_size, seed, rank=0, world_size=1, num_workers=0,
-                  state=None, split="train", shuffle_shards=4) -> TrainBatches
+                  state=None, split="train", shuffle_shards=4, pin_memory=False) -> TrainBatches
     eval_batches(shard_dir, split, block_size, batch_size, rank=0, world_size=1) -> EvalBatches
 
 Batches are ``torch.LongTensor`` of shape ``[B, block_size + 1]`` (one stream) or
@@ -23,7 +23,8 @@ disjoint data: by shard when there are at least as many shards as slots, else by
 index, else by window index — so no rank ever starves while others train. A slot's
 documents form one continuous stream across epochs. ``state_dict()`` returns
 ``{"batches", "epoch", "windows", ...}``; giving it back as ``state=`` (same seed, ranks,
-workers, sizes) resumes with exactly the batches an uninterrupted run would have seen. The
+workers, sizes) resumes with exactly the batches an uninterrupted run would have seen (ranks move in
+lockstep, so the state saved by rank 0 resumes every rank). The
 resume position is computed from the manifest's per-document token counts, so it costs
 no reading.
 
@@ -80,6 +81,8 @@ class _Split:
             raise ValueError(f"{self.folder}: no shards for split {split!r} (splits here: {', '.join(known) or 'none'})")
         self.split = split
         self.doc_tokens = [np.asarray(r["doc_tokens"], dtype=np.int64) for r in self.records]
+        self.flat_tokens = np.concatenate(self.doc_tokens)  # per-document lengths, shard after shard
+        self.shard_offset = np.concatenate([[0], np.cumsum([len(d) for d in self.doc_tokens])[:-1]]).astype(np.int64)
         self.n_docs = sum(len(d) for d in self.doc_tokens)
         self.total_tokens = int(sum(int(d.sum()) for d in self.doc_tokens))
 
@@ -202,7 +205,7 @@ class _Plan:
     def lengths(self, epoch: int, stream: int) -> np.ndarray:
         """Stream tokens each document of the epoch takes (its tokens + one EOS)."""
         s, d = self.order(epoch, stream)
-        return np.array([self.data.doc_tokens[i][j] + 1 for i, j in zip(s, d)], dtype=np.int64)
+        return self.data.flat_tokens[self.data.shard_offset[s] + d] + 1
 
     def locate(self, stream: int, position: int) -> tuple[int, int, int]:
         """(epoch, document index in the epoch's order, offset) of a position after the leading EOS."""
@@ -279,7 +282,7 @@ class TrainBatches:
 
     def __init__(self, shard_dir: str | Path, block_size: int, batch_size: int, seed: int, rank: int = 0,
                  world_size: int = 1, num_workers: int = 0, state: dict[str, Any] | None = None,
-                 split: str = "train", shuffle_shards: int = 4) -> None:
+                 split: str = "train", shuffle_shards: int = 4, pin_memory: bool = False) -> None:
         if block_size < 1 or batch_size < 1:
             raise ValueError("block_size and batch_size must be positive")
         if not 0 <= rank < world_size:
@@ -291,6 +294,7 @@ class TrainBatches:
                        "block_size": block_size, "batch_size": batch_size, "split": split,
                        "shuffle_shards": shuffle_shards, "fingerprint": self.data.fingerprint}
         self.plan = _Plan(self.data, seed, world_size * max(1, num_workers), shuffle_shards)
+        self.pin_memory = pin_memory
         self.batches = 0
         if state is not None:
             self.load_state_dict(state)
@@ -316,9 +320,13 @@ class TrainBatches:
                 "epoch": min(epochs)}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Resume from ``state_dict()``; the data settings must match the run that saved it."""
+        """Resume from ``state_dict()``; the data settings must match the run that saved it.
+
+        The rank may differ: under DDP every rank consumes the same number of batches, so the
+        state saved by rank 0 resumes every rank.
+        """
         for key, value in self.config.items():
-            if key in state and state[key] != value:
+            if key != "rank" and key in state and state[key] != value:
                 raise ValueError(f"cannot resume the data position: it was saved with {key}={state[key]!r}, "
                                  f"this loader has {key}={value!r} (the batches would differ)")
         self.batches = int(state["batches"])
@@ -331,20 +339,20 @@ class TrainBatches:
             # batch_size=None: workers yield whole batches; in_order=True makes the DataLoader take
             # them round robin, which is what the resume arithmetic in _SlotBatches assumes.
             stream: Any = iter(torch.utils.data.DataLoader(source, batch_size=None, num_workers=workers,
-                                                           in_order=True, persistent_workers=False))
+                                                           in_order=True, pin_memory=self.pin_memory))
         else:
             stream = source.slot_batches(0)
         for batch in stream:
             self.batches += 1
-            yield batch
+            yield batch.pin_memory() if self.pin_memory and workers == 0 else batch
 
 
 def train_batches(shard_dir: str | Path, block_size: int, batch_size: int, seed: int, rank: int = 0,
                   world_size: int = 1, num_workers: int = 0, state: dict[str, Any] | None = None,
-                  split: str = "train", shuffle_shards: int = 4) -> TrainBatches:
+                  split: str = "train", shuffle_shards: int = 4, pin_memory: bool = False) -> TrainBatches:
     """Infinite shuffled batches ``[B, (K,) block_size + 1]`` for one rank; see :class:`TrainBatches`."""
     return TrainBatches(shard_dir, block_size, batch_size, seed, rank, world_size, num_workers, state,
-                        split, shuffle_shards)
+                        split, shuffle_shards, pin_memory)
 
 
 # ------------------------------------------------------------------------------ evaluation

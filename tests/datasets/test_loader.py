@@ -167,6 +167,10 @@ def test_resume_gives_the_uninterrupted_batches(folder, workers):
     assert all(torch.equal(x, y) for x, y in zip(head + tail, whole))
     with pytest.raises(ValueError, match="seed"):
         train_batches(path, **{**args, "seed": 12}, state=state)
+    # Rank 0's saved state resumes rank 0 (DDP checkpoints are written by one rank).
+    rank0 = {**args, "rank": 0}
+    assert all(torch.equal(x, y) for x, y in zip(first_windows(train_batches(path, **rank0, state=state), 4),
+                                                 first_windows(train_batches(path, **rank0), 13)[9:]))
 
 
 def test_resume_across_many_epochs(tmp_path):
