@@ -1,0 +1,147 @@
+"""The LightningModule around the decoder: loss with masked targets, AdamW, warmup + cosine,
+validation by summed token losses, and the state an exact resume needs (RNG, data position).
+
+Knows ids only: the ids to mask (pad, the delay layout's empty) are given to it.
+"""
+from __future__ import annotations
+
+import math
+import random
+import time
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+from torch import Tensor
+
+from shortcutlm.models.config import GPTConfig
+from shortcutlm.models.gpt import GPT, flops_per_token, stream_losses
+
+IGNORE = -100
+
+
+def warmup_cosine(step: int, warmup: int, total: int, lr: float, min_lr: float) -> float:
+    """Linear warmup to ``lr``, then cosine decay to ``min_lr`` at ``total`` steps (flat after)."""
+    if warmup and step < warmup:
+        return lr * (step + 1) / warmup
+    if step >= total:
+        return min_lr
+    progress = (step - warmup) / max(1, total - warmup)
+    return min_lr + 0.5 * (lr - min_lr) * (1 + math.cos(math.pi * progress))
+
+
+def mask_targets(targets: Tensor, ignore_ids: list[int]) -> Tensor:
+    """Targets with every ignored id (padding, empty delay positions) set to IGNORE."""
+    if not ignore_ids:
+        return targets
+    ignored = torch.isin(targets, torch.tensor(ignore_ids, device=targets.device))
+    return targets.masked_fill(ignored, IGNORE)
+
+
+def rng_state() -> dict[str, Any]:
+    """Every generator's state in plain types, so checkpoints load with ``weights_only=True``."""
+    name, keys, pos, has_gauss, gauss = np.random.get_state()
+    state = {"python": random.getstate(), "numpy": [name, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, gauss],
+             "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    random.setstate(state["python"])
+    name, keys, pos, has_gauss, gauss = state["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+class LitGPT(L.LightningModule):
+    """Trains a GPT on packed windows ``[B, (K,) block + 1]``."""
+
+    def __init__(self, config: GPTConfig, train: dict[str, Any], ignore_ids: list[int],
+                 peak_flops: float | None = None) -> None:
+        super().__init__()
+        self.save_hyperparameters({"model": config.to_dict(), "train": train, "ignore_ids": ignore_ids})
+        self.config, self.settings, self.ignore_ids = config, train, list(ignore_ids)
+        self.model = GPT(config)
+        self.forward_fn = self.model
+        self.flops_per_token = flops_per_token(config, self.model.num_params())
+        self.peak_flops = peak_flops
+        self.data_batches_done = 0  # micro-batches consumed before this run (set on resume)
+        self._val_sums: list[Tensor] = []
+        self._tick: float | None = None
+
+    def configure_model(self) -> None:
+        if self.settings.get("compile") and self.forward_fn is self.model:
+            self.forward_fn = torch.compile(self.model)
+
+    def _losses(self, batch: Tensor) -> tuple[Tensor, Tensor]:
+        """(per-stream summed NLL [K], per-stream valid-target counts [K])."""
+        inputs, targets = batch[..., :-1], mask_targets(batch[..., 1:], self.ignore_ids)
+        logits = self.forward_fn(inputs)
+        means = stream_losses(logits, targets, IGNORE)
+        counts = (targets != IGNORE).reshape(targets.shape[0], -1, targets.shape[-1]).sum(dim=(0, 2))
+        return means * counts, counts
+
+    def training_step(self, batch: Tensor, batch_idx: int) -> Tensor:
+        sums, counts = self._losses(batch)
+        loss = (sums / counts.clamp_min(1)).mean()  # mean over streams of each stream's mean
+        self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=False, sync_dist=False)
+        self.log("train/lr", self.trainer.optimizers[0].param_groups[0]["lr"], on_step=True, on_epoch=False)
+        self.log("opt_step", float(self.trainer.global_step), on_step=True, on_epoch=False)
+        now = time.perf_counter()
+        if self._tick is not None:
+            seconds = now - self._tick
+            tokens = batch[..., 1:].shape[0] * batch.shape[-1] - batch.shape[0]
+            tps = tokens * self.trainer.world_size / seconds
+            self.log("train/tokens_per_s", tps, prog_bar=True, on_step=True, on_epoch=False)
+            if self.peak_flops:
+                self.log("train/mfu", tps * self.flops_per_token / (self.peak_flops * self.trainer.world_size),
+                         on_step=True, on_epoch=False)
+        self._tick = now
+        return loss
+
+    def validation_step(self, batch: Tensor, batch_idx: int) -> None:
+        self._val_sums.append(torch.stack(self._losses(batch)).double())
+
+    def on_validation_epoch_start(self) -> None:
+        self._val_sums = []
+
+    def on_validation_epoch_end(self) -> None:
+        if not self._val_sums:
+            return
+        total = torch.stack(self._val_sums).sum(0)  # [2, K]
+        total = self.trainer.strategy.reduce(total, reduce_op="sum")
+        per_stream = total[0] / total[1].clamp_min(1)
+        self.log("val/loss", per_stream.mean().float(), prog_bar=True, sync_dist=False)
+        self.log("opt_step", float(self.trainer.global_step), sync_dist=False)
+        if per_stream.numel() > 1:
+            for k, value in enumerate(per_stream):
+                self.log(f"val/loss_stream{k}", value.float(), sync_dist=False)
+        self._tick = None  # validation time is not training time
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        s = self.settings
+        fused = self.device.type == "cuda"
+        opt = torch.optim.AdamW(self.model.param_groups(s["weight_decay"]), lr=s["lr"],
+                                betas=(s["beta1"], s["beta2"]), fused=fused)
+        schedule = torch.optim.lr_scheduler.LambdaLR(
+            opt, lambda step: warmup_cosine(step, s["warmup_steps"], s["max_steps"], s["lr"], s["min_lr"]) / s["lr"])
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["rng"] = rng_state()
+        checkpoint["data_batches"] = self.trainer.global_step * self.settings["accumulate"]
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self.data_batches_done = int(checkpoint.get("data_batches", 0))
+        self._resume_rng = checkpoint.get("rng")
+
+    def on_train_start(self) -> None:
+        # Restored here, not at load time, so nothing Lightning does while setting up draws from it.
+        if getattr(self, "_resume_rng", None) is not None:
+            set_rng_state(self._resume_rng)
+            self._resume_rng = None

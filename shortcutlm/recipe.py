@@ -1,0 +1,249 @@
+"""Recipes: one YAML per dataset, validated into dataclasses, and the runner of its stages.
+
+A recipe names a source and tokenizer (for ``prepare``), a model (GPTConfig fields; the
+vocabulary and stream count come from the tokenizer), the variants to train and compare,
+and settings for training, evaluation and generation. ``presets`` (``tiny``, ``paper``, ...)
+are partial recipes merged over the base; ``--set key.sub=value`` overrides come last.
+"""
+from __future__ import annotations
+
+import argparse
+import re
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from shortcutlm.config_schema import ConfigError, apply_overrides, deep_merge, from_dict
+from shortcutlm.models import GPTConfig
+
+STAGES = ("prepare", "train", "evaluate", "generate", "report")
+
+
+@dataclass
+class TrainSettings:
+    """How a model is trained. Step counts are optimiser steps."""
+
+    max_steps: int = 1000
+    """Length of the run (and of the cosine schedule)."""
+    batch_size: int = 8
+    """Sequences per device per micro-step."""
+    accumulate: int = 1
+    """Micro-steps per optimiser step (gradient accumulation)."""
+    lr: float = 6e-4
+    min_lr: float = 6e-5
+    warmup_steps: int = 100
+    weight_decay: float = 0.1
+    beta1: float = 0.9
+    beta2: float = 0.95
+    grad_clip: float = 1.0
+    """Clip the global gradient norm to this (0 disables)."""
+    precision: str = "32-true"
+    """Lightning precision: ``32-true``, ``bf16-mixed`` (autocast, CPU or GPU), ``16-mixed`` (GPU)."""
+    compile: bool = False
+    """Run the model through ``torch.compile``."""
+    seed: int = 1337
+    val_every: int = 100
+    """Validate every this many optimiser steps (and at the end)."""
+    val_batches: int = 20
+    """Validation batches during training (``evaluate`` always does the full pass)."""
+    log_every: int = 10
+    ckpt_every: int = 0
+    """Refresh the checkpoint folder every this many steps (0: only at the end or on interrupt)."""
+    accelerator: str = "auto"
+    devices: int = 1
+    num_nodes: int = 1
+    strategy: str = "auto"
+    """Lightning strategy: ``auto``, ``ddp``, ``ddp_spawn``, ``fsdp``."""
+    num_workers: int = 0
+    """Data-loading worker processes per device."""
+    peak_flops: float | None = None
+    """Peak FLOP/s for MFU; ``None`` measures a matrix product on the device at start."""
+
+    def __post_init__(self) -> None:
+        for name in ("max_steps", "batch_size", "accumulate", "val_every", "log_every", "devices", "num_nodes"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"train.{name} must be >= 1, got {getattr(self, name)}")
+        if self.warmup_steps < 0 or self.ckpt_every < 0 or self.num_workers < 0 or self.val_batches < 0:
+            raise ConfigError("train.warmup_steps, ckpt_every, num_workers and val_batches must be >= 0")
+        if not 0 < self.min_lr <= self.lr:
+            raise ConfigError(f"train: need 0 < min_lr <= lr, got min_lr={self.min_lr}, lr={self.lr}")
+        if self.precision not in ("32-true", "32", "bf16-mixed", "16-mixed", "bf16-true"):
+            raise ConfigError(f"train.precision {self.precision!r}: use 32-true, bf16-mixed, 16-mixed or bf16-true")
+
+
+@dataclass
+class EvaluateSettings:
+    split: str = "test"
+    batch_size: int = 8
+    max_batches: int | None = None
+    """Cap on batches (None: the exact full pass)."""
+
+
+@dataclass
+class GenerateSettings:
+    prompt: str | None = None
+    """A prompt file (.wav/.flac, .mid, .txt); ``None`` takes the first document of the test split."""
+    prompt_tokens: int = 64
+    """Tokens of the test document used as prompt when ``prompt`` is None (0: unconditional)."""
+    max_new_tokens: int | None = 256
+    seconds: float | None = None
+    """Length in seconds instead of tokens (audio and MIDI)."""
+    temperature: float = 1.0
+    top_k: int | None = 50
+    top_p: float | None = None
+    seed: int = 0
+    samples: int = 1
+
+
+@dataclass
+class Recipe:
+    name: str
+    source: dict[str, Any]
+    """Passed to ``prepare`` (``name``, ``path``, options)."""
+    tokenizer: dict[str, Any]
+    """Passed to ``prepare`` (``domain`` plus the tokenizer's settings)."""
+    description: str = ""
+    model: dict[str, Any] = field(default_factory=dict)
+    """GPTConfig fields shared by all variants (vocab_size and n_streams come from the tokenizer)."""
+    variants: dict[str, dict[str, Any]] = field(default_factory=lambda: {"baseline": {}})
+    """Name -> GPTConfig fields over ``model``; each variant is trained and compared."""
+    train: TrainSettings = field(default_factory=TrainSettings)
+    evaluate: EvaluateSettings = field(default_factory=EvaluateSettings)
+    generate: GenerateSettings = field(default_factory=GenerateSettings)
+    preset: str | None = None
+    """The preset that was applied (recorded, not set by hand)."""
+
+    def model_config(self, variant: str, vocab_size: int, n_streams: int) -> GPTConfig:
+        if variant not in self.variants:
+            raise ConfigError(f"recipe {self.name}: no variant {variant!r}; variants: {sorted(self.variants)}")
+        fields = {**self.model, **(self.variants[variant] or {})}
+        for key in ("vocab_size", "n_streams"):
+            if key in fields:
+                raise ConfigError(f"recipe {self.name}: model.{key} comes from the tokenizer; remove it")
+        try:
+            return GPTConfig.from_dict({**fields, "vocab_size": vocab_size, "n_streams": n_streams})
+        except (ValueError, TypeError) as err:
+            raise ConfigError(f"recipe {self.name}, variant {variant}: {err}") from err
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def load_recipe(path: str | Path, preset: str | None = None, overrides: list[str] | None = None) -> Recipe:
+    """Read, merge the preset and overrides, and validate a recipe YAML (errors name the file)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: no such recipe file")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML ({err})") from err
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: a recipe is a mapping of keys, got {type(raw).__name__}")
+    presets = raw.pop("presets", {}) or {}
+    if preset is not None:
+        if preset not in presets:
+            raise ConfigError(f"{path}: no preset {preset!r}; presets: {sorted(presets) or 'none'}")
+        raw = deep_merge(raw, presets[preset])
+        raw["preset"] = preset
+    raw = apply_overrides(raw, overrides or [])
+    try:
+        recipe = from_dict(Recipe, raw)
+        for name in recipe.variants:
+            if not re.fullmatch(r"[A-Za-z0-9_-]+", name):
+                raise ConfigError(f"variant name {name!r}: use letters, digits, '-' and '_' only")
+            recipe.model_config(name, vocab_size=2, n_streams=1)  # validates fields early
+    except ConfigError as err:
+        raise ConfigError(f"{path}: {err}") from err
+    return recipe
+
+
+def recipe_from_dict(data: dict[str, Any]) -> Recipe:
+    """A recipe as recorded in a checkpoint (already resolved)."""
+    data = {k: v for k, v in data.items() if k != "variant"}
+    return from_dict(Recipe, data)
+
+
+# --------------------------------------------------------------------------------------------
+# Running the stages
+# --------------------------------------------------------------------------------------------
+@dataclass
+class RunLayout:
+    """Where a recipe run puts things under its output folder."""
+
+    root: Path
+
+    @property
+    def data(self) -> Path:
+        return self.root / "data"
+
+    def checkpoint(self, variant: str) -> Path:
+        return self.root / "checkpoints" / variant
+
+    @property
+    def evaluation(self) -> Path:
+        return self.root / "eval"
+
+    def samples(self, variant: str) -> Path:
+        return self.root / "samples" / variant
+
+    @property
+    def report(self) -> Path:
+        return self.root / "report.md"
+
+
+def run_recipe(recipe: Recipe, out: str | Path, stages: tuple[str, ...] = STAGES,
+               variants: list[str] | None = None, progress: bool = True) -> RunLayout:
+    """prepare → train (each variant) → evaluate → generate → report, resuming what exists."""
+    from shortcutlm.datasets.prepare import prepare
+
+    layout = RunLayout(Path(out))
+    layout.root.mkdir(parents=True, exist_ok=True)
+    chosen = variants or list(recipe.variants)
+    if "prepare" in stages:
+        prepare(recipe.source, recipe.tokenizer, layout.data, workers=2, progress=progress)
+    if "train" in stages:
+        from shortcutlm.training import train
+
+        for variant in chosen:
+            train(recipe, variant, layout.data, layout.checkpoint(variant), progress=progress)
+    folders = [layout.checkpoint(v) for v in chosen]
+    if "evaluate" in stages:
+        from shortcutlm.evaluation import evaluate_checkpoints, write_report
+
+        results = evaluate_checkpoints(folders, layout.data, split=recipe.evaluate.split,
+                                       batch_size=recipe.evaluate.batch_size, max_batches=recipe.evaluate.max_batches)
+        write_report(results, layout.evaluation)
+    if "generate" in stages:
+        from shortcutlm.report import generate_samples
+
+        for variant, folder in zip(chosen, folders):
+            generate_samples(recipe, folder, layout.data, layout.samples(variant))
+    if "report" in stages:
+        from shortcutlm.report import write_run_report
+
+        write_run_report(recipe, layout, chosen)
+    return layout
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("recipe", help="recipe YAML, e.g. recipes/bach_chorales.yaml")
+    parser.add_argument("--preset", help="a preset of the recipe, e.g. tiny or paper")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a recipe value, e.g. --set train.max_steps=50 (repeatable)")
+    parser.add_argument("--stage", dest="stages", action="append", choices=STAGES,
+                        help="run only these stages (repeatable; default: all, in order)")
+    parser.add_argument("--variant", dest="variants", action="append", help="only these variants (repeatable)")
+    parser.add_argument("--out", help="output folder (default: runs/<recipe name>[-<preset>])")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def run(args: argparse.Namespace) -> int:
+    recipe = load_recipe(args.recipe, args.preset, args.overrides)
+    out = args.out or f"runs/{recipe.name}" + (f"-{args.preset}" if args.preset else "")
+    stages = tuple(s for s in STAGES if not args.stages or s in args.stages)
+    layout = run_recipe(recipe, out, stages, args.variants, progress=not args.no_progress)
+    print(f"done: {layout.root}" + (f" (report: {layout.report})" if layout.report.exists() else ""))
+    return 0

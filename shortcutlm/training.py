@@ -1,0 +1,217 @@
+"""``shortcutlm train``: one recipe variant on prepared shards, into a self-describing checkpoint folder.
+
+Resuming is the default: when the output folder holds ``trainer/last.ckpt`` the run goes on
+from it (weights, optimiser, schedule, RNG and data position), so an interrupted run ends
+where an uninterrupted one would. Ctrl-C saves that state before exiting.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import logging
+import shutil
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any, Callable, Iterable, Iterator
+
+import lightning as L
+import torch
+from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+
+from shortcutlm import checkpoint as ckpt
+from shortcutlm.bench.common import matmul_peak_flops
+from shortcutlm.datasets.loader import eval_batches, read_manifest, train_batches
+from shortcutlm.models.lightning import LitGPT
+from shortcutlm.recipe import Recipe, TrainSettings, load_recipe
+
+log = logging.getLogger(__name__)
+
+
+def ignored_ids(special_ids: dict[str, int]) -> list[int]:
+    """Target ids that carry no prediction: padding, and the delay layout's empty positions."""
+    return sorted({special_ids[k] for k in ("pad", "empty") if k in special_ids})
+
+
+def measured_peak(settings: TrainSettings, accelerator: str) -> float:
+    """The matmul peak of the training device in the training precision (the MFU denominator)."""
+    if settings.peak_flops:
+        return settings.peak_flops
+    device = "cuda" if accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available()) else "cpu"
+    dtype = torch.bfloat16 if settings.precision.startswith("bf16") else (
+        torch.float16 if settings.precision.startswith("16") else torch.float32)
+    return matmul_peak_flops(device, dtype, size=1024 if device == "cpu" else 4096)
+
+
+class FromPosition:
+    """An iterable that starts every iteration at the same data position.
+
+    Lightning may call ``iter`` more than once on a resumed run (after prefetching a batch);
+    a loader that advanced its own position would then skip batches.
+    """
+
+    def __init__(self, make: Callable[[], Iterable]) -> None:
+        self.make = make
+
+    def __iter__(self) -> Iterator:
+        return iter(self.make())
+
+
+class ShardData(L.LightningDataModule):
+    """Training windows split by rank, resumed at the checkpoint's data position; exact validation."""
+
+    def __init__(self, data_dir: Path, block_size: int, settings: TrainSettings, lit: LitGPT,
+                 has_valid: bool) -> None:
+        super().__init__()
+        self.data_dir, self.block, self.settings, self.lit, self.has_valid = data_dir, block_size, settings, lit, has_valid
+
+    def train_dataloader(self) -> Any:
+        s, t = self.settings, self.trainer
+        start = {"batches": self.lit.data_batches_done}
+        return FromPosition(lambda: train_batches(self.data_dir, self.block, s.batch_size, s.seed, rank=t.global_rank,
+                                                  world_size=t.world_size, num_workers=s.num_workers, state=start))
+
+    def val_dataloader(self) -> Any:
+        if not self.has_valid:
+            return []
+        t = self.trainer
+        return eval_batches(self.data_dir, "valid", self.block, self.settings.batch_size, t.global_rank, t.world_size)
+
+
+class FolderWriter(L.Callback):
+    """Keeps the checkpoint folder current: every ``every`` steps, at the end, and on Ctrl-C."""
+
+    def __init__(self, out: Path, recipe: dict[str, Any], data_dir: Path, manifest: dict[str, Any],
+                 every: int, max_steps: int, csv_dir: Path) -> None:
+        self.out, self.recipe, self.data_dir, self.manifest = out, recipe, data_dir, manifest
+        self.every, self.max_steps, self.csv_dir = every, max_steps, csv_dir
+
+    def write(self, trainer: L.Trainer, lit: LitGPT) -> None:
+        trainer.save_checkpoint(self.out / ckpt.TRAINER_STATE)
+        if not trainer.is_global_zero:
+            return
+        step = trainer.global_step
+        hparams = {"train": lit.settings, "step": step, "finished": step >= self.max_steps,
+                   "parameters": lit.model.num_params(), "flops_per_token": lit.flops_per_token,
+                   "peak_flops": lit.peak_flops, "world_size": trainer.world_size,
+                   "tokens_seen": step * lit.settings["accumulate"] * lit.settings["batch_size"]
+                   * trainer.world_size * lit.config.block_size}
+        tok = self.manifest["tokenizer"]
+        data = {"shard_dir": str(self.data_dir.resolve()), "fingerprint": tok["fingerprint"],
+                "domain": tok["domain"], "splits": {k: {m: v for m, v in s.items() if m != "shards"}
+                                                    for k, s in self.manifest["splits"].items()}}
+        ckpt.save_folder(self.out, lit.model, self.recipe, hparams, self.data_dir / "tokenizer", data)
+        merge_metrics(sorted(self.csv_dir.parent.glob("version_*/metrics.csv")), self.out / ckpt.METRICS)
+
+    def on_train_batch_end(self, trainer: L.Trainer, lit: LitGPT, outputs: Any, batch: Any, batch_idx: int) -> None:
+        end_of_step = (batch_idx + 1) % lit.settings["accumulate"] == 0
+        if self.every and end_of_step and trainer.global_step % self.every == 0:
+            self.write(trainer, lit)
+
+    def on_train_end(self, trainer: L.Trainer, lit: LitGPT) -> None:
+        self.write(trainer, lit)
+
+    def on_exception(self, trainer: L.Trainer, lit: LitGPT, exception: BaseException) -> None:
+        if isinstance(exception, KeyboardInterrupt) and trainer.global_step > 0:
+            log.warning("interrupted at step %d: saving %s to resume from", trainer.global_step, self.out)
+            self.write(trainer, lit)
+
+
+def merge_metrics(parts: list[Path], out: Path) -> None:
+    """One curve from the CSV logs of every sitting of a resumed run.
+
+    A later sitting restarts from a checkpoint, so rows that an earlier sitting logged at or
+    past that sitting's first ``opt_step`` were redone and are dropped. (A training row's
+    ``opt_step`` is the step it takes; a validation row's is the steps completed before it.)
+    """
+    sittings = []
+    for part in sorted(parts, key=lambda p: int(p.parent.name.split("_")[-1])):
+        with part.open(newline="") as fh:
+            rows = [r for r in csv.DictReader(fh) if r.get("opt_step")]
+        if rows:
+            sittings.append(rows)
+    merged: list[dict[str, str]] = []
+    for rows in sittings:
+        start = min(float(r["opt_step"]) for r in rows)
+        merged = [r for r in merged if float(r["opt_step"]) < start
+                  or (r.get("val/loss") and float(r["opt_step"]) == start)] + rows
+    if not merged:
+        return
+    columns = ["opt_step"] + sorted({k for r in merged for k in r if k not in ("opt_step", "step", "epoch")})
+    tmp = out.with_name(out.name + ".tmp")
+    with tmp.open("w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=columns, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(merged)
+    tmp.replace(out)
+
+
+def is_finished(out: Path, max_steps: int) -> bool:
+    path = out / ckpt.HPARAMS
+    if not path.is_file():
+        return False
+    hparams = json.loads(path.read_text())
+    return bool(hparams.get("finished")) and hparams.get("step", 0) >= max_steps
+
+
+def train(recipe: Recipe, variant: str, data_dir: str | Path, out: str | Path, progress: bool = True,
+          stop_after: int | None = None, fresh: bool = False) -> Path:
+    """Train ``variant`` of ``recipe`` on the shards in ``data_dir``; return the checkpoint folder.
+
+    ``stop_after`` ends the run early at that step (the schedule still spans ``max_steps``), so
+    a long run can be split over sittings; ``fresh`` discards an existing checkpoint.
+    """
+    data_dir, out = Path(data_dir), Path(out)
+    s = recipe.train
+    if fresh and out.exists():
+        shutil.rmtree(out)
+    if is_finished(out, s.max_steps):
+        log.info("%s: already trained to step %d; keeping it", out, s.max_steps)
+        return out
+    manifest = read_manifest(data_dir)
+    tok = manifest["tokenizer"]
+    config = recipe.model_config(variant, tok["vocab_size"], tok["n_streams"])
+    L.seed_everything(s.seed, workers=True, verbose=False)
+    lit = LitGPT(config, asdict(s), ignored_ids(tok["special_ids"]), measured_peak(s, s.accelerator))
+    out.mkdir(parents=True, exist_ok=True)
+    sitting = len(list((out / "logs").glob("version_*")))  # each resumed sitting logs apart
+    csv_logger = CSVLogger(out, name="logs", version=sitting)
+    loggers = [csv_logger, TensorBoardLogger(out, name="tensorboard", version=sitting)]
+    has_valid = manifest["splits"].get("valid", {}).get("tokens", 0) > 0
+    record = {**recipe.to_dict(), "variant": variant}
+    writer = FolderWriter(out, record, data_dir, manifest, s.ckpt_every, s.max_steps, Path(csv_logger.log_dir))
+    trainer = L.Trainer(
+        max_steps=min(stop_after or s.max_steps, s.max_steps), max_epochs=-1,
+        accelerator=s.accelerator, devices=s.devices, num_nodes=s.num_nodes, strategy=s.strategy,
+        precision=s.precision, accumulate_grad_batches=s.accumulate,
+        gradient_clip_val=s.grad_clip or None, val_check_interval=s.val_every * s.accumulate,
+        check_val_every_n_epoch=None, limit_val_batches=s.val_batches if has_valid else 0,
+        num_sanity_val_steps=0, log_every_n_steps=s.log_every, logger=loggers, callbacks=[writer],
+        enable_checkpointing=False, enable_progress_bar=progress, enable_model_summary=progress,
+        use_distributed_sampler=False, default_root_dir=out)
+    last = out / ckpt.TRAINER_STATE
+    trainer.fit(lit, datamodule=ShardData(data_dir, config.block_size, s, lit, has_valid),
+                ckpt_path=last if last.is_file() else None)
+    return out
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("recipe", help="recipe YAML")
+    parser.add_argument("--data", required=True, help="prepared shard folder (with manifest.json)")
+    parser.add_argument("--out", required=True, help="checkpoint folder to write (resumed when it exists)")
+    parser.add_argument("--variant", help="which of the recipe's variants (default: the first)")
+    parser.add_argument("--preset", help="a preset of the recipe, e.g. tiny")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a recipe value, e.g. --set train.lr=3e-4 (repeatable)")
+    parser.add_argument("--stop-after", type=int, help="stop at this step (resume later to finish)")
+    parser.add_argument("--fresh", action="store_true", help="discard an existing checkpoint in --out")
+    parser.add_argument("--no-progress", action="store_true")
+
+
+def run(args: argparse.Namespace) -> int:
+    recipe = load_recipe(args.recipe, args.preset, args.overrides)
+    variant = args.variant or next(iter(recipe.variants))
+    out = train(recipe, variant, args.data, args.out, progress=not args.no_progress,
+                stop_after=args.stop_after, fresh=args.fresh)
+    print(f"checkpoint: {out}")
+    return 0
