@@ -169,6 +169,9 @@ def _tokenizer_for(out: Path, domain: str, settings: dict[str, Any], docs: list[
         if progress:
             print(f"training the {domain} tokenizer on {len(train)} train documents …", file=sys.stderr)
         tokenizer.train(train)
+    if previous is not None and previous.get("shards"):
+        # The saved tokenizer is gone but shards exist: only an identical mapping may add to them.
+        tokenizer.check_fingerprint(previous["tokenizer"]["fingerprint"], f"the partial shards in {out}")
     tokenizer.save(folder)
     return tokenizer
 
@@ -236,7 +239,8 @@ def prepare(source: dict[str, Any], tokenizer: dict[str, Any], out_dir: str | Pa
 
     ``source``: ``{"name": ..., "path": ..., **options}`` (see :mod:`shortcutlm.datasets.sources`);
     ``tokenizer``: ``{"domain": "text"|"midi"|"acoustic", **settings for from_settings}``.
-    A shard closes once it holds ``shard_tokens`` positions or ``shard_documents`` documents.
+    A shard closes once it holds ``shard_tokens`` ids (every stream counted, so K-stream
+    shards are no larger on disk) or ``shard_documents`` documents.
     """
     from tqdm import tqdm
 
@@ -316,7 +320,7 @@ def prepare(source: dict[str, Any], tokenizer: dict[str, Any], out_dir: str | Pa
             for key, value in info.items():
                 if isinstance(value, (int, float)) and not isinstance(value, bool):
                     sums[key] = sums.get(key, 0) + value
-            if writer.tokens >= shard_tokens or len(writer.doc_ids) >= shard_documents:
+            if writer.values >= shard_tokens or len(writer.doc_ids) >= shard_documents:
                 close()
         close()
     except BaseException:
@@ -361,8 +365,10 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--set", action="append", default=[], metavar="K=V", help="tokenizer setting, repeatable")
     parser.add_argument("--out", help="output folder for shards, manifest.json and tokenizer/")
     parser.add_argument("--workers", type=int, default=None, help="encoding processes (default 2)")
-    parser.add_argument("--shard-tokens", type=int, default=DEFAULT_SHARD_TOKENS)
-    parser.add_argument("--shard-documents", type=int, default=DEFAULT_SHARD_DOCUMENTS)
+    parser.add_argument("--shard-tokens", type=int, default=None,
+                        help=f"close a shard at this many ids (default {DEFAULT_SHARD_TOKENS})")
+    parser.add_argument("--shard-documents", type=int, default=None,
+                        help=f"close a shard at this many documents (default {DEFAULT_SHARD_DOCUMENTS})")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
@@ -391,8 +397,8 @@ def spec_from_args(args: argparse.Namespace) -> dict[str, Any]:
         raise ValueError("need --source, --tokenizer and --out (or a --spec file that gives them)")
     return {"source": source, "tokenizer": tokenizer, "out": out,
             "workers": args.workers if args.workers is not None else int(spec.get("workers", 2)),
-            "shard_tokens": int(spec.get("shard_tokens", args.shard_tokens)),
-            "shard_documents": int(spec.get("shard_documents", args.shard_documents))}
+            "shard_tokens": int(args.shard_tokens or spec.get("shard_tokens", DEFAULT_SHARD_TOKENS)),
+            "shard_documents": int(args.shard_documents or spec.get("shard_documents", DEFAULT_SHARD_DOCUMENTS))}
 
 
 def run(args: argparse.Namespace) -> int:

@@ -95,7 +95,8 @@ class ShardWriter:
         self.tar = TarWriter(self.handle, encoder=False, mtime=0.0, user="", group="", mode=0o644)
         self.doc_ids: list[str] = []
         self.doc_tokens: list[int] = []
-        self.tokens = 0
+        self.tokens = 0  # positions (T per document, whatever the number of streams)
+        self.values = 0  # ids stored (K·T per document): what sizes the file
         self.bytes_written = 0
 
     def add(self, doc_id: str, tokens: np.ndarray, meta: dict[str, Any]) -> None:
@@ -112,6 +113,7 @@ class ShardWriter:
         self.doc_ids.append(doc_id)
         self.doc_tokens.append(int(tokens.shape[-1]))
         self.tokens += int(tokens.shape[-1])
+        self.values += int(tokens.size)
 
     def finish(self) -> ShardRecord:
         self.tar.close()
