@@ -1,0 +1,172 @@
+"""The recipe's report: evaluation table, loss curves, generated samples, shortcut depth maps.
+
+Every figure in ``report.md`` is read from files the earlier stages wrote (manifest,
+checkpoint folders, ``eval/results.json``, sample sidecars); nothing is typed in.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from shortcutlm.datasets.loader import read_manifest
+from shortcutlm.datasets.shards import read_shard
+from shortcutlm.models import SamplingSettings
+from shortcutlm.plots import plot_loss_curves
+from shortcutlm.recipe import Recipe, RunLayout
+
+ARTIFACT_SUFFIX = {"text": ".txt", "midi": ".mid", "acoustic": ".wav"}
+
+
+def first_document(data_dir: Path, splits: tuple[str, ...] = ("test", "valid", "train")) -> np.ndarray | None:
+    """Tokens of the first document of the first non-empty split (a reproducible prompt source)."""
+    manifest = read_manifest(data_dir)
+    for split in splits:
+        for shard in manifest["splits"].get(split, {}).get("shards", []):
+            for _key, tokens, _meta in read_shard(Path(data_dir) / shard):
+                return tokens.astype(np.int64)
+    return None
+
+
+def prompt_file(recipe: Recipe, data_dir: Path, out_dir: Path) -> Path | None:
+    """The recipe's prompt file, or the head of the first test document decoded to a file."""
+    g = recipe.generate
+    if g.prompt:
+        return Path(g.prompt)
+    if g.prompt_tokens <= 0:
+        return None
+    tokens = first_document(data_dir)
+    if tokens is None:
+        return None
+    from shortcutlm.tokenizers import load_tokenizer
+
+    tokenizer = load_tokenizer(Path(data_dir) / "tokenizer")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    return tokenizer.decode(tokens[..., : g.prompt_tokens], out_dir / f"prompt{ARTIFACT_SUFFIX[tokenizer.domain]}")
+
+
+def generate_samples(recipe: Recipe, folder: Path, data_dir: Path, out_dir: Path) -> list[Path]:
+    """The recipe's generation stage for one checkpoint."""
+    from shortcutlm.generation import generate_from_checkpoint
+
+    g = recipe.generate
+    settings = SamplingSettings(temperature=g.temperature, top_k=g.top_k, top_p=g.top_p, seed=g.seed)
+    prompt = prompt_file(recipe, data_dir, out_dir.parent / "prompt")
+    return generate_from_checkpoint(folder, out_dir, prompt=prompt, max_new_tokens=None if g.seconds else g.max_new_tokens,
+                                    seconds=g.seconds, settings=settings, samples=g.samples)
+
+
+def _rel(path: Path, root: Path) -> str:
+    try:
+        return str(Path(path).resolve().relative_to(root.resolve()))
+    except ValueError:
+        return str(path)
+
+
+def _data_section(data_dir: Path) -> list[str]:
+    manifest = read_manifest(data_dir)
+    tok = manifest["tokenizer"]
+    lines = ["## Data", "",
+             f"Source `{manifest['source'].get('name')}`, tokenizer `{tok['domain']}` "
+             f"(vocabulary {tok['vocab_size']}, {tok['n_streams']} stream(s), fingerprint `{tok['fingerprint']}`).", "",
+             "| split | documents | tokens |", "|---|---:|---:|"]
+    for split, info in manifest["splits"].items():
+        lines.append(f"| {split} | {info['documents']:,} | {info['tokens']:,} |")
+    rejected = manifest.get("rejected", [])
+    lines += ["", f"Rejected inputs: {len(rejected)}" + ("" if not rejected else ":")]
+    lines += [f"- `{r['input']}`: {r['reason']}" for r in rejected[:20]]
+    if len(rejected) > 20:
+        lines.append(f"- … and {len(rejected) - 20} more (see `data/manifest.json`)")
+    return lines + [""]
+
+
+def _training_section(layout: RunLayout, variants: list[str]) -> list[str]:
+    lines = ["## Training", "", "| variant | value residual | shortcut | parameters | steps | tokens seen |",
+             "|---|---|---|---:|---:|---:|"]
+    for v in variants:
+        folder = layout.checkpoint(v)
+        if not (folder / "hparams.json").is_file():
+            lines.append(f"| {v} | – | – | – | not trained | – |")
+            continue
+        h = json.loads((folder / "hparams.json").read_text())
+        cfg = json.loads((folder / "model_config.json").read_text())
+        lines.append(f"| {v} | {cfg['value_residual']} | {cfg['shortcut']} | {h['parameters']:,} | {h['step']} "
+                     f"| {h['tokens_seen']:,} |")
+    curves = plot_loss_curves({v: layout.checkpoint(v) / "metrics.csv" for v in variants},
+                              layout.root / "loss_curves.png", "training and validation loss")
+    if curves:
+        lines += ["", f"![loss curves]({_rel(curves, layout.root)})",
+                  "", "Solid lines: training loss (exponential moving average); dashed: validation loss "
+                  "on the first `train.val_batches` validation batches."]
+    return lines + [""]
+
+
+def _evaluation_section(layout: RunLayout) -> list[str]:
+    table = layout.evaluation / "results.md"
+    if not table.is_file():
+        return ["## Evaluation", "", "Not run.", ""]
+    body = table.read_text().strip().splitlines()
+    body = [line for line in body if not line.startswith("# ")]  # keep our own heading level
+    return ["## Evaluation", "", *body, "",
+            "Loss is the mean next-token cross-entropy in nats over every target of the split (one exact "
+            "pass); bits = nats / ln 2; perplexity = e^loss. Lower is better.", ""]
+
+
+def _samples_section(layout: RunLayout, variants: list[str]) -> list[str]:
+    lines = ["## Samples", ""]
+    prompt_dir = layout.root / "samples" / "prompt"
+    prompts = sorted(prompt_dir.glob("prompt.*")) if prompt_dir.is_dir() else []
+    if prompts:
+        lines.append("Prompt: " + ", ".join(f"[`{p.name}`]({_rel(p, layout.root)})" for p in prompts))
+        lines.append("")
+    for v in variants:
+        folder = layout.samples(v)
+        files = sorted(p for p in folder.glob("*") if p.suffix in (".wav", ".mid", ".txt")) if folder.is_dir() else []
+        if files:
+            lines.append(f"- **{v}**: " + ", ".join(f"[`{p.name}`]({_rel(p, layout.root)})" for p in files))
+            texts = [p for p in files if p.suffix == ".txt"]
+            if texts:
+                lines += ["", "  ```", *("  " + line for line in texts[0].read_text()[:600].splitlines()), "  ```"]
+    return lines + [""]
+
+
+def _depth_maps(layout: RunLayout, variants: list[str], data_dir: Path) -> list[str]:
+    from shortcutlm.diagnostics import depth_map_for_checkpoint
+
+    lines: list[str] = []
+    for v in variants:
+        folder = layout.checkpoint(v)
+        if not (folder / "model.pt").is_file():
+            continue
+        png = depth_map_for_checkpoint(folder, data_dir, layout.root / f"depth_map_{v}.png")
+        if png is not None:
+            lines += [f"### {v}", "", f"![shortcut attention over depth, {v}]({_rel(png, layout.root)})", ""]
+    if not lines:
+        return []
+    return ["## Shortcut attention over depth", "",
+            "For the first validation window: each row is a token, each column a depth the final layer's "
+            "shortcut reads (emb = embeddings, Ln = output of block n); colour is the attention weight "
+            "averaged over heads (each row sums to 1).", "", *lines]
+
+
+def write_run_report(recipe: Recipe, layout: RunLayout, variants: list[str]) -> Path:
+    """Write ``report.md`` (and its PNGs) for a recipe run."""
+    title = f"# {recipe.name}" + (f" ({recipe.preset} preset)" if recipe.preset else "")
+    lines = [title, ""]
+    if recipe.description:
+        lines += [recipe.description.strip(), ""]
+    lines += _data_section(layout.data)
+    lines += _training_section(layout, variants)
+    lines += _evaluation_section(layout)
+    lines += _samples_section(layout, variants)
+    lines += _depth_maps(layout, variants, layout.data)
+    layout.report.write_text("\n".join(lines) + "\n")
+    return layout.report
+
+
+def summary(layout: RunLayout) -> dict[str, Any]:
+    """What a run produced (for scripts): the report and the evaluation JSON."""
+    results = layout.evaluation / "results.json"
+    return {"report": str(layout.report), "evaluation": json.loads(results.read_text()) if results.is_file() else None}
