@@ -1,0 +1,11 @@
+"""Raw datasets → documents → WebDataset shards → packed training windows.
+
+* :mod:`~shortcutlm.datasets.sources` / :mod:`~shortcutlm.datasets.embedded`: readers of
+  published layouts and of package-shipped corpora (``read_source(spec)``);
+* :mod:`~shortcutlm.datasets.splits`: stable hash splits for data without a published one;
+* :mod:`~shortcutlm.datasets.prepare`: ``prepare(source, tokenizer, out_dir)`` and the CLI;
+* :mod:`~shortcutlm.datasets.shards`: shard files, checksums, ``manifest.json``;
+* :mod:`~shortcutlm.datasets.loader`: ``train_batches`` / ``eval_batches`` for the trainer.
+
+Submodules are imported on use, so reading a manifest does not import tokenizers.
+"""

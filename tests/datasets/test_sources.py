@@ -146,6 +146,9 @@ def test_maestro(tmp_path):
     assert len(rejected) == 1 and "missing" in rejected[0].input and rejected[0].split == "train"
     with pytest.raises(ValueError, match="unknown option"):
         read_source({"name": "maestro", "path": tmp_path, "colour": "red"})
+    (tmp_path / "2004" / "a.wav").write_bytes(b"RIFF")  # files="audio" reads the audio column
+    audio, missing = split_items(list(read_source({"name": "maestro", "path": tmp_path, "files": "audio"})))
+    assert [d.path.name for d in audio] == ["a.wav"] and len(missing) == 3
 
 
 # ------------------------------------------------------------------------------ any folder
