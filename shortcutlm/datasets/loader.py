@@ -229,6 +229,7 @@ class _Plan:
         cache: dict[int, list[np.ndarray]] = {}
         while True:
             shard_idx, doc_idx = self.order(epoch, stream)
+            cache.clear()  # groups restart with the epoch
             for i, j in zip(shard_idx[doc:], doc_idx[doc:]):
                 if i not in cache:
                     if len(cache) >= self.group:  # documents come group by group
