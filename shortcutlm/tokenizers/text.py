@@ -2,7 +2,8 @@
 
 Models trained here give exact round trips: identity normalisation, no dummy prefix, no
 whitespace squeezing, ``"\\n"`` as a piece of its own and byte fallback, so every string
-(any script, control characters) encodes and decodes back to itself.
+(any script, control characters, even sentencepiece's own space mark U+2581, written as
+byte pieces) encodes and decodes back to itself.
 
 Files of any size are streamed: read in blocks, decoded incrementally (invalid UTF-8 is a
 :class:`TokenizerError` naming the file and byte offset, or U+FFFD with ``errors: replace``),
@@ -29,6 +30,7 @@ log = logging.getLogger(__name__)
 
 MODEL_FILE = "text.model"
 NEWLINE = "\n"
+SPACE_MARK = "\u2581"  # sentencepiece's whitespace symbol
 #: Lines longer than this (characters) are cut at a space, so one-line corpora such as text8
 #: stream, and sentencepiece's trainer (which drops sentences over max_sentence_length) sees them.
 MAX_LINE_CHARS = 4096
@@ -93,6 +95,8 @@ class TextTokenizer(Tokenizer):
                 got, extra = n + extra, extra + 1
             ids[name] = got
         self._special, self._vocab = ids, n + extra
+        marks = [sp.piece_to_id(f"<0x{b:02X}>") for b in SPACE_MARK.encode("utf-8")]
+        self._meta_bytes = marks if all(sp.is_byte(i) for i in marks) else []
         self._strip = np.array([ids["pad"], ids["bos"]])
 
     # ------------------------------------------------------------------ protocol: sizes and ids
@@ -183,16 +187,29 @@ class TextTokenizer(Tokenizer):
     # ------------------------------------------------------------------ protocol: encode / decode
     def encode_document(self, doc: Document) -> Encoded:
         """Stream the document through sentencepiece, one batch of lines (one read block) per call."""
-        sp = self._need_model()
         sizes: list[int] = []
-        chunks = [np.fromiter(itertools.chain.from_iterable(sp.encode(lines, num_threads=self.settings["num_threads"])),
-                              dtype=np.int64)
+        chunks = [np.fromiter(itertools.chain.from_iterable(self._encode_lines(lines)), dtype=np.int64)
                   for lines in self.iter_line_batches(doc, sizes)]
         n_bytes = sum(sizes)
         if n_bytes == 0:
             raise TokenizerError(f"{doc.describe()}: empty text")
         tokens = np.concatenate(chunks) if chunks else np.zeros(0, np.int64)
         return Encoded(tokens, {"bytes": n_bytes})
+
+    def _encode_lines(self, lines: list[str]) -> list[list[int]]:
+        """sentencepiece on a batch of lines; a literal U+2581 (sentencepiece's own space mark,
+        which it would decode as a space) is written as its three UTF-8 byte pieces instead."""
+        sp = self._need_model()
+        out = sp.encode(lines, num_threads=self.settings["num_threads"])
+        if self._meta_bytes and SPACE_MARK in "".join(lines):
+            for i, line in enumerate(lines):
+                if SPACE_MARK in line:
+                    parts = sp.encode(line.split(SPACE_MARK))
+                    ids = list(parts[0])
+                    for part in parts[1:]:
+                        ids += self._meta_bytes + part
+                    out[i] = ids
+        return out
 
     def encode_text(self, text: str) -> np.ndarray:
         """Ids of an in-memory string (prompts)."""

@@ -44,6 +44,7 @@ def test_exact_round_trip_non_ascii(text_files, tmp_path, model_type):
     out = tok.decode(enc.tokens, tmp_path / "out.txt")
     assert out.read_bytes() == text_files["sample"].read_bytes()
     unseen = "Ünïcödé never seen: ☃ ∮ 𝄞 \x00\x07 ﬁ ＡＢＣ\n"  # byte fallback, no normalisation
+    unseen += "sentencepiece's own space mark \u2581 kept\u2581as is\n"
     assert tok.decode_text(tok.encode_text(unseen)) == unseen
 
 
