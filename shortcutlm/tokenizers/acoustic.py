@@ -386,9 +386,12 @@ class AcousticTokenizer(Tokenizer):
 
     # ------------------------------------------------------------------ persistence
     def config(self) -> dict[str, Any]:
-        return {"sample_rate": self.sample_rate, "bandwidth": self.bandwidth, "layout": self.layout,
-                "weights": self.weights_kind, "seed": self.seed, "kmeans_iters": self.kmeans_iters,
-                "kmeans_max_frames": self.kmeans_max_frames, "chunk_seconds": self.chunk_seconds}
+        """The mapping's settings (k-means ones only for random_kmeans; the weights' digest is separate)."""
+        out = {"sample_rate": self.sample_rate, "bandwidth": self.bandwidth, "layout": self.layout,
+               "weights": self.weights_kind, "chunk_seconds": self.chunk_seconds}
+        if self.weights_kind == "random_kmeans":
+            out.update(seed=self.seed, kmeans_iters=self.kmeans_iters, kmeans_max_frames=self.kmeans_max_frames)
+        return out
 
     def _inference_state(self) -> dict:
         """The state dict minus the VQ's training-only EMA statistics (``embed_avg``, ``cluster_size``):

@@ -316,7 +316,7 @@ class MidiTokenizer(Tokenizer):
     # ------------------------------------------------------------------ persistence
     def config(self) -> dict[str, Any]:
         return {"tokenization": self.tokenization, "vocab_size": self.vocab_target,
-                "max_train_files": self.max_train_files, "miditok_config": self._tok.config.to_dict(serialize=True)}
+                "miditok_config": self._tok.config.to_dict(serialize=True)}
 
     def model_files_digest(self) -> str:
         """Digest of the learned BPE model (empty without BPE: the config defines the mapping)."""
@@ -329,8 +329,8 @@ class MidiTokenizer(Tokenizer):
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
         self._tok.save(folder / MIDITOK_FILE)
-        return write_config(folder, self, {"miditok_file": MIDITOK_FILE, "multitrack":
-                                           "program tokens" if self.use_programs else "tracks merged"})
+        return write_config(folder, self, {"miditok_file": MIDITOK_FILE, "max_train_files": self.max_train_files,
+                                           "multitrack": "program tokens" if self.use_programs else "tracks merged"})
 
     @classmethod
     def load(cls, folder: str | Path) -> "MidiTokenizer":
@@ -341,7 +341,7 @@ class MidiTokenizer(Tokenizer):
             raise FileNotFoundError(f"{params}: miditok config missing (the tokenizer was saved with {MIDITOK_FILE})")
         cfg = body["config"]
         tok = cls({"tokenization": cfg["tokenization"], "vocab_size": cfg["vocab_size"],
-                   "max_train_files": cfg["max_train_files"]}, miditok_params=params)
+                   "max_train_files": body.get("max_train_files", DEFAULTS["max_train_files"])}, miditok_params=params)
         if tok.fingerprint() != body["fingerprint"]:
             raise FingerprintMismatch(f"{folder}: {MIDITOK_FILE} gives fingerprint {tok.fingerprint()}, "
                                       f"but {body['fingerprint']} was saved; the miditok file was changed")
@@ -349,7 +349,8 @@ class MidiTokenizer(Tokenizer):
 
 
 def _merge_tracks(score):
-    """All non-drum notes in one program-0 track (tempo, time and key signatures kept)."""
+    """All non-drum notes (and pedals, pitch bends, controls) in one program-0 track; tempo,
+    time and key signatures kept."""
     import symusic
 
     merged = score.copy()
@@ -357,7 +358,13 @@ def _merge_tracks(score):
     for source in score.tracks:
         if not source.is_drum:
             track.notes.extend(source.notes)
+            track.pedals.extend(source.pedals)
+            track.pitch_bends.extend(source.pitch_bends)
+            track.controls.extend(source.controls)
     track.notes.sort()
+    track.pedals.sort()
+    track.pitch_bends.sort()
+    track.controls.sort()
     merged.tracks = [track]
     return merged
 

@@ -44,6 +44,7 @@ def audio_files(files) -> dict[str, Path]:
         "train_b": (tones(1.0, 16000, seed=2, channels=2), 16000, "flac"),
         "stereo_44k": (tones(1.2, 44100, seed=3, channels=2), 44100, "wav"),
         "mono_24k": (tones(1.0, 24000, seed=4), 24000, "wav"),
+        "short_22k": (tones(0.5, 22050, seed=5), 22050, "wav"),
         "silent": (np.zeros((12000, 1), np.float32), 24000, "wav"),
     }
     paths = {}
@@ -58,24 +59,23 @@ def audio_files(files) -> dict[str, Path]:
 
 
 @pytest.fixture(scope="session")
-def codec_folder(audio_files, tmp_path_factory) -> Path:
-    """One random-init EnCodec (K=2) with k-means codebooks, fitted and saved once per session."""
+def acoustic_flatten(audio_files):
+    """One random-init EnCodec (K=2) with k-means codebooks, fitted once per session."""
     from shortcutlm.tokenizers.acoustic import AcousticTokenizer
 
     tok = AcousticTokenizer({"weights": "random_kmeans", "bandwidth": 1.5, "kmeans_iters": 5, "seed": 0})
     assert tok.needs_training
     tok.train([doc(audio_files["train_a"]), doc(audio_files["train_b"])])
     assert not tok.needs_training
-    folder = tmp_path_factory.mktemp("acoustic_tok")
-    tok.save(folder)
-    return folder
+    return tok
 
 
 @pytest.fixture(scope="session")
-def acoustic_flatten(codec_folder):
-    from shortcutlm.tokenizers.acoustic import AcousticTokenizer
-
-    return AcousticTokenizer.load(codec_folder)
+def codec_folder(acoustic_flatten, tmp_path_factory) -> Path:
+    """The fitted tokenizer saved (tokenizer.json + codec.pt)."""
+    folder = tmp_path_factory.mktemp("acoustic_tok")
+    acoustic_flatten.save(folder)
+    return folder
 
 
 @pytest.fixture(scope="session")

@@ -100,8 +100,8 @@ def test_generated_ids_with_specials_decode(acoustic_flatten, acoustic_delay, au
 
 
 def test_any_rate_and_channels(acoustic_flatten, audio_files):
-    for name in ("train_b", "stereo_44k", "mono_24k"):
-        assert acoustic_flatten.encode(audio_files[name]).size > 0
+    """16 kHz stereo FLAC here; 44.1 kHz stereo WAV and 24 kHz mono in the tests above."""
+    assert acoustic_flatten.encode(audio_files["train_b"]).shape == (K * 75,)
 
 
 def test_token_families(acoustic_flatten, acoustic_delay):
@@ -161,9 +161,9 @@ def test_48khz_option(audio_files, tmp_path):
 
     tok = AcousticTokenizer({"sample_rate": 48000, "bandwidth": 3.0, "weights": "random_kmeans"})
     assert tok.n_codebooks == 2 and tok.frames_per_second == 150
-    tok.train([doc(audio_files["mono_24k"])])
-    enc = tok.encode_document(doc(audio_files["mono_24k"]))
-    assert enc.tokens.shape == (2 * 150,)
+    tok.train([doc(audio_files["short_22k"])])
+    enc = tok.encode_document(doc(audio_files["short_22k"]))
+    assert enc.tokens.shape == (2 * 75,)
     out = tok.decode(enc.tokens, tmp_path / "48k.wav")
     info = sf.info(str(out))
-    assert info.samplerate == 48000 and info.channels == 2 and info.frames == 150 * 320
+    assert info.samplerate == 48000 and info.channels == 2 and info.frames == 75 * 320
