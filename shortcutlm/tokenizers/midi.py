@@ -143,6 +143,7 @@ class MidiTokenizer(Tokenizer):
         self._special = {name: int(vocab[tok]) for name, tok in SPECIALS.items()}
         self._special_set = np.array(sorted({int(i) for i in self._tok.special_tokens_ids} | set(self._special.values())))
         self._base_size = len(vocab)
+        self._expansions: dict[int, list[str] | None] = {}
         self._digest: str | None = None
 
     @classmethod
@@ -216,22 +217,15 @@ class MidiTokenizer(Tokenizer):
 
     def repair(self, tokens: np.ndarray | Sequence[int]) -> list[str]:
         """Generated ids -> well-formed base tokens (strings). Sets ``last_repair`` with what was dropped."""
-        from miditok import TokSequence
-
         ids = np.asarray(tokens, dtype=np.int64).reshape(-1)
         eos = np.nonzero(ids == self._special["eos"])[0]
         cut = int(ids.size - eos[0]) if eos.size else 0
         if eos.size:
             ids = ids[: eos[0]]
         ok = (ids >= 0) & (ids < self.vocab_size) & ~np.isin(ids, self._special_set)
-        dropped_ids = int((~ok).sum())
-        ids = ids[ok].tolist()
-        if self._tok.is_trained and ids:
-            seq = TokSequence(ids=ids, are_ids_encoded=True)
-            self._tok.decode_token_ids(seq)
-            tokens_str = list(seq.tokens)
-        else:
-            tokens_str = self._tok._ids_to_tokens(ids)
+        expansions = [self._expansion(i) for i in ids[ok].tolist()]
+        dropped_ids = int((~ok).sum()) + sum(e is None for e in expansions)
+        tokens_str = [token for e in expansions if e for token in e]
         graph = self._tok.tokens_types_graph
         kept: list[str] = []
         previous = None
@@ -244,6 +238,18 @@ class MidiTokenizer(Tokenizer):
         if dropped_ids or len(kept) < len(tokens_str):
             log.warning("midi decode: repaired generated ids (%s)", self.last_repair)
         return kept
+
+    def _expansion(self, idx: int) -> list[str] | None:
+        """The base tokens an id stands for (one, or several for a BPE id); None if it has none."""
+        if idx not in self._expansions:
+            try:
+                if idx < self._base_size:
+                    self._expansions[idx] = [self._tok[idx]]
+                else:  # a learned id: its byte string, then the base tokens of those bytes (miditok's tables)
+                    self._expansions[idx] = list(self._tok._vocab_learned_bytes_to_tokens[self._tok._model.id_to_token(idx)])
+            except (KeyError, IndexError, TypeError):
+                self._expansions[idx] = None
+        return self._expansions[idx]
 
     def tokens_to_score(self, tokens: np.ndarray | Sequence[int]):
         """Ids (possibly generated) -> symusic Score, after :meth:`repair`. Never raises on bad ids."""
