@@ -1,0 +1,471 @@
+"""``shortcutlm evaluate``: next-token loss per domain for one or more checkpoints, side by side.
+
+Python API::
+
+    results = evaluate_checkpoints(["runs/a", "runs/b"], shard_dir=None, split="test", batch_size=8)
+    write_report(results, "runs/eval")        # results.md (tables) + results.json
+
+CLI::
+
+    shortcutlm evaluate CKPT [CKPT ...] [--data SHARD_DIR] [--split test] [--batch-size 8]
+        [--max-batches N] [--device auto] [--precision auto] --out DIR
+
+What is measured. One exact, deterministic pass over the split (the loader's ``eval_batches``:
+documents packed ``EOS d1 EOS d2 EOS ...`` into ``block_size + 1`` windows; every position after
+the leading EOS is a target exactly once). The loss is the **sum of token losses over the count
+of valid targets** — not a mean of batch means, so the last, padded window weighs what its
+tokens weigh. Targets equal to the pad id (the final window's padding) and, for the acoustic
+``delay`` layout, the ``empty`` id (the pattern's unfilled corners) are masked.
+
+For every domain: nats per token, bits per token (nats / ln 2) and perplexity (e^nats).
+
+* **text** — bits per byte = total nats / ln 2 / the UTF-8 bytes of the split's documents (the
+  manifest's ``splits[split].bytes``). The pass also predicts the EOS that closes each document
+  (one per document, not a byte of the text); its loss **is included** in ``bits_per_byte``
+  (the model must spend those bits to say where a document ends), and ``bits_per_byte_excl_eos``
+  leaves it out. ``eos`` reports how many EOS targets there were and their loss, so both
+  conventions can be checked. Per token family: SentencePiece ``piece`` / ``byte`` / ``special``.
+* **acoustic** — per codebook: for ``delay`` by stream (stream k is codebook k; the EOS columns
+  between documents count in every stream); for ``flatten`` by the target id's codebook family
+  (``codebook_k``; EOS targets fall under ``special``). ``bits_per_second`` divides the total bits
+  by the split's audio seconds, which compares layouts (their tokens differ, their seconds do not).
+* **midi** — loss per token family from the tokenizer's ``token_families()`` (Pitch, Velocity,
+  Duration, Position, Bar, ...; BPE ids under ``BPE``, specials under ``special``), and
+  ``bits_per_second`` over the split's seconds of music.
+
+Families partition the targets, so the count-weighted mean of the per-family (or per-codebook)
+losses is the overall loss exactly. With ``max_batches`` the pass is partial (``complete:
+false``): per-byte and per-second figures then scale the split's bytes/seconds by the share
+of targets seen, and are marked approximate (``≈`` in the table).
+
+Each checkpoint is evaluated on its own shards by default (the ``shard_dir`` in its
+``data.json``); a checkpoint whose tokenizer fingerprint differs from the shards' manifest is
+refused with :class:`~shortcutlm.tokenizers.FingerprintMismatch` naming both fingerprints.
+The model runs in fp32, or under bf16 autocast on a GPU when asked (``precision``) or when
+the checkpoint was trained in bf16 (``auto``); losses are always accumulated in float64.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+from contextlib import nullcontext
+from itertools import islice
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+import torch
+import torch.nn.functional as F
+
+from shortcutlm.checkpoint import Checkpoint, CheckpointError, load_folder
+from shortcutlm.datasets.loader import ShardError, eval_batches, read_manifest
+from shortcutlm.tokenizers import FingerprintMismatch
+
+LN2 = math.log(2.0)
+RESULTS_JSON = "results.json"
+RESULTS_MD = "results.md"
+PRECISIONS = ("auto", "fp32", "bf16")
+
+__all__ = ["EvaluationError", "evaluate_checkpoint", "evaluate_checkpoints", "write_report", "render_markdown",
+           "resolve_shard_dir", "configure", "run"]
+
+
+class EvaluationError(ValueError):
+    """An evaluation that cannot run as asked (missing shards or split, mismatched model); the message says why."""
+
+
+# ------------------------------------------------------------------------------------ helpers
+
+def _perplexity(nats: float) -> float:
+    return math.exp(nats) if nats < 700 else float("inf")
+
+
+def _stats(nats_sum: float, count: int) -> dict[str, Any]:
+    loss = nats_sum / count if count else float("nan")
+    return {"tokens": int(count), "loss_nats": loss, "loss_bits": loss / LN2 if count else float("nan"),
+            "perplexity": _perplexity(loss) if count else float("nan")}
+
+
+def resolve_shard_dir(ckpt: Checkpoint, shard_dir: str | Path | None) -> Path:
+    """The shard folder to evaluate on: ``shard_dir`` if given, else the one in the checkpoint's ``data.json``.
+
+    A relative path recorded in ``data.json`` is tried against the working directory first,
+    then against the checkpoint folder.
+    """
+    if shard_dir is not None:
+        path = Path(shard_dir)
+        if not path.is_dir():
+            raise EvaluationError(f"shard folder {path} does not exist")
+        return path
+    recorded = ckpt.data.get("shard_dir")
+    if not recorded:
+        raise EvaluationError(f"checkpoint {ckpt.folder}: data.json names no shard_dir; pass the shards with --data")
+    path = Path(recorded).expanduser()
+    for candidate in ([path] if path.is_absolute() else [path, ckpt.folder / path]):
+        if candidate.is_dir():
+            return candidate
+    raise EvaluationError(f"checkpoint {ckpt.folder}: its data.json names shard folder {recorded}, which does not "
+                          "exist here; pass the shards with --data")
+
+
+def _check_data(ckpt: Checkpoint, shard_dir: Path, manifest: dict[str, Any], split: str) -> None:
+    tok_info = manifest.get("tokenizer", {})
+    theirs = tok_info.get("fingerprint")
+    ours = ckpt.tokenizer.fingerprint()
+    if theirs != ours:
+        raise FingerprintMismatch(
+            f"checkpoint {ckpt.folder} uses tokenizer fingerprint {ours} ({ckpt.tokenizer.domain}, vocab "
+            f"{ckpt.tokenizer.vocab_size}), but the shards in {shard_dir} were made with tokenizer fingerprint "
+            f"{theirs} ({tok_info.get('domain')}, vocab {tok_info.get('vocab_size')}): their ids mean different "
+            f"things, so the loss would be meaningless. Evaluate on shards prepared with this checkpoint's "
+            f"tokenizer (its data.json names {ckpt.data.get('shard_dir')}).")
+    if not manifest.get("complete", False):
+        raise EvaluationError(f"{shard_dir}: manifest.json is not complete (prepare was interrupted?); re-run prepare")
+    splits = manifest.get("splits", {})
+    if split not in splits or not splits[split].get("documents"):
+        raise EvaluationError(f"{shard_dir}: no {split!r} split here (splits: {', '.join(splits) or 'none'})")
+    cfg = ckpt.model.config
+    if cfg.n_streams != ckpt.tokenizer.n_streams:
+        raise EvaluationError(f"checkpoint {ckpt.folder}: the model has {cfg.n_streams} stream(s) but its tokenizer "
+                              f"{ckpt.tokenizer.n_streams}")
+    if cfg.vocab_size < ckpt.tokenizer.vocab_size:
+        raise EvaluationError(f"checkpoint {ckpt.folder}: the model's vocab_size {cfg.vocab_size} is smaller than its "
+                              f"tokenizer's {ckpt.tokenizer.vocab_size}")
+
+
+def _groups(ckpt: Checkpoint) -> tuple[str | None, list[str], torch.Tensor | None]:
+    """How targets are grouped: ``(kind, names, id -> group lookup or None for by-stream)``."""
+    tok = ckpt.tokenizer
+    if tok.n_streams > 1:  # acoustic delay: stream k is codebook k
+        return "codebook", [f"codebook_{k}" for k in range(tok.n_streams)], None
+    families = tok.token_families()
+    if not families:
+        return None, [], None
+    vocab = ckpt.model.config.vocab_size
+    names = list(families)
+    lookup = torch.full((vocab,), -1, dtype=torch.long)
+    for index, name in enumerate(names):
+        ids = torch.as_tensor(families[name], dtype=torch.long)
+        ids = ids[(ids >= 0) & (ids < vocab)]
+        unassigned = ids[lookup[ids] < 0]  # an id listed twice counts in the first family only
+        lookup[unassigned] = index
+    if bool((lookup < 0).any()):
+        names.append("other")
+        lookup[lookup < 0] = len(names) - 1
+    kind = "codebook" if tok.domain == "acoustic" else "family"
+    return kind, names, lookup
+
+
+def _autocast(precision: str, device: torch.device, ckpt: Checkpoint):
+    """The context the forward runs in, and the name of the compute dtype."""
+    if precision not in PRECISIONS:
+        raise EvaluationError(f"precision must be one of {PRECISIONS}, not {precision!r}")
+    param_dtype = next(ckpt.model.parameters()).dtype
+    if param_dtype != torch.float32:
+        return nullcontext(), str(param_dtype).replace("torch.", "")
+    want_bf16 = precision == "bf16"
+    if precision == "auto":
+        trained = " ".join(str(v) for k, v in ckpt.hparams.items() if "precision" in k.lower())
+        want_bf16 = "bf16" in trained
+    if want_bf16 and device.type == "cuda" and torch.cuda.is_bf16_supported():
+        return torch.autocast("cuda", dtype=torch.bfloat16), "bf16-autocast"
+    if precision == "bf16" and device.type != "cuda":
+        return torch.autocast("cpu", dtype=torch.bfloat16), "bf16-autocast"
+    return nullcontext(), "float32"
+
+
+def _masked_ids(ckpt: Checkpoint) -> list[int]:
+    special = ckpt.tokenizer.special_ids
+    masked = [special["pad"]]
+    if ckpt.tokenizer.n_streams > 1 and "empty" in special:
+        masked.append(special["empty"])
+    return masked
+
+
+# ------------------------------------------------------------------------------------ the pass
+
+@torch.no_grad()
+def evaluate_checkpoint(folder: str | Path, shard_dir: str | Path | None = None, split: str = "test",
+                        batch_size: int = 8, max_batches: int | None = None, device: str | torch.device = "cpu",
+                        precision: str = "auto", progress: bool = True,
+                        checkpoint: Checkpoint | None = None) -> dict[str, Any]:
+    """Evaluate one checkpoint folder on one split; returns its result record (see the module docstring)."""
+    from tqdm import tqdm
+
+    if batch_size < 1:
+        raise EvaluationError(f"batch_size must be >= 1, got {batch_size}")
+    if max_batches is not None and max_batches < 1:
+        raise EvaluationError(f"max_batches must be >= 1, got {max_batches}")
+    device = torch.device(device)
+    ckpt = checkpoint or load_folder(folder, device)
+    model = ckpt.model.to(device).eval()
+    tok = ckpt.tokenizer
+    data_dir = resolve_shard_dir(ckpt, shard_dir)
+    manifest = read_manifest(data_dir)
+    _check_data(ckpt, data_dir, manifest, split)
+
+    cfg = model.config
+    batches = eval_batches(data_dir, split, cfg.block_size, batch_size)
+    n_total = len(batches)
+    n_run = n_total if max_batches is None else min(n_total, max_batches)
+    kind, names, lookup = _groups(ckpt)
+    if lookup is not None:
+        lookup = lookup.to(device)
+    n_groups = max(1, len(names))
+    masked = torch.tensor(_masked_ids(ckpt), device=device)
+    eos = tok.eos_id
+    context, compute = _autocast(precision, device, ckpt)
+
+    nats = torch.zeros(n_groups, dtype=torch.float64, device=device)
+    counts = torch.zeros(n_groups, dtype=torch.float64, device=device)
+    eos_nats = torch.zeros((), dtype=torch.float64, device=device)
+    eos_count = torch.zeros((), dtype=torch.float64, device=device)
+    label = ckpt.name
+    start = time.perf_counter()
+    bar = tqdm(total=n_run, desc=f"evaluate {label} [{split}]", unit="batch", disable=not progress,
+               mininterval=1.0, file=sys.stderr)
+    try:
+        for batch in islice(batches, n_run):
+            batch = batch.to(device, non_blocking=True)
+            inputs, targets = batch[..., :-1], batch[..., 1:]
+            with context:
+                logits = model(inputs)
+            if logits.dim() == 3:  # one stream: [B, T, V] -> [B, 1, T, V]
+                logits, targets = logits.unsqueeze(1), targets.unsqueeze(1)
+            b, k, t, v = logits.shape
+            token_nats = F.cross_entropy(logits.float().reshape(-1, v), targets.reshape(-1),
+                                         reduction="none").view(b, k, t).double()
+            valid = ~torch.isin(targets, masked)
+            if lookup is not None:
+                group = lookup[targets]
+            elif kind == "codebook":
+                group = torch.arange(k, device=device).view(1, k, 1).expand(b, k, t)
+            else:
+                group = torch.zeros_like(targets)
+            nats.index_add_(0, group[valid], token_nats[valid])
+            counts.index_add_(0, group[valid], torch.ones_like(token_nats[valid]))
+            is_eos = valid & (targets == eos)
+            eos_nats += token_nats[is_eos].sum()
+            eos_count += is_eos.sum()
+            bar.update(1)
+    finally:
+        bar.close()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    elapsed = time.perf_counter() - start
+
+    nats_l, counts_l = nats.tolist(), [int(c) for c in counts.tolist()]
+    total_nats, total_count = float(sum(nats_l)), int(sum(counts_l))
+    if total_count == 0:
+        raise EvaluationError(f"{data_dir}: split {split!r} gave no targets to score")
+    complete = n_run == n_total
+    split_info = manifest["splits"][split]
+    # Share of the split's targets this pass scored (1 for a complete pass).
+    all_targets = _split_targets(batches, ckpt) if not complete else total_count
+    share = total_count / all_targets if all_targets else 1.0
+
+    result: dict[str, Any] = {
+        "name": label, "folder": str(ckpt.folder), "shard_dir": str(data_dir), "split": split,
+        "domain": tok.domain, "fingerprint": tok.fingerprint(),
+        "params": int(model.num_params()), "block_size": cfg.block_size, "n_streams": cfg.n_streams,
+        "batch_size": batch_size, "batches": n_run, "batches_total": n_total, "complete": complete,
+        "documents": int(split_info.get("documents", 0)),
+        **_stats(total_nats, total_count),
+        "eos": {"tokens": int(eos_count.item()), "loss_nats": float(eos_nats.item()) / max(1, int(eos_count.item()))},
+        "device": str(device), "compute_dtype": compute,
+        "elapsed_s": elapsed, "tokens_per_s": total_count / elapsed if elapsed > 0 else float("inf"),
+    }
+    if tok.domain == "acoustic":
+        result["layout"] = getattr(tok, "layout", None)
+        result["n_codebooks"] = getattr(tok, "n_codebooks", None)
+    if "bytes" in split_info and split_info["bytes"]:
+        n_bytes = float(split_info["bytes"]) * share
+        result["bytes"] = int(split_info["bytes"])
+        result["bits_per_byte"] = total_nats / LN2 / n_bytes
+        result["bits_per_byte_excl_eos"] = (total_nats - float(eos_nats.item())) / LN2 / n_bytes
+    if "seconds" in split_info and split_info["seconds"]:
+        seconds = float(split_info["seconds"]) * share
+        result["seconds"] = float(split_info["seconds"])
+        result["bits_per_second"] = total_nats / LN2 / seconds
+    result["approximate"] = not complete
+    if kind is not None:
+        result[f"per_{kind}"] = {name: {**_stats(nats_l[i], counts_l[i]), "share": counts_l[i] / total_count}
+                                 for i, name in enumerate(names)}
+    return result
+
+
+def _split_targets(batches, ckpt: Checkpoint) -> int:
+    """Valid targets in the whole split, from the manifest's counts (no reading).
+
+    One stream: every document token plus one EOS per document. Delay layout: each stream has
+    ``frames`` codes per document (``frames = T - K + 1``) plus the EOS columns.
+    """
+    data = batches.data
+    if data.n_streams == 1:
+        return int(batches.targets)
+    k = data.n_streams
+    per_doc = sum(int(max(n - k + 1, 0)) + 1 for d in data.doc_tokens for n in d.tolist())
+    return per_doc * k
+
+
+def evaluate_checkpoints(folders: Sequence[str | Path] | str | Path, shard_dir: str | Path | None = None,
+                         split: str = "test", batch_size: int = 8, max_batches: int | None = None,
+                         device: str | torch.device = "cpu", precision: str = "auto",
+                         progress: bool = True) -> dict[str, Any]:
+    """Evaluate several checkpoints, each on ``shard_dir`` or on its own shards; ``{"split", "checkpoints": [...]}``."""
+    if isinstance(folders, (str, Path)):
+        folders = [folders]
+    if not folders:
+        raise EvaluationError("give at least one checkpoint folder")
+    records = []
+    for folder in folders:
+        records.append(evaluate_checkpoint(folder, shard_dir, split, batch_size, max_batches, device, precision,
+                                           progress))
+        if torch.device(device).type == "cuda":
+            torch.cuda.empty_cache()
+    return {"split": split, "created": time.strftime("%Y-%m-%dT%H:%M:%S"), "checkpoints": records}
+
+
+# ------------------------------------------------------------------------------------ report
+
+def _fmt(value: Any, digits: int = 4, approx: bool = False) -> str:
+    if value is None:
+        return "–"
+    if isinstance(value, float):
+        if math.isnan(value):
+            return "–"
+        if math.isinf(value):
+            return "inf"
+        text = f"{value:.{digits}f}" if abs(value) < 1e5 else f"{value:.3g}"
+        return ("≈" + text) if approx else text
+    return str(value)
+
+
+def _params(n: int) -> str:
+    return f"{n / 1e6:.2f}M" if n >= 1e5 else f"{n / 1e3:.1f}k"
+
+
+def _table(header: list[str], rows: Iterable[list[str]]) -> list[str]:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(cell.replace("|", "\\|") for cell in row) + " |" for row in rows]
+    return lines
+
+
+def render_markdown(results: dict[str, Any]) -> str:
+    """The report: one row per checkpoint for the shared metrics, then per-codebook / per-family tables."""
+    records = results["checkpoints"]
+    lines = [f"# Evaluation — split `{results['split']}`", ""]
+    has_bpb = any("bits_per_byte" in r for r in records)
+    has_bps = any("bits_per_second" in r for r in records)
+    header = ["checkpoint", "domain", "data", "targets", "nats/token", "bits/token", "perplexity"]
+    header += ["bits/byte"] * has_bpb + ["bits/second"] * has_bps + ["params", "tokens/s"]
+    rows = []
+    for r in records:
+        approx = bool(r.get("approximate"))
+        domain = r["domain"] + (f" ({r['layout']}, K={r['n_codebooks']})" if r.get("layout") else "")
+        data = Path(r["shard_dir"]).name + ("" if r["complete"] else f" ({r['batches']}/{r['batches_total']} batches)")
+        row = [r["name"], domain, data, str(r["tokens"]), _fmt(r["loss_nats"]), _fmt(r["loss_bits"]),
+               _fmt(r["perplexity"], 2)]
+        if has_bpb:
+            row.append(_fmt(r.get("bits_per_byte"), approx=approx))
+        if has_bps:
+            row.append(_fmt(r.get("bits_per_second"), 1, approx=approx))
+        row += [_params(r["params"]), _fmt(r["tokens_per_s"], 0)]
+        rows.append(row)
+    lines += _table(header, rows)
+    notes = ["Loss = sum of token losses / count of valid targets over one exact pass (pad and delay "
+             "`empty` targets masked); the EOS closing each document is a target."]
+    if has_bpb:
+        notes.append("bits/byte = total bits (EOS targets included) / UTF-8 bytes of the split; "
+                     "`bits_per_byte_excl_eos` in results.json leaves the EOS targets out.")
+    if has_bps:
+        notes.append("bits/second = total bits / seconds of audio or music in the split.")
+    if any(r.get("approximate") for r in records):
+        notes.append("≈: partial pass (--max-batches); bytes and seconds scaled by the share of targets scored.")
+    lines += [""] + [f"- {n}" for n in notes]
+
+    for kind, title in (("codebook", "Per codebook"), ("family", "Per token family")):
+        key = f"per_{kind}"
+        by_domain: dict[str, list[dict[str, Any]]] = {}
+        for r in records:
+            if key in r:
+                by_domain.setdefault(r["domain"], []).append(r)
+        for domain, group in by_domain.items():
+            names: list[str] = []
+            for r in group:
+                names += [n for n in r[key] if n not in names]
+            lines += ["", f"## {title} — {domain}", "",
+                      "nats per target (targets in brackets); the count-weighted mean over columns is the overall loss.",
+                      ""]
+            rows = []
+            for r in group:
+                row = [r["name"]]
+                for name in names:
+                    s = r[key].get(name)
+                    row.append("–" if s is None or not s["tokens"] else f"{_fmt(s['loss_nats'])} ({s['tokens']})")
+                rows.append(row)
+            lines += _table(["checkpoint"] + names, rows)
+    return "\n".join(lines) + "\n"
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, float) and (math.isnan(value) or math.isinf(value)):
+        return None if math.isnan(value) else ("inf" if value > 0 else "-inf")
+    if isinstance(value, dict):
+        return {k: _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    return value
+
+
+def write_report(results: dict[str, Any], out_dir: str | Path) -> tuple[Path, Path]:
+    """Write ``results.md`` and ``results.json`` into ``out_dir`` (atomically); returns both paths."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for name, text in ((RESULTS_MD, render_markdown(results)),
+                       (RESULTS_JSON, json.dumps(_jsonable(results), indent=2, default=str) + "\n")):
+        path = out / name
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(text, encoding="utf-8")
+        tmp.replace(path)
+        paths.append(path)
+    return paths[0], paths[1]
+
+
+# ------------------------------------------------------------------------------------ CLI
+
+def _device(name: str) -> str:
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return name
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("checkpoints", nargs="+", metavar="CKPT", help="checkpoint folder(s), evaluated side by side")
+    parser.add_argument("--data", default=None, metavar="SHARD_DIR",
+                        help="shard folder (default: each checkpoint's own, from its data.json)")
+    parser.add_argument("--split", default="test", help="split to evaluate (default: test)")
+    parser.add_argument("--batch-size", type=int, default=8, help="windows per batch (default: 8)")
+    parser.add_argument("--max-batches", type=int, default=None,
+                        help="stop after N batches (a partial pass; per-byte figures become estimates)")
+    parser.add_argument("--device", default="auto", help="auto (cuda when available), cpu, cuda, cuda:1, ...")
+    parser.add_argument("--precision", default="auto", choices=PRECISIONS,
+                        help="auto: bf16 autocast on GPU when the checkpoint trained in bf16, else fp32")
+    parser.add_argument("--out", required=True, metavar="DIR", help="folder for results.md and results.json")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        results = evaluate_checkpoints(args.checkpoints, args.data, args.split, args.batch_size, args.max_batches,
+                                       _device(args.device), args.precision, progress=not args.no_progress)
+    except (EvaluationError, CheckpointError, FingerprintMismatch, ShardError, FileNotFoundError) as exc:
+        print(f"shortcutlm evaluate: error: {exc}", file=sys.stderr)
+        return 2
+    md, js = write_report(results, args.out)
+    print(md.read_text(encoding="utf-8"))
+    print(f"wrote {md} and {js}")
+    return 0
