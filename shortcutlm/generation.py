@@ -1,0 +1,382 @@
+"""``shortcutlm generate``: continue a prompt file, or sample unconditionally, from a checkpoint folder.
+
+Python API::
+
+    paths = generate_from_checkpoint("runs/chorales", "out/", prompt="bwv66.6.mid", seconds=10,
+                                     settings=SamplingSettings(temperature=0.9, top_k=50, seed=1), samples=2)
+
+CLI::
+
+    shortcutlm generate CKPT [--prompt FILE] [--tokens N | --seconds S] [--temperature T] [--top-k K]
+        [--top-p P] [--seed S] [--samples N] [--device auto] --out PATH_OR_DIR
+
+Prompts, by the checkpoint's domain (a file of another type is refused, naming it):
+
+* audio (``.wav``, ``.flac``, ...) → EnCodec codes → continue → ``.wav`` (prompt + continuation);
+* MIDI (``.mid``) → REMI ids → continue → ``.mid`` plus a ``.wav`` rendering through the MIDI
+  tokenizer's ``render`` (General MIDI soundfont);
+* text (``.txt``, ``.md``) → SentencePiece ids → continue → ``.txt`` (prompt + continuation).
+
+Without a prompt the model samples from the start of a document. Either way the ids given to
+the model start with the EOS id, as training packs ``EOS d1 EOS d2 ...``. A prompt longer than
+the model's context keeps its tail as the model's context (the artifact still holds the whole
+prompt), and generation slides its window past the context by itself.
+
+Length: ``max_new_tokens`` counts positions (time steps of the sequence, as the model does), or
+``seconds`` is converted: for audio with the tokenizer's ``tokens_per_second`` (whole frames:
+``flatten`` K ids per frame; ``delay`` one step per frame plus K-1 steps so that every stream
+completes the last frame); for MIDI with the **train split's tokens per second** (manifest
+``splits.train.tokens / splits.train.seconds`` of the checkpoint's shards, falling back to the
+same figures in its ``data.json``) — an average, so the MIDI written lasts about, not exactly,
+that long (the sidecar records the real duration). Seconds make no sense for text (an error).
+Default length: one context (``block_size`` positions).
+
+Stopping: text and MIDI stop at EOS (each sample is cut before its first EOS); audio never
+stops, and its special ids (pad, bos, eos, empty) are never sampled: an EOS would cut the
+decoded audio short, and the others carry no sound.
+
+Acoustic ``delay`` layout: the prompt's codes ``[K, F]`` are delayed and cut after step F, where
+stream 0 has all F frames but stream k only F-k; the missing known frames of the lagging
+streams are passed as ``forced`` ids so that during the first K-1 generated steps stream k
+reproduces the prompt's frames F-k .. F-1 instead of sampling them. Unconditional delay
+generation forces ``empty`` in those corners, as in training data. The generated delayed
+sequence is reverted by the tokenizer's ``decode`` (incomplete trailing frames dropped).
+
+Each artifact gets a JSON sidecar (``<artifact>.json``) with the checkpoint, prompt, sampling
+settings (the seed actually used: a random one is drawn and recorded when none is given), the
+tokens generated, requested and written seconds, elapsed time and tokens per second.
+Several samples are drawn as one batch; the same seed gives the same samples.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import random
+import sys
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from shortcutlm.checkpoint import Checkpoint, CheckpointError, load_folder
+from shortcutlm.documents import Document
+from shortcutlm.models import SamplingSettings, generate, trim_at_stop
+from shortcutlm.tokenizers import FingerprintMismatch, Tokenizer, TokenizerError
+
+__all__ = ["GenerationError", "PromptError", "generate_from_checkpoint", "configure", "run"]
+
+ARTIFACT_SUFFIX = {"text": ".txt", "midi": ".mid", "acoustic": ".wav"}
+ACCEPTED_OUT = {"text": (".txt",), "midi": (".mid", ".midi"), "acoustic": (".wav",)}
+
+
+class GenerationError(ValueError):
+    """Generation cannot run as asked (bad length, output path, settings); the message says why."""
+
+
+class PromptError(GenerationError):
+    """A prompt file is missing, of the wrong type for the checkpoint, or cannot be decoded; names the file."""
+
+
+# ------------------------------------------------------------------------------------ prompt
+
+def _read_prompt(tok: Tokenizer, path: str | Path, folder: Path) -> tuple[np.ndarray, dict[str, Any]]:
+    """Encode a prompt file with the checkpoint's tokenizer: ``(tokens, meta)``."""
+    path = Path(path)
+    if not path.exists():
+        raise PromptError(f"prompt file {path} does not exist")
+    if not path.is_file():
+        raise PromptError(f"prompt {path} is not a file")
+    suffix = path.suffix.lower()
+    if suffix not in tok.extensions:
+        raise PromptError(f"prompt file {path}: a {suffix or 'suffix-less'} file cannot prompt the {tok.domain} "
+                          f"checkpoint {folder}; give one of {', '.join(tok.extensions)}")
+    doc = Document(doc_id="prompt", split="", source="prompt", path=path)
+    try:
+        encoded = tok.encode_document(doc)
+    except (TokenizerError, OSError, ValueError, RuntimeError) as exc:
+        raise PromptError(f"prompt file {path} cannot be read as {tok.domain}: {exc}") from exc
+    tokens = np.asarray(encoded.tokens, dtype=np.int64)
+    if tokens.shape[-1] == 0:
+        raise PromptError(f"prompt file {path} gives no tokens")
+    return tokens, dict(encoded.meta)
+
+
+def _delay_prompt(tok: Tokenizer, tokens: np.ndarray | None) -> tuple[np.ndarray, np.ndarray, int]:
+    """Delay layout: ``(prompt steps [K, F], forced [K, K-1], F)`` — see the module docstring."""
+    k = tok.n_streams
+    empty = tok.special_ids["empty"]
+    if tokens is None:
+        codes = np.zeros((k, 0), dtype=np.int64)
+    else:
+        codes, _ = tok.tokens_to_codes(tokens)  # [K, F]
+    frames = codes.shape[1]
+    steps = tok.codes_to_tokens(codes)[:, :frames] if frames else np.zeros((k, 0), dtype=np.int64)
+    forced = np.full((k, max(k - 1, 0)), -1, dtype=np.int64)
+    for stream in range(1, k):
+        for j in range(stream):  # generated step F+j holds frame F+j-stream of this stream
+            frame = frames + j - stream
+            forced[stream, j] = codes[stream, frame] if frame >= 0 else empty
+    return steps, forced, frames
+
+
+def _midi_tokens_per_second(ckpt: Checkpoint) -> tuple[float, str]:
+    """Train-split tokens per second of music, from the shards' manifest (or data.json)."""
+    from shortcutlm.datasets.loader import read_manifest
+
+    tried = []
+    shard_dir = ckpt.data.get("shard_dir")
+    candidates = []
+    if shard_dir:
+        path = Path(shard_dir).expanduser()
+        candidates = [path] if path.is_absolute() else [path, ckpt.folder / path]
+    for path in candidates:
+        try:
+            train = read_manifest(path)["splits"]["train"]
+        except Exception as exc:  # missing folder, incomplete manifest, no train split
+            tried.append(f"{path} ({type(exc).__name__})")
+            continue
+        if train.get("seconds") and train.get("tokens"):
+            return float(train["tokens"]) / float(train["seconds"]), f"{path}/manifest.json splits.train"
+        tried.append(f"{path} (no train seconds)")
+    train = (ckpt.data.get("splits") or {}).get("train") or {}
+    if train.get("seconds") and train.get("tokens"):
+        return float(train["tokens"]) / float(train["seconds"]), f"{ckpt.folder}/data.json splits.train"
+    raise GenerationError(f"checkpoint {ckpt.folder}: cannot convert seconds to MIDI tokens: no train-split tokens "
+                          f"and seconds found (tried {', '.join(tried) or 'no shard_dir'} and data.json); "
+                          "give --tokens instead")
+
+
+def _budget(ckpt: Checkpoint, max_new_tokens: int | None, seconds: float | None) -> tuple[int, dict[str, Any]]:
+    """Positions to generate, and how they were derived."""
+    tok, cfg = ckpt.tokenizer, ckpt.model.config
+    if max_new_tokens is not None and seconds is not None:
+        raise GenerationError("give either a number of tokens or of seconds, not both")
+    if max_new_tokens is not None:
+        if max_new_tokens < 1:
+            raise GenerationError(f"tokens must be >= 1, got {max_new_tokens}")
+        return int(max_new_tokens), {"tokens_requested": int(max_new_tokens)}
+    if seconds is None:
+        return cfg.block_size, {"tokens_requested": cfg.block_size, "default_length": "one context"}
+    if not seconds > 0 or not math.isfinite(seconds):
+        raise GenerationError(f"seconds must be a positive number, got {seconds}")
+    info: dict[str, Any] = {"seconds_requested": float(seconds)}
+    if tok.domain == "acoustic":
+        frames = max(1, round(seconds * tok.frames_per_second))
+        if tok.n_streams > 1:
+            n = frames + tok.n_streams - 1
+        else:
+            n = frames * tok.n_codebooks
+        info.update(frames_requested=frames, tokens_per_second=tok.tokens_per_second)
+        return n, info
+    if tok.domain == "midi":
+        rate, source = _midi_tokens_per_second(ckpt)
+        info.update(tokens_per_second=rate, tokens_per_second_from=source)
+        return max(1, round(seconds * rate)), info
+    raise GenerationError(f"seconds mean nothing for a {tok.domain} checkpoint; give a number of tokens")
+
+
+# ------------------------------------------------------------------------------------ sampling
+
+class _NoSpecials(nn.Module):
+    """The model with some ids never sampled (their logits set to -inf); the rest is the model."""
+
+    def __init__(self, model: nn.Module, banned: list[int]) -> None:
+        super().__init__()
+        self.model = model
+        self.config = model.config
+        self.register_buffer("banned", torch.tensor(sorted(set(banned)), dtype=torch.long), persistent=False)
+
+    def new_cache(self, *args: Any, **kwargs: Any):
+        return self.model.new_cache(*args, **kwargs)
+
+    def forward(self, idx: Tensor, cache=None, last_only: bool = False) -> Tensor:
+        logits = self.model(idx, cache=cache, last_only=last_only)
+        return logits.index_fill(-1, self.banned.to(logits.device), float("-inf"))
+
+
+def _out_paths(out: str | Path, domain: str, base: str, samples: int) -> list[Path]:
+    out = Path(out)
+    suffix = out.suffix.lower()
+    if suffix and not out.is_dir():
+        if suffix not in ACCEPTED_OUT[domain]:
+            raise GenerationError(f"--out {out}: a {domain} checkpoint writes {ARTIFACT_SUFFIX[domain]} files; "
+                                  f"give a path ending in {' or '.join(ACCEPTED_OUT[domain])}, or a folder")
+        if samples == 1:
+            return [out]
+        return [out.with_name(f"{out.stem}-{i:02d}{out.suffix}") for i in range(samples)]
+    ext = ARTIFACT_SUFFIX[domain]
+    if samples == 1:
+        return [out / f"{base}{ext}"]
+    return [out / f"{base}-{i:02d}{ext}" for i in range(samples)]
+
+
+def _write_json(path: Path, data: dict[str, Any]) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2, default=str) + "\n")
+    tmp.replace(path)
+
+
+def _artifact_seconds(domain: str, path: Path) -> float | None:
+    try:
+        if domain == "acoustic" or path.suffix.lower() == ".wav":
+            import soundfile as sf
+
+            return float(sf.info(str(path)).duration)
+        if domain == "midi":
+            import symusic
+
+            return float(symusic.Score(str(path)).to("second").end())
+    except Exception:  # a duration is a nicety; never fail a finished generation over it
+        return None
+    return None
+
+
+@torch.no_grad()
+def generate_from_checkpoint(folder: str | Path, out: str | Path, prompt: str | Path | None = None,
+                             max_new_tokens: int | None = None, seconds: float | None = None,
+                             settings: SamplingSettings | None = None, samples: int = 1,
+                             device: str | torch.device = "cpu", soundfont: str | Path | None = None,
+                             render: bool = True, checkpoint: Checkpoint | None = None) -> list[Path]:
+    """Continue ``prompt`` (or sample unconditionally) and write ``samples`` artifacts; returns their paths.
+
+    ``out`` is a file path (with the domain's suffix; ``-00``, ``-01`` ... are added for several
+    samples) or a folder (``<prompt stem or unconditional>-seed<seed>[-NN].<ext>``). Every
+    artifact gets a ``.json`` sidecar beside it; MIDI also gets a ``.wav`` rendering unless
+    ``render`` is false.
+    """
+    if samples < 1:
+        raise GenerationError(f"samples must be >= 1, got {samples}")
+    settings = settings or SamplingSettings()
+    seed = settings.seed if settings.seed is not None else random.SystemRandom().randrange(2**31)
+    settings = SamplingSettings(settings.temperature, settings.top_k, settings.top_p, seed)
+    clock = time.perf_counter()
+    device = torch.device(device)
+    ckpt = checkpoint or load_folder(folder, device)
+    model, tok, cfg = ckpt.model.to(device).eval(), ckpt.tokenizer, ckpt.model.config
+    domain = tok.domain
+    if domain not in ARTIFACT_SUFFIX:
+        raise GenerationError(f"checkpoint {ckpt.folder}: unknown domain {domain!r}")
+    if cfg.n_streams != tok.n_streams:
+        raise GenerationError(f"checkpoint {ckpt.folder}: the model has {cfg.n_streams} stream(s) but its "
+                              f"tokenizer {tok.n_streams}")
+
+    tokens, meta = (None, {}) if prompt is None else _read_prompt(tok, prompt, ckpt.folder)
+    n_new, budget = _budget(ckpt, max_new_tokens, seconds)
+    base = (Path(prompt).stem if prompt is not None else "unconditional") + f"-seed{seed}"
+    paths = _out_paths(out, domain, base, samples)
+
+    eos = tok.eos_id
+    delay = tok.n_streams > 1
+    forced = None
+    if delay:
+        steps, forced_np, prompt_frames = _delay_prompt(tok, tokens)
+        eos_col = np.full((tok.n_streams, 1), eos, dtype=np.int64)
+        full = np.concatenate([eos_col, steps], axis=1)  # [K, 1 + F]
+        forced = torch.from_numpy(forced_np)[None].expand(samples, -1, -1).to(device)
+        meta.setdefault("frames", prompt_frames)
+    else:
+        body = np.zeros(0, dtype=np.int64) if tokens is None else tokens.reshape(-1)
+        full = np.concatenate([[eos], body]).astype(np.int64)  # [1 + T]
+    prompt_len = full.shape[-1]
+    head, tail = full[..., : max(0, prompt_len - cfg.block_size)], full[..., -cfg.block_size:]
+    x = torch.from_numpy(np.ascontiguousarray(tail)).to(device).unsqueeze(0)
+    x = x.expand(samples, *x.shape[1:]).contiguous()
+
+    if domain == "acoustic":
+        banned = sorted(set(tok.special_ids.values()))
+        sampler, stops = _NoSpecials(model, banned), ()
+    else:
+        sampler, stops = model, (eos,)
+
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    start = time.perf_counter()
+    seq = generate(sampler, x, n_new, settings, stop_tokens=stops, forced=forced)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    elapsed = time.perf_counter() - start
+    computed_steps = seq.shape[-1] - x.shape[-1]
+    seq = seq.cpu()
+
+    written = []
+    for index, path in enumerate(paths):
+        row = torch.cat([torch.from_numpy(head), seq[index]], dim=-1) if head.shape[-1] else seq[index]
+        stopped = False
+        if stops:
+            trimmed = trim_at_stop(row, stops, start=prompt_len)
+            stopped = trimmed.shape[-1] < row.shape[-1]
+            row = trimmed
+        ids = row[..., 1:].numpy()  # the leading EOS is packing, not content (decode would cut there)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tok.decode(ids, path)
+        rendering = None
+        if domain == "midi" and render:
+            rendering = tok.render(path, path.with_suffix(".wav"), soundfont=soundfont)
+        generated = int(row.shape[-1] - prompt_len)
+        sidecar = {
+            "checkpoint": str(ckpt.folder), "checkpoint_name": ckpt.name, "domain": domain,
+            "prompt": str(prompt) if prompt is not None else None,
+            "prompt_tokens": int(prompt_len - 1), "prompt_seconds": meta.get("seconds"),
+            "prompt_kept_in_context": int(tail.shape[-1]),
+            "settings": asdict(settings), "seed": seed, "samples": samples, "sample_index": index,
+            **budget, "max_new_tokens": n_new,
+            "tokens_generated": generated, "stopped_at_eos": stopped,
+            "seconds": _artifact_seconds(domain, path),
+            "elapsed_s": elapsed, "tokens_per_s": (computed_steps * samples / elapsed) if elapsed > 0 else None,
+            "context": cfg.block_size, "slid_window": bool(tail.shape[-1] + n_new > cfg.block_size),
+            "device": str(device), "artifact": str(path),
+        }
+        if domain == "acoustic":
+            sidecar.update(layout=getattr(tok, "layout", None), n_codebooks=tok.n_codebooks,
+                           frames_per_second=tok.frames_per_second,
+                           prompt_frames=meta.get("frames"))
+        if rendering is not None:
+            sidecar["rendering"] = str(rendering)
+            sidecar["rendering_seconds"] = _artifact_seconds("acoustic", Path(rendering))
+        sidecar["total_s"] = time.perf_counter() - clock
+        _write_json(path.with_suffix(".json"), sidecar)
+        written.append(path)
+    return written
+
+
+# ------------------------------------------------------------------------------------ CLI
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("checkpoint", metavar="CKPT", help="checkpoint folder")
+    parser.add_argument("--prompt", default=None, metavar="FILE",
+                        help="prompt file to continue (.wav/.flac, .mid, .txt); default: sample unconditionally")
+    length = parser.add_mutually_exclusive_group()
+    length.add_argument("--tokens", type=int, default=None, help="positions to generate (default: one context)")
+    length.add_argument("--seconds", type=float, default=None, help="seconds to generate (audio and MIDI)")
+    parser.add_argument("--temperature", type=float, default=1.0, help="0 = greedy (default: 1.0)")
+    parser.add_argument("--top-k", type=int, default=None)
+    parser.add_argument("--top-p", type=float, default=None)
+    parser.add_argument("--seed", type=int, default=None, help="default: a random seed, recorded in the sidecar")
+    parser.add_argument("--samples", type=int, default=1, help="samples to draw (one batch)")
+    parser.add_argument("--device", default="auto", help="auto (cuda when available), cpu, cuda, ...")
+    parser.add_argument("--soundfont", default=None, help="soundfont for MIDI renderings (default: General MIDI)")
+    parser.add_argument("--no-render", action="store_true", help="MIDI: skip the .wav rendering")
+    parser.add_argument("--out", required=True, metavar="PATH_OR_DIR", help="artifact path or folder")
+
+
+def run(args: argparse.Namespace) -> int:
+    device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
+    try:
+        settings = SamplingSettings(args.temperature, args.top_k, args.top_p, args.seed)
+    except ValueError as exc:  # SamplingSettings validates its fields
+        print(f"shortcutlm generate: error: {exc}", file=sys.stderr)
+        return 2
+    try:
+        paths = generate_from_checkpoint(args.checkpoint, args.out, args.prompt, args.tokens, args.seconds,
+                                         settings, args.samples, device, args.soundfont, not args.no_render)
+    except (GenerationError, CheckpointError, FingerprintMismatch, TokenizerError) as exc:
+        print(f"shortcutlm generate: error: {exc}", file=sys.stderr)
+        return 2
+    for path in paths:
+        print(path)
+    return 0
