@@ -133,6 +133,23 @@ def test_fingerprint_changes(acoustic_flatten, acoustic_delay, codec_folder):
         same_seed.encode_wave(np.zeros((1, 320), np.float32))
 
 
+def test_fast_elu_matches_torch_elu(codec_folder, audio_files):
+    """The fast ELU changes the encoder's latents only at float rounding level (and the fingerprint)."""
+    import torch
+
+    from shortcutlm.tokenizers.acoustic import FastELU
+
+    x = torch.linspace(-30, 30, 200001)
+    assert torch.allclose(FastELU()(x), torch.nn.functional.elu(x), rtol=0, atol=1e-7)
+    exact = AcousticTokenizer({"weights": str(codec_folder / "codec.pt"), "bandwidth": 1.5, "fast_elu": False})
+    fast = AcousticTokenizer({"weights": str(codec_folder / "codec.pt"), "bandwidth": 1.5})
+    assert exact.fingerprint() != fast.fingerprint()
+    wave, _ = fast.read_audio(Document(doc_id="s", split="", source="t", path=audio_files["mono_24k"]))
+    with torch.inference_mode():
+        a, b = (tok._model.encoder(torch.from_numpy(wave)[None]) for tok in (exact, fast))
+    assert (a - b).abs().max() < 1e-5 * a.abs().max()
+
+
 def test_bad_settings():
     with pytest.raises(ValueError, match="bandwith.*did you mean 'bandwidth'"):
         AcousticTokenizer({"bandwith": 6})
