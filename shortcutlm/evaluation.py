@@ -325,6 +325,10 @@ def evaluate_checkpoints(folders: Sequence[str | Path] | str | Path, shard_dir: 
                                            progress))
         if torch.device(device).type == "cuda":
             torch.cuda.empty_cache()
+    names = [r["name"] for r in records]
+    for r in records:  # two runs of one recipe variant: tell their rows apart by folder
+        if names.count(r["name"]) > 1:
+            r["name"] = f"{r['name']} ({r['folder']})"
     return {"split": split, "created": time.strftime("%Y-%m-%dT%H:%M:%S"), "checkpoints": records}
 
 
