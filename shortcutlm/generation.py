@@ -202,7 +202,8 @@ class _NoSpecials(nn.Module):
 def _out_paths(out: str | Path, domain: str, base: str, samples: int) -> list[Path]:
     out = Path(out)
     suffix = out.suffix.lower()
-    if suffix and not out.is_dir():
+    known = {".txt", ".mid", ".midi", ".wav", ".flac", ".mp3", ".ogg", ".json"}
+    if suffix in known and not out.is_dir():  # a file path; anything else (e.g. runs/v1.2) is a folder
         if suffix not in ACCEPTED_OUT[domain]:
             raise GenerationError(f"--out {out}: a {domain} checkpoint writes {ARTIFACT_SUFFIX[domain]} files; "
                                   f"give a path ending in {' or '.join(ACCEPTED_OUT[domain])}, or a folder")
