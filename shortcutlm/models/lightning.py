@@ -89,7 +89,9 @@ class LitGPT(L.LightningModule):
     def training_step(self, batch: Tensor, batch_idx: int) -> Tensor:
         sums, counts = self._losses(batch)
         loss = (sums / counts.clamp_min(1)).mean()  # mean over streams of each stream's mean
-        self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=False, sync_dist=False)
+        # Averaged over ranks when there are several, so the curve is the global batch's loss.
+        self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=False,
+                 sync_dist=self.trainer.world_size > 1)
         self.log("train/lr", self.trainer.optimizers[0].param_groups[0]["lr"], on_step=True, on_epoch=False)
         self.log("opt_step", float(self.trainer.global_step), on_step=True, on_epoch=False)
         now = time.perf_counter()

@@ -1,0 +1,133 @@
+"""Training: exact resume, recipe validation, and DDP on two CPU processes."""
+from __future__ import annotations
+
+import csv
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from shortcutlm.config_schema import ConfigError
+from shortcutlm.recipe import from_dict, Recipe, load_recipe
+from shortcutlm.training import train
+from tests.conftest import tiny_recipe_dict
+
+
+def write_recipe(path: Path, data: dict) -> Path:
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def curve(folder: Path, key: str = "train/loss") -> dict[float, float]:
+    with (folder / "metrics.csv").open() as fh:
+        return {float(r["opt_step"]): float(r[key]) for r in csv.DictReader(fh) if r.get(key)}
+
+
+def weights(folder: Path) -> dict[str, torch.Tensor]:
+    return torch.load(folder / "model.pt", weights_only=True)
+
+
+@pytest.fixture
+def text8_recipe(tmp_path, text8_shards) -> Recipe:
+    data = tiny_recipe_dict({"name": "text8", "path": "unused"}, {"domain": "text"}, accumulate=2)
+    data["model"]["dropout"] = 0.1  # so the RNG state matters for resuming
+    return from_dict(Recipe, data)
+
+
+def test_resumed_run_equals_uninterrupted_run(tmp_path, text8_shards, text8_recipe):
+    whole = train(text8_recipe, "shortcut_resformer", text8_shards, tmp_path / "whole", progress=False)
+    split = tmp_path / "split"
+    train(text8_recipe, "shortcut_resformer", text8_shards, split, progress=False, stop_after=2)
+    assert not yaml.safe_load((split / "hparams.json").read_text())["finished"]
+    train(text8_recipe, "shortcut_resformer", text8_shards, split, progress=False)
+    a, b = weights(whole), weights(split)
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+    assert curve(whole) == curve(split)
+    assert curve(whole, "val/loss") == curve(split, "val/loss")
+    assert sorted(curve(split)) == [float(s) for s in range(6)]
+
+
+def test_finished_run_is_kept(tmp_path, text8_shards, text8_recipe):
+    out = train(text8_recipe, "baseline", text8_shards, tmp_path / "run", progress=False)
+    stamp = (out / "model.pt").stat().st_mtime_ns
+    train(text8_recipe, "baseline", text8_shards, out, progress=False)
+    assert (out / "model.pt").stat().st_mtime_ns == stamp
+
+
+def test_checkpoint_folder_describes_itself(tmp_path, text8_shards, text8_recipe):
+    from shortcutlm.checkpoint import load_folder
+
+    out = train(text8_recipe, "shortcut_resformer", text8_shards, tmp_path / "run", progress=False)
+    ck = load_folder(out)
+    assert ck.model.config.shortcut == "depth" and ck.model.config.value_residual == "resformer"
+    assert ck.recipe["variant"] == "shortcut_resformer" and ck.recipe["train"]["max_steps"] == 6
+    assert ck.hparams["step"] == 6 and ck.hparams["finished"]
+    assert ck.tokenizer.fingerprint() == ck.data["fingerprint"]
+    assert ck.model.config.vocab_size == ck.tokenizer.vocab_size
+
+
+def test_recipe_errors_name_the_problem(tmp_path):
+    good = tiny_recipe_dict({"name": "shakespeare"}, {"domain": "text"})
+    path = write_recipe(tmp_path / "r.yaml", good)
+    assert load_recipe(path).train.max_steps == 6
+    assert load_recipe(path, overrides=["train.max_steps=9", "model.n_embd=64"]).model["n_embd"] == 64
+    cases = [
+        ({**good, "trian": {}}, "unknown key.*trian"),
+        ({**good, "train": {**good["train"], "lr": "fast"}}, "train.lr: expected a number"),
+        ({**good, "train": {**good["train"], "max_steps": 0}}, "max_steps must be >= 1"),
+        ({**good, "variants": {"bad": {"shortcut": "sideways"}}}, "variant bad.*shortcut"),
+        ({**good, "model": {"vocab_size": 10}}, "comes from the tokenizer"),
+        ({**good, "variants": {"a.b": {}}}, "variant name"),
+    ]
+    for data, pattern in cases:
+        with pytest.raises(ConfigError, match=pattern) as err:
+            load_recipe(write_recipe(tmp_path / "bad.yaml", data))
+        assert "bad.yaml" in str(err.value)
+    with pytest.raises(ConfigError, match="no preset 'huge'"):
+        load_recipe(path, preset="huge")
+    with pytest.raises(ConfigError, match="key=value"):
+        load_recipe(path, overrides=["train.max_steps"])
+    with pytest.raises(ConfigError, match="no such recipe"):
+        load_recipe(tmp_path / "missing.yaml")
+
+
+def test_every_shipped_recipe_and_preset_validates():
+    for path in sorted(Path("recipes").glob("*.yaml")):
+        presets = yaml.safe_load(path.read_text()).get("presets", {})
+        for preset in [None, *presets]:
+            recipe = load_recipe(path, preset)
+            for variant in recipe.variants:
+                recipe.model_config(variant, vocab_size=1024, n_streams=2)
+
+
+@pytest.mark.slow
+def test_two_process_ddp_matches_one_process_at_the_same_global_batch(tmp_path, text8_shards):
+    """Gloo on CPU. The train split is one document, so the two ranks take alternate windows
+    of the same stream a single process reads in order: the global batches are identical."""
+    data = tiny_recipe_dict({"name": "text8", "path": "unused"}, {"domain": "text"}, max_steps=4, val_every=2)
+    recipe = write_recipe(tmp_path / "r.yaml", data)
+    single = tmp_path / "single"
+    subprocess.run([sys.executable, "-m", "shortcutlm.cli", "train", str(recipe), "--data", str(text8_shards),
+                    "--out", str(single), "--variant", "shortcut_resformer", "--no-progress",
+                    "--set", "train.accelerator=cpu"], check=True, cwd=Path.cwd(), timeout=300)
+    ddp = tmp_path / "ddp"
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    subprocess.run([sys.executable, "-m", "shortcutlm.cli", "train", str(recipe), "--data", str(text8_shards),
+                    "--out", str(ddp), "--variant", "shortcut_resformer", "--no-progress",
+                    "--set", "train.accelerator=cpu", "--set", "train.devices=2", "--set", "train.strategy=ddp",
+                    "--set", "train.batch_size=2"], check=True, cwd=Path.cwd(), env=env, timeout=300)
+    assert yaml.safe_load((ddp / "hparams.json").read_text())["world_size"] == 2
+    one, two = curve(single), curve(ddp)
+    assert one.keys() == two.keys() == {0.0, 1.0, 2.0, 3.0}
+    for step in one:
+        assert two[step] == pytest.approx(one[step], abs=1e-4)
+    assert curve(ddp, "val/loss") == pytest.approx(curve(single, "val/loss"), abs=1e-4)
+    a, b = weights(single), weights(ddp)
+    for key in a:
+        torch.testing.assert_close(b[key], a[key], atol=1e-4, rtol=1e-3)
