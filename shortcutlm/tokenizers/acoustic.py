@@ -26,9 +26,11 @@ normalised to unit RMS before encoding and decoded audio is written at -20 dBFS 
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import logging
+import sys
 import warnings
 from pathlib import Path
 from typing import Any, Iterable
@@ -115,7 +117,8 @@ class AcousticTokenizer(Tokenizer):
             warnings.filterwarnings("ignore", message=".*weight_norm.*")
             if state_dict is None and weights == "pretrained":
                 try:
-                    model = factory(pretrained=True)
+                    with contextlib.redirect_stdout(sys.stderr):  # torch.hub reports downloads on stdout
+                        model = factory(pretrained=True)
                 except Exception as exc:  # urllib / hash / unpickling errors alike
                     raise RuntimeError(
                         f"acoustic tokenizer: could not get the pretrained {PRETRAINED_NAMES[self.sample_rate]} "
@@ -141,7 +144,7 @@ class AcousticTokenizer(Tokenizer):
             # Whole-file RMS normalisation instead of per-segment scales (see module docstring).
             model.segment = None
             model.normalize = False
-        for module in model.modules():
+        for module in list(model.modules()):
             if type(module).__name__ == "SLSTM":
                 module.register_forward_pre_hook(_one_thread_enter)
                 module.register_forward_hook(_one_thread_exit)
