@@ -14,8 +14,15 @@ encoded with EnCodec at a chosen bandwidth (K codebooks). Weights, setting ``wei
   something (they cluster real latents) but the decoded audio is not speech-quality. Logged
   and recorded in the saved config.
 
-Long files are encoded in chunks of ``chunk_seconds`` (a multiple of the hop), which bounds
-memory; chunking is part of the mapping and so of the fingerprint.
+Audio is encoded in chunks of ``chunk_seconds`` (5 s, a whole number of hops): each chunk is
+encoded as if it were a file of its own. Short chunks keep every activation under glibc's
+mmap threshold: with 30 s chunks a third of the encode time went to the kernel zeroing fresh
+pages. The codec runs on a fixed number of torch threads (``threads``, default 1) because the
+ids depend on it: torch's convolutions round differently with 1 and 2 threads, which moved 2-9%
+of the codes of the random-init codec (whose latents barely vary). One thread also avoids
+OpenMP's spin-waits on a busy machine (2 threads on 2 shared cores encoded 3-10x slower);
+throughput comes from encoding files in parallel processes. Chunking and threads are part
+of the mapping and of the fingerprint.
 
 For CPU speed the codec's ELUs are computed through ``exp`` rather than torch's scalar
 ``expm1`` (``fast_elu``, on by default; see :class:`FastELU`) and its LSTM runs on one thread.
@@ -49,6 +56,7 @@ CODEC_FILE = "codec.pt"
 BANDWIDTHS = {24000: (1.5, 3.0, 6.0, 12.0, 24.0), 48000: (3.0, 6.0, 12.0, 24.0)}
 PRETRAINED_NAMES = {24000: "encodec_24khz", 48000: "encodec_48khz"}
 _EMA_BUFFERS = ("embed_avg", "cluster_size")
+DECODE_CONTEXT_S = 1.0  # decoder warm-up / look-ahead around each decoded chunk
 DECODE_RMS_48K = 0.1  # -20 dBFS: the level 48 kHz decodes are written at (the scale is not in the ids)
 
 DEFAULTS: dict[str, Any] = {
@@ -59,8 +67,9 @@ DEFAULTS: dict[str, Any] = {
     "seed": 0,                 # random_kmeans: init seed and k-means seed
     "kmeans_iters": 20,        # random_kmeans: MiniBatchKMeans max_iter per codebook
     "kmeans_max_frames": 50000,  # random_kmeans: latent frames sampled for fitting
-    "chunk_seconds": 30.0,     # encode/decode in chunks of this length (memory bound)
+    "chunk_seconds": 5.0,      # encode/decode in chunks of this length (see module docstring)
     "fast_elu": True,          # ELU as max(x, exp(min(x, 0)) - 1): see FastELU
+    "threads": 1,              # torch threads the codec runs on (ids depend on it; see module docstring)
 }
 
 
@@ -88,6 +97,9 @@ class AcousticTokenizer(Tokenizer):
         self.kmeans_max_frames = int(s["kmeans_max_frames"])
         self.chunk_seconds = float(s["chunk_seconds"])
         self.fast_elu = bool(s["fast_elu"])
+        self.threads = int(s["threads"])
+        if self.threads < 1:
+            raise ValueError("acoustic tokenizer: threads must be at least 1")
         if self.chunk_seconds <= 0:
             raise ValueError("acoustic tokenizer: chunk_seconds must be positive")
         weights = str(s["weights"])
@@ -269,14 +281,24 @@ class AcousticTokenizer(Tokenizer):
         hops = max(1, round(self.chunk_seconds * self.sample_rate / self.hop_length))
         return hops * self.hop_length
 
-    def encode_wave(self, wave: np.ndarray) -> np.ndarray:
-        """``wave[C, N]`` at the codec's rate -> ``codes[K, ceil(N / hop)]`` (int64)."""
+    @contextlib.contextmanager
+    def _codec_threads(self):
+        """Run the codec on ``threads`` torch threads, restoring the caller's count afterwards."""
+        before = torch.get_num_threads()
+        torch.set_num_threads(self.threads)
+        try:
+            with torch.inference_mode():
+                yield
+        finally:
+            torch.set_num_threads(before)
 
+    def encode_wave(self, wave: np.ndarray) -> np.ndarray:
+        """``wave[C, N]`` at the codec's rate -> ``codes[K, ceil(N / hop)]`` (int64), chunk by chunk."""
         if not self._fitted:
             raise RuntimeError("acoustic tokenizer: random_kmeans codebooks are not fitted; call train(documents) first")
         x = torch.from_numpy(np.ascontiguousarray(wave, dtype=np.float32))
         parts = []
-        with torch.inference_mode():
+        with self._codec_threads():
             for start in range(0, x.shape[-1], self._chunk_samples):
                 chunk = x[None, :, start:start + self._chunk_samples]
                 codes = self._model.quantizer.encode(self._model.encoder(chunk), self._model.frame_rate,
@@ -285,17 +307,24 @@ class AcousticTokenizer(Tokenizer):
         return np.concatenate(parts, axis=1).astype(np.int64)
 
     def decode_codes(self, codes: np.ndarray) -> np.ndarray:
-        """``codes[K, T]`` -> ``wave[C, T * hop]`` float32 (decoder output trimmed to whole frames)."""
+        """``codes[K, T]`` -> ``wave[C, T * hop]`` float32 (decoder output trimmed to whole frames).
 
+        Decoded chunk by chunk, each with ``DECODE_CONTEXT_S`` of neighbouring frames run through
+        the decoder and cut away again (left only for the causal 24 kHz model), so chunk joins do
+        not click.
+        """
         codes = np.asarray(codes, dtype=np.int64)
-        frames_per_chunk = self._chunk_samples // self.hop_length
+        frames, chunk = codes.shape[1], self._chunk_samples // self.hop_length
+        context = round(DECODE_CONTEXT_S * self.frames_per_second)
+        right = 0 if self.sample_rate == 24000 else context
         parts = []
-        with torch.inference_mode():
-            for start in range(0, codes.shape[1], frames_per_chunk):
-                chunk = torch.from_numpy(codes[:, start:start + frames_per_chunk])
-                emb = self._model.quantizer.decode(chunk[:, None])  # [K, B=1, T] -> [1, D, T]
-                wave = self._model.decoder(emb)[0, :, : chunk.shape[1] * self.hop_length]
-                parts.append(wave.numpy())
+        with self._codec_threads():
+            for start in range(0, frames, chunk):
+                lo, hi = max(0, start - context), min(frames, start + chunk + right)
+                emb = self._model.quantizer.decode(torch.from_numpy(codes[:, None, lo:hi]))  # [1, D, hi - lo]
+                wave = self._model.decoder(emb)[0]
+                keep = slice((start - lo) * self.hop_length, (min(frames, start + chunk) - lo) * self.hop_length)
+                parts.append(wave[:, keep].numpy())
         if not parts:
             return np.zeros((self._model.channels, 0), np.float32)
         wave = np.concatenate(parts, axis=1)
@@ -354,7 +383,7 @@ class AcousticTokenizer(Tokenizer):
         from sklearn.cluster import MiniBatchKMeans
 
         latents = []
-        with torch.inference_mode():
+        with self._codec_threads():
             for doc in documents:
                 wave, _ = self.read_audio(doc)
                 x = torch.from_numpy(wave)
@@ -395,7 +424,8 @@ class AcousticTokenizer(Tokenizer):
     def config(self) -> dict[str, Any]:
         """The mapping's settings (k-means ones only for random_kmeans; the weights' digest is separate)."""
         out = {"sample_rate": self.sample_rate, "bandwidth": self.bandwidth, "layout": self.layout,
-               "weights": self.weights_kind, "chunk_seconds": self.chunk_seconds, "fast_elu": self.fast_elu}
+               "weights": self.weights_kind, "chunk_seconds": self.chunk_seconds, "fast_elu": self.fast_elu,
+               "threads": self.threads}
         if self.weights_kind == "random_kmeans":
             out.update(seed=self.seed, kmeans_iters=self.kmeans_iters, kmeans_max_frames=self.kmeans_max_frames)
         return out

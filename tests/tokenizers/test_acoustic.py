@@ -62,6 +62,33 @@ def test_ids_codes_ids_exact_and_decode_length(layout, acoustic_flatten, acousti
     assert abs(len(data) / rate - info.duration) < 320 / 24000
 
 
+def test_ids_do_not_depend_on_the_callers_thread_count(acoustic_flatten, audio_files):
+    import torch
+
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        a = acoustic_flatten.encode(audio_files["stereo_44k"])
+        assert torch.get_num_threads() == 2  # the caller's setting is restored
+        torch.set_num_threads(1)
+        b = acoustic_flatten.encode(audio_files["stereo_44k"])
+    finally:
+        torch.set_num_threads(before)
+    assert np.array_equal(a, b)
+
+
+def test_chunked_encode_and_decode(codec_folder, audio_files, tmp_path):
+    import soundfile as sf
+
+    tok = AcousticTokenizer({"weights": str(codec_folder / "codec.pt"), "bandwidth": 1.5, "chunk_seconds": 0.4})
+    info = sf.info(str(audio_files["stereo_44k"]))
+    enc = tok.encode_document(doc(audio_files["stereo_44k"]))
+    frames = math.ceil(info.frames / info.samplerate * 24000 / 320)
+    assert enc.meta["frames"] == frames  # 0.4 s chunks are whole hops: no frame lost or added
+    out = tok.decode(enc.tokens, tmp_path / "chunked.wav")
+    assert sf.info(str(out)).frames == frames * 320
+
+
 def test_layouts_share_codes(acoustic_flatten, acoustic_delay, audio_files):
     a, _ = acoustic_flatten.tokens_to_codes(acoustic_flatten.encode(audio_files["mono_24k"]))
     b, _ = acoustic_delay.tokens_to_codes(acoustic_delay.encode(audio_files["mono_24k"]))
