@@ -17,6 +17,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "generate": ("shortcutlm.generation", "continue a prompt file or sample from a checkpoint"),
     "recipe": ("shortcutlm.recipe", "run a recipe's stages: prepare, train, evaluate, generate, report"),
     "diagnose": ("shortcutlm.diagnostics", "attention-concentration and shortcut-depth maps for a checkpoint"),
+    "ablate": ("shortcutlm.ablation", "train every variant × seed on each embedded dataset; write docs/results.md"),
 }
 
 BENCHMARKS: dict[str, tuple[str, str]] = {

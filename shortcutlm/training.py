@@ -146,6 +146,26 @@ def merge_metrics(parts: list[Path], out: Path) -> None:
     tmp.replace(out)
 
 
+# Settings that change what a run computes; the others (logging, devices, ...) may differ on resume.
+RESULT_SETTINGS = ("batch_size", "accumulate", "lr", "min_lr", "warmup_steps", "weight_decay", "beta1", "beta2",
+                   "grad_clip", "precision", "seed", "max_steps")
+
+
+def check_same_run(out: Path, config: dict[str, Any], settings: TrainSettings) -> None:
+    """Refuse to resume or keep a checkpoint that another model or schedule produced."""
+    if not (out / ckpt.MODEL_CONFIG).is_file():
+        return
+    saved_config = json.loads((out / ckpt.MODEL_CONFIG).read_text())
+    saved_train = json.loads((out / ckpt.HPARAMS).read_text()).get("train", {})
+    now_train = asdict(settings)
+    diffs = [f"model.{k}: {saved_config.get(k)!r} -> {v!r}" for k, v in config.items() if saved_config.get(k) != v]
+    diffs += [f"train.{k}: {saved_train.get(k)!r} -> {now_train[k]!r}" for k in RESULT_SETTINGS
+              if saved_train.get(k) != now_train[k]]
+    if diffs:
+        raise ValueError(f"{out} holds a run with other settings ({'; '.join(diffs)}); "
+                         "use another output folder, or --fresh to start over")
+
+
 def is_finished(out: Path, max_steps: int) -> bool:
     path = out / ckpt.HPARAMS
     if not path.is_file():
@@ -165,12 +185,13 @@ def train(recipe: Recipe, variant: str, data_dir: str | Path, out: str | Path, p
     s = recipe.train
     if fresh and out.exists():
         shutil.rmtree(out)
-    if is_finished(out, s.max_steps):
-        log.info("%s: already trained to step %d; keeping it", out, s.max_steps)
-        return out
     manifest = read_manifest(data_dir)
     tok = manifest["tokenizer"]
     config = recipe.model_config(variant, tok["vocab_size"], tok["n_streams"])
+    check_same_run(out, config.to_dict(), s)
+    if is_finished(out, s.max_steps):
+        log.info("%s: already trained to step %d; keeping it", out, s.max_steps)
+        return out
     L.seed_everything(s.seed, workers=True, verbose=False)
     lit = LitGPT(config, asdict(s), ignored_ids(tok["special_ids"]), measured_peak(s, s.accelerator))
     out.mkdir(parents=True, exist_ok=True)

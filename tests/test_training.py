@@ -60,6 +60,16 @@ def test_finished_run_is_kept(tmp_path, text8_shards, text8_recipe):
     assert (out / "model.pt").stat().st_mtime_ns == stamp
 
 
+def test_a_checkpoint_of_other_settings_is_refused(tmp_path, text8_shards, text8_recipe):
+    out = train(text8_recipe, "baseline", text8_shards, tmp_path / "run", progress=False, stop_after=2)
+    text8_recipe.train.lr = 1e-2
+    with pytest.raises(ValueError, match=r"train.lr: 0.003 -> 0.01"):
+        train(text8_recipe, "baseline", text8_shards, out, progress=False)
+    with pytest.raises(ValueError, match=r"model.shortcut: 'none' -> 'depth'"):
+        train(text8_recipe, "shortcut_resformer", text8_shards, out, progress=False)
+    assert train(text8_recipe, "baseline", text8_shards, out, progress=False, fresh=True) == out
+
+
 def test_checkpoint_folder_describes_itself(tmp_path, text8_shards, text8_recipe):
     from shortcutlm.checkpoint import load_folder
 
