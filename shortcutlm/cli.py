@@ -25,6 +25,7 @@ BENCHMARKS: dict[str, tuple[str, str]] = {
     "tokenizers": ("shortcutlm.bench.tokenizers", "per-domain tokenizer throughput"),
     "data": ("shortcutlm.bench.data", "prepare and loader throughput"),
     "peer": ("shortcutlm.bench.peer", "side by side with x-transformers"),
+    "mfu": ("shortcutlm.bench.mfu", "training MFU against the measured matmul peak, fp32 and bf16"),
 }
 
 
