@@ -101,3 +101,60 @@ def plot_layer_lines(series: dict[str, np.ndarray], out: Path, title: str, ylabe
     fig.savefig(out, dpi=120)
     plt.close(fig)
     return out
+
+
+def plot_layer_panels(panels: list[dict], out: Path, title: str = "") -> Path:
+    """Side-by-side panels of per-layer (or per-depth) lines, one colour per model throughout.
+
+    Each panel is a dict:
+
+    * ``series``: ``{model: values}`` (drawn at x = ``x_start``, ``x_start`` + 1, …) or
+      ``{model: (xs, values)}``; solid lines with markers;
+    * ``dashed``: the same form, drawn dashed in the colour of the model of that name (optional);
+    * ``references``: ``{label: y}`` or ``{label: (y, model)}`` horizontal dotted lines (grey,
+      or the model's colour), for baselines (optional);
+    * ``ylabel``, ``title``, ``xlabel`` (default ``"layer"``), ``x_start`` (default 1),
+      ``xticklabels`` (labels for x = ``x_start`` …, optional), ``logy`` (optional).
+    """
+    names: list[str] = []
+    for panel in panels:
+        for key in ("series", "dashed"):
+            names += [n for n in panel.get(key, {}) if n not in names]
+    colour = {n: f"C{i % 10}" for i, n in enumerate(names)}
+
+    def xy(values, start: int) -> tuple[np.ndarray, np.ndarray]:
+        if isinstance(values, tuple):
+            return np.asarray(values[0], dtype=float), np.asarray(values[1], dtype=float)
+        ys = np.asarray(values, dtype=float)
+        return np.arange(start, start + len(ys)), ys
+
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.2 * len(panels), 4), squeeze=False)
+    for ax, panel in zip(axes[0], panels):
+        start = panel.get("x_start", 1)
+        for name, values in panel.get("series", {}).items():
+            ax.plot(*xy(values, start), marker="o", color=colour[name], label=name)
+        for name, values in panel.get("dashed", {}).items():
+            ax.plot(*xy(values, start), "--", marker=".", color=colour[name], alpha=0.8)
+        for label, ref in panel.get("references", {}).items():
+            y, who = ref if isinstance(ref, tuple) else (ref, None)
+            ax.axhline(y, linestyle=":", color=colour.get(who, "0.4"), linewidth=1.2, label=label)
+        ticks = panel.get("xticklabels")
+        if ticks is not None:
+            ax.set_xticks(range(start, start + len(ticks)), ticks, fontsize=7, rotation=90 if len(ticks) > 12 else 0)
+        else:
+            ax.xaxis.get_major_locator().set_params(integer=True)
+        if panel.get("logy"):
+            ax.set_yscale("log")
+        ax.set_xlabel(panel.get("xlabel", "layer"))
+        ax.set_ylabel(panel.get("ylabel", ""))
+        ax.set_title(panel.get("title", ""), fontsize=10)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=120)
+    plt.close(fig)
+    return out
