@@ -205,10 +205,12 @@ class Block(nn.Module):
         self.mlp = MLP(config)
 
     def forward(self, x: Tensor, v1: Tensor | None, rotary: Rotary | None, cache: KVCache | None,
-                need_weights: bool) -> tuple[Tensor, Tensor, Tensor | None]:
-        a, v, probs = self.attn(self.ln_1(x), v1, rotary, cache, need_weights)
+                need_weights: bool) -> tuple[Tensor, Tensor, Tensor | None, Tensor]:
+        """Return (output, values attended with, attention probabilities, the normalised input)."""
+        normed = self.ln_1(x)
+        a, v, probs = self.attn(normed, v1, rotary, cache, need_weights)
         x = x + a
-        return x + self.mlp(self.ln_2(x)), v, probs
+        return x + self.mlp(self.ln_2(x)), v, probs, normed
 
 
 # --------------------------------------------------------------------------------------------
@@ -218,7 +220,9 @@ class DepthShortcut(nn.Module):
     """The final representation attends to earlier depths through learned feature maps.
 
     For each selected depth l, φ_l(h) = W2_l · GELU(W1_l · LN(h) + b1_l) + e_l gives that
-    depth's key and value features (e_l is the learned depth embedding). The query comes from
+    depth's key and value features (e_l is the learned depth embedding). LN(h_l) is the
+    normalised input of block l+1, which the decoder computes anyway: reusing it spares a
+    normalisation and a copy of every selected hidden state. The query comes from
     the last block's output y_t. ``depth`` attends over depths at position t only (softmax
     over depth); ``full`` attends over every position s <= t of every depth. The result joins
     y through an output projection that starts at zero, so a fresh model is the plain GPT.
@@ -241,23 +245,27 @@ class DepthShortcut(nn.Module):
         self.rotary = (Rotary(self.head_dim, config.block_size, config.rope_base)
                        if self.mode == "full" and config.positions == "rope" else None)
 
-    def features(self, hidden: Tensor) -> tuple[Tensor, Tensor]:
-        """φ over stacked hidden states [S,B,T,d] -> keys, values [B, H, S, T, hd]."""
-        s, b, t, d = hidden.shape
-        h = F.layer_norm(hidden, (d,)).reshape(s, b * t, d)
-        z = F.gelu(torch.baddbmm(self.b1, h, self.w1))
-        kv = torch.baddbmm(self.depth_embedding, z, self.w2)
-        kv = kv.view(s, b, t, 2, self.n_head, self.head_dim).permute(3, 1, 4, 0, 2, 5)
+    def hidden_features(self, normed: Tensor, index: int) -> Tensor:
+        """First layer of φ for the ``index``-th selected depth: [B,T,d] normalised -> [B*T, m]."""
+        return F.gelu(torch.addmm(self.b1[index], normed.reshape(-1, normed.shape[-1]), self.w1[index]))
+
+    def features(self, hidden: Tensor, b: int, t: int) -> tuple[Tensor, Tensor]:
+        """Second layer of φ plus the depth embedding: [S, B*T, m] -> keys, values [B, H, S, T, hd]."""
+        kv = torch.baddbmm(self.depth_embedding, hidden, self.w2)
+        kv = kv.view(hidden.shape[0], b, t, 2, self.n_head, self.head_dim).permute(3, 1, 4, 0, 2, 5)
         return kv[0], kv[1]
 
     def forward(self, y: Tensor, hidden: Tensor, cache: KVCache | None,
                 need_weights: bool) -> tuple[Tensor, Tensor | None]:
-        """Return (y + shortcut(y), depth weights [B, H, T, S] if asked)."""
+        """Return (y + shortcut(y), depth weights [B, H, T, S] if asked).
+
+        ``hidden`` holds ``hidden_features`` of every selected depth, stacked: [S, B*T, m].
+        """
         b, t, _ = y.shape
         n_depths = hidden.shape[0]
         offset = cache.length if cache is not None else 0
         q = self.q_proj(self.q_norm(y)).view(b, t, self.n_head, self.head_dim).transpose(1, 2)  # [B,H,T,hd]
-        k, v = self.features(hidden)  # [B,H,S,T,hd]
+        k, v = self.features(hidden, b, t)  # [B,H,S,T,hd]
         weights = None
         if self.mode == "depth":
             # Softmax over depth only: each position is its own batch element of S keys.
@@ -389,16 +397,17 @@ class GPT(nn.Module):
         offset = cache.length if cache is not None else 0
         x = self._embed(idx, offset)
         want = return_internals
-        sc_depths = set(self.shortcut.depths) if self.shortcut is not None else set()
-        kept = [x] if 0 in sc_depths else []
+        # Depth i (0 = embeddings) is the input of block i+1; the shortcut reads its normalised form.
+        depth_index = {d: j for j, d in enumerate(self.shortcut.depths)} if self.shortcut is not None else {}
+        kept = []
         out = ForwardOutput(logits=x, hidden_states=[x] if want else [])
         v1 = None
         for i, block in enumerate(self.blocks):
-            x, v, probs = block(x, v1, self.rotary, cache, want)
+            x, v, probs, normed = block(x, v1, self.rotary, cache, want)
             if i == 0:
                 v1 = v
-            if i + 1 in sc_depths and i + 1 < len(self.blocks):
-                kept.append(x)
+            if i in depth_index:
+                kept.append(self.shortcut.hidden_features(normed, depth_index[i]))
             if want:
                 out.hidden_states.append(x)
                 out.values.append(v)
