@@ -1,0 +1,145 @@
+"""``shortcutlm bench peer``: the x-transformers peer has our size and computes our function,
+timed steps and generation run, the loss pass gives finite losses, the JSON has its fields."""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from dataclasses import replace
+
+import pytest
+import torch
+
+pytest.importorskip("x_transformers", reason="x-transformers (the bench extra) is not installed: pip install -e '.[bench]'")
+
+from shortcutlm.bench import peer  # noqa: E402
+from shortcutlm.bench.model import measure_training  # noqa: E402
+from shortcutlm.models import GPT, GPTConfig  # noqa: E402
+
+TINY = GPTConfig(vocab_size=64, n_layer=2, n_head=2, n_embd=32, block_size=32)
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny models are fastest on one thread (and the machine is shared)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def configs() -> list[GPTConfig]:
+    return [replace(TINY, value_residual=v) for v in peer.VARIANTS.values()]
+
+
+@pytest.mark.parametrize("config", configs(), ids=list(peer.VARIANTS))
+def test_same_size_vocab_and_context(config):
+    ours, theirs = GPT(config), peer.peer_model(config)
+    assert theirs.num_tokens == config.vocab_size and theirs.max_seq_len == config.block_size
+    n_ours, n_theirs = ours.num_params(), peer.num_params(theirs)
+    assert abs(n_ours - n_theirs) / n_theirs <= peer.PARAM_TOLERANCE
+    assert n_ours == n_theirs  # configured to have exactly the same parameters
+    assert theirs.token_emb.emb.weight.shape == ours.embeddings[0].weight.shape
+
+
+@pytest.mark.parametrize("config", configs(), ids=list(peer.VARIANTS))
+def test_peer_with_our_weights_computes_our_function(config):
+    torch.manual_seed(0)
+    ours, theirs = GPT(config).eval(), peer.peer_model(config, "copy").eval()
+    peer.copy_weights_(ours, theirs)
+    idx = torch.randint(0, config.vocab_size, (2, config.block_size))
+    with torch.no_grad():
+        torch.testing.assert_close(theirs(idx), ours(idx), atol=1e-5, rtol=1e-5)
+    # the value residual really is on in the peer: dropping it changes the function
+    if config.value_residual == "resformer":
+        other = peer.peer_model(replace(config, value_residual="none"), "copy").eval()
+        other.load_state_dict(theirs.state_dict())
+        with torch.no_grad():
+            assert (other(idx) - ours(idx)).abs().max() > 1e-3
+
+
+def test_rotary_permutation_pairs_halves():
+    assert peer.rotary_permutation(8).tolist() == [0, 4, 1, 5, 2, 6, 3, 7]
+
+
+def test_gpt2_init_on_the_peer():
+    torch.manual_seed(0)
+    net = peer.peer_model(replace(TINY, n_embd=64, vocab_size=512), "gpt2")
+    emb = net.token_emb.emb.weight.detach()
+    assert abs(float(emb.std()) - 0.02) < 0.002
+    assert all(float(b[0].gamma.min()) == 1.0 for b in (layer[0] for layer in net.attn_layers.layers))
+
+
+def test_one_timed_step_of_each():
+    trainees = {f"{v}/{impl}": peer.make_trainee(impl, c, 2, "cpu", torch.float32, 0, "gpt2")
+                for v, c in zip(peer.VARIANTS, configs()) for impl in peer.IMPLEMENTATIONS}
+    times = measure_training(trainees, 1, 0)
+    assert set(times) == set(trainees)
+    assert all(len(t) == 1 and 0 < t[0] < 60 for t in times.values())
+    rates = peer.measure_generations({n: (n.split("/")[1], t.model) for n, t in trainees.items()}, 8, 1, "cpu",
+                                     torch.float32)
+    assert all(len(r) == 1 and r[0] > 0 for r in rates.values())
+
+
+def test_peer_generation_continues_the_prompt():
+    from x_transformers import AutoregressiveWrapper
+
+    net = peer.peer_model(TINY)
+    out = AutoregressiveWrapper(net).generate(torch.zeros(1, peer.PROMPT_TOKENS, dtype=torch.long), 5,
+                                              filter_logits_fn="top_k", filter_kwargs={"k": peer.TOP_K})
+    assert out.shape == (1, 5) and int(out.max()) < TINY.vocab_size
+
+
+def test_loss_pass_on_tiny_shards(text8_shards):
+    result = peer.loss_comparison(text8_shards, TINY, list(peer.VARIANTS), steps=2, seeds=2, batch=2, lr=1e-3,
+                                  min_lr=1e-4, warmup=1, weight_decay=0.1, init="gpt2", device="cpu",
+                                  dtype=torch.float32)
+    assert result["vocab"] == 300
+    for variant in peer.VARIANTS:
+        for impl in peer.IMPLEMENTATIONS:
+            row = result["models"][variant][impl]
+            assert len(row["val_loss_per_seed"]) == 2
+            assert all(math.isfinite(x) and 0 < x < 10 for x in row["val_loss_per_seed"])
+            assert math.isfinite(row["val_loss_std"]) and row["step_seconds_median"] > 0
+
+
+@pytest.mark.parametrize("phase", ["train", "generate"])
+@pytest.mark.parametrize("impl", peer.IMPLEMENTATIONS)
+def test_memory_probe(impl, phase):
+    # run in this process here; the benchmark runs the same function in a fresh one (measure_memory)
+    spec = {"impl": impl, "config": replace(TINY, n_embd=128).to_dict(), "batch": 2, "device": "cpu",
+            "dtype": "fp32", "new_tokens": 8, "init": "gpt2", "phase": phase}
+    assert peer.memory_probe(spec)["bytes"] >= 0
+    assert "RSS" in peer.memory_method("cpu") and "max_memory_allocated" in peer.memory_method("cuda")
+
+
+def test_cli_json_has_the_fields(text8_shards, tmp_path):
+    from shortcutlm.cli import build_parser
+
+    out = tmp_path / "peer.json"
+    argv = ["bench", "peer", "--json", str(out), "--layers", "2", "--width", "32", "--heads", "2", "--context", "32",
+            "--vocab", "64", "--batch", "2", "--steps", "1", "--warmup", "0", "--new-tokens", "8",
+            "--generation-repeats", "1", "--loss-steps", "2", "--seeds", "1", "--data", str(text8_shards),
+            "--skip-memory"]
+    args = build_parser(argv).parse_args(argv)
+    assert peer.run(args) == 0
+    data = json.loads(out.read_text())
+    assert data["benchmark"] == "peer" and data["peer"]["package"] == "x-transformers"
+    assert {"python", "torch", "threads"} <= set(data["machine"])
+    assert data["setup"]["generation"]["prompt_tokens"] == 16 and data["setup"]["loss"]["seeds"] == 1
+    aspects = {d["aspect"] for d in data["differences"]}
+    assert {"rotary pairing", "value residual mix", "initialisation", "KV cache"} <= aspects
+    for variant in peer.VARIANTS:
+        assert data["models"][variant]["equivalence"]["max_abs_logit_diff"] < 1e-4
+        for impl in peer.IMPLEMENTATIONS:
+            row = data["models"][variant][impl]
+            for key in ("parameters", "train_step_seconds_median", "tokens_per_second",
+                        "generate_tokens_per_second_cached", "val_loss"):
+                assert key in row, (variant, impl, key)
+            assert row["vocab"] == 64 and row["context"] == 32
+        assert data["models"][variant]["ours"]["parameters"] == data["models"][variant]["theirs"]["parameters"]
+        r = data["ratios"][variant]
+        assert r["parameters_relative_difference"] == 0.0 and r["step_time_ours_over_theirs"] > 0
+        for goal in ("step_time_ratio", "generation_ratio", "val_loss_no_worse"):
+            t = data["targets"][f"{variant}_{goal}"]
+            assert set(t) == {"value", "target", "pass"}
