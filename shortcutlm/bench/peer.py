@@ -92,9 +92,9 @@ def peer_model(config: GPTConfig, init: str = "gpt2") -> nn.Module:
         raise ValueError(f"init={init!r}, expected one of {INITS}")
     if config.positions != "rope" or config.mlp != "gelu" or config.n_streams != 1 or config.shortcut != "none" \
             or config.value_residual not in VARIANTS.values() or config.n_kv_head not in (None, config.n_head) \
-            or config.bias or not config.tie_embeddings:
-        raise ValueError("the peer is built for a one-stream RoPE GELU decoder without bias, shortcut or GQA, with tied "
-                         "embeddings and value_residual none/resformer")
+            or config.bias or not config.tie_embeddings or config.rope_base != 10000.0:
+        raise ValueError("the peer is built for a one-stream RoPE (base 10000) GELU decoder without bias, shortcut or "
+                         "GQA, with tied embeddings and value_residual none/resformer")
     ours_init = init != "theirs"
     decoder = Decoder(
         dim=config.n_embd, depth=config.n_layer, heads=config.n_head,
@@ -108,7 +108,6 @@ def peer_model(config: GPTConfig, init: str = "gpt2") -> nn.Module:
         learned_value_residual_mix=False,              # fixed 0.5/0.5 as the paper; theirs learns a per-token gate by default
         verbose=False,
     )
-    assert getattr(config, "rope_base", 10000.0) == 10000.0, "x-transformers' rotary base is fixed at 10000"
     net = TransformerWrapper(
         num_tokens=config.vocab_size, max_seq_len=config.block_size, attn_layers=decoder,
         use_abs_pos_emb=False, tie_embedding=True, tie_embedding_scale=1.0 if ours_init else None,
