@@ -1,0 +1,273 @@
+"""The ablation grid: config loading, the statistics on numbers, and a micro grid end to end."""
+from __future__ import annotations
+
+import json
+import math
+import shutil
+from pathlib import Path
+
+import pytest
+import yaml
+
+from shortcutlm import ablation as ab
+from shortcutlm.config_schema import ConfigError
+from tests.conftest import write_text8
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+# ------------------------------------------------------------------------------------ numbers
+
+def test_matched_multiple_interpolates_the_baseline_curve():
+    curve = [(1.0, 3.0), (1.25, 2.9), (1.5, 2.85)]
+    value, label = ab.matched_multiple(2.95, curve)
+    assert value == pytest.approx(1.125) and label.endswith("×")
+    value, _ = ab.matched_multiple(2.875, curve)
+    assert value == pytest.approx(1.375)
+    assert ab.matched_multiple(2.9, curve)[0] == pytest.approx(1.25)
+    assert ab.matched_multiple(3.0, curve) == (1.0, "1.00×")
+    assert ab.matched_multiple(3.1, curve) == (None, "< 1×")  # worse than the baseline at equal tokens
+    assert ab.matched_multiple(2.8, curve) == (None, "> 1.5×")  # better than the baseline ever gets here
+    assert ab.matched_multiple(2.9, [(1.0, 3.0)]) == (None, "pending")
+    assert ab.matched_multiple(None, curve) == (None, "pending")
+    # Order does not matter; a noisy (non-monotone) curve uses the first crossing.
+    assert ab.matched_multiple(2.95, list(reversed(curve)))[0] == pytest.approx(1.125)
+    assert ab.matched_multiple(2.92, [(1.0, 3.0), (1.25, 2.9), (1.5, 2.95)])[0] == pytest.approx(1.2)
+
+
+def test_narrowed_command():
+    assert ab.narrowed_command("shortcutlm ablate a.yaml --datasets x,y --set seeds=[0]", "y") == \
+        "shortcutlm ablate a.yaml --set 'seeds=[0]' --datasets y"
+
+
+def test_verdict_says_worse_when_a_variant_loses():
+    assert ab.verdict(-0.05, 0.01) == "better"
+    assert ab.verdict(0.05, 0.01) == "worse"
+    assert ab.verdict(0.005, 0.01) == "within spread"
+    assert ab.verdict(-0.01, 0.01) == "within spread"
+    assert ab.verdict(0.02, None) == "worse (one seed, no spread)"
+    assert ab.verdict(-0.02, None).startswith("better")
+    assert ab.verdict(None, None) == "pending"
+
+
+def test_compare_pairs_by_seed_else_combines_spreads():
+    base = {0: 3.0, 1: 3.2, 2: 3.1}
+    paired = ab.compare({0: 2.9, 1: 3.1, 2: 3.0}, base)  # exactly 0.1 better on every seed
+    assert paired["method"] == "paired" and paired["n"] == 3
+    assert paired["delta"] == pytest.approx(-0.1) and paired["spread"] == pytest.approx(0.0, abs=1e-12)
+    assert ab.verdict(paired["delta"], paired["spread"]) == "better"
+    unpaired = ab.compare({3: 2.9, 4: 3.1}, {0: 3.0, 1: 3.2})
+    assert unpaired["method"] == "unpaired"
+    assert unpaired["delta"] == pytest.approx(-0.1)
+    assert unpaired["spread"] == pytest.approx(math.sqrt(0.02 + 0.02))
+    single = ab.compare({0: 3.3}, {0: 3.0})
+    assert single["delta"] == pytest.approx(0.3) and single["spread"] is None
+    assert ab.compare({}, base)["delta"] is None
+
+
+def test_diagnostic_sentences_come_from_the_numbers():
+    results = {
+        "baseline": {"entropy": [2.0, 1.0], "entropy_normalised": [0.9, 0.5], "first_token_value_ratio": [3.0, 5.0],
+                     "first_token_attention": [0.4, 0.6], "first_token_attention_uniform_causal": 0.1,
+                     "hidden_norm": [1.0, 2.0, 4.0], "token_similarity": [0.1, 0.5, 0.7], "shortcut": None},
+        "resformer": {"entropy": [2.0, 1.24], "first_token_value_ratio": [1.0, 1.0], "first_token_attention": [0.3, 0.3],
+                      "hidden_norm": [1.0, 2.0, 3.0], "token_similarity": [0.1, 0.4, 0.4], "shortcut": None},
+        "shortcut_depth": {"entropy": [2.0, 1.0], "hidden_norm": [1, 2, 4], "token_similarity": [0.1, 0.5, 0.7],
+                           "shortcut": {"depth_labels": ["emb", "L1"], "depth_weights": [0.25, 0.75],
+                                        "depth_map": [[0.9, 0.1], [0.2, 0.8], [0.3, 0.7], [0.4, 0.6]]}},
+    }
+    out = ab.diagnostic_sentences(results, list(results), "baseline")
+    assert "baseline 1.500 nats; resformer 1.620 (+0.120: less concentrated)" in out["entropy"]
+    assert "resformer 1.000 (−3.000: the first token's values stand out less)" in out["first_token_value_norm"]
+    assert "less of an attention sink" in out["first_token_attention"] and "0.100" in out["first_token_attention"]
+    assert "resformer 3.000 (−1.000: smaller)" in out["hidden_norm"]
+    assert "shortcut_depth 4.000 (the same)" in out["hidden_norm"]
+    assert "hidden states more distinct" in out["token_similarity"]
+    assert "emb 0.25, L1 0.75" in out["depth_weights"] and "most on L1" in out["depth_weights"]
+    assert "varies with the token: L1 for 75%, emb for 25%" in out["depth_map_shortcut_depth"]
+
+
+# ------------------------------------------------------------------------------------ config
+
+def test_the_ablation_recipe_states_the_grid():
+    a = ab.load_ablation(ROOT / "recipes" / "ablation.yaml")
+    assert a.datasets == ["bach_chorales", "chorales_audio", "shakespeare"]
+    assert list(a.config.variants) == ["baseline", "resformer", "learnable", "svformer", "shortcut_depth",
+                                       "shortcut_full", "shortcut_depth_resformer"]
+    assert a.config.seeds == [0, 1, 2] and a.config.baseline_steps == [1.0, 1.25, 1.5]
+    runs = ab.plan_runs(a, Path("runs/ablation"))
+    assert len(runs) == 81 == 3 * (7 * 3 + 2 * 3)
+    assert len({r.folder for r in runs}) == 81
+    assert {r.steps for r in runs} == {150, 188, 225}
+    for recipe in a.recipes.values():  # equal steps, tokens and model on every dataset
+        assert recipe.train.max_steps == 150 and recipe.train.batch_size == 8 and recipe.train.accelerator == "cpu"
+        assert recipe.model["n_layer"] == 4 and recipe.model["n_embd"] == 128 and recipe.model["block_size"] == 256
+        assert recipe.evaluate.split == "test"
+        assert recipe.model_config("svformer", 10, 1).value_residual == "svformer"
+    assert a.recipes["bach_chorales"].source == {"name": "bach_chorales", "limit": 200}  # from the tiny preset
+    assert a.recipes["shakespeare"].tokenizer["vocab_size"] == 2000  # the dataset's override
+    gpu = ab.load_ablation(ROOT / "recipes" / "ablation.yaml", preset="gpu")
+    for recipe in gpu.recipes.values():
+        assert recipe.train.accelerator == "gpu" and recipe.train.precision == "bf16-mixed"
+        assert recipe.model["n_embd"] == 512 and recipe.train.max_steps > 150
+    assert "limit" not in gpu.recipes["bach_chorales"].source
+    assert ab.command_line(gpu, datasets=["shakespeare"]).endswith(
+        "recipes/ablation.yaml --preset gpu --datasets shakespeare")
+
+
+def test_inline_datasets_overrides_and_errors(tmp_path):
+    cfg = {"datasets": {"inline": {"source": {"name": "folder", "path": str(tmp_path)},
+                                   "tokenizer": {"domain": "text", "vocab_size": 300}},
+                        "file": {"recipe": str(ROOT / "recipes" / "shakespeare.yaml"), "preset": "tiny",
+                                 "source": {"limit": 3}, "overrides": {"train": {"lr": 1e-3}}}},
+           "model": {"n_layer": 2, "n_head": 2, "n_embd": 32, "block_size": 32},
+           "train": {"max_steps": 4, "lr": 3e-3, "min_lr": 3e-4},
+           "variants": {"baseline": {}, "svformer": {"value_residual": "svformer"}}, "seeds": [0, 1],
+           "baseline_steps": [1.0, 1.5]}
+    path = tmp_path / "a.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    a = ab.load_ablation(path, overrides=["seeds=[5]"])
+    assert a.config.seeds == [5]
+    assert a.recipes["inline"].source["name"] == "folder" and a.recipes["inline"].train.max_steps == 4
+    assert a.recipes["file"].source == {"name": "shakespeare", "limit": 3}
+    assert a.recipes["file"].tokenizer["domain"] == "text" and a.recipes["file"].train.lr == 1e-3
+    assert a.recipes["file"].model["n_embd"] == 32 and list(a.recipes["file"].variants) == ["baseline", "svformer"]
+    names = [r.name for r in ab.plan_runs(a, tmp_path / "runs", ["inline"])]
+    assert names == ["baseline-s5", "svformer-s5", "baseline-x1.5-s5"]
+    assert ab.run_recipe_for(a.recipes["inline"], ab.plan_runs(a, tmp_path, ["inline"])[2]).train.max_steps == 6
+    assert ab.load_ablation(path, datasets=["file"]).datasets == ["file"]
+    for bad, match in ((["variants.broken={shortcut: sideways}"], "sideways"), (["baseline=nothing"], "baseline"),
+                       (["baseline_steps=[1.25]"], "1.0"), (["datasets.inline.colour=red"], "colour"),
+                       (["train.seed=3"], "seed"), (["datasets.inline.preset=tiny"], "recipe")):
+        with pytest.raises(ConfigError, match=match):
+            ab.load_ablation(path, overrides=bad)
+
+
+# ------------------------------------------------------------------------------------ a micro grid
+
+def micro_config(root: Path, texts: Path, **changes) -> Path:
+    if not texts.is_dir():
+        texts.mkdir(parents=True)
+        for i in range(8):
+            write_text8(texts / f"doc{i}.txt", chars=4000, seed=i)
+    cfg = {"name": "micro",
+           "model": {"n_layer": 2, "n_head": 2, "n_embd": 32, "block_size": 32},
+           "train": {"max_steps": 3, "batch_size": 2, "warmup_steps": 1, "val_every": 100, "val_batches": 1,
+                     "log_every": 1, "lr": 3e-3, "min_lr": 3e-4, "accelerator": "cpu"},
+           "evaluate": {"split": "test", "batch_size": 8},
+           "variants": {"baseline": {}, "shortcut_depth": {"shortcut": "depth"}},
+           "seeds": [0, 1], "baseline_steps": [1, 1.5],
+           "diagnostics": {"variants": ["baseline", "shortcut_depth"]},
+           "datasets": {"tinytext": {"source": {"name": "folder", "path": str(texts)},
+                                     "tokenizer": {"domain": "text", "vocab_size": 300}}}}
+    cfg.update(changes)
+    path = root / "ablation.yaml"
+    path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    return path
+
+
+@pytest.fixture(scope="module")
+def micro(tmp_path_factory):
+    root = tmp_path_factory.mktemp("ablation")
+    lines: list[str] = []
+    a = ab.load_ablation(micro_config(root, root / "texts"))
+    results = ab.run_ablation(a, root / "runs", root / "docs", progress=False, command="shortcutlm ablate micro.yaml",
+                              echo=lines.append)
+    return root, a, results, lines
+
+
+def test_micro_grid_writes_the_page(micro):
+    root, a, results, lines = micro
+    runs = ab.plan_runs(a, root / "runs")
+    assert [r.name for r in runs] == ["baseline-s0", "shortcut_depth-s0", "baseline-x1.5-s0",
+                                      "baseline-s1", "shortcut_depth-s1", "baseline-x1.5-s1"]
+    assert all(ab.is_trained(r) and (r.folder / ab.EVAL_FILE).is_file() for r in runs)
+    assert json.loads((runs[2].folder / "hparams.json").read_text())["step"] == 5  # 1.5 × 3 steps, rounded half up
+    assert any("[6/6] tinytext baseline-x1.5-s1" in line and "ETA" in line for line in lines)
+
+    section = json.loads((root / "docs" / "results.json").read_text())["datasets"]["tinytext"]
+    assert section == json.loads(json.dumps(ab._jsonable(results["datasets"]["tinytext"])))
+    base, sc = section["variants"]["baseline"], section["variants"]["shortcut_depth"]
+    assert base["n"] == sc["n"] == 2 and base["verdict"] == "reference"
+    assert sc["delta"] == pytest.approx(statistics_mean([sc["losses"][s] - base["losses"][s] for s in ("0", "1")]))
+    assert sc["verdict"] in ("better", "worse", "within spread")
+    assert sc["params"] > base["params"] and sc["kv_ratio"] == 1.0 and base["bits_per_byte"]["n"] == 2
+    assert base["sec_per_step"] > 0 and sc["step_time_ratio"] > 0
+    assert [c["steps"] for c in section["baseline_curve"]] == [3, 5] and section["baseline_curve"][1]["n"] == 2
+    assert sc["baseline_tokens_to_match"]["label"].endswith("×")
+    assert len(section["runs"]) == 6 and all(r["status"] == "done" for r in section["runs"])
+
+    md = (root / "docs" / "results.md").read_text()
+    assert "Produced by: `shortcutlm ablate micro.yaml --datasets tinytext`" in md  # the command above the tables
+    assert "- command: `shortcutlm ablate micro.yaml`" in md
+    assert md.count("| baseline | ") == 1 and md.count("| shortcut_depth | ") == 1
+    assert "bits/byte" in md and "baseline tokens to match" in md and "(n=2)" in md
+    assert f"**{sc['verdict']}**" in md if sc["verdict"] != "within spread" else "within spread" in md
+    assert "![relative training loss](results/tinytext/relative_train_loss.png)" in md
+    assert (root / "docs" / "results" / "tinytext" / "relative_train_loss.png").is_file()
+    diag = section["diagnostics"]
+    if diag["status"] == "done":  # compare_checkpoints is there: plots copied next to the page, sentences written
+        assert (root / "docs" / "results" / "tinytext" / "diag_entropy.png").is_file()
+        assert "](results/tinytext/diag_entropy.png)" in md and "Token-importance entropy" in md
+        assert "shortcut_depth's shortcut spreads its attention over depth" in md
+    else:
+        assert diag["status"] == "unavailable" and "Skipped" in md
+
+
+def statistics_mean(values):
+    return sum(values) / len(values)
+
+
+def test_a_second_invocation_trains_nothing(micro):
+    root, a, _, _ = micro
+    runs = ab.plan_runs(a, root / "runs")
+    watched = [r.folder / name for r in runs for name in ("model.pt", ab.EVAL_FILE, "hparams.json")]
+    before = {p: p.stat().st_mtime_ns for p in watched}
+    lines: list[str] = []
+    again = ab.run_ablation(ab.load_ablation(root / "ablation.yaml"), root / "runs", root / "docs", progress=False,
+                            echo=lines.append)
+    assert {p: p.stat().st_mtime_ns for p in watched} == before
+    assert "6 already trained, 0 to train" in lines[0]
+    assert not any(": training" in line or ": evaluating" in line for line in lines)
+    assert again["datasets"]["tinytext"]["variants"]["baseline"]["n"] == 2
+
+    # A third seed in the YAML, not yet trained: the page renders with the runs marked pending.
+    a3 = ab.load_ablation(root / "ablation.yaml", overrides=["seeds=[0,1,2]"])
+    partial = ab.run_ablation(a3, root / "runs", root / "docs3", report_only=True, echo=lines.append)
+    assert {p: p.stat().st_mtime_ns for p in watched} == before
+    section = partial["datasets"]["tinytext"]
+    assert section["variants"]["shortcut_depth"]["n"] == 2 and section["variants"]["shortcut_depth"]["of"] == 3
+    md = (root / "docs3" / "results.md").read_text()
+    assert "(n=2/3)" in md and "pending (3 of 9 runs)" in md and "`shortcut_depth-s2`" in md
+
+
+def test_a_failing_run_is_recorded_and_the_others_go_on(micro, tmp_path, monkeypatch):
+    from shortcutlm import training
+
+    root, _, _, _ = micro
+    out = tmp_path / "runs"
+    shutil.copytree(root / "runs" / "tinytext" / "data", out / "tinytext" / "data")  # prepared once, reused
+    path = micro_config(tmp_path, root / "texts", seeds=[0], baseline_steps=[1.0], diagnostics={"enabled": False},
+                        variants={"svformer": {"value_residual": "svformer"}, "baseline": {}})
+    real = training.train
+
+    def flaky(recipe, variant, *args, **kwargs):
+        if variant == "svformer":
+            raise RuntimeError("out of luck")
+        return real(recipe, variant, *args, **kwargs)
+
+    monkeypatch.setattr(training, "train", flaky)
+    lines: list[str] = []
+    results = ab.run_ablation(ab.load_ablation(path), out, tmp_path / "docs", progress=False, echo=lines.append)
+    section = results["datasets"]["tinytext"]
+    failed = [r for r in section["runs"] if r["status"] == "failed"]
+    assert [r["run"] for r in failed] == ["svformer-s0"] and "out of luck" in failed[0]["error"]
+    assert section["variants"]["baseline"]["n"] == 1  # trained after the failure
+    assert json.loads((out / "tinytext" / "svformer-s0" / ab.ERROR_FILE).read_text())["error"].endswith("out of luck")
+    md = (tmp_path / "docs" / "results.md").read_text()
+    assert "| svformer | – | failed (n=0/1) |" in md and "failed: `svformer-s0` — RuntimeError: out of luck" in md
+    assert any("FAILED" in line for line in lines)
+
+    # A later report (no training) still shows the failure.
+    assert ab.run_ablation(ab.load_ablation(path), out, None, report_only=True,
+                           echo=lines.append)["datasets"]["tinytext"]["runs"][0]["status"] == "failed"
