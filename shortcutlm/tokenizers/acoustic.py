@@ -38,6 +38,7 @@ import hashlib
 import io
 import logging
 import sys
+import types
 import warnings
 from pathlib import Path
 from typing import Any, Iterable
@@ -157,6 +158,8 @@ class AcousticTokenizer(Tokenizer):
             model.segment = None
             model.normalize = False
         for module in list(model.modules()):
+            if type(module).__name__ == "SConv1d":
+                module.forward = types.MethodType(_sconv1d_forward, module)
             if type(module).__name__ == "SLSTM":
                 module.register_forward_pre_hook(_one_thread_enter)
                 module.register_forward_hook(_one_thread_exit)
@@ -523,3 +526,31 @@ class FastELU(torch.nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return torch.maximum(x, x.clamp(max=0).exp_().sub_(1))
+
+
+def reflect_pad(x: torch.Tensor, left: int, right: int) -> torch.Tensor:
+    """``F.pad(x, (left, right), "reflect")`` by slicing and ``cat``: the same values (pure data
+    movement), but torch's reflection_pad1d kernel was 13% of EnCodec's encode time on CPU."""
+    parts = [x[..., 1:left + 1].flip(-1)] if left else []
+    parts.append(x)
+    if right:
+        parts.append(x[..., -right - 1:-1].flip(-1))
+    return torch.cat(parts, dim=-1) if len(parts) > 1 else x
+
+
+def _sconv1d_forward(self, x: torch.Tensor) -> torch.Tensor:
+    """encodec's ``SConv1d.forward`` (encodec 0.1.1) with :func:`reflect_pad` in place of its pad1d."""
+    from encodec.modules.conv import get_extra_padding_for_conv1d, pad1d
+
+    conv = self.conv.conv
+    kernel_size, stride, dilation = conv.kernel_size[0], conv.stride[0], conv.dilation[0]
+    padding_total = (kernel_size - 1) * dilation - (stride - 1)
+    extra = get_extra_padding_for_conv1d(x, kernel_size, stride, padding_total)
+    if self.causal:
+        left, right = padding_total, extra
+    else:
+        right = padding_total // 2
+        left, right = padding_total - right, right + extra
+    if self.pad_mode == "reflect" and x.shape[-1] > max(left, right):
+        return self.conv(reflect_pad(x, left, right))
+    return self.conv(pad1d(x, (left, right), mode=self.pad_mode))

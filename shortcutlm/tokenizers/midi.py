@@ -182,14 +182,9 @@ class MidiTokenizer(Tokenizer):
     # ------------------------------------------------------------------ reading
     def load_score(self, doc: Document):
         """Read a MIDI file as a symusic Score (tracks merged unless ``use_programs``); returns (score, seconds)."""
-        import symusic
-
         if doc.path is None:
             raise TokenizerError(f"{doc.describe()}: MIDI documents must be files, not in-memory text")
-        try:
-            score = symusic.Score(str(doc.path))
-        except Exception as exc:  # symusic raises RuntimeError for corrupt, empty and truncated files
-            raise TokenizerError(f"{doc.describe()}: not a readable MIDI file ({exc})") from exc
+        score = read_midi(doc.path, doc.describe())
         if score.note_num() == 0:
             raise TokenizerError(f"{doc.describe()}: MIDI file has no notes")
         seconds = float(score.to("second").end())
@@ -288,10 +283,7 @@ class MidiTokenizer(Tokenizer):
         if not font.is_file():
             raise FileNotFoundError(f"soundfont {font} does not exist")
         if isinstance(mid_or_tokens, (str, Path)):
-            try:
-                score = symusic.Score(str(mid_or_tokens))  # every track as written, not merged
-            except Exception as exc:
-                raise TokenizerError(f"{mid_or_tokens}: not a readable MIDI file ({exc})") from exc
+            score = read_midi(Path(mid_or_tokens))  # every track as written, not merged
         else:
             score = self.tokens_to_score(mid_or_tokens)
         audio = symusic.Synthesizer(sf_path=str(font), sample_rate=int(sample_rate)).render(score, stereo=False)
@@ -352,6 +344,47 @@ class MidiTokenizer(Tokenizer):
             raise FingerprintMismatch(f"{folder}: {MIDITOK_FILE} gives fingerprint {tok.fingerprint()}, "
                                       f"but {body['fingerprint']} was saved; the miditok file was changed")
         return tok
+
+
+def midi_structure_problem(data: bytes) -> str | None:
+    """What is wrong with a Standard MIDI File's chunk structure, or None.
+
+    Hand-written because symusic does not reliably refuse truncated files: it sometimes reads
+    past the end of the buffer and returns notes (the same file parsed, or not, from run to run).
+    Walking the chunk headers (4-byte id, 4-byte big-endian length) is enough to see truncation.
+    """
+    if len(data) < 14 or data[:4] != b"MThd":
+        return "no MIDI header (MThd)" if data else "empty file"
+    declared_tracks = int.from_bytes(data[10:12], "big")
+    pos, tracks = 0, 0
+    while pos + 8 <= len(data):
+        size = int.from_bytes(data[pos + 4:pos + 8], "big")
+        if pos + 8 + size > len(data):
+            return (f"truncated: chunk {data[pos:pos + 4]!r} at byte {pos} declares {size} bytes, "
+                    f"{len(data) - pos - 8} present")
+        tracks += data[pos:pos + 4] == b"MTrk"
+        pos += 8 + size
+    if tracks < declared_tracks:
+        return f"truncated: the header declares {declared_tracks} tracks, {tracks} present"
+    return None
+
+
+def read_midi(path: Path, name: str | None = None):
+    """A MIDI file as a symusic Score (tick time), or a TokenizerError naming the file."""
+    import symusic
+
+    name = name or str(path)
+    try:
+        data = Path(path).read_bytes()
+    except OSError as exc:
+        raise TokenizerError(f"{name}: cannot read ({exc})") from exc
+    problem = midi_structure_problem(data)
+    if problem:
+        raise TokenizerError(f"{name}: not a readable MIDI file ({problem})")
+    try:
+        return symusic.Score.from_midi(data)
+    except Exception as exc:  # symusic raises RuntimeError for malformed events
+        raise TokenizerError(f"{name}: not a readable MIDI file ({exc})") from exc
 
 
 def _merge_tracks(score):

@@ -160,6 +160,29 @@ def test_fingerprint_changes(acoustic_flatten, acoustic_delay, codec_folder):
         same_seed.encode_wave(np.zeros((1, 320), np.float32))
 
 
+@pytest.mark.filterwarnings("ignore:.*weight_norm:FutureWarning")
+def test_codec_equals_encodecs_own_model_bit_for_bit():
+    """With fast_elu off, our patched codec (slicing reflect pad, one-thread LSTM) computes exactly
+    what encodec's model computes, encoder and decoder; reflect_pad equals F.pad's."""
+    import torch
+    import torch.nn.functional as F
+    from encodec import EncodecModel
+
+    from shortcutlm.tokenizers.acoustic import reflect_pad
+
+    x = torch.randn(2, 3, 40)
+    for left in range(8):
+        for right in range(8):
+            assert torch.equal(reflect_pad(x, left, right), F.pad(x, (left, right), mode="reflect"))
+    tok = AcousticTokenizer({"weights": "random_kmeans", "bandwidth": 1.5, "fast_elu": False, "seed": 3})
+    torch.manual_seed(3)
+    ref = EncodecModel.encodec_model_24khz(pretrained=False)
+    wave, emb = torch.randn(1, 1, 12000) * 0.1, torch.randn(1, 128, 40)
+    with torch.inference_mode():
+        assert torch.equal(tok._model.encoder(wave), ref.encoder(wave))
+        assert torch.equal(tok._model.decoder(emb), ref.decoder(emb))
+
+
 def test_fast_elu_matches_torch_elu(codec_folder, audio_files):
     """The fast ELU changes the encoder's latents only at float rounding level (and the fingerprint)."""
     import torch

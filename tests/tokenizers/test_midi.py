@@ -107,6 +107,16 @@ def test_bad_files_are_errors_naming_the_file(remi, midi_files, case, match):
         remi.encode(path)
 
 
+def test_truncation_found_in_the_chunk_structure(midi_files):
+    from shortcutlm.tokenizers.midi import midi_structure_problem
+
+    whole = midi_files["grid"].read_bytes()
+    assert midi_structure_problem(whole) is None
+    for cut in (len(whole) - 1, len(whole) // 2, 30, 14):
+        assert "truncated" in midi_structure_problem(whole[:cut])
+    assert midi_structure_problem(b"") == "empty file"
+
+
 def test_in_memory_text_is_refused(remi):
     with pytest.raises(TokenizerError, match="src:x.*files"):
         remi.encode_document(Document(doc_id="x", split="train", source="src", text="C E G"))
