@@ -69,7 +69,7 @@ def plot_heatmap(matrix: np.ndarray, out: Path, title: str, xlabel: str, ylabel:
                  xticklabels: list[str] | None = None, yticklabels: list[str] | None = None) -> Path:
     """A rows × columns heat map (e.g. token × depth attention of the shortcut)."""
     rows, cols = matrix.shape
-    fig, ax = plt.subplots(figsize=(min(12, 2 + 0.5 * cols), min(14, 2 + 0.12 * rows)))
+    fig, ax = plt.subplots(figsize=(max(5.5, min(12, 2 + 0.5 * cols)), min(14, 2 + 0.12 * rows)))
     image = ax.imshow(matrix, aspect="auto", cmap="viridis", interpolation="nearest")
     fig.colorbar(image, ax=ax, fraction=0.05)
     ax.set_title(title)
