@@ -41,11 +41,14 @@ log = logging.getLogger(__name__)
 MIDITOK_FILE = "miditok.json"
 SOUNDFONT = "TimGM6mb.sf2"
 SPECIALS = {"pad": "PAD_None", "bos": "BOS_None", "eos": "EOS_None", "mask": "MASK_None"}
+#: miditok tokenizations this adapter offers (each round-trip tested). MMM and PerTok need extra
+#: configuration (a base tokenizer, ticks per quarter) that the settings do not carry.
+SUPPORTED = ("REMI", "TSD", "MIDILike", "Structured")
 #: Tokenizations whose tokens are tuples (one id per family per step): a single-stream GPT cannot model them.
 MULTI_VOCAB = ("CPWord", "Octuple", "MuMIDI")
 
 DEFAULTS: dict[str, Any] = {
-    "tokenization": "REMI",   # any single-vocabulary miditok tokenization: REMI, TSD, MIDILike, Structured, ...
+    "tokenization": "REMI",   # REMI, TSD, MIDILike or Structured
     "vocab_size": None,       # BPE target vocabulary; None: no BPE
     "max_train_files": 2000,  # BPE is learned on at most this many training files
     "use_programs": False,    # false: merge tracks into one; true: Program tokens in one stream
@@ -93,9 +96,10 @@ class MidiTokenizer(Tokenizer):
         if name in MULTI_VOCAB:
             raise ValueError(f"midi tokenizer: {name} is a multi-vocabulary tokenization (one id per token family "
                              "per step), which a single-stream GPT cannot model; use REMI, TSD, MIDILike or Structured")
-        cls = getattr(miditok, name, None)
-        if not (isinstance(cls, type) and issubclass(cls, miditok.MusicTokenizer)) or cls is miditok.MusicTokenizer:
-            raise ValueError(f"midi tokenizer: unknown miditok tokenization {name!r}; e.g. REMI, TSD, MIDILike, Structured")
+        if name not in SUPPORTED:
+            raise ValueError(f"midi tokenizer: tokenization {name!r} is not supported here; choose one of "
+                             f"{', '.join(SUPPORTED)} (single-vocabulary miditok tokenizations, round-trip tested)")
+        cls = getattr(miditok, name)
         self.tokenization = name
         self.vocab_target = None if s["vocab_size"] in (None, 0) else int(s["vocab_size"])
         self.max_train_files = int(s["max_train_files"])
