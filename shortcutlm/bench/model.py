@@ -50,7 +50,7 @@ class Trainee:
         loss.backward()
         torch.nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
         self.opt.step()
-        return float(loss)
+        return float(loss.detach())
 
 
 def measure_training(trainees: dict[str, Trainee], steps: int, warmup: int) -> dict[str, list[float]]:
