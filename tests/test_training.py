@@ -109,7 +109,10 @@ def test_recipe_errors_name_the_problem(tmp_path):
 
 def test_every_shipped_recipe_and_preset_validates():
     for path in sorted(Path("recipes").glob("*.yaml")):
-        presets = yaml.safe_load(path.read_text()).get("presets", {})
+        raw = yaml.safe_load(path.read_text())
+        if "datasets" in raw:  # the ablation grid has its own schema (shortcutlm/ablation.py)
+            continue
+        presets = raw.get("presets", {})
         for preset in [None, *presets]:
             recipe = load_recipe(path, preset)
             for variant in recipe.variants:
