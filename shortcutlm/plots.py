@@ -11,6 +11,15 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 
+def _save(fig: "plt.Figure", out: Path) -> Path:
+    """Lay out, write as PNG (creating the folder) and free the figure."""
+    fig.tight_layout()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=120)
+    plt.close(fig)
+    return out
+
+
 def read_curves(metrics_csv: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """``{"train/loss": (steps, values), "val/loss": ...}`` from a checkpoint's metrics.csv."""
     curves: dict[str, tuple[list[float], list[float]]] = {}
@@ -58,11 +67,7 @@ def plot_loss_curves(runs: dict[str, Path], out: Path, title: str = "") -> Path 
     ax.set_title(title or "loss")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=120)
-    plt.close(fig)
-    return out
+    return _save(fig, out)
 
 
 def plot_heatmap(matrix: np.ndarray, out: Path, title: str, xlabel: str, ylabel: str,
@@ -79,11 +84,7 @@ def plot_heatmap(matrix: np.ndarray, out: Path, title: str, xlabel: str, ylabel:
         ax.set_xticks(range(cols), xticklabels, fontsize=7, rotation=90 if cols > 12 else 0)
     if yticklabels is not None and rows <= 64:
         ax.set_yticks(range(rows), yticklabels, fontsize=6)
-    fig.tight_layout()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=120)
-    plt.close(fig)
-    return out
+    return _save(fig, out)
 
 
 def plot_layer_lines(series: dict[str, np.ndarray], out: Path, title: str, ylabel: str) -> Path:
@@ -96,11 +97,7 @@ def plot_layer_lines(series: dict[str, np.ndarray], out: Path, title: str, ylabe
     ax.set_title(title)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=120)
-    plt.close(fig)
-    return out
+    return _save(fig, out)
 
 
 def plot_layer_panels(panels: list[dict], out: Path, title: str = "") -> Path:

@@ -13,24 +13,15 @@ from typing import Any
 import torch
 
 from shortcutlm.bench.common import machine, matmul_peak_flops, median, target, timed, write_json
-from shortcutlm.bench.model import Trainee, default_config
+from shortcutlm.bench.model import Trainee, add_size_arguments, default_config
 from shortcutlm.models import flops_per_token
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--json", metavar="FILE", help="write the figures here as JSON")
-    parser.add_argument("--layers", type=int, default=6)
-    parser.add_argument("--width", type=int, default=384)
-    parser.add_argument("--heads", type=int, default=6)
-    parser.add_argument("--context", type=int, default=512)
-    parser.add_argument("--vocab", type=int, default=2048)
-    parser.add_argument("--batch", type=int, default=8)
-    parser.add_argument("--steps", type=int, default=5)
-    parser.add_argument("--warmup", type=int, default=2)
+    add_size_arguments(parser, steps=5, warmup=2)
     parser.add_argument("--peak-size", type=int, default=4096, help="square matmul size for the peak")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
 
 
 def run(args: argparse.Namespace) -> int:

@@ -80,7 +80,8 @@ def training_tokens_per_second(steps: int = 3, device: str = "cpu") -> float:
     return 8 * trainee.config.block_size / median(times)
 
 
-def configure(parser: argparse.ArgumentParser) -> None:
+def add_size_arguments(parser: argparse.ArgumentParser, steps: int = 5, warmup: int = 1) -> None:
+    """The stated benchmark config and timing options, shared by the speed benchmarks."""
     parser.add_argument("--json", metavar="FILE", help="write the figures here as JSON")
     parser.add_argument("--layers", type=int, default=6)
     parser.add_argument("--width", type=int, default=384)
@@ -88,11 +89,15 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--context", type=int, default=512)
     parser.add_argument("--vocab", type=int, default=2048)
     parser.add_argument("--batch", type=int, default=8)
-    parser.add_argument("--steps", type=int, default=5, help="timed steps per variant (after warmup)")
-    parser.add_argument("--warmup", type=int, default=1)
+    parser.add_argument("--steps", type=int, default=steps, help="timed steps per variant (after warmup)")
+    parser.add_argument("--warmup", type=int, default=warmup)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    add_size_arguments(parser)
     parser.add_argument("--new-tokens", type=int, default=256)
     parser.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32", help="bf16 = autocast")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated subset of " + ",".join(VARIANTS))
 
 
