@@ -438,6 +438,21 @@ def median_step_seconds(folder: Path) -> float | None:
     return tokens_per_step / statistics.median(rates)
 
 
+def step_time_spread(folder: Path) -> float | None:
+    """Interquartile range of the logged tokens/s over their median: large on a busy, shared machine."""
+    import csv
+
+    metrics = folder / "metrics.csv"
+    if not metrics.is_file():
+        return None
+    with metrics.open(newline="") as fh:
+        rates = sorted(float(r["train/tokens_per_s"]) for r in csv.DictReader(fh) if r.get("train/tokens_per_s"))
+    if len(rates) < 4:
+        return None
+    q1, _, q3 = statistics.quantiles(rates, n=4)
+    return (q3 - q1) / statistics.median(rates)
+
+
 _KV_CACHE: dict[str, tuple[int, int]] = {}
 
 
@@ -467,8 +482,8 @@ def run_record(run: Run, recipe: Recipe, row: dict[str, Any] | None) -> dict[str
         "run": run.name, "variant": run.variant, "seed": run.seed, "multiple": run.multiple, "steps": run.steps,
         "actual_multiple": run.steps / run.base_steps, "folder": str(run.folder), "status": "done",
         "params": hparams.get("parameters"), "tokens_seen": hparams.get("tokens_seen"),
-        "sec_per_step": median_step_seconds(run.folder), "train_wall_s": info.get("wall_s"),
-        "machine": info.get("machine"),
+        "sec_per_step": median_step_seconds(run.folder), "step_time_iqr": step_time_spread(run.folder),
+        "train_wall_s": info.get("wall_s"), "machine": info.get("machine"), "trained_at": info.get("trained"),
     }
     kv = kv_cache_bytes(run.folder)
     if kv:
@@ -770,6 +785,8 @@ def summarize(dataset: str, recipe: Recipe, records: list[dict[str, Any]], cfg: 
             entry.update({"delta": cmp_["delta"], "delta_spread": cmp_["spread"], "delta_n": cmp_["n"],
                           "delta_method": cmp_["method"], "verdict": verdict(cmp_["delta"], cmp_["spread"])})
             value, label = matched_multiple(m, curve)
+            if len(cfg.baseline_steps) < 2:
+                label = "not run (one baseline multiple)"
             entry["baseline_tokens_to_match"] = {"multiple": value, "label": label, "complete": complete_curve}
         else:
             entry.update({"verdict": "reference", "baseline_tokens_to_match": {"multiple": 1.0, "label": "1×",
@@ -787,6 +804,8 @@ def summarize(dataset: str, recipe: Recipe, records: list[dict[str, Any]], cfg: 
                      "max_batches": recipe.evaluate.max_batches},
         "variants": variants, "baseline_curve": curve_rows, "runs": records,
         "machines": sorted({_machine_label(r["machine"]) for r in records if r.get("machine")}),
+        "trained_between": [min(dates), max(dates)] if (dates := [r["trained_at"] for r in records
+                                                                 if r.get("trained_at")]) else None,
     }
 
 
@@ -935,8 +954,8 @@ def _against(results: dict[str, Any], labels: list[str], baseline: str, pick: Ca
         if value is None:
             continue
         diff = value - base
-        if abs(diff) <= 5e-4 * max(1.0, abs(base)):
-            parts.append(f"{label} {_num(value)} (the same)")
+        if abs(diff) <= 1e-3 * max(1e-6, abs(base)):
+            parts.append(f"{label} {_num(value)} (about the same)")
         else:
             parts.append(f"{label} {_num(value)} ({'+' if diff > 0 else '−'}{_num(abs(diff))}: "
                          f"{higher if diff > 0 else lower})")
@@ -1007,7 +1026,7 @@ def diagnostic_sentences(results: dict[str, Any] | None, labels: list[str], base
             shares = ", ".join(f"{n} for {c / len(tops):.0%}" for n, c in
                                sorted(counts.items(), key=lambda kv: -kv[1]))
             kind = "varies with the token" if len(counts) > 1 else "is the same for every token"
-            out[f"depth_map_{label}"] = (f"On the first window, the depth {label}'s shortcut attends to most {kind}: "
+            out[f"depth_map_{label}"] = (f"On the first window, the depth that {label}'s shortcut attends to most {kind}: "
                                          f"{shares} of the {len(tops)} tokens.")
     if "depth_weights" in out:
         out["depth_weights"] = out["depth_weights"].strip()
@@ -1108,6 +1127,11 @@ def _ratio_text(ratio: float | None, higher: str, lower: str, tolerance: float =
     return f" ({ratio:.2f}×{', ' + word if word else ''})"
 
 
+def _bold_verdict(text: str) -> str:
+    word, _, rest = text.partition(" ")
+    return f"**{word}**" + (f" {rest}" if rest else "") if word in ("better", "worse") else text
+
+
 def _count(entry: dict[str, Any]) -> str:
     return f"n={entry['n']}" if entry["n"] == entry["of"] else f"n={entry['n']}/{entry['of']}"
 
@@ -1124,6 +1148,8 @@ def _domain_cell(entry: dict[str, Any], domain: str | None) -> str:
         return _fmt_pm(b["mean"], b["std"], 1)
     return "–"
 
+
+NOISY_IQR = 0.3
 
 DOMAIN_COLUMN = {"text": "bits/byte", "acoustic": "loss per codebook (nats)", "midi": "bits/second"}
 
@@ -1155,7 +1181,10 @@ def render_dataset(name: str, section: dict[str, Any], cfg_baseline: str, docs: 
               + (f" (first {section['evaluate']['max_batches']} batches)" if section['evaluate']['max_batches'] else
                  " (one exact pass)") + ".", ""]
     if section.get("machines"):
-        lines += [f"Trained on: {'; '.join(section['machines'])}.", ""]
+        when = section.get("trained_between")
+        lines += [f"Trained on: {'; '.join(section['machines'])}"
+                  + (f", runs finished {when[0].replace('T', ' ')} – {when[1].replace('T', ' ')}" if when else "")
+                  + ".", ""]
     lines += [f"Produced by: `{section['command']}`", ""]
     header = ["variant", "params", "test loss", "Δ vs baseline", "verdict", DOMAIN_COLUMN.get(domain, "domain metric"),
               "step time", "KV cache", "baseline tokens to match"]
@@ -1172,7 +1201,7 @@ def render_dataset(name: str, section: dict[str, Any], cfg_baseline: str, docs: 
             delta = _fmt_pm(e.get("delta"), e.get("delta_spread"), 4, signed=True)
             if e.get("delta_method") == "unpaired":
                 delta += " (unpaired)"
-            verdict_text = f"**{e['verdict']}**" if e["verdict"] in ("better", "worse") else e["verdict"]
+            verdict_text = _bold_verdict(e["verdict"])
         params = _params(e["params"]) + (_ratio_text(e["params_ratio"], "more", "fewer", 0.0005)
                                          if variant != cfg_baseline else "")
         step = (f"{e['sec_per_step'] * 1000:.0f} ms" if e["sec_per_step"] is not None else "–")
@@ -1201,6 +1230,11 @@ def render_dataset(name: str, section: dict[str, Any], cfg_baseline: str, docs: 
     losers = [v for v, e in variants.items() if e.get("verdict") == "worse"]
     if losers:
         notes.append("worse than the baseline here: " + ", ".join(f"**{v}**" for v in losers) + ".")
+    noisy = [r["run"] for r in section["runs"] if (r.get("step_time_iqr") or 0) > NOISY_IQR]
+    if noisy:
+        notes.append(f"step times are noisy: in {len(noisy)} of {len(section['runs'])} runs the logged tokens/s vary "
+                     f"by more than {NOISY_IQR:.0%} (interquartile range over median), as on a machine busy with "
+                     "other work; read the step-time ratios with care.")
     slower = [v for v, e in variants.items() if (e.get("step_time_ratio") or 1) > 1.05 and v != cfg_baseline]
     if slower:
         notes.append("slower per step than the baseline: " + ", ".join(
@@ -1289,9 +1323,38 @@ def render_markdown(results: dict[str, Any], docs: Path, out: Path) -> str:
              "of a batch-1 fp32 cache at full context, measured from the cache tensors, with the ratio to the "
              "baseline's (the `full` shortcut also caches its per-depth features, listed beside it).",
              f"- raw numbers: `results.json` beside this page; runs under `{_display_path(out)}`.", ""]
+    lines += render_summary(results)
     for name, section in results["datasets"].items():
         lines += render_dataset(name, section, results["baseline"], docs, out)
     return "\n".join(lines).rstrip() + "\n"
+
+
+def render_summary(results: dict[str, Any]) -> list[str]:
+    """Variants × datasets: the difference from the baseline, its verdict and the matched-loss multiple."""
+    datasets = results["datasets"]
+    if not datasets:
+        return []
+    base = results["baseline"]
+    lines = ["## Summary", "",
+             f"Test loss of each variant minus the baseline's (nats per token, mean ± spread over seeds; negative is "
+             f"better), the verdict, and the tokens the baseline needs to match it. Produced by: "
+             f"`{results['command']}`; the sections below give every number behind it.", ""]
+    rows = []
+    for variant in results["variants"]:
+        if variant == base:
+            continue
+        row = [variant]
+        for section in datasets.values():
+            e = section["variants"].get(variant)
+            if not e or e["n"] == 0:
+                row.append("failed" if e and e["failed"] else "pending")
+                continue
+            match = e["baseline_tokens_to_match"]["label"]
+            partial = "" if e["n"] == e["of"] else f" (n={e['n']}/{e['of']})"
+            row.append(f"{_fmt_pm(e.get('delta'), e.get('delta_spread'), 3, signed=True)} {_bold_verdict(e['verdict'])}"
+                       + (f" · {match} tokens" if match.endswith("×") else "") + partial)
+        rows.append(row)
+    return lines + _table(["variant"] + list(datasets), rows) + [""]
 
 
 def _variant_text(fields: dict[str, Any]) -> str:
