@@ -280,10 +280,11 @@ class DepthShortcut(nn.Module):
             if self.rotary is not None:
                 q, k = self.rotary(q, offset), self.rotary(k, offset)
             if cache is not None:
-                end = offset + t
-                cache.shortcut_keys[:, :, :, offset:end] = k
-                cache.shortcut_values[:, :, :, offset:end] = v
-                k, v = cache.shortcut_keys[:, :, :, :end], cache.shortcut_values[:, :, :, :end]
+                # Attend over the whole preallocated buffer (a free view, no copy per step);
+                # the causal mask already hides the positions not yet written.
+                cache.shortcut_keys[:, :, :, offset:offset + t] = k
+                cache.shortcut_values[:, :, :, offset:offset + t] = v
+                k, v = cache.shortcut_keys, cache.shortcut_values
             span = k.shape[3]
             mask = _causal_mask(t, span, offset, y.device).repeat(1, n_depths)  # keys are depth-major
             out, probs = _attend(q, k.reshape(b, self.n_head, n_depths * span, self.head_dim),
