@@ -387,6 +387,18 @@ def is_trained(run: Run) -> bool:
                 and (run.folder / "model.pt").is_file())
 
 
+def check_settings(run: Run, recipe: Recipe, data_dir: Path) -> None:
+    """Raise (training's ValueError) when the run's checkpoint was trained with other model or training settings."""
+    from shortcutlm.training import check_same_run
+
+    manifest = _read_json(data_dir / "manifest.json")
+    if not manifest or not (run.folder / "model_config.json").is_file():
+        return
+    tok = manifest["tokenizer"]
+    config = recipe.model_config(run.variant, tok["vocab_size"], tok["n_streams"])
+    check_same_run(run.folder, config.to_dict(), recipe.train)
+
+
 def _weights_key(folder: Path) -> dict[str, Any]:
     stat = (folder / "model.pt").stat()
     hparams = _read_json(folder / "hparams.json") or {}
@@ -562,7 +574,10 @@ def prepare_dataset(recipe: Recipe, data_dir: Path, progress: bool) -> None:
 
 def _short_error(exc: BaseException) -> str:
     text = f"{type(exc).__name__}: {exc}"
-    return text if len(text) <= 400 else text[:397] + "..."
+    if "holds a run with other settings" in text:  # training's refusal; ablate has no --fresh
+        text = (text.split("; use another output folder")[0] + " — the ablation's settings changed since this run "
+                "was trained: use another --out, or delete that folder to retrain it")
+    return text if len(text) <= 600 else text[:597] + "..."
 
 
 def _quiet_lightning() -> None:
@@ -616,6 +631,7 @@ def run_ablation(ablation: Ablation, out: str | Path, docs: str | Path | None = 
                     bar.skipped(run)
                     continue
                 try:
+                    check_settings(run, recipe, data_dir)
                     if str(run.folder) in pending:
                         bar.line(index, run, "training")
                         clock = time.monotonic()
@@ -694,11 +710,13 @@ def collect_results(ablation: Ablation, out: Path, command: str, failures: dict[
                 continue
             run_recipe = run_recipe_for(recipe, run)
             try:
+                check_settings(run, run_recipe, out / dataset / "data")
                 row = evaluate_run(run, run_recipe, out / dataset / "data", _device(run_recipe))
                 record = run_record(run, run_recipe, row)
             except Exception as exc:  # noqa: BLE001
                 record = {"run": run.name, "variant": run.variant, "seed": run.seed, "multiple": run.multiple,
-                          "steps": run.steps, "status": "failed", "error": f"evaluation: {_short_error(exc)}"}
+                          "steps": run.steps, "status": "failed", "error": failures.get(str(run.folder))
+                          or _short_error(exc)}
             records.append(record)
         section = summarize(dataset, recipe, records, cfg)
         section["data"] = _data_summary(out / dataset / "data")
@@ -897,6 +915,9 @@ def run_diagnostics(ablation: Ablation, out: Path, dataset: str,
     if not hasattr(diag, "compare_checkpoints"):
         return {"status": "unavailable",
                 "note": "this version of shortcutlm.diagnostics has no compare_checkpoints; section skipped"}
+    if cfg.baseline not in wanted or len(wanted) < 2:
+        return {"status": "disabled", "note": f"`diagnostics.variants` names {wanted or 'no variant'} of this "
+                                              "ablation; it needs the baseline and another"}
     folders, labels, missing = [], [], []
     for variant in wanted:
         folder = out / dataset / f"{variant}-s{cfg.diagnostics.seed}"
@@ -1278,7 +1299,8 @@ def render_diagnostics(name: str, diag: dict[str, Any] | None, command: str, doc
         return lines + ["Not computed in this sitting (interrupted); run the command again.", ""]
     status = diag.get("status")
     if status == "disabled":
-        return lines + ["Disabled in the ablation file (`diagnostics.enabled: false`).", ""]
+        return lines + [f"Not run: {diag.get('note') or 'disabled in the ablation file (`diagnostics.enabled: false`)'}.",
+                        ""]
     if status == "unavailable":
         return lines + [f"Skipped: {diag['note']}.", ""]
     if status == "pending":

@@ -269,6 +269,11 @@ def test_a_failing_run_is_recorded_and_the_others_go_on(micro, tmp_path, monkeyp
     assert "| svformer | – | failed (n=0/1) |" in md and "failed: `svformer-s0` — RuntimeError: out of luck" in md
     assert any("FAILED" in line for line in lines)
 
+    # Changed settings: the finished run is not silently kept or overwritten; the page says what to do.
+    changed = ab.run_ablation(ab.load_ablation(path, overrides=["train.lr=0.001"]), out, None, echo=lines.append)
+    error = next(r for r in changed["datasets"]["tinytext"]["runs"] if r["run"] == "baseline-s0")["error"]
+    assert "train.lr: 0.003 -> 0.001" in error and "delete that folder to retrain it" in error
+
     # A later report (no training) still shows the failure.
     assert ab.run_ablation(ab.load_ablation(path), out, None, report_only=True,
                            echo=lines.append)["datasets"]["tinytext"]["runs"][0]["status"] == "failed"
