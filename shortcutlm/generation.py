@@ -61,7 +61,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch import Tensor, nn
 
 from shortcutlm.checkpoint import Checkpoint, CheckpointError, load_folder
 from shortcutlm.documents import Document
@@ -180,24 +179,7 @@ def _budget(ckpt: Checkpoint, max_new_tokens: int | None, seconds: float | None)
     raise GenerationError(f"seconds mean nothing for a {tok.domain} checkpoint; give a number of tokens")
 
 
-# ------------------------------------------------------------------------------------ sampling
-
-class _NoSpecials(nn.Module):
-    """The model with some ids never sampled (their logits set to -inf); the rest is the model."""
-
-    def __init__(self, model: nn.Module, banned: list[int]) -> None:
-        super().__init__()
-        self.model = model
-        self.config = model.config
-        self.register_buffer("banned", torch.tensor(sorted(set(banned)), dtype=torch.long), persistent=False)
-
-    def new_cache(self, *args: Any, **kwargs: Any):
-        return self.model.new_cache(*args, **kwargs)
-
-    def forward(self, idx: Tensor, cache=None, last_only: bool = False) -> Tensor:
-        logits = self.model(idx, cache=cache, last_only=last_only)
-        return logits.index_fill(-1, self.banned.to(logits.device), float("-inf"))
-
+# ------------------------------------------------------------------------------------ output
 
 def _out_paths(out: str | Path, domain: str, base: str, samples: int) -> list[Path]:
     out = Path(out)
@@ -288,16 +270,13 @@ def generate_from_checkpoint(folder: str | Path, out: str | Path, prompt: str | 
     x = torch.from_numpy(np.ascontiguousarray(tail)).to(device).unsqueeze(0)
     x = x.expand(samples, *x.shape[1:]).contiguous()
 
-    if domain == "acoustic":
-        banned = sorted(set(tok.special_ids.values()))
-        sampler, stops = _NoSpecials(model, banned), ()
-    else:
-        sampler, stops = model, (eos,)
+    # Audio never samples a special id (an EOS would cut the waveform); text and MIDI stop at EOS.
+    banned, stops = (tok.special_ids.values(), ()) if domain == "acoustic" else ((), (eos,))
 
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     start = time.perf_counter()
-    seq = generate(sampler, x, n_new, settings, stop_tokens=stops, forced=forced)
+    seq = generate(model, x, n_new, settings, stop_tokens=stops, forced=forced, banned=banned)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     elapsed = time.perf_counter() - start

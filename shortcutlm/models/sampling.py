@@ -59,7 +59,7 @@ def sample_next(logits: Tensor, settings: SamplingSettings, generator: torch.Gen
 @torch.no_grad()
 def generate(model: GPT, prompt: Tensor, max_new_tokens: int, settings: SamplingSettings | None = None,
              stop_tokens: Iterable[int] = (), use_cache: bool = True, slide_keep: int | None = None,
-             forced: Tensor | None = None) -> Tensor:
+             forced: Tensor | None = None, banned: Iterable[int] = ()) -> Tensor:
     """Continue ``prompt`` ([B, T] or [B, K, T]) by up to ``max_new_tokens`` steps.
 
     Prefill once, then one token per step through the KV cache. When the context fills, the
@@ -68,7 +68,8 @@ def generate(model: GPT, prompt: Tensor, max_new_tokens: int, settings: Sampling
     a stop token (on stream 0 for several streams); use ``trim_at_stop`` on each row.
     ``forced`` ([B, F] or [B, K, F]) fixes the first F generated steps wherever it is >= 0
     (-1 = sample): the delay layout uses it to keep the prompt's known codes in the streams
-    that lag behind. Returns prompt and continuation together.
+    that lag behind. ``banned`` ids are never sampled (e.g. audio's special ids, which would
+    cut the decoded waveform short). Returns prompt and continuation together.
     """
     settings = settings or SamplingSettings()
     cfg = model.config
@@ -82,6 +83,7 @@ def generate(model: GPT, prompt: Tensor, max_new_tokens: int, settings: Sampling
     if settings.seed is not None:
         generator = torch.Generator(device=prompt.device).manual_seed(settings.seed)
     stops = torch.tensor(sorted(set(stop_tokens)), dtype=torch.long, device=prompt.device)
+    never = torch.tensor(sorted(set(banned)), dtype=torch.long, device=prompt.device)
     finished = torch.zeros(prompt.shape[0], dtype=torch.bool, device=prompt.device)
     keep = slide_keep or max(1, (3 * cfg.block_size) // 4)
     seq = prompt
@@ -94,7 +96,10 @@ def generate(model: GPT, prompt: Tensor, max_new_tokens: int, settings: Sampling
 
     logits = prefill(min(seq.shape[-1], cfg.block_size))
     for step in range(max_new_tokens):
-        nxt = sample_next(logits[..., -1, :], settings, generator)  # [B] or [B, K]
+        last = logits[..., -1, :]
+        if never.numel():
+            last = last.index_fill(-1, never, float("-inf"))
+        nxt = sample_next(last, settings, generator)  # [B] or [B, K]
         if forced is not None and step < forced.shape[-1]:
             fixed = forced[..., step]
             nxt = torch.where(fixed >= 0, fixed, nxt)

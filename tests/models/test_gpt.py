@@ -314,3 +314,10 @@ def test_forced_steps_override_sampling():
     forced[0, 2, 1] = 9
     out = generate(model, prompt, 5, SamplingSettings(seed=3), forced=forced)
     assert out[0, 1:, 4].tolist() == [5, 6] and out[0, 2, 5] == 9
+
+
+def test_banned_ids_are_never_sampled():
+    model = make(tiny())
+    banned = list(range(0, 37, 2))
+    out = generate(model, tokens(model.config, 2, 3), 40, SamplingSettings(temperature=2.0, seed=0), banned=banned)
+    assert not torch.isin(out[:, 3:], torch.tensor(banned)).any()
