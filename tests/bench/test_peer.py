@@ -58,6 +58,19 @@ def test_peer_with_our_weights_computes_our_function(config):
             assert (other(idx) - ours(idx)).abs().max() > 1e-3
 
 
+@pytest.mark.parametrize("config", configs(), ids=list(peer.VARIANTS))
+def test_same_training_from_the_same_weights(config):
+    """Our step (loss, clipping, AdamW groups) on both: identical losses step after step."""
+    ours = peer.make_trainee("ours", config, 2, "cpu", torch.float32, 0, "copy")
+    theirs = peer.make_trainee("theirs", config, 2, "cpu", torch.float32, 0, "copy")
+    assert [len(g["params"]) for g in ours.opt.param_groups] == [len(g["params"]) for g in theirs.opt.param_groups]
+    batch = torch.randint(1, config.vocab_size, (2, config.block_size + 1))
+    a = [peer.train_step(ours, batch, 1e-2, [0]) for _ in range(4)]
+    b = [peer.train_step(theirs, batch, 1e-2, [0]) for _ in range(4)]
+    assert a == pytest.approx(b, abs=1e-4)
+    assert a[-1] < a[0]
+
+
 def test_rotary_permutation_pairs_halves():
     assert peer.rotary_permutation(8).tolist() == [0, 4, 1, 5, 2, 6, 3, 7]
 
