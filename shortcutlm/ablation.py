@@ -134,17 +134,12 @@ class Run:
     """Steps relative to ``train.max_steps`` (1.0 for every variant; more for the extra baselines)."""
     steps: int
     folder: Path
+    base_steps: int = 0
+    """``train.max_steps`` of the dataset (the variants' step count)."""
 
     @property
     def name(self) -> str:
         return self.folder.name
-
-    @property
-    def is_extra(self) -> bool:
-        """A baseline run at more than the shared step count (only for the matched-loss view)."""
-        return self.multiple != 1.0 or self.steps != self.base_steps
-
-    base_steps: int = 0
 
 
 @dataclass
@@ -302,7 +297,8 @@ def compare(variant: dict[int, float], baseline: dict[int, float]) -> dict[str, 
     if mv is None or mb is None:
         return {"delta": None, "spread": None, "n": 0, "method": None, "seeds": []}
     spread = math.sqrt(sv ** 2 + sb ** 2) if sv is not None and sb is not None else None
-    return {"delta": mv - mb, "spread": spread, "n": min(nv, nb), "method": "unpaired" if spread is not None else "single",
+    return {"delta": mv - mb, "spread": spread, "n": min(nv, nb),
+            "method": "unpaired" if spread is not None else "single",
             "seeds": shared}
 
 
@@ -889,7 +885,8 @@ def plot_relative_loss(rel: dict[str, Any], path: Path, title: str) -> Path:
 
     fig, ax = plt.subplots(figsize=(7, 4))
     for i, (variant, c) in enumerate(rel.items()):
-        ax.plot(c["steps"], c["delta"], color=f"C{i % 10}", label=f"{variant} (seeds {len(c['seeds'])})")
+        n = len(c["seeds"])
+        ax.plot(c["steps"], c["delta"], color=f"C{i % 10}", label=f"{variant} (mean of {n} seed{'s' * (n > 1)})")
     ax.axhline(0.0, color="0.3", linewidth=1, linestyle=":")
     ax.set_xlabel("optimiser step")
     ax.set_ylabel("train loss − baseline's (nats, smoothed)")
@@ -1047,7 +1044,8 @@ def diagnostic_sentences(results: dict[str, Any] | None, labels: list[str], base
             shares = ", ".join(f"{n} for {c / len(tops):.0%}" for n, c in
                                sorted(counts.items(), key=lambda kv: -kv[1]))
             kind = "varies with the token" if len(counts) > 1 else "is the same for every token"
-            out[f"depth_map_{label}"] = (f"On the first window, the depth that {label}'s shortcut attends to most {kind}: "
+            out[f"depth_map_{label}"] = (f"On the first window, the depth that {label}'s shortcut attends to most "
+                                         f"{kind}: "
                                          f"{shares} of the {len(tops)} tokens.")
     if "depth_weights" in out:
         out["depth_weights"] = out["depth_weights"].strip()
@@ -1266,7 +1264,8 @@ def render_dataset(name: str, section: dict[str, Any], cfg_baseline: str, docs: 
     lines += [f"### {name}: the baseline at more steps (matched loss)", "",
               f"Produced by: `{section['command']}` (the `{cfg_baseline}-x…` runs).", ""]
     rows = [[f"{c['actual_multiple']:.4g}×", str(c["steps"]), f"{c['tokens']:,}" if c.get("tokens") else "–",
-             f"{_fmt_pm(c['loss_mean'], c['loss_std'])} (n={c['n']}/{c['of']})" if c["n"] else f"pending (n=0/{c['of']})"]
+             f"{_fmt_pm(c['loss_mean'], c['loss_std'])} (n={c['n']}/{c['of']})" if c["n"]
+             else f"pending (n=0/{c['of']})"]
             for c in curve]
     lines += _table(["steps (× the variants')", "steps", "tokens", "test loss"], rows)
     lines += ["", "\"Baseline tokens to match\" interpolates the baseline's seed-mean loss linearly between these "
@@ -1299,8 +1298,8 @@ def render_diagnostics(name: str, diag: dict[str, Any] | None, command: str, doc
         return lines + ["Not computed in this sitting (interrupted); run the command again.", ""]
     status = diag.get("status")
     if status == "disabled":
-        return lines + [f"Not run: {diag.get('note') or 'disabled in the ablation file (`diagnostics.enabled: false`)'}.",
-                        ""]
+        note = diag.get("note") or "disabled in the ablation file (`diagnostics.enabled: false`)"
+        return lines + [f"Not run: {note}.", ""]
     if status == "unavailable":
         return lines + [f"Skipped: {diag['note']}.", ""]
     if status == "pending":
@@ -1406,8 +1405,10 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", help="run folder (default runs/ablation, or runs/ablation-<preset>)")
     parser.add_argument("--docs", help="folder for results.md / results.json (default docs, or docs/<preset>)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="override an ablation value, e.g. --set train.max_steps=20 or --set seeds=[0] (repeatable)")
-    parser.add_argument("--plan", action="store_true", help="list the runs, what is finished and what is left; train nothing")
+                        help="override an ablation value, e.g. --set train.max_steps=20 or --set seeds=[0] "
+                             "(repeatable)")
+    parser.add_argument("--plan", action="store_true",
+                        help="list the runs, what is finished and what is left; train nothing")
     parser.add_argument("--report-only", action="store_true", help="train nothing; rewrite the page from finished runs")
     parser.add_argument("--no-progress", action="store_true", help="no per-run progress bars")
 
