@@ -278,3 +278,13 @@ def test_a_failing_run_is_recorded_and_the_others_go_on(micro, tmp_path, monkeyp
     # A later report (no training) still shows the failure.
     assert ab.run_ablation(ab.load_ablation(path), out, None, report_only=True,
                            echo=lines.append)["datasets"]["tinytext"]["runs"][0]["status"] == "failed"
+
+    # Ctrl-C stops the grid, but the page of what is finished is written first.
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(training, "train", interrupted)
+    (tmp_path / "docs" / "results.md").unlink()
+    with pytest.raises(KeyboardInterrupt):
+        ab.run_ablation(ab.load_ablation(path), out, tmp_path / "docs", progress=False, echo=lines.append)
+    assert "| baseline | " in (tmp_path / "docs" / "results.md").read_text()
