@@ -46,9 +46,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
-import yaml
 
-from shortcutlm.config_schema import ConfigError, apply_overrides, deep_merge, from_dict
+from shortcutlm.config_schema import ConfigError, deep_merge, from_dict, read_resolved_yaml
 from shortcutlm.recipe import Recipe, load_recipe
 
 DEFAULT_RECIPE = "recipes/ablation.yaml"
@@ -204,21 +203,7 @@ def load_ablation(path: str | Path = DEFAULT_RECIPE, preset: str | None = None,
                   overrides: list[str] | None = None, datasets: list[str] | None = None) -> Ablation:
     """Read and validate the ablation YAML (preset, then ``--set`` overrides); resolves every dataset's recipe."""
     path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"{path}: no such ablation file")
-    try:
-        raw = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as err:
-        raise ConfigError(f"{path}: not valid YAML ({err})") from err
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{path}: expected a mapping of keys")
-    presets = raw.pop("presets", {}) or {}
-    if preset is not None:
-        if preset not in presets:
-            raise ConfigError(f"{path}: no preset {preset!r}; presets: {sorted(presets) or 'none'}")
-        raw = deep_merge(raw, presets[preset])
-        raw["preset"] = preset
-    raw = apply_overrides(raw, overrides or [])
+    raw = read_resolved_yaml(path, preset, overrides, "ablation file")
     try:
         config = from_dict(AblationConfig, raw)
     except ConfigError as err:
@@ -1337,7 +1322,7 @@ def render_markdown(results: dict[str, Any], docs: Path, out: Path) -> str:
              f"- written: {results['created']} on {_machine_label(machine_info)}",
              f"- seeds: {', '.join(str(s) for s in results['seeds'])} (the seed sets the model's initialisation "
              "and the order of the training batches; seed s of every variant sees the same batches)",
-             f"- variants: " + "; ".join(f"`{k}` {_variant_text(v)}" for k, v in results["variants"].items()),
+             "- variants: " + "; ".join(f"`{k}` {_variant_text(v)}" for k, v in results["variants"].items()),
              f"- verdict: {results['verdict_rule']}",
              "- step time: tokens per optimiser step / the median of the run's logged training tokens/s "
              "(median over seeds), with its ratio to the baseline's; KV cache: the attention keys and values "

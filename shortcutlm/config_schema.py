@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import types
 import typing
+from pathlib import Path
 from typing import Any, TypeVar
 
 import yaml
@@ -113,3 +114,26 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
             node = node[part]
         node[parts[-1]] = yaml.safe_load(raw)
     return data
+
+
+def read_resolved_yaml(path: str | Path, preset: str | None, overrides: list[str] | None, what: str) -> dict:
+    """A YAML config with its preset merged in (recorded as ``preset``) and ``--set`` overrides applied.
+
+    ``what`` names the kind of file in errors ("recipe", "ablation file"), which also name the path.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: no such {what}")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML ({err})") from err
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: a {what} is a mapping of keys, got {type(raw).__name__}")
+    presets = raw.pop("presets", {}) or {}
+    if preset is not None:
+        if preset not in presets:
+            raise ConfigError(f"{path}: no preset {preset!r}; presets: {sorted(presets) or 'none'}")
+        raw = deep_merge(raw, presets[preset])
+        raw["preset"] = preset
+    return apply_overrides(raw, overrides or [])

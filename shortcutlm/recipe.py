@@ -13,9 +13,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from shortcutlm.config_schema import ConfigError, apply_overrides, deep_merge, from_dict
+from shortcutlm.config_schema import ConfigError, from_dict, read_resolved_yaml
 from shortcutlm.models import GPTConfig
 
 STAGES = ("prepare", "train", "evaluate", "generate", "report")
@@ -134,21 +132,7 @@ class Recipe:
 def load_recipe(path: str | Path, preset: str | None = None, overrides: list[str] | None = None) -> Recipe:
     """Read, merge the preset and overrides, and validate a recipe YAML (errors name the file)."""
     path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"{path}: no such recipe file")
-    try:
-        raw = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as err:
-        raise ConfigError(f"{path}: not valid YAML ({err})") from err
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{path}: a recipe is a mapping of keys, got {type(raw).__name__}")
-    presets = raw.pop("presets", {}) or {}
-    if preset is not None:
-        if preset not in presets:
-            raise ConfigError(f"{path}: no preset {preset!r}; presets: {sorted(presets) or 'none'}")
-        raw = deep_merge(raw, presets[preset])
-        raw["preset"] = preset
-    raw = apply_overrides(raw, overrides or [])
+    raw = read_resolved_yaml(path, preset, overrides, "recipe file")
     try:
         recipe = from_dict(Recipe, raw)
         for name in recipe.variants:
