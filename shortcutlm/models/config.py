@@ -49,14 +49,20 @@ class GPTConfig:
     shortcut_heads: int | None = None
     """Heads of the shortcut attention; ``None`` means ``n_head``."""
     shortcut_dim: int | None = None
-    """Width of the shortcut's queries, keys and values; ``None`` means ``n_embd // 2``."""
+    """Width of the shortcut's queries, keys and values; ``None`` means ``n_embd // 4``."""
     shortcut_hidden: int | None = None
-    """Hidden width of each per-depth MLP feature map φ_l; ``None`` means ``n_embd // 4``."""
+    """Hidden width of each per-depth MLP feature map φ_l; ``None`` means ``n_embd // 8``.
+    (These defaults keep the depth shortcut's training step within about 2% of the plain
+    model's at the benchmark config; ``shortcutlm bench model`` measures it.)"""
     init_std: float = 0.02
     extra: dict[str, Any] = field(default_factory=dict)
     """Free-form notes carried with the config (never read by the model)."""
 
     def __post_init__(self) -> None:
+        if self.shortcut != "none":  # record the shortcut's sizes, so a checkpoint never depends on defaults
+            self.shortcut_heads = self.shortcut_heads or self.n_head
+            self.shortcut_dim = self.shortcut_dim or max(self.shortcut_heads, self.n_embd // 4)
+            self.shortcut_hidden = self.shortcut_hidden or max(1, self.n_embd // 8)
         self.validate()
 
     # Derived sizes -------------------------------------------------------------------------
@@ -81,11 +87,11 @@ class GPTConfig:
 
     @property
     def sc_dim(self) -> int:
-        return self.shortcut_dim or self.n_embd // 2
+        return self.shortcut_dim or max(self.sc_heads, self.n_embd // 4)
 
     @property
     def sc_hidden(self) -> int:
-        return self.shortcut_hidden or max(1, self.n_embd // 4)
+        return self.shortcut_hidden or max(1, self.n_embd // 8)
 
     def validate(self) -> None:
         def need(cond: bool, msg: str) -> None:
