@@ -30,7 +30,6 @@ import os
 import statistics
 import subprocess
 import sys
-import tempfile
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -369,59 +368,74 @@ def train_step(trainee: Trainee, batch: Tensor, lr: float, ignore: list[int]) ->
     return float(loss.detach())
 
 
+def loss_seed(shard_dir: Path, base: GPTConfig, variants: list[str], steps: int, seed: int, batch: int, lr: float,
+              min_lr: float, warmup: int, weight_decay: float, init: str, device: str, dtype: torch.dtype,
+              log: Any = None) -> dict[str, dict[str, Any]]:
+    """One seed: every model ("variant/impl") trained on the batches of one loader, then validated."""
+    from shortcutlm.datasets.loader import read_manifest, train_batches
+    from shortcutlm.models.lightning import warmup_cosine
+    from shortcutlm.training import ignored_ids
+
+    tok = read_manifest(shard_dir)["tokenizer"]
+    ignore = ignored_ids(tok["special_ids"])
+    config = replace(base, vocab_size=int(tok["vocab_size"]))
+    trainees: dict[str, Trainee] = {}
+    for variant in variants:
+        for impl in IMPLEMENTATIONS:
+            trainee = make_trainee(impl, replace(config, value_residual=VARIANTS[variant]), batch, device, dtype, seed, init)
+            for group in trainee.opt.param_groups:
+                group["weight_decay"] = weight_decay if group["weight_decay"] else 0.0
+            trainees[f"{variant}/{impl}"] = trainee
+    loader = iter(train_batches(shard_dir, config.block_size, batch, seed))
+    last: dict[str, float] = {}
+    times: dict[str, list[float]] = {name: [] for name in trainees}
+    for step in range(steps):
+        window = next(loader).to(device)
+        rate = warmup_cosine(step, warmup, steps, lr, min_lr)
+        for name, trainee in trainees.items():  # interleaved: A, B, C, D on each batch
+            times[name].append(timed(lambda: last.__setitem__(name, train_step(trainee, window, rate, ignore)), device))
+        if log and (step + 1) % max(1, steps // 10) == 0:
+            log(f"loss phase seed {seed} step {step + 1}/{steps}: " + ", ".join(f"{n} {last[n]:.3f}" for n in trainees))
+    out = {name: {"val_loss": validation_loss(t.model, shard_dir, config.block_size, batch, ignore, device, dtype),
+                  "final_train_loss": last.get(name, float("nan")), "step_seconds": times[name]}
+           for name, t in trainees.items()}
+    del trainees
+    gc.collect()
+    return out
+
+
+def summarise_losses(shard_dir: Path, per_seed: list[dict[str, dict[str, Any]]], variants: list[str]) -> dict[str, Any]:
+    """Per model: validation loss per seed, mean, sample std; training step-time median."""
+    from shortcutlm.datasets.loader import read_manifest
+    from shortcutlm.training import ignored_ids
+
+    manifest = read_manifest(shard_dir)
+    out: dict[str, Any] = {"vocab": int(manifest["tokenizer"]["vocab_size"]),
+                           "ignored_ids": ignored_ids(manifest["tokenizer"]["special_ids"]),
+                           "valid_tokens": manifest["splits"]["valid"]["tokens"],
+                           "train_tokens": manifest["splits"]["train"]["tokens"], "models": {}}
+    for variant in variants:
+        for impl in IMPLEMENTATIONS:
+            rows = [seed[f"{variant}/{impl}"] for seed in per_seed]
+            losses = [r["val_loss"] for r in rows]
+            out["models"].setdefault(variant, {})[impl] = {
+                "val_loss_per_seed": losses,
+                "val_loss_mean": statistics.fmean(losses),
+                "val_loss_std": statistics.stdev(losses) if len(losses) > 1 else 0.0,
+                "final_train_loss_per_seed": [r["final_train_loss"] for r in rows],
+                "step_seconds_median": median([t for r in rows for t in r["step_seconds"]]),
+            }
+    return out
+
+
 def loss_comparison(shard_dir: Path, base: GPTConfig, variants: list[str], steps: int, seeds: int, batch: int,
                     lr: float, min_lr: float, warmup: int, weight_decay: float, init: str, device: str,
                     dtype: torch.dtype, log: Any = None) -> dict[str, Any]:
     """Train ours and theirs for each variant on the same batches (one loader per seed feeds all
     models), then the exact validation pass; per model: losses per seed, mean, std."""
-    from shortcutlm.datasets.loader import read_manifest, train_batches
-    from shortcutlm.models.lightning import warmup_cosine
-    from shortcutlm.training import ignored_ids
-
-    manifest = read_manifest(shard_dir)
-    tok = manifest["tokenizer"]
-    ignore = ignored_ids(tok["special_ids"])
-    config = replace(base, vocab_size=int(tok["vocab_size"]))
-    names = [(v, impl) for v in variants for impl in IMPLEMENTATIONS]
-    val: dict[tuple[str, str], list[float]] = {n: [] for n in names}
-    final_train: dict[tuple[str, str], list[float]] = {n: [] for n in names}
-    step_times: dict[tuple[str, str], list[float]] = {n: [] for n in names}
-    for seed in range(seeds):
-        trainees = {}
-        for variant, impl in names:
-            trainees[(variant, impl)] = make_trainee(impl, replace(config, value_residual=VARIANTS[variant]), batch,
-                                                     device, dtype, seed, init)
-            for group in trainees[(variant, impl)].opt.param_groups:
-                group["weight_decay"] = weight_decay if group["weight_decay"] else 0.0
-        loader = iter(train_batches(shard_dir, config.block_size, batch, seed))
-        last: dict[tuple[str, str], float] = {}
-        for step in range(steps):
-            window = next(loader).to(device)
-            rate = warmup_cosine(step, warmup, steps, lr, min_lr)
-            for name, trainee in trainees.items():
-                seconds = timed(lambda: last.__setitem__(name, train_step(trainee, window, rate, ignore)), device)
-                step_times[name].append(seconds)
-            if log and (step + 1) % max(1, steps // 10) == 0:
-                log(f"loss phase seed {seed} step {step + 1}/{steps}: "
-                    + ", ".join(f"{v}/{i} {last[(v, i)]:.3f}" for v, i in names))
-        for name, trainee in trainees.items():
-            final_train[name].append(last[name])
-            val[name].append(validation_loss(trainee.model, shard_dir, config.block_size, batch, ignore, device, dtype))
-        del trainees
-        gc.collect()
-    out: dict[str, Any] = {"vocab": config.vocab_size, "ignored_ids": ignore,
-                           "valid_tokens": manifest["splits"]["valid"]["tokens"],
-                           "train_tokens": manifest["splits"]["train"]["tokens"], "models": {}}
-    for variant, impl in names:
-        losses = val[(variant, impl)]
-        out["models"].setdefault(variant, {})[impl] = {
-            "val_loss_per_seed": losses,
-            "val_loss_mean": statistics.fmean(losses),
-            "val_loss_std": statistics.stdev(losses) if len(losses) > 1 else 0.0,
-            "final_train_loss_per_seed": final_train[(variant, impl)],
-            "step_seconds_median": median(step_times[(variant, impl)]),
-        }
-    return out
+    per_seed = [loss_seed(shard_dir, base, variants, steps, seed, batch, lr, min_lr, warmup, weight_decay, init,
+                          device, dtype, log) for seed in range(seeds)]
+    return summarise_losses(shard_dir, per_seed, variants)
 
 
 # --------------------------------------------------------------------------------------------
@@ -525,10 +539,12 @@ def configure(parser: argparse.ArgumentParser) -> None:
     loss.add_argument("--min-lr", type=float, default=1e-4)
     loss.add_argument("--lr-warmup", type=int, default=20, help="linear warmup steps before the cosine decay")
     loss.add_argument("--weight-decay", type=float, default=0.1)
-    loss.add_argument("--data", metavar="DIR", help="prepared shards to use (default: prepare bach_chorales into a "
-                                                     "temporary folder)")
+    loss.add_argument("--data", metavar="DIR", help="prepared shards to use (default: bach_chorales, prepared once "
+                                                     "under $SHORTCUTLM_CACHE/peer/ and reused)")
     loss.add_argument("--chorales", type=int, default=None, help="how many chorales to prepare (default all)")
     loss.add_argument("--midi-vocab", type=int, default=1000, help="MIDI tokenizer vocabulary when preparing")
+    parser.add_argument("--resume", action="store_true",
+                        help="reuse the phases and loss seeds a stopped run with the same settings saved in FILE.partial")
     parser.add_argument("--peer-init", choices=INITS, default="gpt2",
                         help="gpt2: our init scheme on theirs (default); copy: theirs starts from our weights; "
                              "theirs: x-transformers' own init")
@@ -536,6 +552,49 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 def _log(message: str) -> None:
     print(f"[bench peer] {message}", file=sys.stderr, flush=True)
+
+
+class Progress:
+    """Finished phases of a run, saved to ``FILE.partial`` after each one so ``--resume`` can go on."""
+
+    IGNORED = ("json", "resume", "command", "benchmark", "_module")
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.path = Path(args.json + ".partial") if args.json else None
+        self.signature = {k: v for k, v in sorted(vars(args).items()) if k not in self.IGNORED}
+        self.state: dict[str, Any] = {"signature": self.signature}
+        if args.resume:
+            if self.path is None:
+                raise SystemExit("--resume needs --json FILE (the progress is kept in FILE.partial)")
+            if self.path.exists():
+                saved = json.loads(self.path.read_text())
+                if saved.get("signature") != self.signature:
+                    raise SystemExit(f"{self.path} was saved with other settings; run without --resume to start over")
+                self.state = saved
+                _log(f"resuming: {', '.join(k for k in saved if k != 'signature') or 'nothing finished yet'}")
+
+    def get(self, key: str) -> Any:
+        return self.state.get(key)
+
+    def put(self, key: str, value: Any) -> Any:
+        self.state[key] = value
+        if self.path is not None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = self.path.with_name(self.path.name + ".tmp")
+            tmp.write_text(json.dumps(self.state, default=str))
+            tmp.replace(self.path)
+        return value
+
+    def done(self) -> None:
+        if self.path is not None and self.path.exists():
+            self.path.unlink()
+
+
+def default_shards(limit: int | None, vocab: int) -> Path:
+    """Where the default bach_chorales shards live (prepared on first use, then reused)."""
+    from shortcutlm.datasets.embedded import cache_root
+
+    return cache_root() / "peer" / f"bach_chorales_{limit or 'all'}_midi{vocab}"
 
 
 def run(args: argparse.Namespace) -> int:
@@ -550,61 +609,79 @@ def run(args: argparse.Namespace) -> int:
     device = args.device
     base = default_config(args)
     configs = {v: replace(base, value_residual=VARIANTS[v]) for v in names}
+    progress = Progress(args)
 
-    _log("equivalence check (peer with our weights)")
-    equal = {v: equivalence(c, device) for v, c in configs.items()}
+    equal = progress.get("equivalence")
+    if equal is None:
+        _log("equivalence check (peer with our weights)")
+        equal = progress.put("equivalence", {v: equivalence(c, device) for v, c in configs.items()})
 
-    _log(f"timing {args.steps} interleaved train steps per model")
-    trainees: dict[str, Trainee] = {}
-    for v in names:
-        for impl in IMPLEMENTATIONS:
-            trainees[f"{v}/{impl}"] = make_trainee(impl, configs[v], args.batch, device, dtype, 0, args.peer_init)
-    times = measure_training(trainees, args.steps, args.warmup)
-
-    _log(f"timing cached generation ({args.new_tokens} tokens, {args.generation_repeats} interleaved repeats)")
-    for t in trainees.values():
-        t.opt.zero_grad(set_to_none=True)
-    rates = measure_generations({n: (n.split("/")[1], t.model) for n, t in trainees.items()}, args.new_tokens,
-                                args.generation_repeats, device, dtype)
-    for t in trainees.values():
-        t.model.train()
-
-    tokens_per_step = args.batch * base.block_size
-    models: dict[str, dict[str, Any]] = {v: {} for v in names}
-    for name, trainee in trainees.items():
-        v, impl = name.split("/")
-        step = median(times[name])
-        models[v][impl] = {
-            "parameters": num_params(trainee.model),
-            "vocab": trainee.model.num_tokens if impl == "theirs" else trainee.config.vocab_size,
-            "context": trainee.model.max_seq_len if impl == "theirs" else trainee.config.block_size,
-            "train_step_seconds_median": step,
-            "train_step_seconds_all": times[name],
-            "tokens_per_second": tokens_per_step / step,
-            "generate_tokens_per_second_cached": median(rates[name]),
-            "generate_tokens_per_second_all": rates[name],
-        }
-    del trainees
-    gc.collect()
-
-    if not args.skip_memory:
-        _log("peak memory (a fresh subprocess per model and phase)")
+    models: dict[str, dict[str, Any]] | None = progress.get("timing")
+    if models is None:
+        _log(f"timing {args.steps} interleaved train steps per model")
+        trainees: dict[str, Trainee] = {}
         for v in names:
             for impl in IMPLEMENTATIONS:
-                spec = {"impl": impl, "config": configs[v].to_dict(), "batch": args.batch, "device": device,
-                        "dtype": args.dtype, "new_tokens": args.new_tokens, "init": args.peer_init}
-                models[v][impl]["peak_memory_bytes"] = {
-                    phase: measure_memory({**spec, "phase": phase})["bytes"] for phase in ("train", "generate")}
+                trainees[f"{v}/{impl}"] = make_trainee(impl, configs[v], args.batch, device, dtype, 0, args.peer_init)
+        times = measure_training(trainees, args.steps, args.warmup)
+
+        _log(f"timing cached generation ({args.new_tokens} tokens, {args.generation_repeats} interleaved repeats)")
+        for t in trainees.values():
+            t.opt.zero_grad(set_to_none=True)
+        rates = measure_generations({n: (n.split("/")[1], t.model) for n, t in trainees.items()}, args.new_tokens,
+                                    args.generation_repeats, device, dtype)
+        tokens_per_step = args.batch * base.block_size
+        models = {v: {} for v in names}
+        for name, trainee in trainees.items():
+            v, impl = name.split("/")
+            step = median(times[name])
+            models[v][impl] = {
+                "parameters": num_params(trainee.model),
+                "vocab": trainee.model.num_tokens if impl == "theirs" else trainee.config.vocab_size,
+                "context": trainee.model.max_seq_len if impl == "theirs" else trainee.config.block_size,
+                "train_step_seconds_median": step,
+                "train_step_seconds_all": times[name],
+                "tokens_per_second": tokens_per_step / step,
+                "generate_tokens_per_second_cached": median(rates[name]),
+                "generate_tokens_per_second_all": rates[name],
+            }
+        del trainees
+        gc.collect()
+        progress.put("timing", models)
+
+    if not args.skip_memory:
+        memory = progress.get("memory")
+        if memory is None:
+            _log("peak memory (a fresh subprocess per model and phase)")
+            memory = {}
+            for v in names:
+                for impl in IMPLEMENTATIONS:
+                    spec = {"impl": impl, "config": configs[v].to_dict(), "batch": args.batch, "device": device,
+                            "dtype": args.dtype, "new_tokens": args.new_tokens, "init": args.peer_init}
+                    memory[f"{v}/{impl}"] = {phase: measure_memory({**spec, "phase": phase})["bytes"]
+                                             for phase in ("train", "generate")}
+            progress.put("memory", memory)
+        for v in names:
+            for impl in IMPLEMENTATIONS:
+                models[v][impl]["peak_memory_bytes"] = memory[f"{v}/{impl}"]
 
     loss: dict[str, Any] | None = None
     if args.loss_steps > 0:
-        with tempfile.TemporaryDirectory(prefix="shortcutlm_peer_") as tmp:
-            shard_dir = Path(args.data) if args.data else prepare_chorales(Path(tmp) / "bach_chorales", args.chorales,
-                                                                           args.midi_vocab)
-            _log(f"loss phase: {args.loss_steps} steps × {args.seeds} seed(s) × {2 * len(names)} models on {shard_dir}")
-            loss = loss_comparison(shard_dir, base, names, args.loss_steps, args.seeds, args.batch, args.lr,
-                                   args.min_lr, args.lr_warmup, args.weight_decay, args.peer_init, device, dtype, _log)
-        loss["shards"] = str(args.data) if args.data else "bach_chorales, prepared into a temporary folder"
+        shard_dir = Path(args.data) if args.data else default_shards(args.chorales, args.midi_vocab)
+        if not args.data:
+            _log(f"preparing bach_chorales shards in {shard_dir} (reused when already there)")
+            prepare_chorales(shard_dir, args.chorales, args.midi_vocab)
+        per_seed = []
+        for seed in range(args.seeds):
+            key = f"loss_seed_{seed}"
+            if progress.get(key) is None:
+                _log(f"loss phase seed {seed}: {args.loss_steps} steps × {2 * len(names)} models on {shard_dir}")
+                progress.put(key, loss_seed(shard_dir, base, names, args.loss_steps, seed, args.batch, args.lr,
+                                            args.min_lr, args.lr_warmup, args.weight_decay, args.peer_init, device,
+                                            dtype, _log))
+            per_seed.append(progress.get(key))
+        loss = summarise_losses(shard_dir, per_seed, names)
+        loss["shards"] = str(shard_dir)
         for v in names:
             for impl in IMPLEMENTATIONS:
                 models[v][impl]["val_loss"] = loss["models"][v][impl]
@@ -664,4 +741,5 @@ def run(args: argparse.Namespace) -> int:
         "targets": targets,
     }
     write_json(result, args.json)
+    progress.done()
     return 0

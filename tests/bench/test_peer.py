@@ -156,3 +156,40 @@ def test_cli_json_has_the_fields(text8_shards, tmp_path):
         for goal in ("step_time_ratio", "generation_ratio", "val_loss_no_worse"):
             t = data["targets"][f"{variant}_{goal}"]
             assert set(t) == {"value", "target", "pass"}
+
+
+def test_resume_reuses_finished_phases_and_seeds(text8_shards, tmp_path, monkeypatch):
+    from shortcutlm.cli import build_parser
+
+    out = tmp_path / "peer.json"
+    argv = ["bench", "peer", "--json", str(out), "--layers", "1", "--width", "32", "--heads", "2", "--context", "16",
+            "--vocab", "32", "--batch", "2", "--steps", "1", "--warmup", "0", "--new-tokens", "4",
+            "--generation-repeats", "1", "--loss-steps", "1", "--seeds", "2", "--data", str(text8_shards),
+            "--skip-memory", "--resume"]
+    real, calls = peer.loss_seed, []
+
+    def stopped_at_seed_1(*a, **k):
+        calls.append(a[4])
+        if a[4] == 1:
+            raise KeyboardInterrupt
+        return real(*a, **k)
+
+    monkeypatch.setattr(peer, "loss_seed", stopped_at_seed_1)
+    with pytest.raises(KeyboardInterrupt):
+        peer.run(build_parser(argv).parse_args(argv))
+    partial = json.loads((tmp_path / "peer.json.partial").read_text())
+    assert {"equivalence", "timing", "loss_seed_0"} <= set(partial) and "loss_seed_1" not in partial
+
+    def must_not_time(*a, **k):
+        raise AssertionError("the finished timing phase ran again")
+
+    monkeypatch.setattr(peer, "loss_seed", lambda *a, **k: calls.append(a[4]) or real(*a, **k))
+    monkeypatch.setattr(peer, "measure_training", must_not_time)
+    assert peer.run(build_parser(argv).parse_args(argv)) == 0
+    assert calls == [0, 1, 1]
+    assert not (tmp_path / "peer.json.partial").exists()
+    data = json.loads(out.read_text())
+    assert len(data["models"]["plain"]["ours"]["val_loss"]["val_loss_per_seed"]) == 2
+    with pytest.raises(SystemExit, match="other settings"):
+        (tmp_path / "peer.json.partial").write_text(json.dumps({"signature": {"layers": 99}}))
+        peer.run(build_parser(argv).parse_args(argv))
