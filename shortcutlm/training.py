@@ -213,6 +213,8 @@ def train(recipe: Recipe, variant: str, data_dir: str | Path, out: str | Path, p
     last = out / ckpt.TRAINER_STATE
     trainer.fit(lit, datamodule=ShardData(data_dir, config.block_size, s, lit, has_valid),
                 ckpt_path=last if last.is_file() else None)
+    if trainer.interrupted:  # Lightning swallows Ctrl-C after saving; callers must not treat the run as done
+        raise KeyboardInterrupt(f"training of {out} interrupted at step {trainer.global_step}; run again to resume")
     return out
 
 
