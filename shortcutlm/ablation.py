@@ -55,6 +55,8 @@ EVAL_FILE = "eval.json"
 RUN_FILE = "ablation.json"
 ERROR_FILE = "error.json"
 EVAL_VERSION = 1
+STEP_TIMING_FILE = "step_timing.json"
+STEP_TIMING_STEPS = 20
 
 
 # ============================================================================ configuration
@@ -703,6 +705,7 @@ def collect_results(ablation: Ablation, out: Path, command: str, failures: dict[
         section["data"] = _data_summary(out / dataset / "data")
         section["command"] = narrowed_command(command, dataset)
         section["relative_loss"] = relative_training_loss(runs, cfg)
+        apply_step_timing(section, side_by_side_timing(ablation, out, dataset, echo) if diagnostics else None)
         if not cfg.diagnostics.enabled:
             section["diagnostics"] = {"status": "disabled"}
         elif diagnostics:
@@ -883,6 +886,61 @@ def plot_relative_loss(rel: dict[str, Any], path: Path, title: str) -> Path:
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+# ============================================================================ step time
+
+def side_by_side_timing(ablation: Ablation, out: Path, dataset: str,
+                        echo: Callable[[str], None] | None = None) -> dict[str, Any] | None:
+    """Each variant's train-step time at this dataset's model and batch, all timed in one process.
+
+    The runs' own logged speed is kept too, but a run trained while the machine was busy is
+    several times slower than one trained on idle cores, so the table's step-time ratios come
+    from here. Cached in ``<dataset>/step_timing.json`` and measured again when the configs change.
+    """
+    from shortcutlm.bench.common import machine, median
+    from shortcutlm.bench.model import interleaved_step_seconds
+    from shortcutlm.models import GPTConfig
+
+    cfg = ablation.config
+    configs: dict[str, dict[str, Any]] = {}
+    for variant in cfg.variants:
+        for seed in cfg.seeds:
+            saved = _read_json(out / dataset / f"{variant}-s{seed}" / "model_config.json")
+            if saved:
+                configs[variant] = saved
+                break
+    if cfg.baseline not in configs or len(configs) < 2:
+        return None
+    batch = ablation.recipes[dataset].train.batch_size
+    info = machine()
+    key = _jsonable({"configs": configs, "batch": batch, "steps": STEP_TIMING_STEPS,
+                     "machine": {k: info.get(k) for k in ("processor", "threads", "torch")}})
+    path = out / dataset / STEP_TIMING_FILE
+    cached = _read_json(path)
+    if cached and cached.get("key") == key:
+        return cached["timing"]
+    if echo:
+        echo(f"{dataset}: timing {len(configs)} variants side by side ({STEP_TIMING_STEPS} interleaved steps each)")
+    times = interleaved_step_seconds({v: GPTConfig.from_dict(c) for v, c in configs.items()}, batch,
+                                     STEP_TIMING_STEPS)
+    seconds = {v: median(t) for v, t in times.items()}
+    timing = {"method": f"forward, backward and AdamW on one fixed batch of {batch}, every variant in one process "
+                        f"with steps interleaved; median of {STEP_TIMING_STEPS} steps after 2 warm-up steps",
+              "machine": info, "measured": time.strftime("%Y-%m-%dT%H:%M:%S"), "seconds": seconds,
+              "all_seconds": times, "ratio": {v: seconds[v] / seconds[cfg.baseline] for v in seconds}}
+    _write_json(path, {"key": key, "timing": timing})
+    return timing
+
+
+def apply_step_timing(section: dict[str, Any], timing: dict[str, Any] | None) -> None:
+    """Put the side-by-side step times into the table's columns; keep the runs' own as ``sec_per_step_runs``."""
+    section["step_timing"] = timing
+    for variant, entry in section["variants"].items():
+        entry["sec_per_step_runs"] = entry["sec_per_step"]
+        if timing and variant in timing["seconds"]:
+            entry["sec_per_step"] = timing["seconds"][variant]
+            entry["step_time_ratio"] = timing["ratio"][variant]
 
 
 # ============================================================================ diagnostics
@@ -1234,8 +1292,15 @@ def render_dataset(name: str, section: dict[str, Any], cfg_baseline: str, docs: 
     losers = [v for v, e in variants.items() if e.get("verdict") == "worse"]
     if losers:
         notes.append("worse than the baseline here: " + ", ".join(f"**{v}**" for v in losers) + ".")
+    timing = section.get("step_timing")
     noisy = [r["run"] for r in section["runs"] if (r.get("step_time_iqr") or 0) > NOISY_IQR]
-    if noisy:
+    if timing:
+        runs_speed = [e["sec_per_step_runs"] for e in variants.values() if e.get("sec_per_step_runs")]
+        spread = (f"; the runs' own logged speed varied {max(runs_speed) / min(runs_speed):.1f}× between variants "
+                  "as the machine's load changed") if len(runs_speed) > 1 else ""
+        notes.append(f"step time: {timing['method']}, measured {timing['measured'].replace('T', ' ')} "
+                     f"(`results.json` keeps each run's logged speed as `sec_per_step_runs`{spread}).")
+    elif noisy:
         notes.append(f"step times are noisy: in {len(noisy)} of {len(section['runs'])} runs the logged tokens/s vary "
                      f"by more than {NOISY_IQR:.0%} (interquartile range over median), as on a machine busy with "
                      "other work; read the step-time ratios with care.")

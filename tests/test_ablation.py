@@ -194,6 +194,13 @@ def test_micro_grid_writes_the_page(micro):
     assert sc["verdict"] in ("better", "worse", "within spread")
     assert sc["params"] > base["params"] and sc["kv_ratio"] == 1.0 and base["bits_per_byte"]["n"] == 2
     assert base["sec_per_step"] > 0 and sc["step_time_ratio"] > 0
+    # The table's step times are the side-by-side timing, not the runs' logged speed (kept apart).
+    timing = section["step_timing"]
+    assert set(timing["seconds"]) == {"baseline", "shortcut_depth"}
+    assert all(len(t) == ab.STEP_TIMING_STEPS for t in timing["all_seconds"].values())
+    assert sc["sec_per_step"] == timing["seconds"]["shortcut_depth"]
+    assert sc["step_time_ratio"] == pytest.approx(timing["seconds"]["shortcut_depth"] / timing["seconds"]["baseline"])
+    assert sc["sec_per_step_runs"] > 0 and sc["sec_per_step_runs"] != sc["sec_per_step"]
     assert [c["steps"] for c in section["baseline_curve"]] == [3, 5] and section["baseline_curve"][1]["n"] == 2
     assert sc["baseline_tokens_to_match"]["label"].endswith("×")
     assert len(section["runs"]) == 6 and all(r["status"] == "done" for r in section["runs"])
@@ -204,6 +211,7 @@ def test_micro_grid_writes_the_page(micro):
     assert md.count("| baseline | ") == 1  # the dataset's table
     assert md.count("| shortcut_depth | ") == 2  # the summary and the dataset's table
     assert "bits/byte" in md and "baseline tokens to match" in md and "(n=2)" in md
+    assert "every variant in one process with steps interleaved" in md
     assert f"**{sc['verdict']}**" in md if sc["verdict"] != "within spread" else "within spread" in md
     assert "![relative training loss](results/tinytext/relative_train_loss.png)" in md
     assert (root / "docs" / "results" / "tinytext" / "relative_train_loss.png").is_file()
@@ -230,6 +238,7 @@ def test_a_second_invocation_trains_nothing(micro):
                             echo=lines.append)
     assert {p: p.stat().st_mtime_ns for p in watched} == before
     assert "6 already trained, 0 to train" in lines[0]
+    assert not any("side by side" in line for line in lines)  # the cached step timing is reused
     assert not any(": training" in line or ": evaluating" in line for line in lines)
     assert again["datasets"]["tinytext"]["variants"]["baseline"]["n"] == 2
 

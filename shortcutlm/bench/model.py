@@ -40,13 +40,15 @@ class Trainee:
         self.config = config
         self.model = GPT(config).to(device)
         self.opt = torch.optim.AdamW(self.model.param_groups(0.1), lr=3e-4, betas=(0.9, 0.95), fused=device == "cuda")
-        self.idx = torch.randint(0, config.vocab_size, (batch, config.block_size + 1), device=device)
+        shape = (batch, config.block_size + 1) if config.n_streams == 1 else \
+            (batch, config.n_streams, config.block_size + 1)
+        self.idx = torch.randint(0, config.vocab_size, shape, device=device)
         self.device, self.dtype = device, dtype
 
     def step(self) -> float:
         self.opt.zero_grad(set_to_none=True)
         with torch.autocast(torch.device(self.device).type, dtype=self.dtype, enabled=self.dtype != torch.float32):
-            loss = stream_losses(self.model(self.idx[:, :-1]), self.idx[:, 1:]).mean()
+            loss = stream_losses(self.model(self.idx[..., :-1]), self.idx[..., 1:]).mean()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
         self.opt.step()
@@ -63,6 +65,17 @@ def measure_training(trainees: dict[str, Trainee], steps: int, warmup: int) -> d
         for name, t in trainees.items():
             times[name].append(timed(t.step, t.device))
     return times
+
+
+def interleaved_step_seconds(configs: dict[str, GPTConfig], batch: int, steps: int, warmup: int = 2,
+                             device: str = "cpu") -> dict[str, list[float]]:
+    """Train-step seconds of each config, all in this process with their steps interleaved.
+
+    Step times taken in separate runs on a shared machine swing by several times; side by
+    side, a slowdown hits every config alike and their ratios stay meaningful.
+    """
+    trainees = {name: Trainee(config, batch, device, torch.float32) for name, config in configs.items()}
+    return measure_training(trainees, steps, warmup)
 
 
 def measure_generation(model: GPT, new_tokens: int, use_cache: bool, device: str) -> float:
