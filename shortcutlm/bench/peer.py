@@ -78,12 +78,14 @@ def peer_version() -> str:
 # --------------------------------------------------------------------------------------------
 # The peer model
 # --------------------------------------------------------------------------------------------
-def peer_model(config: GPTConfig, init: str = "gpt2") -> nn.Module:
+def peer_model(config: GPTConfig, init: str = "gpt2", flash: bool = True) -> nn.Module:
     """An x-transformers ``TransformerWrapper`` of our config's size and shape.
 
     ``init``: ``gpt2`` (our GPT-2 initialisation scheme, drawn from the current RNG), ``copy``
     (the same, to be overwritten by ``copy_weights_``) or ``theirs`` (x-transformers' own
     initialisation and its dim**-0.5 tied-logit scale, which belongs with that init).
+    ``flash``: attention through ``F.scaled_dot_product_attention`` as ours does; ``False`` keeps
+    x-transformers' default einsum attention (the same function, computed its own way).
     """
     from x_transformers import Decoder, TransformerWrapper
 
@@ -99,7 +101,7 @@ def peer_model(config: GPTConfig, init: str = "gpt2") -> nn.Module:
         dim=config.n_embd, depth=config.n_layer, heads=config.n_head,
         attn_dim_head=config.head_dim,                 # theirs defaults to 64 whatever the width
         rotary_pos_emb=True, rotary_emb_dim=config.head_dim,  # theirs rotates half of each head by default
-        attn_flash=True,                               # F.scaled_dot_product_attention, as ours
+        attn_flash=flash,                              # F.scaled_dot_product_attention, as ours
         ff_mult=4, ff_no_bias=True,                    # 4x GELU MLP without biases (GELU is their default)
         norm_add_unit_offset=False,                    # LayerNorm gain stored as 1, not as an offset from 1
         attn_dropout=config.dropout, ff_dropout=config.dropout,
@@ -184,20 +186,20 @@ class PeerTrainee(Trainee):
     """``bench.model.Trainee`` (same step: forward, our loss, backward, clip 1.0, AdamW) around the peer."""
 
     def __init__(self, config: GPTConfig, batch: int, device: str, dtype: torch.dtype, seed: int = 0,
-                 init: str = "gpt2") -> None:
+                 init: str = "gpt2", flash: bool = True) -> None:
         torch.manual_seed(seed)
         self.config = config
-        self.model = peer_model(config, init).to(device)
+        self.model = peer_model(config, init, flash).to(device)
         self.opt = torch.optim.AdamW(peer_param_groups(self.model, 0.1), lr=3e-4, betas=(0.9, 0.95), fused=device == "cuda")
         self.idx = torch.randint(0, config.vocab_size, (batch, config.block_size + 1), device=device)
         self.device, self.dtype = device, dtype
 
 
 def make_trainee(impl: str, config: GPTConfig, batch: int, device: str, dtype: torch.dtype, seed: int,
-                 init: str) -> Trainee:
+                 init: str, flash: bool = True) -> Trainee:
     if impl == "ours":
         return Trainee(config, batch, device, dtype, seed)
-    trainee = PeerTrainee(config, batch, device, dtype, seed, init)
+    trainee = PeerTrainee(config, batch, device, dtype, seed, init, flash)
     if init == "copy":
         torch.manual_seed(seed)
         copy_weights_(GPT(config), trainee.model)
@@ -289,11 +291,12 @@ def memory_probe(spec: dict[str, Any]) -> dict[str, Any]:
 
     if spec["phase"] == "train":
         base = start()
-        trainee = make_trainee(spec["impl"], config, spec["batch"], device, dtype, 0, spec["init"])
+        trainee = make_trainee(spec["impl"], config, spec["batch"], device, dtype, 0, spec["init"],
+                               spec.get("flash", True))
         for _ in range(2):
             trainee.step()
         return {"bytes": peak() - base}
-    trainee = make_trainee(spec["impl"], config, 1, device, dtype, 0, spec["init"])
+    trainee = make_trainee(spec["impl"], config, 1, device, dtype, 0, spec["init"], spec.get("flash", True))
     model = trainee.model.eval()
     del trainee
     base = start()
@@ -370,7 +373,7 @@ def train_step(trainee: Trainee, batch: Tensor, lr: float, ignore: list[int]) ->
 
 def loss_seed(shard_dir: Path, base: GPTConfig, variants: list[str], steps: int, seed: int, batch: int, lr: float,
               min_lr: float, warmup: int, weight_decay: float, init: str, device: str, dtype: torch.dtype,
-              log: Any = None) -> dict[str, dict[str, Any]]:
+              log: Any = None, flash: bool = True) -> dict[str, dict[str, Any]]:
     """One seed: every model ("variant/impl") trained on the batches of one loader, then validated."""
     from shortcutlm.datasets.loader import read_manifest, train_batches
     from shortcutlm.models.lightning import warmup_cosine
@@ -382,7 +385,8 @@ def loss_seed(shard_dir: Path, base: GPTConfig, variants: list[str], steps: int,
     trainees: dict[str, Trainee] = {}
     for variant in variants:
         for impl in IMPLEMENTATIONS:
-            trainee = make_trainee(impl, replace(config, value_residual=VARIANTS[variant]), batch, device, dtype, seed, init)
+            trainee = make_trainee(impl, replace(config, value_residual=VARIANTS[variant]), batch, device, dtype, seed, init,
+                                   flash)
             for group in trainee.opt.param_groups:
                 group["weight_decay"] = weight_decay if group["weight_decay"] else 0.0
             trainees[f"{variant}/{impl}"] = trainee
@@ -430,18 +434,18 @@ def summarise_losses(shard_dir: Path, per_seed: list[dict[str, dict[str, Any]]],
 
 def loss_comparison(shard_dir: Path, base: GPTConfig, variants: list[str], steps: int, seeds: int, batch: int,
                     lr: float, min_lr: float, warmup: int, weight_decay: float, init: str, device: str,
-                    dtype: torch.dtype, log: Any = None) -> dict[str, Any]:
+                    dtype: torch.dtype, log: Any = None, flash: bool = True) -> dict[str, Any]:
     """Train ours and theirs for each variant on the same batches (one loader per seed feeds all
     models), then the exact validation pass; per model: losses per seed, mean, std."""
     per_seed = [loss_seed(shard_dir, base, variants, steps, seed, batch, lr, min_lr, warmup, weight_decay, init,
-                          device, dtype, log) for seed in range(seeds)]
+                          device, dtype, log, flash) for seed in range(seeds)]
     return summarise_losses(shard_dir, per_seed, variants)
 
 
 # --------------------------------------------------------------------------------------------
 # What still differs
 # --------------------------------------------------------------------------------------------
-def differences(init: str) -> list[dict[str, str]]:
+def differences(init: str, flash: bool = True) -> list[dict[str, str]]:
     """Every remaining difference between the two decoders and how the benchmark handles it."""
     init_row = {
         "gpt2": "theirs gets our scheme (N(0, 0.02), residual output projections / sqrt(2L), gains 1), drawn "
@@ -476,7 +480,8 @@ def differences(init: str) -> list[dict[str, str]]:
         {"aspect": "MLP", "ours": "Linear(d, 4d) → exact GELU → Linear(4d, d), no bias",
          "theirs": "same layers, biases by default", "handled": "ff_mult=4, ff_no_bias=True"},
         {"aspect": "attention kernel", "ours": "F.scaled_dot_product_attention",
-         "theirs": "einsum attention unless attn_flash", "handled": "attn_flash=True (scaled_dot_product_attention)"},
+         "theirs": "einsum attention unless attn_flash", "handled": "attn_flash=True (scaled_dot_product_attention)" if flash else
+         "not matched (--peer-attention einsum): theirs keeps its default einsum attention, as out of the box"},
         {"aspect": "initialisation", "ours": "GPT-2: N(0, 0.02), residual output projections / sqrt(2L)",
          "theirs": "nn.Linear default (kaiming-uniform), kaiming-normal embedding", "handled": init_row},
         {"aspect": "loss and optimiser", "ours": "stream_losses, AdamW(β 0.9/0.95), clip 1.0, decay on matrices only",
@@ -499,11 +504,11 @@ def differences(init: str) -> list[dict[str, str]]:
 
 
 @torch.no_grad()
-def equivalence(config: GPTConfig, device: str, tokens: int | None = None) -> dict[str, Any]:
+def equivalence(config: GPTConfig, device: str, tokens: int | None = None, flash: bool = True) -> dict[str, Any]:
     """Our fresh model and the peer with our weights copied: largest logit difference on one window."""
     torch.manual_seed(0)
     ours = GPT(config).to(device).eval()
-    theirs = peer_model(config, "copy").to(device).eval()
+    theirs = peer_model(config, "copy", flash).to(device).eval()
     copy_weights_(ours, theirs)
     idx = torch.randint(0, config.vocab_size, (1, tokens or config.block_size), device=device)
     a, b = ours(idx).float(), theirs(idx).float()
@@ -545,6 +550,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
     loss.add_argument("--midi-vocab", type=int, default=1000, help="MIDI tokenizer vocabulary when preparing")
     parser.add_argument("--resume", action="store_true",
                         help="reuse the phases and loss seeds a stopped run with the same settings saved in FILE.partial")
+    parser.add_argument("--peer-attention", choices=["flash", "einsum"], default="flash",
+                        help="flash: theirs attends through scaled_dot_product_attention as ours (default); "
+                             "einsum: x-transformers' default attention path (attn_flash=False)")
     parser.add_argument("--peer-init", choices=INITS, default="gpt2",
                         help="gpt2: our init scheme on theirs (default); copy: theirs starts from our weights; "
                              "theirs: x-transformers' own init")
@@ -610,11 +618,13 @@ def run(args: argparse.Namespace) -> int:
     base = default_config(args)
     configs = {v: replace(base, value_residual=VARIANTS[v]) for v in names}
     progress = Progress(args)
+    flash = args.peer_attention == "flash"
 
     equal = progress.get("equivalence")
     if equal is None:
         _log("equivalence check (peer with our weights)")
-        equal = progress.put("equivalence", {v: equivalence(c, device) for v, c in configs.items()})
+        equal = progress.put("equivalence", {v: equivalence(c, device, flash=flash)
+                                                for v, c in configs.items()})
 
     models: dict[str, dict[str, Any]] | None = progress.get("timing")
     if models is None:
@@ -622,7 +632,8 @@ def run(args: argparse.Namespace) -> int:
         trainees: dict[str, Trainee] = {}
         for v in names:
             for impl in IMPLEMENTATIONS:
-                trainees[f"{v}/{impl}"] = make_trainee(impl, configs[v], args.batch, device, dtype, 0, args.peer_init)
+                trainees[f"{v}/{impl}"] = make_trainee(impl, configs[v], args.batch, device, dtype, 0, args.peer_init,
+                                                       flash)
         times = measure_training(trainees, args.steps, args.warmup)
 
         _log(f"timing cached generation ({args.new_tokens} tokens, {args.generation_repeats} interleaved repeats)")
@@ -657,7 +668,8 @@ def run(args: argparse.Namespace) -> int:
             for v in names:
                 for impl in IMPLEMENTATIONS:
                     spec = {"impl": impl, "config": configs[v].to_dict(), "batch": args.batch, "device": device,
-                            "dtype": args.dtype, "new_tokens": args.new_tokens, "init": args.peer_init}
+                            "dtype": args.dtype, "new_tokens": args.new_tokens, "init": args.peer_init,
+                            "flash": flash}
                     memory[f"{v}/{impl}"] = {phase: measure_memory({**spec, "phase": phase})["bytes"]
                                              for phase in ("train", "generate")}
             progress.put("memory", memory)
@@ -678,7 +690,7 @@ def run(args: argparse.Namespace) -> int:
                 _log(f"loss phase seed {seed}: {args.loss_steps} steps × {2 * len(names)} models on {shard_dir}")
                 progress.put(key, loss_seed(shard_dir, base, names, args.loss_steps, seed, args.batch, args.lr,
                                             args.min_lr, args.lr_warmup, args.weight_decay, args.peer_init, device,
-                                            dtype, _log))
+                                            dtype, _log, flash))
             per_seed.append(progress.get(key))
         loss = summarise_losses(shard_dir, per_seed, names)
         loss["shards"] = str(shard_dir)
@@ -724,7 +736,7 @@ def run(args: argparse.Namespace) -> int:
                                  "top_k": TOP_K, "temperature": 1.0, "kv_cache": True,
                                  "repeats": args.generation_repeats, "interleaved": True},
                   "memory_method": None if args.skip_memory else memory_method(device),
-                  "peer_init": args.peer_init,
+                  "peer_init": args.peer_init, "peer_attention": args.peer_attention,
                   "loss": None if loss is None else {
                       "steps": args.loss_steps, "seeds": args.seeds, "batch": args.batch, "context": base.block_size,
                       "vocab": loss["vocab"], "shards": loss["shards"], "train_tokens": loss["train_tokens"],
@@ -735,7 +747,7 @@ def run(args: argparse.Namespace) -> int:
                       "validation": "exact pass over the valid split (eval_batches), pad targets masked, token-weighted mean",
                       "spread": "sample std over seeds; ours passes when mean(ours) - mean(theirs) <= the larger std"},
                   "torch_threads": torch.get_num_threads()},
-        "differences": differences(args.peer_init),
+        "differences": differences(args.peer_init, flash),
         "models": models,
         "ratios": ratios,
         "targets": targets,

@@ -42,10 +42,12 @@ def test_same_size_vocab_and_context(config):
     assert theirs.token_emb.emb.weight.shape == ours.embeddings[0].weight.shape
 
 
+@pytest.mark.parametrize("flash", [True, False], ids=["flash", "einsum"])
 @pytest.mark.parametrize("config", configs(), ids=list(peer.VARIANTS))
-def test_peer_with_our_weights_computes_our_function(config):
+def test_peer_with_our_weights_computes_our_function(config, flash):
     torch.manual_seed(0)
-    ours, theirs = GPT(config).eval(), peer.peer_model(config, "copy").eval()
+    ours, theirs = GPT(config).eval(), peer.peer_model(config, "copy", flash).eval()
+    assert [a.flash for a in theirs.modules() if type(a).__name__ == "Attend"] == [flash] * config.n_layer
     peer.copy_weights_(ours, theirs)
     idx = torch.randint(0, config.vocab_size, (2, config.block_size))
     with torch.no_grad():
