@@ -1389,8 +1389,10 @@ def render_markdown(results: dict[str, Any], docs: Path, out: Path) -> str:
              "and the order of the training batches; seed s of every variant sees the same batches)",
              "- variants: " + "; ".join(f"`{k}` {_variant_text(v)}" for k, v in results["variants"].items()),
              f"- verdict: {results['verdict_rule']}",
-             "- step time: tokens per optimiser step / the median of the run's logged training tokens/s "
-             "(median over seeds), with its ratio to the baseline's; KV cache: the attention keys and values "
+             "- step time: every variant's forward, backward and AdamW step at the dataset's model and batch, "
+             "timed side by side in one process after training (steps interleaved, median), with its ratio to "
+             "the baseline's; where that timing is missing, the runs' logged tokens/s (median over seeds). "
+             "KV cache: the attention keys and values "
              "of a batch-1 fp32 cache at full context, measured from the cache tensors, with the ratio to the "
              "baseline's (the `full` shortcut also caches its per-depth features, listed beside it).",
              f"- raw numbers: `results.json` beside this page; runs under `{_display_path(out)}`.", ""]
