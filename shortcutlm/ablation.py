@@ -57,6 +57,7 @@ ERROR_FILE = "error.json"
 EVAL_VERSION = 1
 STEP_TIMING_FILE = "step_timing.json"
 STEP_TIMING_STEPS = 20
+NEAR_UNIFORM = 0.05  # depth weights this close (relative) to 1/depths read as no preference
 
 
 # ============================================================================ configuration
@@ -1078,8 +1079,11 @@ def diagnostic_sentences(results: dict[str, Any] | None, labels: list[str], base
             top = max(range(len(weights)), key=lambda i: weights[i])
             shares = ", ".join(f"{n} {w:.2f}" for n, w in zip(names, weights))
             out.setdefault("depth_weights", "")
+            uniform = 1 / len(weights)
+            lean = (f"most on {names[top]}" if max(abs(w - uniform) for w in weights) > NEAR_UNIFORM * uniform
+                    else f"all within {NEAR_UNIFORM:.0%} of uniform ({uniform:.2f}): no depth is preferred")
             out["depth_weights"] += (f"{label}'s shortcut spreads its attention over depth as {shares} (mean over "
-                                     f"tokens), most on {names[top]}. ")
+                                     f"tokens), {lean}. ")
         depth_map = sc.get("depth_map")
         if isinstance(depth_map, list) and depth_map and isinstance(depth_map[0], list) and names:
             tops = [max(range(len(row)), key=lambda i: row[i]) for row in depth_map if row]

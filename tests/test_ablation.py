@@ -85,6 +85,9 @@ def test_diagnostic_sentences_come_from_the_numbers():
     assert "shortcut_depth 4.000 (about the same)" in out["hidden_norm"]
     assert "hidden states more distinct" in out["token_similarity"]
     assert "emb 0.25, L1 0.75" in out["depth_weights"] and "most on L1" in out["depth_weights"]
+    flat = {"depth_labels": ["emb", "L1", "L2"], "depth_weights": [0.34, 0.33, 0.33]}
+    even = ab.diagnostic_sentences({"base": results["baseline"], "sc": {"shortcut": flat}}, ["base", "sc"], "base")
+    assert "no depth is preferred" in even["depth_weights"] and "most on" not in even["depth_weights"]
     assert "varies with the token: L1 for 75%, emb for 25%" in out["depth_map_shortcut_depth"]
 
 
