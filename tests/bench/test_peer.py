@@ -157,7 +157,27 @@ def test_cli_json_has_the_fields(text8_shards, tmp_path):
         assert r["parameters_relative_difference"] == 0.0 and r["step_time_ours_over_theirs"] > 0
         for goal in ("step_time_ratio", "generation_ratio", "val_loss_no_worse"):
             t = data["targets"][f"{variant}_{goal}"]
-            assert set(t) == {"value", "target", "pass"}
+            assert set(t) == {"value", "target", "pass"} | ({"attainable"} if goal != "val_loss_no_worse" else set())
+        theirs = data["models"][variant]["theirs"]
+        assert r["step_time_ratio_floor"] == pytest.approx(
+            data["floors"]["train_step_floor_seconds"] / theirs["train_step_seconds_median"])
+        assert r["generation_ratio_ceiling"] == pytest.approx(
+            1 / (data["floors"]["decode_weight_read_seconds"] * theirs["generate_tokens_per_second_cached"]))
+    assert data["floors"]["decode_weight_bytes"] == 4 * sum(
+        m.weight.numel() for m in GPT(peer.default_config(args)).modules() if isinstance(m, torch.nn.Linear))
+
+
+def test_floors_are_the_peak_step_and_one_weight_pass():
+    config = replace(TINY, n_embd=64)
+    f = peer.floors(config, 4, "cpu", torch.float32)
+    model = GPT(config)
+    tokens = 4 * config.block_size
+    assert f["train_step_floor_seconds"] == pytest.approx(
+        peer.flops_per_token(config, model.num_params()) * tokens / f["matmul_peak_flops"])
+    linears = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
+    assert len(linears) == 6 * config.n_layer + 1  # q, k, v, o, up, down per layer, and the tied head
+    assert f["decode_weight_bytes"] == 4 * sum(m.weight.numel() for m in linears)
+    assert 0 < f["decode_weight_read_seconds"] < 1
 
 
 def test_resume_reuses_finished_phases_and_seeds(text8_shards, tmp_path, monkeypatch):
