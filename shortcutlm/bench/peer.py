@@ -567,8 +567,10 @@ def configure(parser: argparse.ArgumentParser) -> None:
     sizes.add_argument("--vocab", type=int, default=2048, help="vocabulary for the timing (the loss uses the shards')")
     sizes.add_argument("--batch", type=int, default=8)
     timing = parser.add_argument_group("timing")
-    timing.add_argument("--steps", type=int, default=5, help="timed train steps per model (after warmup)")
-    timing.add_argument("--warmup", type=int, default=1)
+    timing.add_argument("--steps", type=int, default=8, help="timed train steps per model (after warmup)")
+    timing.add_argument("--warmup", type=int, default=3,
+                        help="untimed steps per model first: x-transformers' first steps run ~25%% slow, which "
+                             "one warm-up step does not absorb")
     timing.add_argument("--new-tokens", type=int, default=256)
     timing.add_argument("--generation-repeats", type=int, default=3)
     timing.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32", help="bf16 = autocast")
