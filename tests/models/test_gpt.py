@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from shortcutlm.models import GPT, GPTConfig, SamplingSettings, generate, stream_losses
-from shortcutlm.models.sampling import filter_logits
+from shortcutlm.models.sampling import filter_logits, sample_next
 
 VALUE_RESIDUALS = ["none", "resformer", "learnable", "svformer"]
 SHORTCUTS = ["none", "depth", "full"]
@@ -295,6 +295,22 @@ def test_top_k_and_top_p_filters():
     kept = torch.isfinite(filter_logits(logits, None, float(probs[0] + 0.01)))
     assert kept.tolist() == [[True, True, False, False, False]]
     assert torch.isfinite(filter_logits(logits, None, 0.5)).sum() == 1
+
+
+@pytest.mark.parametrize("top_p", [None, 0.8])
+def test_top_k_sampling_draws_from_the_filtered_distribution(top_p):
+    """Sampling among the k best ids gives the distribution of the masked full softmax."""
+    logits = torch.tensor([[0.5, 2.0, -1.0, 1.5, 0.0, 1.0]] * 2)  # two rows, same logits
+    settings = SamplingSettings(temperature=0.7, top_k=3, top_p=top_p, seed=0)
+    expected = filter_logits(logits[:1] / 0.7, 3, top_p).softmax(-1)[0]
+    generator = torch.Generator().manual_seed(0)
+    draws = torch.cat([sample_next(logits, settings, generator) for _ in range(6000)])
+    assert draws.shape == (12000,)
+    freq = torch.bincount(draws, minlength=6).float() / draws.numel()
+    assert set(draws.unique().tolist()) == set(torch.nonzero(expected).flatten().tolist())
+    torch.testing.assert_close(freq, expected, atol=0.015, rtol=0)
+    streams = sample_next(torch.randn(2, 3, 6), settings, generator)  # [B, K, V] -> [B, K]
+    assert streams.shape == (2, 3)
 
 
 def test_stream_losses_mask_ignored_targets():
