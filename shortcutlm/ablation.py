@@ -57,6 +57,7 @@ ERROR_FILE = "error.json"
 EVAL_VERSION = 1
 STEP_TIMING_FILE = "step_timing.json"
 STEP_TIMING_STEPS = 20
+STEP_TIMING_WARMUP = 2
 NEAR_UNIFORM = 0.05  # depth weights this close (relative) to 1/depths read as no preference
 
 
@@ -915,7 +916,7 @@ def side_by_side_timing(ablation: Ablation, out: Path, dataset: str,
         return None
     batch = ablation.recipes[dataset].train.batch_size
     info = machine()
-    key = _jsonable({"configs": configs, "batch": batch, "steps": STEP_TIMING_STEPS,
+    key = _jsonable({"configs": configs, "batch": batch, "steps": STEP_TIMING_STEPS, "warmup": STEP_TIMING_WARMUP,
                      "machine": {k: info.get(k) for k in ("processor", "threads", "torch")}})
     path = out / dataset / STEP_TIMING_FILE
     cached = _read_json(path)
@@ -924,10 +925,10 @@ def side_by_side_timing(ablation: Ablation, out: Path, dataset: str,
     if echo:
         echo(f"{dataset}: timing {len(configs)} variants side by side ({STEP_TIMING_STEPS} interleaved steps each)")
     times = interleaved_step_seconds({v: GPTConfig.from_dict(c) for v, c in configs.items()}, batch,
-                                     STEP_TIMING_STEPS)
+                                     STEP_TIMING_STEPS, STEP_TIMING_WARMUP)
     seconds = {v: median(t) for v, t in times.items()}
     timing = {"method": f"forward, backward and AdamW on one fixed batch of {batch}, every variant in one process "
-                        f"with steps interleaved; median of {STEP_TIMING_STEPS} steps after 2 warm-up steps",
+                        f"with steps interleaved; median of {STEP_TIMING_STEPS} steps after {STEP_TIMING_WARMUP} warm-up steps",
               "machine": info, "measured": time.strftime("%Y-%m-%dT%H:%M:%S"), "seconds": seconds,
               "all_seconds": times, "ratio": {v: seconds[v] / seconds[cfg.baseline] for v in seconds}}
     _write_json(path, {"key": key, "timing": timing})

@@ -54,8 +54,8 @@ def sample_next(logits: Tensor, settings: SamplingSettings, generator: torch.Gen
     k = settings.top_k
     if k is not None and k < logits.shape[-1]:
         # Draw among the k best only: the distribution of masking the rest to -inf (up to ties
-        # at the k-th logit), without a softmax and a multinomial over the whole vocabulary,
-        # which cost a fifth of a small model's decode step on CPU.
+        # at the k-th logit), without a softmax and a multinomial over the whole vocabulary
+        # (on CPU at vocabulary 2048: 30 µs a token instead of 69 µs).
         values, ids = torch.topk(logits, k, dim=-1)
         probs = filter_logits(values, None, settings.top_p).softmax(dim=-1)
         pick = torch.multinomial(probs.reshape(-1, k), 1, generator=generator)
