@@ -390,32 +390,46 @@ def _weights_key(folder: Path) -> dict[str, Any]:
     return {"mtime_ns": stat.st_mtime_ns, "size": stat.st_size, "step": hparams.get("step")}
 
 
-def evaluation_key(folder: Path, recipe: Recipe) -> dict[str, Any]:
+def evaluation_key(folder: Path, recipe: Recipe, split: str | None = None) -> dict[str, Any]:
     e = recipe.evaluate
-    return {"version": EVAL_VERSION, "weights": _weights_key(folder), "split": e.split,
+    return {"version": EVAL_VERSION, "weights": _weights_key(folder), "split": split or e.split,
             "batch_size": e.batch_size, "max_batches": e.max_batches}
 
 
-def cached_evaluation(run: Run, recipe: Recipe) -> dict[str, Any] | None:
-    data = _read_json(run.folder / EVAL_FILE)
-    if data and data.get("key") == _jsonable(evaluation_key(run.folder, recipe)):
+def _evaluation_file(run: Run, recipe: Recipe, split: str | None) -> Path:
+    """``eval.json`` for the recipe's split (the table's loss), ``eval_<split>.json`` for another."""
+    return run.folder / (EVAL_FILE if split in (None, recipe.evaluate.split) else f"eval_{split}.json")
+
+
+def cached_evaluation(run: Run, recipe: Recipe, split: str | None = None) -> dict[str, Any] | None:
+    data = _read_json(_evaluation_file(run, recipe, split))
+    if data and data.get("key") == _jsonable(evaluation_key(run.folder, recipe, split)):
         return data["row"]
     return None
 
 
-def evaluate_run(run: Run, recipe: Recipe, data_dir: Path, device: str) -> dict[str, Any]:
-    """The run's evaluation row, from ``eval.json`` when its key (weights, split, batches) still holds."""
-    row = cached_evaluation(run, recipe)
+def evaluate_run(run: Run, recipe: Recipe, data_dir: Path, device: str, split: str | None = None) -> dict[str, Any]:
+    """The run's evaluation row on ``split`` (default the recipe's), cached while its key
+    (weights, split, batches) still holds."""
+    row = cached_evaluation(run, recipe, split)
     if row is not None:
         return row
     from shortcutlm.evaluation import evaluate_checkpoints
 
     e = recipe.evaluate
-    results = evaluate_checkpoints([run.folder], data_dir, split=e.split, batch_size=e.batch_size,
+    results = evaluate_checkpoints([run.folder], data_dir, split=split or e.split, batch_size=e.batch_size,
                                    max_batches=e.max_batches, device=device, progress=False)
     row = results["checkpoints"][0]
-    _write_json(run.folder / EVAL_FILE, {"key": evaluation_key(run.folder, recipe), "row": row})
+    _write_json(_evaluation_file(run, recipe, split), {"key": evaluation_key(run.folder, recipe, split), "row": row})
     return row
+
+
+def validation_row(run: Run, recipe: Recipe, data_dir: Path, device: str) -> dict[str, Any] | None:
+    """The loss on the ``valid`` split beside the recipe's own, when the data has one."""
+    splits = (_read_json(data_dir / "manifest.json") or {}).get("splits", {})
+    if recipe.evaluate.split == "valid" or not splits.get("valid", {}).get("tokens"):
+        return None
+    return evaluate_run(run, recipe, data_dir, device, split="valid")
 
 
 def median_step_seconds(folder: Path) -> float | None:
@@ -471,7 +485,8 @@ def kv_cache_bytes(folder: Path) -> tuple[int, int] | None:
     return _KV_CACHE[text]
 
 
-def run_record(run: Run, recipe: Recipe, row: dict[str, Any] | None) -> dict[str, Any]:
+def run_record(run: Run, recipe: Recipe, row: dict[str, Any] | None,
+               valid: dict[str, Any] | None = None) -> dict[str, Any]:
     """What the page shows of one run (also what ``results.json`` lists)."""
     hparams = _read_json(run.folder / "hparams.json") or {}
     info = _read_json(run.folder / RUN_FILE) or {}
@@ -493,6 +508,8 @@ def run_record(run: Run, recipe: Recipe, row: dict[str, Any] | None) -> dict[str
         for key in ("per_codebook", "per_family"):
             if key in row:
                 record[key] = {name: s.get("loss_nats") for name, s in row[key].items() if s.get("tokens")}
+    if valid is not None:
+        record["valid_loss"] = valid.get("loss", valid.get("loss_nats"))
     return record
 
 
@@ -697,7 +714,8 @@ def collect_results(ablation: Ablation, out: Path, command: str, failures: dict[
             try:
                 check_settings(run, run_recipe, out / dataset / "data")
                 row = evaluate_run(run, run_recipe, out / dataset / "data", _device(run_recipe))
-                record = run_record(run, run_recipe, row)
+                valid = validation_row(run, run_recipe, out / dataset / "data", _device(run_recipe))
+                record = run_record(run, run_recipe, row, valid)
             except Exception as exc:  # noqa: BLE001
                 record = {"run": run.name, "variant": run.variant, "seed": run.seed, "multiple": run.multiple,
                           "steps": run.steps, "status": "failed", "error": failures.get(str(run.folder))
@@ -770,7 +788,7 @@ def summarize(dataset: str, recipe: Recipe, records: list[dict[str, Any]], cfg: 
             "kv_attention_bytes": median_of(rows, "kv_attention_bytes"),
             "kv_total_bytes": median_of(rows, "kv_total_bytes"),
         }
-        for key in ("bits_per_byte", "bits_per_second"):
+        for key in ("valid_loss", "bits_per_byte", "bits_per_second"):
             bm, bs, bn = mean_std([r.get(key) for r in rows])
             if bn:
                 entry[key] = {"mean": bm, "std": bs, "n": bn}
@@ -1246,20 +1264,24 @@ def render_dataset(name: str, section: dict[str, Any], cfg_baseline: str, docs: 
               f"{section['tokens_per_run']:,} tokens per run; lr {train['lr']:g} → {train['min_lr']:g}, "
               f"{train['precision']}. Loss: nats per token on the `{section['evaluate']['split']}` split"
               + (f" (first {section['evaluate']['max_batches']} batches)" if section['evaluate']['max_batches'] else
-                 " (one exact pass)") + ".", ""]
+                 " (one exact pass)") + "; the verdicts and the matched-loss view use it"
+              + (", and `valid loss` is the same measure on the `valid` split" if any(
+                  "valid_loss" in e for e in variants.values()) else "") + ".", ""]
     if section.get("machines"):
         when = section.get("trained_between")
         lines += [f"Trained on: {'; '.join(section['machines'])}"
                   + (f", runs finished {when[0].replace('T', ' ')} – {when[1].replace('T', ' ')}" if when else "")
                   + ".", ""]
     lines += [f"Produced by: `{section['command']}`", ""]
-    header = ["variant", "params", "test loss", "Δ vs baseline", "verdict", DOMAIN_COLUMN.get(domain, "domain metric"),
-              "step time", "KV cache", "baseline tokens to match"]
+    split = section["evaluate"]["split"]
+    with_valid = any("valid_loss" in e for e in variants.values())
+    header = ["variant", "params", f"{split} loss", "Δ vs baseline", "verdict"] + (["valid loss"] if with_valid else []) \
+        + [DOMAIN_COLUMN.get(domain, "domain metric"), "step time", "KV cache", "baseline tokens to match"]
     rows = []
     for variant, e in variants.items():
         if e["n"] == 0:
             status = "failed" if e["failed"] else "pending"
-            rows.append([variant, _params(e["params"]), f"{status} ({_count(e)})"] + ["–"] * 6)
+            rows.append([variant, _params(e["params"]), f"{status} ({_count(e)})"] + ["–"] * (len(header) - 3))
             continue
         loss = f"{_fmt_pm(e['loss_mean'], e['loss_std'])} ({_count(e)})"
         if variant == cfg_baseline:
@@ -1281,7 +1303,9 @@ def render_dataset(name: str, section: dict[str, Any], cfg_baseline: str, docs: 
             kv += f" + {_bytes(e['kv_total_bytes'] - e['kv_attention_bytes'])} shortcut features"
         match = e["baseline_tokens_to_match"]
         match_text = match["label"] + ("" if match["complete"] or match["label"] == "pending" else " (partial)")
-        rows.append([variant, params, loss, delta, verdict_text, _domain_cell(e, domain), step, kv, match_text])
+        valid_cell = [_fmt_pm(e["valid_loss"]["mean"], e["valid_loss"]["std"]) if "valid_loss" in e else "–"]
+        rows.append([variant, params, loss, delta, verdict_text] + (valid_cell if with_valid else [])
+                    + [_domain_cell(e, domain), step, kv, match_text])
     lines += _table(header, rows)
     lines += [""]
     notes = []

@@ -197,6 +197,11 @@ def test_micro_grid_writes_the_page(micro):
     assert sc["verdict"] in ("better", "worse", "within spread")
     assert sc["params"] > base["params"] and sc["kv_ratio"] == 1.0 and base["bits_per_byte"]["n"] == 2
     assert base["sec_per_step"] > 0 and sc["step_time_ratio"] > 0
+    # The valid split is evaluated beside the test split, cached apart, and shown in its own column.
+    assert base["valid_loss"]["n"] == 2 and base["valid_loss"]["mean"] != base["loss_mean"]
+    assert all((r.folder / "eval_valid.json").is_file() for r in runs)
+    assert {r["run"]: r["valid_loss"] for r in section["runs"]}["baseline-s0"] == pytest.approx(
+        json.loads((runs[0].folder / "eval_valid.json").read_text())["row"]["loss_nats"])
     # The table's step times are the side-by-side timing, not the runs' logged speed (kept apart).
     timing = section["step_timing"]
     assert set(timing["seconds"]) == {"baseline", "shortcut_depth"}
@@ -215,6 +220,7 @@ def test_micro_grid_writes_the_page(micro):
     assert md.count("| shortcut_depth | ") == 2  # the summary and the dataset's table
     assert "bits/byte" in md and "baseline tokens to match" in md and "(n=2)" in md
     assert "every variant in one process with steps interleaved" in md
+    assert "| test loss | Δ vs baseline | verdict | valid loss |" in md
     assert f"**{sc['verdict']}**" in md if sc["verdict"] != "within spread" else "within spread" in md
     assert "![relative training loss](results/tinytext/relative_train_loss.png)" in md
     assert (root / "docs" / "results" / "tinytext" / "relative_train_loss.png").is_file()
