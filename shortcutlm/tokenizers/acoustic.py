@@ -52,6 +52,7 @@ from shortcutlm.tokenizers.base import Encoded, FingerprintMismatch, Tokenizer, 
 from shortcutlm.tokenizers.settings import merge_settings
 
 log = logging.getLogger(__name__)
+_WARNED_RANDOM: set[tuple[int, bool]] = set()
 
 CODEC_FILE = "codec.pt"
 BANDWIDTHS = {24000: (1.5, 3.0, 6.0, 12.0, 24.0), 48000: (3.0, 6.0, 12.0, 24.0)}
@@ -115,7 +116,8 @@ class AcousticTokenizer(Tokenizer):
         self.n_q = self._model.quantizer.get_num_quantizers_for_bandwidth(self._model.frame_rate, self.bandwidth)
         self.hop_length = int(np.prod(self._model.encoder.ratios))
         self._fitted = self.weights_kind != "random_kmeans" or self._codebooks_fitted()
-        if self.weights_kind == "random_kmeans":
+        if self.weights_kind == "random_kmeans" and (self.seed, self._fitted) not in _WARNED_RANDOM:
+            _WARNED_RANDOM.add((self.seed, self._fitted))  # once per process: a grid loads it per run
             log.warning("acoustic tokenizer: EnCodec with RANDOM-INIT weights (seed %d) and k-means codebooks%s; "
                         "codes cluster real latents but decoded audio is not the published codec's quality",
                         self.seed, "" if self._fitted else " (not fitted yet: call train())")
