@@ -20,6 +20,17 @@ def write_text8(path: Path, chars: int = 60_000, seed: int = 0) -> Path:
     return path
 
 
+@pytest.fixture
+def one_thread():
+    """Tiny models run fastest (and steadiest on a busy machine) on one CPU thread."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="session")
 def text8_shards(tmp_path_factory) -> Path:
     """A tiny text8 prepared with a real SentencePiece tokenizer; the train split is one document."""

@@ -80,15 +80,6 @@ def eval_root(tmp_path_factory) -> Path:
     return _once("root", lambda: tmp_path_factory.mktemp("eval_gen"))
 
 
-@pytest.fixture(autouse=False)
-def one_thread():
-    """Tiny models run fastest (and steadiest on a busy machine) on one CPU thread."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 # ------------------------------------------------------------------------------------ text
 
 def _text_folder(root: Path) -> Path:

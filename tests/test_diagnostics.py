@@ -18,7 +18,7 @@ from shortcutlm.diagnostics import (compare_checkpoints, depth_map_for_checkpoin
                                     uniform_causal_entropy, uniform_causal_first_attention, validation_windows)
 from shortcutlm.models import GPT, GPTConfig
 from shortcutlm.tokenizers import load_tokenizer
-from tests.fixtures_eval import (_once, eval_root, make_checkpoint, one_thread, text_ckpt,  # noqa: F401
+from tests.fixtures_eval import (_once, eval_root, make_checkpoint, text_ckpt,  # noqa: F401
                                  text_ckpt_b, text_data)
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -15,7 +15,7 @@ from shortcutlm.generation import GenerationError, PromptError, _delay_prompt, g
 from shortcutlm.models import SamplingSettings, generate
 from tests.fixtures_eval import (AUDIO_RATE, BLOCK, WORDS, audio_delay_ckpt, audio_delay_data,  # noqa: F401
                                  audio_flatten_ckpt, audio_flatten_data, eval_root, midi_ckpt, midi_data, midi_files,
-                                 one_thread, text_ckpt, text_data, tone, wav_folder)
+                                 text_ckpt, text_data, tone, wav_folder)
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

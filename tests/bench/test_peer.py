@@ -19,13 +19,7 @@ from shortcutlm.models import GPT, GPTConfig  # noqa: E402
 TINY = GPTConfig(vocab_size=64, n_layer=2, n_head=2, n_embd=32, block_size=32)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models are fastest on one thread (and the machine is shared)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def configs() -> list[GPTConfig]:
