@@ -3,17 +3,30 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+LOCK := requirements.lock
+# uv resolves one lock for every platform and Python the project supports (pip-tools only for
+# the machine it runs on); the version is pinned so that `make lock` itself is reproducible.
+UV_VERSION := 0.13.9
 
-.PHONY: venv test demo bench clean
+.PHONY: venv lock test demo bench clean
 
 venv: $(STAMP)
 
-# Remade whenever pyproject.toml changes.
-$(STAMP): pyproject.toml
+# The environment is exactly the committed lock (hash-checked), then the project without its
+# dependencies, so a fresh machine next month installs what CI tested. Remade when either changes.
+$(STAMP): $(LOCK) pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e ".[dev,bench]"
+	$(BIN)/python -m pip install --quiet --require-hashes -r $(LOCK)
+	$(BIN)/python -m pip install --quiet --no-deps -e .
 	touch $(STAMP)
+
+# Re-resolve the lock from pyproject.toml (run after changing a dependency, then commit both).
+lock:
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet uv==$(UV_VERSION)
+	$(BIN)/uv pip compile pyproject.toml --extra dev --extra bench --universal \
+		--python-version 3.11 --generate-hashes --quiet -o $(LOCK)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
