@@ -15,7 +15,10 @@ Layout::
 from __future__ import annotations
 
 import json
+import pickle
+import re
 import shutil
+import struct
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -101,6 +104,49 @@ def _read_json(path: Path) -> Any:
         raise CheckpointError(f"{path}: not valid JSON ({err})") from err
 
 
+# What torch.load raises on a file that is not a torch save of tensors: garbage or truncated
+# bytes (zip errors are RuntimeError, a stray pickle gives KeyError or UnpicklingError), an empty
+# file (EOFError), an unreadable one (OSError), pickled objects other than tensors (UnpicklingError).
+LOAD_ERRORS = (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError, KeyError, TypeError,
+               AttributeError, ImportError, IndexError, MemoryError, struct.error)
+
+
+def load_problem(err: BaseException) -> str:
+    """A short, safe reason for a failed load: first sentence only, and never torch's advice to
+    retry with ``weights_only=False`` (that would run whatever code the file carries)."""
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(err))
+    unsafe = re.search(r"WeightsUnpickler error: ([^\n]*)", text)
+    if unsafe and "Unsupported global" in unsafe.group(1):
+        return "it holds objects other than tensors: " + unsafe.group(1).split(". ")[0].strip().rstrip(".")
+    if unsafe or "mmap can only be used" in text or isinstance(err, (KeyError, EOFError, pickle.UnpicklingError)):
+        return "not a torch zip archive, or cut short"
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    first = lines[0] if lines else ""
+    if first.endswith(":") and len(lines) > 1:  # "Error(s) in loading state_dict for GPT:" + the detail
+        first = f"{first} {lines[1]}"
+    first = first.split(". ")[0].rstrip(".")
+    if not first or "weights_only" in first:
+        return type(err).__name__
+    return first if len(first) <= 200 else first[:197] + "..."
+
+
+def check_trainer_state(path: str | Path) -> None:
+    """Refuse to resume from a ``trainer/last.ckpt`` that cannot be read, in one line.
+
+    Lightning would otherwise fail inside ``fit`` with torch's multi-line advice to load the file
+    unsafely. The file is memory-mapped, so checking a large state costs little; it must load
+    with ``weights_only=True`` (the module saves its RNG state in plain types for that reason).
+    """
+    path = Path(path)
+    fix = "run again with --fresh to start over, or delete it"
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except LOAD_ERRORS as err:
+        raise CheckpointError(f"{path}: unreadable trainer state ({load_problem(err)}); {fix}") from err
+    if not isinstance(state, dict) or "state_dict" not in state or "global_step" not in state:
+        raise CheckpointError(f"{path}: not a Lightning trainer checkpoint (no state_dict and global_step); {fix}")
+
+
 def load_folder(folder: str | Path, device: str | torch.device = "cpu") -> Checkpoint:
     """Load model, tokenizer and the run's description from a checkpoint folder."""
     folder = Path(folder)
@@ -112,9 +158,17 @@ def load_folder(folder: str | Path, device: str | torch.device = "cpu") -> Check
         raise CheckpointError(f"{folder}: {WEIGHTS} is missing (was training interrupted before the first save?)")
     model = GPT(config)
     try:
-        model.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
-    except (RuntimeError, EOFError) as err:
-        raise CheckpointError(f"{weights}: cannot load weights ({err})") from err
+        state = torch.load(weights, map_location="cpu", weights_only=True)
+    except LOAD_ERRORS as err:
+        raise CheckpointError(f"{weights}: not a shortcutlm weights file, or corrupt ({load_problem(err)}); "
+                              f"re-train it (shortcutlm train ... --out {folder} --fresh) or restore the folder "
+                              "from a copy") from err
+    try:
+        model.load_state_dict(state)
+    except (RuntimeError, KeyError, ValueError, TypeError, AttributeError) as err:
+        raise CheckpointError(f"{weights}: the weights do not fit {MODEL_CONFIG} ({load_problem(err)}); "
+                              f"re-train it (shortcutlm train ... --out {folder} --fresh) or restore the folder "
+                              "from a copy") from err
     model.to(device).eval()
     tokenizer = load_tokenizer(folder / TOKENIZER_DIR)
     data = _read_json(folder / DATA)

@@ -15,6 +15,7 @@ from typing import Any
 
 from shortcutlm.config_schema import ConfigError, from_dict, read_resolved_yaml
 from shortcutlm.models import GPTConfig
+from shortcutlm.tokenizers import tokenizer_class
 
 STAGES = ("prepare", "train", "evaluate", "generate", "report")
 
@@ -129,6 +130,18 @@ class Recipe:
         return asdict(self)
 
 
+def check_tokenizer_domain(tokenizer: dict[str, Any]) -> None:
+    """A recipe's ``tokenizer.domain`` must name a known tokenizer, or ``train`` would record a
+    domain that nothing can load (``midiX``)."""
+    domain = tokenizer.get("domain")
+    if domain is None:
+        raise ConfigError("tokenizer.domain is missing; give text, midi or acoustic")
+    try:
+        tokenizer_class(domain)
+    except (ValueError, TypeError) as err:
+        raise ConfigError(f"tokenizer.domain: {err}") from err
+
+
 def load_recipe(path: str | Path, preset: str | None = None, overrides: list[str] | None = None) -> Recipe:
     """Read, merge the preset and overrides, and validate a recipe YAML (errors name the file)."""
     path = Path(path)
@@ -139,6 +152,7 @@ def load_recipe(path: str | Path, preset: str | None = None, overrides: list[str
             if not re.fullmatch(r"[A-Za-z0-9_-]+", name):
                 raise ConfigError(f"variant name {name!r}: use letters, digits, '-' and '_' only")
             recipe.model_config(name, vocab_size=2, n_streams=1)  # validates fields early
+        check_tokenizer_domain(recipe.tokenizer)
     except ConfigError as err:
         raise ConfigError(f"{path}: {err}") from err
     return recipe

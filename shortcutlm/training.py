@@ -20,9 +20,10 @@ import torch
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
 from shortcutlm import checkpoint as ckpt
-from shortcutlm.bench.common import matmul_peak_flops
+from shortcutlm import run_checks
 from shortcutlm.datasets.loader import eval_batches, read_manifest, train_batches
 from shortcutlm.models.lightning import LitGPT
+from shortcutlm.peak import machine_peak_flops, precision_dtype
 from shortcutlm.recipe import Recipe, TrainSettings, load_recipe
 
 log = logging.getLogger(__name__)
@@ -34,13 +35,12 @@ def ignored_ids(special_ids: dict[str, int]) -> list[int]:
 
 
 def measured_peak(settings: TrainSettings, accelerator: str) -> float:
-    """The matmul peak of the training device in the training precision (the MFU denominator)."""
+    """The matmul peak of the training device in the training precision (the MFU denominator),
+    measured and cached per machine by :mod:`shortcutlm.peak`."""
     if settings.peak_flops:
         return settings.peak_flops
     device = "cuda" if accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available()) else "cpu"
-    dtype = torch.bfloat16 if settings.precision.startswith("bf16") else (
-        torch.float16 if settings.precision.startswith("16") else torch.float32)
-    return matmul_peak_flops(device, dtype, size=1024 if device == "cpu" else 4096)
+    return machine_peak_flops(device, precision_dtype(settings.precision))
 
 
 class FromPosition:
@@ -186,8 +186,10 @@ def train(recipe: Recipe, variant: str, data_dir: str | Path, out: str | Path, p
     if fresh and out.exists():
         shutil.rmtree(out)
     manifest = read_manifest(data_dir)
+    run_checks.check_tokenizer_matches(recipe, data_dir, manifest)
     tok = manifest["tokenizer"]
     config = recipe.model_config(variant, tok["vocab_size"], tok["n_streams"])
+    run_checks.check_block_fits(recipe, variant, config.block_size, data_dir, manifest)
     check_same_run(out, config.to_dict(), s)
     if is_finished(out, s.max_steps):
         log.info("%s: already trained to step %d; keeping it", out, s.max_steps)
@@ -211,8 +213,10 @@ def train(recipe: Recipe, variant: str, data_dir: str | Path, out: str | Path, p
         enable_checkpointing=False, enable_progress_bar=progress, enable_model_summary=progress,
         use_distributed_sampler=False, default_root_dir=out)
     last = out / ckpt.TRAINER_STATE
+    if last.is_file():
+        ckpt.check_trainer_state(last)
     trainer.fit(lit, datamodule=ShardData(data_dir, config.block_size, s, lit, has_valid),
-                ckpt_path=last if last.is_file() else None)
+                ckpt_path=last if last.is_file() else None, weights_only=True)
     if trainer.interrupted:  # Lightning swallows Ctrl-C after saving; callers must not treat the run as done
         raise KeyboardInterrupt(f"training of {out} interrupted at step {trainer.global_step}; run again to resume")
     return out

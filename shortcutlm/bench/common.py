@@ -1,4 +1,7 @@
-"""Shared pieces of the benchmarks: machine description, matmul peak, timing and JSON output."""
+"""Shared pieces of the benchmarks: machine description, matmul peak, timing and JSON output.
+
+The peak itself is measured by :mod:`shortcutlm.peak`, which training uses too.
+"""
 from __future__ import annotations
 
 import json
@@ -11,6 +14,8 @@ from typing import Any, Callable
 
 import torch
 
+from shortcutlm.peak import measure_peak_flops, sync
+
 
 def machine() -> dict[str, Any]:
     """What the figures were measured on."""
@@ -22,25 +27,11 @@ def machine() -> dict[str, Any]:
     return info
 
 
-def sync(device: torch.device | str) -> None:
-    if torch.device(device).type == "cuda":
-        torch.cuda.synchronize()
-
-
 def matmul_peak_flops(device: str = "cpu", dtype: torch.dtype = torch.float32, size: int = 2048,
                       repeats: int = 5) -> float:
-    """The best matrix-product rate this machine reaches (FLOP/s) — the denominator of MFU."""
-    a = torch.randn(size, size, device=device, dtype=dtype)
-    b = torch.randn(size, size, device=device, dtype=dtype)
-    a @ b
-    best = float("inf")
-    for _ in range(repeats):
-        sync(device)
-        start = time.perf_counter()
-        a @ b
-        sync(device)
-        best = min(best, time.perf_counter() - start)
-    return 2 * size ** 3 / best
+    """A fresh matmul peak (FLOP/s) at one size: the best of ``repeats`` timed products (no cache;
+    see :func:`shortcutlm.peak.measure_peak_flops`)."""
+    return measure_peak_flops(device, dtype, sizes=(size,), trials=repeats)
 
 
 def timed(fn: Callable[[], Any], device: torch.device | str = "cpu") -> float:

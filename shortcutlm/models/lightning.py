@@ -18,6 +18,7 @@ from torch import Tensor
 
 from shortcutlm.models.config import GPTConfig
 from shortcutlm.models.gpt import GPT, flops_per_token, stream_losses
+from shortcutlm.peak import observe_step, precision_dtype
 
 # Lightning's own pytree helper trips torch 2.11's LeafSpec deprecation on every fit; it says
 # nothing a user can act on, so keep it out of their terminal (pytest filters it the same way).
@@ -99,6 +100,8 @@ class LitGPT(L.LightningModule):
                  sync_dist=self.trainer.world_size > 1)
         self.log("train/lr", self.trainer.optimizers[0].param_groups[0]["lr"], on_step=True, on_epoch=False)
         self.log("opt_step", float(self.trainer.global_step), on_step=True, on_epoch=False)
+        if batch.is_cuda:  # time the work, not its queueing: an unsynced interval can undercut a step
+            torch.cuda.synchronize(batch.device)
         now = time.perf_counter()
         if self._tick is not None:
             seconds = now - self._tick
@@ -106,8 +109,12 @@ class LitGPT(L.LightningModule):
             tps = tokens * self.trainer.world_size / seconds
             self.log("train/tokens_per_s", tps, prog_bar=True, on_step=True, on_epoch=False)
             if self.peak_flops:
-                self.log("train/mfu", tps * self.flops_per_token / (self.peak_flops * self.trainer.world_size),
-                         on_step=True, on_epoch=False)
+                # A step faster than the peak proves the peak low: it raises the peak (and this
+                # machine's cached one), so MFU <= 1 by construction, without clamping.
+                achieved = tps * self.flops_per_token / self.trainer.world_size  # per device
+                self.peak_flops = observe_step(achieved, self.peak_flops, self.device,
+                                               precision_dtype(self.settings["precision"]))
+                self.log("train/mfu", achieved / self.peak_flops, on_step=True, on_epoch=False)
         self._tick = now
         return loss
 
