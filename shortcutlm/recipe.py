@@ -49,7 +49,11 @@ class TrainSettings:
     """Validation batches during training (``evaluate`` always does the full pass)."""
     log_every: int = 10
     ckpt_every: int = 0
-    """Refresh the checkpoint folder every this many steps (0: only at the end or on interrupt)."""
+    """Also save every this many optimiser steps (0: by time only)."""
+    ckpt_minutes: float = 5.0
+    """Save the checkpoint folder and trainer state at the first step boundary after this many
+    minutes since the last save (0: off). A crash or ``kill -9`` loses at most this much training
+    plus one step; Ctrl-C loses nothing (the run saves at the next step boundary)."""
     accelerator: str = "auto"
     devices: int = 1
     num_nodes: int = 1
@@ -64,8 +68,8 @@ class TrainSettings:
         for name in ("max_steps", "batch_size", "accumulate", "val_every", "log_every", "devices", "num_nodes"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"train.{name} must be >= 1, got {getattr(self, name)}")
-        if self.warmup_steps < 0 or self.ckpt_every < 0 or self.num_workers < 0 or self.val_batches < 0:
-            raise ConfigError("train.warmup_steps, ckpt_every, num_workers and val_batches must be >= 0")
+        if min(self.warmup_steps, self.ckpt_every, self.ckpt_minutes, self.num_workers, self.val_batches) < 0:
+            raise ConfigError("train.warmup_steps, ckpt_every, ckpt_minutes, num_workers and val_batches must be >= 0")
         if not 0 < self.min_lr <= self.lr:
             raise ConfigError(f"train: need 0 < min_lr <= lr, got min_lr={self.min_lr}, lr={self.lr}")
         if self.precision not in ("32-true", "32", "bf16-mixed", "16-mixed", "bf16-true"):

@@ -11,6 +11,8 @@ import csv
 import json
 import logging
 import shutil
+import sys
+import time
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
@@ -25,6 +27,7 @@ from shortcutlm.datasets.loader import eval_batches, read_manifest, train_batche
 from shortcutlm.models.lightning import LitGPT
 from shortcutlm.peak import machine_peak_flops, precision_dtype
 from shortcutlm.recipe import Recipe, TrainSettings, load_recipe
+from shortcutlm.stopping import StopRequest
 
 log = logging.getLogger(__name__)
 
@@ -78,16 +81,47 @@ class ShardData(L.LightningDataModule):
         return eval_batches(self.data_dir, "valid", self.block, self.settings.batch_size, t.global_rank, t.world_size)
 
 
+class Interrupted(KeyboardInterrupt):
+    """Training stopped on request with its state saved at a step boundary; the same command resumes."""
+
+    def __init__(self, out: Path, step: int, primary: bool = True) -> None:
+        super().__init__(f"training of {out} stopped at step {step} with its state saved; "
+                         "run the same command again to resume")
+        self.out, self.step, self.primary = out, step, primary  # primary: the rank that reports
+
+
+class StepBoundaryStop(Exception):
+    """Raised inside the fit loop once the state is saved, to leave it without another step."""
+
+    def __init__(self, step: int, interrupted: bool) -> None:
+        super().__init__(f"stop at step {step}")
+        self.step, self.interrupted = step, interrupted
+
+
 class FolderWriter(L.Callback):
-    """Keeps the checkpoint folder current: every ``every`` steps, at the end, and on Ctrl-C."""
+    """Keeps the checkpoint folder current and decides, at each optimiser-step boundary, whether to
+    save (every ``every_steps`` steps, or ``every_minutes`` since the last save) and whether to stop
+    (Ctrl-C, or ``stop_after``).
+
+    Every mid-run save happens at one point, the start of a step's first micro-batch: the previous
+    step, its logging and any validation after it are complete, nothing of the next step has run,
+    and the data position is a whole number of steps. A run resumed from there is the run that
+    would have happened. Ranks agree on the decision through one all-reduce, so they save and
+    stop at the same step even when Ctrl-C or the clock reach them at different moments.
+    """
 
     def __init__(self, out: Path, recipe: dict[str, Any], data_dir: Path, manifest: dict[str, Any],
-                 every: int, max_steps: int, csv_dir: Path) -> None:
+                 settings: TrainSettings, csv_dir: Path, stop: StopRequest, stop_after: int | None) -> None:
         self.out, self.recipe, self.data_dir, self.manifest = out, recipe, data_dir, manifest
-        self.every, self.max_steps, self.csv_dir = every, max_steps, csv_dir
+        self.every_steps, self.every_seconds = settings.ckpt_every, settings.ckpt_minutes * 60
+        self.max_steps, self.csv_dir, self.stop, self.stop_after = settings.max_steps, csv_dir, stop, stop_after
+        self.saved_step, self.saved_at = -1, time.monotonic()
 
     def write(self, trainer: L.Trainer, lit: LitGPT) -> None:
         trainer.save_checkpoint(self.out / ckpt.TRAINER_STATE)
+        for logger in trainer.loggers:  # rows logged so far reach metrics.csv with this save
+            logger.save()
+        self.saved_step, self.saved_at = trainer.global_step, time.monotonic()
         if not trainer.is_global_zero:
             return
         step = trainer.global_step
@@ -103,18 +137,53 @@ class FolderWriter(L.Callback):
         ckpt.save_folder(self.out, lit.model, self.recipe, hparams, self.data_dir / "tokenizer", data)
         merge_metrics(sorted(self.csv_dir.parent.glob("version_*/metrics.csv")), self.out / ckpt.METRICS)
 
-    def on_train_batch_end(self, trainer: L.Trainer, lit: LitGPT, outputs: Any, batch: Any, batch_idx: int) -> None:
-        end_of_step = (batch_idx + 1) % lit.settings["accumulate"] == 0
-        if self.every and end_of_step and trainer.global_step % self.every == 0:
+    def on_train_start(self, trainer: L.Trainer, lit: LitGPT) -> None:
+        self.saved_step, self.saved_at = trainer.global_step, time.monotonic()
+
+    def on_save_checkpoint(self, trainer: L.Trainer, lit: LitGPT, checkpoint: dict[str, Any]) -> None:
+        # Lightning's restart logic expects saves at the end of a batch. Ours come after the next
+        # batch was fetched but before it ran; the loader fetches it again on resume. Lightning
+        # forgets that fetch in its per-epoch counter on restart, but not in the total one that
+        # times validation: forget it there too, or validation runs one micro-batch early.
+        if trainer.global_step < self.max_steps:
+            total = checkpoint["loops"]["fit_loop"]["epoch_loop.batch_progress"]["total"]
+            total["ready"] = total["completed"]
+
+    def _decide(self, trainer: L.Trainer) -> tuple[bool, bool, bool]:
+        """(save, stop on request, stop at ``stop_after``), the same on every rank."""
+        step = trainer.global_step
+        due = bool(self.every_steps and step % self.every_steps == 0) or bool(
+            self.every_seconds and time.monotonic() - self.saved_at >= self.every_seconds)
+        flags = torch.tensor([self.stop.requested, due and trainer.is_global_zero,
+                              bool(self.stop_after and step >= self.stop_after)], dtype=torch.int32)
+        if trainer.world_size > 1:
+            flags = flags.to(trainer.strategy.root_device)
+            torch.distributed.all_reduce(flags, op=torch.distributed.ReduceOp.MAX)
+        requested, due, end = (bool(v) for v in flags.tolist())
+        return requested or due or end, requested, end
+
+    def on_train_batch_start(self, trainer: L.Trainer, lit: LitGPT, batch: Any, batch_idx: int) -> None:
+        if batch_idx % lit.settings["accumulate"]:
+            return  # inside a step
+        # Lightning's logging cadence counts optimiser steps; its restart logic can leave the
+        # count one ahead after a save made here, so state the invariant at every step boundary.
+        trainer.fit_loop.epoch_loop._batches_that_stepped = trainer.global_step
+        if trainer.global_step == self.saved_step:
+            return  # the step this sitting started from, or the one just saved
+        save, requested, end = self._decide(trainer)
+        if save:
             self.write(trainer, lit)
+        if requested or end:
+            raise StepBoundaryStop(trainer.global_step, interrupted=requested)
 
     def on_train_end(self, trainer: L.Trainer, lit: LitGPT) -> None:
         self.write(trainer, lit)
 
     def on_exception(self, trainer: L.Trainer, lit: LitGPT, exception: BaseException) -> None:
-        if isinstance(exception, KeyboardInterrupt) and trainer.global_step > 0:
-            log.warning("interrupted at step %d: saving %s to resume from", trainer.global_step, self.out)
-            self.write(trainer, lit)
+        if isinstance(exception, KeyboardInterrupt) and trainer.is_global_zero:
+            # A second Ctrl-C lands mid-step, where state does not resume exactly: keep the last save.
+            log.warning("stopped at once at step %d; %s keeps the state saved at step %d",
+                        trainer.global_step, self.out, max(self.saved_step, 0))
 
 
 def merge_metrics(parts: list[Path], out: Path) -> None:
@@ -174,51 +243,72 @@ def is_finished(out: Path, max_steps: int) -> bool:
     return bool(hparams.get("finished")) and hparams.get("step", 0) >= max_steps
 
 
+def start_over_if_partial(out: Path) -> None:
+    """A folder with a run's traces but no trainer state cannot resume: say so loudly, then clear
+    the traces so the new run's curves do not merge with the lost one's."""
+    traces = [p for p in (out / "logs", out / "tensorboard", out / ckpt.WEIGHTS) if p.exists()]
+    if not traces or (out / ckpt.TRAINER_STATE).is_file():
+        return
+    print(f"WARNING: {out} holds a partial run without trainer state ({ckpt.TRAINER_STATE} is missing: it "
+          "stopped before its first save); starting again from step 0", file=sys.stderr, flush=True)
+    for path in traces:
+        shutil.rmtree(path) if path.is_dir() else path.unlink()
+
+
 def train(recipe: Recipe, variant: str, data_dir: str | Path, out: str | Path, progress: bool = True,
-          stop_after: int | None = None, fresh: bool = False) -> Path:
+          stop_after: int | None = None, fresh: bool = False,
+          callbacks: list[L.Callback] | None = None) -> Path:
     """Train ``variant`` of ``recipe`` on the shards in ``data_dir``; return the checkpoint folder.
 
     ``stop_after`` ends the run early at that step (the schedule still spans ``max_steps``), so
-    a long run can be split over sittings; ``fresh`` discards an existing checkpoint.
+    a long run can be split over sittings; ``fresh`` discards an existing checkpoint. Ctrl-C saves
+    at the next step boundary and raises :class:`Interrupted`; running again resumes exactly.
     """
     data_dir, out = Path(data_dir), Path(out)
     s = recipe.train
-    if fresh and out.exists():
-        shutil.rmtree(out)
     manifest = read_manifest(data_dir)
     run_checks.check_tokenizer_matches(recipe, data_dir, manifest)
     tok = manifest["tokenizer"]
     config = recipe.model_config(variant, tok["vocab_size"], tok["n_streams"])
     run_checks.check_block_fits(recipe, variant, config.block_size, data_dir, manifest)
+    if fresh and out.exists():  # only once the new run is known to be valid
+        shutil.rmtree(out)
     check_same_run(out, config.to_dict(), s)
     if is_finished(out, s.max_steps):
         log.info("%s: already trained to step %d; keeping it", out, s.max_steps)
         return out
+    start_over_if_partial(out)
+    peak = measured_peak(s, s.accelerator)  # before seeding: a measurement must not move the model's init
     L.seed_everything(s.seed, workers=True, verbose=False)
-    lit = LitGPT(config, asdict(s), ignored_ids(tok["special_ids"]), measured_peak(s, s.accelerator))
+    lit = LitGPT(config, asdict(s), ignored_ids(tok["special_ids"]), peak)
     out.mkdir(parents=True, exist_ok=True)
     sitting = len(list((out / "logs").glob("version_*")))  # each resumed sitting logs apart
     csv_logger = CSVLogger(out, name="logs", version=sitting)
     loggers = [csv_logger, TensorBoardLogger(out, name="tensorboard", version=sitting)]
     has_valid = manifest["splits"].get("valid", {}).get("tokens", 0) > 0
     record = {**recipe.to_dict(), "variant": variant}
-    writer = FolderWriter(out, record, data_dir, manifest, s.ckpt_every, s.max_steps, Path(csv_logger.log_dir))
-    trainer = L.Trainer(
-        max_steps=min(stop_after or s.max_steps, s.max_steps), max_epochs=-1,
-        accelerator=s.accelerator, devices=s.devices, num_nodes=s.num_nodes, strategy=s.strategy,
-        precision=s.precision, accumulate_grad_batches=s.accumulate,
-        gradient_clip_val=s.grad_clip or None, val_check_interval=s.val_every * s.accumulate,
-        check_val_every_n_epoch=None, limit_val_batches=s.val_batches if has_valid else 0,
-        num_sanity_val_steps=0, log_every_n_steps=s.log_every, logger=loggers, callbacks=[writer],
-        enable_checkpointing=False, enable_progress_bar=progress, enable_model_summary=progress,
-        use_distributed_sampler=False, default_root_dir=out)
-    last = out / ckpt.TRAINER_STATE
-    if last.is_file():
-        ckpt.check_trainer_state(last)
-    trainer.fit(lit, datamodule=ShardData(data_dir, config.block_size, s, lit, has_valid),
-                ckpt_path=last if last.is_file() else None, weights_only=True)
-    if trainer.interrupted:  # Lightning swallows Ctrl-C after saving; callers must not treat the run as done
-        raise KeyboardInterrupt(f"training of {out} interrupted at step {trainer.global_step}; run again to resume")
+    with StopRequest() as stop:
+        writer = FolderWriter(out, record, data_dir, manifest, s, Path(csv_logger.log_dir), stop,
+                              stop_after if stop_after and stop_after < s.max_steps else None)
+        trainer = L.Trainer(
+            max_steps=s.max_steps, max_epochs=-1,
+            accelerator=s.accelerator, devices=s.devices, num_nodes=s.num_nodes, strategy=s.strategy,
+            precision=s.precision, accumulate_grad_batches=s.accumulate,
+            gradient_clip_val=s.grad_clip or None, val_check_interval=s.val_every * s.accumulate,
+            check_val_every_n_epoch=None, limit_val_batches=s.val_batches if has_valid else 0,
+            num_sanity_val_steps=0, log_every_n_steps=s.log_every, logger=loggers,
+            callbacks=[writer, *(callbacks or [])],
+            enable_checkpointing=False, enable_progress_bar=progress, enable_model_summary=progress,
+            use_distributed_sampler=False, default_root_dir=out)
+        last = out / ckpt.TRAINER_STATE
+        if last.is_file():
+            ckpt.check_trainer_state(last)
+        try:
+            trainer.fit(lit, datamodule=ShardData(data_dir, config.block_size, s, lit, has_valid),
+                        ckpt_path=last if last.is_file() else None, weights_only=True)
+        except StepBoundaryStop as stopped:
+            if stopped.interrupted:
+                raise Interrupted(out, stopped.step, trainer.is_global_zero) from None
     return out
 
 
@@ -238,7 +328,12 @@ def configure(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     recipe = load_recipe(args.recipe, args.preset, args.overrides)
     variant = args.variant or next(iter(recipe.variants))
-    out = train(recipe, variant, args.data, args.out, progress=not args.no_progress,
-                stop_after=args.stop_after, fresh=args.fresh)
+    try:
+        out = train(recipe, variant, args.data, args.out, progress=not args.no_progress,
+                    stop_after=args.stop_after, fresh=args.fresh)
+    except Interrupted as stopped:
+        if stopped.primary:
+            print(stopped, file=sys.stderr)
+        return 130
     print(f"checkpoint: {out}")
     return 0

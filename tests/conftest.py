@@ -53,3 +53,9 @@ def tiny_recipe_dict(data_source: dict, tokenizer: dict, **train) -> dict:
             "model": {"n_layer": 2, "n_head": 2, "n_embd": 32, "block_size": 32},
             "variants": {"baseline": {}, "shortcut_resformer": {"shortcut": "depth", "value_residual": "resformer"}},
             "train": settings, "generate": {"prompt_tokens": 8, "max_new_tokens": 16}}
+
+
+@pytest.fixture(autouse=True)
+def private_cache(tmp_path_factory, monkeypatch):
+    """Tests never read or grow the user's cached machine figures (the matmul peak)."""
+    monkeypatch.setenv("SHORTCUTLM_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))

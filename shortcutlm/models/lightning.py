@@ -147,12 +147,22 @@ class LitGPT(L.LightningModule):
         return {"optimizer": opt, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        checkpoint["rng"] = rng_state()
+        # Every rank's generators: ranks can draw differently (dropout on different data shapes
+        # near the end of a split, work done on one rank only), and only rank 0 writes the file.
+        state = rng_state()
+        world = self.trainer.world_size
+        if world > 1 and torch.distributed.is_available() and torch.distributed.is_initialized():
+            states: list[Any] = [None] * world
+            torch.distributed.all_gather_object(states, state)
+            checkpoint["rng_per_rank"] = states
+        checkpoint["rng"] = state
         checkpoint["data_batches"] = self.trainer.global_step * self.settings["accumulate"]
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self.data_batches_done = int(checkpoint.get("data_batches", 0))
-        self._resume_rng = checkpoint.get("rng")
+        per_rank = checkpoint.get("rng_per_rank")
+        same_world = per_rank is not None and len(per_rank) == self.trainer.world_size
+        self._resume_rng = per_rank[self.trainer.global_rank] if same_world else checkpoint.get("rng")
 
     def on_train_start(self) -> None:
         # Restored here, not at load time, so nothing Lightning does while setting up draws from it.
