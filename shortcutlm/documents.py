@@ -18,6 +18,11 @@ class Document:
     WikiText article or a slice of text8) is set. ``doc_id`` is stable across runs and
     contains no dots (it becomes a WebDataset key). ``split`` is the dataset's own split
     where it has one ("train", "valid", "test").
+
+    ``span``, when set, makes the document one contiguous part ``[start, end)`` of its file or
+    text, as fractions of its length in the domain's own unit (text: bytes, moved forward to
+    the next word start; audio: samples; MIDI: ticks, moved forward to the next bar line).
+    Collections too small to split by file are split this way (see ``datasets/splits.py``).
     """
 
     doc_id: str
@@ -26,6 +31,7 @@ class Document:
     path: Path | None = None
     text: str | None = None
     meta: dict[str, Any] = field(default_factory=dict)
+    span: tuple[float, float] | None = None
 
     def __post_init__(self) -> None:
         if (self.path is None) == (self.text is None):
@@ -34,7 +40,20 @@ class Document:
             raise ValueError(f"document id {self.doc_id!r} must not contain dots (WebDataset key)")
         if self.path is not None:
             self.path = Path(self.path)
+        if self.span is not None:
+            start, end = (float(x) for x in self.span)
+            if not 0.0 <= start < end <= 1.0:
+                raise ValueError(f"document {self.doc_id!r}: span {self.span} must satisfy 0 <= start < end <= 1")
+            self.span = (start, end)
 
     def describe(self) -> str:
         """Where this document came from, for error messages and rejection lists."""
-        return str(self.path) if self.path is not None else f"{self.source}:{self.doc_id}"
+        where = str(self.path) if self.path is not None else f"{self.source}:{self.doc_id}"
+        if self.span is not None:
+            where += f" (part {self.span[0]:.4g}-{self.span[1]:.4g})"
+        return where
+
+    def bounds(self, length: int) -> tuple[int, int]:
+        """``[start, stop)`` positions of this document's span in a whole of ``length`` units."""
+        start, end = self.span or (0.0, 1.0)
+        return round(start * length), round(end * length)

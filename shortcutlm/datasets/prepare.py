@@ -13,7 +13,15 @@ What it guarantees:
 
 * the tokenizer is trained first when it needs training (train split only) and saved to
   ``<out>/tokenizer/``; worker processes re-create it from that folder;
-* every input ends in a shard or in ``manifest["rejected"]`` with its reason;
+* every input ends in a shard or in ``manifest["rejected"]`` with its reason, whether it failed
+  while the tokenizer was fitted (then it is not tried again) or while being encoded;
+* files are read in worker processes (``workers`` of them, at least one): a reader that
+  crashes (a segfault in libsndfile or symusic) or runs past ``file_timeout_s`` costs that
+  file only (rejected as "parser crashed (signal 11, SIGSEGV)"), never the run (see
+  :mod:`~shortcutlm.datasets.isolation`; ``workers=0`` reads in this process, unprotected);
+* a split left empty (the source has none, or all its documents were rejected) is a warning,
+  logged and kept in ``manifest["warnings"]``; a tokenizer that cannot reach its vocabulary
+  size on the train split is an error saying so;
 * shards and the manifest are written to temp names and renamed, so a killed run leaves
   only whole files; re-running resumes after the last finished shard (checking the
   tokenizer fingerprint and settings) and never writes a document twice.
@@ -26,7 +34,8 @@ Manifest schema (``manifest.json``)::
     dtype: "uint16" | "int32"
     splits: {split: {documents, tokens, shards: [names], <meta sums e.g. bytes / seconds>}}
     shards: [{name, split, sha256, documents, tokens, size, doc_ids, doc_tokens, sums}]
-    rejected: [{input, reason, split, doc_id}]
+    rejected: [{input, reason, split, doc_id}]    (the reason does not repeat the input)
+    warnings: [str]                               (e.g. an empty split)
     inputs: {total, documents, rejected}
     last_run: {collect_s, tokenizer_s, encode_s, workers, encoded_documents, encoded_tokens}
 
@@ -37,16 +46,17 @@ from __future__ import annotations
 
 import argparse
 import json
-import multiprocessing
+import logging
 import os
 import sys
 import time
-from collections import defaultdict
+from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
 import numpy as np
 
+from shortcutlm.datasets.isolation import Crashed, IsolatedPool
 from shortcutlm.datasets.shards import (FORMAT, MANIFEST, TMP_SUFFIX, VERSION, ShardRecord, ShardWriter,
                                         read_manifest, sha256_file, token_dtype, write_json_atomic)
 from shortcutlm.datasets.sources import READERS, Rejected, read_source
@@ -58,24 +68,48 @@ SPLIT_ORDER = ("train", "valid", "test")
 DEFAULT_SHARD_TOKENS = 1 << 22
 DEFAULT_SHARD_DOCUMENTS = 4096
 
+log = logging.getLogger(__name__)
+
+
+# ------------------------------------------------------------------------------ in the workers
+
+_WORKER: dict[str, Tokenizer] = {}
+
+
+def _setup_worker(domain: str, settings: dict[str, Any] | None, folder: str | None, threads: int) -> None:
+    """Worker set-up: the saved tokenizer from ``folder``, or (for training) a fresh one from settings."""
+    _WORKER["tokenizer"] = load_tokenizer(folder) if folder else tokenizer_class(domain).from_settings(dict(settings or {}))
+    if threads and "torch" in sys.modules:  # keep workers on shared cores from oversubscribing
+        sys.modules["torch"].set_num_threads(threads)
+
+
+def _encode_task(doc: Document) -> tuple[np.ndarray | None, dict[str, Any] | str]:
+    return _encode(doc, _WORKER["tokenizer"])
+
+
+def _sample_task(doc: Document) -> tuple[bool, Any]:
+    """``(True, training sample)`` or ``(False, reason)``: a bad file is an answer, not an exception."""
+    try:
+        return True, _WORKER["tokenizer"].training_sample(doc)
+    except Exception as exc:
+        return False, _message(exc)
+
 
 # ------------------------------------------------------------------------------ encoding
 
-_WORKER_TOKENIZER: Tokenizer | None = None
+def _message(exc: Exception) -> str:
+    message = str(exc).strip() or type(exc).__name__
+    return message if type(exc).__name__ == "TokenizerError" else f"{type(exc).__name__}: {message}"
 
 
-def _init_worker(folder: str, threads: int) -> None:
-    """Pool initializer: each worker loads the saved tokenizer once (tokenizers need not pickle)."""
-    global _WORKER_TOKENIZER
-    _WORKER_TOKENIZER = load_tokenizer(folder)
-    if "torch" in sys.modules:  # keep two workers on two cores from oversubscribing
-        sys.modules["torch"].set_num_threads(max(1, threads))
+def _reason(doc: Document, message: str) -> str:
+    """A rejection reason without the input's name in front: the manifest and the CLI name it beside."""
+    prefix = f"{doc.describe()}: "
+    return message[len(prefix):] if message.startswith(prefix) else message
 
 
-def _encode(doc: Document, tokenizer: Tokenizer | None = None) -> tuple[np.ndarray | None, dict[str, Any] | str]:
+def _encode(doc: Document, tokenizer: Tokenizer) -> tuple[np.ndarray | None, dict[str, Any] | str]:
     """Encode one document; any failure becomes a rejection reason instead of an exception."""
-    tokenizer = tokenizer or _WORKER_TOKENIZER
-    assert tokenizer is not None
     try:
         encoded = tokenizer.encode_document(doc)
         tokens = np.asarray(encoded.tokens)
@@ -84,8 +118,7 @@ def _encode(doc: Document, tokenizer: Tokenizer | None = None) -> tuple[np.ndarr
             return None, problem
         return tokens, dict(encoded.meta)
     except Exception as exc:  # a bad input is a rejection, never the end of the run
-        message = str(exc).strip() or type(exc).__name__
-        return None, message if type(exc).__name__ == "TokenizerError" else f"{type(exc).__name__}: {message}"
+        return None, _message(exc)
 
 
 def _check_tokens(tokens: np.ndarray, tokenizer: Tokenizer) -> str:
@@ -101,19 +134,24 @@ def _check_tokens(tokens: np.ndarray, tokenizer: Tokenizer) -> str:
     return ""
 
 
-def _encoded_stream(docs: list[Document], folder: Path, tokenizer: Tokenizer,
-                    workers: int) -> Iterator[tuple[Document, np.ndarray | None, Any]]:
-    """Encoded documents in input order (ordered ``imap``), so shard contents are reproducible."""
-    if workers <= 1 or len(docs) < 2:
-        for doc in docs:
-            yield (doc, *_encode(doc, tokenizer))
+def _threads(workers: int) -> int:
+    """torch threads per worker process (0: reading in this process, leave its threads alone)."""
+    return max(1, (os.cpu_count() or 1) // workers) if workers else 0
+
+
+def _encoded_stream(docs: list[Document], pool: IsolatedPool, folder: Path, domain: str,
+                    timeout_s: float | None) -> Iterator[tuple[Document, np.ndarray | None, Any]]:
+    """Encoded documents in input order, so shard contents are reproducible; a document whose
+    worker crashed comes back with the crash as its reason."""
+    if not docs:
         return
-    threads = max(1, (os.cpu_count() or 1) // workers)
-    # spawn, not fork: the parent may hold torch / tokenizer threads that fork would copy mid-state.
-    ctx = multiprocessing.get_context("spawn")
-    with ctx.Pool(workers, initializer=_init_worker, initargs=(str(folder), threads)) as pool:
-        for doc, result in zip(docs, pool.imap(_encode, docs, chunksize=1)):
-            yield (doc, *result)
+    pool.setup(_setup_worker, domain, None, str(folder), _threads(pool.workers))
+    stream = pool.imap(_encode_task, docs, timeout_s)
+    try:
+        for doc, answer in stream:
+            yield (doc, None, answer.reason()) if isinstance(answer, Crashed) else (doc, *answer)
+    finally:
+        stream.close()
 
 
 # ------------------------------------------------------------------------------ the run
@@ -146,34 +184,90 @@ def _collect(source: dict[str, Any], cls: type[Tokenizer]) -> tuple[list[Documen
         else:
             seen[item.doc_id] = item
             docs.append(item)
+    if not docs and not rejected:
+        raise ValueError(f"source {spec['name']!r} gave no documents")
     order = {s: i for i, s in enumerate(SPLIT_ORDER)}
     docs.sort(key=lambda d: (order.get(d.split, len(order)), d.split))  # stable: keeps source order within a split
     return docs, rejected
 
 
+def _training_samples(tokenizer: Tokenizer, train: list[Document], pool: IsolatedPool, settings: dict[str, Any],
+                      timeout_s: float | None) -> tuple[list[Any], dict[str, Rejected]]:
+    """Each train document read in a worker (in order, up to the tokenizer's limit): samples and rejections."""
+    pool.setup(_setup_worker, tokenizer.domain, settings, None, _threads(pool.workers))
+    samples: list[Any] = []
+    rejected: dict[str, Rejected] = {}
+    limit = tokenizer.max_training_documents
+    stream = pool.imap(_sample_task, train, timeout_s)
+    try:
+        for doc, answer in stream:
+            ok, value = (False, answer.reason()) if isinstance(answer, Crashed) else answer
+            if ok:
+                samples.append(value)
+                if limit is not None and len(samples) >= limit:
+                    break
+            else:
+                rejected[doc.doc_id] = Rejected(doc.describe(), _reason(doc, value), doc.split, doc.doc_id)
+    finally:
+        stream.close()
+    return samples, rejected
+
+
+def _train(tokenizer: Tokenizer, docs: list[Document], pool: IsolatedPool, settings: dict[str, Any],
+           timeout_s: float | None, progress: bool) -> dict[str, Rejected]:
+    """Fit the tokenizer on the train split; returns the train documents rejected while reading them."""
+    train = [d for d in docs if d.split == "train"]
+    if not train:
+        raise ValueError(f"the {tokenizer.domain} tokenizer needs training but the source has no train documents")
+    if progress:
+        print(f"training the {tokenizer.domain} tokenizer on {len(train)} train documents …", file=sys.stderr)
+    if not tokenizer.trains_on_samples:  # text: read in this process by Python code, no native parser
+        by_id = {d.doc_id: d for d in train}
+        skipped = tokenizer.train(train)
+        return {k: Rejected(by_id[k].describe(), _reason(by_id[k], why), "train", k) for k, why in skipped.items()}
+    samples, rejected = _training_samples(tokenizer, train, pool, settings, timeout_s)
+    if not samples:
+        example = next(iter(rejected.values()))
+        raise ValueError(f"the {tokenizer.domain} tokenizer needs training but none of the {len(train)} train "
+                         f"documents could be read (e.g. {example.input}: {example.reason})")
+    tokenizer.fit(samples)
+    return rejected
+
+
 def _tokenizer_for(out: Path, domain: str, settings: dict[str, Any], docs: list[Document],
-                   previous: dict[str, Any] | None, progress: bool) -> Tokenizer:
-    """Reuse the saved tokenizer on resume (checking its fingerprint), else build, train and save one."""
+                   previous: dict[str, Any] | None, pool: IsolatedPool, timeout_s: float | None,
+                   progress: bool) -> tuple[Tokenizer, dict[str, Rejected]]:
+    """Reuse the saved tokenizer on resume (checking its fingerprint), else build, train and save one.
+    Also returns the train documents that could not be read while training (they are rejected)."""
     folder = out / TOKENIZER_FOLDER
     if previous is not None and (folder / "tokenizer.json").is_file():
         tokenizer = load_tokenizer(folder)
         tokenizer.check_fingerprint(previous["tokenizer"]["fingerprint"], f"the partial shards in {out}")
         if tokenizer.domain != domain:
             raise ValueError(f"{folder} holds a {tokenizer.domain} tokenizer, not {domain}")
-        return tokenizer
+        return tokenizer, {}
     tokenizer = tokenizer_class(domain).from_settings(dict(settings))
+    rejected: dict[str, Rejected] = {}
     if tokenizer.needs_training:
-        train = [d for d in docs if d.split == "train"]
-        if not train:
-            raise ValueError("the tokenizer needs training but the source has no train documents")
-        if progress:
-            print(f"training the {domain} tokenizer on {len(train)} train documents …", file=sys.stderr)
-        tokenizer.train(train)
+        rejected = _train(tokenizer, docs, pool, settings, timeout_s, progress)
     if previous is not None and previous.get("shards"):
         # The saved tokenizer is gone but shards exist: only an identical mapping may add to them.
         tokenizer.check_fingerprint(previous["tokenizer"]["fingerprint"], f"the partial shards in {out}")
     tokenizer.save(folder)
-    return tokenizer
+    return tokenizer, rejected
+
+
+def _split_warnings(manifest: dict[str, Any], docs: list[Document]) -> list[str]:
+    """One line per standard split that holds no document, saying why."""
+    expected = Counter(d.split for d in docs)
+    warnings = []
+    for split in SPLIT_ORDER:
+        if manifest["splits"].get(split, {}).get("documents"):
+            continue
+        why = (f"all {expected[split]} of its documents were rejected" if expected[split]
+               else f"the source gave no {split} documents")
+        warnings.append(f"the {split} split is empty: {why}")
+    return warnings
 
 
 def _empty_manifest(source: dict[str, Any], tokenizer_spec: dict[str, Any], tokenizer: Tokenizer) -> dict[str, Any]:
@@ -234,20 +328,28 @@ def _summarise(manifest: dict[str, Any], n_inputs: int) -> None:
 
 def prepare(source: dict[str, Any], tokenizer: dict[str, Any], out_dir: str | Path, workers: int = 2,
             shard_tokens: int = DEFAULT_SHARD_TOKENS, shard_documents: int = DEFAULT_SHARD_DOCUMENTS,
-            progress: bool = True) -> dict[str, Any]:
+            progress: bool = True, file_timeout_s: float | None = None) -> dict[str, Any]:
     """Tokenize a source into WebDataset shards per split plus ``manifest.json``; returns the manifest.
 
     ``source``: ``{"name": ..., "path": ..., **options}`` (see :mod:`shortcutlm.datasets.sources`);
     ``tokenizer``: ``{"domain": "text"|"midi"|"acoustic", **settings for from_settings}``.
     A shard closes once it holds ``shard_tokens`` ids (every stream counted, so K-stream
-    shards are no larger on disk) or ``shard_documents`` documents.
+    shards are no larger on disk) or ``shard_documents`` documents. ``workers`` processes read
+    the files (0: this process, with no protection from a crashing reader); a file whose reading
+    takes longer than ``file_timeout_s`` (None: no limit) is rejected.
     """
+    with IsolatedPool(workers) as pool:
+        return _prepare(source, tokenizer, Path(out_dir), pool, shard_tokens, shard_documents, progress,
+                        file_timeout_s)
+
+
+def _prepare(source: dict[str, Any], tokenizer: dict[str, Any], out: Path, pool: IsolatedPool, shard_tokens: int,
+             shard_documents: int, progress: bool, timeout_s: float | None) -> dict[str, Any]:
     from tqdm import tqdm
 
     source, domain, settings = _split_specs(source, tokenizer)
     tokenizer_spec = {"domain": domain, **settings}
     cls = tokenizer_class(domain)
-    out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     previous = _previous(out, source, tokenizer_spec)
 
@@ -256,13 +358,13 @@ def prepare(source: dict[str, Any], tokenizer: dict[str, Any], out_dir: str | Pa
     n_inputs = len(docs) + len(source_rejected)
     timings = {"collect_s": time.perf_counter() - clock}
     clock = time.perf_counter()
-    tok = _tokenizer_for(out, domain, settings, docs, previous, progress)
+    tok, training_rejected = _tokenizer_for(out, domain, settings, docs, previous, pool, timeout_s, progress)
     timings["tokenizer_s"] = time.perf_counter() - clock
     manifest = _empty_manifest(source, tokenizer_spec, tok)
     dtype = token_dtype(tok.vocab_size)
 
     done: set[str] = set()
-    rejected: dict[str, dict[str, str]] = {}
+    rejected: dict[str, dict[str, str]] = {k: r.as_dict() for k, r in training_rejected.items()}
     if previous is not None:
         manifest["created"] = previous.get("created", manifest["created"])
         manifest["shards"] = _keep_finished_shards(out, previous, progress)
@@ -300,12 +402,12 @@ def prepare(source: dict[str, Any], tokenizer: dict[str, Any], out_dir: str | Pa
     clock, encoded = time.perf_counter(), {"documents": 0, "tokens": 0}
     bar = tqdm(total=len(pending), desc=f"prepare {source['name']}", unit="doc", disable=not progress,
                mininterval=1.0)
-    stream = _encoded_stream(pending, out / TOKENIZER_FOLDER, tok, workers)
+    stream = _encoded_stream(pending, pool, out / TOKENIZER_FOLDER, domain, timeout_s)
     try:
         for doc, tokens, info in stream:
             bar.update(1)
             if tokens is None:
-                rejected[doc.doc_id] = Rejected(doc.describe(), str(info), doc.split, doc.doc_id).as_dict()
+                rejected[doc.doc_id] = Rejected(doc.describe(), _reason(doc, str(info)), doc.split, doc.doc_id).as_dict()
                 continue
             if writer is not None and writer.split != doc.split:
                 close()
@@ -332,8 +434,11 @@ def prepare(source: dict[str, Any], tokenizer: dict[str, Any], out_dir: str | Pa
         bar.close()
     manifest["complete"] = True
     # What this run did (a resumed run only counts its own work): for benchmarks and logs.
-    manifest["last_run"] = {**timings, "encode_s": time.perf_counter() - clock, "workers": workers,
+    manifest["last_run"] = {**timings, "encode_s": time.perf_counter() - clock, "workers": pool.workers,
                             "encoded_documents": encoded["documents"], "encoded_tokens": encoded["tokens"]}
+    manifest["warnings"] = _split_warnings(manifest, docs)
+    for warning in manifest["warnings"]:
+        log.warning("prepare %s: %s", source["name"], warning)
     flush()
     if manifest["inputs"]["documents"] == 0:
         reasons = "; ".join(f"{r['input']}: {r['reason']}" for r in manifest["rejected"][:3])
@@ -364,7 +469,11 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tokenizer", metavar="DOMAIN", help="text, midi or acoustic")
     parser.add_argument("--set", action="append", default=[], metavar="K=V", help="tokenizer setting, repeatable")
     parser.add_argument("--out", help="output folder for shards, manifest.json and tokenizer/")
-    parser.add_argument("--workers", type=int, default=None, help="encoding processes (default 2)")
+    parser.add_argument("--workers", type=int, default=None,
+                        help="processes that read and encode files (default 2; 0: this process, "
+                             "with no protection from a reader that crashes)")
+    parser.add_argument("--file-timeout", type=float, default=None, metavar="SECONDS",
+                        help="reject a file whose reading takes longer than this (default: no limit)")
     parser.add_argument("--shard-tokens", type=int, default=None,
                         help=f"close a shard at this many ids (default {DEFAULT_SHARD_TOKENS})")
     parser.add_argument("--shard-documents", type=int, default=None,
@@ -379,7 +488,8 @@ def spec_from_args(args: argparse.Namespace) -> dict[str, Any]:
         import yaml
 
         spec = yaml.safe_load(Path(args.spec).read_text()) or {}
-        unknown = set(spec) - {"source", "tokenizer", "out", "workers", "shard_tokens", "shard_documents"}
+        unknown = set(spec) - {"source", "tokenizer", "out", "workers", "shard_tokens", "shard_documents",
+                               "file_timeout_s"}
         if unknown:
             raise ValueError(f"{args.spec}: unknown key(s) {', '.join(sorted(unknown))}")
     source = dict(spec.get("source") or {})
@@ -398,7 +508,8 @@ def spec_from_args(args: argparse.Namespace) -> dict[str, Any]:
     return {"source": source, "tokenizer": tokenizer, "out": out,
             "workers": args.workers if args.workers is not None else int(spec.get("workers", 2)),
             "shard_tokens": int(args.shard_tokens or spec.get("shard_tokens", DEFAULT_SHARD_TOKENS)),
-            "shard_documents": int(args.shard_documents or spec.get("shard_documents", DEFAULT_SHARD_DOCUMENTS))}
+            "shard_documents": int(args.shard_documents or spec.get("shard_documents", DEFAULT_SHARD_DOCUMENTS)),
+            "file_timeout_s": getattr(args, "file_timeout", None) or spec.get("file_timeout_s")}
 
 
 def run(args: argparse.Namespace) -> int:
@@ -407,7 +518,7 @@ def run(args: argparse.Namespace) -> int:
         start = time.perf_counter()
         manifest = prepare(spec["source"], spec["tokenizer"], spec["out"], workers=spec["workers"],
                            shard_tokens=spec["shard_tokens"], shard_documents=spec["shard_documents"],
-                           progress=not args.quiet)
+                           progress=not args.quiet, file_timeout_s=spec["file_timeout_s"])
     except (ValueError, FileNotFoundError, ModuleNotFoundError, RuntimeError) as exc:
         print(f"shortcutlm prepare: error: {exc}", file=sys.stderr)
         return 2

@@ -14,11 +14,12 @@ from __future__ import annotations
 
 import csv
 import re
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Union
 
-from shortcutlm.datasets.splits import DEFAULT_FRACTIONS, assign_splits, parse_fractions
+from shortcutlm.datasets.splits import DEFAULT_FRACTIONS, parse_fractions, plan_splits
 from shortcutlm.documents import Document
 
 AUDIO_EXTENSIONS = (".wav", ".flac", ".mp3", ".ogg", ".opus", ".m4a")
@@ -239,13 +240,29 @@ def maestro(path: str | Path | None = None, files: str = "midi") -> Iterator[Ite
 
 # ---------------------------------------------------------------------------------- any folder
 
+def _visible_files(root: Path) -> list[Path]:
+    """Files under ``root``, hidden files and folders (a leading dot) left out, in path order."""
+    return sorted(p for p in root.rglob("*") if p.is_file()
+                  and not any(part.startswith(".") for part in p.relative_to(root).parts))
+
+
+def _no_match(root: Path, suffixes: tuple[str, ...]) -> str:
+    """One line for a folder with no input: the suffixes looked for and what the folder holds instead."""
+    held = Counter(p.suffix.lower() or "(no suffix)" for p in _visible_files(root))
+    what = ", ".join(f"{n} {suffix}" for suffix, n in held.most_common(6)) if held else "no files"
+    return f"folder: no file under {root} ends in {' '.join(suffixes)} (it holds {what})"
+
+
 def folder(path: str | Path | None = None, extensions: list[str] | str | None = None,
            fractions: Any = DEFAULT_FRACTIONS) -> Iterator[Item]:
     """Every audio / MIDI / text file under a folder; split by a hash of the relative path.
 
     ``extensions`` (e.g. ``".mid,.midi"``) narrows the files read; by default every audio,
     MIDI and text suffix is taken (prepare narrows it to the tokenizer's own suffixes).
-    ``fractions`` defaults to 90/5/5; two or more files always give a valid document.
+    ``fractions`` defaults to 90/5/5. A collection too small to split by file (a split would
+    be empty, or train would get under half its share of the bytes) is split inside its files
+    into contiguous parts instead (:func:`~shortcutlm.datasets.splits.plan_splits`); a file cut
+    in parts gives one document per part, with id ``<file id>__<split>``.
     """
     root = _need_dir(path, "folder")
     if isinstance(extensions, str):
@@ -253,13 +270,19 @@ def folder(path: str | Path | None = None, extensions: list[str] | str | None = 
     suffixes = tuple(e.lower() if e.startswith(".") else f".{e.lower()}"
                      for e in (extensions or AUDIO_EXTENSIONS + MIDI_EXTENSIONS + TEXT_EXTENSIONS))
     split_fractions = parse_fractions(fractions)
-    files = sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in suffixes
-                   and not any(part.startswith(".") for part in p.relative_to(root).parts))
+    files = [p for p in _visible_files(root) if p.suffix.lower() in suffixes]
+    if not files:
+        raise FileNotFoundError(_no_match(root, suffixes))
     rels = [p.relative_to(root).as_posix() for p in files]
-    splits = assign_splits(rels, split_fractions)
+    plan = plan_splits({rel: file.stat().st_size for file, rel in zip(files, rels)}, split_fractions)
     for file, rel in zip(files, rels):
         doc_id = safe_id(rel.replace("/", "__"))
-        yield Document(doc_id, splits[rel], "folder", path=file, meta={"relative_path": rel})
+        for split, start, end in plan[rel]:
+            if (start, end) == (0.0, 1.0):
+                yield Document(doc_id, split, "folder", path=file, meta={"relative_path": rel})
+            else:
+                yield Document(f"{doc_id}__{split}", split, "folder", path=file, span=(start, end),
+                               meta={"relative_path": rel, "part": [start, end]})
 
 
 # ------------------------------------------------------------------------------------- registry

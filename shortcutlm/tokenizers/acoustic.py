@@ -37,11 +37,12 @@ import contextlib
 import hashlib
 import io
 import logging
+import math
 import sys
 import types
 import warnings
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Sequence
 
 import numpy as np
 import torch
@@ -59,6 +60,7 @@ BANDWIDTHS = {24000: (1.5, 3.0, 6.0, 12.0, 24.0), 48000: (3.0, 6.0, 12.0, 24.0)}
 PRETRAINED_NAMES = {24000: "encodec_24khz", 48000: "encodec_48khz"}
 _EMA_BUFFERS = ("embed_avg", "cluster_size")
 DECODE_CONTEXT_S = 1.0  # decoder warm-up / look-ahead around each decoded chunk
+MAX_RESAMPLE_TAPS = 1 << 22  # a 16 MB filter; 11025, 22050, 44100, 8000, 16000, 32000, 96000 Hz need < 50k
 DECODE_RMS_48K = 0.1  # -20 dBFS: the level 48 kHz decodes are written at (the scale is not in the ids)
 
 DEFAULTS: dict[str, Any] = {
@@ -255,15 +257,34 @@ class AcousticTokenizer(Tokenizer):
         if doc.path is None:
             raise TokenizerError(f"{doc.describe()}: acoustic documents must be audio files, not in-memory text")
         try:
-            data, rate = sf.read(str(doc.path), dtype="float32", always_2d=True)
+            start, stop = doc.bounds(sf.info(str(doc.path)).frames) if doc.span else (0, None)
+            data, rate = sf.read(str(doc.path), start=start, stop=stop, dtype="float32", always_2d=True)
         except Exception as exc:  # soundfile raises LibsndfileError / RuntimeError / OSError
             raise TokenizerError(f"{doc.describe()}: cannot read audio ({exc})") from exc
         if data.shape[0] == 0:
             raise TokenizerError(f"{doc.describe()}: audio is empty (0 samples)")
+        problem = self._rate_problem(int(rate))
+        if problem:
+            raise TokenizerError(f"{doc.describe()}: {problem}")
         if not np.isfinite(data).all():
             raise TokenizerError(f"{doc.describe()}: audio holds NaN or infinite samples")
         seconds = data.shape[0] / rate
         return self._prepare_wave(data.T, rate), seconds
+
+    def _rate_problem(self, rate: int) -> str:
+        """Why a file's sample rate cannot be resampled to the codec's, or "".
+
+        The resampling filter has (codec rate / g) x (file rate / g) taps, g their gcd: a
+        header with an odd rate (44101 Hz) would ask for billions, so such rates are refused.
+        """
+        if rate <= 0:
+            return f"the header gives a sample rate of {rate} Hz"
+        g = math.gcd(rate, self.sample_rate)
+        taps = (rate // g) * (self.sample_rate // g)
+        if taps > MAX_RESAMPLE_TAPS:
+            return (f"sample rate {rate} Hz has no small ratio to the codec's {self.sample_rate} Hz "
+                    f"(resampling would need a {taps:,}-tap filter)")
+        return ""
 
     def _prepare_wave(self, wave: np.ndarray, rate: int) -> np.ndarray:
         import torchaudio.functional as AF
@@ -376,10 +397,29 @@ class AcousticTokenizer(Tokenizer):
         return out_path
 
     # ------------------------------------------------------------------ training (random_kmeans)
-    def train(self, documents: Iterable[Document]) -> None:
-        """Fit each residual codebook by k-means on encoder latents, residual by residual.
+    trains_on_samples = True
 
-        Only for ``weights: random_kmeans`` (pretrained and checkpoint weights need nothing).
+    def train(self, documents: Iterable[Document]) -> dict[str, str]:
+        """Fit each residual codebook by k-means on encoder latents (``weights: random_kmeans`` only;
+        pretrained and checkpoint weights need nothing). Unreadable files are skipped and returned."""
+        if self.weights_kind != "random_kmeans":
+            return {}
+        return super().train(documents)
+
+    def training_sample(self, doc: Document) -> np.ndarray:
+        """The encoder's latents of one file, ``[frames, D]`` float32, chunk by chunk as encoding goes."""
+        wave, _ = self.read_audio(doc)
+        x = torch.from_numpy(wave)
+        latents = []
+        with self._codec_threads():
+            for start in range(0, x.shape[-1], self._chunk_samples):
+                emb = self._model.encoder(x[None, :, start:start + self._chunk_samples])  # [1, D, T]
+                latents.append(emb[0].T.numpy())
+        return np.concatenate(latents).astype(np.float32)
+
+    def fit(self, samples: Sequence[np.ndarray]) -> None:
+        """k-means per residual codebook on the latents of the train files, residual by residual.
+
         Uses sklearn's MiniBatchKMeans; with fewer latent frames than 1024 the spare codes
         repeat fitted centroids (never chosen, since ties go to the first index).
         """
@@ -387,17 +427,9 @@ class AcousticTokenizer(Tokenizer):
             return
         from sklearn.cluster import MiniBatchKMeans
 
-        latents = []
-        with self._codec_threads():
-            for doc in documents:
-                wave, _ = self.read_audio(doc)
-                x = torch.from_numpy(wave)
-                for start in range(0, x.shape[-1], self._chunk_samples):
-                    emb = self._model.encoder(x[None, :, start:start + self._chunk_samples])  # [1, D, T]
-                    latents.append(emb[0].T.numpy())
-        if not latents:
-            raise ValueError("acoustic tokenizer: train() got no audio documents to fit codebooks on")
-        frames = np.concatenate(latents).astype(np.float32)
+        if not samples:
+            raise ValueError("acoustic tokenizer: no readable train audio to fit the codebooks on")
+        frames = np.concatenate(list(samples)).astype(np.float32)
         rng = np.random.default_rng(self.seed)
         if frames.shape[0] > self.kmeans_max_frames:
             frames = frames[np.sort(rng.choice(frames.shape[0], self.kmeans_max_frames, replace=False))]

@@ -14,14 +14,17 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, Iterable
+from typing import Any, ClassVar, Iterable, Sequence
 
 import numpy as np
 
 from shortcutlm.documents import Document
+
+log = logging.getLogger(__name__)
 
 CONFIG_FILE = "tokenizer.json"
 
@@ -87,8 +90,45 @@ class Tokenizer(ABC):
         """True until ``train`` has fitted what this tokenizer learns from data (if anything)."""
         return False
 
-    def train(self, documents: "Iterable[Document]") -> None:
-        """Fit learned parts (SentencePiece model, MIDI BPE, offline codec codebooks) on train documents."""
+    #: True when training is :meth:`training_sample` per document, then :meth:`fit` on the
+    #: samples: prepare then reads the train files in worker processes (a reader that crashes
+    #: costs one file, not the run) and fits in its own.
+    trains_on_samples: ClassVar[bool] = False
+
+    @property
+    def max_training_documents(self) -> int | None:
+        """Training reads at most this many (readable) train documents; None: all of them."""
+        return None
+
+    def training_sample(self, doc: Document) -> Any:
+        """What fitting learns from one train document (picklable); TokenizerError on bad input."""
+        raise NotImplementedError(f"{self.domain} tokenizer: training does not go document by document")
+
+    def fit(self, samples: Sequence[Any]) -> None:
+        """Fit the learned parts on the samples of the readable train documents."""
+        raise NotImplementedError(f"{self.domain} tokenizer: training does not go document by document")
+
+    def train(self, documents: "Iterable[Document]") -> dict[str, str]:
+        """Fit learned parts (SentencePiece model, MIDI BPE, offline codec codebooks) on train documents.
+
+        A document that cannot be read is skipped, not fatal: returns ``{doc_id: reason}`` of
+        those skipped (each reason names the file), so a caller can record them.
+        """
+        if not self.trains_on_samples:
+            return {}
+        samples: list[Any] = []
+        skipped: dict[str, str] = {}
+        limit = self.max_training_documents
+        for doc in documents:
+            if limit is not None and len(samples) >= limit:
+                break
+            try:
+                samples.append(self.training_sample(doc))
+            except TokenizerError as exc:
+                log.warning("%s tokenizer: skipping a training document: %s", self.domain, exc)
+                skipped[doc.doc_id] = str(exc)
+        self.fit(samples)
+        return skipped
 
     def token_families(self) -> dict[str, np.ndarray]:
         """Name -> ids of each token family, for per-family loss (MIDI: Pitch, Velocity, ...;

@@ -189,6 +189,8 @@ class MidiTokenizer(Tokenizer):
         if doc.path is None:
             raise TokenizerError(f"{doc.describe()}: MIDI documents must be files, not in-memory text")
         score = read_midi(doc.path, doc.describe())
+        if doc.span is not None:
+            score = clip_to_bars(score, doc.span)
         if score.note_num() == 0:
             raise TokenizerError(f"{doc.describe()}: MIDI file has no notes")
         seconds = float(score.to("second").end())
@@ -301,19 +303,42 @@ class MidiTokenizer(Tokenizer):
         return wav_path
 
     # ------------------------------------------------------------------ training (BPE)
-    def train(self, documents: Iterable[Document]) -> None:
-        """Learn BPE merges up to ``vocab_size`` with miditok's trainer (no-op without ``vocab_size``).
+    trains_on_samples = True
 
-        Our iterator, not miditok's: miditok's reads files itself and would skip the track merge.
-        Unreadable files are skipped with a warning (they are rejected, with reason, when encoded).
-        """
+    @property
+    def max_training_documents(self) -> int | None:
+        return self.max_train_files
+
+    def train(self, documents: Iterable[Document]) -> dict[str, str]:
+        """Learn BPE merges up to ``vocab_size`` (no-op without ``vocab_size``); unreadable files
+        are skipped and returned."""
+        if self.vocab_target is None:
+            return {}
+        return super().train(documents)
+
+    def training_sample(self, doc: Document) -> list[str]:
+        """One file's base tokens as miditok's byte strings, split per bar/beat as miditok's own
+        TokTrainingIterator does. Our reading, not miditok's, which would skip the track merge."""
+        score, _ = self.load_score(doc)
+        try:
+            seq = self._encode_score(score, encode_ids=False)
+        except Exception as exc:  # miditok's preprocessing can trip on odd content
+            raise TokenizerError(f"{doc.describe()}: miditok could not tokenize it ({type(exc).__name__}: {exc})") from exc
+        split = self._tok.config.encode_ids_split
+        parts = seq.split_per_bars() if split == "bar" else seq.split_per_beats() if split == "beat" else [seq]
+        return [self._tok._ids_to_bytes(part.ids, as_one_str=True) for part in parts if len(part) > 0]
+
+    def fit(self, samples: Sequence[list[str]]) -> None:
+        """miditok's BPE trainer on the samples; refuses a vocabulary the samples cannot reach."""
         if self.vocab_target is None:
             return
-        paths = [doc for doc in documents if doc.path is not None][: self.max_train_files]
-        if not paths:
-            raise ValueError("midi tokenizer: train() got no MIDI files")
-        self._tok.train(vocab_size=self.vocab_target, model="BPE", iterator=_TrainingIterator(self, paths))
+        if not samples:
+            raise ValueError("midi tokenizer: no readable train MIDI file to learn BPE from")
+        self._tok.train(vocab_size=self.vocab_target, model="BPE", iterator=_Sequences(samples))
         self._refresh()
+        if self.vocab_size < self.vocab_target:
+            raise ValueError(f"midi tokenizer: the train split ({len(samples)} files) supports at most "
+                             f"{self.vocab_size} BPE tokens, asked for {self.vocab_target}; lower vocab_size")
 
     # ------------------------------------------------------------------ persistence
     def config(self) -> dict[str, Any]:
@@ -391,6 +416,25 @@ def read_midi(path: Path, name: str | None = None):
         raise TokenizerError(f"{name}: not a readable MIDI file ({exc})") from exc
 
 
+def clip_to_bars(score, span: tuple[float, float]):
+    """The part ``[start, end)`` of a score (fractions of its length in ticks), each cut moved
+    forward to the next bar line, shifted to start at tick 0. Notes belong to the part they start
+    in; the tempo and time signature in force at the cut are kept (symusic's ``clip``)."""
+    from miditok.utils import get_bars_ticks
+
+    end = int(score.end())
+    bars = get_bars_ticks(score)
+
+    def cut(fraction: float) -> int:
+        if fraction <= 0.0:
+            return 0
+        tick = fraction * end
+        return next((bar for bar in bars if bar >= tick), end + 1) if fraction < 1.0 else end + 1
+
+    first, last = cut(span[0]), cut(span[1])
+    return score.clip(first, last, clip_end=False).shift_time(-first)
+
+
 def _merge_tracks(score):
     """All non-drum notes (and pedals, pitch bends, controls) in one program-0 track; tempo,
     time and key signatures kept."""
@@ -412,27 +456,15 @@ def _merge_tracks(score):
     return merged
 
 
-class _TrainingIterator:
-    """Yields each training file's base tokens as miditok's byte strings, split per bar/beat as
-    miditok's own TokTrainingIterator does (same ``__len__`` contract for the HF trainer)."""
+class _Sequences:
+    """The byte strings of every training sample, with the ``__len__`` miditok's trainer asks for."""
 
-    def __init__(self, owner: MidiTokenizer, docs: list[Document]) -> None:
-        self.owner, self.docs = owner, docs
+    def __init__(self, samples: Sequence[list[str]]) -> None:
+        self.samples = samples
 
     def __len__(self) -> int:
-        return len(self.docs)
+        return sum(map(len, self.samples))
 
     def __iter__(self):
-        tok = self.owner.miditok
-        split = tok.config.encode_ids_split
-        for doc in self.docs:
-            try:
-                score, _ = self.owner.load_score(doc)
-                seq = self.owner._encode_score(score, encode_ids=False)
-            except Exception as exc:
-                log.warning("midi tokenizer: skipping a training file: %s", exc)
-                continue
-            seqs = seq.split_per_bars() if split == "bar" else seq.split_per_beats() if split == "beat" else [seq]
-            for part in seqs:
-                if len(part) > 0:
-                    yield tok._ids_to_bytes(part.ids, as_one_str=True)
+        for sample in self.samples:
+            yield from sample

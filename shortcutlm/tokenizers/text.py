@@ -17,6 +17,8 @@ import hashlib
 import io
 import itertools
 import logging
+import os
+import re
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
@@ -37,7 +39,7 @@ MAX_LINE_CHARS = 4096
 
 DEFAULTS: dict[str, Any] = {
     "model_type": "bpe",            # bpe | unigram
-    "vocab_size": 8000,             # target size when training (unigram may end a little smaller)
+    "vocab_size": 8000,             # size when training; a train split that cannot fill it is an error
     "character_coverage": 0.9995,   # rarer characters go to byte fallback
     "byte_fallback": True,          # unseen characters become UTF-8 byte pieces, never <unk>
     "model_file": None,             # an existing SentencePiece .model instead of training
@@ -130,19 +132,21 @@ class TextTokenizer(Tokenizer):
 
     # ------------------------------------------------------------------ streaming text
     def iter_blocks(self, doc: Document) -> Iterator[tuple[str, int]]:
-        """``(text, n_bytes)`` blocks of a document, each ending at a line end where the text has one."""
+        """``(text, n_bytes)`` blocks of a document (of its span's part, if it has one)."""
         if doc.text is not None:
-            text = doc.text
+            start, stop = doc.bounds(len(doc.text))
+            text = doc.text[_word_start(doc.text, start):_word_start(doc.text, stop)]
             for start in range(0, len(text), self.settings["block_bytes"]):
                 block = text[start:start + self.settings["block_bytes"]]
                 yield block, len(block.encode("utf-8", errors="surrogatepass"))
             return
         decoder = codecs.getincrementaldecoder("utf-8")(errors=self.settings["errors"])
-        consumed = 0
         try:
             with open(doc.path, "rb") as fh:
+                consumed, stop = _byte_range(fh, doc)
+                fh.seek(consumed)
                 while True:
-                    raw = fh.read(self.settings["block_bytes"])
+                    raw = fh.read(min(self.settings["block_bytes"], stop - consumed))
                     pending = len(decoder.getstate()[0])
                     try:
                         text = decoder.decode(raw, final=not raw)
@@ -234,36 +238,44 @@ class TextTokenizer(Tokenizer):
         return out_path
 
     # ------------------------------------------------------------------ training
-    def train(self, documents: Iterable[Document]) -> None:
+    def train(self, documents: Iterable[Document]) -> dict[str, str]:
         """Train SentencePiece on the documents' lines through its iterator API.
 
         Reading stops after ``train_max_bytes``; sentencepiece samples ``input_sentence_size``
-        lines of what it read. A document that cannot be read is skipped with a warning (it
-        will be rejected, with its reason, when encoded).
+        lines of what it read. A document that cannot be read is skipped with a warning and
+        returned in ``{doc_id: reason}`` (lines read before its error stay in the sample). A
+        vocabulary the text cannot fill, or too small for its characters, is a one-line ValueError.
         """
         import sentencepiece as spm
 
         s = self.settings
-        budget = {"bytes": 0, "lines": 0}
+        sizes: list[int] = []  # bytes read, for messages
+        skipped: dict[str, str] = {}
 
         def sentences() -> Iterator[str]:
+            characters = 0  # the budget counts characters of the lines handed over
             for doc in documents:
                 try:
-                    for lines in self.iter_line_batches(doc):
+                    for lines in self.iter_line_batches(doc, sizes):
                         for line in lines:
-                            budget["bytes"] += len(line)
-                            budget["lines"] += 1
+                            characters += len(line)
                             yield line
-                        if budget["bytes"] >= s["train_max_bytes"]:
+                        if characters >= s["train_max_bytes"]:
                             return
                 except TokenizerError as exc:
                     log.warning("text tokenizer: skipping a training document: %s", exc)
+                    skipped[doc.doc_id] = str(exc)
 
+        lines = sentences()
+        first = next(lines, None)
+        if first is None:
+            raise ValueError(f"text tokenizer: the train split has no readable text "
+                             f"({len(skipped)} train document(s) unreadable, the others empty)")
         buf = io.BytesIO()
         spm.set_random_generator_seed(int(s["seed"]))
         try:
             spm.SentencePieceTrainer.train(
-                sentence_iterator=sentences(), model_writer=buf, model_type=s["model_type"],
+                sentence_iterator=itertools.chain([first], lines), model_writer=buf, model_type=s["model_type"],
                 vocab_size=int(s["vocab_size"]), character_coverage=float(s["character_coverage"]),
                 byte_fallback=bool(s["byte_fallback"]), input_sentence_size=int(s["input_sentence_size"]),
                 shuffle_input_sentence=True, normalization_rule_name="identity", remove_extra_whitespaces=False,
@@ -271,11 +283,13 @@ class TextTokenizer(Tokenizer):
                 unk_id=0, bos_id=1, eos_id=2, pad_id=3, hard_vocab_limit=False,
                 max_sentence_length=4 * MAX_LINE_CHARS + 16, num_threads=int(s["num_threads"]), minloglevel=2)
         except RuntimeError as exc:
-            raise ValueError(f"text tokenizer: sentencepiece training failed on {budget['lines']} lines "
-                             f"({budget['bytes']} characters): {exc}") from exc
-        if budget["lines"] == 0:
-            raise ValueError("text tokenizer: train() got no text")
+            raise ValueError(_training_failure(str(exc), int(s["vocab_size"]), sum(sizes))) from None
         self._set_model(buf.getvalue(), source="training")
+        got = self._sp.get_piece_size()
+        if got < int(s["vocab_size"]):
+            raise ValueError(f"text tokenizer: the train split ({sum(sizes):,} bytes) supports at most {got} pieces, "
+                             f"asked for {s['vocab_size']}; lower vocab_size")
+        return skipped
 
     # ------------------------------------------------------------------ persistence
     def config(self) -> dict[str, Any]:
@@ -307,6 +321,47 @@ class TextTokenizer(Tokenizer):
             raise FingerprintMismatch(f"{folder}: {MODEL_FILE} gives fingerprint {tok.fingerprint()}, "
                                       f"but {body['fingerprint']} was saved; the model file was changed")
         return tok
+
+
+def _training_failure(message: str, vocab_size: int, n_bytes: int) -> str:
+    """sentencepiece's trainer error (``INTERNAL: src/….cc(638) [check] text``) as one line of ours."""
+    needed = re.search(r"smaller than required_chars\. \d+ vs (\d+)", message)
+    if needed:
+        return (f"text tokenizer: vocab_size {vocab_size} is too small for the train split ({n_bytes:,} bytes), "
+                f"which needs at least {needed.group(1)} pieces (its characters, byte pieces and specials); "
+                "raise vocab_size")
+    text = re.sub(r"^\w+: \S+\(\d+\) \[.*?\]\s*", "", message.strip()).splitlines()
+    return f"text tokenizer: sentencepiece could not train on the train split ({n_bytes:,} bytes): {text[0] if text else message}"
+
+
+def _word_start(text: str, position: int) -> int:
+    """Where a cut at ``position`` lands in text: just after the next space or newline (or the end)."""
+    if position <= 0 or position >= len(text):
+        return min(max(position, 0), len(text))
+    found = [i for i in (text.find(" ", position), text.find(NEWLINE, position)) if i >= 0]
+    return min(found) + 1 if found else len(text)
+
+
+def _byte_range(fh: Any, doc: Document) -> tuple[int, int]:
+    """``[start, stop)`` bytes of a file document's span; each cut lands just after the next space
+    or newline byte, which in UTF-8 is always a character boundary."""
+    size = os.fstat(fh.fileno()).st_size
+    if doc.span is None:
+        return 0, size
+    start, stop = doc.bounds(size)
+    return _byte_word_start(fh, start, size), _byte_word_start(fh, stop, size)
+
+
+def _byte_word_start(fh: Any, position: int, size: int, block: int = 1 << 16) -> int:
+    if position <= 0 or position >= size:
+        return min(max(position, 0), size)
+    fh.seek(position)
+    while chunk := fh.read(block):
+        found = [i for i in (chunk.find(b" "), chunk.find(b"\n")) if i >= 0]
+        if found:
+            return position + min(found) + 1
+        position += len(chunk)
+    return size
 
 
 def _cut(line: str) -> Iterator[str]:

@@ -167,7 +167,11 @@ def test_folder_splits_and_extensions(tmp_path):
     two.mkdir()
     for name in ("x.txt", "y.txt"):
         (two / name).write_text("hello")
-    assert sorted(d.split for d in split_items(list(read_source({"name": "folder", "path": two})))[0]) == ["train", "valid"]
+    # Two files are too few to split by file: laid end to end, the second is cut at 90% and 95% of the bytes.
+    parts = [(d.doc_id, d.split, d.span) for d in split_items(list(read_source({"name": "folder", "path": two})))[0]]
+    assert parts == [("x_txt", "train", None), ("y_txt__train", "train", (0.0, pytest.approx(0.8))),
+                     ("y_txt__valid", "valid", (pytest.approx(0.8), pytest.approx(0.9))),
+                     ("y_txt__test", "test", (pytest.approx(0.9), 1.0))]
 
 
 def test_unknown_source_and_missing_path(tmp_path):
