@@ -10,6 +10,8 @@ import argparse
 import importlib
 import sys
 
+from shortcutlm.stopping import Interrupted
+
 COMMANDS: dict[str, tuple[str, str]] = {
     "prepare": ("shortcutlm.datasets.prepare", "turn a dataset into token shards + manifest.json"),
     "train": ("shortcutlm.training", "train a model from a recipe"),
@@ -52,7 +54,12 @@ def build_parser(argv: list[str]) -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser(argv).parse_args(argv)
-    return int(importlib.import_module(args._module).run(args) or 0)
+    try:
+        return int(importlib.import_module(args._module).run(args) or 0)
+    except Interrupted as stopped:  # Ctrl-C in training: state saved, nothing to trace back
+        if stopped.primary:
+            print(stopped, file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

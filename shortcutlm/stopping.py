@@ -8,11 +8,22 @@ boundary. A second Ctrl-C stops at once, keeping the last saved state.
 """
 from __future__ import annotations
 
+import os
 import signal
 import sys
 import threading
+from pathlib import Path
 from types import FrameType
 from typing import Any
+
+
+class Interrupted(KeyboardInterrupt):
+    """Training stopped on request with its state saved at a step boundary; the same command resumes."""
+
+    def __init__(self, out: Path, step: int, primary: bool = True) -> None:
+        super().__init__(f"training of {out} stopped at step {step} with its state saved; "
+                         "run the same command again to resume")
+        self.out, self.step, self.primary = out, step, primary  # primary: the rank that reports
 
 
 class StopRequest:
@@ -27,6 +38,8 @@ class StopRequest:
         if self.requested:
             raise KeyboardInterrupt
         self.requested = True
+        if os.environ.get("LOCAL_RANK", "0") != "0":
+            return  # every process of a terminal gets the signal; one of them answers
         print("\nCtrl-C: saving at the end of this step, then stopping "
               "(press Ctrl-C again to stop at once and keep the last saved state)", file=sys.stderr, flush=True)
 

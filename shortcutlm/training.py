@@ -27,7 +27,7 @@ from shortcutlm.datasets.loader import eval_batches, read_manifest, train_batche
 from shortcutlm.models.lightning import LitGPT
 from shortcutlm.peak import machine_peak_flops, precision_dtype
 from shortcutlm.recipe import Recipe, TrainSettings, load_recipe
-from shortcutlm.stopping import StopRequest
+from shortcutlm.stopping import Interrupted, StopRequest
 
 log = logging.getLogger(__name__)
 
@@ -79,15 +79,6 @@ class ShardData(L.LightningDataModule):
             return []
         t = self.trainer
         return eval_batches(self.data_dir, "valid", self.block, self.settings.batch_size, t.global_rank, t.world_size)
-
-
-class Interrupted(KeyboardInterrupt):
-    """Training stopped on request with its state saved at a step boundary; the same command resumes."""
-
-    def __init__(self, out: Path, step: int, primary: bool = True) -> None:
-        super().__init__(f"training of {out} stopped at step {step} with its state saved; "
-                         "run the same command again to resume")
-        self.out, self.step, self.primary = out, step, primary  # primary: the rank that reports
 
 
 class StepBoundaryStop(Exception):
@@ -328,12 +319,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     recipe = load_recipe(args.recipe, args.preset, args.overrides)
     variant = args.variant or next(iter(recipe.variants))
-    try:
-        out = train(recipe, variant, args.data, args.out, progress=not args.no_progress,
-                    stop_after=args.stop_after, fresh=args.fresh)
-    except Interrupted as stopped:
-        if stopped.primary:
-            print(stopped, file=sys.stderr)
-        return 130
+    out = train(recipe, variant, args.data, args.out, progress=not args.no_progress,
+                stop_after=args.stop_after, fresh=args.fresh)
     print(f"checkpoint: {out}")
     return 0

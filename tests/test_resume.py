@@ -17,7 +17,8 @@ import torch
 import yaml
 
 from shortcutlm.recipe import Recipe, from_dict
-from shortcutlm.training import Interrupted, train
+from shortcutlm.stopping import Interrupted
+from shortcutlm.training import train
 from tests.conftest import tiny_recipe_dict
 
 TIMING = {"train/tokens_per_s", "train/mfu"}  # wall-clock figures differ between any two runs
@@ -155,9 +156,10 @@ def cli_recipe(tmp_path: Path) -> Path:
     return path
 
 
-def cli(recipe: Path, shards: Path, out: Path, devices: int, *extra: str) -> list[str]:
+def cli(recipe: Path, shards: Path, out: Path, devices: int, workers: int = 0) -> list[str]:
     args = [sys.executable, "-m", "shortcutlm.cli", "train", str(recipe), "--data", str(shards), "--out", str(out),
-            "--variant", "shortcut_resformer", "--no-progress", "--set", "train.accelerator=cpu", *extra]
+            "--variant", "shortcut_resformer", "--no-progress", "--set", "train.accelerator=cpu",
+            "--set", f"train.num_workers={workers}"]
     if devices > 1:
         args += ["--set", f"train.devices={devices}", "--set", "train.strategy=ddp",
                  "--set", f"train.batch_size={4 // devices}"]
@@ -180,19 +182,23 @@ def run_and_signal(args: list[str], out: Path, sig: int) -> subprocess.Completed
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("devices", [1, 2])
-def test_ctrl_c_from_a_terminal_then_the_same_command_resumes_exactly(tmp_path, text8_shards, devices):
+@pytest.mark.parametrize("devices,workers", [(1, 0), (2, 0), (1, 1)])
+def test_ctrl_c_from_a_terminal_then_the_same_command_resumes_exactly(tmp_path, text8_shards, devices, workers):
     recipe = cli_recipe(tmp_path)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
     whole = tmp_path / "whole"
-    subprocess.run(cli(recipe, text8_shards, whole, devices), check=True, env=env, capture_output=True, timeout=300)
+    command = cli(recipe, text8_shards, whole, devices, workers)
+    subprocess.run(command, check=True, env=env, capture_output=True, timeout=300)
     out = tmp_path / "split"
-    stopped = run_and_signal(cli(recipe, text8_shards, out, devices), out, signal.SIGINT)
+    command = cli(recipe, text8_shards, out, devices, workers)
+    stopped = run_and_signal(command, out, signal.SIGINT)
     assert stopped.returncode == 130, stopped.stderr[-2000:]
-    assert stopped.stderr.count("run the same command again to resume") == 1  # one rank reports
+    assert "Traceback" not in stopped.stderr
+    assert stopped.stderr.count("Ctrl-C: saving at the end of this step") == 1  # one process answers
+    assert stopped.stderr.count("run the same command again to resume") == 1
     step = yaml.safe_load((out / "hparams.json").read_text())["step"]
     assert 50 <= step < 300
-    subprocess.run(cli(recipe, text8_shards, out, devices), check=True, env=env, capture_output=True, timeout=300)
+    subprocess.run(command, check=True, env=env, capture_output=True, timeout=300)
     assert_same_run(whole, out)
 
 

@@ -45,6 +45,7 @@ from __future__ import annotations
 import bisect
 import io
 import math
+import signal
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -340,12 +341,19 @@ class TrainBatches:
             # batch_size=None: workers yield whole batches; in_order=True makes the DataLoader take
             # them round robin, which is what the resume arithmetic in _SlotBatches assumes.
             stream: Any = iter(torch.utils.data.DataLoader(source, batch_size=None, num_workers=workers,
-                                                           in_order=True, pin_memory=self.pin_memory))
+                                                           in_order=True, pin_memory=self.pin_memory,
+                                                           worker_init_fn=_ignore_ctrl_c))
         else:
             stream = source.slot_batches(0)
         for batch in stream:
             self.batches += 1
             yield batch.pin_memory() if self.pin_memory and workers == 0 else batch
+
+
+def _ignore_ctrl_c(worker_id: int) -> None:
+    """Workers leave Ctrl-C to the trainer, which stops at a step boundary and then ends them;
+    a worker that died on the terminal's SIGINT would break the batch stream mid-step."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def train_batches(shard_dir: str | Path, block_size: int, batch_size: int, seed: int, rank: int = 0,
