@@ -20,12 +20,14 @@ from typing import Any, Callable, Iterable, Iterator
 import lightning as L
 import torch
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+from lightning.pytorch.utilities import rank_zero_only
 
 from shortcutlm import checkpoint as ckpt
 from shortcutlm import run_checks
 from shortcutlm.datasets.loader import eval_batches, read_manifest, train_batches
 from shortcutlm.models.lightning import LitGPT
 from shortcutlm.peak import machine_peak_flops, precision_dtype
+from shortcutlm.quiet import quiet_training_output
 from shortcutlm.recipe import Recipe, TrainSettings, load_recipe
 from shortcutlm.stopping import Interrupted, StopRequest
 
@@ -255,6 +257,7 @@ def train(recipe: Recipe, variant: str, data_dir: str | Path, out: str | Path, p
     a long run can be split over sittings; ``fresh`` discards an existing checkpoint. Ctrl-C saves
     at the next step boundary and raises :class:`Interrupted`; running again resumes exactly.
     """
+    quiet_training_output()
     data_dir, out = Path(data_dir), Path(out)
     s = recipe.train
     manifest = read_manifest(data_dir)
@@ -321,5 +324,6 @@ def run(args: argparse.Namespace) -> int:
     variant = args.variant or next(iter(recipe.variants))
     out = train(recipe, variant, args.data, args.out, progress=not args.no_progress,
                 stop_after=args.stop_after, fresh=args.fresh)
-    print(f"checkpoint: {out}")
+    if rank_zero_only.rank == 0:  # under DDP every process returns here; one line is enough
+        print(f"checkpoint: {out}")
     return 0
