@@ -47,7 +47,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable
 
 
-from shortcutlm.config_schema import ConfigError, deep_merge, from_dict, read_resolved_yaml
+from shortcutlm.config_schema import ConfigError, deep_merge, from_dict, load_config
 from shortcutlm.recipe import Recipe, load_recipe
 
 DEFAULT_RECIPE = "recipes/ablation.yaml"
@@ -207,11 +207,7 @@ def load_ablation(path: str | Path = DEFAULT_RECIPE, preset: str | None = None,
                   overrides: list[str] | None = None, datasets: list[str] | None = None) -> Ablation:
     """Read and validate the ablation YAML (preset, then ``--set`` overrides); resolves every dataset's recipe."""
     path = Path(path)
-    raw = read_resolved_yaml(path, preset, overrides, "ablation file")
-    try:
-        config = from_dict(AblationConfig, raw)
-    except ConfigError as err:
-        raise ConfigError(f"{path}: {err}") from err
+    config = load_config(path, preset, overrides, "ablation file", lambda raw: from_dict(AblationConfig, raw))
     names = list(config.datasets)
     if datasets:
         unknown = [d for d in datasets if d not in config.datasets]

@@ -26,6 +26,7 @@ from typing import Any
 import torch
 import yaml
 
+from shortcutlm.errors import UserError
 from shortcutlm.models import GPT, GPTConfig
 from shortcutlm.tokenizers import Tokenizer, load_tokenizer
 
@@ -39,7 +40,7 @@ METRICS = "metrics.csv"
 TRAINER_STATE = Path("trainer") / "last.ckpt"
 
 
-class CheckpointError(ValueError):
+class CheckpointError(UserError, ValueError):
     """A checkpoint folder is incomplete or unreadable; the message names the folder and file."""
 
 

@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
+from shortcutlm.errors import UserError
 from shortcutlm.stopping import Interrupted
 
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -40,7 +42,9 @@ def _add_lazy(sub: argparse._SubParsersAction, name: str, module: str, help_text
 
 
 def build_parser(argv: list[str]) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="shortcutlm", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="shortcutlm", description=__doc__.splitlines()[0],
+                                     epilog="Mistakes are reported in one line; add --debug anywhere "
+                                            "(or set SHORTCUTLM_DEBUG=1) for the traceback.")
     sub = parser.add_subparsers(dest="command", required=True)
     for name, (module, help_text) in COMMANDS.items():
         _add_lazy(sub, name, module, help_text, argv[:1])
@@ -51,15 +55,29 @@ def build_parser(argv: list[str]) -> argparse.ArgumentParser:
     return parser
 
 
+def _one_line(err: BaseException) -> str:
+    return " ".join(str(err).split()) or type(err).__name__
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Run one command. A user's mistake prints one line and exits 2 (``--debug`` anywhere on the
+    line, or ``SHORTCUTLM_DEBUG=1``, shows the traceback instead); a bug keeps its traceback."""
     argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv or os.environ.get("SHORTCUTLM_DEBUG", "") not in ("", "0")
+    argv = [a for a in argv if a != "--debug"]
     args = build_parser(argv).parse_args(argv)
+    command = " ".join(filter(None, [args.command, getattr(args, "benchmark", None)]))
     try:
         return int(importlib.import_module(args._module).run(args) or 0)
     except Interrupted as stopped:  # Ctrl-C in training: state saved, nothing to trace back
         if stopped.primary:
             print(stopped, file=sys.stderr)
         return 130
+    except (UserError, FileNotFoundError, NotADirectoryError) as err:
+        if debug:
+            raise
+        print(f"shortcutlm {command}: error: {_one_line(err)}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -6,6 +6,8 @@ that name the full key path) and a schema library would add a dependency for lit
 from __future__ import annotations
 
 import dataclasses
+import difflib
+import re
 import types
 import typing
 from pathlib import Path
@@ -13,11 +15,40 @@ from typing import Any, TypeVar
 
 import yaml
 
+from shortcutlm.errors import UserError
+
 T = TypeVar("T")
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError, ValueError):
     """A recipe or config value is wrong; the message names the key path."""
+
+
+class _Loader(yaml.SafeLoader):
+    """Safe YAML that reads numbers as people write them.
+
+    PyYAML follows YAML 1.1, where a float needs a dot and a signed exponent, so ``3e-4``,
+    ``1e3`` and ``2E+5`` load as strings; YAML 1.2 (and every other parser users know) reads
+    them as numbers. One extra implicit resolver adds those forms; ``6.0e-4``, ``.5`` and
+    ``1_000`` already load as numbers.
+    """
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9][0-9_]*)[eE][-+]?[0-9]+$"),
+    list("-+0123456789."))
+
+
+def load_yaml(text: str) -> Any:
+    """Parse YAML text (safe: plain data only) with numbers in every form people write."""
+    return yaml.load(text, Loader=_Loader)  # noqa: S506 - _Loader is a SafeLoader
+
+
+def closest(word: str, options: typing.Iterable[str]) -> str:
+    """``"; did you mean 'x'?"`` for the option nearest a mistyped word, or ``""``."""
+    match = difflib.get_close_matches(word, list(options), n=1, cutoff=0.6)
+    return f"; did you mean {match[0]!r}?" if match else ""
 
 
 def _check_type(value: Any, hint: Any, where: str) -> Any:
@@ -77,7 +108,8 @@ def from_dict(cls: type[T], data: Any, where: str = "") -> T:
     known = {f.name: f for f in dataclasses.fields(cls) if f.init}
     unknown = sorted(set(data) - set(known))
     if unknown:
-        raise ConfigError(f"{where or cls.__name__}: unknown key(s) {unknown}; known keys: {sorted(known)}")
+        hint = closest(unknown[0], known) if len(unknown) == 1 else ""
+        raise ConfigError(f"{where or cls.__name__}: unknown key(s) {unknown}{hint} (known keys: {sorted(known)})")
     kwargs = {}
     for name, value in data.items():
         path = f"{where}.{name}" if where else name
@@ -112,28 +144,52 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
             child = node.get(part)
             node[part] = dict(child) if isinstance(child, dict) else {}
             node = node[part]
-        node[parts[-1]] = yaml.safe_load(raw)
+        node[parts[-1]] = load_yaml(raw)
     return data
 
 
-def read_resolved_yaml(path: str | Path, preset: str | None, overrides: list[str] | None, what: str) -> dict:
-    """A YAML config with its preset merged in (recorded as ``preset``) and ``--set`` overrides applied.
+def read_file_yaml(path: str | Path, preset: str | None, what: str) -> dict:
+    """A YAML config file with its preset merged in (recorded as ``preset``).
 
-    ``what`` names the kind of file in errors ("recipe", "ablation file"), which also name the path.
+    ``what`` names the kind of file in errors ("recipe file", "ablation file"), which also name the path.
     """
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"{path}: no such {what}")
     try:
-        raw = yaml.safe_load(path.read_text()) or {}
+        raw = load_yaml(path.read_text()) or {}
     except yaml.YAMLError as err:
-        raise ConfigError(f"{path}: not valid YAML ({err})") from err
+        detail = " ".join(str(err).split())
+        raise ConfigError(f"{path}: not valid YAML ({detail})") from err
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: a {what} is a mapping of keys, got {type(raw).__name__}")
     presets = raw.pop("presets", {}) or {}
     if preset is not None:
         if preset not in presets:
-            raise ConfigError(f"{path}: no preset {preset!r}; presets: {sorted(presets) or 'none'}")
+            raise ConfigError(f"{path}: no preset {preset!r}{closest(preset, presets)} "
+                              f"(presets: {', '.join(sorted(presets)) or 'none'})")
         raw = deep_merge(raw, presets[preset])
         raw["preset"] = preset
-    return apply_overrides(raw, overrides or [])
+    return raw
+
+
+def load_config(path: str | Path, preset: str | None, overrides: list[str] | None, what: str,
+                build: typing.Callable[[dict], T]) -> T:
+    """Build a validated config from a YAML file, its preset and ``--set`` overrides.
+
+    The file (with its preset) is validated first, so its errors name the file; then each
+    override is applied and validated in turn, so a bad one is blamed on that ``--set``, not on
+    the file it never came from.
+    """
+    raw = read_file_yaml(path, preset, what)
+    try:
+        built = build(raw)
+    except ConfigError as err:
+        raise ConfigError(f"{path}: {err}") from err
+    for item in overrides or []:
+        raw = apply_overrides(raw, [item])
+        try:
+            built = build(raw)
+        except ConfigError as err:
+            raise ConfigError(f"--set {item}: {err}") from err
+    return built

@@ -10,10 +10,12 @@ from __future__ import annotations
 import importlib
 from importlib import metadata
 
+from shortcutlm.errors import UserError
+
 PINNED_PAIR = "torch==2.11.0 torchaudio==2.11.0"
 
 
-class EnvironmentProblem(RuntimeError):
+class EnvironmentProblem(UserError, RuntimeError):
     """An installed package cannot be used; the message says which and how to fix it."""
 
 

@@ -61,6 +61,7 @@ import torch.nn.functional as F
 
 from shortcutlm.checkpoint import Checkpoint, CheckpointError, load_folder
 from shortcutlm.datasets.loader import ShardError, eval_batches, read_manifest
+from shortcutlm.errors import UserError
 from shortcutlm.tokenizers import FingerprintMismatch
 
 LN2 = math.log(2.0)
@@ -72,7 +73,7 @@ __all__ = ["EvaluationError", "evaluate_checkpoint", "evaluate_checkpoints", "wr
            "resolve_shard_dir", "configure", "run"]
 
 
-class EvaluationError(ValueError):
+class EvaluationError(UserError, ValueError):
     """An evaluation that cannot run as asked (missing shards or split, mismatched model); the message says why."""
 
 

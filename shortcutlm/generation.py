@@ -64,6 +64,7 @@ import torch
 
 from shortcutlm.checkpoint import Checkpoint, CheckpointError, load_folder
 from shortcutlm.documents import Document
+from shortcutlm.errors import UserError
 from shortcutlm.models import SamplingSettings, generate, trim_at_stop
 from shortcutlm.tokenizers import FingerprintMismatch, Tokenizer, TokenizerError
 
@@ -73,7 +74,7 @@ ARTIFACT_SUFFIX = {"text": ".txt", "midi": ".mid", "acoustic": ".wav"}
 ACCEPTED_OUT = {"text": (".txt",), "midi": (".mid", ".midi"), "acoustic": (".wav",)}
 
 
-class GenerationError(ValueError):
+class GenerationError(UserError, ValueError):
     """Generation cannot run as asked (bad length, output path, settings); the message says why."""
 
 

@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from shortcutlm.config_schema import ConfigError, from_dict, read_resolved_yaml
+from shortcutlm.config_schema import ConfigError, closest, from_dict, load_config
 from shortcutlm.models import GPTConfig
 from shortcutlm.tokenizers import tokenizer_class
 
@@ -120,7 +120,8 @@ class Recipe:
 
     def model_config(self, variant: str, vocab_size: int, n_streams: int) -> GPTConfig:
         if variant not in self.variants:
-            raise ConfigError(f"recipe {self.name}: no variant {variant!r}; variants: {sorted(self.variants)}")
+            raise ConfigError(f"recipe {self.name}: no variant {variant!r}{closest(variant, self.variants)} "
+                              f"(variants: {', '.join(self.variants)})")
         fields = {**self.model, **(self.variants[variant] or {})}
         for key in ("vocab_size", "n_streams"):
             if key in fields:
@@ -146,20 +147,19 @@ def check_tokenizer_domain(tokenizer: dict[str, Any]) -> None:
         raise ConfigError(f"tokenizer.domain: {err}") from err
 
 
-def load_recipe(path: str | Path, preset: str | None = None, overrides: list[str] | None = None) -> Recipe:
-    """Read, merge the preset and overrides, and validate a recipe YAML (errors name the file)."""
-    path = Path(path)
-    raw = read_resolved_yaml(path, preset, overrides, "recipe file")
-    try:
-        recipe = from_dict(Recipe, raw)
-        for name in recipe.variants:
-            if not re.fullmatch(r"[A-Za-z0-9_-]+", name):
-                raise ConfigError(f"variant name {name!r}: use letters, digits, '-' and '_' only")
-            recipe.model_config(name, vocab_size=2, n_streams=1)  # validates fields early
-        check_tokenizer_domain(recipe.tokenizer)
-    except ConfigError as err:
-        raise ConfigError(f"{path}: {err}") from err
+def _build_recipe(raw: dict[str, Any]) -> Recipe:
+    recipe = from_dict(Recipe, raw)
+    for name in recipe.variants:
+        if not re.fullmatch(r"[A-Za-z0-9_-]+", name):
+            raise ConfigError(f"variant name {name!r}: use letters, digits, '-' and '_' only")
+        recipe.model_config(name, vocab_size=2, n_streams=1)  # validates fields early
+    check_tokenizer_domain(recipe.tokenizer)
     return recipe
+
+
+def load_recipe(path: str | Path, preset: str | None = None, overrides: list[str] | None = None) -> Recipe:
+    """Read, merge the preset and overrides, and validate a recipe YAML (errors name the file or the --set)."""
+    return load_config(path, preset, overrides, "recipe file", _build_recipe)
 
 
 def recipe_from_dict(data: dict[str, Any]) -> Recipe:

@@ -103,3 +103,21 @@ def check_block_fits(recipe: Recipe, variant: str, block_size: int, data_dir: st
 def _round_down(n: int) -> int:
     """The largest power of two not above ``n`` (a block size people recognise)."""
     return 1 << (max(1, n).bit_length() - 1)
+
+
+# Lightning's strategies that this suite documents, and those that need GPUs.
+STRATEGIES = ("auto", "ddp", "ddp_spawn", "ddp_fork", "ddp_find_unused_parameters_true", "fsdp")
+GPU_ONLY_STRATEGIES = ("fsdp",)
+
+
+def check_strategy(accelerator: str, strategy: str, cuda_available: bool) -> None:
+    """Refuse a strategy the accelerator cannot run before Lightning starts (and fails deep inside)."""
+    if strategy not in STRATEGIES:
+        raise ConfigError(f"train.strategy {strategy!r}: use one of {', '.join(STRATEGIES)}")
+    on_gpu = accelerator in ("gpu", "cuda") or (accelerator == "auto" and cuda_available)
+    if accelerator in ("gpu", "cuda") and not cuda_available:
+        raise ConfigError(f"train.accelerator {accelerator!r}: no CUDA device is visible on this machine; "
+                          "use accelerator: cpu (or auto)")
+    if strategy in GPU_ONLY_STRATEGIES and not on_gpu:
+        raise ConfigError(f"train.strategy {strategy!r} needs GPUs (Lightning runs FSDP on CUDA only); "
+                          "on CPUs use strategy: ddp with train.devices: N")

@@ -24,6 +24,7 @@ from lightning.pytorch.utilities import rank_zero_only
 
 from shortcutlm import checkpoint as ckpt
 from shortcutlm import run_checks
+from shortcutlm.config_schema import ConfigError
 from shortcutlm.datasets.loader import eval_batches, read_manifest, train_batches
 from shortcutlm.models.lightning import LitGPT
 from shortcutlm.peak import machine_peak_flops, precision_dtype
@@ -224,7 +225,7 @@ def check_same_run(out: Path, config: dict[str, Any], settings: TrainSettings) -
     diffs += [f"train.{k}: {saved_train.get(k)!r} -> {now_train[k]!r}" for k in RESULT_SETTINGS
               if saved_train.get(k) != now_train[k]]
     if diffs:
-        raise ValueError(f"{out} holds a run with other settings ({'; '.join(diffs)}); "
+        raise ConfigError(f"{out} holds a run with other settings ({'; '.join(diffs)}); "
                          "use another output folder, or --fresh to start over")
 
 
@@ -265,6 +266,7 @@ def train(recipe: Recipe, variant: str, data_dir: str | Path, out: str | Path, p
     tok = manifest["tokenizer"]
     config = recipe.model_config(variant, tok["vocab_size"], tok["n_streams"])
     run_checks.check_block_fits(recipe, variant, config.block_size, data_dir, manifest)
+    run_checks.check_strategy(s.accelerator, s.strategy, torch.cuda.is_available())
     if fresh and out.exists():  # only once the new run is known to be valid
         shutil.rmtree(out)
     check_same_run(out, config.to_dict(), s)
@@ -275,6 +277,7 @@ def train(recipe: Recipe, variant: str, data_dir: str | Path, out: str | Path, p
     peak = measured_peak(s, s.accelerator)  # before seeding: a measurement must not move the model's init
     L.seed_everything(s.seed, workers=True, verbose=False)
     lit = LitGPT(config, asdict(s), ignored_ids(tok["special_ids"]), peak)
+    new_folder = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
     sitting = len(list((out / "logs").glob("version_*")))  # each resumed sitting logs apart
     csv_logger = CSVLogger(out, name="logs", version=sitting)
@@ -303,6 +306,10 @@ def train(recipe: Recipe, variant: str, data_dir: str | Path, out: str | Path, p
         except StepBoundaryStop as stopped:
             if stopped.interrupted:
                 raise Interrupted(out, stopped.step, trainer.is_global_zero) from None
+        except BaseException:
+            if new_folder and not last.is_file():  # a failed run leaves no folder of logs behind
+                shutil.rmtree(out, ignore_errors=True)
+            raise
     return out
 
 

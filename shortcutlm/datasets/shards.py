@@ -20,13 +20,15 @@ from typing import Any, Iterator
 
 import numpy as np
 
+from shortcutlm.errors import UserError
+
 MANIFEST = "manifest.json"
 FORMAT = "shortcutlm-shards"
 VERSION = 1
 TMP_SUFFIX = ".tmp"
 
 
-class ShardError(RuntimeError):
+class ShardError(UserError, RuntimeError):
     """A shard is missing, fails its checksum, or is not a readable tar of samples."""
 
 
@@ -139,11 +141,14 @@ def read_manifest(folder: str | Path, require_complete: bool = True) -> dict[str
     path = Path(folder) / MANIFEST
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no manifest here; run `shortcutlm prepare` to make shards")
-    manifest = json.loads(path.read_text(encoding="utf-8"))
-    if manifest.get("format") != FORMAT:
-        raise ValueError(f"{path}: not a shortcutlm shard manifest")
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ShardError(f"{path}: not valid JSON ({err}); re-run `shortcutlm prepare` into this folder") from err
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        raise ShardError(f"{path}: not a shortcutlm shard manifest")
     if require_complete and not manifest.get("complete"):
-        raise ValueError(f"{path}: prepare did not finish; re-run it with the same arguments to resume")
+        raise ShardError(f"{path}: prepare did not finish; re-run it with the same arguments to resume")
     return manifest
 
 

@@ -1,6 +1,7 @@
 """The decoder's configuration: one dataclass, recorded in every checkpoint."""
 from __future__ import annotations
 
+import difflib
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
@@ -124,5 +125,7 @@ class GPTConfig:
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
-            raise ValueError(f"GPTConfig: unknown field(s) {unknown}; known fields: {sorted(known)}")
+            near = difflib.get_close_matches(unknown[0], sorted(known), n=1, cutoff=0.6) if len(unknown) == 1 else []
+            hint = f"; did you mean {near[0]!r}?" if near else ""
+            raise ValueError(f"GPTConfig: unknown field(s) {unknown}{hint} (known fields: {sorted(known)})")
         return cls(**data)

@@ -23,17 +23,18 @@ from typing import Any, ClassVar, Iterable, Sequence
 import numpy as np
 
 from shortcutlm.documents import Document
+from shortcutlm.errors import UserError
 
 log = logging.getLogger(__name__)
 
 CONFIG_FILE = "tokenizer.json"
 
 
-class TokenizerError(ValueError):
+class TokenizerError(UserError, ValueError):
     """Bad input to a tokenizer. The message names the file and what is wrong."""
 
 
-class FingerprintMismatch(ValueError):
+class FingerprintMismatch(UserError, ValueError):
     """Shards or a checkpoint were made with a different tokenizer mapping."""
 
 
@@ -125,7 +126,7 @@ class Tokenizer(ABC):
             try:
                 samples.append(self.training_sample(doc))
             except TokenizerError as exc:
-                log.warning("%s tokenizer: skipping a training document: %s", self.domain, exc)
+                log.info("%s tokenizer: skipping a training document: %s", self.domain, exc)
                 skipped[doc.doc_id] = str(exc)
         self.fit(samples)
         return skipped
