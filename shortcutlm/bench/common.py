@@ -10,7 +10,7 @@ import platform
 import statistics
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 
 import torch
 
@@ -53,13 +53,37 @@ def target(value: float, bound: float, kind: str) -> dict[str, Any]:
     return {"value": value, "target": f"{kind} {bound}", "pass": bool(ok)}
 
 
-def write_json(result: dict[str, Any], path: str | Path | None) -> None:
-    """Print the result and write it to ``path`` (atomically) when given."""
-    text = json.dumps(result, indent=2, default=str)
-    print(text)
+def write_json(result: dict[str, Any], path: str | Path | None, summary: Iterable[str] = ()) -> None:
+    """Print a benchmark's short summary and write its whole ``result`` to ``path`` as JSON.
+
+    The terminal gets ``summary`` (the benchmark's own few lines), then one line per entry of
+    ``result["targets"]``, then where the figures went. The JSON itself is never printed: it
+    runs to hundreds of lines, so it goes to ``path`` (written atomically) when one is given.
+    """
+    for line in summary:
+        print(line)
+    targets = result.get("targets") or {}
+    if targets:
+        print("targets:")
+        width = max(len(name) for name in targets)
+        notes: list[str] = []  # a note shared by several targets is printed once, below them
+        for name, t in targets.items():
+            verdict = {True: "pass", False: "FAIL", None: "not judged"}[t.get("pass")]
+            why = t.get("note") or t.get("error")
+            if why and why not in notes:
+                notes.append(why)
+            shown = f"{t['value']:.4g}" if isinstance(t.get("value"), float) else t.get("value", "-")
+            bound = t.get("target", "-") + (f", attainable {t['attainable']}" if "attainable" in t else "")
+            print(f"  {name:<{width}}  {shown} (target {bound})  {verdict}"
+                  + (f" [{notes.index(why) + 1}]" if why else ""))
+        for i, why in enumerate(notes, 1):
+            print(f"  [{i}] {why}")
     if path:
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(path.suffix + ".tmp")
-        tmp.write_text(text)
+        tmp.write_text(json.dumps(result, indent=2, default=str))
         tmp.replace(path)
+        print(f"all figures: {path}")
+    else:
+        print("all figures: give --json FILE to keep them")

@@ -96,6 +96,32 @@ def training_rate(steps: int) -> tuple[float | None, str]:
     return training_tokens_per_second(steps=steps), ""
 
 
+def summary(result: dict[str, Any]) -> list[str]:
+    """The terminal's view: prepare per domain, the loader per worker count, and the comparison."""
+    from shortcutlm.bench.model import count, table
+
+    rows = [[domain, "-", "-", "-", "-", "-", r["error"]] if "error" in r else
+            [domain, str(r["documents"]), count(r["tokens"]), f"{r['encode_s']:.2f}", count(r["documents_per_s"]),
+             count(r["tokens_per_s"]), ""] for domain, r in result["prepare"].items()]
+    lines = ["bench data: prepare (encoding phase)",
+             *table(["domain", "documents", "tokens", "encode s", "docs/s", "tokens/s", ""], rows)]
+    loader = result["loader"]
+    if loader:
+        lines += [f"loader on the {loader['shards']} shards, block {loader['block']}, batch {loader['batch']}",
+                  *table(["workers", "mode", "first batch s", "tokens/s"],
+                         [[str(x["workers"]), str(x["mode"]), f"{x['first_batch_s']:.2f}", count(x["tokens_per_s"])]
+                          for x in loader["train"]]),
+                  f"exact {loader['eval']['split']} pass: {count(loader['eval']['tokens_per_s'])} tokens/s"]
+    rate = result["training_tokens_per_s"]
+    lines.append(f"training consumes {count(rate)} tokens/s (the decoder benchmark's default config)"
+                 if isinstance(rate, float) else f"training rate: {rate}")
+    if "loader_over_training" in result:
+        t = result["loader_over_training"]
+        lines.append(f"slowest loader over training: {count(t['value'])} times (target {t['target']})  "
+                     f"{'pass' if t['pass'] else 'FAIL'}")
+    return lines
+
+
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", metavar="FILE", help="write the figures here as JSON")
     parser.add_argument("--domains", default=",".join(DOMAINS), help="comma-separated subset of " + ",".join(DOMAINS))
@@ -138,5 +164,5 @@ def run(args: argparse.Namespace) -> int:
         if rate is not None and result["loader"]:
             slowest = min(x["tokens_per_s"] for x in result["loader"]["train"])
             result["loader_over_training"] = target(slowest / rate, LOADER_TARGET, ">=")
-        write_json(result, args.json)
+        write_json(result, args.json, summary(result))
     return 0

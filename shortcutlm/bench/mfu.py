@@ -13,7 +13,7 @@ from typing import Any
 import torch
 
 from shortcutlm.bench.common import machine, matmul_peak_flops, median, target, timed, write_json
-from shortcutlm.bench.model import Trainee, add_size_arguments, default_config
+from shortcutlm.bench.model import Trainee, add_size_arguments, count, default_config, table
 from shortcutlm.models import flops_per_token
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
@@ -22,6 +22,18 @@ DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 def configure(parser: argparse.ArgumentParser) -> None:
     add_size_arguments(parser, steps=5, warmup=2)
     parser.add_argument("--peak-size", type=int, default=4096, help="square matmul size for the peak")
+
+
+def summary(result: dict[str, Any]) -> list[str]:
+    """The terminal's view: the setup in one line, one row per dtype."""
+    s = result["setup"]
+    rows = [[name, f"{r['train_step_seconds_median'] * 1000:.1f}", count(r["tokens_per_second"]),
+             count(r["achieved_flops"]), count(r["matmul_peak_flops"]), f"{r['mfu']:.1%}"]
+            for name, r in result["results"].items()]
+    return [f"bench mfu: {s['layers']} layers x {s['width']} ({s['heads']} heads), context {s['context']}, "
+            f"vocab {s['vocab']}, batch {s['batch']}, {count(s['parameters'])} parameters",
+            *table(["dtype", "step ms", "tokens/s", "FLOP/s", "peak FLOP/s", "MFU"], rows),
+            f"bf16 over fp32: {result['bf16_speedup_tokens_per_second']:.2f}x tokens/s"]
 
 
 def run(args: argparse.Namespace) -> int:
@@ -58,5 +70,5 @@ def run(args: argparse.Namespace) -> int:
         "targets": {"fp32_mfu": target(round(out["fp32"]["mfu"], 4), 0.55, ">="),
                     "bf16_over_fp32_tokens_per_second": target(round(speedup, 3), 1.7, ">=")},
     }
-    write_json(result, args.json)
+    write_json(result, args.json, summary(result))
     return 0

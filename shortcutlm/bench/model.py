@@ -25,10 +25,16 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "depth_resformer": {"shortcut": "depth", "value_residual": "resformer"},
 }
 
+#: The stated config: the sizes the targets were set for (and the command's defaults).
+STATED: dict[str, int] = {"layers": 6, "width": 384, "heads": 6, "context": 512, "vocab": 2048, "batch": 8,
+                          "new_tokens": 256}
+NOT_JUDGED = ("target set for 6 layers x 384 (6 heads) at context 512, vocab 2048, batch 8, 256 new tokens; "
+              "not judged at this size")
+
 
 def default_config(args: argparse.Namespace | None = None) -> GPTConfig:
     """The benchmark's stated config: 6 layers, width 384, 6 heads, context 512 (vocab 2048)."""
-    a = args or argparse.Namespace(layers=6, width=384, heads=6, context=512, vocab=2048)
+    a = args or argparse.Namespace(**STATED)
     return GPTConfig(vocab_size=a.vocab, n_layer=a.layers, n_head=a.heads, n_embd=a.width, block_size=a.context)
 
 
@@ -96,12 +102,12 @@ def training_tokens_per_second(steps: int = 3, device: str = "cpu") -> float:
 def add_size_arguments(parser: argparse.ArgumentParser, steps: int = 5, warmup: int = 1) -> None:
     """The stated benchmark config and timing options, shared by the speed benchmarks."""
     parser.add_argument("--json", metavar="FILE", help="write the figures here as JSON")
-    parser.add_argument("--layers", type=int, default=6)
-    parser.add_argument("--width", type=int, default=384)
-    parser.add_argument("--heads", type=int, default=6)
-    parser.add_argument("--context", type=int, default=512)
-    parser.add_argument("--vocab", type=int, default=2048)
-    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--layers", type=int, default=STATED["layers"])
+    parser.add_argument("--width", type=int, default=STATED["width"])
+    parser.add_argument("--heads", type=int, default=STATED["heads"])
+    parser.add_argument("--context", type=int, default=STATED["context"])
+    parser.add_argument("--vocab", type=int, default=STATED["vocab"])
+    parser.add_argument("--batch", type=int, default=STATED["batch"])
     parser.add_argument("--steps", type=int, default=steps, help="timed steps per variant (after warmup)")
     parser.add_argument("--warmup", type=int, default=warmup)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -109,9 +115,57 @@ def add_size_arguments(parser: argparse.ArgumentParser, steps: int = 5, warmup: 
 
 def configure(parser: argparse.ArgumentParser) -> None:
     add_size_arguments(parser)
-    parser.add_argument("--new-tokens", type=int, default=256)
+    parser.add_argument("--new-tokens", type=int, default=STATED["new_tokens"])
     parser.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32", help="bf16 = autocast")
     parser.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated subset of " + ",".join(VARIANTS))
+
+
+def at_stated_size(args: argparse.Namespace) -> bool:
+    """Whether this run measures the sizes the speed targets were set for."""
+    return all(getattr(args, name) == value for name, value in STATED.items())
+
+
+def count(n: float) -> str:
+    """3 significant figures with k/M/G: 10.7M."""
+    for div, unit in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if abs(n) >= div:
+            return f"{n / div:.3g}{unit}"
+    return f"{n:.3g}"
+
+
+def nbytes(n: float) -> str:
+    for div, unit in ((2 ** 30, "GiB"), (2 ** 20, "MiB"), (2 ** 10, "KiB")):
+        if n >= div:
+            return f"{n / div:.3g} {unit}"
+    return f"{int(n)} B"
+
+
+def table(headers: list[str], rows: list[list[str]]) -> list[str]:
+    """Aligned text columns: the first left-aligned, the rest right-aligned."""
+    widths = [max(len(r[i]) for r in [headers, *rows]) for i in range(len(headers))]
+    return ["  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths))).rstrip()
+            for r in [headers, *rows]]
+
+
+def summary(result: dict[str, Any]) -> list[str]:
+    """The terminal's view of a result: the setup in one line, one row per variant."""
+    s, out = result["setup"], result["variants"]
+    ratios = result.get("step_time_ratio_to_baseline", {})
+    rows = []
+    for name, v in out.items():
+        cache = nbytes(v["kv_cache_bytes_full_context"])
+        extra = v["kv_cache_bytes_with_shortcut_features"] - v["kv_cache_bytes_full_context"]
+        rows.append([name, count(v["parameters"]), f"{v['train_step_seconds_median'] * 1000:.1f}",
+                     f"{ratios[name]:.3f}" if name in ratios else "-", count(v["tokens_per_second"]),
+                     f"{v['mfu']:.1%}", cache + (f" +{nbytes(extra)}" if extra else ""),
+                     f"{v['generate_tokens_per_second_cached']:.0f}", f"{v['generate_tokens_per_second_uncached']:.0f}",
+                     f"{v['cache_speedup']:.1f}x"])
+    head = (f"bench model: {s['layers']} layers x {s['width']} ({s['heads']} heads), context {s['context']}, "
+            f"vocab {s['vocab']}, batch {s['batch']}, {s['dtype']} on {s['device']}; "
+            f"median of {s['timed_steps']} steps, {s['new_tokens']} generated tokens")
+    return [head, *table(["variant", "params", "step ms", "x baseline", "tokens/s", "MFU", "KV cache",
+                          "gen tok/s cached", "uncached", "cache gain"], rows),
+            "KV cache: keys and values at full context, batch 1 (+ the shortcut's cached depth features)"]
 
 
 def run(args: argparse.Namespace) -> int:
@@ -164,16 +218,23 @@ def run(args: argparse.Namespace) -> int:
         ratios = {n: v["train_step_seconds_median"] / b["train_step_seconds_median"] for n, v in out.items()}
         result["step_time_ratio_to_baseline"] = ratios
         targets: dict[str, Any] = {}
+        stated = at_stated_size(args)
+
+        def sized(t: dict[str, Any]) -> dict[str, Any]:
+            """Speed targets hold at the stated sizes only; elsewhere they are shown, not judged."""
+            return t if stated else {**t, "pass": None, "note": NOT_JUDGED}
+
         for n, bound in (("resformer", 1.03), ("learnable", 1.03), ("shortcut_depth", 1.05)):
             if n in ratios:
-                targets[f"{n}_step_ratio"] = target(round(ratios[n], 4), bound, "<=")
+                targets[f"{n}_step_ratio"] = sized(target(round(ratios[n], 4), bound, "<="))
         if "svformer" in out:
             L = base.n_layer
             measured = out["svformer"]["kv_cache_bytes_full_context"] / b["kv_cache_bytes_full_context"]
             targets["svformer_cache_fraction"] = target(measured, (L + 1) / (2 * L), "==")
             targets["svformer_cache_fraction"]["exact"] = math.isclose(measured, (L + 1) / (2 * L), rel_tol=0, abs_tol=0)
+            # (L+1)/(2L) is the design's fraction at every depth: judged at any size.
         for n, v in out.items():
-            targets[f"{n}_cache_speedup"] = target(round(v["cache_speedup"], 2), 5.0, ">=")
+            targets[f"{n}_cache_speedup"] = sized(target(round(v["cache_speedup"], 2), 5.0, ">="))
         result["targets"] = targets
-    write_json(result, args.json)
+    write_json(result, args.json, summary(result))
     return 0

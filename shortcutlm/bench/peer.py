@@ -39,7 +39,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from shortcutlm.bench.common import machine, matmul_peak_flops, median, target, timed, write_json
-from shortcutlm.bench.model import Trainee, default_config, measure_generation, measure_training
+from shortcutlm.bench.model import Trainee, count, default_config, measure_generation, measure_training, table
 from shortcutlm.models import GPT, GPTConfig, flops_per_token
 
 #: Our ``value_residual`` setting per compared variant (theirs: ``add_value_residual``).
@@ -645,6 +645,23 @@ def default_shards(limit: int | None, vocab: int) -> Path:
     return cache_root() / "peer" / f"bach_chorales_{limit or 'all'}_midi{vocab}"
 
 
+def summary(result: dict[str, Any]) -> list[str]:
+    """The terminal's view: the setup in one line, one row per variant (ours over theirs)."""
+    s, peer = result["setup"], result["peer"]
+    rows = []
+    for v, r in result["ratios"].items():
+        ours = result["models"][v]["ours"]
+        rows.append([v, count(ours["parameters"]), f"{r['step_time_ours_over_theirs']:.3f}",
+                     f"{r['generation_ours_over_theirs']:.3f}",
+                     f"{r['peak_memory_ours_over_theirs']['train']:.3f}" if "peak_memory_ours_over_theirs" in r else "-",
+                     f"{r['val_loss_ours_minus_theirs']:+.4f}" if "val_loss_ours_minus_theirs" in r else "-"])
+    return [f"bench peer: ours against {peer['package']} {peer['version']}, {s['layers']} layers x {s['width']} "
+            f"({s['heads']} heads), context {s['context']}, vocab {s['vocab']}, batch {s['batch']}, "
+            f"{s['dtype']} on {s['device']}",
+            *table(["variant", "params", "step time ours/theirs", "generation ours/theirs", "train memory ours/theirs",
+                    "val loss ours-theirs"], rows)]
+
+
 def run(args: argparse.Namespace) -> int:
     missing = peer_missing()
     if missing:
@@ -813,6 +830,6 @@ def run(args: argparse.Namespace) -> int:
         "ratios": ratios,
         "targets": targets,
     }
-    write_json(result, args.json)
+    write_json(result, args.json, summary(result))
     progress.done()
     return 0

