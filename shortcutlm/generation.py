@@ -31,7 +31,10 @@ same figures in its ``data.json``) — an average, so the MIDI written lasts abo
 that long (the sidecar records the real duration). Seconds make no sense for text (an error).
 Default length: one context (``block_size`` positions).
 
-Stopping: text and MIDI stop at EOS (each sample is cut before its first EOS); audio never
+Stopping: the requested length is what the user gets: by default the end-of-sequence id is
+never sampled, so a sample cannot end after a few tokens with nothing to hear. With
+``stop_at_eos`` (``--stop-at-eos``) text and MIDI samples may end at EOS before the requested
+length (each is cut before its first EOS), and the sidecar and the terminal say so. Audio never
 stops, and its special ids (pad, bos, eos, empty) are never sampled: an EOS would cut the
 decoded audio short, and the others carry no sound.
 
@@ -225,7 +228,8 @@ def generate_from_checkpoint(folder: str | Path, out: str | Path, prompt: str | 
                              max_new_tokens: int | None = None, seconds: float | None = None,
                              settings: SamplingSettings | None = None, samples: int = 1,
                              device: str | torch.device = "cpu", soundfont: str | Path | None = None,
-                             render: bool = True, checkpoint: Checkpoint | None = None) -> list[Path]:
+                             render: bool = True, checkpoint: Checkpoint | None = None,
+                             stop_at_eos: bool = False) -> list[Path]:
     """Continue ``prompt`` (or sample unconditionally) and write ``samples`` artifacts; returns their paths.
 
     ``out`` is a file path (with the domain's suffix; ``-00``, ``-01`` ... are added for several
@@ -271,8 +275,12 @@ def generate_from_checkpoint(folder: str | Path, out: str | Path, prompt: str | 
     x = torch.from_numpy(np.ascontiguousarray(tail)).to(device).unsqueeze(0)
     x = x.expand(samples, *x.shape[1:]).contiguous()
 
-    # Audio never samples a special id (an EOS would cut the waveform); text and MIDI stop at EOS.
-    banned, stops = (tok.special_ids.values(), ()) if domain == "acoustic" else ((), (eos,))
+    # Audio never samples a special id (an EOS would cut the waveform); text and MIDI reach the
+    # requested length unless asked to stop at EOS.
+    if domain == "acoustic":
+        banned, stops = tuple(tok.special_ids.values()), ()
+    else:
+        banned, stops = ((), (eos,)) if stop_at_eos else ((eos,), ())
 
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -307,6 +315,7 @@ def generate_from_checkpoint(folder: str | Path, out: str | Path, prompt: str | 
             "settings": asdict(settings), "seed": seed, "samples": samples, "sample_index": index,
             **budget, "max_new_tokens": n_new,
             "tokens_generated": generated, "stopped_at_eos": stopped,
+            "stop_reason": "end-of-sequence (--stop-at-eos)" if stopped else "requested length",
             "seconds": _artifact_seconds(domain, path),
             "elapsed_s": elapsed, "tokens_per_s": (computed_steps * samples / elapsed) if elapsed > 0 else None,
             "context": cfg.block_size, "slid_window": bool(tail.shape[-1] + n_new > cfg.block_size),
@@ -342,6 +351,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="auto", help="auto (cuda when available), cpu, cuda, ...")
     parser.add_argument("--soundfont", default=None, help="soundfont for MIDI renderings (default: General MIDI)")
     parser.add_argument("--no-render", action="store_true", help="MIDI: skip the .wav rendering")
+    parser.add_argument("--stop-at-eos", action="store_true",
+                        help="let a text or MIDI sample end at its end-of-sequence token before the requested "
+                             "length (default: the requested length is always generated)")
     parser.add_argument("--out", required=True, metavar="PATH_OR_DIR", help="artifact path or folder")
 
 
@@ -354,10 +366,15 @@ def run(args: argparse.Namespace) -> int:
         return 2
     try:
         paths = generate_from_checkpoint(args.checkpoint, args.out, args.prompt, args.tokens, args.seconds,
-                                         settings, args.samples, device, args.soundfont, not args.no_render)
+                                         settings, args.samples, device, args.soundfont, not args.no_render,
+                                         stop_at_eos=args.stop_at_eos)
     except (GenerationError, CheckpointError, FingerprintMismatch, TokenizerError) as exc:
         print(f"shortcutlm generate: error: {exc}", file=sys.stderr)
         return 2
     for path in paths:
         print(path)
+        sidecar = json.loads(path.with_suffix(".json").read_text())
+        if sidecar["stopped_at_eos"]:
+            print(f"  stopped at end-of-sequence after {sidecar['tokens_generated']} of {sidecar['max_new_tokens']} "
+                  "tokens; run without --stop-at-eos for the full length")
     return 0

@@ -189,3 +189,43 @@ def test_cli(text_ckpt, text_prompt, tmp_path, capsys):
     assert "missing.txt" in capsys.readouterr().err
     assert cli_main(["generate", str(text_ckpt), "--top-p", "1.5", "--out", str(out)]) == 2
     assert "top_p" in capsys.readouterr().err
+
+
+@pytest.fixture(scope="module")
+def short_docs_ckpt(tmp_path_factory):
+    """A model trained on documents of three to five words: it learns to end documents soon."""
+    from shortcutlm.datasets.prepare import prepare
+    from tests.fixtures_eval import make_checkpoint
+
+    root = tmp_path_factory.mktemp("short_docs")
+    rng = np.random.default_rng(1)
+    (root / "texts").mkdir()
+    for i in range(300):
+        (root / "texts" / f"d{i:03d}.txt").write_text(" ".join(rng.choice(WORDS, size=3 + i % 3)) + "\n")
+    prepare({"name": "folder", "path": str(root / "texts")}, {"domain": "text", "vocab_size": 320},
+            root / "shards", workers=1, progress=False)
+    return make_checkpoint(root / "ckpt", root / "shards", steps=60, seed=0)
+
+
+def test_the_requested_length_is_generated_unless_asked_to_stop_at_eos(short_docs_ckpt, text_prompt, tmp_path,
+                                                                         capsys):
+    """A model that ends documents early still gives the requested length by default."""
+    text_ckpt = short_docs_ckpt
+    early = []
+    for seed in range(12):
+        [out] = generate_from_checkpoint(text_ckpt, tmp_path / f"eos{seed}.txt", prompt=text_prompt,
+                                         max_new_tokens=60, settings=SamplingSettings(seed=seed), stop_at_eos=True)
+        if sidecar(out)["stopped_at_eos"]:
+            early.append(seed)
+            assert sidecar(out)["tokens_generated"] < 60
+            assert sidecar(out)["stop_reason"].startswith("end-of-sequence")
+    assert early, "the fixture model never emitted EOS; the test needs one that does"
+    seed = early[0]
+    [full] = generate_from_checkpoint(text_ckpt, tmp_path / "full.txt", prompt=text_prompt, max_new_tokens=60,
+                                      settings=SamplingSettings(seed=seed))
+    meta = sidecar(full)
+    assert meta["tokens_generated"] == 60 and not meta["stopped_at_eos"] and meta["stop_reason"] == "requested length"
+    capsys.readouterr()
+    assert cli_main(["generate", str(text_ckpt), "--prompt", str(text_prompt), "--tokens", "60", "--seed", str(seed),
+                     "--stop-at-eos", "--out", str(tmp_path / "cli.txt")]) == 0
+    assert "stopped at end-of-sequence" in capsys.readouterr().out
