@@ -13,6 +13,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from shortcutlm.cleanup import removed_if_failed
 from shortcutlm.config_schema import ConfigError, closest, from_dict, load_config
 from shortcutlm.models import GPTConfig
 from shortcutlm.tokenizers import tokenizer_class
@@ -246,6 +247,7 @@ def run(args: argparse.Namespace) -> int:
     recipe = load_recipe(args.recipe, args.preset, args.overrides)
     out = args.out or f"runs/{recipe.name}" + (f"-{args.preset}" if args.preset else "")
     stages = tuple(s for s in STAGES if not args.stages or s in args.stages)
-    layout = run_recipe(recipe, out, stages, args.variants, progress=not args.no_progress)
+    with removed_if_failed(out):
+        layout = run_recipe(recipe, out, stages, args.variants, progress=not args.no_progress)
     print(f"done: {layout.root}" + (f" (report: {layout.report})" if layout.report.exists() else ""))
     return 0

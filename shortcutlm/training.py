@@ -24,6 +24,7 @@ from lightning.pytorch.utilities import rank_zero_only
 
 from shortcutlm import checkpoint as ckpt
 from shortcutlm import run_checks
+from shortcutlm.cleanup import removed_if_failed
 from shortcutlm.config_schema import ConfigError
 from shortcutlm.datasets.loader import eval_batches, read_manifest, train_batches
 from shortcutlm.models.lightning import LitGPT
@@ -274,10 +275,18 @@ def train(recipe: Recipe, variant: str, data_dir: str | Path, out: str | Path, p
         log.info("%s: already trained to step %d; keeping it", out, s.max_steps)
         return out
     start_over_if_partial(out)
+    with removed_if_failed(out, lambda top: (out / ckpt.TRAINER_STATE).is_file()):  # keep only resumable state
+        return _fit(recipe, variant, data_dir, out, s, config, manifest, progress, stop_after, callbacks)
+
+
+def _fit(recipe: Recipe, variant: str, data_dir: Path, out: Path, s: TrainSettings, config: Any,
+         manifest: dict[str, Any], progress: bool, stop_after: int | None,
+         callbacks: list[L.Callback] | None) -> Path:
+    """Build the Lightning trainer for a checked run and fit (or resume) it."""
+    tok = manifest["tokenizer"]
     peak = measured_peak(s, s.accelerator)  # before seeding: a measurement must not move the model's init
     L.seed_everything(s.seed, workers=True, verbose=False)
     lit = LitGPT(config, asdict(s), ignored_ids(tok["special_ids"]), peak)
-    new_folder = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
     sitting = len(list((out / "logs").glob("version_*")))  # each resumed sitting logs apart
     csv_logger = CSVLogger(out, name="logs", version=sitting)
@@ -306,10 +315,6 @@ def train(recipe: Recipe, variant: str, data_dir: str | Path, out: str | Path, p
         except StepBoundaryStop as stopped:
             if stopped.interrupted:
                 raise Interrupted(out, stopped.step, trainer.is_global_zero) from None
-        except BaseException:
-            if new_folder and not last.is_file():  # a failed run leaves no folder of logs behind
-                shutil.rmtree(out, ignore_errors=True)
-            raise
     return out
 
 

@@ -102,3 +102,11 @@ def test_integers_with_underscores(tmp_path):
                     .replace("max_steps: 6", "max_steps: 1_000"))
     assert load_recipe(path).train.max_steps == 1000
     assert load_recipe(path, overrides=["train.max_steps=2_000"]).train.max_steps == 2000
+
+
+def test_a_failed_recipe_leaves_no_empty_folders(tmp_path, capsys):
+    out = tmp_path / "runs" / "ls"
+    line = one_line_error(capsys, ["recipe", "recipes/librispeech.yaml", "--preset", "tiny", "--out", str(out),
+                                   "--set", f"source.path={tmp_path / 'nowhere'}"], "recipe")
+    assert "does not exist" in line
+    assert not (tmp_path / "runs").exists()
