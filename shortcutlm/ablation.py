@@ -885,12 +885,13 @@ def relative_training_loss(runs: list[Run], cfg: AblationConfig) -> dict[str, An
 
 
 def plot_relative_loss(rel: dict[str, Any], path: Path, title: str) -> Path:
-    from shortcutlm.plots import plt
+    from shortcutlm.plots import plt, variant_colours
 
     fig, ax = plt.subplots(figsize=(7, 4))
-    for i, (variant, c) in enumerate(rel.items()):
+    colours = variant_colours(rel)  # each variant in its colour of every plot
+    for variant, c in rel.items():
         n = len(c["seeds"])
-        ax.plot(c["steps"], c["delta"], color=f"C{i % 10}", label=f"{variant} (mean of {n} seed{'s' * (n > 1)})")
+        ax.plot(c["steps"], c["delta"], color=colours[variant], label=f"{variant} (mean of {n} seed{'s' * (n > 1)})")
     ax.axhline(0.0, color="0.3", linewidth=1, linestyle=":")
     ax.set_xlabel("optimiser step")
     ax.set_ylabel("train loss − baseline's (nats, smoothed)")

@@ -64,6 +64,7 @@ from shortcutlm.plots import plot_heatmap, plot_layer_panels
 
 DIAGNOSTICS_JSON = "diagnostics.json"
 MAX_TOKENS = 512
+DEPTH_MAP_COLORBAR = "shortcut attention weight (mean over heads; each row sums to 1)"
 
 DEFINITIONS = {
     "entropy": "A = mean over heads and windows of the causal attention matrix; a_j = sum_i A_ij; "
@@ -351,14 +352,10 @@ def diagnose_checkpoint(folder: str | Path, data_dir: str | Path | None = None, 
 
 
 def _unique_labels(results: list[dict[str, Any]]) -> list[str]:
-    labels = [r["name"] for r in results]
-    for i, r in enumerate(results):
-        if labels.count(r["name"]) > 1:
-            labels[i] = Path(r["checkpoint"]).name
-    for i, label in enumerate(list(labels)):
-        if labels.count(label) > 1:
-            labels[i] = f"{label}_{i + 1}"
-    return labels
+    """The checkpoints' names as evaluation's tables give them (:func:`shortcutlm.evaluation.checkpoint_labels`)."""
+    from shortcutlm.evaluation import checkpoint_labels
+
+    return checkpoint_labels([r["name"] for r in results], [r["checkpoint"] for r in results])
 
 
 def _safe(label: str) -> str:
@@ -401,36 +398,42 @@ def write_plots(results: dict[str, dict[str, Any]], out_dir: str | Path) -> dict
     def series(key: str) -> dict[str, list[float]]:
         return {label: r[key] for label, r in results.items()}
 
+    # Each model is drawn in its variant's colour, the one it has in every plot of the suite.
+    variants = {label: r.get("name") or label for label, r in results.items()}
+
+    def draw(panels: list[dict], path: Path, title: str = "") -> Path:
+        return plot_layer_panels(panels, path, title, variants)
+
     plots: dict[str, Path] = {}
-    plots["entropy"] = plot_layer_panels([
+    plots["entropy"] = draw([
         {"series": series("entropy"), "ylabel": "token-importance entropy (nats)",
          "title": "entropy of attention received per token", "references": refs("entropy_uniform_causal", "uniform causal")},
         {"series": series("entropy_normalised"), "ylabel": "entropy / uniform-causal entropy",
          "title": "normalised by uniform causal attention", "references": {"uniform causal": 1.0}},
     ], out / "entropy.png", "attention concentration (lower = more concentrated)")
-    plots["first_token_value_norm"] = plot_layer_panels([
+    plots["first_token_value_norm"] = draw([
         {"series": series("first_token_value_norm"), "dashed": series("other_token_value_norm"),
          "ylabel": "value-state L2 norm", "title": "first token (solid) vs mean of the others (dashed)"},
         {"series": series("first_token_value_ratio"), "ylabel": "‖v_0‖ / mean ‖v_j‖ (j ≥ 1)",
          "title": "first-token value norm ratio", "references": {"equal norms": 1.0}},
     ], out / "first_token_value_norm.png", "value states of the first token")
-    plots["first_token_attention"] = plot_layer_panels([
+    plots["first_token_attention"] = draw([
         {"series": series("first_token_attention"), "ylabel": "mean attention to token 0",
          "title": "attention received by the first token",
          "references": refs("first_token_attention_uniform_causal", "uniform causal")},
     ], out / "first_token_attention.png")
     depth_axis = {"x_start": 0, "xlabel": "depth", "xticklabels": longest["hidden_labels"]}
-    plots["hidden_norm"] = plot_layer_panels([
+    plots["hidden_norm"] = draw([
         {"series": series("hidden_norm"), "ylabel": "mean ‖h‖₂ over tokens", "title": "hidden-state norm",
          **depth_axis},
     ], out / "hidden_norm.png")
-    plots["token_similarity"] = plot_layer_panels([
+    plots["token_similarity"] = draw([
         {"series": series("token_similarity"), "ylabel": "mean off-diagonal cosine similarity",
          "title": "token similarity of hidden states", **depth_axis},
     ], out / "token_similarity.png")
     shortcuts = {label: r for label, r in results.items() if r.get("shortcut")}
     if shortcuts:
-        plots["depth_weights"] = plot_layer_panels([
+        plots["depth_weights"] = draw([
             {"series": {label: (r["shortcut"]["depths"], r["shortcut"]["depth_weights"])
                         for label, r in shortcuts.items()},
              "ylabel": "mean shortcut attention", "title": "shortcut attention over depth, mean over tokens",
@@ -440,7 +443,7 @@ def write_plots(results: dict[str, dict[str, Any]], out_dir: str | Path) -> dict
         sc = r["shortcut"]
         plots[f"depth_map_{label}"] = plot_heatmap(
             np.asarray(sc["depth_map"]), out / f"depth_map_{_safe(label)}.png",
-            f"shortcut attention over depth\n{label} ({sc['mode']})", "depth", "token",
+            f"shortcut attention over depth\n{label} ({sc['mode']})", "depth", "token", DEPTH_MAP_COLORBAR,
             sc["depth_labels"], sc.get("depth_map_tokens"))
     return plots
 
@@ -451,7 +454,9 @@ def compare_checkpoints(folders: Sequence[str | Path] | str | Path, out_dir: str
     """Diagnose each checkpoint (``kw`` go to :func:`diagnose_checkpoint`), write ``diagnostics.json`` and PNGs.
 
     Returns ``{"json": path, "plots": {name: path}, "results": {label: result}}``. Labels
-    default to the checkpoints' variant names (made unique).
+    default to the checkpoints' names as evaluation gives them
+    (:func:`shortcutlm.evaluation.checkpoint_labels`: the variant, with the folder's name when
+    two checkpoints share a variant).
     """
     if isinstance(folders, (str, Path)):
         folders = [folders]
@@ -493,7 +498,7 @@ def depth_map_for_checkpoint(folder: str | Path, data_dir: str | Path | None, ou
     lead = ids if ids.dim() == 1 else ids[0]
     labels = [str(int(t)) for t in lead]
     png = plot_heatmap(weights, Path(out_png), f"shortcut attention over depth — {ck.name}", "depth", "token (id)",
-                       depth_labels(ck.model), labels)
+                       DEPTH_MAP_COLORBAR, depth_labels(ck.model), labels)
     Path(out_png).with_suffix(".json").write_text(json.dumps(
         {"checkpoint": str(folder), "depths": depth_labels(ck.model), "token_ids": [int(t) for t in lead],
          "weights": weights.round(5).tolist()}, indent=1))

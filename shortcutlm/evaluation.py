@@ -70,7 +70,7 @@ RESULTS_MD = "results.md"
 PRECISIONS = ("auto", "fp32", "bf16")
 
 __all__ = ["EvaluationError", "evaluate_checkpoint", "evaluate_checkpoints", "write_report", "render_markdown",
-           "resolve_shard_dir", "configure", "run"]
+           "resolve_shard_dir", "checkpoint_labels", "configure", "run"]
 
 
 class EvaluationError(UserError, ValueError):
@@ -78,6 +78,27 @@ class EvaluationError(UserError, ValueError):
 
 
 # ------------------------------------------------------------------------------------ helpers
+
+def checkpoint_labels(names: Sequence[str], folders: Sequence[str | Path]) -> list[str]:
+    """How every table and plot (evaluation, diagnostics) names checkpoints.
+
+    A checkpoint goes by its name (``Checkpoint.name``: its recipe variant, else its folder's
+    name). Checkpoints that share a name are told apart by their folder's name,
+    ``baseline (run_a)``; by their whole folder path where folder names repeat too; and by a
+    number where one folder is given twice.
+    """
+    names, folders = [str(n) for n in names], [Path(f) for f in folders]
+    labels = [f"{n} ({f.name})" if names.count(n) > 1 else n for n, f in zip(names, folders)]
+    labels = [f"{n} ({f})" if labels.count(label) > 1 else label for n, f, label in zip(names, folders, labels)]
+    seen: dict[str, int] = {}
+    numbered = []
+    for label in labels:
+        if labels.count(label) > 1:
+            seen[label] = seen.get(label, 0) + 1
+            label = f"{label} #{seen[label]}"
+        numbered.append(label)
+    return numbered
+
 
 def _perplexity(nats: float) -> float:
     return math.exp(nats) if nats < 700 else float("inf")
@@ -326,10 +347,8 @@ def evaluate_checkpoints(folders: Sequence[str | Path] | str | Path, shard_dir: 
                                            progress))
         if torch.device(device).type == "cuda":
             torch.cuda.empty_cache()
-    names = [r["name"] for r in records]
-    for r in records:  # two runs of one recipe variant: tell their rows apart by folder
-        if names.count(r["name"]) > 1:
-            r["name"] = f"{r['name']} ({r['folder']})"
+    for r, label in zip(records, checkpoint_labels([r["name"] for r in records], [r["folder"] for r in records])):
+        r["name"] = label  # two runs of one recipe variant: told apart by folder
     return {"split": split, "created": time.strftime("%Y-%m-%dT%H:%M:%S"), "checkpoints": records}
 
 
@@ -361,7 +380,7 @@ def _table(header: list[str], rows: Iterable[list[str]]) -> list[str]:
 def render_markdown(results: dict[str, Any]) -> str:
     """The report: one row per checkpoint for the shared metrics, then per-codebook / per-family tables."""
     records = results["checkpoints"]
-    lines = [f"# Evaluation — split `{results['split']}`", ""]
+    lines = [f"# Evaluation: next-token loss on the {results['split']} split", ""]
     has_bpb = any("bits_per_byte" in r for r in records)
     has_bps = any("bits_per_second" in r for r in records)
     header = ["checkpoint", "domain", "data", "targets", "nats/token", "bits/token", "perplexity"]

@@ -108,8 +108,12 @@ def _evaluation_section(layout: RunLayout) -> list[str]:
     if not table.is_file():
         return ["## Evaluation", "", "Not run.", ""]
     body = table.read_text().strip().splitlines()
-    body = [line for line in body if not line.startswith("# ")]  # keep our own heading level
-    return ["## Evaluation", "", *body, "",
+    # One level down: results.md's title ("Evaluation: next-token loss on the test split") becomes
+    # this section's heading, so the report names the split that was scored.
+    body = ["#" + line if line.startswith("#") else line for line in body]
+    if not body or not body[0].startswith("## "):
+        body = ["## Evaluation", "", *body]
+    return [*body, "",
             "Loss is the mean next-token cross-entropy in nats over every target of the split (one exact "
             "pass); bits = nats / ln 2; perplexity = e^loss. Lower is better.", ""]
 

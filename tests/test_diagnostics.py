@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,8 +14,8 @@ import torch.nn.functional as F
 from shortcutlm.checkpoint import load_folder
 from shortcutlm.cli import main as cli_main
 from shortcutlm.datasets.loader import eval_batches
-from shortcutlm.diagnostics import (compare_checkpoints, depth_map_for_checkpoint, diagnose_checkpoint,
-                                    diagnose_model, token_importance_entropy, token_similarity,
+from shortcutlm.diagnostics import (DEPTH_MAP_COLORBAR, compare_checkpoints, depth_map_for_checkpoint,
+                                    diagnose_checkpoint, diagnose_model, token_importance_entropy, token_similarity,
                                     uniform_causal_entropy, uniform_causal_first_attention, validation_windows)
 from shortcutlm.models import GPT, GPTConfig
 from shortcutlm.tokenizers import load_tokenizer
@@ -205,3 +206,68 @@ def test_cli_and_report_entry_point(tmp_path, text_ckpt, text_ckpt_b, capsys):
     assert depth_map_for_checkpoint(text_ckpt, None, tmp_path / "m.png") is None
     png = depth_map_for_checkpoint(text_ckpt_b, None, tmp_path / "m.png")
     assert png.is_file() and (tmp_path / "m.json").is_file()
+
+
+# ------------------------------------------------------------------------------------ labels, colours, colour bars
+
+def same_variant_copies(src, root, variant="baseline", folders=("run_a", "run_b")) -> list:
+    """Copies of a checkpoint whose recipes all name one variant (two runs of one recipe variant)."""
+    from shortcutlm.checkpoint import save_folder
+
+    ck = load_folder(src)
+    return [save_folder(root / name, ck.model, {"variant": variant}, ck.hparams, ck.folder / "tokenizer", ck.data)
+            for name in folders]
+
+
+def test_checkpoint_labels_rule():
+    from shortcutlm.evaluation import checkpoint_labels
+
+    assert checkpoint_labels(["baseline", "svformer"], ["x/run_a", "x/run_b"]) == ["baseline", "svformer"]
+    assert checkpoint_labels(["baseline", "baseline", "svformer"], ["x/run_a", "y/run_b", "z/run_c"]) == \
+        ["baseline (run_a)", "baseline (run_b)", "svformer"]
+    assert checkpoint_labels(["b", "b"], ["x/run", "y/run"]) == ["b (x/run)", "b (y/run)"]
+    assert checkpoint_labels(["b", "b"], ["x/run", "x/run"]) == ["b (x/run) #1", "b (x/run) #2"]
+
+
+def test_diagnose_labels_checkpoints_as_evaluation_does(tmp_path, text_ckpt, text_ckpt_b, capsys, monkeypatch):
+    from shortcutlm import plots
+    from shortcutlm.evaluation import evaluate_checkpoints
+    from shortcutlm.plots import variant_colour
+
+    run_a, run_b = same_variant_copies(text_ckpt_b, tmp_path)
+    figures = []
+    real_save = plots._save
+    monkeypatch.setattr(plots, "_save", lambda fig, out: figures.append((Path(out).name, fig)) or real_save(fig, out))
+    assert cli_main(["diagnose", str(run_a), str(run_b), str(text_ckpt), "--out", str(tmp_path / "d"),
+                     "--windows", "1", "--tokens", "8"]) == 0
+    expected = ["baseline (run_a)", "baseline (run_b)", "text_a"]
+    body = json.loads((tmp_path / "d" / "diagnostics.json").read_text())
+    assert list(body["results"]) == expected
+    table = capsys.readouterr().out.splitlines()
+    assert [line.split(" | ")[0] for line in table[1:4]] == expected
+    for png in ("depth_map_baseline_run_a.png", "depth_map_baseline_run_b.png"):
+        assert (tmp_path / "d" / png).is_file()
+    # the same names in evaluation's tables
+    rows = evaluate_checkpoints([run_a, run_b, text_ckpt], max_batches=1, progress=False)["checkpoints"]
+    assert [r["name"] for r in rows] == expected
+
+    # plots: legends carry the labels; a variant is drawn in its colour, a second run of it in another
+    figs = dict(figures)
+    lines = {line.get_label(): line.get_color() for line in figs["hidden_norm.png"].axes[0].get_lines()}
+    assert set(expected) <= set(lines)
+    assert lines["baseline (run_a)"] == variant_colour("baseline")
+    assert lines["text_a"] == variant_colour("text_a")
+    assert len({lines[label] for label in expected}) == 3
+    # depth maps: the colour bar says what the colours measure
+    bar = figs["depth_map_baseline_run_a.png"].axes[-1]
+    assert bar.get_ylabel() == DEPTH_MAP_COLORBAR and "attention" in bar.get_ylabel()
+
+
+def test_report_depth_map_has_a_labelled_colour_bar(tmp_path, text_ckpt_b, monkeypatch):
+    from shortcutlm import plots
+
+    figures = []
+    real_save = plots._save
+    monkeypatch.setattr(plots, "_save", lambda fig, out: figures.append(fig) or real_save(fig, out))
+    assert depth_map_for_checkpoint(text_ckpt_b, None, tmp_path / "m.png").is_file()
+    assert figures[-1].axes[-1].get_ylabel() == DEPTH_MAP_COLORBAR

@@ -168,3 +168,33 @@ def test_missing_split_or_shards_are_clear_errors(text_ckpt, tmp_path):
         evaluate_checkpoint(text_ckpt, split="nope", progress=False)
     with pytest.raises(EvaluationError, match="does not exist"):
         evaluate_checkpoint(text_ckpt, shard_dir=tmp_path / "absent", progress=False)
+
+
+def test_results_and_run_report_name_the_split(text_ckpt, text_data, tmp_path):
+    import shutil
+
+    from shortcutlm.config_schema import from_dict
+    from shortcutlm.recipe import Recipe, RunLayout
+    from shortcutlm.report import write_run_report
+    from tests.conftest import tiny_recipe_dict
+
+    layout = RunLayout(tmp_path / "run")
+    shutil.copytree(text_data, layout.data)
+    md, _ = write_report(evaluate_checkpoints([text_ckpt], split="valid", progress=False), layout.evaluation)
+    assert md.read_text().splitlines()[0] == "# Evaluation: next-token loss on the valid split"
+    recipe = from_dict(Recipe, tiny_recipe_dict({"name": "text8", "path": "unused"}, {"domain": "text"}))
+    report = write_run_report(recipe, layout, ["baseline"]).read_text().splitlines()
+    assert "## Evaluation: next-token loss on the valid split" in report
+    assert "### Per token family — text" in report  # results.md's sections sit one level below
+    assert not [line for line in report if line.startswith("# Evaluation")]
+
+
+def test_two_runs_of_one_variant_are_told_apart_by_folder(text_ckpt, tmp_path):
+    from shortcutlm.checkpoint import save_folder
+
+    ck = load_folder(text_ckpt)
+    folders = [save_folder(tmp_path / name, ck.model, {"variant": "baseline"}, ck.hparams, ck.folder / "tokenizer",
+                           ck.data) for name in ("run_a", "run_b")]
+    results = evaluate_checkpoints(folders, max_batches=1, progress=False)
+    md = write_report(results, tmp_path / "report")[0].read_text()
+    assert "| baseline (run_a) |" in md and "| baseline (run_b) |" in md
