@@ -21,7 +21,7 @@ class Document:
 
     ``span``, when set, makes the document one contiguous part ``[start, end)`` of its file or
     text, as fractions of its length in the domain's own unit (text: bytes, moved forward to
-    the next word start; audio: samples; MIDI: ticks, moved forward to the next bar line).
+    the next word start; audio: samples; MIDI: ticks, moved to the nearest bar line).
     Collections too small to split by file are split this way (see ``datasets/splits.py``).
     """
 

@@ -61,6 +61,7 @@ from shortcutlm.datasets.shards import (FORMAT, MANIFEST, TMP_SUFFIX, VERSION, S
                                         read_manifest, sha256_file, token_dtype, write_json_atomic)
 from shortcutlm.datasets.sources import READERS, Rejected, read_source
 from shortcutlm.documents import Document
+from shortcutlm.errors import UserError
 from shortcutlm.tokenizers import Tokenizer, load_tokenizer, tokenizer_class
 
 TOKENIZER_FOLDER = "tokenizer"
@@ -69,6 +70,10 @@ DEFAULT_SHARD_TOKENS = 1 << 22
 DEFAULT_SHARD_DOCUMENTS = 4096
 
 log = logging.getLogger(__name__)
+
+
+class PrepareError(UserError, ValueError):
+    """A prepare run that cannot go as asked: a bad spec, no documents, no readable train file, nothing written."""
 
 
 # ------------------------------------------------------------------------------ in the workers
@@ -113,7 +118,7 @@ def _encode(doc: Document, tokenizer: Tokenizer) -> tuple[np.ndarray | None, dic
     try:
         encoded = tokenizer.encode_document(doc)
         tokens = np.asarray(encoded.tokens)
-        problem = _check_tokens(tokens, tokenizer)
+        problem = _check_tokens(tokens, tokenizer) or _check_meta(encoded.meta)
         if problem:
             return None, problem
         return tokens, dict(encoded.meta)
@@ -131,6 +136,14 @@ def _check_tokens(tokens: np.ndarray, tokenizer: Tokenizer) -> str:
         return "no tokens (empty after tokenization)"
     if tokens.min() < 0 or tokens.max() >= tokenizer.vocab_size:
         return f"ids outside [0, {tokenizer.vocab_size})"
+    return ""
+
+
+def _check_meta(meta: dict[str, Any]) -> str:
+    """A size that is not a finite number (a duration from a corrupt header) would poison the split sums."""
+    for key, value in meta.items():
+        if isinstance(value, float) and not np.isfinite(value):
+            return f"its {key} came out as {value}"
     return ""
 
 
@@ -158,11 +171,11 @@ def _encoded_stream(docs: list[Document], pool: IsolatedPool, folder: Path, doma
 
 def _split_specs(source: dict[str, Any], tokenizer: dict[str, Any]) -> tuple[dict[str, Any], str, dict[str, Any]]:
     if not isinstance(source, dict) or "name" not in source:
-        raise ValueError("source must be a dict with a 'name' (e.g. {'name': 'text8', 'path': ...})")
+        raise PrepareError("source must be a dict with a 'name' (e.g. {'name': 'text8', 'path': ...})")
     if source["name"] not in READERS:
-        raise ValueError(f"unknown source {source['name']!r}; expected one of {', '.join(READERS)}")
+        raise PrepareError(f"unknown source {source['name']!r}; expected one of {', '.join(READERS)}")
     if not isinstance(tokenizer, dict) or "domain" not in tokenizer:
-        raise ValueError("tokenizer must be a dict with a 'domain' (text, midi or acoustic) plus its settings")
+        raise PrepareError("tokenizer must be a dict with a 'domain' (text, midi or acoustic) plus its settings")
     settings = {k: v for k, v in tokenizer.items() if k != "domain"}
     return dict(source), tokenizer["domain"], settings
 
@@ -185,7 +198,7 @@ def _collect(source: dict[str, Any], cls: type[Tokenizer]) -> tuple[list[Documen
             seen[item.doc_id] = item
             docs.append(item)
     if not docs and not rejected:
-        raise ValueError(f"source {spec['name']!r} gave no documents")
+        raise PrepareError(f"source {spec['name']!r} gave no documents")
     order = {s: i for i, s in enumerate(SPLIT_ORDER)}
     docs.sort(key=lambda d: (order.get(d.split, len(order)), d.split))  # stable: keeps source order within a split
     return docs, rejected
@@ -218,7 +231,7 @@ def _train(tokenizer: Tokenizer, docs: list[Document], pool: IsolatedPool, setti
     """Fit the tokenizer on the train split; returns the train documents rejected while reading them."""
     train = [d for d in docs if d.split == "train"]
     if not train:
-        raise ValueError(f"the {tokenizer.domain} tokenizer needs training but the source has no train documents")
+        raise PrepareError(f"the {tokenizer.domain} tokenizer needs training but the source has no train documents")
     if progress:
         print(f"training the {tokenizer.domain} tokenizer on {len(train)} train documents …", file=sys.stderr)
     if not tokenizer.trains_on_samples:  # text: read in this process by Python code, no native parser
@@ -228,7 +241,7 @@ def _train(tokenizer: Tokenizer, docs: list[Document], pool: IsolatedPool, setti
     samples, rejected = _training_samples(tokenizer, train, pool, settings, timeout_s)
     if not samples:
         example = next(iter(rejected.values()))
-        raise ValueError(f"the {tokenizer.domain} tokenizer needs training but none of the {len(train)} train "
+        raise PrepareError(f"the {tokenizer.domain} tokenizer needs training but none of the {len(train)} train "
                          f"documents could be read (e.g. {example.input}: {example.reason})")
     tokenizer.fit(samples)
     return rejected
@@ -244,7 +257,7 @@ def _tokenizer_for(out: Path, domain: str, settings: dict[str, Any], docs: list[
         tokenizer = load_tokenizer(folder)
         tokenizer.check_fingerprint(previous["tokenizer"]["fingerprint"], f"the partial shards in {out}")
         if tokenizer.domain != domain:
-            raise ValueError(f"{folder} holds a {tokenizer.domain} tokenizer, not {domain}")
+            raise PrepareError(f"{folder} holds a {tokenizer.domain} tokenizer, not {domain}")
         return tokenizer, {}
     tokenizer = tokenizer_class(domain).from_settings(dict(settings))
     rejected: dict[str, Rejected] = {}
@@ -292,7 +305,7 @@ def _previous(out: Path, source: dict[str, Any], tokenizer_spec: dict[str, Any])
     canon = lambda x: json.dumps(x, sort_keys=True, default=str)  # noqa: E731
     for key, now in (("source", source), ("tokenizer_settings", tokenizer_spec)):
         if canon(previous.get(key)) != canon(now):
-            raise ValueError(f"{out} was prepared with {key} {canon(previous.get(key))}, not {canon(now)}; "
+            raise PrepareError(f"{out} was prepared with {key} {canon(previous.get(key))}, not {canon(now)}; "
                              f"use another --out (or delete {out}) to prepare different data")
     return previous
 
@@ -338,6 +351,8 @@ def prepare(source: dict[str, Any], tokenizer: dict[str, Any], out_dir: str | Pa
     the files (0: this process, with no protection from a crashing reader); a file whose reading
     takes longer than ``file_timeout_s`` (None: no limit) is rejected.
     """
+    if workers < 0:
+        raise PrepareError(f"workers must be 0 (read in this process) or more, not {workers}")
     with IsolatedPool(workers) as pool:
         return _prepare(source, tokenizer, Path(out_dir), pool, shard_tokens, shard_documents, progress,
                         file_timeout_s)
@@ -442,7 +457,7 @@ def _prepare(source: dict[str, Any], tokenizer: dict[str, Any], out: Path, pool:
     flush()
     if manifest["inputs"]["documents"] == 0:
         reasons = "; ".join(f"{r['input']}: {r['reason']}" for r in manifest["rejected"][:3])
-        raise RuntimeError(f"prepare wrote no documents ({len(manifest['rejected'])} rejected: {reasons})")
+        raise PrepareError(f"prepare wrote no documents ({len(manifest['rejected'])} rejected: {reasons})")
     return manifest
 
 
@@ -456,7 +471,7 @@ def _parse_pairs(pairs: Iterable[str], what: str) -> dict[str, Any]:
     for pair in pairs:
         key, sep, value = pair.partition("=")
         if not sep or not key:
-            raise ValueError(f"{what} {pair!r}: expected key=value")
+            raise PrepareError(f"{what} {pair!r}: expected key=value")
         out[key.strip()] = yaml.safe_load(value) if value.strip() else ""
     return out
 
@@ -491,7 +506,7 @@ def spec_from_args(args: argparse.Namespace) -> dict[str, Any]:
         unknown = set(spec) - {"source", "tokenizer", "out", "workers", "shard_tokens", "shard_documents",
                                "file_timeout_s"}
         if unknown:
-            raise ValueError(f"{args.spec}: unknown key(s) {', '.join(sorted(unknown))}")
+            raise PrepareError(f"{args.spec}: unknown key(s) {', '.join(sorted(unknown))}")
     source = dict(spec.get("source") or {})
     if args.source:
         source = {"name": args.source} if source.get("name") != args.source else source
@@ -504,7 +519,7 @@ def spec_from_args(args: argparse.Namespace) -> dict[str, Any]:
     tokenizer.update(_parse_pairs(args.set, "--set"))
     out = args.out or spec.get("out")
     if not source.get("name") or not tokenizer.get("domain") or not out:
-        raise ValueError("need --source, --tokenizer and --out (or a --spec file that gives them)")
+        raise PrepareError("need --source, --tokenizer and --out (or a --spec file that gives them)")
     return {"source": source, "tokenizer": tokenizer, "out": out,
             "workers": args.workers if args.workers is not None else int(spec.get("workers", 2)),
             "shard_tokens": int(args.shard_tokens or spec.get("shard_tokens", DEFAULT_SHARD_TOKENS)),

@@ -6,12 +6,14 @@ so it comes from a hash of a stable key (a relative path or a document id), neve
 needs is non-empty.
 
 Inside files, for collections too small to split by file: when the by-file assignment leaves
-a split with a non-zero fraction empty, or gives train less than half its share of the bytes
-(``MIN_TRAIN_SHARE``; e.g. the one large file of three landing in test), the files are laid
+a split with a non-zero fraction empty, or gives train less than half its share of the bytes,
+or (in a collection of fewer than ``SMALL_COLLECTION`` files) gives valid or test less than a
+tenth of theirs (``MIN_SHARE``; e.g. the one large file of three landing in test, or in train
+with two 5-byte files as valid and test), the files are laid
 end to end in path order and cut at the fractions of their total size (90/5/5 by default):
 train is the first 90% of the bytes, valid the next 5%, test the last 5%. Only the files that
 straddle a cut are split, each into contiguous parts ("documents" with a ``span``); the cut
-inside a file falls on the next word start (text), sample (audio) or bar line (MIDI). So two
+inside a file falls on the next word start (text), the sample (audio) or the nearest bar line (MIDI). So two
 files, or one, still give every split, and train gets its share however the sizes fall.
 """
 from __future__ import annotations
@@ -22,8 +24,11 @@ from typing import Mapping, Sequence
 
 SPLITS = ("train", "valid", "test")
 DEFAULT_FRACTIONS = (0.90, 0.05, 0.05)
-#: Splitting by file must give train at least this share of its fraction of the bytes.
-MIN_TRAIN_SHARE = 0.5
+#: Splitting by file must give each split at least this part of its fraction of the bytes
+#: (valid and test only in collections of fewer than SMALL_COLLECTION files: in larger ones a
+#: few short held-out files are no reason to give up hash splits).
+MIN_SHARE = {"train": 0.5, "valid": 0.1, "test": 0.1}
+SMALL_COLLECTION = 20
 
 #: One part of a file: ``(split, start, end)``, start and end as fractions of the file.
 Part = tuple[str, float, float]
@@ -89,13 +94,16 @@ def assign_splits(keys: Sequence[str], fractions: Sequence[float] = DEFAULT_FRAC
 
 
 def by_file_is_usable(splits: Mapping[str, str], sizes: Mapping[str, int], fractions: Sequence[float]) -> bool:
-    """Every split with a non-zero fraction has a file, and train holds ``MIN_TRAIN_SHARE`` of its byte share."""
-    present = set(splits.values())
-    if any(f > 0 and s not in present for s, f in zip(SPLITS, fractions)):
-        return False
+    """Every split with a non-zero fraction has a file and holds ``MIN_SHARE`` of its share of the bytes
+    (valid and test: only checked in collections of fewer than ``SMALL_COLLECTION`` files)."""
     total = sum(sizes.values())
-    train = sum(sizes[k] for k, s in splits.items() if s == "train")
-    return train >= MIN_TRAIN_SHARE * fractions[0] * total
+    held: Counter[str] = Counter()
+    for key, split in splits.items():
+        held[split] += sizes[key]
+    present = set(splits.values())
+    checked = ("train",) if len(sizes) >= SMALL_COLLECTION else SPLITS
+    return all(split in present and (split not in checked or held[split] >= MIN_SHARE[split] * fraction * total)
+               for split, fraction in zip(SPLITS, fractions) if fraction > 0)
 
 
 def contiguous_parts(sizes: Mapping[str, int], fractions: Sequence[float]) -> dict[str, list[Part]]:

@@ -3,9 +3,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from shortcutlm.tokenizers.base import Encoded, FingerprintMismatch, Tokenizer, TokenizerError, read_config
+from shortcutlm.tokenizers.base import (Encoded, FingerprintMismatch, Tokenizer, TokenizerError, TrainingError,
+                                        read_config)
 
-__all__ = ["Encoded", "FingerprintMismatch", "Tokenizer", "TokenizerError", "load_tokenizer", "tokenizer_class"]
+__all__ = ["Encoded", "FingerprintMismatch", "Tokenizer", "TokenizerError", "TrainingError", "load_tokenizer",
+           "tokenizer_class"]
 
 
 def tokenizer_class(domain: str) -> type[Tokenizer]:

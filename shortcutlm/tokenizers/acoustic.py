@@ -49,7 +49,8 @@ import torch
 
 from shortcutlm.documents import Document
 from shortcutlm.tokenizers import codebooks
-from shortcutlm.tokenizers.base import Encoded, FingerprintMismatch, Tokenizer, TokenizerError, read_config, write_config
+from shortcutlm.tokenizers.base import (Encoded, FingerprintMismatch, Tokenizer, TokenizerError, TrainingError,
+                                        read_config, write_config)
 from shortcutlm.tokenizers.settings import merge_settings
 
 log = logging.getLogger(__name__)
@@ -60,6 +61,7 @@ BANDWIDTHS = {24000: (1.5, 3.0, 6.0, 12.0, 24.0), 48000: (3.0, 6.0, 12.0, 24.0)}
 PRETRAINED_NAMES = {24000: "encodec_24khz", 48000: "encodec_48khz"}
 _EMA_BUFFERS = ("embed_avg", "cluster_size")
 DECODE_CONTEXT_S = 1.0  # decoder warm-up / look-ahead around each decoded chunk
+MIN_SAMPLE_RATE = 1000  # a header claiming 1 Hz turns 0.3 s of samples into hours at the codec's rate
 MAX_RESAMPLE_TAPS = 1 << 22  # a 16 MB filter; 11025, 22050, 44100, 8000, 16000, 32000, 96000 Hz need < 50k
 DECODE_RMS_48K = 0.1  # -20 dBFS: the level 48 kHz decodes are written at (the scale is not in the ids)
 
@@ -260,7 +262,8 @@ class AcousticTokenizer(Tokenizer):
             start, stop = doc.bounds(sf.info(str(doc.path)).frames) if doc.span else (0, None)
             data, rate = sf.read(str(doc.path), start=start, stop=stop, dtype="float32", always_2d=True)
         except Exception as exc:  # soundfile raises LibsndfileError / RuntimeError / OSError
-            raise TokenizerError(f"{doc.describe()}: cannot read audio ({exc})") from exc
+            detail = str(exc).replace(f"Error opening {str(doc.path)!r}: ", "")  # the file is named once, in front
+            raise TokenizerError(f"{doc.describe()}: cannot read audio ({detail})") from exc
         if data.shape[0] == 0:
             raise TokenizerError(f"{doc.describe()}: audio is empty (0 samples)")
         problem = self._rate_problem(int(rate))
@@ -277,8 +280,8 @@ class AcousticTokenizer(Tokenizer):
         The resampling filter has (codec rate / g) x (file rate / g) taps, g their gcd: a
         header with an odd rate (44101 Hz) would ask for billions, so such rates are refused.
         """
-        if rate <= 0:
-            return f"the header gives a sample rate of {rate} Hz"
+        if rate < MIN_SAMPLE_RATE:
+            return f"sample rate {rate} Hz is below {MIN_SAMPLE_RATE} Hz (a corrupt header? it would make hours of audio)"
         g = math.gcd(rate, self.sample_rate)
         taps = (rate // g) * (self.sample_rate // g)
         if taps > MAX_RESAMPLE_TAPS:
@@ -428,7 +431,7 @@ class AcousticTokenizer(Tokenizer):
         from sklearn.cluster import MiniBatchKMeans
 
         if not samples:
-            raise ValueError("acoustic tokenizer: no readable train audio to fit the codebooks on")
+            raise TrainingError("acoustic tokenizer: no readable train audio to fit the codebooks on")
         frames = np.concatenate(list(samples)).astype(np.float32)
         rng = np.random.default_rng(self.seed)
         if frames.shape[0] > self.kmeans_max_frames:

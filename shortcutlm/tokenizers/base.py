@@ -34,6 +34,10 @@ class TokenizerError(UserError, ValueError):
     """Bad input to a tokenizer. The message names the file and what is wrong."""
 
 
+class TrainingError(UserError, ValueError):
+    """The train split cannot give what the settings ask: a vocabulary it cannot fill, or no readable file."""
+
+
 class FingerprintMismatch(UserError, ValueError):
     """Shards or a checkpoint were made with a different tokenizer mapping."""
 

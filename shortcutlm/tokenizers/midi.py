@@ -33,7 +33,8 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 
 from shortcutlm.documents import Document
-from shortcutlm.tokenizers.base import Encoded, FingerprintMismatch, Tokenizer, TokenizerError, read_config, write_config
+from shortcutlm.tokenizers.base import (Encoded, FingerprintMismatch, Tokenizer, TokenizerError, TrainingError,
+                                        read_config, write_config)
 from shortcutlm.tokenizers.settings import merge_settings
 
 log = logging.getLogger(__name__)
@@ -54,6 +55,9 @@ DEFAULTS: dict[str, Any] = {
     "use_programs": False,    # false: merge tracks into one; true: Program tokens in one stream
 }
 # Tuple-valued TokenizerConfig fields (YAML/JSON give lists).
+#: Timing beyond these is taken as a corrupt file (see timing_problem).
+MAX_BPM = 10_000.0
+MAX_SILENCE_S = 600.0
 _TUPLE_FIELDS = ("pitch_range", "tempo_range", "drums_pitch_range", "pitch_bend_range", "chord_unknown")
 
 
@@ -189,6 +193,9 @@ class MidiTokenizer(Tokenizer):
         if doc.path is None:
             raise TokenizerError(f"{doc.describe()}: MIDI documents must be files, not in-memory text")
         score = read_midi(doc.path, doc.describe())
+        problem = timing_problem(score)
+        if problem:
+            raise TokenizerError(f"{doc.describe()}: {problem}")
         if doc.span is not None:
             score = clip_to_bars(score, doc.span)
         if score.note_num() == 0:
@@ -333,11 +340,11 @@ class MidiTokenizer(Tokenizer):
         if self.vocab_target is None:
             return
         if not samples:
-            raise ValueError("midi tokenizer: no readable train MIDI file to learn BPE from")
+            raise TrainingError("midi tokenizer: no readable train MIDI file to learn BPE from")
         self._tok.train(vocab_size=self.vocab_target, model="BPE", iterator=_Sequences(samples))
         self._refresh()
         if self.vocab_size < self.vocab_target:
-            raise ValueError(f"midi tokenizer: the train split ({len(samples)} files) supports at most "
+            raise TrainingError(f"midi tokenizer: the train split ({len(samples)} files) supports at most "
                              f"{self.vocab_size} BPE tokens, asked for {self.vocab_target}; lower vocab_size")
 
     # ------------------------------------------------------------------ persistence
@@ -398,6 +405,36 @@ def midi_structure_problem(data: bytes) -> str | None:
     return None
 
 
+def timing_problem(score) -> str | None:
+    """What makes a parsed score's timing meaningless, or None: a time division of 0 ticks per
+    quarter, a tempo above ``MAX_BPM``, or over ``MAX_SILENCE_S`` without a sounding note (a
+    corrupt delta time puts a note days after the rest, and REMI would spell every empty bar)."""
+    if score.ticks_per_quarter <= 0:
+        return f"time division of {score.ticks_per_quarter} ticks per quarter note"
+    for tempo in score.tempos:
+        if tempo.mspq <= 0 or 60e6 / tempo.mspq > MAX_BPM:
+            return f"a tempo of {tempo.mspq} microseconds per quarter note at tick {tempo.time} (over {MAX_BPM:,.0f} bpm)"
+    gap, start = longest_silence(score.to("second"))
+    if gap > MAX_SILENCE_S:
+        return f"{gap / 60:,.0f} minutes without a sounding note from {start:,.0f} s on (a corrupt time stamp?)"
+    return None
+
+
+def longest_silence(score) -> tuple[float, float]:
+    """``(length, start)`` of the longest stretch without a sounding note, from time 0 on (the score's unit)."""
+    notes = [track.notes.numpy() for track in score.tracks if len(track.notes)]
+    if not notes:
+        return 0.0, 0.0
+    start = np.concatenate([n["time"] for n in notes]).astype(np.float64)
+    end = start + np.concatenate([n["duration"] for n in notes])
+    order = np.argsort(start, kind="stable")
+    start, end = start[order], end[order]
+    covered = np.maximum.accumulate(np.concatenate([[0.0], end[:-1]]))  # how far notes before each onset reach
+    gaps = start - covered
+    i = int(np.argmax(gaps))
+    return float(gaps[i]), float(covered[i])
+
+
 def read_midi(path: Path, name: str | None = None):
     """A MIDI file as a symusic Score (tick time), or a TokenizerError naming the file."""
     import symusic
@@ -417,19 +454,20 @@ def read_midi(path: Path, name: str | None = None):
 
 
 def clip_to_bars(score, span: tuple[float, float]):
-    """The part ``[start, end)`` of a score (fractions of its length in ticks), each cut moved
-    forward to the next bar line, shifted to start at tick 0. Notes belong to the part they start
-    in; the tempo and time signature in force at the cut are kept (symusic's ``clip``)."""
+    """The part ``[start, end)`` of a score (fractions of its length in ticks), each cut moved to
+    the nearest bar line, shifted to start at tick 0. Notes belong to the part they start in; the
+    tempo and time signature in force at the cut are kept (symusic's ``clip``). A part shorter
+    than a bar can come out empty (and is rejected for having no notes)."""
     from miditok.utils import get_bars_ticks
 
     end = int(score.end())
     bars = get_bars_ticks(score)
 
     def cut(fraction: float) -> int:
-        if fraction <= 0.0:
-            return 0
+        if fraction <= 0.0 or fraction >= 1.0:
+            return 0 if fraction <= 0.0 else end + 1
         tick = fraction * end
-        return next((bar for bar in bars if bar >= tick), end + 1) if fraction < 1.0 else end + 1
+        return min(bars, key=lambda bar: (abs(bar - tick), bar))
 
     first, last = cut(span[0]), cut(span[1])
     return score.clip(first, last, clip_end=False).shift_time(-first)

@@ -25,7 +25,8 @@ from typing import Any, Iterable, Iterator
 import numpy as np
 
 from shortcutlm.documents import Document
-from shortcutlm.tokenizers.base import Encoded, FingerprintMismatch, Tokenizer, TokenizerError, read_config, write_config
+from shortcutlm.tokenizers.base import (Encoded, FingerprintMismatch, Tokenizer, TokenizerError, TrainingError,
+                                        read_config, write_config)
 from shortcutlm.tokenizers.settings import merge_settings
 
 log = logging.getLogger(__name__)
@@ -134,8 +135,10 @@ class TextTokenizer(Tokenizer):
     def iter_blocks(self, doc: Document) -> Iterator[tuple[str, int]]:
         """``(text, n_bytes)`` blocks of a document (of its span's part, if it has one)."""
         if doc.text is not None:
-            start, stop = doc.bounds(len(doc.text))
-            text = doc.text[_word_start(doc.text, start):_word_start(doc.text, stop)]
+            text = doc.text
+            if doc.span is not None:
+                start, stop = doc.bounds(len(text))
+                text = text[_word_start(text, start):_word_start(text, stop)]
             for start in range(0, len(text), self.settings["block_bytes"]):
                 block = text[start:start + self.settings["block_bytes"]]
                 yield block, len(block.encode("utf-8", errors="surrogatepass"))
@@ -244,7 +247,7 @@ class TextTokenizer(Tokenizer):
         Reading stops after ``train_max_bytes``; sentencepiece samples ``input_sentence_size``
         lines of what it read. A document that cannot be read is skipped with a warning and
         returned in ``{doc_id: reason}`` (lines read before its error stay in the sample). A
-        vocabulary the text cannot fill, or too small for its characters, is a one-line ValueError.
+        vocabulary the text cannot fill, or too small for its characters, is a one-line TrainingError.
         """
         import sentencepiece as spm
 
@@ -263,13 +266,13 @@ class TextTokenizer(Tokenizer):
                         if characters >= s["train_max_bytes"]:
                             return
                 except TokenizerError as exc:
-                    log.warning("text tokenizer: skipping a training document: %s", exc)
+                    log.info("text tokenizer: skipping a training document: %s", exc)
                     skipped[doc.doc_id] = str(exc)
 
         lines = sentences()
         first = next(lines, None)
         if first is None:
-            raise ValueError(f"text tokenizer: the train split has no readable text "
+            raise TrainingError(f"text tokenizer: the train split has no readable text "
                              f"({len(skipped)} train document(s) unreadable, the others empty)")
         buf = io.BytesIO()
         spm.set_random_generator_seed(int(s["seed"]))
@@ -283,11 +286,11 @@ class TextTokenizer(Tokenizer):
                 unk_id=0, bos_id=1, eos_id=2, pad_id=3, hard_vocab_limit=False,
                 max_sentence_length=4 * MAX_LINE_CHARS + 16, num_threads=int(s["num_threads"]), minloglevel=2)
         except RuntimeError as exc:
-            raise ValueError(_training_failure(str(exc), int(s["vocab_size"]), sum(sizes))) from None
+            raise TrainingError(_training_failure(str(exc), int(s["vocab_size"]), sum(sizes))) from None
         self._set_model(buf.getvalue(), source="training")
         got = self._sp.get_piece_size()
         if got < int(s["vocab_size"]):
-            raise ValueError(f"text tokenizer: the train split ({sum(sizes):,} bytes) supports at most {got} pieces, "
+            raise TrainingError(f"text tokenizer: the train split ({sum(sizes):,} bytes) supports at most {got} pieces, "
                              f"asked for {s['vocab_size']}; lower vocab_size")
         return skipped
 

@@ -217,5 +217,5 @@ def test_unknown_split_and_unfinished_manifest(folder, tmp_path):
     manifest = json.loads((tmp_path / MANIFEST).read_text())
     manifest["complete"] = False
     (tmp_path / MANIFEST).write_text(json.dumps(manifest))
-    with pytest.raises(ValueError, match="did not finish"):
+    with pytest.raises(ShardError, match="did not finish"):
         train_batches(tmp_path, 8, 2, seed=0)

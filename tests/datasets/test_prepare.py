@@ -10,7 +10,7 @@ from shortcutlm.cli import main as cli_main
 from shortcutlm.datasets import prepare as prepare_module
 from shortcutlm.datasets.loader import eval_batches, train_batches
 from shortcutlm.datasets.prepare import prepare
-from shortcutlm.datasets.shards import MANIFEST, read_shard, sha256_file
+from shortcutlm.datasets.shards import MANIFEST, ShardError, read_shard, sha256_file
 from shortcutlm.datasets.sources import safe_id
 from shortcutlm.tokenizers import FingerprintMismatch, load_tokenizer
 
@@ -83,14 +83,17 @@ def test_manifest_and_samples(text_run):
 
 
 def test_tokenizer_trained_on_train_split_only(text_run, tmp_path):
-    """Same train documents, different valid/test ones: same tokenizer."""
+    """Same train documents, different valid/test ones (of the same sizes, which the split rule
+    reads): same tokenizer."""
     root, out, manifest, _ = text_run
     moved = tmp_path / "other"
     moved.mkdir()
     held_out = {k for r in manifest["shards"] if r["split"] != "train" for k in r["doc_ids"]}
     for file in root.glob("*.txt"):  # same names, so the same hash splits
         keep = safe_id(file.name) not in held_out
-        (moved / file.name).write_bytes(file.read_bytes() if keep else b"completely different words here\n")
+        size = file.stat().st_size
+        other = (b"completely different words here\n" * (size // 32 + 1))[:size]
+        (moved / file.name).write_bytes(file.read_bytes() if keep else other)
     again = prepare({"name": "folder", "path": str(moved)}, TEXT, tmp_path / "o", workers=1, progress=False)
     assert again["tokenizer"]["fingerprint"] == manifest["tokenizer"]["fingerprint"]
 
@@ -121,7 +124,7 @@ def test_killed_run_resumes_without_duplicates(text_run, tmp_path, monkeypatch):
     assert not partial["complete"] and len(partial["shards"]) == 2
     assert sorted(p.name for p in target.glob("*.tar")) == sorted(r["name"] for r in partial["shards"])
     (target / "train-000002.tar.tmp").write_bytes(b"half a shard")  # what a SIGKILL would leave
-    with pytest.raises(ValueError, match="incomplete|did not finish"):
+    with pytest.raises(ShardError, match="incomplete|did not finish"):
         eval_batches(target, "valid", 16, 2)
     done_before = {p.name: p.stat().st_mtime_ns for p in target.glob("*.tar")}
     manifest = prepare({"name": "folder", "path": str(root)}, TEXT, target, workers=1, shard_tokens=3000, progress=False)
@@ -199,7 +202,8 @@ def test_midi_chorales_with_a_corrupt_file(chorales_cache, tmp_path):
     manifest = prepare({"name": "folder", "path": str(folder)}, {"domain": "midi"}, tmp_path / "out",
                        workers=1, progress=False)
     inputs = manifest["inputs"]
-    assert inputs["total"] == CHORALES + 1 == inputs["documents"] + inputs["rejected"]
+    # Seven files are a small collection: one or two chorales may be cut into parts (splits.py).
+    assert inputs["total"] >= CHORALES + 1 and inputs["total"] == inputs["documents"] + inputs["rejected"]
     assert [r["doc_id"] for r in manifest["rejected"]] == ["broken_mid"]
     assert manifest["tokenizer"]["domain"] == "midi" and manifest["dtype"] == "uint16"
     assert all(s["seconds"] > 0 for s in manifest["splits"].values())

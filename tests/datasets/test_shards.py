@@ -82,5 +82,5 @@ def test_manifest_checks(tmp_path):
     with pytest.raises(FileNotFoundError, match="shortcutlm prepare"):
         read_manifest(tmp_path)
     (tmp_path / "manifest.json").write_text(json.dumps({"format": "other"}))
-    with pytest.raises(ValueError, match="not a shortcutlm"):
+    with pytest.raises(ShardError, match="not a shortcutlm"):
         read_manifest(tmp_path)
