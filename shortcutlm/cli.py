@@ -19,7 +19,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("shortcutlm.training", "train a model from a recipe"),
     "evaluate": ("shortcutlm.evaluation", "next-token loss per domain for one or more checkpoints"),
     "generate": ("shortcutlm.generation", "continue a prompt file or sample from a checkpoint"),
-    "recipe": ("shortcutlm.recipe", "run a recipe's stages: prepare, train, evaluate, generate, report"),
+    "recipe": ("shortcutlm.stages", "run a recipe's stages: prepare, train, evaluate, generate, report"),
     "diagnose": ("shortcutlm.diagnostics", "attention-concentration and shortcut-depth maps for a checkpoint"),
     "ablate": ("shortcutlm.ablation", "train every variant × seed on each embedded dataset; write docs/results.md"),
 }

@@ -1,4 +1,4 @@
-"""Recipes: one YAML per dataset, validated into dataclasses, and the runner of its stages.
+"""Recipes: one YAML per dataset, validated into dataclasses (the runner of its stages is ``stages``).
 
 A recipe names a source and tokenizer (for ``prepare``), a model (GPTConfig fields; the
 vocabulary and stream count come from the tokenizer), the variants to train and compare,
@@ -7,18 +7,15 @@ are partial recipes merged over the base; ``--set key.sub=value`` overrides come
 """
 from __future__ import annotations
 
-import argparse
 import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from shortcutlm.cleanup import removed_if_failed
 from shortcutlm.config_schema import ConfigError, closest, from_dict, load_config
 from shortcutlm.models import GPTConfig
 from shortcutlm.tokenizers import tokenizer_class
 
-STAGES = ("prepare", "train", "evaluate", "generate", "report")
 
 
 @dataclass
@@ -167,87 +164,3 @@ def recipe_from_dict(data: dict[str, Any]) -> Recipe:
     """A recipe as recorded in a checkpoint (already resolved)."""
     data = {k: v for k, v in data.items() if k != "variant"}
     return from_dict(Recipe, data)
-
-
-# --------------------------------------------------------------------------------------------
-# Running the stages
-# --------------------------------------------------------------------------------------------
-@dataclass
-class RunLayout:
-    """Where a recipe run puts things under its output folder."""
-
-    root: Path
-
-    @property
-    def data(self) -> Path:
-        return self.root / "data"
-
-    def checkpoint(self, variant: str) -> Path:
-        return self.root / "checkpoints" / variant
-
-    @property
-    def evaluation(self) -> Path:
-        return self.root / "eval"
-
-    def samples(self, variant: str) -> Path:
-        return self.root / "samples" / variant
-
-    @property
-    def report(self) -> Path:
-        return self.root / "report.md"
-
-
-def run_recipe(recipe: Recipe, out: str | Path, stages: tuple[str, ...] = STAGES,
-               variants: list[str] | None = None, progress: bool = True) -> RunLayout:
-    """prepare → train (each variant) → evaluate → generate → report, resuming what exists."""
-    from shortcutlm.datasets.prepare import prepare
-
-    layout = RunLayout(Path(out))
-    layout.root.mkdir(parents=True, exist_ok=True)
-    chosen = variants or list(recipe.variants)
-    if "prepare" in stages:
-        prepare(recipe.source, recipe.tokenizer, layout.data, workers=2, progress=progress)
-    if "train" in stages:
-        from shortcutlm.training import train
-
-        for variant in chosen:
-            train(recipe, variant, layout.data, layout.checkpoint(variant), progress=progress)
-    folders = [layout.checkpoint(v) for v in chosen]
-    if "evaluate" in stages:
-        from shortcutlm.evaluation import evaluate_checkpoints, write_report
-
-        results = evaluate_checkpoints(folders, layout.data, split=recipe.evaluate.split,
-                                       batch_size=recipe.evaluate.batch_size, max_batches=recipe.evaluate.max_batches)
-        write_report(results, layout.evaluation)
-    if "generate" in stages:
-        from shortcutlm.report import generate_samples
-
-        for variant, folder in zip(chosen, folders):
-            generate_samples(recipe, folder, layout.data, layout.samples(variant))
-    if "report" in stages:
-        from shortcutlm.report import write_run_report
-
-        write_run_report(recipe, layout, chosen)
-    return layout
-
-
-def configure(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("recipe", help="recipe YAML, e.g. recipes/bach_chorales.yaml")
-    parser.add_argument("--preset", help="a preset of the recipe, e.g. tiny or paper")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a recipe value, e.g. --set train.max_steps=50 (repeatable)")
-    parser.add_argument("--stage", dest="stages", action="append", choices=STAGES,
-                        help="run only these stages (repeatable; default: all, in order)")
-    parser.add_argument("--variant", dest="variants", action="append", help="only these variants (repeatable)")
-    parser.add_argument("--out", help="output folder (default: runs/<recipe name>[-<preset>])")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
-
-
-def run(args: argparse.Namespace) -> int:
-    recipe = load_recipe(args.recipe, args.preset, args.overrides)
-    out = args.out or f"runs/{recipe.name}" + (f"-{args.preset}" if args.preset else "")
-    stages = tuple(s for s in STAGES if not args.stages or s in args.stages)
-    with removed_if_failed(out):
-        layout = run_recipe(recipe, out, stages, args.variants, progress=not args.no_progress)
-    print(f"done: {layout.root}" + (f" (report: {layout.report})" if layout.report.exists() else ""))
-    return 0

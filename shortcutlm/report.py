@@ -15,7 +15,8 @@ from shortcutlm.datasets.loader import read_manifest
 from shortcutlm.datasets.shards import read_shard
 from shortcutlm.models import SamplingSettings
 from shortcutlm.plots import plot_loss_curves
-from shortcutlm.recipe import Recipe, RunLayout
+from shortcutlm.recipe import Recipe
+from shortcutlm.run_layout import RunLayout
 
 ARTIFACT_SUFFIX = {"text": ".txt", "midi": ".mid", "acoustic": ".wav"}
 

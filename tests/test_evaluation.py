@@ -174,7 +174,8 @@ def test_results_and_run_report_name_the_split(text_ckpt, text_data, tmp_path):
     import shutil
 
     from shortcutlm.config_schema import from_dict
-    from shortcutlm.recipe import Recipe, RunLayout
+    from shortcutlm.recipe import Recipe
+    from shortcutlm.run_layout import RunLayout
     from shortcutlm.report import write_run_report
     from tests.conftest import tiny_recipe_dict
 

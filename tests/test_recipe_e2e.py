@@ -10,7 +10,8 @@ import soundfile as sf
 import symusic
 
 from shortcutlm.config_schema import from_dict
-from shortcutlm.recipe import Recipe, run_recipe
+from shortcutlm.recipe import Recipe
+from shortcutlm.stages import run_recipe
 from tests.conftest import tiny_recipe_dict, write_text8
 from tests.fixtures_eval import tone
 
