@@ -27,18 +27,13 @@ from shortcutlm import run_checks
 from shortcutlm.cleanup import removed_if_failed
 from shortcutlm.config_schema import ConfigError
 from shortcutlm.datasets.loader import eval_batches, read_manifest, train_batches
-from shortcutlm.models.lightning import LitGPT
+from shortcutlm.models.lightning import LitGPT, ignored_ids
 from shortcutlm.peak import machine_peak_flops, precision_dtype
 from shortcutlm.quiet import quiet_training_output
 from shortcutlm.recipe import Recipe, TrainSettings, load_recipe
 from shortcutlm.stopping import Interrupted, StopRequest
 
 log = logging.getLogger(__name__)
-
-
-def ignored_ids(special_ids: dict[str, int]) -> list[int]:
-    """Target ids that carry no prediction: padding, and the delay layout's empty positions."""
-    return sorted({special_ids[k] for k in ("pad", "empty") if k in special_ids})
 
 
 def measured_peak(settings: TrainSettings, accelerator: str) -> float:

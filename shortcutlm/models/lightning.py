@@ -1,7 +1,8 @@
 """The LightningModule around the decoder: loss with masked targets, AdamW, warmup + cosine,
 validation by summed token losses, and the state an exact resume needs (RNG, data position).
 
-Knows ids only: the ids to mask (pad, the delay layout's empty) are given to it.
+Knows ids only: the ids to mask (pad, the delay layout's empty) are given to it, picked from a
+tokenizer's special ids by ``ignored_ids`` (so training and the benchmarks pick them one way).
 """
 from __future__ import annotations
 
@@ -35,6 +36,14 @@ def warmup_cosine(step: int, warmup: int, total: int, lr: float, min_lr: float) 
         return min_lr
     progress = (step - warmup) / max(1, total - warmup)
     return min_lr + 0.5 * (lr - min_lr) * (1 + math.cos(math.pi * progress))
+
+
+def ignored_ids(special_ids: dict[str, int]) -> list[int]:
+    """Target ids that carry no prediction: padding, and the delay layout's empty positions.
+
+    ``special_ids`` is a tokenizer's (or a manifest's) name -> id map; only ids come back.
+    """
+    return sorted({special_ids[k] for k in ("pad", "empty") if k in special_ids})
 
 
 def mask_targets(targets: Tensor, ignore_ids: list[int]) -> Tensor:
