@@ -2,8 +2,11 @@
 
 * :mod:`~shortcutlm.datasets.sources` / :mod:`~shortcutlm.datasets.embedded`: readers of
   published layouts and of package-shipped corpora (``read_source(spec)``);
-* :mod:`~shortcutlm.datasets.splits`: stable hash splits for data without a published one;
+* :mod:`~shortcutlm.datasets.splits`: stable hash splits for data without a published one
+  (and contiguous parts inside the files of collections too small to split by file);
 * :mod:`~shortcutlm.datasets.prepare`: ``prepare(source, tokenizer, out_dir)`` and the CLI;
+* :mod:`~shortcutlm.datasets.isolation`: worker processes in which a reader that crashes costs
+  one file, not the run;
 * :mod:`~shortcutlm.datasets.shards`: shard files, checksums, ``manifest.json``;
 * :mod:`~shortcutlm.datasets.loader`: ``train_batches`` / ``eval_batches`` for the trainer.
 

@@ -15,10 +15,12 @@ What it guarantees:
   ``<out>/tokenizer/``; worker processes re-create it from that folder;
 * every input ends in a shard or in ``manifest["rejected"]`` with its reason, whether it failed
   while the tokenizer was fitted (then it is not tried again) or while being encoded;
-* files are read in worker processes (``workers`` of them, at least one): a reader that
-  crashes (a segfault in libsndfile or symusic) or runs past ``file_timeout_s`` costs that
-  file only (rejected as "parser crashed (signal 11, SIGSEGV)"), never the run (see
-  :mod:`~shortcutlm.datasets.isolation`; ``workers=0`` reads in this process, unprotected);
+* files are read in ``workers`` worker processes, for encoding and for fitting (MIDI BPE and
+  the k-means codec fit on per-file samples; text, read by Python code alone, trains here): a
+  reader that crashes (a segfault in libsndfile or symusic) or runs past ``file_timeout_s``
+  costs that file only (rejected as "parser crashed (signal 11, SIGSEGV)"), never the run (see
+  :mod:`~shortcutlm.datasets.isolation`; ``workers=0`` reads in this process, unprotected).
+  Workers are spawned, so a script that calls ``prepare`` needs ``if __name__ == "__main__":``;
 * a split left empty (the source has none, or all its documents were rejected) is a warning,
   logged and kept in ``manifest["warnings"]``; a tokenizer that cannot reach its vocabulary
   size on the train split is an error saying so;
