@@ -147,6 +147,36 @@ def test_inline_datasets_overrides_and_errors(tmp_path):
             ab.load_ablation(path, overrides=bad)
 
 
+def test_tokens_per_run_use_the_models_default_block_size(tmp_path):
+    from shortcutlm.models import GPTConfig
+
+    cfg = {"datasets": {"inline": {"source": {"name": "folder", "path": str(tmp_path)},
+                                   "tokenizer": {"domain": "text", "vocab_size": 300}}},
+           "model": {"n_layer": 2, "n_head": 2, "n_embd": 32},  # no block_size: the model's default applies
+           "train": {"max_steps": 4, "batch_size": 3, "accumulate": 2},
+           "variants": {"baseline": {}}, "seeds": [0], "baseline_steps": [1.0]}
+    path = tmp_path / "a.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    a = ab.load_ablation(path)
+    section = ab.summarize("inline", a.recipes["inline"], [], a.config)
+    assert section["tokens_per_run"] == 4 * 3 * 2 * GPTConfig().block_size > 0
+    a = ab.load_ablation(path, overrides=["model.block_size=16"])
+    assert ab.summarize("inline", a.recipes["inline"], [], a.config)["tokens_per_run"] == 4 * 3 * 2 * 16
+
+
+def test_a_run_is_trained_when_training_finished_its_steps(tmp_path):
+    run = ab.Run("d", "baseline", 0, 1.0, 3, tmp_path / "baseline-s0", 3)
+    assert not ab.is_trained(run)
+    run.folder.mkdir()
+    (run.folder / "hparams.json").write_text(json.dumps({"finished": True, "step": 3}))
+    assert not ab.is_trained(run)  # no weights
+    (run.folder / "model.pt").write_bytes(b"")
+    assert ab.is_trained(run)
+    assert not ab.is_trained(ab.Run("d", "baseline", 0, 1.5, 5, run.folder, 3))  # fewer steps than the run's
+    (run.folder / "hparams.json").write_text(json.dumps({"finished": False, "step": 3}))
+    assert not ab.is_trained(run)
+
+
 # ------------------------------------------------------------------------------------ a micro grid
 
 def micro_config(root: Path, texts: Path, **changes) -> Path:
@@ -190,7 +220,7 @@ def test_micro_grid_writes_the_page(micro):
     assert any("[6/6] tinytext baseline-x1.5-s1" in line and "ETA" in line for line in lines)
 
     section = json.loads((root / "docs" / "results.json").read_text())["datasets"]["tinytext"]
-    assert section == json.loads(json.dumps(ab._jsonable(results["datasets"]["tinytext"])))
+    assert section == json.loads(json.dumps(ab.jsonable(results["datasets"]["tinytext"])))
     base, sc = section["variants"]["baseline"], section["variants"]["shortcut_depth"]
     assert base["n"] == sc["n"] == 2 and base["verdict"] == "reference"
     assert sc["delta"] == pytest.approx(statistics_mean([sc["losses"][s] - base["losses"][s] for s in ("0", "1")]))

@@ -1,0 +1,67 @@
+"""Markdown cells and tables of the results page: numbers with their spread, sizes, ratios, verdicts."""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+
+def table(header: list[str], rows: list[list[str]]) -> list[str]:
+    """A Markdown table (``|`` inside a cell escaped)."""
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    return lines + ["| " + " | ".join(c.replace("|", "\\|") for c in row) + " |" for row in rows]
+
+
+def display_path(path: Path) -> str:
+    """``path`` relative to the working directory when it lies below it (as the user would type it)."""
+    try:
+        return str(Path(path).resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(path)
+
+
+def machine_label(info: dict[str, Any]) -> str:
+    if not isinstance(info, dict):
+        return str(info)
+    where = info.get("gpu") or f"{info.get('processor')} CPU, {info.get('threads')} threads"
+    return f"{where} (torch {info.get('torch')})"
+
+
+def fmt(value: float | None, digits: int = 4) -> str:
+    return "–" if value is None or not math.isfinite(value) else f"{value:.{digits}f}"
+
+
+def fmt_pm(mean: float | None, std: float | None, digits: int = 4, signed: bool = False) -> str:
+    """``mean ± std`` (just the mean without a std; ``–`` without a mean)."""
+    if mean is None:
+        return "–"
+    text = f"{mean:+.{digits}f}" if signed else f"{mean:.{digits}f}"
+    return text + (f" ± {std:.{digits}f}" if std is not None else "")
+
+
+def param_count(n: float | None) -> str:
+    if n is None:
+        return "–"
+    return f"{n / 1e6:.3f}M" if n >= 1e5 else f"{n / 1e3:.1f}k"
+
+
+def nbytes(n: float | None) -> str:
+    if n is None:
+        return "–"
+    for unit, scale in (("GiB", 2 ** 30), ("MiB", 2 ** 20), ("KiB", 2 ** 10)):
+        if n >= scale:
+            return f"{n / scale:.2f} {unit}"
+    return f"{int(n)} B"
+
+
+def ratio_text(ratio: float | None, higher: str, lower: str, tolerance: float = 0.05) -> str:
+    """`` (1.23×, higher)`` after a value; the word only when the ratio is off 1 by more than ``tolerance``."""
+    if ratio is None:
+        return ""
+    word = higher if ratio > 1 + tolerance else lower if ratio < 1 - tolerance else ""
+    return f" ({ratio:.2f}×{', ' + word if word else ''})"
+
+
+def bold_verdict(text: str) -> str:
+    word, _, rest = text.partition(" ")
+    return f"**{word}**" + (f" {rest}" if rest else "") if word in ("better", "worse") else text

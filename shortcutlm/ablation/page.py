@@ -1,0 +1,265 @@
+"""The results page: ``<docs>/results.md`` (plots under ``<docs>/results/<dataset>/``) and
+``<docs>/results.json``, rendered from the collected results alone (no run folder is read here,
+except the diagnostics plots it copies next to the page)."""
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Any
+
+from shortcutlm.ablation.curves import plot_relative_loss
+from shortcutlm.ablation.files import write_json, write_text
+from shortcutlm.ablation.markdown import (bold_verdict, display_path, fmt, fmt_pm, machine_label, nbytes,
+                                          param_count, ratio_text, table)
+
+NOISY_IQR = 0.3
+
+DOMAIN_COLUMN = {"text": "bits/byte", "acoustic": "loss per codebook (nats)", "midi": "bits/second"}
+
+
+def _count(entry: dict[str, Any]) -> str:
+    return f"n={entry['n']}" if entry["n"] == entry["of"] else f"n={entry['n']}/{entry['of']}"
+
+
+def _domain_cell(entry: dict[str, Any], domain: str | None) -> str:
+    if domain == "text" and "bits_per_byte" in entry:
+        b = entry["bits_per_byte"]
+        return fmt_pm(b["mean"], b["std"], 3)
+    if domain == "acoustic" and "per_codebook" in entry:
+        return " · ".join(f"{name.replace('codebook_', 'cb')} {fmt(s['mean'], 3)}"
+                          for name, s in entry["per_codebook"].items())
+    if domain == "midi" and "bits_per_second" in entry:
+        b = entry["bits_per_second"]
+        return fmt_pm(b["mean"], b["std"], 1)
+    return "–"
+
+
+def render_dataset(name: str, section: dict[str, Any], cfg_baseline: str, docs: Path, out: Path) -> list[str]:
+    variants = section["variants"]
+    domain = section["domain"]
+    base = variants.get(cfg_baseline, {})
+    model = section["model"]
+    train = section["train"]
+    lines = [f"## {name}", ""]
+    data = section.get("data")
+    if data:
+        splits = data["splits"]
+        counts = ", ".join(f"{k} {v.get('tokens', 0):,} tokens / {v.get('documents', 0):,} docs"
+                           for k, v in splits.items())
+        lines += [f"Data: source `{(data.get('source') or {}).get('name')}`, {domain} tokens "
+                  f"(vocabulary {data.get('vocab_size')}, {data.get('n_streams')} stream(s)); {counts}.", ""]
+    lines += [f"Model: {model.get('n_layer')} layers, width {model.get('n_embd')}, {model.get('n_head')} heads, "
+              f"context {model.get('block_size')}; {train['max_steps']} steps × batch {train['batch_size']}"
+              f"{' × ' + str(train['accumulate']) if train['accumulate'] > 1 else ''} = "
+              f"{section['tokens_per_run']:,} tokens per run; lr {train['lr']:g} → {train['min_lr']:g}, "
+              f"{train['precision']}. Loss: nats per token on the `{section['evaluate']['split']}` split"
+              + (f" (first {section['evaluate']['max_batches']} batches)" if section['evaluate']['max_batches'] else
+                 " (one exact pass)") + "; the verdicts and the matched-loss view use it"
+              + (", and `valid loss` is the same measure on the `valid` split" if any(
+                  "valid_loss" in e for e in variants.values()) else "") + ".", ""]
+    if section.get("machines"):
+        when = section.get("trained_between")
+        lines += [f"Trained on: {'; '.join(section['machines'])}"
+                  + (f", runs finished {when[0].replace('T', ' ')} – {when[1].replace('T', ' ')}" if when else "")
+                  + ".", ""]
+    lines += [f"Produced by: `{section['command']}`", ""]
+    split = section["evaluate"]["split"]
+    with_valid = any("valid_loss" in e for e in variants.values())
+    header = ["variant", "params", f"{split} loss", "Δ vs baseline", "verdict"] + (["valid loss"] if with_valid else []) \
+        + [DOMAIN_COLUMN.get(domain, "domain metric"), "step time", "KV cache", "baseline tokens to match"]
+    rows = []
+    for variant, e in variants.items():
+        if e["n"] == 0:
+            status = "failed" if e["failed"] else "pending"
+            rows.append([variant, param_count(e["params"]), f"{status} ({_count(e)})"] + ["–"] * (len(header) - 3))
+            continue
+        loss = f"{fmt_pm(e['loss_mean'], e['loss_std'])} ({_count(e)})"
+        if variant == cfg_baseline:
+            delta, verdict_text = "reference", "—"
+        else:
+            delta = fmt_pm(e.get("delta"), e.get("delta_spread"), 4, signed=True)
+            if e.get("delta_method") == "unpaired":
+                delta += " (unpaired)"
+            verdict_text = bold_verdict(e["verdict"])
+        params = param_count(e["params"]) + (ratio_text(e["params_ratio"], "more", "fewer", 0.0005)
+                                         if variant != cfg_baseline else "")
+        step = (f"{e['sec_per_step'] * 1000:.0f} ms" if e["sec_per_step"] is not None else "–")
+        if variant != cfg_baseline:
+            step += ratio_text(e["step_time_ratio"], "slower", "faster")
+        kv = nbytes(e["kv_attention_bytes"])
+        if variant != cfg_baseline:
+            kv += ratio_text(e["kv_ratio"], "larger", "smaller", 0.001)
+        if e.get("kv_total_bytes") and e.get("kv_attention_bytes") and e["kv_total_bytes"] > e["kv_attention_bytes"]:
+            kv += f" + {nbytes(e['kv_total_bytes'] - e['kv_attention_bytes'])} shortcut features"
+        match = e["baseline_tokens_to_match"]
+        match_text = match["label"] + ("" if match["complete"] or match["label"] == "pending" else " (partial)")
+        valid_cell = [fmt_pm(e["valid_loss"]["mean"], e["valid_loss"]["std"]) if "valid_loss" in e else "–"]
+        rows.append([variant, params, loss, delta, verdict_text] + (valid_cell if with_valid else [])
+                    + [_domain_cell(e, domain), step, kv, match_text])
+    lines += table(header, rows)
+    lines += [""]
+    notes = []
+    failed = [f for e in variants.values() for f in e["failed"]]
+    extra_failed = [r for r in section["runs"] if r["multiple"] != 1.0 and r["status"] == "failed"]
+    for f in failed + [{"run": r["run"], "error": r.get("error")} for r in extra_failed]:
+        notes.append(f"failed: `{f['run']}` — {f['error']}")
+    pending = [r["run"] for r in section["runs"] if r["status"] == "pending"]
+    if pending:
+        notes.append(f"pending ({len(pending)} of {len(section['runs'])} runs): "
+                     + ", ".join(f"`{p}`" for p in pending[:12]) + (" …" if len(pending) > 12 else "")
+                     + ". Run the command again to train them.")
+    losers = [v for v, e in variants.items() if e.get("verdict") == "worse"]
+    if losers:
+        notes.append("worse than the baseline here: " + ", ".join(f"**{v}**" for v in losers) + ".")
+    timing = section.get("step_timing")
+    noisy = [r["run"] for r in section["runs"] if (r.get("step_time_iqr") or 0) > NOISY_IQR]
+    if timing:
+        runs_speed = [e["sec_per_step_runs"] for e in variants.values() if e.get("sec_per_step_runs")]
+        spread = (f"; the runs' own logged speed varied {max(runs_speed) / min(runs_speed):.1f}× between variants "
+                  "as the machine's load changed") if len(runs_speed) > 1 else ""
+        notes.append(f"step time: {timing['method']}, measured {timing['measured'].replace('T', ' ')} "
+                     f"(`results.json` keeps each run's logged speed as `sec_per_step_runs`{spread}).")
+    elif noisy:
+        notes.append(f"step times are noisy: in {len(noisy)} of {len(section['runs'])} runs the logged tokens/s vary "
+                     f"by more than {NOISY_IQR:.0%} (interquartile range over median), as on a machine busy with "
+                     "other work; read the step-time ratios with care.")
+    slower = [v for v, e in variants.items() if (e.get("step_time_ratio") or 1) > 1.05 and v != cfg_baseline]
+    if slower:
+        notes.append("slower per step than the baseline: " + ", ".join(
+            f"{v} ({variants[v]['step_time_ratio']:.2f}×)" for v in slower) + ".")
+    lines += [f"- {n}" for n in notes] + ([""] if notes else [])
+
+    curve = section["baseline_curve"]
+    lines += [f"### {name}: the baseline at more steps (matched loss)", "",
+              f"Produced by: `{section['command']}` (the `{cfg_baseline}-x…` runs).", ""]
+    rows = [[f"{c['actual_multiple']:.4g}×", str(c["steps"]), f"{c['tokens']:,}" if c.get("tokens") else "–",
+             f"{fmt_pm(c['loss_mean'], c['loss_std'])} (n={c['n']}/{c['of']})" if c["n"]
+             else f"pending (n=0/{c['of']})"]
+            for c in curve]
+    lines += table(["steps (× the variants')", "steps", "tokens", "test loss"], rows)
+    lines += ["", "\"Baseline tokens to match\" interpolates the baseline's seed-mean loss linearly between these "
+              "step multiples: the tokens the baseline needs to reach a variant's mean loss, as a multiple of the "
+              "tokens every variant was trained on (`< 1×`: the variant is worse than the baseline at equal tokens; "
+              f"`> {max(c['actual_multiple'] for c in curve):.4g}×`: better than the baseline gets here).", ""]
+    if base.get("n", 0) and not all(c["n"] for c in curve):
+        lines += ["- the matched-loss view is partial until every baseline multiple has finished.", ""]
+
+    rel = section.get("relative_loss")
+    assets = docs / "results" / name
+    if rel:
+        png = plot_relative_loss(rel, assets / "relative_train_loss.png",
+                                 f"{name}: training loss relative to the baseline")
+        lines += [f"### {name}: training loss relative to the baseline", "",
+                  f"Produced by: `{section['command']}` (from each run's `metrics.csv`).", "",
+                  f"![relative training loss]({png.relative_to(docs).as_posix()})", ""]
+        finals = sorted(rel.items(), key=lambda kv: kv[1]["final"])
+        lines += ["At the last logged step the smoothed training loss is "
+                  + "; ".join(f"{v} {abs(c['final']):.3f} {'below' if c['final'] < 0 else 'above'} the baseline's"
+                              for v, c in finals) + " (seed means, paired by seed).", ""]
+    lines += render_diagnostics(name, section.get("diagnostics"), section["command"], docs, assets)
+    return lines
+
+
+def render_diagnostics(name: str, diag: dict[str, Any] | None, command: str, docs: Path,
+                       assets: Path) -> list[str]:
+    lines = [f"### {name}: attention concentration and shortcut depth (diagnostics)", ""]
+    if diag is None:
+        return lines + ["Not computed in this sitting (interrupted); run the command again.", ""]
+    status = diag.get("status")
+    if status == "disabled":
+        note = diag.get("note") or "disabled in the ablation file (`diagnostics.enabled: false`)"
+        return lines + [f"Not run: {note}.", ""]
+    if status == "unavailable":
+        return lines + [f"Skipped: {diag['note']}.", ""]
+    if status == "pending":
+        return lines + [f"Pending: needs the seed-{diag['seed']} checkpoints of the baseline and at least one other "
+                        f"variant (missing: {', '.join(diag.get('missing', [])) or '–'}).", ""]
+    if status == "failed":
+        return lines + [f"Failed: {diag['error']}", ""]
+    lines += [f"Produced by: `{command}` — `shortcutlm.diagnostics.compare_checkpoints` on the seed-{diag['seed']} "
+              f"checkpoints of {', '.join(diag['labels'])}"
+              + (f" (not yet trained: {', '.join(diag['missing'])})" if diag.get("missing") else "") + ".", ""]
+    sentences = dict(diag.get("sentences") or {})
+    for plot_name, src in (diag.get("plots") or {}).items():
+        src = Path(src)
+        if not src.is_file():
+            continue
+        dest = assets / f"diag_{src.name}"
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(src, dest)
+        lines += [f"![{plot_name}]({dest.relative_to(docs).as_posix()})", ""]
+        if plot_name in sentences:
+            lines += [sentences.pop(plot_name), ""]
+    lines += [text for text in sentences.values()] + ([""] if sentences else [])
+    if diag.get("json"):
+        lines += [f"Numbers: `{display_path(Path(diag['json']))}`.", ""]
+    return lines
+
+
+def render_markdown(results: dict[str, Any], docs: Path, out: Path) -> str:
+    machine_info = results["machine"]
+    lines = ["# Ablation results", "",
+             "Every number and figure on this page was produced by `shortcutlm ablate`; nothing is typed in by hand. "
+             "Re-running the command keeps finished runs and cached evaluations, trains what is missing and "
+             "rewrites this page.", "",
+             f"- command: `{results['command']}`",
+             f"- written: {results['created']} on {machine_label(machine_info)}",
+             f"- seeds: {', '.join(str(s) for s in results['seeds'])} (the seed sets the model's initialisation "
+             "and the order of the training batches; seed s of every variant sees the same batches)",
+             "- variants: " + "; ".join(f"`{k}` {_variant_text(v)}" for k, v in results["variants"].items()),
+             f"- verdict: {results['verdict_rule']}",
+             "- step time: every variant's forward, backward and AdamW step at the dataset's model and batch, "
+             "timed side by side in one process after training (steps interleaved, median), with its ratio to "
+             "the baseline's; where that timing is missing, the runs' logged tokens/s (median over seeds). "
+             "KV cache: the attention keys and values "
+             "of a batch-1 fp32 cache at full context, measured from the cache tensors, with the ratio to the "
+             "baseline's (the `full` shortcut also caches its per-depth features, listed beside it).",
+             f"- raw numbers: `results.json` beside this page; runs under `{display_path(out)}`.", ""]
+    lines += render_summary(results)
+    for name, section in results["datasets"].items():
+        lines += render_dataset(name, section, results["baseline"], docs, out)
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def render_summary(results: dict[str, Any]) -> list[str]:
+    """Variants × datasets: the difference from the baseline, its verdict and the matched-loss multiple."""
+    datasets = results["datasets"]
+    if not datasets:
+        return []
+    base = results["baseline"]
+    lines = ["## Summary", "",
+             f"Test loss of each variant minus the baseline's (nats per token, mean ± spread over seeds; negative is "
+             f"better), the verdict, and the tokens the baseline needs to match it. Produced by: "
+             f"`{results['command']}`; the sections below give every number behind it.", ""]
+    rows = []
+    for variant in results["variants"]:
+        if variant == base:
+            continue
+        row = [variant]
+        for section in datasets.values():
+            e = section["variants"].get(variant)
+            if not e or e["n"] == 0:
+                row.append("failed" if e and e["failed"] else "pending")
+                continue
+            match = e["baseline_tokens_to_match"]["label"]
+            partial = "" if e["n"] == e["of"] else f" (n={e['n']}/{e['of']})"
+            row.append(f"{fmt_pm(e.get('delta'), e.get('delta_spread'), 3, signed=True)} {bold_verdict(e['verdict'])}"
+                       + (f" · {match} tokens" if match.endswith("×") else "") + partial)
+        rows.append(row)
+    return lines + table(["variant"] + list(datasets), rows) + [""]
+
+
+def _variant_text(fields: dict[str, Any]) -> str:
+    if not fields:
+        return "(plain GPT)"
+    return "(" + ", ".join(f"{k}={v}" for k, v in fields.items()) + ")"
+
+
+def write_results(results: dict[str, Any], docs: Path, out: Path) -> tuple[Path, Path]:
+    """``<docs>/results.md`` (plots copied under ``<docs>/results/``) and ``<docs>/results.json``."""
+    docs.mkdir(parents=True, exist_ok=True)
+    text = render_markdown(results, docs, out)
+    md, js = docs / "results.md", docs / "results.json"
+    write_text(md, text, encoding="utf-8")
+    write_json(js, results)
+    return md, js

@@ -1,0 +1,164 @@
+"""The runs of the grid: planning them, where each lives, and what is cached in its folder.
+
+Layout under ``--out``::
+
+    <dataset>/data/                       shards shared by every run of the dataset
+    <dataset>/<variant>-s<seed>/          checkpoint folder (``shortcutlm train``'s)
+    <dataset>/<baseline>-x1.25-s<seed>/   the baseline at 1.25x the steps
+    <run>/eval.json                       cached evaluation (refreshed when the weights change)
+    <run>/eval_<split>.json               the same on another split (``valid``)
+    <run>/ablation.json                   wall time and machine of the sitting that trained it
+    <run>/error.json                      why the run failed (removed once it succeeds)
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, Iterable
+
+from shortcutlm import checkpoint as ckpt
+from shortcutlm.ablation.config import Ablation
+from shortcutlm.ablation.files import read_cache, read_json, write_cache
+from shortcutlm.datasets.shards import MANIFEST
+from shortcutlm.recipe import Recipe
+
+EVAL_FILE = "eval.json"
+RUN_FILE = "ablation.json"
+ERROR_FILE = "error.json"
+EVAL_VERSION = 1
+
+
+@dataclass
+class Run:
+    """One training of the grid."""
+
+    dataset: str
+    variant: str
+    seed: int
+    multiple: float
+    """Steps relative to ``train.max_steps`` (1.0 for every variant; more for the extra baselines)."""
+    steps: int
+    folder: Path
+    base_steps: int = 0
+    """``train.max_steps`` of the dataset (the variants' step count)."""
+
+    @property
+    def name(self) -> str:
+        return self.folder.name
+
+
+def shard_folder(out: Path, dataset: str) -> Path:
+    """The shard folder every run of ``dataset`` trains and is evaluated on."""
+    return out / dataset / "data"
+
+
+def run_folder(out: Path, dataset: str, variant: str, seed: int, multiple: float = 1.0) -> Path:
+    name = f"{variant}-s{seed}" if multiple == 1.0 else f"{variant}-x{multiple:g}-s{seed}"
+    return out / dataset / name
+
+
+def steps_for(max_steps: int, multiple: float) -> int:
+    return max(1, int(math.floor(max_steps * multiple + 0.5)))
+
+
+def plan_runs(ablation: Ablation, out: Path, datasets: Iterable[str] | None = None) -> list[Run]:
+    """Every run, seed by seed (so an interrupted grid is balanced), then dataset, variant, multiple."""
+    cfg = ablation.config
+    runs = []
+    chosen = list(datasets) if datasets is not None else ablation.datasets
+    for seed in cfg.seeds:
+        for dataset in chosen:
+            base_steps = ablation.recipes[dataset].train.max_steps
+            for variant in cfg.variants:
+                runs.append(Run(dataset, variant, seed, 1.0, base_steps,
+                                run_folder(out, dataset, variant, seed), base_steps))
+            for multiple in sorted(cfg.baseline_steps):
+                if multiple == 1.0:
+                    continue
+                steps = steps_for(base_steps, multiple)
+                runs.append(Run(dataset, cfg.baseline, seed, multiple, steps,
+                                run_folder(out, dataset, cfg.baseline, seed, multiple), base_steps))
+    return runs
+
+
+def run_recipe_for(recipe: Recipe, run: Run) -> Recipe:
+    """The dataset's recipe with this run's seed and step count."""
+    return replace(recipe, train=replace(recipe.train, seed=run.seed, max_steps=run.steps))
+
+
+def is_trained(run: Run) -> bool:
+    """Training finished all of the run's steps (``shortcutlm.training.is_finished``) and left its weights."""
+    from shortcutlm.training import is_finished
+
+    return is_finished(run.folder, run.steps) and (run.folder / ckpt.WEIGHTS).is_file()
+
+
+def short_error(exc: BaseException) -> str:
+    """One line (at most 600 characters) saying why a run failed, for ``error.json`` and the page."""
+    text = f"{type(exc).__name__}: {exc}"
+    if "holds a run with other settings" in text:  # training's refusal; ablate has no --fresh
+        text = (text.split("; use another output folder")[0] + " — the ablation's settings changed since this run "
+                "was trained: use another --out, or delete that folder to retrain it")
+    return text if len(text) <= 600 else text[:597] + "..."
+
+
+def check_settings(run: Run, recipe: Recipe, data_dir: Path) -> None:
+    """Raise (training's ValueError) when the run's checkpoint was trained with other model or training settings."""
+    from shortcutlm.training import check_same_run
+
+    manifest = read_json(data_dir / MANIFEST)
+    if not manifest or not (run.folder / ckpt.MODEL_CONFIG).is_file():
+        return
+    tok = manifest["tokenizer"]
+    config = recipe.model_config(run.variant, tok["vocab_size"], tok["n_streams"])
+    check_same_run(run.folder, config.to_dict(), recipe.train)
+
+
+# ------------------------------------------------------------------------------------ evaluation cache
+
+def weights_key(folder: Path) -> dict[str, Any]:
+    """What identifies the checkpoint's weights: a cache made under another key is stale."""
+    stat = (folder / ckpt.WEIGHTS).stat()
+    hparams = read_json(folder / ckpt.HPARAMS) or {}
+    return {"mtime_ns": stat.st_mtime_ns, "size": stat.st_size, "step": hparams.get("step")}
+
+
+def evaluation_key(folder: Path, recipe: Recipe, split: str | None = None) -> dict[str, Any]:
+    e = recipe.evaluate
+    return {"version": EVAL_VERSION, "weights": weights_key(folder), "split": split or e.split,
+            "batch_size": e.batch_size, "max_batches": e.max_batches}
+
+
+def _evaluation_file(run: Run, recipe: Recipe, split: str | None) -> Path:
+    """``eval.json`` for the recipe's split (the table's loss), ``eval_<split>.json`` for another."""
+    return run.folder / (EVAL_FILE if split in (None, recipe.evaluate.split) else f"eval_{split}.json")
+
+
+def cached_evaluation(run: Run, recipe: Recipe, split: str | None = None) -> dict[str, Any] | None:
+    return read_cache(_evaluation_file(run, recipe, split), evaluation_key(run.folder, recipe, split), "row")
+
+
+def evaluate_run(run: Run, recipe: Recipe, data_dir: Path, device: str, split: str | None = None) -> dict[str, Any]:
+    """The run's evaluation row on ``split`` (default the recipe's), cached while its key
+    (weights, split, batches) still holds."""
+    row = cached_evaluation(run, recipe, split)
+    if row is not None:
+        return row
+    from shortcutlm.evaluation import evaluate_checkpoints
+
+    e = recipe.evaluate
+    results = evaluate_checkpoints([run.folder], data_dir, split=split or e.split, batch_size=e.batch_size,
+                                   max_batches=e.max_batches, device=device, progress=False)
+    row = results["checkpoints"][0]
+    write_cache(_evaluation_file(run, recipe, split), evaluation_key(run.folder, recipe, split), "row", row)
+    return row
+
+
+def validation_row(run: Run, recipe: Recipe, data_dir: Path, device: str) -> dict[str, Any] | None:
+    """The loss on the ``valid`` split beside the recipe's own, when the data has one."""
+    splits = (read_json(data_dir / MANIFEST) or {}).get("splits", {})
+    if recipe.evaluate.split == "valid" or not splits.get("valid", {}).get("tokens"):
+        return None
+    return evaluate_run(run, recipe, data_dir, device, split="valid")
+
