@@ -110,3 +110,13 @@ def test_a_failed_recipe_leaves_no_empty_folders(tmp_path, capsys):
                                    "--set", f"source.path={tmp_path / 'nowhere'}"], "recipe")
     assert "does not exist" in line
     assert not (tmp_path / "runs").exists()
+
+
+def test_a_failed_prepare_leaves_no_empty_folders(tmp_path, capsys):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    out = tmp_path / "runs" / "data"
+    line = one_line_error(capsys, ["prepare", "--source", "folder", "--path", str(empty), "--tokenizer", "midi",
+                                   "--out", str(out)], "prepare")
+    assert "no file under" in line and ".mid" in line
+    assert not (tmp_path / "runs").exists()

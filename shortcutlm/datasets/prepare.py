@@ -58,6 +58,7 @@ from typing import Any, Iterable, Iterator
 
 import numpy as np
 
+from shortcutlm.cleanup import removed_if_failed
 from shortcutlm.datasets.isolation import Crashed, IsolatedPool
 from shortcutlm.datasets.shards import (FORMAT, MANIFEST, TMP_SUFFIX, VERSION, ShardRecord, ShardWriter,
                                         read_manifest, sha256_file, token_dtype, write_json_atomic)
@@ -533,9 +534,10 @@ def run(args: argparse.Namespace) -> int:
     try:
         spec = spec_from_args(args)
         start = time.perf_counter()
-        manifest = prepare(spec["source"], spec["tokenizer"], spec["out"], workers=spec["workers"],
-                           shard_tokens=spec["shard_tokens"], shard_documents=spec["shard_documents"],
-                           progress=not args.quiet, file_timeout_s=spec["file_timeout_s"])
+        with removed_if_failed(spec["out"]):
+            manifest = prepare(spec["source"], spec["tokenizer"], spec["out"], workers=spec["workers"],
+                               shard_tokens=spec["shard_tokens"], shard_documents=spec["shard_documents"],
+                               progress=not args.quiet, file_timeout_s=spec["file_timeout_s"])
     except (ValueError, FileNotFoundError, ModuleNotFoundError, RuntimeError) as exc:
         print(f"shortcutlm prepare: error: {exc}", file=sys.stderr)
         return 2
