@@ -25,11 +25,15 @@ prompt), and generation slides its window past the context by itself.
 Length: ``max_new_tokens`` counts positions (time steps of the sequence, as the model does), or
 ``seconds`` is converted: for audio with the tokenizer's ``tokens_per_second`` (whole frames:
 ``flatten`` K ids per frame; ``delay`` one step per frame plus K-1 steps so that every stream
-completes the last frame); for MIDI with the **train split's tokens per second** (manifest
+completes the last frame). For MIDI the **train split's tokens per second** (manifest
 ``splits.train.tokens / splits.train.seconds`` of the checkpoint's shards, falling back to the
-same figures in its ``data.json``) — an average, so the MIDI written lasts about, not exactly,
-that long (the sidecar records the real duration). Seconds make no sense for text (an error).
-Default length: one context (``block_size`` positions).
+same figures in its ``data.json``) only sizes the first round: the decoded music is measured,
+more is generated while a sample is short, and each sample is cut after the note that reaches
+the prompt's length plus the requested seconds, at the next bar line (or, when the model wrote a
+rest across that point, at the bar line after the next note). So the file lasts the prompt plus
+at least the requested seconds, to within a bar. A MIDI prompt keeps its tempo map (the ids do
+not carry tempo) and its metre (they do), through the tokenizer's ``prompt_context``. Seconds
+make no sense for text (an error). Default length: one context (``block_size`` positions).
 
 Stopping: the requested length is what the user gets: by default the end-of-sequence id is
 never sampled, so a sample cannot end after a few tokens with nothing to hear. With
@@ -183,6 +187,52 @@ def _budget(ckpt: Checkpoint, max_new_tokens: int | None, seconds: float | None)
     raise GenerationError(f"seconds mean nothing for a {tok.domain} checkpoint; give a number of tokens")
 
 
+# ------------------------------------------------------------------------------------ length in seconds
+
+#: Rounds of generation (each of the first estimate's length) before a too-short sample is kept as is.
+MAX_ROUNDS = 8
+
+
+def _lasts(tok: Tokenizer, row: np.ndarray, context: dict[str, Any]) -> float:
+    return float(tok.seconds_of(row[1:], context) or 0.0)  # row[0] is the packing EOS
+
+
+def _extend_to(model: torch.nn.Module, seq: torch.Tensor, head: np.ndarray, target: float, chunk: int,
+               settings: SamplingSettings, banned: Any, tok: Tokenizer,
+               context: dict[str, Any]) -> tuple[torch.Tensor, int]:
+    """Generate more, ``chunk`` steps at a time, until every row lasts ``target`` seconds.
+
+    Tokens per second of music vary with the notes, so the first estimate can fall short; the
+    duration is measured on the decoded ids, never guessed. Returns the rows and the rounds used.
+    """
+    def shortest() -> float:
+        rows = [np.concatenate([head, r]) for r in seq.cpu().numpy()]
+        return min(_lasts(tok, r, context) for r in rows)
+
+    rounds = 1
+    while rounds < MAX_ROUNDS and shortest() < target:
+        more = SamplingSettings(settings.temperature, settings.top_k, settings.top_p, settings.seed + rounds)
+        seq = generate(model, seq, chunk, more, banned=banned)
+        rounds += 1
+    return seq, rounds
+
+
+def _shortest_lasting(row: np.ndarray, prompt_len: int, target: float, tok: Tokenizer,
+                      context: dict[str, Any]) -> int:
+    """The shortest length of ``row`` (prompt kept whole) that lasts ``target`` seconds: the
+    continuation ends with the note that reaches the requested length (or all of it if short)."""
+    low, high = prompt_len, row.shape[-1]
+    if _lasts(tok, row, context) < target:
+        return high
+    while low < high:  # duration grows with the ids kept: bisect on it
+        mid = (low + high) // 2
+        if _lasts(tok, row[:mid], context) >= target:
+            high = mid
+        else:
+            low = mid + 1
+    return low
+
+
 # ------------------------------------------------------------------------------------ output
 
 def _out_paths(out: str | Path, domain: str, base: str, samples: int) -> list[Path]:
@@ -254,6 +304,7 @@ def generate_from_checkpoint(folder: str | Path, out: str | Path, prompt: str | 
                               f"tokenizer {tok.n_streams}")
 
     tokens, meta = (None, {}) if prompt is None else _read_prompt(tok, prompt, ckpt.folder)
+    context = tok.prompt_context(prompt) if prompt is not None else {}
     n_new, budget = _budget(ckpt, max_new_tokens, seconds)
     base = (Path(prompt).stem if prompt is not None else "unconditional") + f"-seed{seed}"
     paths = _out_paths(out, domain, base, samples)
@@ -286,6 +337,12 @@ def generate_from_checkpoint(folder: str | Path, out: str | Path, prompt: str | 
         torch.cuda.synchronize(device)
     start = time.perf_counter()
     seq = generate(model, x, n_new, settings, stop_tokens=stops, forced=forced, banned=banned)
+    timed = seconds is not None and tok.time_from_content and not stop_at_eos
+    if timed:  # MIDI: go on until every sample lasts the prompt plus the requested seconds
+        prompt_seconds = tok.seconds_of(full[1:], context) if tokens is not None else 0.0
+        target = prompt_seconds + float(seconds)
+        seq, rounds = _extend_to(model, seq, head, target, n_new, settings, banned, tok, context)
+        budget.update(target_seconds=target, generation_rounds=rounds)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     elapsed = time.perf_counter() - start
@@ -300,9 +357,13 @@ def generate_from_checkpoint(folder: str | Path, out: str | Path, prompt: str | 
             trimmed = trim_at_stop(row, stops, start=prompt_len)
             stopped = trimmed.shape[-1] < row.shape[-1]
             row = trimmed
+        ending = context
+        if timed:  # the notes that reach the requested length, then the rest of their bar
+            row = row[: _shortest_lasting(row.numpy(), prompt_len, budget["target_seconds"], tok, context)]
+            ending = {**context, "end_at_seconds": budget["target_seconds"]}
         ids = row[..., 1:].numpy()  # the leading EOS is packing, not content (decode would cut there)
         path.parent.mkdir(parents=True, exist_ok=True)
-        tok.decode(ids, path)
+        tok.decode(ids, path, ending)
         rendering = None
         if domain == "midi" and render:
             rendering = tok.render(path, path.with_suffix(".wav"), soundfont=soundfont)
@@ -310,7 +371,12 @@ def generate_from_checkpoint(folder: str | Path, out: str | Path, prompt: str | 
         sidecar = {
             "checkpoint": str(ckpt.folder), "checkpoint_name": ckpt.name, "domain": domain,
             "prompt": str(prompt) if prompt is not None else None,
-            "prompt_tokens": int(prompt_len - 1), "prompt_seconds": meta.get("seconds"),
+            "prompt_tokens": int(prompt_len - 1),
+            # Seconds the prompt lasts in the file written (its own tempo kept), and in its source.
+            "prompt_seconds": (tok.seconds_of(full[1:], context) if tokens is not None and tok.time_from_content
+                               else meta.get("seconds")),
+            "prompt_file_seconds": meta.get("seconds"),
+            "prompt_context": context,
             "prompt_kept_in_context": int(tail.shape[-1]),
             "settings": asdict(settings), "seed": seed, "samples": samples, "sample_index": index,
             **budget, "max_new_tokens": n_new,
@@ -325,6 +391,8 @@ def generate_from_checkpoint(folder: str | Path, out: str | Path, prompt: str | 
             sidecar.update(layout=getattr(tok, "layout", None), n_codebooks=tok.n_codebooks,
                            frames_per_second=tok.frames_per_second,
                            prompt_frames=meta.get("frames"))
+        if isinstance(sidecar["seconds"], float) and isinstance(sidecar["prompt_seconds"], float):
+            sidecar["continuation_seconds"] = sidecar["seconds"] - sidecar["prompt_seconds"]
         if rendering is not None:
             sidecar["rendering"] = str(rendering)
             sidecar["rendering_seconds"] = _artifact_seconds("acoustic", Path(rendering))

@@ -229,3 +229,32 @@ def test_the_requested_length_is_generated_unless_asked_to_stop_at_eos(short_doc
     assert cli_main(["generate", str(text_ckpt), "--prompt", str(text_prompt), "--tokens", "60", "--seed", str(seed),
                      "--stop-at-eos", "--out", str(tmp_path / "cli.txt")]) == 0
     assert "stopped at end-of-sequence" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("qpm,signature", [(96.0, (4, 4)), (72.0, (3, 4))])
+def test_a_midi_continuation_keeps_the_prompts_tempo_and_lasts_the_requested_seconds(midi_ckpt, midi_files, tmp_path,
+                                                                                   qpm, signature):
+    """The prompt plays at its own tempo and metre, and the file is the prompt plus the requested
+    seconds: at least that long, ending at the bar line after the note that reaches them."""
+    import symusic
+
+    score = symusic.Score(str(midi_files[0]))
+    score.tempos = symusic.core.TempoTickList([symusic.Tempo(0, qpm=qpm)])
+    score.time_signatures = symusic.core.TimeSignatureTickList([symusic.TimeSignature(0, *signature)])
+    prompt = tmp_path / "prompt.mid"
+    score.clip(0, 8 * score.ticks_per_quarter * signature[0], clip_end=False).dump_midi(str(prompt))
+    prompt_seconds = symusic.Score(str(prompt)).to("second").end()
+    bar = signature[0] * 4 / signature[1] * 60 / qpm
+    for requested in (3.0, 10.0):
+        [out] = generate_from_checkpoint(midi_ckpt, tmp_path / f"cont{requested:g}.mid", prompt=prompt,
+                                         seconds=requested, settings=SamplingSettings(seed=2), render=False)
+        written = symusic.Score(str(out))
+        assert [round(t.qpm, 3) for t in written.tempos] == [qpm]
+        assert (written.time_signatures[0].numerator, written.time_signatures[0].denominator) == signature
+        meta = sidecar(out)
+        lasts = written.to("second").end()
+        assert meta["seconds"] == pytest.approx(lasts)  # the sidecar describes the file
+        assert meta["prompt_seconds"] == pytest.approx(prompt_seconds, abs=bar / 4)  # the prompt kept its tempo
+        continuation = lasts - meta["prompt_seconds"]
+        assert meta["continuation_seconds"] == pytest.approx(continuation)
+        assert requested - 1e-3 <= continuation <= requested + 2 * bar, (requested, continuation, bar)

@@ -385,7 +385,7 @@ class AcousticTokenizer(Tokenizer):
             tokens = tokens[: eos[0]]
         return tokens[~np.isin(tokens, [sp["pad"], sp["bos"]])]
 
-    def decode(self, tokens: np.ndarray, out_path: str | Path) -> Path:
+    def decode(self, tokens: np.ndarray, out_path: str | Path, context: dict[str, Any] | None = None) -> Path:
         """Ids -> codes -> ``.wav`` (16-bit PCM). Invalid positions of generated ids become code 0, with a warning."""
         import soundfile as sf
 

@@ -95,6 +95,10 @@ class Tokenizer(ABC):
         """True until ``train`` has fitted what this tokenizer learns from data (if anything)."""
         return False
 
+    #: True when an artifact's length in seconds follows from what its ids say (MIDI: the notes'
+    #: timing) rather than from how many there are; :meth:`seconds_of` then measures it.
+    time_from_content: ClassVar[bool] = False
+
     #: True when training is :meth:`training_sample` per document, then :meth:`fit` on the
     #: samples: prepare then reads the train files in worker processes (a reader that crashes
     #: costs one file, not the run) and fits in its own.
@@ -149,8 +153,21 @@ class Tokenizer(ABC):
         return self.encode_document(Document(doc_id=path.stem.replace(".", "_"), split="", source="file", path=path)).tokens
 
     @abstractmethod
-    def decode(self, tokens: np.ndarray, out_path: str | Path) -> Path:
-        """Write the artifact for ``tokens`` to ``out_path`` and return the path written."""
+    def decode(self, tokens: np.ndarray, out_path: str | Path, context: dict[str, Any] | None = None) -> Path:
+        """Write the artifact for ``tokens`` to ``out_path`` and return the path written.
+
+        ``context`` is what :meth:`prompt_context` read from a prompt file whose continuation
+        these tokens are (e.g. a MIDI prompt's tempo, which the ids may not carry)."""
+
+    def prompt_context(self, path: str | Path) -> dict[str, Any]:
+        """What a continuation of the prompt file at ``path`` must keep that its ids do not hold
+        (JSON-able; given back to :meth:`decode` and :meth:`seconds_of`). None by default."""
+        return {}
+
+    def seconds_of(self, tokens: np.ndarray, context: dict[str, Any] | None = None) -> float | None:
+        """How long the artifact decoded from ``tokens`` lasts, when that is not a fixed number of
+        ids per second (MIDI: it depends on the notes); None when it is fixed or there is no time."""
+        return None
 
     @abstractmethod
     def config(self) -> dict[str, Any]:

@@ -271,11 +271,44 @@ class MidiTokenizer(Tokenizer):
         seq = TokSequence(tokens=kept, ids=self._tok._tokens_to_ids(kept))
         return self._tok.decode(seq if self._tok.one_token_stream else [seq])
 
-    def decode(self, tokens: np.ndarray, out_path: str | Path) -> Path:
-        """Write a ``.mid``; ill-formed generated ids are repaired (see :meth:`repair`)."""
+    time_from_content = True
+
+    def prompt_context(self, path: str | Path) -> dict[str, Any]:
+        """The prompt's tempo map (quarter position, bpm) when the ids carry no tempo (the default
+        REMI config has no Tempo tokens): without it a continuation plays at miditok's 120 bpm."""
+        if self._tok.config.use_tempos:
+            return {}
+        score = read_midi(Path(path), str(path))
+        quarter = score.ticks_per_quarter
+        tempos = [[t.time / quarter, 60e6 / t.mspq] for t in score.tempos if t.mspq > 0]
+        return {"tempos": tempos} if tempos else {}
+
+    def _score(self, tokens: np.ndarray, context: dict[str, Any] | None):
+        """Decoded score with the prompt's tempo map put back (see :meth:`prompt_context`) and, when
+        ``context["end_at_seconds"]`` is given, ended at the first bar line at or after that time."""
+        import symusic
+
+        context = context or {}
+        score = self.tokens_to_score(tokens)
+        tempos = context.get("tempos")
+        if tempos:
+            quarter = score.ticks_per_quarter
+            score.tempos = symusic.core.TempoTickList(
+                [symusic.Tempo(int(round(q * quarter)), qpm=float(bpm)) for q, bpm in tempos])
+        if context.get("end_at_seconds") is not None:
+            score = end_at_bar(score, float(context["end_at_seconds"]))
+        return score
+
+    def seconds_of(self, tokens: np.ndarray, context: dict[str, Any] | None = None) -> float | None:
+        """Seconds until the last note of the decoded ids ends, at the prompt's tempo."""
+        return float(self._score(tokens, context).to("second").end())
+
+    def decode(self, tokens: np.ndarray, out_path: str | Path, context: dict[str, Any] | None = None) -> Path:
+        """Write a ``.mid``; ill-formed generated ids are repaired (see :meth:`repair`); a prompt's
+        tempo map from ``context`` is restored."""
         out_path = Path(out_path)
         try:
-            score = self.tokens_to_score(tokens)
+            score = self._score(tokens, context)
         except Exception as exc:  # repair makes this unexpected; report it rather than crash a sampling run
             raise TokenizerError(f"{out_path}: ids did not decode to MIDI even after repair "
                                  f"({type(exc).__name__}: {exc})") from exc
@@ -451,6 +484,57 @@ def read_midi(path: Path, name: str | None = None):
         return symusic.Score.from_midi(data)
     except Exception as exc:  # symusic raises RuntimeError for malformed events
         raise TokenizerError(f"{name}: not a readable MIDI file ({exc})") from exc
+
+
+def _tick_at_second(score, seconds: float) -> int:
+    """The tick that plays at ``seconds`` under the score's tempo map (120 bpm before any tempo)."""
+    quarter = score.ticks_per_quarter
+    changes = sorted((t.time, t.mspq) for t in score.tempos) or [(0, 500_000)]
+    if changes[0][0] > 0:
+        changes.insert(0, (0, 500_000))
+    elapsed = 0.0
+    for (tick, mspq), nxt in zip(changes, changes[1:] + [(None, None)]):
+        span = None if nxt[0] is None else (nxt[0] - tick) * mspq / 1e6 / quarter
+        if span is None or elapsed + span >= seconds:
+            return int(round(tick + (seconds - elapsed) * 1e6 / mspq * quarter))
+        elapsed += span
+    return 0  # unreachable: the last change has no end
+
+
+def _bar_line_at_or_after(score, tick: int) -> int:
+    """The first bar line at or after ``tick``, from the score's time signatures (4/4 before any)."""
+    quarter = score.ticks_per_quarter
+    signatures = sorted((s.time, s.numerator, s.denominator) for s in score.time_signatures) or [(0, 4, 4)]
+    if signatures[0][0] > 0:
+        signatures.insert(0, (0, 4, 4))
+    bounds = [s[0] for s in signatures[1:]] + [None]
+    for (start, num, den), until in zip(signatures, bounds):
+        bar = max(1, int(round(num * quarter * 4 / den)))
+        line = start + -(-(tick - start) // bar) * bar if tick > start else start
+        if until is None or line < until:
+            return line
+    return tick  # unreachable
+
+
+def end_at_bar(score, seconds: float):
+    """The score cut at the first bar line at or after ``seconds``: later notes dropped, notes
+    sounding across the line shortened to end there (symusic's clip keeps or drops them whole).
+
+    When nothing sounds between ``seconds`` and that line (a rest), the cut moves to the bar
+    line after the next note's start, so the music still reaches ``seconds``."""
+    target = _tick_at_second(score, seconds)
+    end = _bar_line_at_or_after(score, target)
+    notes = [(n.time, n.end) for track in score.tracks for n in track.notes]
+    reached = max((min(stop, end) for start, stop in notes if start < end), default=0)
+    later = [start for start, _ in notes if start >= end]
+    if reached < target and later:
+        end = _bar_line_at_or_after(score, min(later) + 1)
+    clipped = score.clip(0, end, clip_end=False)
+    for track in clipped.tracks:
+        for note in track.notes:
+            if note.end > end:
+                note.duration = end - note.time
+    return clipped
 
 
 def clip_to_bars(score, span: tuple[float, float]):

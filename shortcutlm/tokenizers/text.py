@@ -232,7 +232,7 @@ class TextTokenizer(Tokenizer):
         ids = ids[(ids >= 0) & (ids < sp.get_piece_size()) & ~np.isin(ids, self._strip)]
         return sp.decode(ids.tolist())
 
-    def decode(self, tokens: np.ndarray, out_path: str | Path) -> Path:
+    def decode(self, tokens: np.ndarray, out_path: str | Path, context: dict[str, Any] | None = None) -> Path:
         """Write the decoded text as UTF-8 (no newline translation)."""
         out_path = Path(out_path)
         out_path.parent.mkdir(parents=True, exist_ok=True)
