@@ -8,7 +8,7 @@ LOCK := requirements.lock
 # the machine it runs on); the version is pinned so that `make lock` itself is reproducible.
 UV_VERSION := 0.13.9
 
-.PHONY: venv lock test demo bench clean
+.PHONY: venv lock test test-fast demo bench clean
 
 venv: $(STAMP)
 
@@ -30,6 +30,10 @@ lock:
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
+
+# The quick loop while editing: everything but the end-to-end tests (marked slow).
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -q -m "not slow"
 
 demo: $(STAMP)
 	$(BIN)/shortcutlm recipe recipes/bach_chorales.yaml --preset tiny --out runs/demo

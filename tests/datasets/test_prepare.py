@@ -211,6 +211,7 @@ def test_midi_chorales_with_a_corrupt_file(chorales_cache, tmp_path):
     assert meta["seconds"] > 1 and tokens.ndim == 1
 
 
+@pytest.mark.slow
 def test_bach_chorales_source_end_to_end(chorales_cache, tmp_path):
     manifest = prepare({"name": "bach_chorales", "limit": 4, "cache": str(chorales_cache)}, {"domain": "midi"},
                        tmp_path / "out", workers=2, progress=False)
@@ -219,6 +220,7 @@ def test_bach_chorales_source_end_to_end(chorales_cache, tmp_path):
     assert batch.shape == (2, 33)
 
 
+@pytest.mark.slow
 def test_acoustic_delay_layout_end_to_end(tmp_path):
     """K-stream tokens ([K, T]) from real audio through shards and both loaders."""
     import soundfile
