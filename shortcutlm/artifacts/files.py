@@ -1,0 +1,108 @@
+"""Writing and reading artifact files: atomically, durably where it matters, one JSON convention.
+
+A reader (a resumed run, a report, another rank) must never see half a file, so every write goes
+to a temporary file beside the target and is renamed over it. ``durable`` also flushes the data
+and the folder entry to disk (``fsync``) before and after the rename: a power cut or ``kill -9``
+then leaves the old file or the new one, never an empty one. Use it for what a resume depends
+on (checkpoint folders, manifests); caches and reports can skip it.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+from shortcutlm.errors import UserError
+
+
+class ArtifactError(UserError):
+    """An artifact file is missing or unreadable; the message names the file and what to do."""
+
+
+def _fsync_folder(folder: Path) -> None:
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:  # some filesystems (and Windows) cannot open a folder: the rename still stands
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def write_bytes(path: str | Path, data: bytes, durable: bool = False) -> Path:
+    """Write ``data`` to ``path`` through a temporary file and a rename (``durable``: with fsync)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as fh:
+        fh.write(data)
+        if durable:
+            fh.flush()
+            os.fsync(fh.fileno())
+    tmp.replace(path)
+    if durable:
+        _fsync_folder(path.parent)
+    return path
+
+
+def write_text(path: str | Path, text: str, durable: bool = False) -> Path:
+    return write_bytes(path, text.encode("utf-8"), durable)
+
+
+def jsonable(value: Any) -> Any:
+    """``value`` as plain JSON: numpy values to Python, NaN and ±inf to None (JSON has neither),
+    tuples to lists, keys and paths to strings."""
+    try:
+        import numpy as np
+
+        if isinstance(value, np.ndarray):
+            value = value.tolist()
+        elif isinstance(value, np.generic):
+            value = value.item()
+    except ImportError:  # pragma: no cover - numpy is a dependency
+        pass
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {str(k): jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [jsonable(v) for v in value]
+    if isinstance(value, Path):
+        return str(value)
+    return value
+
+
+def write_json(path: str | Path, data: Any, durable: bool = False, sort_keys: bool = True) -> Path:
+    """Write ``data`` as indented JSON (see :func:`jsonable`) atomically."""
+    text = json.dumps(jsonable(data), indent=2, sort_keys=sort_keys, default=str) + "\n"
+    return write_text(path, text, durable)
+
+
+def read_json(path: str | Path, what: str = "file", fix: str = "") -> Any:
+    """The JSON in ``path``, or one :class:`ArtifactError` line naming the file (``what`` it is and
+    ``fix``, how to recover)."""
+    path = Path(path)
+    tail = f"; {fix}" if fix else ""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError as err:
+        raise ArtifactError(f"{path}: no such {what}{tail}") from err
+    except (OSError, UnicodeDecodeError) as err:
+        raise ArtifactError(f"{path}: cannot read this {what} ({err}){tail}") from err
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as err:
+        raise ArtifactError(f"{path}: this {what} is not valid JSON ({err}){tail}") from err
+
+
+def read_json_or_none(path: str | Path) -> Any:
+    """The JSON in ``path``, or None when it is missing or unreadable (caches: recompute then)."""
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
