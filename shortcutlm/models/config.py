@@ -61,10 +61,13 @@ class GPTConfig:
 
     def __post_init__(self) -> None:
         if self.shortcut != "none":  # record the shortcut's sizes, so a checkpoint never depends on defaults
-            self.shortcut_heads = self.shortcut_heads or self.n_head
-            self.shortcut_dim = self.shortcut_dim or max(self.shortcut_heads, self.n_embd // 4)
-            self.shortcut_hidden = self.shortcut_hidden or max(1, self.n_embd // 8)
+            self.shortcut_heads, self.shortcut_dim, self.shortcut_hidden = self._shortcut_sizes()
         self.validate()
+
+    def _shortcut_sizes(self) -> tuple[int, int, int]:
+        """(heads, width, φ hidden width): the given sizes, or the documented defaults."""
+        heads = self.shortcut_heads or self.n_head
+        return heads, self.shortcut_dim or max(heads, self.n_embd // 4), self.shortcut_hidden or max(1, self.n_embd // 8)
 
     # Derived sizes -------------------------------------------------------------------------
     @property
@@ -84,15 +87,15 @@ class GPTConfig:
 
     @property
     def sc_heads(self) -> int:
-        return self.shortcut_heads or self.n_head
+        return self._shortcut_sizes()[0]
 
     @property
     def sc_dim(self) -> int:
-        return self.shortcut_dim or max(self.sc_heads, self.n_embd // 4)
+        return self._shortcut_sizes()[1]
 
     @property
     def sc_hidden(self) -> int:
-        return self.shortcut_hidden or max(1, self.n_embd // 8)
+        return self._shortcut_sizes()[2]
 
     def validate(self) -> None:
         def need(cond: bool, msg: str) -> None:

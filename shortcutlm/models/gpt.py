@@ -310,6 +310,16 @@ class ForwardOutput:
     shortcut_weights: Tensor | None = None  # [B,H,T,depths]
 
 
+def weight_decay_groups(module: nn.Module, weight_decay: float) -> list[dict]:
+    """AdamW groups by the one rule (nanoGPT's): decay matrices and embeddings (``dim >= 2``),
+    never norms' gains, biases, the learnable λ pairs, or anything marked ``_no_weight_decay``
+    (the λ carry that mark, so they stay exempt whatever their shape)."""
+    decay, no_decay = [], []
+    for p in module.parameters():
+        (no_decay if getattr(p, "_no_weight_decay", False) or p.dim() < 2 else decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
 class GPT(nn.Module):
     """Decoder over ``n_streams`` parallel token streams (1 for text, MIDI and flattened audio)."""
 
@@ -359,11 +369,8 @@ class GPT(nn.Module):
         return n
 
     def param_groups(self, weight_decay: float) -> list[dict]:
-        """AdamW groups: decay matrices, never norms, biases or λ scalars."""
-        decay, no_decay = [], []
-        for p in self.parameters():
-            (no_decay if getattr(p, "_no_weight_decay", False) or p.dim() < 2 else decay).append(p)
-        return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+        """AdamW groups by :func:`weight_decay_groups`."""
+        return weight_decay_groups(self, weight_decay)
 
     def new_cache(self, batch: int, device: torch.device | str | None = None,
                   dtype: torch.dtype | None = None) -> KVCache:

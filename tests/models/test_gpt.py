@@ -337,3 +337,17 @@ def test_banned_ids_are_never_sampled():
     banned = list(range(0, 37, 2))
     out = generate(model, tokens(model.config, 2, 3), 40, SamplingSettings(temperature=2.0, seed=0), banned=banned)
     assert not torch.isin(out[:, 3:], torch.tensor(banned)).any()
+
+
+def test_one_weight_decay_rule_matrices_yes_gains_biases_and_lambdas_no():
+    from shortcutlm.models import weight_decay_groups
+
+    model = GPT(GPTConfig(vocab_size=32, n_layer=2, n_head=2, n_embd=16, block_size=8, bias=True,
+                          value_residual="learnable"))
+    decay, no_decay = (g["params"] for g in weight_decay_groups(model, 0.1))
+    names = {id(p): n for n, p in model.named_parameters()}
+    assert all(p.dim() >= 2 for p in decay) and any(p.dim() < 2 for p in no_decay)
+    assert any("lambda" in names[id(p)] or "lam" in names[id(p)] for p in no_decay)  # λ is exempt
+    assert not any("lambda" in names[id(p)] or "lam" in names[id(p)] for p in decay)
+    assert len(decay) + len(no_decay) == len(list(model.parameters()))
+    assert model.param_groups(0.1) == weight_decay_groups(model, 0.1)

@@ -11,7 +11,7 @@ from torch import Tensor, nn
 
 from shortcutlm.bench.model import Trainee
 from shortcutlm.bench.peer.config import INITS, VARIANTS
-from shortcutlm.models import GPT, GPTConfig
+from shortcutlm.models import GPT, GPTConfig, weight_decay_groups
 
 
 def peer_model(config: GPTConfig, init: str = "gpt2", flash: bool = True) -> nn.Module:
@@ -112,10 +112,8 @@ def copy_weights_(ours: GPT, theirs: nn.Module) -> None:
 
 
 def peer_param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
-    """AdamW groups by our rule: decay matrices (and the embedding), never gains or biases."""
-    decay = [p for p in model.parameters() if p.dim() >= 2]
-    no_decay = [p for p in model.parameters() if p.dim() < 2]
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    """AdamW groups for the peer by our one rule (its model has no λ to exempt)."""
+    return weight_decay_groups(model, weight_decay)
 
 
 class PeerTrainee(Trainee):
