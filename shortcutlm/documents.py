@@ -1,13 +1,15 @@
-"""The unit that flows from a source to a tokenizer: one document with a stable id.
+"""The unit that flows from a source to a tokenizer: one document with a stable id, or the
+record of an input that could not become one.
 
-Kept apart from both sides so that sources and tokenizers agree on it without
-importing each other.
+Kept apart from both sides so that sources (the readers and the embedded corpora) and
+tokenizers agree on it without importing each other.
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Iterable, Union
 
 
 @dataclass
@@ -57,3 +59,26 @@ class Document:
         """``[start, stop)`` positions of this document's span in a whole of ``length`` units."""
         start, end = self.span or (0.0, 1.0)
         return round(start * length), round(end * length)
+
+
+@dataclass
+class Rejected:
+    """An input that did not become a document (or a document that did not become tokens)."""
+
+    input: str
+    reason: str
+    split: str = ""
+    doc_id: str = ""
+
+    def as_dict(self) -> dict[str, str]:
+        return {"input": self.input, "reason": self.reason, "split": self.split, "doc_id": self.doc_id}
+
+
+Item = Union[Document, Rejected]
+Reader = Callable[..., Iterable[Item]]
+
+
+def safe_id(text: str) -> str:
+    """A WebDataset key from any name: no dots, no slashes, no spaces."""
+    out = re.sub(r"[./\\\s]+", "_", text.strip())
+    return out.strip("_") or "doc"

@@ -17,9 +17,8 @@ import os
 from pathlib import Path
 from typing import Any, Iterator
 
-from shortcutlm.datasets.sources import Item, Rejected, safe_id
 from shortcutlm.datasets.splits import assign_splits
-from shortcutlm.documents import Document
+from shortcutlm.documents import Document, Item, Rejected, safe_id
 
 SOUNDFONT = "TimGM6mb.sf2"
 

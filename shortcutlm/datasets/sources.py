@@ -15,12 +15,11 @@ from __future__ import annotations
 import csv
 import re
 from collections import Counter
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Union
+from typing import Any, Iterable, Iterator
 
 from shortcutlm.datasets.splits import DEFAULT_FRACTIONS, parse_fractions, plan_splits
-from shortcutlm.documents import Document
+from shortcutlm.documents import Document, Item, Reader, Rejected, safe_id
 
 AUDIO_EXTENSIONS = (".wav", ".flac", ".mp3", ".ogg", ".opus", ".m4a")
 MIDI_EXTENSIONS = (".mid", ".midi")
@@ -29,29 +28,6 @@ TEXT_EXTENSIONS = (".txt", ".md", ".text")
 LIBRISPEECH_SPLITS = {"train": "train", "dev": "valid", "test": "test"}
 MAESTRO_SPLITS = {"train": "train", "validation": "valid", "test": "test"}
 TEXT8_SIZES = (90_000_000, 5_000_000, 5_000_000)
-
-
-@dataclass
-class Rejected:
-    """An input that did not become a document (or a document that did not become tokens)."""
-
-    input: str
-    reason: str
-    split: str = ""
-    doc_id: str = ""
-
-    def as_dict(self) -> dict[str, str]:
-        return {"input": self.input, "reason": self.reason, "split": self.split, "doc_id": self.doc_id}
-
-
-Item = Union[Document, Rejected]
-Reader = Callable[..., Iterable[Item]]
-
-
-def safe_id(text: str) -> str:
-    """A WebDataset key from any name: no dots, no slashes, no spaces."""
-    out = re.sub(r"[./\\\s]+", "_", text.strip())
-    return out.strip("_") or "doc"
 
 
 def _need_dir(path: str | Path | None, what: str) -> Path:
