@@ -20,12 +20,13 @@ import json
 import logging
 import os
 import platform
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from shortcutlm.artifacts.files import jsonable, write_with
 
 log = logging.getLogger(__name__)
 
@@ -118,12 +119,9 @@ def record_peak(key: str, flops: float, source: str, details: dict[str, Any] | N
         return best
     cache[key] = {"flops": float(flops), "source": source, "updated": time.strftime("%Y-%m-%dT%H:%M:%S"),
                   **(details or {})}
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-        with os.fdopen(fd, "w") as fh:
-            json.dump(cache, fh, indent=2, sort_keys=True)
-        os.replace(tmp, path)
+    text = json.dumps(jsonable(cache), indent=2, sort_keys=True).encode("utf-8")
+    try:  # ranks and parallel runs share the file: each writes a temporary file of its own
+        write_with(path, lambda fh: fh.write(text), shared=True)
     except OSError as err:  # a read-only home must not stop training
         log.warning("%s: cannot write the peak cache (%s)", path, err)
     return float(flops)

@@ -11,7 +11,9 @@ from typing import Any
 
 import numpy as np
 
-from shortcutlm.datasets.loader import read_manifest
+from shortcutlm.artifacts.checkpoint import CheckpointFolder
+from shortcutlm.artifacts.files import write_text
+from shortcutlm.artifacts.manifest import ShardManifest
 from shortcutlm.datasets.shards import read_shard
 from shortcutlm.models import SamplingSettings
 from shortcutlm.plots import plot_loss_curves
@@ -23,9 +25,9 @@ ARTIFACT_SUFFIX = {"text": ".txt", "midi": ".mid", "acoustic": ".wav"}
 
 def first_document(data_dir: Path, splits: tuple[str, ...] = ("test", "valid", "train")) -> np.ndarray | None:
     """Tokens of the first document of the first non-empty split (a reproducible prompt source)."""
-    manifest = read_manifest(data_dir)
+    manifest = ShardManifest.read(data_dir)
     for split in splits:
-        for shard in manifest["splits"].get(split, {}).get("shards", []):
+        for shard in manifest.split(split).shards:
             for _key, tokens, _meta in read_shard(Path(data_dir) / shard):
                 return tokens.astype(np.int64)
     return None
@@ -43,7 +45,7 @@ def prompt_file(recipe: Recipe, data_dir: Path, out_dir: Path) -> Path | None:
         return None
     from shortcutlm.tokenizers import load_tokenizer
 
-    tokenizer = load_tokenizer(Path(data_dir) / "tokenizer")
+    tokenizer = load_tokenizer(ShardManifest.read(data_dir).tokenizer_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     return tokenizer.decode(tokens[..., : g.prompt_tokens], out_dir / f"prompt{ARTIFACT_SUFFIX[tokenizer.domain]}")
 
@@ -67,19 +69,19 @@ def _rel(path: Path, root: Path) -> str:
 
 
 def _data_section(data_dir: Path) -> list[str]:
-    manifest = read_manifest(data_dir)
-    tok = manifest["tokenizer"]
+    manifest = ShardManifest.read(data_dir)
+    tok = manifest.tokenizer
     lines = ["## Data", "",
-             f"Source `{manifest['source'].get('name')}`, tokenizer `{tok['domain']}` "
-             f"(vocabulary {tok['vocab_size']}, {tok['n_streams']} stream(s), fingerprint `{tok['fingerprint']}`).", "",
+             f"Source `{manifest.source.get('name')}`, tokenizer `{tok.domain}` "
+             f"(vocabulary {tok.vocab_size}, {tok.n_streams} stream(s), fingerprint `{tok.fingerprint}`).", "",
              "| split | documents | tokens |", "|---|---:|---:|"]
-    for split, info in manifest["splits"].items():
-        lines.append(f"| {split} | {info['documents']:,} | {info['tokens']:,} |")
-    rejected = manifest.get("rejected", [])
+    for split, info in manifest.splits.items():
+        lines.append(f"| {split} | {info.documents:,} | {info.tokens:,} |")
+    rejected = manifest.rejected
     lines += ["", f"Rejected inputs: {len(rejected)}" + ("" if not rejected else ":")]
     lines += [f"- `{r['input']}`: {r['reason']}" for r in rejected[:20]]
     if len(rejected) > 20:
-        lines.append(f"- … and {len(rejected) - 20} more (see `data/manifest.json`)")
+        lines.append(f"- … and {len(rejected) - 20} more (see `{_rel(manifest.path, data_dir.parent)}`)")
     return lines + [""]
 
 
@@ -87,15 +89,14 @@ def _training_section(layout: RunLayout, variants: list[str]) -> list[str]:
     lines = ["## Training", "", "| variant | value residual | shortcut | parameters | steps | tokens seen |",
              "|---|---|---|---:|---:|---:|"]
     for v in variants:
-        folder = layout.checkpoint(v)
-        if not (folder / "hparams.json").is_file():
+        folder = CheckpointFolder(layout.checkpoint(v))
+        if not folder.has_hparams:
             lines.append(f"| {v} | – | – | – | not trained | – |")
             continue
-        h = json.loads((folder / "hparams.json").read_text())
-        cfg = json.loads((folder / "model_config.json").read_text())
+        h, cfg = folder.hparams(), folder.model_config()
         lines.append(f"| {v} | {cfg['value_residual']} | {cfg['shortcut']} | {h['parameters']:,} | {h['step']} "
                      f"| {h['tokens_seen']:,} |")
-    curves = plot_loss_curves({v: layout.checkpoint(v) / "metrics.csv" for v in variants},
+    curves = plot_loss_curves({v: CheckpointFolder(layout.checkpoint(v)).metrics_path for v in variants},
                               layout.root / "loss_curves.png", "training and validation loss")
     if curves:
         lines += ["", f"![loss curves]({_rel(curves, layout.root)})",
@@ -143,7 +144,7 @@ def _depth_maps(layout: RunLayout, variants: list[str], data_dir: Path) -> list[
     lines: list[str] = []
     for v in variants:
         folder = layout.checkpoint(v)
-        if not (folder / "model.pt").is_file():
+        if not CheckpointFolder(folder).has_weights:
             continue
         png = depth_map_for_checkpoint(folder, data_dir, layout.root / f"depth_map_{v}.png")
         if png is not None:
@@ -167,7 +168,7 @@ def write_run_report(recipe: Recipe, layout: RunLayout, variants: list[str]) -> 
     lines += _evaluation_section(layout)
     lines += _samples_section(layout, variants)
     lines += _depth_maps(layout, variants, layout.data)
-    layout.report.write_text("\n".join(lines) + "\n")
+    write_text(layout.report, "\n".join(lines) + "\n")
     return layout.report
 
 

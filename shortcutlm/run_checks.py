@@ -10,8 +10,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from shortcutlm.artifacts.manifest import ShardManifest, manifest_path
 from shortcutlm.config_schema import ConfigError
-from shortcutlm.datasets.shards import MANIFEST
 from shortcutlm.recipe import Recipe
 from shortcutlm.tokenizers.base import read_config
 
@@ -40,14 +40,14 @@ def _prepared_settings(data_dir: Path, manifest: dict[str, Any]) -> dict[str, An
     """The tokenizer settings the shards were made with: what ``prepare`` was given (the manifest's
     ``tokenizer_settings``), over the saved tokenizer's full config (defaults filled in)."""
     settings: dict[str, Any] = {}
-    folder = data_dir / manifest["tokenizer"].get("folder", "tokenizer")
+    shards = ShardManifest(data_dir, manifest)
     try:
-        config = read_config(folder).get("config", {})
+        config = read_config(shards.tokenizer_dir).get("config", {})
     except (OSError, ValueError):
         config = {}
     if isinstance(config, dict):
         settings.update(config)
-    settings.update({k: v for k, v in (manifest.get("tokenizer_settings") or {}).items() if k != "domain"})
+    settings.update({k: v for k, v in shards.tokenizer_settings.items() if k != "domain"})
     return settings
 
 
@@ -59,9 +59,9 @@ def check_tokenizer_matches(recipe: Recipe, data_dir: str | Path, manifest: dict
     knob such as thread counts) is not compared.
     """
     data_dir = Path(data_dir)
-    where = data_dir / MANIFEST
+    where = manifest_path(data_dir)
     want = recipe.tokenizer.get("domain")
-    have = manifest["tokenizer"]["domain"]
+    have = ShardManifest(data_dir, manifest).domain
     if want != have:
         raise ConfigError(f"recipe {recipe.name} wants {want} tokens, but {data_dir} holds {have} shards ({where}); "
                           f"{FIX_TOKENIZER}")
@@ -86,11 +86,11 @@ def check_block_fits(recipe: Recipe, variant: str, block_size: int, data_dir: st
     four times). The valid split needs no check: evaluation pads its last window.
     """
     data_dir = Path(data_dir)
-    train = manifest["splits"].get("train", {})
-    tokens, docs = int(train.get("tokens", 0)), int(train.get("documents", 0))
+    train = ShardManifest(data_dir, manifest).split("train")
+    tokens, docs = train.tokens, train.documents
     if tokens + docs >= block_size:
         return
-    where = data_dir / MANIFEST
+    where = manifest_path(data_dir)
     key = "model.block_size" if "block_size" not in (recipe.variants.get(variant) or {}) \
         else f"variants.{variant}.block_size"
     fix = f"lower {key} to at most {tokens + docs} (e.g. --set {key}={_round_down(tokens + docs)}), or " \

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import json
 import logging
 import shutil
 import sys
@@ -22,8 +21,9 @@ import torch
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_only
 
-from shortcutlm import checkpoint as ckpt
 from shortcutlm import run_checks
+from shortcutlm.artifacts.checkpoint import CheckpointData, CheckpointFolder, check_trainer_state, save_folder
+from shortcutlm.artifacts.manifest import MANIFEST, ShardManifest
 from shortcutlm.cleanup import removed_if_failed
 from shortcutlm.config_schema import ConfigError
 from shortcutlm.datasets.loader import eval_batches, read_manifest, train_batches
@@ -103,13 +103,14 @@ class FolderWriter(L.Callback):
     def __init__(self, out: Path, recipe: dict[str, Any], data_dir: Path, manifest: dict[str, Any],
                  settings: TrainSettings, csv_dir: Path, stop: StopRequest, stop_after: int | None) -> None:
         self.out, self.recipe, self.data_dir, self.manifest = out, recipe, data_dir, manifest
+        self.folder = CheckpointFolder(out)
         self.every_steps, self.every_seconds = settings.ckpt_every, settings.ckpt_minutes * 60
         self.max_steps, self.csv_dir, self.stop, self.stop_after = settings.max_steps, csv_dir, stop, stop_after
         self.saved_step, self.saved_at = -1, time.monotonic()
 
     def write(self, trainer: L.Trainer, lit: LitGPT) -> None:
-        trainer.save_checkpoint(self.out / ckpt.TRAINER_STATE)
-        for logger in trainer.loggers:  # rows logged so far reach metrics.csv with this save
+        trainer.save_checkpoint(self.folder.trainer_state_path)
+        for logger in trainer.loggers:  # rows logged so far reach the merged curve with this save
             logger.save()
         self.saved_step, self.saved_at = trainer.global_step, time.monotonic()
         if not trainer.is_global_zero:
@@ -120,12 +121,11 @@ class FolderWriter(L.Callback):
                    "peak_flops": lit.peak_flops, "world_size": trainer.world_size,
                    "tokens_seen": step * lit.settings["accumulate"] * lit.settings["batch_size"]
                    * trainer.world_size * lit.config.block_size}
-        tok = self.manifest["tokenizer"]
-        data = {"shard_dir": str(self.data_dir.resolve()), "fingerprint": tok["fingerprint"],
-                "domain": tok["domain"], "splits": {k: {m: v for m, v in s.items() if m != "shards"}
-                                                    for k, s in self.manifest["splits"].items()}}
-        ckpt.save_folder(self.out, lit.model, self.recipe, hparams, self.data_dir / "tokenizer", data)
-        merge_metrics(sorted(self.csv_dir.parent.glob("version_*/metrics.csv")), self.out / ckpt.METRICS)
+        shards = ShardManifest(self.data_dir, self.manifest)
+        save_folder(self.out, lit.model, self.recipe, hparams, shards.tokenizer_dir, CheckpointData.from_manifest(shards))
+        merged = merge_metrics(self.folder.sitting_logs())
+        if merged is not None:
+            self.folder.write_metrics(*merged)
 
     def on_train_start(self, trainer: L.Trainer, lit: LitGPT) -> None:
         self.saved_step, self.saved_at = trainer.global_step, time.monotonic()
@@ -176,8 +176,9 @@ class FolderWriter(L.Callback):
                         trainer.global_step, self.out, max(self.saved_step, 0))
 
 
-def merge_metrics(parts: list[Path], out: Path) -> None:
-    """One curve from the CSV logs of every sitting of a resumed run.
+def merge_metrics(parts: list[Path]) -> tuple[list[str], list[dict[str, str]]] | None:
+    """One curve from the CSV logs of every sitting of a resumed run: ``(columns, rows)``, or None
+    before the first row.
 
     A later sitting restarts from a checkpoint, so rows that an earlier sitting logged at or
     past that sitting's first ``opt_step`` were redone and are dropped. (A training row's
@@ -195,14 +196,9 @@ def merge_metrics(parts: list[Path], out: Path) -> None:
         merged = [r for r in merged if float(r["opt_step"]) < start
                   or (r.get("val/loss") and float(r["opt_step"]) == start)] + rows
     if not merged:
-        return
+        return None
     columns = ["opt_step"] + sorted({k for r in merged for k in r if k not in ("opt_step", "step", "epoch")})
-    tmp = out.with_name(out.name + ".tmp")
-    with tmp.open("w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=columns, extrasaction="ignore")
-        writer.writeheader()
-        writer.writerows(merged)
-    tmp.replace(out)
+    return columns, merged
 
 
 # Settings that change what a run computes; the others (logging, devices, ...) may differ on resume.
@@ -212,10 +208,11 @@ RESULT_SETTINGS = ("batch_size", "accumulate", "lr", "min_lr", "warmup_steps", "
 
 def check_same_run(out: Path, config: dict[str, Any], settings: TrainSettings) -> None:
     """Refuse to resume or keep a checkpoint that another model or schedule produced."""
-    if not (out / ckpt.MODEL_CONFIG).is_file():
+    folder = CheckpointFolder(out)
+    if not folder.has_model_config:
         return
-    saved_config = json.loads((out / ckpt.MODEL_CONFIG).read_text())
-    saved_train = json.loads((out / ckpt.HPARAMS).read_text()).get("train", {})
+    saved_config = folder.model_config()
+    saved_train = folder.train_settings()
     now_train = asdict(settings)
     diffs = [f"model.{k}: {saved_config.get(k)!r} -> {v!r}" for k, v in config.items() if saved_config.get(k) != v]
     diffs += [f"train.{k}: {saved_train.get(k)!r} -> {now_train[k]!r}" for k in RESULT_SETTINGS
@@ -225,21 +222,15 @@ def check_same_run(out: Path, config: dict[str, Any], settings: TrainSettings) -
                          "use another output folder, or --fresh to start over")
 
 
-def is_finished(out: Path, max_steps: int) -> bool:
-    path = out / ckpt.HPARAMS
-    if not path.is_file():
-        return False
-    hparams = json.loads(path.read_text())
-    return bool(hparams.get("finished")) and hparams.get("step", 0) >= max_steps
-
-
 def start_over_if_partial(out: Path) -> None:
     """A folder with a run's traces but no trainer state cannot resume: say so loudly, then clear
     the traces so the new run's curves do not merge with the lost one's."""
-    traces = [p for p in (out / "logs", out / "tensorboard", out / ckpt.WEIGHTS) if p.exists()]
-    if not traces or (out / ckpt.TRAINER_STATE).is_file():
+    folder = CheckpointFolder(out)
+    traces = folder.run_traces()
+    if not traces or folder.has_trainer_state:
         return
-    print(f"WARNING: {out} holds a partial run without trainer state ({ckpt.TRAINER_STATE} is missing: it "
+    missing = folder.trainer_state_path.relative_to(out)
+    print(f"WARNING: {out} holds a partial run without trainer state ({missing} is missing: it "
           "stopped before its first save); starting again from step 0", file=sys.stderr, flush=True)
     for path in traces:
         shutil.rmtree(path) if path.is_dir() else path.unlink()
@@ -266,11 +257,11 @@ def train(recipe: Recipe, variant: str, data_dir: str | Path, out: str | Path, p
     if fresh and out.exists():  # only once the new run is known to be valid
         shutil.rmtree(out)
     check_same_run(out, config.to_dict(), s)
-    if is_finished(out, s.max_steps):
+    if CheckpointFolder(out).is_finished(s.max_steps):
         log.info("%s: already trained to step %d; keeping it", out, s.max_steps)
         return out
     start_over_if_partial(out)
-    with removed_if_failed(out, lambda top: (out / ckpt.TRAINER_STATE).is_file()):  # keep only resumable state
+    with removed_if_failed(out, lambda top: CheckpointFolder(out).has_trainer_state):  # keep only resumable state
         return _fit(recipe, variant, data_dir, out, s, config, manifest, progress, stop_after, callbacks)
 
 
@@ -301,9 +292,9 @@ def _fit(recipe: Recipe, variant: str, data_dir: Path, out: Path, s: TrainSettin
             callbacks=[writer, *(callbacks or [])],
             enable_checkpointing=False, enable_progress_bar=progress, enable_model_summary=progress,
             use_distributed_sampler=False, default_root_dir=out)
-        last = out / ckpt.TRAINER_STATE
+        last = CheckpointFolder(out).trainer_state_path
         if last.is_file():
-            ckpt.check_trainer_state(last)
+            check_trainer_state(last)
         try:
             trainer.fit(lit, datamodule=ShardData(data_dir, config.block_size, s, lit, has_valid),
                         ckpt_path=last if last.is_file() else None, weights_only=True)
@@ -315,7 +306,7 @@ def _fit(recipe: Recipe, variant: str, data_dir: Path, out: Path, s: TrainSettin
 
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("recipe", help="recipe YAML")
-    parser.add_argument("--data", required=True, help="prepared shard folder (with manifest.json)")
+    parser.add_argument("--data", required=True, help=f"prepared shard folder (with {MANIFEST})")
     parser.add_argument("--out", required=True, help="checkpoint folder to write (resumed when it exists)")
     parser.add_argument("--variant", help="which of the recipe's variants (default: the first)")
     parser.add_argument("--preset", help="a preset of the recipe, e.g. tiny")

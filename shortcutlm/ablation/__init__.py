@@ -48,7 +48,6 @@ The modules, in the order the data flows through them:
     page       results.md and results.json from the collected results
     markdown   table and cell formatting of the page
     commands   the command lines the page quotes
-    files      the JSON files: read, sanitise, atomic write, keyed caches
     cli        ``configure`` / ``run`` and ``--plan``
 """
 from __future__ import annotations
@@ -60,7 +59,6 @@ from shortcutlm.ablation.config import (DEFAULT_RECIPE, Ablation, AblationConfig
                                         dataset_recipe, load_ablation)
 from shortcutlm.ablation.curves import plot_relative_loss, relative_training_loss
 from shortcutlm.ablation.diagnose import run_diagnostics
-from shortcutlm.ablation.files import jsonable
 from shortcutlm.ablation.grid import Progress, prepare_dataset, run_ablation
 from shortcutlm.ablation.page import (render_dataset, render_diagnostics, render_markdown, render_summary,
                                       write_results)
@@ -73,6 +71,7 @@ from shortcutlm.ablation.stats import VERDICT_RULE, compare, matched_multiple, m
 from shortcutlm.ablation.summary import summarize
 from shortcutlm.ablation.timing import (STEP_TIMING_FILE, STEP_TIMING_STEPS, STEP_TIMING_WARMUP, apply_step_timing,
                                         side_by_side_timing)
+from shortcutlm.artifacts.files import jsonable
 
 __all__ = [
     "configure", "run", "print_plan",

@@ -7,9 +7,9 @@ from pathlib import Path
 
 from shortcutlm.ablation.commands import command_line
 from shortcutlm.ablation.config import DEFAULT_RECIPE, Ablation, load_ablation
-from shortcutlm.ablation.files import read_json
 from shortcutlm.ablation.grid import clock, run_ablation
-from shortcutlm.ablation.runs import ERROR_FILE, RUN_FILE, is_trained, plan_runs
+from shortcutlm.ablation.runs import is_trained, plan_runs
+from shortcutlm.artifacts.ablation import has_run_error, read_run_record
 from shortcutlm.config_schema import ConfigError
 
 
@@ -56,12 +56,12 @@ def print_plan(ablation: Ablation, out: Path, datasets: list[str] | None = None)
     runs = plan_runs(ablation, out, datasets or ablation.datasets)
     done = [r for r in runs if is_trained(r)]
     for r in runs:
-        state = "done" if r in done else ("failed" if (r.folder / ERROR_FILE).is_file() else "to train")
+        state = "done" if r in done else ("failed" if has_run_error(r.folder) else "to train")
         print(f"{r.dataset:16s} {r.name:36s} {r.steps:6d} steps  {state}")
     total = sum(r.steps for r in runs)
     left = sum(r.steps for r in runs if r not in done)
     print(f"{len(runs)} runs ({len(done)} done); {left:,} of {total:,} optimiser steps left")
-    timed = [(r.steps, (read_json(r.folder / RUN_FILE) or {}).get("wall_s")) for r in done]
+    timed = [(r.steps, read_run_record(r.folder).get("wall_s")) for r in done]
     timed = [(s, w) for s, w in timed if w]
     if timed and left:
         rate = sum(w for _, w in timed) / sum(s for s, _ in timed)

@@ -11,14 +11,14 @@ from shortcutlm.ablation.commands import narrowed_command
 from shortcutlm.ablation.config import Ablation
 from shortcutlm.ablation.curves import relative_training_loss
 from shortcutlm.ablation.diagnose import run_diagnostics
-from shortcutlm.ablation.files import read_json
 from shortcutlm.ablation.records import run_record
-from shortcutlm.ablation.runs import (ERROR_FILE, check_settings, evaluate_run, is_trained, plan_runs, run_recipe_for,
+from shortcutlm.ablation.runs import (check_settings, evaluate_run, is_trained, plan_runs, run_recipe_for,
                                       shard_folder, short_error, validation_row)
 from shortcutlm.ablation.stats import VERDICT_RULE
 from shortcutlm.ablation.summary import summarize
 from shortcutlm.ablation.timing import apply_step_timing, side_by_side_timing
-from shortcutlm.datasets.shards import MANIFEST
+from shortcutlm.artifacts.ablation import read_run_error
+from shortcutlm.artifacts.manifest import ShardManifest
 from shortcutlm.recipe import Recipe
 
 
@@ -53,8 +53,7 @@ def collect_results(ablation: Ablation, out: Path, command: str, failures: dict[
         for run in runs:
             error = failures.get(str(run.folder))
             if error is None and not is_trained(run):
-                saved = read_json(run.folder / ERROR_FILE)
-                error = saved.get("error") if saved else None
+                error = read_run_error(run.folder)
             if not is_trained(run):
                 records.append({"run": run.name, "variant": run.variant, "seed": run.seed, "multiple": run.multiple,
                                 "steps": run.steps, "status": "failed" if error else "pending",
@@ -85,10 +84,9 @@ def collect_results(ablation: Ablation, out: Path, command: str, failures: dict[
 
 
 def _data_summary(data_dir: Path) -> dict[str, Any] | None:
-    manifest = read_json(data_dir / MANIFEST)
-    if not manifest:
+    manifest = ShardManifest.read_or_none(data_dir)
+    if manifest is None:
         return None
-    tok = manifest.get("tokenizer", {})
-    return {"source": manifest.get("source"), "domain": tok.get("domain"), "vocab_size": tok.get("vocab_size"),
-            "n_streams": tok.get("n_streams"), "fingerprint": tok.get("fingerprint"),
-            "splits": {k: {m: v for m, v in s.items() if m != "shards"} for k, s in manifest.get("splits", {}).items()}}
+    tok = manifest.tokenizer
+    return {"source": manifest.raw.get("source"), "domain": tok.domain, "vocab_size": tok.vocab_size,
+            "n_streams": tok.n_streams, "fingerprint": tok.fingerprint, "splits": manifest.split_sizes()}

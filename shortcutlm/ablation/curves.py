@@ -5,9 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from shortcutlm import checkpoint as ckpt
 from shortcutlm.ablation.config import AblationConfig
 from shortcutlm.ablation.runs import Run, is_trained
+from shortcutlm.artifacts.checkpoint import CheckpointFolder
 
 
 def relative_training_loss(runs: list[Run], cfg: AblationConfig) -> dict[str, Any] | None:
@@ -19,9 +19,10 @@ def relative_training_loss(runs: list[Run], cfg: AblationConfig) -> dict[str, An
 
     curves: dict[str, dict[int, tuple[np.ndarray, np.ndarray]]] = {}
     for run in runs:
-        if run.multiple != 1.0 or not is_trained(run) or not (run.folder / ckpt.METRICS).is_file():
+        files = CheckpointFolder(run.folder)
+        if run.multiple != 1.0 or not is_trained(run) or not files.has_metrics:
             continue
-        c = read_curves(run.folder / ckpt.METRICS).get("train/loss")
+        c = read_curves(files.metrics_path).get("train/loss")
         if c is not None and len(c[0]) >= 2:
             curves.setdefault(run.variant, {})[run.seed] = (c[0], smooth(c[1]))
     base = curves.get(cfg.baseline)

@@ -6,12 +6,10 @@ from pathlib import Path
 from typing import Any, Callable
 
 from shortcutlm.ablation.config import Ablation
-from shortcutlm.ablation.files import jsonable, read_cache, write_cache
 from shortcutlm.ablation.runs import Run, is_trained, run_folder, shard_folder, short_error, weights_key
 from shortcutlm.ablation.sentences import diagnostic_sentences
-
-CACHE_FILE = "ablation_cache.json"
-
+from shortcutlm.artifacts.ablation import diagnostics_cache_path, read_cache, write_cache
+from shortcutlm.artifacts.files import jsonable
 
 def run_diagnostics(ablation: Ablation, out: Path, dataset: str,
                     echo: Callable[[str], None]) -> dict[str, Any]:
@@ -40,7 +38,7 @@ def run_diagnostics(ablation: Ablation, out: Path, dataset: str,
         return {"status": "pending", "missing": missing, "seed": cfg.diagnostics.seed}
     target = out / dataset / "diagnostics"
     key = {"folders": [str(f) for f in folders], "labels": labels, "weights": [weights_key(f) for f in folders]}
-    value = read_cache(target / CACHE_FILE, key, "value")
+    value = read_cache(diagnostics_cache_path(target), key, "value")
     if value is None or not all(Path(p).is_file() for p in value["plots"].values()):
         echo(f"diagnostics {dataset}: comparing {', '.join(labels)} (seed {cfg.diagnostics.seed})")
         try:
@@ -48,7 +46,7 @@ def run_diagnostics(ablation: Ablation, out: Path, dataset: str,
         except Exception as exc:  # noqa: BLE001 - the page says so and the rest renders
             return {"status": "failed", "error": short_error(exc), "labels": labels}
         value = jsonable({"json": got.get("json"), "plots": got.get("plots") or {}, "results": got.get("results")})
-        write_cache(target / CACHE_FILE, key, "value", value)
+        write_cache(diagnostics_cache_path(target), key, "value", value)
     value = dict(value)
     value.update({"status": "done", "labels": labels, "missing": missing, "seed": cfg.diagnostics.seed,
                   "folder": str(target)})

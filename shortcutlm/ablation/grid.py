@@ -12,15 +12,15 @@ import traceback
 from pathlib import Path
 from typing import Any, Callable
 
-from shortcutlm import checkpoint as ckpt
 from shortcutlm.ablation.collect import collect_results, device
 from shortcutlm.ablation.commands import command_line
 from shortcutlm.ablation.config import Ablation
-from shortcutlm.ablation.files import read_json, write_json
 from shortcutlm.ablation.page import write_results
-from shortcutlm.ablation.runs import (ERROR_FILE, RUN_FILE, Run, cached_evaluation, check_settings, evaluate_run,
-                                      is_trained, plan_runs, run_recipe_for, shard_folder, short_error)
-from shortcutlm.datasets.shards import MANIFEST
+from shortcutlm.ablation.runs import (Run, cached_evaluation, check_settings, evaluate_run, is_trained, plan_runs,
+                                      run_recipe_for, shard_folder, short_error)
+from shortcutlm.artifacts.ablation import clear_run_error, write_run_error, write_run_record
+from shortcutlm.artifacts.checkpoint import CheckpointFolder
+from shortcutlm.artifacts.manifest import ShardManifest
 from shortcutlm.recipe import Recipe
 
 
@@ -63,12 +63,12 @@ def clock(seconds: float) -> str:
 
 def prepare_dataset(recipe: Recipe, data_dir: Path, progress: bool) -> None:
     """Prepare the dataset's shards unless a complete manifest made from the same specs is there."""
-    manifest = read_json(data_dir / MANIFEST)
+    manifest = ShardManifest.read_or_none(data_dir)
     canon = lambda x: json.dumps(x, sort_keys=True, default=str)  # noqa: E731
     tok_settings = {"domain": recipe.tokenizer.get("domain"),
                     **{k: v for k, v in recipe.tokenizer.items() if k != "domain"}}
-    if (manifest and manifest.get("complete") and canon(manifest.get("source")) == canon(recipe.source)
-            and canon(manifest.get("tokenizer_settings")) == canon(tok_settings)):
+    if (manifest is not None and manifest.complete and canon(manifest.raw.get("source")) == canon(recipe.source)
+            and canon(manifest.raw.get("tokenizer_settings")) == canon(tok_settings)):
         return
     from shortcutlm.datasets.prepare import prepare
 
@@ -92,19 +92,15 @@ def _train(run: Run, recipe: Recipe, data_dir: Path, progress: bool) -> float:
     training.train(recipe, run.variant, data_dir, run.folder, progress=progress)
     seconds = time.monotonic() - started
     if not is_trained(run):
-        raise RuntimeError(f"training stopped at step {(read_json(run.folder / ckpt.HPARAMS) or {}).get('step')} "
-                           f"of {run.steps}")
-    write_json(run.folder / RUN_FILE, {"wall_s": seconds, "machine": machine(),
-                                       "trained": time.strftime("%Y-%m-%dT%H:%M:%S"),
-                                       "steps": run.steps, "seed": run.seed})
+        raise RuntimeError(f"training stopped at step {CheckpointFolder(run.folder).step} of {run.steps}")
+    write_run_record(run.folder, seconds, machine(), time.strftime("%Y-%m-%dT%H:%M:%S"), run.steps, run.seed)
     return seconds
 
 
 def _record_failure(run: Run, exc: BaseException) -> None:
     """``error.json`` in the run's folder (called while ``exc`` is being handled, for its traceback)."""
     try:
-        write_json(run.folder / ERROR_FILE, {"error": short_error(exc), "traceback": traceback.format_exc(limit=8),
-                                             "when": time.strftime("%Y-%m-%dT%H:%M:%S")})
+        write_run_error(run.folder, short_error(exc), traceback.format_exc(limit=8), time.strftime("%Y-%m-%dT%H:%M:%S"))
     except OSError:
         pass
 
@@ -159,7 +155,7 @@ def run_ablation(ablation: Ablation, out: str | Path, docs: str | Path | None = 
                     if cached_evaluation(run, recipe) is None:
                         bar.line(index, run, "evaluating")
                     evaluate_run(run, recipe, data_dir, device(recipe))
-                    (run.folder / ERROR_FILE).unlink(missing_ok=True)
+                    clear_run_error(run.folder)
                 except Exception as exc:  # noqa: BLE001 - a failed run is recorded and the grid goes on
                     failures[str(run.folder)] = short_error(exc)
                     bar.skipped(run)

@@ -8,9 +8,10 @@ from pathlib import Path
 from typing import Any
 
 from shortcutlm.ablation.curves import plot_relative_loss
-from shortcutlm.ablation.files import write_json, write_text
 from shortcutlm.ablation.markdown import (bold_verdict, display_path, fmt, fmt_pm, machine_label, nbytes,
                                           param_count, ratio_text, table)
+from shortcutlm.artifacts.ablation import write_page
+from shortcutlm.artifacts.checkpoint import METRICS
 
 NOISY_IQR = 0.3
 
@@ -150,7 +151,7 @@ def render_dataset(name: str, section: dict[str, Any], cfg_baseline: str, docs: 
         png = plot_relative_loss(rel, assets / "relative_train_loss.png",
                                  f"{name}: training loss relative to the baseline")
         lines += [f"### {name}: training loss relative to the baseline", "",
-                  f"Produced by: `{section['command']}` (from each run's `metrics.csv`).", "",
+                  f"Produced by: `{section['command']}` (from each run's `{METRICS}`).", "",
                   f"![relative training loss]({png.relative_to(docs).as_posix()})", ""]
         finals = sorted(rel.items(), key=lambda kv: kv[1]["final"])
         lines += ["At the last logged step the smoothed training loss is "
@@ -259,7 +260,4 @@ def write_results(results: dict[str, Any], docs: Path, out: Path) -> tuple[Path,
     """``<docs>/results.md`` (plots copied under ``<docs>/results/``) and ``<docs>/results.json``."""
     docs.mkdir(parents=True, exist_ok=True)
     text = render_markdown(results, docs, out)
-    md, js = docs / "results.md", docs / "results.json"
-    write_text(md, text, encoding="utf-8")
-    write_json(js, results)
-    return md, js
+    return write_page(docs, text, results)

@@ -1,6 +1,6 @@
 """What the page shows of one finished run: its evaluation, parameters, tokens, speed and KV cache.
 
-The speed is read from the run's own ``metrics.csv`` (the table prefers the side-by-side timing
+The speed is read from the run's own logged curve (the table prefers the side-by-side timing
 of :mod:`shortcutlm.ablation.timing`, which a busy machine disturbs less); the KV cache is
 measured from the cache tensors of a model built from the run's config.
 """
@@ -12,26 +12,23 @@ import statistics
 from pathlib import Path
 from typing import Any
 
-from shortcutlm import checkpoint as ckpt
-from shortcutlm.ablation.files import read_json
-from shortcutlm.ablation.runs import RUN_FILE, Run
+from shortcutlm.ablation.runs import Run
+from shortcutlm.artifacts.ablation import read_run_record
+from shortcutlm.artifacts.checkpoint import CheckpointFolder
 from shortcutlm.recipe import Recipe
 
 
 def _logged_rates(folder: Path) -> list[float] | None:
-    """The run's logged ``train/tokens_per_s`` values (None without a ``metrics.csv``)."""
-    import csv
-
-    metrics = folder / ckpt.METRICS
-    if not metrics.is_file():
+    """The run's logged ``train/tokens_per_s`` values (None before it logged any curve)."""
+    files = CheckpointFolder(folder)
+    if not files.has_metrics:
         return None
-    with metrics.open(newline="") as fh:
-        return [float(r["train/tokens_per_s"]) for r in csv.DictReader(fh) if r.get("train/tokens_per_s")]
+    return [float(r["train/tokens_per_s"]) for r in files.metrics_rows() if r.get("train/tokens_per_s")]
 
 
 def median_step_seconds(folder: Path) -> float | None:
     """Seconds per optimiser step: tokens per step over the median logged ``train/tokens_per_s``."""
-    hparams = read_json(folder / ckpt.HPARAMS) or {}
+    hparams = CheckpointFolder(folder).hparams_or_none() or {}
     rates = _logged_rates(folder)
     if rates is None or not hparams.get("step"):
         return None
@@ -57,15 +54,16 @@ _KV_CACHE: dict[str, tuple[int, int]] = {}
 def kv_cache_bytes(folder: Path) -> tuple[int, int] | None:
     """``(attention K/V bytes, all cached bytes)`` of a batch-1 fp32 cache at full context, measured
     from the cache tensors of a model built from the checkpoint's config."""
-    text = (folder / ckpt.MODEL_CONFIG).read_text() if (folder / ckpt.MODEL_CONFIG).is_file() else None
-    if text is None:
+    config = CheckpointFolder(folder).model_config_or_none()
+    if config is None:
         return None
+    text = json.dumps(config, sort_keys=True)
     if text not in _KV_CACHE:
         import torch
 
         from shortcutlm.models import GPT, GPTConfig
 
-        model = GPT(GPTConfig.from_dict(json.loads(text)))
+        model = GPT(GPTConfig.from_dict(config))
         cache = model.new_cache(1, device="cpu", dtype=torch.float32)
         _KV_CACHE[text] = (int(cache.attention_nbytes()), int(cache.nbytes()))
         del model, cache
@@ -75,8 +73,8 @@ def kv_cache_bytes(folder: Path) -> tuple[int, int] | None:
 def run_record(run: Run, recipe: Recipe, row: dict[str, Any] | None,
                valid: dict[str, Any] | None = None) -> dict[str, Any]:
     """What the page shows of one run (also what ``results.json`` lists)."""
-    hparams = read_json(run.folder / ckpt.HPARAMS) or {}
-    info = read_json(run.folder / RUN_FILE) or {}
+    hparams = CheckpointFolder(run.folder).hparams_or_none() or {}
+    info = read_run_record(run.folder)
     record: dict[str, Any] = {
         "run": run.name, "variant": run.variant, "seed": run.seed, "multiple": run.multiple, "steps": run.steps,
         "actual_multiple": run.steps / run.base_steps, "folder": str(run.folder), "status": "done",

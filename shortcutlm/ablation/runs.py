@@ -17,15 +17,17 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Iterable
 
-from shortcutlm import checkpoint as ckpt
 from shortcutlm.ablation.config import Ablation
-from shortcutlm.ablation.files import read_cache, read_json, write_cache
-from shortcutlm.datasets.shards import MANIFEST
+from shortcutlm.artifacts.ablation import (ERROR_FILE, EVAL_FILE, RUN_FILE, evaluation_cache_path, read_cache,
+                                           write_cache)
+from shortcutlm.artifacts.checkpoint import CheckpointFolder
+from shortcutlm.artifacts.manifest import ShardManifest
 from shortcutlm.recipe import Recipe
 
-EVAL_FILE = "eval.json"
-RUN_FILE = "ablation.json"
-ERROR_FILE = "error.json"
+__all__ = ["EVAL_FILE", "RUN_FILE", "ERROR_FILE", "EVAL_VERSION", "Run", "shard_folder", "run_folder", "steps_for",
+           "plan_runs", "run_recipe_for", "is_trained", "short_error", "check_settings", "weights_key",
+           "evaluation_key", "cached_evaluation", "evaluate_run", "validation_row"]
+
 EVAL_VERSION = 1
 
 
@@ -88,10 +90,9 @@ def run_recipe_for(recipe: Recipe, run: Run) -> Recipe:
 
 
 def is_trained(run: Run) -> bool:
-    """Training finished all of the run's steps (``shortcutlm.training.is_finished``) and left its weights."""
-    from shortcutlm.training import is_finished
-
-    return is_finished(run.folder, run.steps) and (run.folder / ckpt.WEIGHTS).is_file()
+    """Training finished all of the run's steps and left its weights."""
+    folder = CheckpointFolder(run.folder)
+    return folder.is_finished(run.steps) and folder.has_weights
 
 
 def short_error(exc: BaseException) -> str:
@@ -107,11 +108,11 @@ def check_settings(run: Run, recipe: Recipe, data_dir: Path) -> None:
     """Raise (training's ValueError) when the run's checkpoint was trained with other model or training settings."""
     from shortcutlm.training import check_same_run
 
-    manifest = read_json(data_dir / MANIFEST)
-    if not manifest or not (run.folder / ckpt.MODEL_CONFIG).is_file():
+    manifest = ShardManifest.read_or_none(data_dir)
+    if manifest is None or not CheckpointFolder(run.folder).has_model_config:
         return
-    tok = manifest["tokenizer"]
-    config = recipe.model_config(run.variant, tok["vocab_size"], tok["n_streams"])
+    tok = manifest.tokenizer
+    config = recipe.model_config(run.variant, tok.vocab_size, tok.n_streams)
     check_same_run(run.folder, config.to_dict(), recipe.train)
 
 
@@ -119,9 +120,7 @@ def check_settings(run: Run, recipe: Recipe, data_dir: Path) -> None:
 
 def weights_key(folder: Path) -> dict[str, Any]:
     """What identifies the checkpoint's weights: a cache made under another key is stale."""
-    stat = (folder / ckpt.WEIGHTS).stat()
-    hparams = read_json(folder / ckpt.HPARAMS) or {}
-    return {"mtime_ns": stat.st_mtime_ns, "size": stat.st_size, "step": hparams.get("step")}
+    return CheckpointFolder(folder).weights_stamp()
 
 
 def evaluation_key(folder: Path, recipe: Recipe, split: str | None = None) -> dict[str, Any]:
@@ -131,8 +130,7 @@ def evaluation_key(folder: Path, recipe: Recipe, split: str | None = None) -> di
 
 
 def _evaluation_file(run: Run, recipe: Recipe, split: str | None) -> Path:
-    """``eval.json`` for the recipe's split (the table's loss), ``eval_<split>.json`` for another."""
-    return run.folder / (EVAL_FILE if split in (None, recipe.evaluate.split) else f"eval_{split}.json")
+    return evaluation_cache_path(run.folder, split, recipe.evaluate.split)
 
 
 def cached_evaluation(run: Run, recipe: Recipe, split: str | None = None) -> dict[str, Any] | None:
@@ -157,8 +155,8 @@ def evaluate_run(run: Run, recipe: Recipe, data_dir: Path, device: str, split: s
 
 def validation_row(run: Run, recipe: Recipe, data_dir: Path, device: str) -> dict[str, Any] | None:
     """The loss on the ``valid`` split beside the recipe's own, when the data has one."""
-    splits = (read_json(data_dir / MANIFEST) or {}).get("splits", {})
-    if recipe.evaluate.split == "valid" or not splits.get("valid", {}).get("tokens"):
+    manifest = ShardManifest.read_or_none(data_dir)
+    if recipe.evaluate.split == "valid" or manifest is None or not manifest.has_split("valid"):
         return None
     return evaluate_run(run, recipe, data_dir, device, split="valid")
 

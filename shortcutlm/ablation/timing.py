@@ -7,12 +7,13 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from shortcutlm import checkpoint as ckpt
 from shortcutlm.ablation.config import Ablation
-from shortcutlm.ablation.files import read_cache, read_json, write_cache
 from shortcutlm.ablation.runs import run_folder
+from shortcutlm.artifacts.ablation import STEP_TIMING_FILE, read_cache, step_timing_path, write_cache
+from shortcutlm.artifacts.checkpoint import CheckpointFolder
 
-STEP_TIMING_FILE = "step_timing.json"
+__all__ = ["STEP_TIMING_FILE", "STEP_TIMING_STEPS", "STEP_TIMING_WARMUP", "side_by_side_timing", "apply_step_timing"]
+
 STEP_TIMING_STEPS = 20
 STEP_TIMING_WARMUP = 2
 
@@ -33,7 +34,7 @@ def side_by_side_timing(ablation: Ablation, out: Path, dataset: str,
     configs: dict[str, dict[str, Any]] = {}
     for variant in cfg.variants:
         for seed in cfg.seeds:
-            saved = read_json(run_folder(out, dataset, variant, seed) / ckpt.MODEL_CONFIG)
+            saved = CheckpointFolder(run_folder(out, dataset, variant, seed)).model_config_or_none()
             if saved:
                 configs[variant] = saved
                 break
@@ -43,7 +44,7 @@ def side_by_side_timing(ablation: Ablation, out: Path, dataset: str,
     info = machine()
     key = {"configs": configs, "batch": batch, "steps": STEP_TIMING_STEPS, "warmup": STEP_TIMING_WARMUP,
            "machine": {k: info.get(k) for k in ("processor", "threads", "torch")}}
-    path = out / dataset / STEP_TIMING_FILE
+    path = step_timing_path(out / dataset)
     cached = read_cache(path, key, "timing")
     if cached is not None:
         return cached

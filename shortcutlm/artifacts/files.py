@@ -11,8 +11,9 @@ from __future__ import annotations
 import json
 import math
 import os
+import tempfile
 from pathlib import Path
-from typing import Any
+from typing import IO, Any, Callable
 
 from shortcutlm.errors import UserError
 
@@ -45,6 +46,37 @@ def write_bytes(path: str | Path, data: bytes, durable: bool = False) -> Path:
             fh.flush()
             os.fsync(fh.fileno())
     tmp.replace(path)
+    if durable:
+        _fsync_folder(path.parent)
+    return path
+
+
+def write_with(path: str | Path, fill: Callable[[IO[bytes]], Any], durable: bool = False,
+               shared: bool = False) -> Path:
+    """Write ``path`` by calling ``fill`` on an open binary file, then rename it into place.
+
+    For what is too large to hold as bytes first (model weights) or is written by a library
+    (``torch.save``). ``shared``: several processes may write this file at once (a cache shared by
+    DDP ranks), so each writes a temporary file of its own name; the last rename wins whole.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if shared:
+        fd, name = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
+        tmp, fh = Path(name), os.fdopen(fd, "wb")
+    else:
+        tmp = path.with_name(path.name + ".tmp")
+        fh = open(tmp, "wb")
+    try:
+        with fh:
+            fill(fh)
+            if durable:
+                fh.flush()
+                os.fsync(fh.fileno())
+        tmp.replace(path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     if durable:
         _fsync_folder(path.parent)
     return path

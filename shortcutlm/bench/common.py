@@ -4,7 +4,6 @@ The peak itself is measured by :mod:`shortcutlm.peak`, which training uses too.
 """
 from __future__ import annotations
 
-import json
 import os
 import platform
 import statistics
@@ -14,6 +13,7 @@ from typing import Any, Callable, Iterable
 
 import torch
 
+from shortcutlm.artifacts import files
 from shortcutlm.peak import measure_peak_flops, sync
 
 
@@ -79,11 +79,7 @@ def write_json(result: dict[str, Any], path: str | Path | None, summary: Iterabl
         for i, why in enumerate(notes, 1):
             print(f"  [{i}] {why}")
     if path:
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(path.suffix + ".tmp")
-        tmp.write_text(json.dumps(result, indent=2, default=str))
-        tmp.replace(path)
+        path = files.write_json(path, result, sort_keys=False)
         print(f"all figures: {path}")
     else:
         print("all figures: give --json FILE to keep them")

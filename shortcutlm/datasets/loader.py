@@ -52,15 +52,16 @@ from typing import Any, Iterator
 import numpy as np
 import torch
 
+from shortcutlm.artifacts.manifest import ShardError, manifest_path
+from shortcutlm.artifacts.manifest import read_manifest as _read_manifest
 from shortcutlm.datasets import shards as shardio
-from shortcutlm.datasets.shards import ShardError
 
 __all__ = ["read_manifest", "train_batches", "eval_batches", "TrainBatches", "EvalBatches", "ShardError"]
 
 
 def read_manifest(shard_dir: str | Path) -> dict[str, Any]:
     """The (complete) manifest of a prepared folder."""
-    return shardio.read_manifest(shard_dir)
+    return _read_manifest(shard_dir)
 
 
 # ------------------------------------------------------------------------------ shard access
@@ -97,7 +98,7 @@ class _Split:
         import hashlib
 
         if hashlib.sha256(data).hexdigest() != record["sha256"]:
-            raise ShardError(f"shard {path} fails its checksum against {self.folder / shardio.MANIFEST}; "
+            raise ShardError(f"shard {path} fails its checksum against {manifest_path(self.folder)}; "
                              f"the file is corrupt or was changed — re-run prepare")
         docs = _parse(io.BytesIO(data), path)
         keys = [k for k, _ in docs]

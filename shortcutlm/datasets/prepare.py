@@ -58,16 +58,16 @@ from typing import Any, Iterable, Iterator
 
 import numpy as np
 
+from shortcutlm.artifacts.manifest import (FORMAT, MANIFEST, TOKENIZER_FOLDER, VERSION, has_manifest, manifest_path,
+                                           read_manifest, write_manifest)
 from shortcutlm.cleanup import removed_if_failed
 from shortcutlm.datasets.isolation import Crashed, IsolatedPool
-from shortcutlm.datasets.shards import (FORMAT, MANIFEST, TMP_SUFFIX, VERSION, ShardRecord, ShardWriter,
-                                        read_manifest, sha256_file, token_dtype, write_json_atomic)
+from shortcutlm.datasets.shards import TMP_SUFFIX, ShardRecord, ShardWriter, sha256_file, token_dtype
 from shortcutlm.datasets.sources import READERS, Rejected, read_source
 from shortcutlm.documents import Document
 from shortcutlm.errors import UserError
 from shortcutlm.tokenizers import Tokenizer, load_tokenizer, tokenizer_class
 
-TOKENIZER_FOLDER = "tokenizer"
 SPLIT_ORDER = ("train", "valid", "test")
 DEFAULT_SHARD_TOKENS = 1 << 22
 DEFAULT_SHARD_DOCUMENTS = 4096
@@ -302,7 +302,7 @@ def _empty_manifest(source: dict[str, Any], tokenizer_spec: dict[str, Any], toke
 
 def _previous(out: Path, source: dict[str, Any], tokenizer_spec: dict[str, Any]) -> dict[str, Any] | None:
     """The manifest of an earlier run into ``out``; refuses one made from other settings."""
-    if not (out / MANIFEST).is_file():
+    if not has_manifest(out):
         return None
     previous = read_manifest(out, require_complete=False)
     canon = lambda x: json.dumps(x, sort_keys=True, default=str)  # noqa: E731
@@ -401,7 +401,7 @@ def _prepare(source: dict[str, Any], tokenizer: dict[str, Any], out: Path, pool:
         manifest["rejected"] = [r.as_dict() for r in source_rejected] + list(rejected.values())
         manifest["updated"] = time.strftime("%Y-%m-%dT%H:%M:%S")
         _summarise(manifest, n_inputs)
-        write_json_atomic(out / MANIFEST, manifest)
+        write_manifest(out, manifest)
 
     flush()  # records the tokenizer fingerprint before any shard exists
     writer: ShardWriter | None = None
@@ -486,7 +486,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--option", action="append", default=[], metavar="K=V", help="source option, repeatable")
     parser.add_argument("--tokenizer", metavar="DOMAIN", help="text, midi or acoustic")
     parser.add_argument("--set", action="append", default=[], metavar="K=V", help="tokenizer setting, repeatable")
-    parser.add_argument("--out", help="output folder for shards, manifest.json and tokenizer/")
+    parser.add_argument("--out", help=f"output folder for shards, {MANIFEST} and {TOKENIZER_FOLDER}/")
     parser.add_argument("--workers", type=int, default=None,
                         help="processes that read and encode files (default 2; 0: this process, "
                              "with no protection from a reader that crashes)")
@@ -547,7 +547,7 @@ def run(args: argparse.Namespace) -> int:
                         for k in entry if k not in ("documents", "tokens", "shards"))
         print(f"{split}: {entry['documents']:,} documents, {entry['tokens']:,} tokens in {len(entry['shards'])} shard(s){extra}")
     print(f"{manifest['inputs']['rejected']} rejected of {manifest['inputs']['total']} inputs; "
-          f"manifest: {Path(spec['out']) / MANIFEST} ({elapsed:.1f} s)")
+          f"manifest: {manifest_path(spec['out'])} ({elapsed:.1f} s)")
     for item in manifest["rejected"][:10]:
         print(f"  rejected {item['input']}: {item['reason']}")
     return 0

@@ -1,4 +1,5 @@
-"""Bytes on disk: WebDataset shards of token arrays, their checksums and ``manifest.json``.
+"""Bytes on disk: WebDataset shards of token arrays and their checksums (the manifest that lists
+them is the artifact layer's: :mod:`shortcutlm.artifacts.manifest`).
 
 A shard sample is one document: key = doc id (no dots), ``tokens.npy`` (uint16 where the
 vocabulary fits, else int32; shape ``[T]`` or ``[K, T]``) and ``meta.json`` (source,
@@ -20,16 +21,12 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from shortcutlm.errors import UserError
+from shortcutlm.artifacts.manifest import FORMAT, VERSION, ShardError, read_manifest
 
-MANIFEST = "manifest.json"
-FORMAT = "shortcutlm-shards"
-VERSION = 1
+__all__ = ["FORMAT", "VERSION", "TMP_SUFFIX", "ShardError", "ShardRecord", "ShardWriter", "read_manifest", "read_shard",
+           "verify_shard", "sha256_file", "token_dtype", "shard_name"]
+
 TMP_SUFFIX = ".tmp"
-
-
-class ShardError(UserError, RuntimeError):
-    """A shard is missing, fails its checksum, or is not a readable tar of samples."""
 
 
 def token_dtype(vocab_size: int) -> np.dtype:
@@ -47,17 +44,6 @@ def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
         for block in iter(lambda: handle.read(chunk), b""):
             digest.update(block)
     return digest.hexdigest()
-
-
-def write_json_atomic(path: str | Path, body: Any) -> None:
-    """Write JSON through a temp file and a rename, so readers never see half a file."""
-    path = Path(path)
-    tmp = path.with_name(path.name + TMP_SUFFIX)
-    with open(tmp, "w", encoding="utf-8") as handle:
-        json.dump(body, handle, indent=1, sort_keys=False, default=str)
-        handle.flush()
-        os.fsync(handle.fileno())
-    tmp.replace(path)
 
 
 def npy_bytes(array: np.ndarray) -> bytes:
@@ -134,22 +120,6 @@ class ShardWriter:
             self.handle.close()
         finally:
             self.tmp.unlink(missing_ok=True)
-
-
-def read_manifest(folder: str | Path, require_complete: bool = True) -> dict[str, Any]:
-    """The manifest beside the shards; refuses a missing, foreign or unfinished one."""
-    path = Path(folder) / MANIFEST
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no manifest here; run `shortcutlm prepare` to make shards")
-    try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise ShardError(f"{path}: not valid JSON ({err}); re-run `shortcutlm prepare` into this folder") from err
-    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
-        raise ShardError(f"{path}: not a shortcutlm shard manifest")
-    if require_complete and not manifest.get("complete"):
-        raise ShardError(f"{path}: prepare did not finish; re-run it with the same arguments to resume")
-    return manifest
 
 
 def verify_shard(path: str | Path, sha256: str) -> None:

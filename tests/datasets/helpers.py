@@ -5,7 +5,8 @@ from pathlib import Path
 
 import numpy as np
 
-from shortcutlm.datasets.shards import FORMAT, MANIFEST, VERSION, ShardWriter, write_json_atomic
+from shortcutlm.artifacts.manifest import FORMAT, VERSION, write_manifest
+from shortcutlm.datasets.shards import ShardWriter
 
 EOS, PAD, VOCAB = 1, 0, 60000
 
@@ -41,7 +42,7 @@ def write_shards(folder: Path, splits: dict[str, list[np.ndarray]], docs_per_sha
                 "tokenizer": {"domain": "test", "fingerprint": "f" * 16, "vocab_size": VOCAB, "n_streams": n_streams,
                               "special_ids": {"pad": PAD, "bos": 2, "eos": EOS}, "folder": "tokenizer"},
                 "dtype": "uint16", "splits": {}, "shards": records, "rejected": [], "inputs": {}}
-    write_json_atomic(folder / MANIFEST, manifest)
+    write_manifest(folder, manifest)
     return manifest
 
 

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
+from shortcutlm.artifacts.manifest import MANIFEST
 from shortcutlm.datasets.loader import ShardError, eval_batches, read_manifest, train_batches
-from shortcutlm.datasets.shards import MANIFEST
 
 from .helpers import EOS, PAD, stream_of, unique_docs, write_shards
 

@@ -6,11 +6,12 @@ import json
 import numpy as np
 import pytest
 
+from shortcutlm.artifacts.manifest import MANIFEST
 from shortcutlm.cli import main as cli_main
 from shortcutlm.datasets import prepare as prepare_module
 from shortcutlm.datasets.loader import eval_batches, train_batches
 from shortcutlm.datasets.prepare import prepare
-from shortcutlm.datasets.shards import MANIFEST, ShardError, read_shard, sha256_file
+from shortcutlm.datasets.shards import ShardError, read_shard, sha256_file
 from shortcutlm.datasets.sources import safe_id
 from shortcutlm.tokenizers import FingerprintMismatch, load_tokenizer
 

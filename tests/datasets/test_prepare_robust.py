@@ -13,9 +13,10 @@ import numpy as np
 import pytest
 import soundfile as sf
 
+from shortcutlm.artifacts.manifest import MANIFEST
 from shortcutlm.cli import main as cli_main
 from shortcutlm.datasets.prepare import prepare
-from shortcutlm.datasets.shards import MANIFEST, read_shard
+from shortcutlm.datasets.shards import read_shard
 from shortcutlm.datasets.sources import read_source
 from shortcutlm.datasets.splits import assign_splits, contiguous_parts, plan_splits
 from shortcutlm.documents import Document

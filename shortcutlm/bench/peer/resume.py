@@ -2,10 +2,10 @@
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 from typing import Any, Callable
 
+from shortcutlm.artifacts.files import read_json, write_json
 from shortcutlm.bench.peer.report import log
 
 
@@ -22,7 +22,7 @@ class Progress:
             if self.path is None:
                 raise SystemExit("--resume needs --json FILE (the progress is kept in FILE.partial)")
             if self.path.exists():
-                saved = json.loads(self.path.read_text())
+                saved = read_json(self.path, "benchmark progress file", "run without --resume to start over")
                 if saved.get("signature") != self.signature:
                     raise SystemExit(f"{self.path} was saved with other settings; run without --resume to start over")
                 self.state = saved
@@ -34,10 +34,7 @@ class Progress:
     def put(self, key: str, value: Any) -> Any:
         self.state[key] = value
         if self.path is not None:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = self.path.with_name(self.path.name + ".tmp")
-            tmp.write_text(json.dumps(self.state, default=str))
-            tmp.replace(self.path)
+            write_json(self.path, self.state, durable=True, sort_keys=False)  # what --resume goes on from
         return value
 
     def once(self, key: str, message: str, compute: Callable[[], Any]) -> Any:

@@ -1,0 +1,223 @@
+"""The shard manifest: ``manifest.json`` beside a folder of prepared shards.
+
+``prepare`` writes it (through :func:`write_manifest`, durably: a resumed prepare trusts it);
+everything else reads it through :func:`read_manifest` (the raw dictionary, schema in
+:mod:`shortcutlm.datasets.prepare`) or :class:`ShardManifest` (typed accessors: splits and their
+sizes, the tokenizer's fingerprint, domain, vocabulary and special ids, the ids no loss is taken
+on, tokens per second of a split).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from shortcutlm.artifacts.files import ArtifactError, read_json, write_json
+
+MANIFEST = "manifest.json"
+FORMAT = "shortcutlm-shards"
+VERSION = 1
+TOKENIZER_FOLDER = "tokenizer"
+
+
+class ShardError(ArtifactError, RuntimeError):
+    """A shard folder is unusable: a shard is missing, fails its checksum or is not a readable tar of
+    samples, or its manifest is foreign or unfinished."""
+
+
+def manifest_path(folder: str | Path) -> Path:
+    """Where the manifest of the shard folder ``folder`` is."""
+    return Path(folder) / MANIFEST
+
+
+def has_manifest(folder: str | Path) -> bool:
+    return manifest_path(folder).is_file()
+
+
+def read_manifest(folder: str | Path, require_complete: bool = True) -> dict[str, Any]:
+    """The manifest beside the shards; refuses a missing, foreign or unfinished one.
+
+    A missing manifest is a :class:`FileNotFoundError` (the folder was never prepared); any other
+    problem is a :class:`ShardError` naming the file and the fix.
+    """
+    path = manifest_path(folder)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no manifest here; run `shortcutlm prepare` to make shards")
+    try:
+        manifest = read_json(path, "shard manifest", "re-run `shortcutlm prepare` into this folder")
+    except ArtifactError as err:
+        raise ShardError(str(err)) from err
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        raise ShardError(f"{path}: not a shortcutlm shard manifest")
+    if require_complete and not manifest.get("complete"):
+        raise ShardError(f"{path}: prepare did not finish; re-run it with the same arguments to resume")
+    return manifest
+
+
+def read_manifest_or_none(folder: str | Path, require_complete: bool = False) -> dict[str, Any] | None:
+    """The manifest, or None when the folder holds no readable shortcutlm manifest (nothing prepared yet)."""
+    try:
+        return read_manifest(folder, require_complete)
+    except (FileNotFoundError, ShardError):
+        return None
+
+
+def write_manifest(folder: str | Path, manifest: dict[str, Any]) -> Path:
+    """Write the manifest atomically and durably (a resumed ``prepare`` keeps the shards it lists)."""
+    return write_json(manifest_path(folder), manifest, durable=True, sort_keys=False)
+
+
+@dataclass(frozen=True)
+class SplitInfo:
+    """One split of the manifest: its documents, tokens (time steps), shard names, and the sums of
+    the documents' meta (``seconds`` for audio and MIDI, ``bytes`` for text)."""
+
+    name: str
+    documents: int = 0
+    tokens: int = 0
+    shards: tuple[str, ...] = ()
+    sums: dict[str, float] = field(default_factory=dict)
+
+    @classmethod
+    def from_dict(cls, name: str, entry: dict[str, Any] | None) -> SplitInfo:
+        entry = dict(entry or {})
+        sums = {k: v for k, v in entry.items() if k not in ("documents", "tokens", "shards")}
+        return cls(name, int(entry.get("documents", 0)), int(entry.get("tokens", 0)),
+                   tuple(entry.get("shards", ())), sums)
+
+    @property
+    def seconds(self) -> float | None:
+        value = self.sums.get("seconds")
+        return float(value) if value else None
+
+    @property
+    def bytes(self) -> int | None:
+        value = self.sums.get("bytes")
+        return int(value) if value else None
+
+    @property
+    def tokens_per_second(self) -> float | None:
+        """Tokens per second of the split's audio or music (None for text, or an empty split)."""
+        return self.tokens / self.seconds if self.tokens and self.seconds else None
+
+    def sizes(self) -> dict[str, Any]:
+        """Everything but the shard names (what a checkpoint's data record keeps of the split)."""
+        return {"documents": self.documents, "tokens": self.tokens, **self.sums}
+
+
+@dataclass(frozen=True)
+class TokenizerInfo:
+    """What the manifest records of the tokenizer the shards were made with."""
+
+    domain: str
+    fingerprint: str
+    vocab_size: int
+    n_streams: int
+    special_ids: dict[str, int]
+    folder: str = TOKENIZER_FOLDER
+
+    @classmethod
+    def from_dict(cls, entry: dict[str, Any]) -> TokenizerInfo:
+        return cls(entry.get("domain", ""), entry.get("fingerprint", ""), int(entry.get("vocab_size", 0)),
+                   int(entry.get("n_streams", 1)), {k: int(v) for k, v in (entry.get("special_ids") or {}).items()},
+                   entry.get("folder") or TOKENIZER_FOLDER)
+
+    @property
+    def ignored_ids(self) -> list[int]:
+        """Target ids no loss is taken on (padding, the delay layout's empty positions)."""
+        from shortcutlm.models.lightning import ignored_ids
+
+        return ignored_ids(self.special_ids)
+
+
+@dataclass(frozen=True)
+class ShardManifest:
+    """A shard folder's manifest with typed accessors; ``raw`` is the dictionary as written."""
+
+    folder: Path
+    raw: dict[str, Any]
+
+    @classmethod
+    def read(cls, folder: str | Path, require_complete: bool = True) -> ShardManifest:
+        return cls(Path(folder), read_manifest(folder, require_complete))
+
+    @classmethod
+    def read_or_none(cls, folder: str | Path, require_complete: bool = False) -> ShardManifest | None:
+        raw = read_manifest_or_none(folder, require_complete)
+        return None if raw is None else cls(Path(folder), raw)
+
+    @property
+    def path(self) -> Path:
+        return manifest_path(self.folder)
+
+    @property
+    def complete(self) -> bool:
+        return bool(self.raw.get("complete"))
+
+    @property
+    def source(self) -> dict[str, Any]:
+        return self.raw.get("source") or {}
+
+    @property
+    def tokenizer_settings(self) -> dict[str, Any]:
+        """The tokenizer spec ``prepare`` was given (``domain`` and the stated settings)."""
+        return self.raw.get("tokenizer_settings") or {}
+
+    @property
+    def tokenizer(self) -> TokenizerInfo:
+        return TokenizerInfo.from_dict(self.raw.get("tokenizer") or {})
+
+    @property
+    def tokenizer_dir(self) -> Path:
+        """The saved tokenizer beside the shards."""
+        return self.folder / self.tokenizer.folder
+
+    @property
+    def fingerprint(self) -> str:
+        return self.tokenizer.fingerprint
+
+    @property
+    def domain(self) -> str:
+        return self.tokenizer.domain
+
+    @property
+    def vocab_size(self) -> int:
+        return self.tokenizer.vocab_size
+
+    @property
+    def special_ids(self) -> dict[str, int]:
+        return self.tokenizer.special_ids
+
+    @property
+    def ignored_ids(self) -> list[int]:
+        return self.tokenizer.ignored_ids
+
+    @property
+    def splits(self) -> dict[str, SplitInfo]:
+        """Every split in the manifest's order (train, valid, test, then others)."""
+        return {name: SplitInfo.from_dict(name, entry) for name, entry in (self.raw.get("splits") or {}).items()}
+
+    def split(self, name: str) -> SplitInfo:
+        """The split ``name`` (empty when the manifest has none of that name)."""
+        return SplitInfo.from_dict(name, (self.raw.get("splits") or {}).get(name))
+
+    def has_split(self, name: str) -> bool:
+        """The split exists and holds tokens."""
+        return self.split(name).tokens > 0
+
+    def split_sizes(self) -> dict[str, dict[str, Any]]:
+        """``{split: {documents, tokens, seconds|bytes...}}`` without the shard lists."""
+        return {name: info.sizes() for name, info in self.splits.items()}
+
+    @property
+    def train_tokens_per_second(self) -> float | None:
+        """Tokens per second of the train split's audio or music (None for text or without seconds)."""
+        return self.split("train").tokens_per_second
+
+    @property
+    def rejected(self) -> list[dict[str, Any]]:
+        return list(self.raw.get("rejected") or [])
+
+    @property
+    def warnings(self) -> list[str]:
+        return list(self.raw.get("warnings") or [])
