@@ -9,7 +9,7 @@ from shortcutlm.ablation.commands import command_line
 from shortcutlm.ablation.config import DEFAULT_RECIPE, Ablation, load_ablation
 from shortcutlm.ablation.grid import clock, run_ablation
 from shortcutlm.ablation.runs import is_trained, plan_runs
-from shortcutlm.artifacts.ablation import has_run_error, read_run_record
+from shortcutlm.artifacts.ablation import PAGE_JSON, PAGE_MD, has_run_error, read_run_record
 from shortcutlm.config_schema import ConfigError
 
 
@@ -18,7 +18,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--preset", help="a preset of the ablation, e.g. gpu")
     parser.add_argument("--datasets", help="comma-separated datasets to train (default: all); the page covers all")
     parser.add_argument("--out", help="run folder (default runs/ablation, or runs/ablation-<preset>)")
-    parser.add_argument("--docs", help="folder for results.md / results.json (default docs, or docs/<preset>)")
+    parser.add_argument("--docs", help=f"folder for {PAGE_MD} / {PAGE_JSON} (default docs, or docs/<preset>)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override an ablation value, e.g. --set train.max_steps=20 or --set seeds=[0] "
                              "(repeatable)")

@@ -10,7 +10,7 @@ from typing import Any
 from shortcutlm.ablation.curves import plot_relative_loss
 from shortcutlm.ablation.markdown import (bold_verdict, display_path, fmt, fmt_pm, machine_label, nbytes,
                                           param_count, ratio_text, table)
-from shortcutlm.artifacts.ablation import write_page
+from shortcutlm.artifacts.ablation import PAGE_JSON, write_page
 from shortcutlm.artifacts.checkpoint import METRICS
 
 NOISY_IQR = 0.3
@@ -119,7 +119,7 @@ def render_dataset(name: str, section: dict[str, Any], cfg_baseline: str, docs: 
         spread = (f"; the runs' own logged speed varied {max(runs_speed) / min(runs_speed):.1f}× between variants "
                   "as the machine's load changed") if len(runs_speed) > 1 else ""
         notes.append(f"step time: {timing['method']}, measured {timing['measured'].replace('T', ' ')} "
-                     f"(`results.json` keeps each run's logged speed as `sec_per_step_runs`{spread}).")
+                     f"(`{PAGE_JSON}` keeps each run's logged speed as `sec_per_step_runs`{spread}).")
     elif noisy:
         notes.append(f"step times are noisy: in {len(noisy)} of {len(section['runs'])} runs the logged tokens/s vary "
                      f"by more than {NOISY_IQR:.0%} (interquartile range over median), as on a machine busy with "
@@ -215,7 +215,7 @@ def render_markdown(results: dict[str, Any], docs: Path, out: Path) -> str:
              "KV cache: the attention keys and values "
              "of a batch-1 fp32 cache at full context, measured from the cache tensors, with the ratio to the "
              "baseline's (the `full` shortcut also caches its per-depth features, listed beside it).",
-             f"- raw numbers: `results.json` beside this page; runs under `{display_path(out)}`.", ""]
+             f"- raw numbers: `{PAGE_JSON}` beside this page; runs under `{display_path(out)}`.", ""]
     lines += render_summary(results)
     for name, section in results["datasets"].items():
         lines += render_dataset(name, section, results["baseline"], docs, out)

@@ -31,6 +31,7 @@ from typing import Any, Callable
 
 import numpy as np
 
+from shortcutlm.artifacts.files import write_with
 from shortcutlm.bench.common import machine, target, write_json
 from shortcutlm.documents import Document
 
@@ -154,10 +155,7 @@ def chorale_audio(seconds: float, cache: str | None) -> Path:
         if have >= need:
             break
     audio = np.concatenate(parts)[:need]
-    tmp = target_path.with_suffix(".tmp.wav")
-    sf.write(str(tmp), audio, 24000, subtype="PCM_16")
-    tmp.replace(target_path)
-    return target_path
+    return write_with(target_path, lambda fh: sf.write(fh, audio, 24000, subtype="PCM_16", format="WAV"))
 
 
 def _acoustic_tokenizer(weights: str, bandwidth: float, audio: Path, threads: int):
