@@ -22,7 +22,8 @@ from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_only
 
 from shortcutlm import run_checks
-from shortcutlm.artifacts.checkpoint import CheckpointData, CheckpointFolder, check_trainer_state, save_folder
+from shortcutlm.artifacts.checkpoint import (LOGS, TENSORBOARD, CheckpointData, CheckpointFolder, check_trainer_state,
+                                             save_folder)
 from shortcutlm.artifacts.manifest import MANIFEST, ShardManifest
 from shortcutlm.cleanup import removed_if_failed
 from shortcutlm.config_schema import ConfigError
@@ -274,9 +275,9 @@ def _fit(recipe: Recipe, variant: str, data_dir: Path, out: Path, s: TrainSettin
     L.seed_everything(s.seed, workers=True, verbose=False)
     lit = LitGPT(config, asdict(s), ignored_ids(tok["special_ids"]), peak)
     out.mkdir(parents=True, exist_ok=True)
-    sitting = len(list((out / "logs").glob("version_*")))  # each resumed sitting logs apart
-    csv_logger = CSVLogger(out, name="logs", version=sitting)
-    loggers = [csv_logger, TensorBoardLogger(out, name="tensorboard", version=sitting)]
+    sitting = CheckpointFolder(out).sittings  # each resumed sitting logs apart
+    csv_logger = CSVLogger(out, name=LOGS, version=sitting)
+    loggers = [csv_logger, TensorBoardLogger(out, name=TENSORBOARD, version=sitting)]
     has_valid = manifest["splits"].get("valid", {}).get("tokens", 0) > 0
     record = {**recipe.to_dict(), "variant": variant}
     with StopRequest() as stop:

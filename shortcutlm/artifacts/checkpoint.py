@@ -296,6 +296,11 @@ class CheckpointFolder:
         with self.metrics_path.open(newline="", encoding="utf-8") as fh:
             return list(csv.DictReader(fh))
 
+    @property
+    def sittings(self) -> int:
+        """How many sittings have logged into the folder (the next one logs as ``version_<sittings>``)."""
+        return len(list(self.logs_dir.glob("version_*")))
+
     def sitting_logs(self) -> list[Path]:
         """Each sitting's CSV log, oldest first (what :meth:`write_metrics`' rows are merged from)."""
         parts = self.logs_dir.glob(f"version_*/{METRICS}")

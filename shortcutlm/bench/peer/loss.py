@@ -83,12 +83,13 @@ def loss_seed(shard_dir: Path, base: GPTConfig, variants: list[str], steps: int,
               min_lr: float, warmup: int, weight_decay: float, init: str, device: str, dtype: torch.dtype,
               log: Any = None, flash: bool = True) -> dict[str, dict[str, Any]]:
     """One seed: every model ("variant/impl") trained on the batches of one loader, then validated."""
-    from shortcutlm.datasets.loader import read_manifest, train_batches
-    from shortcutlm.models.lightning import ignored_ids, warmup_cosine
+    from shortcutlm.artifacts.manifest import ShardManifest
+    from shortcutlm.datasets.loader import train_batches
+    from shortcutlm.models.lightning import warmup_cosine
 
-    tok = read_manifest(shard_dir)["tokenizer"]
-    ignore = ignored_ids(tok["special_ids"])
-    config = replace(base, vocab_size=int(tok["vocab_size"]))
+    manifest = ShardManifest.read(shard_dir)
+    ignore = manifest.ignored_ids
+    config = replace(base, vocab_size=manifest.vocab_size)
     trainees: dict[str, Trainee] = {}
     for variant in variants:
         for impl in IMPLEMENTATIONS:
@@ -117,14 +118,12 @@ def loss_seed(shard_dir: Path, base: GPTConfig, variants: list[str], steps: int,
 
 def summarise_losses(shard_dir: Path, per_seed: list[dict[str, dict[str, Any]]], variants: list[str]) -> dict[str, Any]:
     """Per model: validation loss per seed, mean, sample std; training step-time median."""
-    from shortcutlm.datasets.loader import read_manifest
-    from shortcutlm.models.lightning import ignored_ids
+    from shortcutlm.artifacts.manifest import ShardManifest
 
-    manifest = read_manifest(shard_dir)
-    out: dict[str, Any] = {"vocab": int(manifest["tokenizer"]["vocab_size"]),
-                           "ignored_ids": ignored_ids(manifest["tokenizer"]["special_ids"]),
-                           "valid_tokens": manifest["splits"]["valid"]["tokens"],
-                           "train_tokens": manifest["splits"]["train"]["tokens"], "models": {}}
+    manifest = ShardManifest.read(shard_dir)
+    out: dict[str, Any] = {"vocab": manifest.vocab_size, "ignored_ids": manifest.ignored_ids,
+                           "valid_tokens": manifest.split("valid").tokens,
+                           "train_tokens": manifest.split("train").tokens, "models": {}}
     for variant in variants:
         for impl in IMPLEMENTATIONS:
             rows = [seed[f"{variant}/{impl}"] for seed in per_seed]
