@@ -47,7 +47,6 @@ Definitions (layers ``l = 1..L``; attention probabilities ``P[h, i, j]`` of quer
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import re
 import sys
@@ -57,8 +56,10 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
+from shortcutlm.artifacts.files import jsonable, write_json
 from shortcutlm.checkpoint import Checkpoint, CheckpointError, load_folder
 from shortcutlm.datasets.loader import eval_batches, read_manifest
+from shortcutlm.devices import resolve_device
 from shortcutlm.models import GPT
 from shortcutlm.plots import plot_heatmap, plot_layer_panels
 
@@ -297,28 +298,6 @@ def _shard_dir(ck: Checkpoint, data_dir: str | Path | None) -> Path:
     return path
 
 
-def _token_labels(ck: Checkpoint, ids: list[int]) -> list[str]:
-    """Readable names of ids: special names, and the text piece for text tokenizers."""
-    special = {v: f"<{k}>" for k, v in ck.tokenizer.special_ids.items()}
-    decode = getattr(ck.tokenizer, "decode_text", None) if ck.tokenizer.domain == "text" else None
-    labels = []
-    for i in ids:
-        label = special.get(i)
-        if label is None and decode is not None:
-            try:
-                label = repr(decode(np.array([i])))
-            except Exception:  # noqa: BLE001 - a label is a nicety, never an error
-                label = None
-        labels.append(label or str(i))
-    return labels
-
-
-def _device(device: str | torch.device | None) -> str | torch.device:
-    if device in (None, "auto"):
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return device
-
-
 def diagnose_checkpoint(folder: str | Path, data_dir: str | Path | None = None, split: str = "valid",
                         windows: int = 4, tokens: int | None = None,
                         device: str | torch.device | None = None) -> dict[str, Any]:
@@ -328,7 +307,7 @@ def diagnose_checkpoint(folder: str | Path, data_dir: str | Path | None = None, 
     model's ``block_size`` capped at 512 (and never exceeds ``block_size``); ``device``
     defaults to CUDA when available.
     """
-    ck = load_folder(folder, _device(device))
+    ck = load_folder(folder, resolve_device(device))
     cfg = ck.model.config
     shards = _shard_dir(ck, data_dir)
     if tokens is not None and tokens < 1:
@@ -347,7 +326,7 @@ def diagnose_checkpoint(folder: str | Path, data_dir: str | Path | None = None, 
     if result["shortcut"] is not None:
         first = [int(x) for x in lead[0]]
         result["shortcut"]["depth_map_token_ids"] = first
-        result["shortcut"]["depth_map_tokens"] = _token_labels(ck, first)
+        result["shortcut"]["depth_map_tokens"] = ck.tokenizer.token_labels(first)
     return result
 
 
@@ -360,19 +339,6 @@ def _unique_labels(results: list[dict[str, Any]]) -> list[str]:
 
 def _safe(label: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", label).strip("_") or "model"
-
-
-def _jsonable(value: Any) -> Any:
-    """Non-finite floats become null (strict JSON); numpy scalars become Python numbers."""
-    if isinstance(value, dict):
-        return {k: _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, (float, np.floating)):
-        return float(value) if math.isfinite(value) else None
-    if isinstance(value, np.integer):
-        return int(value)
-    return value
 
 
 def _round(value: Any, digits: int = 6) -> Any:
@@ -471,17 +437,14 @@ def compare_checkpoints(folders: Sequence[str | Path] | str | Path, out_dir: str
         raise ValueError(f"labels must be distinct, got {list(labels)}")
     found = [diagnose_checkpoint(f, data_dir, **kw) for f in folders]
     names = list(labels) if labels is not None else _unique_labels(found)
-    results = {label: _jsonable(r) for label, r in zip(names, found)}
+    results = {label: jsonable(r) for label, r in zip(names, found)}
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     plots = write_plots(results, out)
-    path = out / DIAGNOSTICS_JSON
-    tmp = path.with_name(path.name + ".tmp")
     body = {"definitions": DEFINITIONS,
             "results": _round(results),
             "plots": {k: p.name for k, p in plots.items()}}
-    tmp.write_text(json.dumps(body, indent=1))
-    tmp.replace(path)
+    path = write_json(out / DIAGNOSTICS_JSON, body, sort_keys=False)
     return {"json": path, "plots": plots, "results": results}
 
 
@@ -499,9 +462,9 @@ def depth_map_for_checkpoint(folder: str | Path, data_dir: str | Path | None, ou
     labels = [str(int(t)) for t in lead]
     png = plot_heatmap(weights, Path(out_png), f"shortcut attention over depth — {ck.name}", "depth", "token (id)",
                        DEPTH_MAP_COLORBAR, depth_labels(ck.model), labels)
-    Path(out_png).with_suffix(".json").write_text(json.dumps(
-        {"checkpoint": str(folder), "depths": depth_labels(ck.model), "token_ids": [int(t) for t in lead],
-         "weights": weights.round(5).tolist()}, indent=1))
+    write_json(Path(out_png).with_suffix(".json"),
+               {"checkpoint": str(folder), "depths": depth_labels(ck.model), "token_ids": [int(t) for t in lead],
+                "weights": weights.round(5).tolist()}, sort_keys=False)
     return png
 
 

@@ -33,6 +33,9 @@ For every domain: nats per token, bits per token (nats / ln 2) and perplexity (e
   Duration, Position, Bar, ...; BPE ids under ``BPE``, specials under ``special``), and
   ``bits_per_second`` over the split's seconds of music.
 
+The groups (per codebook, per token family) are the tokenizer's ``loss_groups()`` and the masked
+targets its ``ignored_ids()``; this module never looks at the domain.
+
 Families partition the targets, so the count-weighted mean of the per-family (or per-codebook)
 losses is the overall loss exactly. With ``max_batches`` the pass is partial (``complete:
 false``): per-byte and per-second figures then scale the split's bytes/seconds by the share
@@ -43,11 +46,13 @@ Each checkpoint is evaluated on its own shards by default (the ``shard_dir`` in 
 refused with :class:`~shortcutlm.tokenizers.FingerprintMismatch` naming both fingerprints.
 The model runs in fp32, or under bf16 autocast on a GPU when asked (``precision``) or when
 the checkpoint was trained in bf16 (``auto``); losses are always accumulated in float64.
+
+``results.json`` and ``results.md`` are written and read by :mod:`shortcutlm.artifacts.results`
+(non-finite numbers: see there).
 """
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import sys
 import time
@@ -59,18 +64,18 @@ from typing import Any, Iterable, Sequence
 import torch
 import torch.nn.functional as F
 
+from shortcutlm.artifacts.results import write_results
 from shortcutlm.checkpoint import Checkpoint, CheckpointError, load_folder
 from shortcutlm.datasets.loader import ShardError, eval_batches, read_manifest
+from shortcutlm.devices import resolve_device
 from shortcutlm.errors import UserError
 from shortcutlm.tokenizers import FingerprintMismatch
 
 LN2 = math.log(2.0)
-RESULTS_JSON = "results.json"
-RESULTS_MD = "results.md"
 PRECISIONS = ("auto", "fp32", "bf16")
 
 __all__ = ["EvaluationError", "evaluate_checkpoint", "evaluate_checkpoints", "write_report", "render_markdown",
-           "resolve_shard_dir", "checkpoint_labels", "configure", "run"]
+           "resolve_shard_dir", "checkpoint_labels", "token_losses", "configure", "run"]
 
 
 class EvaluationError(UserError, ValueError):
@@ -158,26 +163,25 @@ def _check_data(ckpt: Checkpoint, shard_dir: Path, manifest: dict[str, Any], spl
 
 
 def _groups(ckpt: Checkpoint) -> tuple[str | None, list[str], torch.Tensor | None]:
-    """How targets are grouped: ``(kind, names, id -> group lookup or None for by-stream)``."""
-    tok = ckpt.tokenizer
-    if tok.n_streams > 1:  # acoustic delay: stream k is codebook k
-        return "codebook", [f"codebook_{k}" for k in range(tok.n_streams)], None
-    families = tok.token_families()
-    if not families:
+    """How targets are grouped (the tokenizer's ``loss_groups()``): ``(kind, names, id -> group
+    lookup)``; the lookup is None when groups go by stream, and ``kind`` None when there are none."""
+    groups = ckpt.tokenizer.loss_groups()
+    if not groups:
         return None, [], None
+    if groups.by_stream:
+        return groups.kind, groups.names, None
     vocab = ckpt.model.config.vocab_size
-    names = list(families)
+    names = groups.names
     lookup = torch.full((vocab,), -1, dtype=torch.long)
     for index, name in enumerate(names):
-        ids = torch.as_tensor(families[name], dtype=torch.long)
+        ids = torch.as_tensor(groups.families[name], dtype=torch.long)
         ids = ids[(ids >= 0) & (ids < vocab)]
         unassigned = ids[lookup[ids] < 0]  # an id listed twice counts in the first family only
         lookup[unassigned] = index
     if bool((lookup < 0).any()):
         names.append("other")
         lookup[lookup < 0] = len(names) - 1
-    kind = "codebook" if tok.domain == "acoustic" else "family"
-    return kind, names, lookup
+    return groups.kind, names, lookup
 
 
 def _autocast(precision: str, device: torch.device, ckpt: Checkpoint):
@@ -198,12 +202,23 @@ def _autocast(precision: str, device: torch.device, ckpt: Checkpoint):
     return nullcontext(), "float32"
 
 
-def _masked_ids(ckpt: Checkpoint) -> list[int]:
-    special = ckpt.tokenizer.special_ids
-    masked = [special["pad"]]
-    if ckpt.tokenizer.n_streams > 1 and "empty" in special:
-        masked.append(special["empty"])
-    return masked
+def token_losses(logits: torch.Tensor, targets: torch.Tensor,
+                 ignored: torch.Tensor | list[int] | tuple[int, ...] = ()) -> tuple[torch.Tensor, torch.Tensor]:
+    """Next-token cross-entropy of every target, and where targets count.
+
+    ``logits`` ``[B, T, V]`` or ``[B, K, T, V]``, ``targets`` ``[B, T]`` or ``[B, K, T]``.
+    Returns ``(nats, valid)``, both ``[B, K, T]`` (K = 1 for one stream): nats in float64
+    (computed from float32 logits), ``valid`` False where the target is one of ``ignored``
+    (padding, the delay layout's ``empty``). A loss over a split is ``nats[valid].sum()`` over
+    ``valid.sum()``, summed over every batch: the exact token-weighted mean.
+    """
+    if logits.dim() == 3:  # one stream: [B, T, V] -> [B, 1, T, V]
+        logits, targets = logits.unsqueeze(1), targets.unsqueeze(1)
+    b, k, t, v = logits.shape
+    nats = F.cross_entropy(logits.float().reshape(-1, v), targets.reshape(-1),
+                           reduction="none").view(b, k, t).double()
+    ignored = torch.as_tensor(ignored, dtype=targets.dtype, device=targets.device)
+    return nats, ~torch.isin(targets, ignored)
 
 
 # ------------------------------------------------------------------------------------ the pass
@@ -236,7 +251,7 @@ def evaluate_checkpoint(folder: str | Path, shard_dir: str | Path | None = None,
     if lookup is not None:
         lookup = lookup.to(device)
     n_groups = max(1, len(names))
-    masked = torch.tensor(_masked_ids(ckpt), device=device)
+    masked = torch.tensor(tok.ignored_ids(), device=device)
     eos = tok.eos_id
     context, compute = _autocast(precision, device, ckpt)
 
@@ -254,15 +269,12 @@ def evaluate_checkpoint(folder: str | Path, shard_dir: str | Path | None = None,
             inputs, targets = batch[..., :-1], batch[..., 1:]
             with context:
                 logits = model(inputs)
-            if logits.dim() == 3:  # one stream: [B, T, V] -> [B, 1, T, V]
-                logits, targets = logits.unsqueeze(1), targets.unsqueeze(1)
-            b, k, t, v = logits.shape
-            token_nats = F.cross_entropy(logits.float().reshape(-1, v), targets.reshape(-1),
-                                         reduction="none").view(b, k, t).double()
-            valid = ~torch.isin(targets, masked)
+            token_nats, valid = token_losses(logits, targets, masked)
+            targets = targets.reshape(valid.shape)
+            b, k, t = valid.shape
             if lookup is not None:
                 group = lookup[targets]
-            elif kind == "codebook":
+            elif kind is not None:  # groups by stream: group k is stream k
                 group = torch.arange(k, device=device).view(1, k, 1).expand(b, k, t)
             else:
                 group = torch.zeros_like(targets)
@@ -297,11 +309,9 @@ def evaluate_checkpoint(folder: str | Path, shard_dir: str | Path | None = None,
         **_stats(total_nats, total_count),
         "eos": {"tokens": int(eos_count.item()), "loss_nats": float(eos_nats.item()) / max(1, int(eos_count.item()))},
         "device": str(device), "compute_dtype": compute,
-        "elapsed_s": elapsed, "tokens_per_s": total_count / elapsed if elapsed > 0 else float("inf"),
+        "elapsed_s": elapsed, "tokens_per_s": total_count / elapsed if elapsed > 0 else None,
+        **tok.describe(),
     }
-    if tok.domain == "acoustic":
-        result["layout"] = getattr(tok, "layout", None)
-        result["n_codebooks"] = getattr(tok, "n_codebooks", None)
     if "bytes" in split_info and split_info["bytes"]:
         n_bytes = float(split_info["bytes"]) * share
         result["bytes"] = int(split_info["bytes"])
@@ -434,38 +444,13 @@ def render_markdown(results: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, float) and (math.isnan(value) or math.isinf(value)):
-        return None if math.isnan(value) else ("inf" if value > 0 else "-inf")
-    if isinstance(value, dict):
-        return {k: _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    return value
-
-
 def write_report(results: dict[str, Any], out_dir: str | Path) -> tuple[Path, Path]:
-    """Write ``results.md`` and ``results.json`` into ``out_dir`` (atomically); returns both paths."""
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    paths = []
-    for name, text in ((RESULTS_MD, render_markdown(results)),
-                       (RESULTS_JSON, json.dumps(_jsonable(results), indent=2, default=str) + "\n")):
-        path = out / name
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(text, encoding="utf-8")
-        tmp.replace(path)
-        paths.append(path)
-    return paths[0], paths[1]
+    """Write ``results.md`` and ``results.json`` into ``out_dir`` (atomically, through
+    :mod:`shortcutlm.artifacts.results`); returns both paths."""
+    return write_results(out_dir, results, render_markdown(results))
 
 
 # ------------------------------------------------------------------------------------ CLI
-
-def _device(name: str) -> str:
-    if name == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return name
-
 
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("checkpoints", nargs="+", metavar="CKPT", help="checkpoint folder(s), evaluated side by side")
@@ -485,7 +470,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     try:
         results = evaluate_checkpoints(args.checkpoints, args.data, args.split, args.batch_size, args.max_batches,
-                                       _device(args.device), args.precision, progress=not args.no_progress)
+                                       resolve_device(args.device), args.precision, progress=not args.no_progress)
     except (EvaluationError, CheckpointError, FingerprintMismatch, ShardError, FileNotFoundError) as exc:
         print(f"shortcutlm evaluate: error: {exc}", file=sys.stderr)
         return 2

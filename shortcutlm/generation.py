@@ -10,7 +10,9 @@ CLI::
     shortcutlm generate CKPT [--prompt FILE] [--tokens N | --seconds S] [--temperature T] [--top-k K]
         [--top-p P] [--seed S] [--samples N] [--device auto] --out PATH_OR_DIR
 
-Prompts, by the checkpoint's domain (a file of another type is refused, naming it):
+Prompts, by the checkpoint's domain (a file of another type is refused, naming it). Everything
+that differs between domains is asked of the tokenizer (``shortcutlm.tokenizers.base``); this
+module never looks at the domain:
 
 * audio (``.wav``, ``.flac``, ...) → EnCodec codes → continue → ``.wav`` (prompt + continuation);
 * MIDI (``.mid``) → REMI ids → continue → ``.mid`` plus a ``.wav`` rendering through the MIDI
@@ -23,8 +25,8 @@ the model's context keeps its tail as the model's context (the artifact still ho
 prompt), and generation slides its window past the context by itself.
 
 Length: ``max_new_tokens`` counts positions (time steps of the sequence, as the model does), or
-``seconds`` is converted: for audio with the tokenizer's ``tokens_per_second`` (whole frames:
-``flatten`` K ids per frame; ``delay`` one step per frame plus K-1 steps so that every stream
+``seconds`` is converted by the tokenizer's ``steps_for_seconds``: for audio whole frames
+(``flatten`` K ids per frame; ``delay`` one step per frame plus K-1 steps so that every stream
 completes the last frame). For MIDI the **train split's tokens per second** (manifest
 ``splits.train.tokens / splits.train.seconds`` of the checkpoint's shards, falling back to the
 same figures in its ``data.json``) only sizes the first round: the decoded music is measured,
@@ -35,29 +37,30 @@ at least the requested seconds, to within a bar. A MIDI prompt keeps its tempo m
 not carry tempo) and its metre (they do), through the tokenizer's ``prompt_context``. Seconds
 make no sense for text (an error). Default length: one context (``block_size`` positions).
 
-Stopping: the requested length is what the user gets: by default the end-of-sequence id is
-never sampled, so a sample cannot end after a few tokens with nothing to hear. With
-``stop_at_eos`` (``--stop-at-eos``) text and MIDI samples may end at EOS before the requested
-length (each is cut before its first EOS), and the sidecar and the terminal say so. Audio never
-stops, and its special ids (pad, bos, eos, empty) are never sampled: an EOS would cut the
-decoded audio short, and the others carry no sound.
+Stopping (the tokenizer's ``banned_ids`` and ``stop_ids``): the requested length is what the
+user gets: by default the end-of-sequence id is never sampled, so a sample cannot end after a
+few tokens with nothing to hear. With ``stop_at_eos`` (``--stop-at-eos``) text and MIDI samples
+may end at EOS before the requested length (each is cut before its first EOS), and the sidecar
+and the terminal say so. Audio never stops, and its special ids (pad, bos, eos, empty) are never
+sampled: an EOS would cut the decoded audio short, and the others carry no sound.
 
-Acoustic ``delay`` layout: the prompt's codes ``[K, F]`` are delayed and cut after step F, where
-stream 0 has all F frames but stream k only F-k; the missing known frames of the lagging
-streams are passed as ``forced`` ids so that during the first K-1 generated steps stream k
-reproduces the prompt's frames F-k .. F-1 instead of sampling them. Unconditional delay
-generation forces ``empty`` in those corners, as in training data. The generated delayed
-sequence is reverted by the tokenizer's ``decode`` (incomplete trailing frames dropped).
+Acoustic ``delay`` layout (the tokenizer's ``prompt_steps``): the prompt's codes ``[K, F]`` are
+delayed and cut after step F, where stream 0 has all F frames but stream k only F-k; the missing
+known frames of the lagging streams are passed as ``forced`` ids so that during the first K-1
+generated steps stream k reproduces the prompt's frames F-k .. F-1 instead of sampling them.
+Unconditional delay generation forces ``empty`` in those corners, as in training data. The
+generated delayed sequence is reverted by the tokenizer's ``decode`` (incomplete trailing frames
+dropped).
 
-Each artifact gets a JSON sidecar (``<artifact>.json``) with the checkpoint, prompt, sampling
-settings (the seed actually used: a random one is drawn and recorded when none is given), the
-tokens generated, requested and written seconds, elapsed time and tokens per second.
+Each artifact gets a JSON sidecar (``<artifact>.json``, :mod:`shortcutlm.artifacts.sidecar`) with
+the checkpoint, prompt, sampling settings (the seed actually used: a random one is drawn and
+recorded when none is given), the tokens generated, requested and written seconds, elapsed time
+and tokens per second, and the tokenizer's ``describe()`` (audio: layout, codebooks, frame rate).
 Several samples are drawn as one batch; the same seed gives the same samples.
 """
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import random
 import sys
@@ -69,7 +72,10 @@ from typing import Any
 import numpy as np
 import torch
 
+from shortcutlm.artifacts.files import ArtifactError
+from shortcutlm.artifacts.sidecar import read_sidecar, write_sidecar
 from shortcutlm.checkpoint import Checkpoint, CheckpointError, load_folder
+from shortcutlm.devices import resolve_device
 from shortcutlm.documents import Document
 from shortcutlm.errors import UserError
 from shortcutlm.models import SamplingSettings, generate, trim_at_stop
@@ -77,8 +83,8 @@ from shortcutlm.tokenizers import FingerprintMismatch, Tokenizer, TokenizerError
 
 __all__ = ["GenerationError", "PromptError", "generate_from_checkpoint", "configure", "run"]
 
-ARTIFACT_SUFFIX = {"text": ".txt", "midi": ".mid", "acoustic": ".wav"}
-ACCEPTED_OUT = {"text": (".txt",), "midi": (".mid", ".midi"), "acoustic": (".wav",)}
+#: Suffixes that make ``--out`` a file path rather than a folder (any domain's artifact or a sidecar).
+FILE_SUFFIXES = {".txt", ".mid", ".midi", ".wav", ".flac", ".mp3", ".ogg", ".json"}
 
 
 class GenerationError(UserError, ValueError):
@@ -113,26 +119,9 @@ def _read_prompt(tok: Tokenizer, path: str | Path, folder: Path) -> tuple[np.nda
     return tokens, dict(encoded.meta)
 
 
-def _delay_prompt(tok: Tokenizer, tokens: np.ndarray | None) -> tuple[np.ndarray, np.ndarray, int]:
-    """Delay layout: ``(prompt steps [K, F], forced [K, K-1], F)`` — see the module docstring."""
-    k = tok.n_streams
-    empty = tok.special_ids["empty"]
-    if tokens is None:
-        codes = np.zeros((k, 0), dtype=np.int64)
-    else:
-        codes, _ = tok.tokens_to_codes(tokens)  # [K, F]
-    frames = codes.shape[1]
-    steps = tok.codes_to_tokens(codes)[:, :frames] if frames else np.zeros((k, 0), dtype=np.int64)
-    forced = np.full((k, max(k - 1, 0)), -1, dtype=np.int64)
-    for stream in range(1, k):
-        for j in range(stream):  # generated step F+j holds frame F+j-stream of this stream
-            frame = frames + j - stream
-            forced[stream, j] = codes[stream, frame] if frame >= 0 else empty
-    return steps, forced, frames
-
-
-def _midi_tokens_per_second(ckpt: Checkpoint) -> tuple[float, str]:
-    """Train-split tokens per second of music, from the shards' manifest (or data.json)."""
+def _train_tokens_per_second(ckpt: Checkpoint) -> tuple[float, str]:
+    """Train-split tokens per second, from the shards' manifest (or data.json): what a tokenizer
+    whose rate depends on the data (MIDI) converts seconds with."""
     from shortcutlm.datasets.loader import read_manifest
 
     tried = []
@@ -153,7 +142,8 @@ def _midi_tokens_per_second(ckpt: Checkpoint) -> tuple[float, str]:
     train = (ckpt.data.get("splits") or {}).get("train") or {}
     if train.get("seconds") and train.get("tokens"):
         return float(train["tokens"]) / float(train["seconds"]), f"{ckpt.folder}/data.json splits.train"
-    raise GenerationError(f"checkpoint {ckpt.folder}: cannot convert seconds to MIDI tokens: no train-split tokens "
+    raise GenerationError(f"checkpoint {ckpt.folder}: cannot convert seconds to {ckpt.tokenizer.domain} tokens: no "
+                          "train-split tokens "
                           f"and seconds found (tried {', '.join(tried) or 'no shard_dir'} and data.json); "
                           "give --tokens instead")
 
@@ -171,20 +161,11 @@ def _budget(ckpt: Checkpoint, max_new_tokens: int | None, seconds: float | None)
         return cfg.block_size, {"tokens_requested": cfg.block_size, "default_length": "one context"}
     if not seconds > 0 or not math.isfinite(seconds):
         raise GenerationError(f"seconds must be a positive number, got {seconds}")
-    info: dict[str, Any] = {"seconds_requested": float(seconds)}
-    if tok.domain == "acoustic":
-        frames = max(1, round(seconds * tok.frames_per_second))
-        if tok.n_streams > 1:
-            n = frames + tok.n_streams - 1
-        else:
-            n = frames * tok.n_codebooks
-        info.update(frames_requested=frames, tokens_per_second=tok.tokens_per_second)
-        return n, info
-    if tok.domain == "midi":
-        rate, source = _midi_tokens_per_second(ckpt)
-        info.update(tokens_per_second=rate, tokens_per_second_from=source)
-        return max(1, round(seconds * rate)), info
-    raise GenerationError(f"seconds mean nothing for a {tok.domain} checkpoint; give a number of tokens")
+    try:
+        steps, info = tok.steps_for_seconds(float(seconds), lambda: _train_tokens_per_second(ckpt))
+    except TokenizerError as exc:
+        raise GenerationError(f"checkpoint {ckpt.folder}: {exc}") from exc
+    return int(steps), {"seconds_requested": float(seconds), **info}
 
 
 # ------------------------------------------------------------------------------------ length in seconds
@@ -235,42 +216,36 @@ def _shortest_lasting(row: np.ndarray, prompt_len: int, target: float, tok: Toke
 
 # ------------------------------------------------------------------------------------ output
 
-def _out_paths(out: str | Path, domain: str, base: str, samples: int) -> list[Path]:
+def _out_paths(out: str | Path, tok: Tokenizer, base: str, samples: int) -> list[Path]:
     out = Path(out)
     suffix = out.suffix.lower()
-    known = {".txt", ".mid", ".midi", ".wav", ".flac", ".mp3", ".ogg", ".json"}
-    if suffix in known and not out.is_dir():  # a file path; anything else (e.g. runs/v1.2) is a folder
-        if suffix not in ACCEPTED_OUT[domain]:
-            raise GenerationError(f"--out {out}: a {domain} checkpoint writes {ARTIFACT_SUFFIX[domain]} files; "
-                                  f"give a path ending in {' or '.join(ACCEPTED_OUT[domain])}, or a folder")
+    if suffix in FILE_SUFFIXES and not out.is_dir():  # a file path; anything else (e.g. runs/v1.2) is a folder
+        if suffix not in tok.artifact_suffixes:
+            raise GenerationError(f"--out {out}: a {tok.domain} checkpoint writes {tok.artifact_suffix} files; "
+                                  f"give a path ending in {' or '.join(tok.artifact_suffixes)}, or a folder")
         if samples == 1:
             return [out]
         return [out.with_name(f"{out.stem}-{i:02d}{out.suffix}") for i in range(samples)]
-    ext = ARTIFACT_SUFFIX[domain]
+    ext = tok.artifact_suffix
     if samples == 1:
         return [out / f"{base}{ext}"]
     return [out / f"{base}-{i:02d}{ext}" for i in range(samples)]
 
 
-def _write_json(path: Path, data: dict[str, Any]) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2, default=str) + "\n")
-    tmp.replace(path)
-
-
-def _artifact_seconds(domain: str, path: Path) -> float | None:
+def _seconds(measure: Any, path: Path) -> float | None:
+    """How long a written file lasts, by ``measure``; None if it cannot tell (a duration is a
+    nicety: never fail a finished generation over it)."""
     try:
-        if domain == "acoustic" or path.suffix.lower() == ".wav":
-            import soundfile as sf
-
-            return float(sf.info(str(path)).duration)
-        if domain == "midi":
-            import symusic
-
-            return float(symusic.Score(str(path)).to("second").end())
-    except Exception:  # a duration is a nicety; never fail a finished generation over it
+        value = measure(path)
+    except Exception:  # noqa: BLE001
         return None
-    return None
+    return None if value is None else float(value)
+
+
+def _wav_seconds(path: Path) -> float:
+    import soundfile as sf
+
+    return float(sf.info(str(path)).duration)
 
 
 @torch.no_grad()
@@ -296,9 +271,6 @@ def generate_from_checkpoint(folder: str | Path, out: str | Path, prompt: str | 
     device = torch.device(device)
     ckpt = checkpoint or load_folder(folder, device)
     model, tok, cfg = ckpt.model.to(device).eval(), ckpt.tokenizer, ckpt.model.config
-    domain = tok.domain
-    if domain not in ARTIFACT_SUFFIX:
-        raise GenerationError(f"checkpoint {ckpt.folder}: unknown domain {domain!r}")
     if cfg.n_streams != tok.n_streams:
         raise GenerationError(f"checkpoint {ckpt.folder}: the model has {cfg.n_streams} stream(s) but its "
                               f"tokenizer {tok.n_streams}")
@@ -307,31 +279,22 @@ def generate_from_checkpoint(folder: str | Path, out: str | Path, prompt: str | 
     context = tok.prompt_context(prompt) if prompt is not None else {}
     n_new, budget = _budget(ckpt, max_new_tokens, seconds)
     base = (Path(prompt).stem if prompt is not None else "unconditional") + f"-seed{seed}"
-    paths = _out_paths(out, domain, base, samples)
+    paths = _out_paths(out, tok, base, samples)
 
-    eos = tok.eos_id
-    delay = tok.n_streams > 1
+    steps, forced_np = tok.prompt_steps(tokens)  # [(K,) T] and the ids the first steps must take
+    packing = np.full((*steps.shape[:-1], 1), tok.eos_id, dtype=np.int64)
+    full = np.concatenate([packing, steps], axis=-1).astype(np.int64)  # [(K,) 1 + T]
     forced = None
-    if delay:
-        steps, forced_np, prompt_frames = _delay_prompt(tok, tokens)
-        eos_col = np.full((tok.n_streams, 1), eos, dtype=np.int64)
-        full = np.concatenate([eos_col, steps], axis=1)  # [K, 1 + F]
+    if forced_np is not None:
         forced = torch.from_numpy(forced_np)[None].expand(samples, -1, -1).to(device)
-        meta.setdefault("frames", prompt_frames)
-    else:
-        body = np.zeros(0, dtype=np.int64) if tokens is None else tokens.reshape(-1)
-        full = np.concatenate([[eos], body]).astype(np.int64)  # [1 + T]
     prompt_len = full.shape[-1]
     head, tail = full[..., : max(0, prompt_len - cfg.block_size)], full[..., -cfg.block_size:]
     x = torch.from_numpy(np.ascontiguousarray(tail)).to(device).unsqueeze(0)
     x = x.expand(samples, *x.shape[1:]).contiguous()
 
-    # Audio never samples a special id (an EOS would cut the waveform); text and MIDI reach the
-    # requested length unless asked to stop at EOS.
-    if domain == "acoustic":
-        banned, stops = tuple(tok.special_ids.values()), ()
-    else:
-        banned, stops = ((), (eos,)) if stop_at_eos else ((eos,), ())
+    # Samples reach the requested length unless asked to stop at EOS (audio never stops, and
+    # samples no special id at all): the tokenizer says which ids.
+    banned, stops = tok.banned_ids(stop_at_eos), tok.stop_ids(stop_at_eos)
 
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -364,12 +327,10 @@ def generate_from_checkpoint(folder: str | Path, out: str | Path, prompt: str | 
         ids = row[..., 1:].numpy()  # the leading EOS is packing, not content (decode would cut there)
         path.parent.mkdir(parents=True, exist_ok=True)
         tok.decode(ids, path, ending)
-        rendering = None
-        if domain == "midi" and render:
-            rendering = tok.render(path, path.with_suffix(".wav"), soundfont=soundfont)
+        rendering = tok.render(path, path.with_suffix(".wav"), soundfont=soundfont) if render else None
         generated = int(row.shape[-1] - prompt_len)
         sidecar = {
-            "checkpoint": str(ckpt.folder), "checkpoint_name": ckpt.name, "domain": domain,
+            "checkpoint": str(ckpt.folder), "checkpoint_name": ckpt.name, "domain": tok.domain,
             "prompt": str(prompt) if prompt is not None else None,
             "prompt_tokens": int(prompt_len - 1),
             # Seconds the prompt lasts in the file written (its own tempo kept), and in its source.
@@ -382,22 +343,21 @@ def generate_from_checkpoint(folder: str | Path, out: str | Path, prompt: str | 
             **budget, "max_new_tokens": n_new,
             "tokens_generated": generated, "stopped_at_eos": stopped,
             "stop_reason": "end-of-sequence (--stop-at-eos)" if stopped else "requested length",
-            "seconds": _artifact_seconds(domain, path),
+            "seconds": _seconds(tok.artifact_seconds, path),
             "elapsed_s": elapsed, "tokens_per_s": (computed_steps * samples / elapsed) if elapsed > 0 else None,
             "context": cfg.block_size, "slid_window": bool(tail.shape[-1] + n_new > cfg.block_size),
             "device": str(device), "artifact": str(path),
         }
-        if domain == "acoustic":
-            sidecar.update(layout=getattr(tok, "layout", None), n_codebooks=tok.n_codebooks,
-                           frames_per_second=tok.frames_per_second,
-                           prompt_frames=meta.get("frames"))
+        sidecar.update(tok.describe())
+        if "frames" in meta:  # what the prompt's encoding measured (audio: EnCodec frames)
+            sidecar["prompt_frames"] = meta["frames"]
         if isinstance(sidecar["seconds"], float) and isinstance(sidecar["prompt_seconds"], float):
             sidecar["continuation_seconds"] = sidecar["seconds"] - sidecar["prompt_seconds"]
         if rendering is not None:
             sidecar["rendering"] = str(rendering)
-            sidecar["rendering_seconds"] = _artifact_seconds("acoustic", Path(rendering))
+            sidecar["rendering_seconds"] = _seconds(_wav_seconds, Path(rendering))
         sidecar["total_s"] = time.perf_counter() - clock
-        _write_json(path.with_suffix(".json"), sidecar)
+        write_sidecar(path, sidecar)
         written.append(path)
     return written
 
@@ -426,7 +386,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
+    device = resolve_device(args.device)
     try:
         settings = SamplingSettings(args.temperature, args.top_k, args.top_p, args.seed)
     except ValueError as exc:  # SamplingSettings validates its fields
@@ -441,7 +401,11 @@ def run(args: argparse.Namespace) -> int:
         return 2
     for path in paths:
         print(path)
-        sidecar = json.loads(path.with_suffix(".json").read_text())
+        try:
+            sidecar = read_sidecar(path)
+        except ArtifactError as exc:
+            print(f"shortcutlm generate: error: {exc}", file=sys.stderr)
+            return 2
         if sidecar["stopped_at_eos"]:
             print(f"  stopped at end-of-sequence after {sidecar['tokens_generated']} of {sidecar['max_new_tokens']} "
                   "tokens; run without --stop-at-eos for the full length")

@@ -5,7 +5,6 @@ checkpoint folders, ``eval/results.json``, sample sidecars); nothing is typed in
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -14,13 +13,13 @@ import numpy as np
 from shortcutlm.artifacts.checkpoint import CheckpointFolder
 from shortcutlm.artifacts.files import write_text
 from shortcutlm.artifacts.manifest import ShardManifest
+from shortcutlm.artifacts.results import read_markdown, read_results_or_none
+from shortcutlm.artifacts.sidecar import Sample, samples_in
 from shortcutlm.datasets.shards import read_shard
 from shortcutlm.models import SamplingSettings
 from shortcutlm.plots import plot_loss_curves
 from shortcutlm.recipe import Recipe
 from shortcutlm.run_layout import RunLayout
-
-ARTIFACT_SUFFIX = {"text": ".txt", "midi": ".mid", "acoustic": ".wav"}
 
 
 def first_document(data_dir: Path, splits: tuple[str, ...] = ("test", "valid", "train")) -> np.ndarray | None:
@@ -47,7 +46,7 @@ def prompt_file(recipe: Recipe, data_dir: Path, out_dir: Path) -> Path | None:
 
     tokenizer = load_tokenizer(ShardManifest.read(data_dir).tokenizer_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    return tokenizer.decode(tokens[..., : g.prompt_tokens], out_dir / f"prompt{ARTIFACT_SUFFIX[tokenizer.domain]}")
+    return tokenizer.decode(tokens[..., : g.prompt_tokens], out_dir / f"prompt{tokenizer.artifact_suffix}")
 
 
 def generate_samples(recipe: Recipe, folder: Path, data_dir: Path, out_dir: Path) -> list[Path]:
@@ -106,10 +105,10 @@ def _training_section(layout: RunLayout, variants: list[str]) -> list[str]:
 
 
 def _evaluation_section(layout: RunLayout) -> list[str]:
-    table = layout.evaluation / "results.md"
-    if not table.is_file():
+    table = read_markdown(layout.evaluation)
+    if table is None:
         return ["## Evaluation", "", "Not run.", ""]
-    body = table.read_text().strip().splitlines()
+    body = table.strip().splitlines()
     # One level down: results.md's title ("Evaluation: next-token loss on the test split") becomes
     # this section's heading, so the report names the split that was scored.
     body = ["#" + line if line.startswith("#") else line for line in body]
@@ -128,14 +127,24 @@ def _samples_section(layout: RunLayout, variants: list[str]) -> list[str]:
         lines.append("Prompt: " + ", ".join(f"[`{p.name}`]({_rel(p, layout.root)})" for p in prompts))
         lines.append("")
     for v in variants:
-        folder = layout.samples(v)
-        files = sorted(p for p in folder.glob("*") if p.suffix in (".wav", ".mid", ".txt")) if folder.is_dir() else []
-        if files:
+        found = samples_in(layout.samples(v))  # found by their sidecars
+        if found:
+            files = [p for sample in found for p in sample.files]
             lines.append(f"- **{v}**: " + ", ".join(f"[`{p.name}`]({_rel(p, layout.root)})" for p in files))
-            texts = [p for p in files if p.suffix == ".txt"]
-            if texts:
-                lines += ["", "  ```", *("  " + line for line in texts[0].read_text()[:600].splitlines()), "  ```"]
+            quoted = next((text for sample in found if (text := _excerpt(sample))), None)
+            if quoted:
+                lines += ["", "  ```", *("  " + line for line in quoted.splitlines()), "  ```"]
     return lines + [""]
+
+
+def _excerpt(sample: Sample) -> str | None:
+    """The start of a sample to quote, when its tokenizer reads it as text (see ``Tokenizer.excerpt``)."""
+    from shortcutlm.tokenizers import tokenizer_class
+
+    try:
+        return tokenizer_class(str(sample.sidecar.get("domain"))).excerpt(sample.artifact)
+    except (ValueError, OSError):  # a sidecar of an unknown domain, an unreadable file: no quote
+        return None
 
 
 def _depth_maps(layout: RunLayout, variants: list[str], data_dir: Path) -> list[str]:
@@ -173,6 +182,5 @@ def write_run_report(recipe: Recipe, layout: RunLayout, variants: list[str]) -> 
 
 
 def summary(layout: RunLayout) -> dict[str, Any]:
-    """What a run produced (for scripts): the report and the evaluation JSON."""
-    results = layout.evaluation / "results.json"
-    return {"report": str(layout.report), "evaluation": json.loads(results.read_text()) if results.is_file() else None}
+    """What a run produced (for scripts): the report and the evaluation results (None before evaluation)."""
+    return {"report": str(layout.report), "evaluation": read_results_or_none(layout.evaluation)}

@@ -199,3 +199,40 @@ def test_two_runs_of_one_variant_are_told_apart_by_folder(text_ckpt, tmp_path):
     results = evaluate_checkpoints(folders, max_batches=1, progress=False)
     md = write_report(results, tmp_path / "report")[0].read_text()
     assert "| baseline (run_a) |" in md and "| baseline (run_b) |" in md
+
+
+def test_results_round_trip_through_the_artifact_layer(tmp_path):
+    """results.json is strict JSON (no NaN/Infinity); an overflowed perplexity comes back as inf,
+    a group without targets stays null."""
+    from shortcutlm.artifacts.results import read_results, read_results_or_none, results_json_path
+
+    assert read_results_or_none(tmp_path) is None
+    record = {"name": "x", "domain": "text", "shard_dir": "data", "complete": True, "params": 1000,
+              "tokens_per_s": 5.0, "tokens": 10, "loss_nats": 800.0, "loss_bits": 800 / math.log(2),
+              "perplexity": math.inf,
+              "per_family": {"piece": {"tokens": 10, "loss_nats": 800.0, "perplexity": math.inf},
+                             "byte": {"tokens": 0, "loss_nats": math.nan, "perplexity": math.nan}}}
+    results = {"split": "test", "checkpoints": [record]}
+    md, js = write_report(results, tmp_path)
+    assert md.read_text().startswith("# Evaluation") and "| inf |" in md.read_text()
+    text = results_json_path(tmp_path).read_text()
+    assert "Infinity" not in text and "NaN" not in text
+    json.loads(text)  # strict
+    back = read_results(tmp_path)["checkpoints"][0]
+    assert back["perplexity"] == math.inf and back["per_family"]["piece"]["perplexity"] == math.inf
+    assert back["per_family"]["byte"]["perplexity"] is None and back["per_family"]["byte"]["loss_nats"] is None
+
+
+def test_token_losses_mask_and_match_cross_entropy():
+    from shortcutlm.evaluation import token_losses
+
+    torch.manual_seed(0)
+    logits, targets = torch.randn(2, 5, 7), torch.randint(0, 7, (2, 5))
+    targets[0, -1] = 6
+    nats, valid = token_losses(logits, targets, [6])
+    assert nats.shape == valid.shape == (2, 1, 5) and nats.dtype == torch.float64
+    keep = targets != 6
+    expected = F.cross_entropy(logits[keep], targets[keep], reduction="sum")
+    assert float(nats[valid].sum()) == pytest.approx(float(expected), rel=1e-6)
+    streams, _ = token_losses(torch.randn(2, 3, 5, 7), torch.randint(0, 7, (2, 3, 5)))
+    assert streams.shape == (2, 3, 5)

@@ -11,7 +11,7 @@ import torch
 from shortcutlm.checkpoint import load_folder
 from shortcutlm.cli import main as cli_main
 from shortcutlm.datasets.loader import read_manifest
-from shortcutlm.generation import GenerationError, PromptError, _delay_prompt, generate_from_checkpoint
+from shortcutlm.generation import GenerationError, PromptError, generate_from_checkpoint
 from shortcutlm.models import SamplingSettings, generate
 from tests.fixtures_eval import (AUDIO_RATE, BLOCK, WORDS, audio_delay_ckpt, audio_delay_data,  # noqa: F401
                                  audio_flatten_ckpt, audio_flatten_data, eval_root, midi_ckpt, midi_data, midi_files,
@@ -137,8 +137,9 @@ def test_delay_prompt_forces_known_codes(audio_delay_ckpt, tmp_path):
     sf.write(str(prompt), tone(0.3, seed=6), AUDIO_RATE)
     tokens = tok.encode(prompt)
     codes, _ = tok.tokens_to_codes(tokens)
-    steps, forced, frames = _delay_prompt(tok, tokens)
-    assert frames == codes.shape[1] and steps.shape == (2, frames)
+    steps, forced = tok.prompt_steps(tokens)
+    frames = codes.shape[1]
+    assert steps.shape == (2, frames) and forced.shape == (2, 1)
     eos = np.full((2, 1), tok.eos_id)
     x = torch.from_numpy(np.concatenate([eos, steps], axis=1))[None]
     seq = generate(ckpt.model, x, 5, SamplingSettings(seed=0), forced=torch.from_numpy(forced)[None])
@@ -146,8 +147,8 @@ def test_delay_prompt_forces_known_codes(audio_delay_ckpt, tmp_path):
     assert out_codes.shape[1] == frames + 5 - 1
     np.testing.assert_array_equal(out_codes[:, :frames], codes)
     # Unconditional: the lagging stream starts with `empty`, as in training data.
-    _, forced_u, _ = _delay_prompt(tok, None)
-    assert forced_u.tolist() == [[-1], [tok.special_ids["empty"]]]
+    steps_u, forced_u = tok.prompt_steps(None)
+    assert steps_u.shape == (2, 0) and forced_u.tolist() == [[-1], [tok.special_ids["empty"]]]
 
 
 def test_unconditional_flatten_audio_length(audio_flatten_ckpt, tmp_path):
@@ -258,3 +259,19 @@ def test_a_midi_continuation_keeps_the_prompts_tempo_and_lasts_the_requested_sec
         continuation = lasts - meta["prompt_seconds"]
         assert meta["continuation_seconds"] == pytest.approx(continuation)
         assert requested - 1e-3 <= continuation <= requested + 2 * bar, (requested, continuation, bar)
+
+
+def test_sidecars_find_the_samples_of_a_folder(midi_ckpt, midi_files, tmp_path):
+    """Samples are found by their sidecars (artifact, then its rendering), not by file type."""
+    from shortcutlm.artifacts.sidecar import read_sidecar, samples_in, sidecar_path
+
+    paths = generate_from_checkpoint(midi_ckpt, tmp_path / "s", prompt=midi_files[0], max_new_tokens=8, samples=2,
+                                     settings=SamplingSettings(seed=1))
+    (tmp_path / "s" / "notes.json").write_text("{}")  # not a sidecar
+    (tmp_path / "s" / "stray.wav").write_bytes(b"")  # no sidecar: not a sample
+    found = samples_in(tmp_path / "s")
+    assert [s.artifact for s in found] == paths
+    assert [s.files for s in found] == [[p, p.with_suffix(".wav")] for p in paths]
+    assert sidecar_path(paths[0]) == paths[0].with_suffix(".json")
+    assert read_sidecar(paths[0])["sample_index"] == 0 and found[1].sidecar["sample_index"] == 1
+    assert samples_in(tmp_path / "absent") == []

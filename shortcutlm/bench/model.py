@@ -13,6 +13,7 @@ from typing import Any
 import torch
 
 from shortcutlm.bench.common import machine, matmul_peak_flops, median, target, timed, write_json
+from shortcutlm.devices import default_device
 from shortcutlm.models import GPT, GPTConfig, SamplingSettings, flops_per_token, generate, stream_losses
 
 VARIANTS: dict[str, dict[str, Any]] = {
@@ -110,7 +111,7 @@ def add_size_arguments(parser: argparse.ArgumentParser, steps: int = 5, warmup: 
     parser.add_argument("--batch", type=int, default=STATED["batch"])
     parser.add_argument("--steps", type=int, default=steps, help="timed steps per variant (after warmup)")
     parser.add_argument("--warmup", type=int, default=warmup)
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--device", default=default_device())
 
 
 def configure(parser: argparse.ArgumentParser) -> None:

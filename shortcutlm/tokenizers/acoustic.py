@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import io
 import logging
 import math
 import sys
@@ -47,10 +46,12 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 import torch
 
+from shortcutlm.artifacts.files import write_with
 from shortcutlm.documents import Document
-from shortcutlm.tokenizers import codebooks
-from shortcutlm.tokenizers.base import (Encoded, FingerprintMismatch, Tokenizer, TokenizerError, TrainingError,
-                                        read_config, write_config)
+from shortcutlm.tokenizers.codebooks import (CARD, LAYOUTS, build_delay, build_flatten, delay_valid_mask,
+                                             revert_delay, revert_flatten)
+from shortcutlm.tokenizers.base import (Encoded, LossGroups, Tokenizer, TokenizerError, TrainingError, TrainRate,
+                                        saved_file, write_config)
 from shortcutlm.tokenizers.settings import merge_settings
 
 log = logging.getLogger(__name__)
@@ -84,6 +85,8 @@ class AcousticTokenizer(Tokenizer):
 
     domain = "acoustic"
     extensions = (".wav", ".flac", ".ogg", ".mp3", ".aiff", ".aif")
+    artifact_suffixes = (".wav",)
+    saved_files = "the codec weights"
 
     def __init__(self, settings: dict[str, Any] | None = None, *, state_dict: dict | None = None,
                  weights_source: str | None = None) -> None:
@@ -96,8 +99,8 @@ class AcousticTokenizer(Tokenizer):
             raise ValueError(f"acoustic tokenizer: bandwidth {s['bandwidth']} kbps is not one EnCodec "
                              f"{self.sample_rate // 1000} kHz offers: {BANDWIDTHS[self.sample_rate]}")
         self.layout = str(s["layout"])
-        if self.layout not in codebooks.LAYOUTS:
-            raise ValueError(f"acoustic tokenizer: layout must be one of {codebooks.LAYOUTS}, not {self.layout!r}")
+        if self.layout not in LAYOUTS:
+            raise ValueError(f"acoustic tokenizer: layout must be one of {LAYOUTS}, not {self.layout!r}")
         self.seed = int(s["seed"])
         self.kmeans_iters = int(s["kmeans_iters"])
         self.kmeans_max_frames = int(s["kmeans_max_frames"])
@@ -205,7 +208,7 @@ class AcousticTokenizer(Tokenizer):
 
     @property
     def _n_codes(self) -> int:
-        return self.n_q * codebooks.CARD if self.layout == "flatten" else codebooks.CARD
+        return self.n_q * CARD if self.layout == "flatten" else CARD
 
     @property
     def special_ids(self) -> dict[str, int]:
@@ -224,7 +227,7 @@ class AcousticTokenizer(Tokenizer):
         every stream shares the ids, and per-codebook loss comes from the stream index instead."""
         if self.layout != "flatten":
             return {}
-        card = codebooks.CARD
+        card = CARD
         families = {f"codebook_{k}": np.arange(k * card, (k + 1) * card) for k in range(self.n_q)}
         families["special"] = np.array(sorted(self.special_ids.values()))
         return families
@@ -232,24 +235,77 @@ class AcousticTokenizer(Tokenizer):
     def valid_mask(self, n_frames: int) -> np.ndarray:
         """Where real codes sit in the token array of ``n_frames`` frames (the loss mask)."""
         if self.layout == "delay":
-            return codebooks.delay_valid_mask(self.n_q, n_frames)
+            return delay_valid_mask(self.n_q, n_frames)
         return np.ones(n_frames * self.n_q, dtype=bool)
 
     def codes_to_tokens(self, codes: np.ndarray) -> np.ndarray:
         """``codes[K, T]`` -> this layout's token array."""
         if self.layout == "delay":
-            return codebooks.build_delay(codes, self.special_ids["empty"])
-        return codebooks.build_flatten(codes)
+            return build_delay(codes, self.special_ids["empty"])
+        return build_flatten(codes)
 
     def tokens_to_codes(self, tokens: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Token array -> ``(codes[K, T], valid[K, T])``; specials and misplaced ids become invalid code 0."""
         if self.layout == "delay":
-            return codebooks.revert_delay(tokens)
-        return codebooks.revert_flatten(tokens, self.n_q)
+            return revert_delay(tokens)
+        return revert_flatten(tokens, self.n_q)
 
     @property
     def needs_training(self) -> bool:
         return not self._fitted
+
+    # ------------------------------------------------------------------ protocol: generation and loss
+    def steps_for_seconds(self, seconds: float, train_rate: TrainRate) -> tuple[int, dict[str, Any]]:
+        """Whole frames for ``seconds``: K ids per frame for ``flatten``; one step per frame for
+        ``delay``, plus K-1 steps so that every (lagging) stream completes the last frame."""
+        frames = max(1, round(seconds * self.frames_per_second))
+        steps = frames + self.n_q - 1 if self.layout == "delay" else frames * self.n_q
+        return steps, {"frames_requested": frames, "tokens_per_second": self.tokens_per_second}
+
+    def prompt_steps(self, tokens: np.ndarray | None) -> tuple[np.ndarray, np.ndarray | None]:
+        """``delay``: the prompt's codes ``[K, F]`` delayed and cut after step F, where stream 0 has
+        all F frames but stream k only F-k. The missing known frames of the lagging streams come
+        back as ``forced`` ``[K, K-1]``: during the first K-1 generated steps stream k reproduces
+        the prompt's frames F-k .. F-1 instead of sampling them. Without a prompt the forced ids
+        are ``empty``, as in the corners of training data. ``flatten``: the ids as they are."""
+        if self.layout != "delay":
+            return super().prompt_steps(tokens)
+        k = self.n_q
+        if tokens is None:
+            codes = np.zeros((k, 0), dtype=np.int64)
+        else:
+            codes, _ = self.tokens_to_codes(np.asarray(tokens, dtype=np.int64))  # [K, F]
+        frames = codes.shape[1]
+        steps = self.codes_to_tokens(codes)[:, :frames] if frames else np.zeros((k, 0), dtype=np.int64)
+        forced = np.full((k, k - 1), -1, dtype=np.int64)
+        for stream in range(1, k):
+            for j in range(stream):  # generated step F+j holds frame F+j-stream of this stream
+                frame = frames + j - stream
+                forced[stream, j] = codes[stream, frame] if frame >= 0 else self.special_ids["empty"]
+        return steps, forced
+
+    def banned_ids(self, stop_at_eos: bool) -> tuple[int, ...]:
+        """Every special id: an EOS would cut the waveform short, and the others carry no sound."""
+        return tuple(self.special_ids.values())
+
+    def stop_ids(self, stop_at_eos: bool) -> tuple[int, ...]:
+        """None: audio lasts what was asked for (EOS is never sampled)."""
+        return ()
+
+    def loss_groups(self) -> LossGroups:
+        """Per codebook: ``delay`` by stream (stream k is codebook k), ``flatten`` by the target id's
+        codebook (:meth:`token_families`, EOS under ``special``)."""
+        if self.layout == "delay":
+            return LossGroups("codebook", by_stream=tuple(f"codebook_{k}" for k in range(self.n_q)))
+        return LossGroups("codebook", self.token_families())
+
+    def artifact_seconds(self, path: str | Path) -> float | None:
+        import soundfile as sf
+
+        return float(sf.info(str(path)).duration)
+
+    def describe(self) -> dict[str, Any]:
+        return {"layout": self.layout, "n_codebooks": self.n_q, "frames_per_second": self.frames_per_second}
 
     # ------------------------------------------------------------------ audio in
     def read_audio(self, doc: Document) -> tuple[np.ndarray, float]:
@@ -437,7 +493,7 @@ class AcousticTokenizer(Tokenizer):
         if frames.shape[0] > self.kmeans_max_frames:
             frames = frames[np.sort(rng.choice(frames.shape[0], self.kmeans_max_frames, replace=False))]
         residual = torch.from_numpy(frames.T.copy())[None]  # [1, D, N] as the quantizer sees latents
-        card = codebooks.CARD
+        card = CARD
         with torch.inference_mode():
             for k, layer in enumerate(self._model.quantizer.vq.layers[: self.n_q]):
                 points = residual[0].T.numpy()
@@ -495,33 +551,22 @@ class AcousticTokenizer(Tokenizer):
                  "codec": PRETRAINED_NAMES[self.sample_rate], "n_codebooks": self.n_q,
                  "frames_per_second": self.frames_per_second, "tokens_per_second": self.tokens_per_second}
         if self.weights_kind != "pretrained":
-            buf = io.BytesIO()
-            torch.save(self._inference_state(), buf)
-            tmp = folder / (CODEC_FILE + ".tmp")
-            tmp.write_bytes(buf.getvalue())
-            tmp.replace(folder / CODEC_FILE)
+            state = self._inference_state()
+            write_with(folder / CODEC_FILE, lambda fh: torch.save(state, fh))
             extra["codec_file"] = CODEC_FILE
         return write_config(folder, self, extra)
 
     @classmethod
-    def load(cls, folder: str | Path) -> "AcousticTokenizer":
-
-        folder = Path(folder)
-        body = read_config(folder)
+    def from_saved(cls, folder: Path, body: dict[str, Any]) -> "AcousticTokenizer":
         settings = dict(body["config"])
         state_dict = None
         if settings["weights"] != "pretrained":
-            path = folder / CODEC_FILE
-            if not path.is_file():
-                raise FileNotFoundError(f"{path}: codec weights missing (the tokenizer was saved with {CODEC_FILE})")
+            path = saved_file(folder, CODEC_FILE, "codec weights")
             state_dict = torch.load(path, map_location="cpu", weights_only=True)
         kind = settings.pop("weights")
         tok = cls({**settings, "weights": kind if kind != "checkpoint" else str(folder / CODEC_FILE)},
                   state_dict=state_dict, weights_source=body.get("weights_source"))
         tok.weights_kind = kind
-        if tok.fingerprint() != body["fingerprint"]:
-            raise FingerprintMismatch(f"{folder}: loaded tokenizer has fingerprint {tok.fingerprint()} but "
-                                      f"{body['fingerprint']} was saved; the weights differ from those it was saved with")
         return tok
 
 

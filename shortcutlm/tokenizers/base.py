@@ -9,6 +9,22 @@ A tokenizer turns one document into an integer array and back into an artifact
 Every id of every stream is in ``[0, vocab_size)``. ``special_ids`` always holds
 ``pad``, ``bos`` and ``eos``; a domain may add more (e.g. ``empty`` for the delay
 layout's unfilled positions).
+
+Everything that differs between domains downstream of the ids is asked of the tokenizer, never
+decided by looking at ``domain`` (generation, evaluation, diagnostics and reports are
+domain-blind; ``tests/test_protocol.py`` holds them to it):
+
+* length: :meth:`Tokenizer.steps_for_seconds` (seconds -> positions to generate),
+  :meth:`Tokenizer.seconds_of` and ``time_from_content`` (duration read from the ids);
+* prompting: :meth:`Tokenizer.prompt_steps` (the prompt as model positions, plus ids to force
+  while a multi-stream layout catches up), :meth:`Tokenizer.prompt_context`;
+* sampling: :meth:`Tokenizer.banned_ids` and :meth:`Tokenizer.stop_ids`;
+* loss: :meth:`Tokenizer.loss_groups` (per codebook / per token family),
+  :meth:`Tokenizer.ignored_ids` (targets that carry no prediction);
+* reading ids: :meth:`Tokenizer.token_labels`;
+* artifacts: ``artifact_suffixes``, :meth:`Tokenizer.decode`, :meth:`Tokenizer.artifact_seconds`,
+  :meth:`Tokenizer.render`, :meth:`Tokenizer.excerpt`, and :meth:`Tokenizer.describe` (the
+  facts a sidecar or result records to be read on its own).
 """
 from __future__ import annotations
 
@@ -18,10 +34,11 @@ import logging
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, Iterable, Sequence
+from typing import Any, Callable, ClassVar, Iterable, Sequence
 
 import numpy as np
 
+from shortcutlm.artifacts.files import write_json
 from shortcutlm.documents import Document
 from shortcutlm.errors import UserError
 
@@ -42,6 +59,33 @@ class FingerprintMismatch(UserError, ValueError):
     """Shards or a checkpoint were made with a different tokenizer mapping."""
 
 
+#: A zero-argument function that gives the train split's ``(tokens per second, where that came
+#: from)``. Passed to :meth:`Tokenizer.steps_for_seconds` unevaluated: only a domain whose rate
+#: depends on the data calls it, so the others never need the shards.
+TrainRate = Callable[[], "tuple[float, str]"]
+
+
+@dataclass(frozen=True)
+class LossGroups:
+    """How evaluation splits the loss of the targets into groups (``per_<kind>`` in its results).
+
+    Either ``by_stream`` (group k is stream k of a multi-stream layout, named ``names[k]``), or
+    by target id: ``families`` maps each group's name to its ids. Empty ``families`` and no
+    ``by_stream``: no per-group table.
+    """
+
+    kind: str = "family"
+    families: dict[str, np.ndarray] = field(default_factory=dict)
+    by_stream: tuple[str, ...] = ()
+
+    @property
+    def names(self) -> list[str]:
+        return list(self.by_stream) if self.by_stream else list(self.families)
+
+    def __bool__(self) -> bool:
+        return bool(self.by_stream or self.families)
+
+
 @dataclass
 class Encoded:
     """Tokens of one document plus what the domain knows about its size.
@@ -60,6 +104,10 @@ class Tokenizer(ABC):
     domain: ClassVar[str]
     #: file suffixes (lower case, with dot) this tokenizer reads.
     extensions: ClassVar[tuple[str, ...]] = ()
+    #: suffixes :meth:`decode` may write, the default first (e.g. ``(".mid", ".midi")``).
+    artifact_suffixes: ClassVar[tuple[str, ...]] = ()
+    #: what :meth:`load` reads beside ``tokenizer.json`` (named when it no longer matches).
+    saved_files: ClassVar[str] = "the saved files"
 
     @property
     @abstractmethod
@@ -169,6 +217,80 @@ class Tokenizer(ABC):
         ids per second (MIDI: it depends on the notes); None when it is fixed or there is no time."""
         return None
 
+    # ------------------------------------------------------------------ generation
+    def steps_for_seconds(self, seconds: float, train_rate: TrainRate) -> tuple[int, dict[str, Any]]:
+        """Positions to generate for ``seconds`` of output, and how they were derived (for the
+        sample's sidecar). ``train_rate`` gives the train split's tokens per second; call it only
+        when the rate is not fixed by the mapping (it reads the shards' manifest).
+
+        Default: a :class:`TokenizerError`, since ids without time (text) have no seconds."""
+        raise TokenizerError(f"seconds mean nothing for {self.domain} ids; give a number of tokens")
+
+    def prompt_steps(self, tokens: np.ndarray | None) -> tuple[np.ndarray, np.ndarray | None]:
+        """A prompt's ids (``None``: no prompt) as the model's positions, and the ids to force.
+
+        Returns ``(steps, forced)``: ``steps`` is ``[T]`` (or ``[K, T]``), without the packing EOS
+        that generation puts in front; ``forced`` is ``[K, n]`` ids that generated steps 0..n-1
+        must take (-1: sample freely), or None. A layout whose streams lag each other (delay)
+        cannot be cut after a whole frame, so its known-but-late codes are forced rather than
+        sampled. Default: the ids as they are, nothing forced."""
+        if tokens is None:
+            return np.zeros(0, dtype=np.int64), None
+        return np.asarray(tokens, dtype=np.int64).reshape(-1), None
+
+    def banned_ids(self, stop_at_eos: bool) -> tuple[int, ...]:
+        """Ids never sampled. Default: EOS unless the sample may stop there, so a sample lasts
+        the length asked for (a model that ends documents early would otherwise stop after a few
+        ids)."""
+        return () if stop_at_eos else (self.eos_id,)
+
+    def stop_ids(self, stop_at_eos: bool) -> tuple[int, ...]:
+        """Ids that end a sample early (it is cut before the first). Default: EOS when asked."""
+        return (self.eos_id,) if stop_at_eos else ()
+
+    # ------------------------------------------------------------------ loss
+    def ignored_ids(self) -> list[int]:
+        """Target ids that carry no prediction and are left out of every loss: padding, and the
+        positions a multi-stream layout leaves ``empty`` (the training loss masks the same)."""
+        special = self.special_ids
+        return sorted({special[name] for name in ("pad", "empty") if name in special})
+
+    def loss_groups(self) -> LossGroups:
+        """How evaluation reports the loss by group. Default: by :meth:`token_families`."""
+        return LossGroups("family", self.token_families())
+
+    def token_labels(self, ids: Sequence[int]) -> list[str]:
+        """A short readable name per id, for plots (``<eos>`` for specials). Default: the number."""
+        special = {v: f"<{k}>" for k, v in self.special_ids.items()}
+        return [special.get(int(i), str(int(i))) for i in ids]
+
+    # ------------------------------------------------------------------ artifacts
+    @property
+    def artifact_suffix(self) -> str:
+        """The suffix :meth:`decode` writes by default."""
+        return self.artifact_suffixes[0]
+
+    def artifact_seconds(self, path: str | Path) -> float | None:
+        """How long a written artifact lasts, read from the file; None when it has no time."""
+        return None
+
+    def render(self, artifact: str | Path, wav_path: str | Path, soundfont: str | Path | None = None) -> Path | None:
+        """Write an audible ``.wav`` of an artifact that is not sound itself (MIDI through a
+        soundfont) and return its path; None when there is nothing to render (audio already is
+        sound, text has none)."""
+        return None
+
+    @classmethod
+    def excerpt(cls, artifact: str | Path, chars: int = 600) -> str | None:
+        """The start of a written artifact as text, for reports to quote; None when it is not text.
+        A class method: reading a file back needs no model (``tokenizer_class(domain).excerpt``)."""
+        return None
+
+    def describe(self) -> dict[str, Any]:
+        """JSON-able facts a sample sidecar or an evaluation result records so that it reads on its
+        own (audio: layout, codebooks, frames per second). Empty by default."""
+        return {}
+
     @abstractmethod
     def config(self) -> dict[str, Any]:
         """JSON-able settings that, with the model files, fully define the mapping."""
@@ -178,8 +300,22 @@ class Tokenizer(ABC):
         """Write ``tokenizer.json`` (with ``domain``, ``config`` and ``fingerprint``) and model files."""
 
     @classmethod
+    def load(cls, folder: str | Path) -> "Tokenizer":
+        """Rebuild what :meth:`save` wrote (:meth:`from_saved`) and refuse it when its fingerprint is
+        not the one saved: the files beside ``tokenizer.json`` changed, so ids would mean other things."""
+        folder = Path(folder)
+        body = read_config(folder)
+        tok = cls.from_saved(folder, body)
+        if tok.fingerprint() != body["fingerprint"]:
+            raise FingerprintMismatch(f"{folder}: {cls.saved_files} gives fingerprint {tok.fingerprint()}, but "
+                                      f"{body['fingerprint']} was saved; {cls.saved_files} changed after the "
+                                      "tokenizer was saved")
+        return tok
+
+    @classmethod
     @abstractmethod
-    def load(cls, folder: str | Path) -> "Tokenizer": ...
+    def from_saved(cls, folder: Path, body: dict[str, Any]) -> "Tokenizer":
+        """The tokenizer :meth:`save` wrote to ``folder``; ``body`` is its ``tokenizer.json``."""
 
     def model_files_digest(self) -> str:
         """Digest of any learned model files (SentencePiece model, BPE merges, codec weights)."""
@@ -206,11 +342,15 @@ def write_config(folder: str | Path, tokenizer: Tokenizer, extra: dict[str, Any]
     body = {"domain": tokenizer.domain, "fingerprint": tokenizer.fingerprint(), "vocab_size": tokenizer.vocab_size,
             "n_streams": tokenizer.n_streams, "special_ids": tokenizer.special_ids, "config": tokenizer.config()}
     body.update(extra or {})
-    out = folder / CONFIG_FILE
-    tmp = out.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(body, indent=2, sort_keys=True, default=str))
-    tmp.replace(out)
-    return out
+    return write_json(folder / CONFIG_FILE, body)
+
+
+def saved_file(folder: Path, name: str, what: str) -> Path:
+    """``folder / name``, which :meth:`Tokenizer.save` wrote; FileNotFoundError naming it if absent."""
+    path = Path(folder) / name
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: {what} missing (the tokenizer was saved with {name})")
+    return path
 
 
 def read_config(folder: str | Path) -> dict[str, Any]:

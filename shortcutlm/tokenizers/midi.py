@@ -33,8 +33,8 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 
 from shortcutlm.documents import Document
-from shortcutlm.tokenizers.base import (Encoded, FingerprintMismatch, Tokenizer, TokenizerError, TrainingError,
-                                        read_config, write_config)
+from shortcutlm.tokenizers.base import (Encoded, Tokenizer, TokenizerError, TrainingError, TrainRate, saved_file,
+                                        write_config)
 from shortcutlm.tokenizers.settings import merge_settings
 
 log = logging.getLogger(__name__)
@@ -91,6 +91,8 @@ class MidiTokenizer(Tokenizer):
 
     domain = "midi"
     extensions = (".mid", ".midi")
+    artifact_suffixes = (".mid", ".midi")
+    saved_files = MIDITOK_FILE
 
     def __init__(self, settings: dict[str, Any] | None = None, *, miditok_params: Path | None = None) -> None:
         import miditok
@@ -303,6 +305,28 @@ class MidiTokenizer(Tokenizer):
         """Seconds until the last note of the decoded ids ends, at the prompt's tempo."""
         return float(self._score(tokens, context).to("second").end())
 
+    def steps_for_seconds(self, seconds: float, train_rate: TrainRate) -> tuple[int, dict[str, Any]]:
+        """Seconds of music at the train split's tokens per second: a first estimate only, since
+        the ids per second vary with the notes (generation then measures with :meth:`seconds_of`)."""
+        rate, source = train_rate()
+        return max(1, round(seconds * rate)), {"tokens_per_second": rate, "tokens_per_second_from": source}
+
+    def token_labels(self, ids: Sequence[int]) -> list[str]:
+        """miditok's token names (``Pitch_60``; a BPE id as its tokens joined by ``+``); specials as ``<eos>``."""
+        special = {v: f"<{k}>" for k, v in self._special.items()}
+        labels = []
+        for i in ids:
+            i = int(i)
+            tokens = None if i in special or not 0 <= i < self.vocab_size else self._expansion(i)
+            labels.append(special.get(i) or ("+".join(tokens) if tokens else str(i)))
+        return labels
+
+    def artifact_seconds(self, path: str | Path) -> float | None:
+        """Seconds until the last note of a ``.mid`` ends (at its own tempo map)."""
+        import symusic
+
+        return float(symusic.Score(str(path)).to("second").end())
+
     def decode(self, tokens: np.ndarray, out_path: str | Path, context: dict[str, Any] | None = None) -> Path:
         """Write a ``.mid``; ill-formed generated ids are repaired (see :meth:`repair`); a prompt's
         tempo map from ``context`` is restored."""
@@ -318,7 +342,8 @@ class MidiTokenizer(Tokenizer):
 
     def render(self, mid_or_tokens: str | Path | np.ndarray | Sequence[int], wav_path: str | Path,
                soundfont: str | Path | None = None, sample_rate: int = 44100) -> Path:
-        """Render a ``.mid`` file (or ids) to a mono ``.wav`` with symusic's synthesizer.
+        """Render a ``.mid`` file (or ids) to a mono ``.wav`` with symusic's synthesizer (the
+        rendering a MIDI sample gets beside it).
 
         ``soundfont`` defaults to the General MIDI ``TimGM6mb.sf2`` in pretty_midi's package folder.
         """
@@ -400,19 +425,11 @@ class MidiTokenizer(Tokenizer):
                                            "multitrack": "program tokens" if self.use_programs else "tracks merged"})
 
     @classmethod
-    def load(cls, folder: str | Path) -> "MidiTokenizer":
-        folder = Path(folder)
-        body = read_config(folder)
-        params = folder / MIDITOK_FILE
-        if not params.is_file():
-            raise FileNotFoundError(f"{params}: miditok config missing (the tokenizer was saved with {MIDITOK_FILE})")
+    def from_saved(cls, folder: Path, body: dict[str, Any]) -> "MidiTokenizer":
+        params = saved_file(folder, MIDITOK_FILE, "miditok config")
         cfg = body["config"]
-        tok = cls({"tokenization": cfg["tokenization"], "vocab_size": cfg["vocab_size"],
-                   "max_train_files": body.get("max_train_files", DEFAULTS["max_train_files"])}, miditok_params=params)
-        if tok.fingerprint() != body["fingerprint"]:
-            raise FingerprintMismatch(f"{folder}: {MIDITOK_FILE} gives fingerprint {tok.fingerprint()}, "
-                                      f"but {body['fingerprint']} was saved; the miditok file was changed")
-        return tok
+        return cls({"tokenization": cfg["tokenization"], "vocab_size": cfg["vocab_size"],
+                    "max_train_files": body.get("max_train_files", DEFAULTS["max_train_files"])}, miditok_params=params)
 
 
 def midi_structure_problem(data: bytes) -> str | None:

@@ -20,13 +20,13 @@ import logging
 import os
 import re
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any, Iterable, Iterator, Sequence
 
 import numpy as np
 
+from shortcutlm.artifacts.files import write_bytes
 from shortcutlm.documents import Document
-from shortcutlm.tokenizers.base import (Encoded, FingerprintMismatch, Tokenizer, TokenizerError, TrainingError,
-                                        read_config, write_config)
+from shortcutlm.tokenizers.base import Encoded, Tokenizer, TokenizerError, TrainingError, saved_file, write_config
 from shortcutlm.tokenizers.settings import merge_settings
 
 log = logging.getLogger(__name__)
@@ -59,6 +59,8 @@ class TextTokenizer(Tokenizer):
 
     domain = "text"
     extensions = (".txt", ".md", ".tokens", ".text")
+    artifact_suffixes = (".txt",)
+    saved_files = MODEL_FILE
 
     def __init__(self, settings: dict[str, Any] | None = None, *, model_proto: bytes | None = None) -> None:
         s = merge_settings(self.domain, DEFAULTS, settings)
@@ -240,6 +242,24 @@ class TextTokenizer(Tokenizer):
             fh.write(self.decode_text(tokens))
         return out_path
 
+    def token_labels(self, ids: Sequence[int]) -> list[str]:
+        """Each id's text piece, quoted (``'the'``, ``'\\n'``); specials as ``<eos>``."""
+        special = {v: f"<{k}>" for k, v in self.special_ids.items()}
+        labels = []
+        for i in ids:
+            i = int(i)
+            try:
+                labels.append(special.get(i) or repr(self.decode_text(np.array([i]))))
+            except Exception:  # noqa: BLE001 - a label is a nicety, never an error
+                labels.append(str(i))
+        return labels
+
+    @classmethod
+    def excerpt(cls, artifact: str | Path, chars: int = 600) -> str | None:
+        """The first ``chars`` characters of a written text."""
+        with open(artifact, encoding="utf-8", errors="replace", newline="") as fh:
+            return fh.read(chars)
+
     # ------------------------------------------------------------------ training
     def train(self, documents: Iterable[Document]) -> dict[str, str]:
         """Train SentencePiece on the documents' lines through its iterator API.
@@ -306,24 +326,14 @@ class TextTokenizer(Tokenizer):
         self._need_model()
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
-        tmp = folder / (MODEL_FILE + ".tmp")
-        tmp.write_bytes(self._proto)
-        tmp.replace(folder / MODEL_FILE)
+        write_bytes(folder / MODEL_FILE, self._proto)
         return write_config(folder, self, {"model_file": MODEL_FILE, "model_source": self.settings["model_file"],
                                            "runtime": {k: self.settings[k] for k in ("block_bytes", "num_threads")}})
 
     @classmethod
-    def load(cls, folder: str | Path) -> "TextTokenizer":
-        folder = Path(folder)
-        body = read_config(folder)
-        path = folder / MODEL_FILE
-        if not path.is_file():
-            raise FileNotFoundError(f"{path}: SentencePiece model missing (the tokenizer was saved with {MODEL_FILE})")
-        tok = cls({**body["config"], **body.get("runtime", {})}, model_proto=path.read_bytes())
-        if tok.fingerprint() != body["fingerprint"]:
-            raise FingerprintMismatch(f"{folder}: {MODEL_FILE} gives fingerprint {tok.fingerprint()}, "
-                                      f"but {body['fingerprint']} was saved; the model file was changed")
-        return tok
+    def from_saved(cls, folder: Path, body: dict[str, Any]) -> "TextTokenizer":
+        path = saved_file(folder, MODEL_FILE, "SentencePiece model")
+        return cls({**body["config"], **body.get("runtime", {})}, model_proto=path.read_bytes())
 
 
 def _training_failure(message: str, vocab_size: int, n_bytes: int) -> str:

@@ -234,3 +234,59 @@ def test_48khz_option(audio_files, tmp_path):
     out = tok.decode(enc.tokens, tmp_path / "48k.wav")
     info = sf.info(str(out))
     assert info.samplerate == 48000 and info.channels == 2 and info.frames == 75 * 320
+
+
+# ------------------------------------------------------------------------------------- protocol
+
+def never(*_):
+    raise AssertionError("audio has a fixed frame rate: the train split's rate is never read")
+
+
+def test_seconds_are_whole_frames_and_delay_adds_k_minus_1_steps(acoustic_flatten, acoustic_delay):
+    assert acoustic_flatten.steps_for_seconds(0.2, never) == (15 * K, {"frames_requested": 15,
+                                                                      "tokens_per_second": 150})
+    assert acoustic_delay.steps_for_seconds(0.5, never) == (38 + K - 1, {"frames_requested": 38,
+                                                                        "tokens_per_second": 75})
+    assert acoustic_delay.steps_for_seconds(0.001, never)[0] == 1 + K - 1  # at least one frame
+
+
+def test_prompt_steps_force_only_the_delay_layout(acoustic_flatten, acoustic_delay, audio_files):
+    ids = acoustic_flatten.encode(audio_files["mono_24k"])
+    steps, forced = acoustic_flatten.prompt_steps(ids)
+    assert np.array_equal(steps, ids) and forced is None
+    delayed = acoustic_delay.encode(audio_files["mono_24k"])
+    codes, _ = acoustic_delay.tokens_to_codes(delayed)
+    steps, forced = acoustic_delay.prompt_steps(delayed)
+    frames = codes.shape[1]
+    assert steps.shape == (K, frames) and np.array_equal(steps[0], codes[0])
+    assert forced.tolist() == [[-1], [int(codes[1, frames - 1])]]  # stream 1's last frame comes after step F
+
+
+def test_audio_samples_no_special_id_and_never_stops(acoustic_flatten, acoustic_delay):
+    for tok in (acoustic_flatten, acoustic_delay):
+        for stop in (False, True):
+            assert set(tok.banned_ids(stop)) == set(tok.special_ids.values()) and tok.stop_ids(stop) == ()
+
+
+def test_loss_groups_are_codebooks(acoustic_flatten, acoustic_delay):
+    flat = acoustic_flatten.loss_groups()
+    assert flat.kind == "codebook" and flat.names == ["codebook_0", "codebook_1", "special"] and not flat.by_stream
+    delay = acoustic_delay.loss_groups()
+    assert delay.kind == "codebook" and delay.by_stream == ("codebook_0", "codebook_1") and not delay.families
+    assert acoustic_flatten.ignored_ids() == [2048]
+    assert acoustic_delay.ignored_ids() == [1024, 1027]  # pad and the empty corners
+
+
+def test_artifacts_describe_themselves(acoustic_delay, audio_files, tmp_path):
+    assert acoustic_delay.artifact_suffix == ".wav"
+    assert acoustic_delay.describe() == {"layout": "delay", "n_codebooks": K, "frames_per_second": 75}
+    wav = acoustic_delay.decode(acoustic_delay.encode(audio_files["mono_24k"]), tmp_path / "x.wav")
+    assert acoustic_delay.artifact_seconds(wav) == pytest.approx(sf_seconds(wav))
+    assert acoustic_delay.render(wav, tmp_path / "y.wav") is None and not (tmp_path / "y.wav").exists()
+    assert acoustic_delay.excerpt(wav) is None
+
+
+def sf_seconds(path) -> float:
+    import soundfile as sf
+
+    return sf.info(str(path)).duration

@@ -202,3 +202,34 @@ def test_unknown_setting_is_named():
         MidiTokenizer({"num_velocity": 8})
     with pytest.raises(ValueError, match="num_velocities"):
         MidiTokenizer({"num_velocities": 500})
+
+
+# ------------------------------------------------------------------------------------- protocol
+
+def test_seconds_use_the_train_splits_rate(remi):
+    steps, info = remi.steps_for_seconds(2.0, lambda: (10.5, "manifest"))
+    assert steps == 21 and info == {"tokens_per_second": 10.5, "tokens_per_second_from": "manifest"}
+    assert remi.steps_for_seconds(0.01, lambda: (10.0, "m"))[0] == 1
+
+
+def test_token_labels_name_miditok_tokens(remi, remi_bpe, midi_files):
+    ids = remi.encode(midi_files["grid"])[:6].tolist()
+    labels = remi.token_labels([remi.eos_id, *ids, remi.vocab_size + 5])
+    assert labels[0] == "<eos>" and labels[-1] == str(remi.vocab_size + 5)
+    assert labels[1] == "Bar_None" and any(label.startswith("Pitch_") for label in labels)
+    merged = remi_bpe.vocab_size - 1  # a learned id: the tokens it stands for
+    assert "+" in remi_bpe.token_labels([merged])[0]
+
+
+def test_midi_sampling_loss_and_artifacts(remi, midi_files, tmp_path):
+    assert remi.banned_ids(False) == (remi.eos_id,) and remi.stop_ids(False) == ()
+    assert remi.banned_ids(True) == () and remi.stop_ids(True) == (remi.eos_id,)
+    groups = remi.loss_groups()
+    assert groups.kind == "family" and "Pitch" in groups.names and not groups.by_stream
+    assert remi.ignored_ids() == [remi.pad_id]
+    assert remi.artifact_suffix == ".mid" and ".midi" in remi.artifact_suffixes
+    out = remi.decode(remi.encode(midi_files["grid"]), tmp_path / "x.mid")
+    assert remi.artifact_seconds(out) == pytest.approx(remi.seconds_of(remi.encode(midi_files["grid"])), rel=1e-3)
+    wav = remi.render(out, tmp_path / "x.wav", sample_rate=22050)
+    assert wav == tmp_path / "x.wav" and wav.is_file()
+    assert remi.describe() == {} and remi.excerpt(out) is None

@@ -155,3 +155,21 @@ def test_decode_of_generated_ids(text_tok, tmp_path):
                           [sp["eos"]], text_tok.encode_text("after the end")])
     assert text_tok.decode_text(ids) == "hear me speak\n"
     assert text_tok.decode(ids, tmp_path / "g.txt").read_text(encoding="utf-8") == "hear me speak\n"
+
+
+# ------------------------------------------------------------------------------------- protocol
+
+def test_text_has_no_seconds(text_tok):
+    with pytest.raises(TokenizerError, match="seconds mean nothing for text"):
+        text_tok.steps_for_seconds(1.0, lambda: pytest.fail("text never reads a train rate"))
+
+
+def test_text_labels_excerpt_and_no_rendering(text_tok, tmp_path):
+    ids = text_tok.encode_text("hear me")
+    labels = text_tok.token_labels([text_tok.eos_id, *ids.tolist()])
+    assert labels[0] == "<eos>" and "".join(eval(label) for label in labels[1:]) == "hear me"  # noqa: S307
+    out = text_tok.decode(ids, tmp_path / "x.txt")
+    assert TextTokenizer.excerpt(out) == "hear me" and TextTokenizer.excerpt(out, chars=4) == "hear"
+    assert text_tok.render(out, tmp_path / "x.wav") is None and text_tok.artifact_seconds(out) is None
+    assert text_tok.loss_groups().names == ["piece", "byte", "special"] and text_tok.ignored_ids() == [text_tok.pad_id]
+    assert text_tok.artifact_suffix == ".txt" and text_tok.describe() == {}

@@ -56,6 +56,7 @@ from shortcutlm.bench.peer.models import (PeerTrainee, copy_weights_, equivalenc
 from shortcutlm.bench.peer.report import compare, log, result, summary
 from shortcutlm.bench.peer.resume import Progress
 from shortcutlm.bench.peer.timing import generation_rate, measure_generations, measure_peer_generation, timing_rows
+from shortcutlm.devices import default_device
 from shortcutlm.models import GPTConfig, flops_per_token
 
 # What this module offers: the command, and (for tests and older imports) the jobs' names.
@@ -90,7 +91,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     timing.add_argument("--new-tokens", type=int, default=256)
     timing.add_argument("--generation-repeats", type=int, default=3)
     timing.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32", help="bf16 = autocast")
-    timing.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    timing.add_argument("--device", default=default_device())
     timing.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated subset of " + ",".join(VARIANTS))
     timing.add_argument("--skip-memory", action="store_true", help="no peak-memory subprocesses")
     loss = parser.add_argument_group("validation loss")

@@ -10,7 +10,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from shortcutlm.bench.common import median, timed
@@ -41,21 +40,21 @@ def prepare_chorales(out: Path, limit: int | None, vocab: int) -> Path:
 @torch.no_grad()
 def validation_loss(model: nn.Module, shard_dir: Path, block: int, batch: int, ignore: list[int],
                     device: str, dtype: torch.dtype) -> float:
-    """Mean next-token loss over every valid target of the exact validation pass."""
+    """Mean next-token loss over every valid target of the exact validation pass (the sum over
+    their count, as ``shortcutlm evaluate`` computes it)."""
     from shortcutlm.datasets.loader import eval_batches
-    from shortcutlm.models.lightning import IGNORE, mask_targets
+    from shortcutlm.evaluation import token_losses
 
     was_training = model.training
     model.eval()
     total, count = 0.0, 0
     for window in eval_batches(shard_dir, "valid", block, batch):
         window = window.to(device)
-        targets = mask_targets(window[:, 1:], ignore)
         with torch.autocast(torch.device(device).type, dtype=dtype, enabled=dtype != torch.float32):
             logits = model(window[:, :-1])
-        total += float(F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), ignore_index=IGNORE,
-                                       reduction="sum"))
-        count += int((targets != IGNORE).sum())
+        nats, valid = token_losses(logits, window[:, 1:], ignore)
+        total += float(nats[valid].sum())
+        count += int(valid.sum())
     model.train(was_training)
     if count == 0:
         raise ValueError(f"{shard_dir}: the validation split has no targets")
