@@ -57,8 +57,9 @@ import numpy as np
 import torch
 
 from shortcutlm.artifacts.files import jsonable, write_json
-from shortcutlm.checkpoint import Checkpoint, CheckpointError, load_folder
-from shortcutlm.datasets.loader import eval_batches, read_manifest
+from shortcutlm.artifacts.checkpoint import DATA, Checkpoint, CheckpointError, load_folder
+from shortcutlm.artifacts.manifest import ShardManifest
+from shortcutlm.datasets.loader import eval_batches
 from shortcutlm.devices import resolve_device
 from shortcutlm.models import GPT
 from shortcutlm.plots import plot_heatmap, plot_layer_panels
@@ -293,8 +294,7 @@ def _shard_dir(ck: Checkpoint, data_dir: str | Path | None) -> Path:
     from shortcutlm.evaluation import resolve_shard_dir
 
     path = resolve_shard_dir(ck, data_dir)
-    theirs = read_manifest(path).get("tokenizer", {}).get("fingerprint")
-    ck.tokenizer.check_fingerprint(theirs, f"shard folder {path}")
+    ck.tokenizer.check_fingerprint(ShardManifest.read(path).fingerprint, f"shard folder {path}")
     return path
 
 
@@ -455,7 +455,7 @@ def depth_map_for_checkpoint(folder: str | Path, data_dir: str | Path | None, ou
     if ck.model.shortcut is None:
         return None
     block = min(max_tokens, ck.model.config.block_size)
-    window = validation_window(data_dir or ck.data["shard_dir"], block)
+    window = validation_window(data_dir or ck.shard_folder(check=False), block)
     weights = shortcut_depth_weights(ck.model, window)
     ids = window[0, ..., :-1]
     lead = ids if ids.dim() == 1 else ids[0]
@@ -474,7 +474,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("checkpoints", nargs="+", metavar="CKPT", help="checkpoint folder(s), compared side by side")
     parser.add_argument("--out", required=True, metavar="DIR", help="output folder for diagnostics.json and PNGs")
     parser.add_argument("--data", default=None, metavar="SHARDS",
-                        help="shard folder (default: each checkpoint's own, from its data.json)")
+                        help=f"shard folder (default: each checkpoint's own, from its {DATA})")
     parser.add_argument("--split", default="valid", help="split to sample (default: valid; falls back to test, train)")
     parser.add_argument("--windows", type=int, default=4, help="validation windows averaged (default: 4)")
     parser.add_argument("--tokens", type=int, default=None,

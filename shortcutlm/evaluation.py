@@ -64,9 +64,10 @@ from typing import Any, Iterable, Sequence
 import torch
 import torch.nn.functional as F
 
+from shortcutlm.artifacts.checkpoint import DATA, Checkpoint, CheckpointError, ShardFolderError, load_folder
+from shortcutlm.artifacts.manifest import ShardError, ShardManifest
 from shortcutlm.artifacts.results import write_results
-from shortcutlm.checkpoint import Checkpoint, CheckpointError, load_folder
-from shortcutlm.datasets.loader import ShardError, eval_batches, read_manifest
+from shortcutlm.datasets.loader import eval_batches
 from shortcutlm.devices import resolve_device
 from shortcutlm.errors import UserError
 from shortcutlm.tokenizers import FingerprintMismatch
@@ -116,43 +117,31 @@ def _stats(nats_sum: float, count: int) -> dict[str, Any]:
 
 
 def resolve_shard_dir(ckpt: Checkpoint, shard_dir: str | Path | None) -> Path:
-    """The shard folder to evaluate on: ``shard_dir`` if given, else the one in the checkpoint's ``data.json``.
-
-    A relative path recorded in ``data.json`` is tried against the working directory first,
-    then against the checkpoint folder.
-    """
-    if shard_dir is not None:
-        path = Path(shard_dir)
-        if not path.is_dir():
-            raise EvaluationError(f"shard folder {path} does not exist")
-        return path
-    recorded = ckpt.data.get("shard_dir")
-    if not recorded:
-        raise EvaluationError(f"checkpoint {ckpt.folder}: data.json names no shard_dir; pass the shards with --data")
-    path = Path(recorded).expanduser()
-    for candidate in ([path] if path.is_absolute() else [path, ckpt.folder / path]):
-        if candidate.is_dir():
-            return candidate
-    raise EvaluationError(f"checkpoint {ckpt.folder}: its data.json names shard folder {recorded}, which does not "
-                          "exist here; pass the shards with --data")
+    """The shard folder to evaluate on: ``shard_dir`` if given, else the one the checkpoint's
+    ``data.json`` names (a relative path is tried against the working directory first, then
+    against the checkpoint folder: :func:`shortcutlm.artifacts.checkpoint.resolve_shard_folder`)."""
+    try:
+        return ckpt.shard_folder(shard_dir, check=False)
+    except ShardFolderError as exc:
+        raise EvaluationError(str(exc)) from exc
 
 
-def _check_data(ckpt: Checkpoint, shard_dir: Path, manifest: dict[str, Any], split: str) -> None:
-    tok_info = manifest.get("tokenizer", {})
-    theirs = tok_info.get("fingerprint")
+def _check_data(ckpt: Checkpoint, shard_dir: Path, split: str) -> ShardManifest:
+    """The shards' manifest, once they fit the checkpoint: same tokenizer, finished, with the split."""
+    manifest = ShardManifest.read(shard_dir, require_complete=False)
+    theirs = manifest.tokenizer
     ours = ckpt.tokenizer.fingerprint()
-    if theirs != ours:
+    if theirs.fingerprint != ours:
         raise FingerprintMismatch(
             f"checkpoint {ckpt.folder} uses tokenizer fingerprint {ours} ({ckpt.tokenizer.domain}, vocab "
             f"{ckpt.tokenizer.vocab_size}), but the shards in {shard_dir} were made with tokenizer fingerprint "
-            f"{theirs} ({tok_info.get('domain')}, vocab {tok_info.get('vocab_size')}): their ids mean different "
+            f"{theirs.fingerprint} ({theirs.domain}, vocab {theirs.vocab_size}): their ids mean different "
             f"things, so the loss would be meaningless. Evaluate on shards prepared with this checkpoint's "
-            f"tokenizer (its data.json names {ckpt.data.get('shard_dir')}).")
-    if not manifest.get("complete", False):
-        raise EvaluationError(f"{shard_dir}: manifest.json is not complete (prepare was interrupted?); re-run prepare")
-    splits = manifest.get("splits", {})
-    if split not in splits or not splits[split].get("documents"):
-        raise EvaluationError(f"{shard_dir}: no {split!r} split here (splits: {', '.join(splits) or 'none'})")
+            f"tokenizer (its {DATA} names {ckpt.trained_on.shard_dir}).")
+    if not manifest.complete:
+        raise EvaluationError(f"{manifest.path}: not complete (prepare was interrupted?); re-run prepare")
+    if not manifest.split(split).documents:
+        raise EvaluationError(f"{shard_dir}: no {split!r} split here (splits: {', '.join(manifest.splits) or 'none'})")
     cfg = ckpt.model.config
     if cfg.n_streams != ckpt.tokenizer.n_streams:
         raise EvaluationError(f"checkpoint {ckpt.folder}: the model has {cfg.n_streams} stream(s) but its tokenizer "
@@ -160,6 +149,7 @@ def _check_data(ckpt: Checkpoint, shard_dir: Path, manifest: dict[str, Any], spl
     if cfg.vocab_size < ckpt.tokenizer.vocab_size:
         raise EvaluationError(f"checkpoint {ckpt.folder}: the model's vocab_size {cfg.vocab_size} is smaller than its "
                               f"tokenizer's {ckpt.tokenizer.vocab_size}")
+    return manifest
 
 
 def _groups(ckpt: Checkpoint) -> tuple[str | None, list[str], torch.Tensor | None]:
@@ -240,8 +230,7 @@ def evaluate_checkpoint(folder: str | Path, shard_dir: str | Path | None = None,
     model = ckpt.model.to(device).eval()
     tok = ckpt.tokenizer
     data_dir = resolve_shard_dir(ckpt, shard_dir)
-    manifest = read_manifest(data_dir)
-    _check_data(ckpt, data_dir, manifest, split)
+    manifest = _check_data(ckpt, data_dir, split)
 
     cfg = model.config
     batches = eval_batches(data_dir, split, cfg.block_size, batch_size)
@@ -295,7 +284,7 @@ def evaluate_checkpoint(folder: str | Path, shard_dir: str | Path | None = None,
     if total_count == 0:
         raise EvaluationError(f"{data_dir}: split {split!r} gave no targets to score")
     complete = n_run == n_total
-    split_info = manifest["splits"][split]
+    split_info = manifest.split(split)
     # Share of the split's targets this pass scored (1 for a complete pass).
     all_targets = _split_targets(batches, ckpt) if not complete else total_count
     share = total_count / all_targets if all_targets else 1.0
@@ -305,21 +294,21 @@ def evaluate_checkpoint(folder: str | Path, shard_dir: str | Path | None = None,
         "domain": tok.domain, "fingerprint": tok.fingerprint(),
         "params": int(model.num_params()), "block_size": cfg.block_size, "n_streams": cfg.n_streams,
         "batch_size": batch_size, "batches": n_run, "batches_total": n_total, "complete": complete,
-        "documents": int(split_info.get("documents", 0)),
+        "documents": split_info.documents,
         **_stats(total_nats, total_count),
         "eos": {"tokens": int(eos_count.item()), "loss_nats": float(eos_nats.item()) / max(1, int(eos_count.item()))},
         "device": str(device), "compute_dtype": compute,
         "elapsed_s": elapsed, "tokens_per_s": total_count / elapsed if elapsed > 0 else None,
         **tok.describe(),
     }
-    if "bytes" in split_info and split_info["bytes"]:
-        n_bytes = float(split_info["bytes"]) * share
-        result["bytes"] = int(split_info["bytes"])
+    if split_info.bytes:
+        n_bytes = float(split_info.bytes) * share
+        result["bytes"] = split_info.bytes
         result["bits_per_byte"] = total_nats / LN2 / n_bytes
         result["bits_per_byte_excl_eos"] = (total_nats - float(eos_nats.item())) / LN2 / n_bytes
-    if "seconds" in split_info and split_info["seconds"]:
-        seconds = float(split_info["seconds"]) * share
-        result["seconds"] = float(split_info["seconds"])
+    if split_info.seconds:
+        seconds = split_info.seconds * share
+        result["seconds"] = split_info.seconds
         result["bits_per_second"] = total_nats / LN2 / seconds
     result["approximate"] = not complete
     if kind is not None:
@@ -455,7 +444,7 @@ def write_report(results: dict[str, Any], out_dir: str | Path) -> tuple[Path, Pa
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("checkpoints", nargs="+", metavar="CKPT", help="checkpoint folder(s), evaluated side by side")
     parser.add_argument("--data", default=None, metavar="SHARD_DIR",
-                        help="shard folder (default: each checkpoint's own, from its data.json)")
+                        help=f"shard folder (default: each checkpoint's own, from its {DATA})")
     parser.add_argument("--split", default="test", help="split to evaluate (default: test)")
     parser.add_argument("--batch-size", type=int, default=8, help="windows per batch (default: 8)")
     parser.add_argument("--max-batches", type=int, default=None,

@@ -72,9 +72,10 @@ from typing import Any
 import numpy as np
 import torch
 
+from shortcutlm.artifacts.checkpoint import Checkpoint, CheckpointError, load_folder
 from shortcutlm.artifacts.files import ArtifactError
+from shortcutlm.artifacts.manifest import ShardManifest
 from shortcutlm.artifacts.sidecar import read_sidecar, write_sidecar
-from shortcutlm.checkpoint import Checkpoint, CheckpointError, load_folder
 from shortcutlm.devices import resolve_device
 from shortcutlm.documents import Document
 from shortcutlm.errors import UserError
@@ -120,31 +121,22 @@ def _read_prompt(tok: Tokenizer, path: str | Path, folder: Path) -> tuple[np.nda
 
 
 def _train_tokens_per_second(ckpt: Checkpoint) -> tuple[float, str]:
-    """Train-split tokens per second, from the shards' manifest (or data.json): what a tokenizer
-    whose rate depends on the data (MIDI) converts seconds with."""
-    from shortcutlm.datasets.loader import read_manifest
-
-    tried = []
-    shard_dir = ckpt.data.get("shard_dir")
-    candidates = []
-    if shard_dir:
-        path = Path(shard_dir).expanduser()
-        candidates = [path] if path.is_absolute() else [path, ckpt.folder / path]
-    for path in candidates:
-        try:
-            train = read_manifest(path)["splits"]["train"]
-        except Exception as exc:  # missing folder, incomplete manifest, no train split
-            tried.append(f"{path} ({type(exc).__name__})")
-            continue
-        if train.get("seconds") and train.get("tokens"):
-            return float(train["tokens"]) / float(train["seconds"]), f"{path}/manifest.json splits.train"
-        tried.append(f"{path} (no train seconds)")
-    train = (ckpt.data.get("splits") or {}).get("train") or {}
-    if train.get("seconds") and train.get("tokens"):
-        return float(train["tokens"]) / float(train["seconds"]), f"{ckpt.folder}/data.json splits.train"
+    """Train-split tokens per second, from the shards' manifest (or, without the shards, the same
+    figures the checkpoint's data.json kept): what a tokenizer whose rate depends on the data
+    (MIDI) converts seconds with."""
+    try:
+        manifest = ShardManifest.read(ckpt.shard_folder(check=False))
+    except (ArtifactError, FileNotFoundError) as exc:  # no shards here, an unreadable or unfinished manifest
+        tried = f"the shards ({exc})"
+    else:
+        if manifest.train_tokens_per_second:
+            return manifest.train_tokens_per_second, f"{manifest.path} splits.train"
+        tried = f"{manifest.path} (no train seconds)"
+    rate = ckpt.trained_on.tokens_per_second("train")
+    if rate:
+        return rate, f"{ckpt.files.data_path} splits.train"
     raise GenerationError(f"checkpoint {ckpt.folder}: cannot convert seconds to {ckpt.tokenizer.domain} tokens: no "
-                          "train-split tokens "
-                          f"and seconds found (tried {', '.join(tried) or 'no shard_dir'} and data.json); "
+                          f"train-split tokens and seconds found (tried {tried} and {ckpt.files.data_path}); "
                           "give --tokens instead")
 
 
