@@ -110,12 +110,16 @@ class FolderWriter(L.Callback):
         self.saved_step, self.saved_at = -1, time.monotonic()
 
     def write(self, trainer: L.Trainer, lit: LitGPT) -> None:
-        trainer.save_checkpoint(self.folder.trainer_state_path)
+        """The checkpoint folder first, then the trainer state: once a trainer state exists, the folder
+        holds the weights and description of its step (or of a later one, if a kill came in between)."""
         for logger in trainer.loggers:  # rows logged so far reach the merged curve with this save
             logger.save()
+        if trainer.is_global_zero:
+            self._write_folder(trainer, lit)
+        trainer.save_checkpoint(self.folder.trainer_state_path)
         self.saved_step, self.saved_at = trainer.global_step, time.monotonic()
-        if not trainer.is_global_zero:
-            return
+
+    def _write_folder(self, trainer: L.Trainer, lit: LitGPT) -> None:
         step = trainer.global_step
         hparams = {"train": lit.settings, "step": step, "finished": step >= self.max_steps,
                    "parameters": lit.model.num_params(), "flops_per_token": lit.flops_per_token,
