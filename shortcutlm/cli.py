@@ -15,7 +15,7 @@ from shortcutlm.errors import UserError
 from shortcutlm.stopping import Interrupted
 
 COMMANDS: dict[str, tuple[str, str]] = {
-    "prepare": ("shortcutlm.datasets.prepare", "turn a dataset into token shards + manifest.json"),
+    "prepare": ("shortcutlm.datasets.prepare", "turn a dataset into token shards and their manifest"),
     "train": ("shortcutlm.training", "train a model from a recipe"),
     "evaluate": ("shortcutlm.evaluation", "next-token loss per domain for one or more checkpoints"),
     "generate": ("shortcutlm.generation", "continue a prompt file or sample from a checkpoint"),

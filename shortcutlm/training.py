@@ -27,8 +27,8 @@ from shortcutlm.artifacts.checkpoint import (LOGS, TENSORBOARD, CheckpointData, 
 from shortcutlm.artifacts.manifest import MANIFEST, ShardManifest
 from shortcutlm.cleanup import removed_if_failed
 from shortcutlm.config_schema import ConfigError
-from shortcutlm.datasets.loader import eval_batches, read_manifest, train_batches
-from shortcutlm.models.lightning import LitGPT, ignored_ids
+from shortcutlm.datasets.loader import eval_batches, train_batches
+from shortcutlm.models.lightning import LitGPT
 from shortcutlm.peak import machine_peak_flops, precision_dtype
 from shortcutlm.quiet import quiet_training_output
 from shortcutlm.recipe import Recipe, TrainSettings, load_recipe
@@ -253,10 +253,10 @@ def train(recipe: Recipe, variant: str, data_dir: str | Path, out: str | Path, p
     quiet_training_output()
     data_dir, out = Path(data_dir), Path(out)
     s = recipe.train
-    manifest = read_manifest(data_dir)
+    shards = ShardManifest.read(data_dir)
+    manifest = shards.raw
     run_checks.check_tokenizer_matches(recipe, data_dir, manifest)
-    tok = manifest["tokenizer"]
-    config = recipe.model_config(variant, tok["vocab_size"], tok["n_streams"])
+    config = recipe.model_config(variant, shards.vocab_size, shards.tokenizer.n_streams)
     run_checks.check_block_fits(recipe, variant, config.block_size, data_dir, manifest)
     run_checks.check_strategy(s.accelerator, s.strategy, torch.cuda.is_available())
     if fresh and out.exists():  # only once the new run is known to be valid
@@ -267,25 +267,24 @@ def train(recipe: Recipe, variant: str, data_dir: str | Path, out: str | Path, p
         return out
     start_over_if_partial(out)
     with removed_if_failed(out, lambda top: CheckpointFolder(out).has_trainer_state):  # keep only resumable state
-        return _fit(recipe, variant, data_dir, out, s, config, manifest, progress, stop_after, callbacks)
+        return _fit(recipe, variant, data_dir, out, s, config, shards, progress, stop_after, callbacks)
 
 
 def _fit(recipe: Recipe, variant: str, data_dir: Path, out: Path, s: TrainSettings, config: Any,
-         manifest: dict[str, Any], progress: bool, stop_after: int | None,
+         shards: ShardManifest, progress: bool, stop_after: int | None,
          callbacks: list[L.Callback] | None) -> Path:
     """Build the Lightning trainer for a checked run and fit (or resume) it."""
-    tok = manifest["tokenizer"]
     peak = measured_peak(s, s.accelerator)  # before seeding: a measurement must not move the model's init
     L.seed_everything(s.seed, workers=True, verbose=False)
-    lit = LitGPT(config, asdict(s), ignored_ids(tok["special_ids"]), peak)
+    lit = LitGPT(config, asdict(s), shards.ignored_ids, peak)
     out.mkdir(parents=True, exist_ok=True)
     sitting = CheckpointFolder(out).sittings  # each resumed sitting logs apart
     csv_logger = CSVLogger(out, name=LOGS, version=sitting)
     loggers = [csv_logger, TensorBoardLogger(out, name=TENSORBOARD, version=sitting)]
-    has_valid = manifest["splits"].get("valid", {}).get("tokens", 0) > 0
+    has_valid = shards.has_split("valid")
     record = {**recipe.to_dict(), "variant": variant}
     with StopRequest() as stop:
-        writer = FolderWriter(out, record, data_dir, manifest, s, Path(csv_logger.log_dir), stop,
+        writer = FolderWriter(out, record, data_dir, shards.raw, s, Path(csv_logger.log_dir), stop,
                               stop_after if stop_after and stop_after < s.max_steps else None)
         trainer = L.Trainer(
             max_steps=s.max_steps, max_epochs=-1,

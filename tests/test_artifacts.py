@@ -37,11 +37,6 @@ OWNED_NAMES = ("model.pt", "hparams.json", "model_config.json", "data.json", "ma
                "metrics.csv", "recipe.yaml", "ablation.json", "error.json", "eval.json", "step_timing.json",
                "ablation_cache.json")
 
-# Modules still being moved onto the layer in this issue by their owners (the CLI's command list
-# names manifest.json). A listed module that still names a file or writes one by hand is an expected
-# failure; one that no longer does passes. Empty this set once they are done.
-PENDING = {"shortcutlm/cli.py"}
-
 # Writes that rename a temporary file themselves, and why they are not artifacts.
 OWN_WRITERS = {
     # Shards are streamed into a tar document by document (webdataset's TarWriter), fsynced and
@@ -92,8 +87,6 @@ def own_renames(tree: ast.AST) -> list[tuple[int, str]]:
 def test_only_the_artifact_layer_names_its_files(module):
     tree = ast.parse((PACKAGE.parent / module).read_text(encoding="utf-8"))
     named = [f"line {line}: {name}" for line, text in code_strings(tree) for name in OWNED_NAMES if name in text]
-    if named and module in PENDING:
-        pytest.xfail(f"{module} still names {', '.join(named)} (being moved onto the artifact layer)")
     assert not named, f"{module} names artifact files itself ({'; '.join(named)}): use shortcutlm.artifacts"
 
 
@@ -104,8 +97,6 @@ def test_every_artifact_writer_goes_through_the_layer(module):
     if module in OWN_WRITERS:
         assert writes, f"{module} no longer writes files itself: drop it from OWN_WRITERS"
         return
-    if writes and module in PENDING:
-        pytest.xfail(f"{module} still writes {', '.join(writes)} by hand (being moved onto the artifact layer)")
     assert not writes, (f"{module} writes files by hand ({'; '.join(writes)}): use shortcutlm.artifacts.files "
                         "(or, for something that is not an artifact, add it to OWN_WRITERS saying why)")
 
