@@ -168,7 +168,7 @@ def test_codec_equals_encodecs_own_model_bit_for_bit():
     import torch.nn.functional as F
     from encodec import EncodecModel
 
-    from shortcutlm.tokenizers.acoustic import reflect_pad
+    from shortcutlm.tokenizers.encodec_fast import reflect_pad
 
     x = torch.randn(2, 3, 40)
     for left in range(8):
@@ -187,7 +187,7 @@ def test_fast_elu_matches_torch_elu(codec_folder, audio_files):
     """The fast ELU changes the encoder's latents only at float rounding level (and the fingerprint)."""
     import torch
 
-    from shortcutlm.tokenizers.acoustic import FastELU
+    from shortcutlm.tokenizers.encodec_fast import FastELU
 
     x = torch.linspace(-30, 30, 200001)
     assert torch.allclose(FastELU()(x), torch.nn.functional.elu(x), rtol=0, atol=1e-7)

@@ -109,7 +109,7 @@ def test_bad_files_are_errors_naming_the_file(remi, midi_files, case, match):
 
 
 def test_truncation_found_in_the_chunk_structure(midi_files):
-    from shortcutlm.tokenizers.midi import midi_structure_problem
+    from shortcutlm.tokenizers.scores import midi_structure_problem
 
     whole = midi_files["grid"].read_bytes()
     assert midi_structure_problem(whole) is None
