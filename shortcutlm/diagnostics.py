@@ -48,7 +48,6 @@ from __future__ import annotations
 
 import argparse
 import math
-import sys
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -56,10 +55,11 @@ import numpy as np
 import torch
 
 from shortcutlm.artifacts.files import jsonable, write_json
-from shortcutlm.artifacts.checkpoint import DATA, Checkpoint, CheckpointError, load_folder
+from shortcutlm.artifacts.checkpoint import DATA, Checkpoint, checkpoint_labels, load_folder
 from shortcutlm.artifacts.manifest import ShardManifest
 from shortcutlm.datasets.loader import eval_batches
 from shortcutlm.devices import resolve_device
+from shortcutlm.errors import UserError
 from shortcutlm.models import GPT
 from shortcutlm.diagnostic_plots import DEPTH_MAP_COLORBAR, write_plots
 from shortcutlm.plots import plot_heatmap
@@ -82,6 +82,11 @@ DEFINITIONS = {
     "shortcut.depth_map": "token x depth attention of the shortcut, mean over heads, first window (rows sum to 1)",
     "shortcut.depth_weights": "depth_map averaged over tokens and windows",
 }
+
+
+
+class DiagnosticsError(UserError, ValueError):
+    """Diagnostics cannot run as asked (no tokens, bad window count or labels); the message says why."""
 
 
 def depth_labels(model: GPT) -> list[str]:
@@ -109,7 +114,7 @@ def validation_window(data_dir: str | Path, block_size: int, split: str = "valid
             continue
         if batch is not None:
             return batch
-    raise ValueError(f"{data_dir}: no split has any tokens to diagnose")
+    raise DiagnosticsError(f"{data_dir}: no split has any tokens to diagnose")
 
 
 def validation_windows(data_dir: str | Path, block_size: int, count: int = 4, split: str = "valid",
@@ -120,7 +125,7 @@ def validation_windows(data_dir: str | Path, block_size: int, count: int = 4, sp
     ``count`` on a short split; if no window is free of padding, the first is cut before it.
     """
     if count < 1:
-        raise ValueError(f"windows must be >= 1, got {count}")
+        raise DiagnosticsError(f"windows must be >= 1, got {count}")
     for name in _splits(split):
         full: list[torch.Tensor] = []
         partial: torch.Tensor | None = None
@@ -144,7 +149,7 @@ def validation_windows(data_dir: str | Path, block_size: int, count: int = 4, sp
             return torch.stack(full), name
         if partial is not None and partial.shape[-1] >= 2:
             return partial[None], name
-    raise ValueError(f"{data_dir}: no split has any tokens to diagnose")
+    raise DiagnosticsError(f"{data_dir}: no split has any tokens to diagnose")
 
 
 # ------------------------------------------------------------------------------------ pure measures
@@ -218,7 +223,7 @@ def diagnose_model(model: GPT, ids: torch.Tensor) -> dict[str, Any]:
     cfg = model.config
     model.eval()
     if ids.dim() != (2 if cfg.n_streams == 1 else 3):
-        raise ValueError(f"expected ids [windows, {'' if cfg.n_streams == 1 else 'streams, '}time], "
+        raise DiagnosticsError(f"expected ids [windows, {'' if cfg.n_streams == 1 else 'streams, '}time], "
                          f"got {tuple(ids.shape)}")
     device = next(model.parameters()).device
     n, t, layers = ids.shape[0], ids.shape[-1], cfg.n_layer
@@ -290,9 +295,7 @@ def shortcut_depth_weights(model: GPT, window: torch.Tensor) -> np.ndarray | Non
 # ------------------------------------------------------------------------------------ checkpoints
 
 def _shard_dir(ck: Checkpoint, data_dir: str | Path | None) -> Path:
-    from shortcutlm.evaluation import resolve_shard_dir
-
-    path = resolve_shard_dir(ck, data_dir)
+    path = ck.shard_folder(data_dir, check=False)
     ck.tokenizer.check_fingerprint(ShardManifest.read(path).fingerprint, f"shard folder {path}")
     return path
 
@@ -310,7 +313,7 @@ def diagnose_checkpoint(folder: str | Path, data_dir: str | Path | None = None, 
     cfg = ck.model.config
     shards = _shard_dir(ck, data_dir)
     if tokens is not None and tokens < 1:
-        raise ValueError(f"tokens must be >= 1, got {tokens}")
+        raise DiagnosticsError(f"tokens must be >= 1, got {tokens}")
     length = min(tokens or MAX_TOKENS, cfg.block_size)
     sample, used = validation_windows(shards, length, windows, split, ck.tokenizer.pad_id)
     ids = sample[..., :-1]
@@ -330,9 +333,7 @@ def diagnose_checkpoint(folder: str | Path, data_dir: str | Path | None = None, 
 
 
 def _unique_labels(results: list[dict[str, Any]]) -> list[str]:
-    """The checkpoints' names as evaluation's tables give them (:func:`shortcutlm.evaluation.checkpoint_labels`)."""
-    from shortcutlm.evaluation import checkpoint_labels
-
+    """The checkpoints' names as evaluation's tables give them (:func:`checkpoint_labels`)."""
     return checkpoint_labels([r["name"] for r in results], [r["checkpoint"] for r in results])
 
 
@@ -358,13 +359,13 @@ def compare_checkpoints(folders: Sequence[str | Path] | str | Path, out_dir: str
         folders = [folders]
     folders = list(folders)
     if not folders:
-        raise ValueError("no checkpoint to diagnose")
+        raise DiagnosticsError("no checkpoint to diagnose")
     if isinstance(labels, str):
         labels = [s.strip() for s in labels.split(",")]
     if labels is not None and len(labels) != len(folders):
-        raise ValueError(f"{len(labels)} labels for {len(folders)} checkpoints")
+        raise DiagnosticsError(f"{len(labels)} labels for {len(folders)} checkpoints")
     if labels is not None and len(set(labels)) != len(labels):
-        raise ValueError(f"labels must be distinct, got {list(labels)}")
+        raise DiagnosticsError(f"labels must be distinct, got {list(labels)}")
     found = [diagnose_checkpoint(f, data_dir, **kw) for f in folders]
     names = list(labels) if labels is not None else _unique_labels(found)
     results = {label: jsonable(r) for label, r in zip(names, found)}
@@ -427,15 +428,9 @@ def _summary(results: dict[str, dict[str, Any]]) -> list[str]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from shortcutlm.evaluation import EvaluationError
-    from shortcutlm.tokenizers import FingerprintMismatch
-
-    try:
-        done = compare_checkpoints(args.checkpoints, args.out, args.data, args.labels, split=args.split,
-                                   windows=args.windows, tokens=args.tokens, device=args.device)
-    except (CheckpointError, EvaluationError, FingerprintMismatch, ValueError, FileNotFoundError) as exc:
-        print(f"shortcutlm diagnose: error: {exc}", file=sys.stderr)
-        return 2
+    # A mistake (a checkpoint, shard folder or setting) is a UserError: the command line prints it in one line.
+    done = compare_checkpoints(args.checkpoints, args.out, args.data, args.labels, split=args.split,
+                               windows=args.windows, tokens=args.tokens, device=args.device)
     print("\n".join(_summary(done["results"])))
     print(f"wrote {done['json']}")
     for path in done["plots"].values():

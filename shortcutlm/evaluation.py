@@ -62,14 +62,15 @@ from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 import torch
-import torch.nn.functional as F
 
-from shortcutlm.artifacts.checkpoint import DATA, Checkpoint, CheckpointError, ShardFolderError, load_folder
-from shortcutlm.artifacts.manifest import ShardError, ShardManifest
+from shortcutlm.artifacts.checkpoint import (DATA, Checkpoint, ShardFolderError, checkpoint_labels,
+                                          load_folder)
+from shortcutlm.artifacts.manifest import ShardManifest
 from shortcutlm.artifacts.results import write_results
 from shortcutlm.datasets.loader import eval_batches
 from shortcutlm.devices import resolve_device
 from shortcutlm.errors import UserError
+from shortcutlm.models import token_losses
 from shortcutlm.tokenizers import FingerprintMismatch
 
 LN2 = math.log(2.0)
@@ -84,27 +85,6 @@ class EvaluationError(UserError, ValueError):
 
 
 # ------------------------------------------------------------------------------------ helpers
-
-def checkpoint_labels(names: Sequence[str], folders: Sequence[str | Path]) -> list[str]:
-    """How every table and plot (evaluation, diagnostics) names checkpoints.
-
-    A checkpoint goes by its name (``Checkpoint.name``: its recipe variant, else its folder's
-    name). Checkpoints that share a name are told apart by their folder's name,
-    ``baseline (run_a)``; by their whole folder path where folder names repeat too; and by a
-    number where one folder is given twice.
-    """
-    names, folders = [str(n) for n in names], [Path(f) for f in folders]
-    labels = [f"{n} ({f.name})" if names.count(n) > 1 else n for n, f in zip(names, folders)]
-    labels = [f"{n} ({f})" if labels.count(label) > 1 else label for n, f, label in zip(names, folders, labels)]
-    seen: dict[str, int] = {}
-    numbered = []
-    for label in labels:
-        if labels.count(label) > 1:
-            seen[label] = seen.get(label, 0) + 1
-            label = f"{label} #{seen[label]}"
-        numbered.append(label)
-    return numbered
-
 
 def _perplexity(nats: float) -> float:
     return math.exp(nats) if nats < 700 else float("inf")
@@ -190,25 +170,6 @@ def _autocast(precision: str, device: torch.device, ckpt: Checkpoint):
     if precision == "bf16" and device.type != "cuda":
         return torch.autocast("cpu", dtype=torch.bfloat16), "bf16-autocast"
     return nullcontext(), "float32"
-
-
-def token_losses(logits: torch.Tensor, targets: torch.Tensor,
-                 ignored: torch.Tensor | list[int] | tuple[int, ...] = ()) -> tuple[torch.Tensor, torch.Tensor]:
-    """Next-token cross-entropy of every target, and where targets count.
-
-    ``logits`` ``[B, T, V]`` or ``[B, K, T, V]``, ``targets`` ``[B, T]`` or ``[B, K, T]``.
-    Returns ``(nats, valid)``, both ``[B, K, T]`` (K = 1 for one stream): nats in float64
-    (computed from float32 logits), ``valid`` False where the target is one of ``ignored``
-    (padding, the delay layout's ``empty``). A loss over a split is ``nats[valid].sum()`` over
-    ``valid.sum()``, summed over every batch: the exact token-weighted mean.
-    """
-    if logits.dim() == 3:  # one stream: [B, T, V] -> [B, 1, T, V]
-        logits, targets = logits.unsqueeze(1), targets.unsqueeze(1)
-    b, k, t, v = logits.shape
-    nats = F.cross_entropy(logits.float().reshape(-1, v), targets.reshape(-1),
-                           reduction="none").view(b, k, t).double()
-    ignored = torch.as_tensor(ignored, dtype=targets.dtype, device=targets.device)
-    return nats, ~torch.isin(targets, ignored)
 
 
 # ------------------------------------------------------------------------------------ the pass
@@ -457,12 +418,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    try:
-        results = evaluate_checkpoints(args.checkpoints, args.data, args.split, args.batch_size, args.max_batches,
-                                       resolve_device(args.device), args.precision, progress=not args.no_progress)
-    except (EvaluationError, CheckpointError, FingerprintMismatch, ShardError, FileNotFoundError) as exc:
-        print(f"shortcutlm evaluate: error: {exc}", file=sys.stderr)
-        return 2
+    # Mistakes (checkpoints, shards, split) are UserErrors: the command line prints them in one line.
+    results = evaluate_checkpoints(args.checkpoints, args.data, args.split, args.batch_size, args.max_batches,
+                                   resolve_device(args.device), args.precision, progress=not args.no_progress)
     md, js = write_report(results, args.out)
     print(md.read_text(encoding="utf-8"))
     print(f"wrote {md} and {js}")

@@ -63,7 +63,6 @@ from __future__ import annotations
 import argparse
 import math
 import random
-import sys
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -72,7 +71,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from shortcutlm.artifacts.checkpoint import Checkpoint, CheckpointError, load_folder
+from shortcutlm.artifacts.checkpoint import Checkpoint, load_folder
 from shortcutlm.artifacts.files import ArtifactError
 from shortcutlm.artifacts.manifest import ShardManifest
 from shortcutlm.artifacts.sidecar import read_sidecar, write_sidecar
@@ -80,7 +79,7 @@ from shortcutlm.devices import resolve_device
 from shortcutlm.documents import Document
 from shortcutlm.errors import UserError
 from shortcutlm.models import SamplingSettings, generate, trim_at_stop
-from shortcutlm.tokenizers import FingerprintMismatch, Tokenizer, TokenizerError
+from shortcutlm.tokenizers import Tokenizer, TokenizerError
 
 __all__ = ["GenerationError", "PromptError", "generate_from_checkpoint", "configure", "run"]
 
@@ -381,23 +380,15 @@ def run(args: argparse.Namespace) -> int:
     device = resolve_device(args.device)
     try:
         settings = SamplingSettings(args.temperature, args.top_k, args.top_p, args.seed)
-    except ValueError as exc:  # SamplingSettings validates its fields
-        print(f"shortcutlm generate: error: {exc}", file=sys.stderr)
-        return 2
-    try:
-        paths = generate_from_checkpoint(args.checkpoint, args.out, args.prompt, args.tokens, args.seconds,
-                                         settings, args.samples, device, args.soundfont, not args.no_render,
-                                         stop_at_eos=args.stop_at_eos)
-    except (GenerationError, CheckpointError, FingerprintMismatch, TokenizerError) as exc:
-        print(f"shortcutlm generate: error: {exc}", file=sys.stderr)
-        return 2
+    except ValueError as exc:  # the model package validates its own fields (it raises no UserError)
+        raise GenerationError(str(exc)) from exc
+    # Other mistakes (checkpoint, prompt, length) are UserErrors: the command line prints them in one line.
+    paths = generate_from_checkpoint(args.checkpoint, args.out, args.prompt, args.tokens, args.seconds,
+                                     settings, args.samples, device, args.soundfont, not args.no_render,
+                                     stop_at_eos=args.stop_at_eos)
     for path in paths:
         print(path)
-        try:
-            sidecar = read_sidecar(path)
-        except ArtifactError as exc:
-            print(f"shortcutlm generate: error: {exc}", file=sys.stderr)
-            return 2
+        sidecar = read_sidecar(path)
         if sidecar["stopped_at_eos"]:
             print(f"  stopped at end-of-sequence after {sidecar['tokens_generated']} of {sidecar['max_new_tokens']} "
                   "tokens; run without --stop-at-eos for the full length")

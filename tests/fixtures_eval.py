@@ -1,8 +1,8 @@
 """Session data for the evaluation and generation tests: real tokenizers, tiny prepared shards,
 tiny checkpoints (a few optimizer steps, so losses differ between ids) — made once per session.
 
-Import the fixtures you use into the test module (``from tests.fixtures_eval import text_data``).
-Each one is memoised at module level, so two test modules importing it still build it once.
+``tests/conftest.py`` registers this module as a plugin, so every test module can ask for these
+fixtures by name; each is session-scoped and built once, on one torch thread.
 """
 from __future__ import annotations
 

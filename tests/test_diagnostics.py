@@ -19,8 +19,7 @@ from shortcutlm.diagnostics import (DEPTH_MAP_COLORBAR, compare_checkpoints, dep
                                     uniform_causal_entropy, uniform_causal_first_attention, validation_windows)
 from shortcutlm.models import GPT, GPTConfig
 from shortcutlm.tokenizers import load_tokenizer
-from tests.fixtures_eval import (_once, eval_root, make_checkpoint, text_ckpt,  # noqa: F401
-                                 text_ckpt_b, text_data)
+from tests.fixtures_eval import _once, make_checkpoint
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -13,9 +13,6 @@ from shortcutlm.cli import main as cli_main
 from shortcutlm.datasets.loader import eval_batches, read_manifest
 from shortcutlm.evaluation import EvaluationError, evaluate_checkpoint, evaluate_checkpoints, write_report
 from shortcutlm.tokenizers import FingerprintMismatch
-from tests.fixtures_eval import (audio_delay_ckpt, audio_delay_data, audio_flatten_ckpt,  # noqa: F401
-                                 audio_flatten_data, eval_root, midi_ckpt, midi_data, text_ckpt,
-                                 text_ckpt_b, text_data, text_data_other_vocab, wav_folder)
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -13,9 +13,7 @@ from shortcutlm.cli import main as cli_main
 from shortcutlm.datasets.loader import read_manifest
 from shortcutlm.generation import GenerationError, PromptError, generate_from_checkpoint
 from shortcutlm.models import SamplingSettings, generate
-from tests.fixtures_eval import (AUDIO_RATE, BLOCK, WORDS, audio_delay_ckpt, audio_delay_data,  # noqa: F401
-                                 audio_flatten_ckpt, audio_flatten_data, eval_root, midi_ckpt, midi_data, midi_files,
-                                 text_ckpt, text_data, tone, wav_folder)
+from tests.fixtures_eval import AUDIO_RATE, BLOCK, WORDS, tone
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

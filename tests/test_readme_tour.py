@@ -7,7 +7,6 @@ a folder laid out like a clone; only size settings are added, never a changed pa
 from __future__ import annotations
 
 import json
-import os
 import re
 import shlex
 from pathlib import Path

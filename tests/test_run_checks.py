@@ -1,7 +1,6 @@
 """Mismatches refused up front, in one line: recipe against shards, and unreadable checkpoint files."""
 from __future__ import annotations
 
-import json
 import shutil
 from pathlib import Path
 

@@ -27,7 +27,7 @@ import shutil
 import struct
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Sequence
 
 import torch
 import yaml
@@ -449,3 +449,24 @@ def load_folder(folder: str | Path, device: str | torch.device = "cpu") -> Check
     data = files._json(DATA, "data record")
     tokenizer.check_fingerprint(data.get("fingerprint"), f"checkpoint {folder}")
     return Checkpoint(folder, model, tokenizer, files.recipe(), files.hparams(), data)
+
+
+def checkpoint_labels(names: Sequence[str], folders: Sequence[str | Path]) -> list[str]:
+    """How every table and plot (evaluation, diagnostics) names checkpoints.
+
+    A checkpoint goes by its name (``Checkpoint.name``: its recipe variant, else its folder's
+    name). Checkpoints that share a name are told apart by their folder's name,
+    ``baseline (run_a)``; by their whole folder path where folder names repeat too; and by a
+    number where one folder is given twice.
+    """
+    names, folders = [str(n) for n in names], [Path(f) for f in folders]
+    labels = [f"{n} ({f.name})" if names.count(n) > 1 else n for n, f in zip(names, folders)]
+    labels = [f"{n} ({f})" if labels.count(label) > 1 else label for n, f, label in zip(names, folders, labels)]
+    seen: dict[str, int] = {}
+    numbered = []
+    for label in labels:
+        if labels.count(label) > 1:
+            seen[label] = seen.get(label, 0) + 1
+            label = f"{label} #{seen[label]}"
+        numbered.append(label)
+    return numbered

@@ -1,7 +1,8 @@
 """The shared decoder and its sampling loop."""
 from shortcutlm.models.config import GPTConfig
-from shortcutlm.models.gpt import GPT, ForwardOutput, KVCache, flops_per_token, stream_losses, weight_decay_groups
+from shortcutlm.models.gpt import (GPT, ForwardOutput, KVCache, flops_per_token, stream_losses, token_losses,
+                                   weight_decay_groups)
 from shortcutlm.models.sampling import SamplingSettings, generate, trim_at_stop
 
-__all__ = ["GPT", "weight_decay_groups", "GPTConfig", "ForwardOutput", "KVCache", "SamplingSettings", "flops_per_token", "generate",
-           "stream_losses", "trim_at_stop"]
+__all__ = ["GPT", "GPTConfig", "ForwardOutput", "KVCache", "SamplingSettings", "flops_per_token", "generate",
+           "stream_losses", "token_losses", "trim_at_stop", "weight_decay_groups"]

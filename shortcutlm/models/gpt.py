@@ -448,6 +448,25 @@ def stream_losses(logits: Tensor, targets: Tensor, ignore_index: int = -100) -> 
     return (flat * valid).sum(dim=(0, 2)) / valid.sum(dim=(0, 2)).clamp_min(1.0)
 
 
+
+def token_losses(logits: torch.Tensor, targets: torch.Tensor,
+                 ignored: torch.Tensor | list[int] | tuple[int, ...] = ()) -> tuple[torch.Tensor, torch.Tensor]:
+    """Next-token cross-entropy of every target, and where targets count.
+
+    ``logits`` ``[B, T, V]`` or ``[B, K, T, V]``, ``targets`` ``[B, T]`` or ``[B, K, T]``.
+    Returns ``(nats, valid)``, both ``[B, K, T]`` (K = 1 for one stream): nats in float64
+    (computed from float32 logits), ``valid`` False where the target is one of ``ignored``
+    (padding, the delay layout's ``empty``). A loss over a split is ``nats[valid].sum()`` over
+    ``valid.sum()``, summed over every batch: the exact token-weighted mean.
+    """
+    if logits.dim() == 3:  # one stream: [B, T, V] -> [B, 1, T, V]
+        logits, targets = logits.unsqueeze(1), targets.unsqueeze(1)
+    b, k, t, v = logits.shape
+    nats = F.cross_entropy(logits.float().reshape(-1, v), targets.reshape(-1),
+                           reduction="none").view(b, k, t).double()
+    ignored = torch.as_tensor(ignored, dtype=targets.dtype, device=targets.device)
+    return nats, ~torch.isin(targets, ignored)
+
 def flops_per_token(config: GPTConfig, n_params: int) -> float:
     """Training FLOPs per token (forward + backward): nanoGPT's 6N + 12·L·d·T, plus the shortcut's
     attention: 12·S·d_s for ``depth`` (S keys per query) and 12·S·d_s·T for ``full``."""

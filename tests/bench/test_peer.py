@@ -2,7 +2,6 @@
 timed steps and generation run, the loss pass gives finite losses, the JSON has its fields."""
 from __future__ import annotations
 
-import argparse
 import json
 import math
 from dataclasses import replace

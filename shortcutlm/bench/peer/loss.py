@@ -43,7 +43,7 @@ def validation_loss(model: nn.Module, shard_dir: Path, block: int, batch: int, i
     """Mean next-token loss over every valid target of the exact validation pass (the sum over
     their count, as ``shortcutlm evaluate`` computes it)."""
     from shortcutlm.datasets.loader import eval_batches
-    from shortcutlm.evaluation import token_losses
+    from shortcutlm.models import token_losses
 
     was_training = model.training
     model.eval()
