@@ -1,7 +1,7 @@
 """Which torch device a command runs on: ``auto`` means the GPU when there is one.
 
-One rule for every command (generate, evaluate, diagnose, bench), so ``--device auto`` means the
-same everywhere.
+One rule for every command (generate, evaluate, diagnose, bench, and training's ``accelerator``),
+so ``auto`` means the same everywhere.
 """
 from __future__ import annotations
 
@@ -20,3 +20,9 @@ def resolve_device(name: str | torch.device | None = AUTO) -> str | torch.device
     if name is None or (isinstance(name, str) and name == AUTO):
         return default_device()
     return name
+
+
+def accelerator_device(accelerator: str) -> str:
+    """The torch device a Lightning ``accelerator`` setting trains on: the GPU unless it says
+    ``cpu`` or none is visible (a ``gpu`` setting without one is refused before training)."""
+    return "cpu" if accelerator == "cpu" else default_device()

@@ -28,6 +28,7 @@ from shortcutlm.artifacts.manifest import MANIFEST, ShardManifest
 from shortcutlm.cleanup import removed_if_failed
 from shortcutlm.config_schema import ConfigError
 from shortcutlm.datasets.loader import eval_batches, train_batches
+from shortcutlm.devices import accelerator_device
 from shortcutlm.models.lightning import LitGPT
 from shortcutlm.peak import machine_peak_flops, precision_dtype
 from shortcutlm.quiet import quiet_training_output
@@ -42,8 +43,7 @@ def measured_peak(settings: TrainSettings, accelerator: str) -> float:
     measured and cached per machine by :mod:`shortcutlm.peak`."""
     if settings.peak_flops:
         return settings.peak_flops
-    device = "cuda" if accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available()) else "cpu"
-    return machine_peak_flops(device, precision_dtype(settings.precision))
+    return machine_peak_flops(accelerator_device(accelerator), precision_dtype(settings.precision))
 
 
 class FromPosition:

@@ -19,16 +19,13 @@ from shortcutlm.ablation.summary import summarize
 from shortcutlm.ablation.timing import apply_step_timing, side_by_side_timing
 from shortcutlm.artifacts.ablation import read_run_error
 from shortcutlm.artifacts.manifest import ShardManifest
+from shortcutlm.devices import accelerator_device
 from shortcutlm.recipe import Recipe
 
 
 def device(recipe: Recipe) -> str:
-    """Where the ablation evaluates: the GPU when the recipe trains on one and one is there."""
-    import torch
-
-    if recipe.train.accelerator == "cpu" or not torch.cuda.is_available():
-        return "cpu"
-    return "cuda"
+    """Where the ablation evaluates: where the recipe trains."""
+    return accelerator_device(recipe.train.accelerator)
 
 
 def collect_results(ablation: Ablation, out: Path, command: str, failures: dict[str, str] | None = None,
