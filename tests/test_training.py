@@ -144,3 +144,25 @@ def test_two_process_ddp_matches_one_process_at_the_same_global_batch(tmp_path, 
     a, b = weights(single), weights(ddp)
     for key in a:
         torch.testing.assert_close(b[key], a[key], atol=1e-4, rtol=1e-3)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("variant", [{}, {"value_residual": "svformer"},
+                                     {"value_residual": "resformer", "shortcut": "full"},
+                                     {"value_residual": "learnable", "shortcut": "depth"}],
+                         ids=["plain", "svformer", "full+resformer", "depth+learnable"])
+def test_compiled_training_matches_eager(tmp_path, text8_shards, variant):
+    """``train.compile: true`` (every ``paper`` preset sets it) trains through torch.compile's CPU
+    backend to the eager run's losses; dropout is off so both draw no random numbers."""
+    data = tiny_recipe_dict({"name": "text8", "path": "unused"}, {"domain": "text"}, max_steps=3, val_every=3)
+    data["variants"] = {"v": variant}
+    eager = train(from_dict(Recipe, data), "v", text8_shards, tmp_path / "eager", progress=False)
+    data["train"]["compile"] = True
+    compiled = train(from_dict(Recipe, data), "v", text8_shards, tmp_path / "compiled", progress=False)
+    a, b = curve(eager), curve(compiled)
+    assert a.keys() == b.keys() == {0.0, 1.0, 2.0}
+    for step in a:
+        assert b[step] == pytest.approx(a[step], abs=1e-4)
+    assert curve(compiled, "val/loss") == pytest.approx(curve(eager, "val/loss"), abs=1e-4)
+    for key, tensor in weights(eager).items():
+        torch.testing.assert_close(weights(compiled)[key], tensor, atol=1e-4, rtol=1e-3)
