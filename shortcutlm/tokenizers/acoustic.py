@@ -48,6 +48,7 @@ import torch
 
 from shortcutlm.artifacts.files import write_with
 from shortcutlm.documents import Document
+from shortcutlm.environment import check_torch_pair
 from shortcutlm.tokenizers.codebooks import (CARD, LAYOUTS, build_delay, build_flatten, delay_valid_mask,
                                              revert_delay, revert_flatten)
 from shortcutlm.tokenizers.base import (Encoded, LossGroups, Tokenizer, TokenizerError, TrainingError, TrainRate,
@@ -132,6 +133,9 @@ class AcousticTokenizer(Tokenizer):
 
     # ------------------------------------------------------------------ construction
     def _build_model(self, weights: str, state_dict: dict | None):
+        # encodec imports torchaudio: a torch/torchaudio pair that does not load together fails
+        # here in one line naming the fix, not with an undefined symbol deep in the import.
+        check_torch_pair()
         from encodec import EncodecModel
 
         factory = (EncodecModel.encodec_model_24khz if self.sample_rate == 24000
