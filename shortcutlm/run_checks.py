@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from shortcutlm.artifacts.manifest import ShardManifest, manifest_path
+from shortcutlm.artifacts.manifest import ShardManifest
 from shortcutlm.config_schema import ConfigError
 from shortcutlm.recipe import Recipe
 from shortcutlm.tokenizers.base import read_config
@@ -36,11 +36,10 @@ def _normal(value: Any) -> Any:
     return value
 
 
-def _prepared_settings(data_dir: Path, manifest: dict[str, Any]) -> dict[str, Any]:
+def _prepared_settings(shards: ShardManifest) -> dict[str, Any]:
     """The tokenizer settings the shards were made with: what ``prepare`` was given (the manifest's
     ``tokenizer_settings``), over the saved tokenizer's full config (defaults filled in)."""
     settings: dict[str, Any] = {}
-    shards = ShardManifest(data_dir, manifest)
     try:
         config = read_config(shards.tokenizer_dir).get("config", {})
     except (OSError, ValueError):
@@ -51,21 +50,19 @@ def _prepared_settings(data_dir: Path, manifest: dict[str, Any]) -> dict[str, An
     return settings
 
 
-def check_tokenizer_matches(recipe: Recipe, data_dir: str | Path, manifest: dict[str, Any]) -> None:
+def check_tokenizer_matches(recipe: Recipe, shards: ShardManifest) -> None:
     """The shards must hold the recipe's kind of tokens, made with the settings the recipe states.
 
     Only keys the recipe states are compared, against what ``prepare`` was given or, for a key
     it was not given, the default the saved tokenizer used; a key recorded nowhere (a runtime
     knob such as thread counts) is not compared.
     """
-    data_dir = Path(data_dir)
-    where = manifest_path(data_dir)
-    want = recipe.tokenizer.get("domain")
-    have = ShardManifest(data_dir, manifest).domain
+    data_dir, where = shards.folder, shards.path
+    want, have = recipe.tokenizer.get("domain"), shards.domain
     if want != have:
         raise ConfigError(f"recipe {recipe.name} wants {want} tokens, but {data_dir} holds {have} shards ({where}); "
                           f"{FIX_TOKENIZER}")
-    prepared = _prepared_settings(data_dir, manifest)
+    prepared = _prepared_settings(shards)
     diffs = [(key, value, prepared[key]) for key, value in recipe.tokenizer.items()
              if key != "domain" and key in prepared and _normal(value) != _normal(prepared[key])]
     if diffs:
@@ -75,8 +72,7 @@ def check_tokenizer_matches(recipe: Recipe, data_dir: str | Path, manifest: dict
                           f"prepared with {made} ({where}); {FIX_TOKENIZER}")
 
 
-def check_block_fits(recipe: Recipe, variant: str, block_size: int, data_dir: str | Path,
-                     manifest: dict[str, Any]) -> None:
+def check_block_fits(recipe: Recipe, variant: str, block_size: int, shards: ShardManifest) -> None:
     """A training window must not wrap around the train split.
 
     The loader packs the split as ``EOS d1 EOS d2 EOS …`` (one leading EOS, one after each
@@ -85,12 +81,11 @@ def check_block_fits(recipe: Recipe, variant: str, block_size: int, data_dir: st
     A longer window would repeat the split inside itself (4,096 against 1,057 tokens held it
     four times). The valid split needs no check: evaluation pads its last window.
     """
-    data_dir = Path(data_dir)
-    train = ShardManifest(data_dir, manifest).split("train")
+    data_dir, where = shards.folder, shards.path
+    train = shards.split("train")
     tokens, docs = train.tokens, train.documents
     if tokens + docs >= block_size:
         return
-    where = manifest_path(data_dir)
     key = "model.block_size" if "block_size" not in (recipe.variants.get(variant) or {}) \
         else f"variants.{variant}.block_size"
     fix = f"lower {key} to at most {tokens + docs} (e.g. --set {key}={_round_down(tokens + docs)}), or " \
@@ -114,7 +109,7 @@ def check_strategy(accelerator: str, strategy: str, cuda_available: bool) -> Non
     """Refuse a strategy the accelerator cannot run before Lightning starts (and fails deep inside)."""
     if strategy not in STRATEGIES:
         raise ConfigError(f"train.strategy {strategy!r}: use one of {', '.join(STRATEGIES)}")
-    on_gpu = accelerator in ("gpu", "cuda") or (accelerator == "auto" and cuda_available)
+    on_gpu = accelerator != "cpu" and cuda_available  # the device rule of shortcutlm.devices
     if accelerator in ("gpu", "cuda") and not cuda_available:
         raise ConfigError(f"train.accelerator {accelerator!r}: no CUDA device is visible on this machine; "
                           "use accelerator: cpu (or auto)")

@@ -101,9 +101,9 @@ class FolderWriter(L.Callback):
     stop at the same step even when Ctrl-C or the clock reach them at different moments.
     """
 
-    def __init__(self, out: Path, recipe: dict[str, Any], data_dir: Path, manifest: dict[str, Any],
+    def __init__(self, out: Path, recipe: dict[str, Any], shards: ShardManifest,
                  settings: TrainSettings, csv_dir: Path, stop: StopRequest, stop_after: int | None) -> None:
-        self.out, self.recipe, self.data_dir, self.manifest = out, recipe, data_dir, manifest
+        self.out, self.recipe, self.shards = out, recipe, shards
         self.folder = CheckpointFolder(out)
         self.every_steps, self.every_seconds = settings.ckpt_every, settings.ckpt_minutes * 60
         self.max_steps, self.csv_dir, self.stop, self.stop_after = settings.max_steps, csv_dir, stop, stop_after
@@ -126,8 +126,8 @@ class FolderWriter(L.Callback):
                    "peak_flops": lit.peak_flops, "world_size": trainer.world_size,
                    "tokens_seen": step * lit.settings["accumulate"] * lit.settings["batch_size"]
                    * trainer.world_size * lit.config.block_size}
-        shards = ShardManifest(self.data_dir, self.manifest)
-        save_folder(self.out, lit.model, self.recipe, hparams, shards.tokenizer_dir, CheckpointData.from_manifest(shards))
+        save_folder(self.out, lit.model, self.recipe, hparams, self.shards.tokenizer_dir,
+                    CheckpointData.from_manifest(self.shards))
         merged = merge_metrics(self.folder.sitting_logs())
         if merged is not None:
             self.folder.write_metrics(*merged)
@@ -254,10 +254,9 @@ def train(recipe: Recipe, variant: str, data_dir: str | Path, out: str | Path, p
     data_dir, out = Path(data_dir), Path(out)
     s = recipe.train
     shards = ShardManifest.read(data_dir)
-    manifest = shards.raw
-    run_checks.check_tokenizer_matches(recipe, data_dir, manifest)
+    run_checks.check_tokenizer_matches(recipe, shards)
     config = recipe.model_config(variant, shards.vocab_size, shards.tokenizer.n_streams)
-    run_checks.check_block_fits(recipe, variant, config.block_size, data_dir, manifest)
+    run_checks.check_block_fits(recipe, variant, config.block_size, shards)
     run_checks.check_strategy(s.accelerator, s.strategy, torch.cuda.is_available())
     if fresh and out.exists():  # only once the new run is known to be valid
         shutil.rmtree(out)
@@ -284,7 +283,7 @@ def _fit(recipe: Recipe, variant: str, data_dir: Path, out: Path, s: TrainSettin
     has_valid = shards.has_split("valid")
     record = {**recipe.to_dict(), "variant": variant}
     with StopRequest() as stop:
-        writer = FolderWriter(out, record, data_dir, shards.raw, s, Path(csv_logger.log_dir), stop,
+        writer = FolderWriter(out, record, shards, s, Path(csv_logger.log_dir), stop,
                               stop_after if stop_after and stop_after < s.max_steps else None)
         trainer = L.Trainer(
             max_steps=s.max_steps, max_epochs=-1,

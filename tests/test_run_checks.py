@@ -8,6 +8,7 @@ import pytest
 import torch
 import yaml
 
+from shortcutlm.artifacts.manifest import ShardManifest
 from shortcutlm.checkpoint import TRAINER_STATE, WEIGHTS, CheckpointError, check_trainer_state, load_folder
 from shortcutlm.config_schema import ConfigError, from_dict
 from shortcutlm.datasets.loader import read_manifest
@@ -54,16 +55,16 @@ def test_a_block_longer_than_the_train_split_is_refused(tmp_path, text8_shards):
 def test_the_block_rule_is_the_loaders_packing(text8_shards):
     """One epoch's stream is 1 + tokens + documents long (leading EOS, one EOS per document);
     a window of block_size + 1 fits exactly when tokens + documents >= block_size."""
-    manifest = read_manifest(text8_shards)
-    split = manifest["splits"]["train"]
+    shards = ShardManifest.read(text8_shards)
+    split = shards.raw["splits"]["train"]
     fits = split["tokens"] + split["documents"]
     r = recipe()
-    check_block_fits(r, "baseline", fits, text8_shards, manifest)
+    check_block_fits(r, "baseline", fits, shards)
     with pytest.raises(ConfigError, match=f"model.block_size is {fits + 1}"):
-        check_block_fits(r, "baseline", fits + 1, text8_shards, manifest)
+        check_block_fits(r, "baseline", fits + 1, shards)
     r.variants["long"] = {"block_size": fits + 1}
     with pytest.raises(ConfigError, match="lower variants.long.block_size"):
-        check_block_fits(r, "long", fits + 1, text8_shards, manifest)
+        check_block_fits(r, "long", fits + 1, shards)
 
 
 # ------------------------------------------------------------------------------ tokenizer
@@ -82,12 +83,12 @@ def test_a_recipe_of_another_domain_is_refused(tmp_path, text8_shards):
 def test_tokenizer_settings_the_recipe_states_must_match(tmp_path, text8_shards):
     """The shards were prepared with {"domain": "text", "vocab_size": 300}; the tokenizer filled
     in the other defaults, which its saved config records."""
-    manifest = read_manifest(text8_shards)
+    shards = ShardManifest.read(text8_shards)
     for same in ({"vocab_size": 300}, {"vocab_size": 300.0}, {"character_coverage": 0.9995},
                  {"model_type": "bpe", "byte_fallback": True}, {"num_threads": 8}):
-        check_tokenizer_matches(recipe({"domain": "text", **same}), text8_shards, manifest)
+        check_tokenizer_matches(recipe({"domain": "text", **same}), shards)
     with pytest.raises(ConfigError) as err:
-        check_tokenizer_matches(recipe({"domain": "text", "character_coverage": 1.0}), text8_shards, manifest)
+        check_tokenizer_matches(recipe({"domain": "text", "character_coverage": 1.0}), shards)
     assert "character_coverage=1.0" in one_line(err) and "character_coverage=0.9995" in str(err.value)
     with pytest.raises(ConfigError) as err:
         train(recipe({"domain": "text", "vocab_size": 4000}), "baseline", text8_shards, tmp_path / "run",
