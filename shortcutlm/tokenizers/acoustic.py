@@ -1,35 +1,35 @@
-"""Acoustic tokens: EnCodec codes laid out as token ids (``flatten`` or ``delay``, see codebooks.py).
+"""Acoustic tokens: codec codes laid out as token ids (``flatten`` or ``delay``, see codebooks.py).
 
 Audio of any sample rate / channel count is read with ``soundfile`` (torchaudio's loaders need
 torchcodec, which is absent), downmixed, resampled with ``torchaudio.functional.resample`` and
-encoded with EnCodec at a chosen bandwidth (K codebooks). Weights, setting ``weights``:
+encoded by a codec at a chosen bandwidth (K codebooks of 1024 entries, 75 frames per second at
+24 kHz). Setting ``weights`` picks the codec:
 
-* ``pretrained``: encodec's own download of the published model (needs a network once; then
-  torch.hub's cache);
-* a path to a state dict (e.g. the published ``encodec_24khz-d7cc33bc.th`` fetched by hand, or a
-  ``codec.pt`` written by :meth:`AcousticTokenizer.save`);
-* ``random_kmeans``: random init under ``torch.manual_seed(seed)``, then each residual-VQ
-  codebook fitted by k-means on the encoder's latents of the training audio, residual by
-  residual (:meth:`AcousticTokenizer.train`). For runs with no network: the codes mean
-  something (they cluster real latents) but the decoded audio is not speech-quality. Logged
-  and recorded in the saved config.
+* ``pretrained`` (default): the published EnCodec, through encodec's own download (needs a
+  network once; then torch.hub's cache);
+* a path to an EnCodec state dict (the published ``encodec_24khz-d7cc33bc.th`` fetched by hand,
+  or a ``codec.pt`` written by :meth:`AcousticTokenizer.save`);
+* ``mel_kmeans``: the offline codec (:mod:`~shortcutlm.tokenizers.mel_codec`): residual k-means
+  over log-mel frames at EnCodec's frame rate and codebook count, fitted on the training audio
+  in seconds, decoded with Griffin-Lim. **Not the published codec**: the log and the saved
+  config say so. Its decodes are smeared but recognisably their tokens' music or speech;
+* ``random_kmeans`` (kept so older runs load): a random-init EnCodec whose codebooks are
+  k-means-fitted on its latents. Its latents barely move over time: decoding random codes and
+  all-zero codes gave waveforms with correlation 0.99999999, a constant buzz.
 
-Audio is encoded in chunks of ``chunk_seconds`` (5 s, a whole number of hops): each chunk is
-encoded as if it were a file of its own. Short chunks keep every activation under glibc's
-mmap threshold: with 30 s chunks a third of the encode time went to the kernel zeroing fresh
-pages. The codec runs on a fixed number of torch threads (``threads``, default 1) because the
-ids depend on it: torch's convolutions round differently with 1 and 2 threads, which moved 2-9%
-of the codes of the random-init codec (whose latents barely vary). One thread also avoids
-OpenMP's spin-waits on a busy machine (2 threads on 2 shared cores encoded 3-10x slower);
-throughput comes from encoding files in parallel processes. Chunking and threads are part
-of the mapping and of the fingerprint.
+Why the offline codec is a log-mel one and not an EnCodec trained here (both were candidates):
+on this 2-core machine one training step of EnCodec 24 kHz (14.9M parameters, L1 + multi-
+resolution STFT loss) on 8 one-second clips took 5-15 s, so "minutes" of training are 20-60 of
+the ~300,000 steps a codec needs, and its decodes stay noise. The log-mel codec fits in seconds
+and its round trip keeps 2 s clips identifiable (``shortcutlm bench codec`` measures both
+against the random codec).
 
-For CPU speed the codec's ELUs are computed through ``exp`` rather than torch's scalar
-``expm1`` (``fast_elu``, on by default; see :class:`FastELU`) and its LSTM runs on one thread.
-
-The 48 kHz model is stereo and was trained on loudness-normalised 1 s segments whose scale
-travels beside the codes. Token ids cannot carry that scale, so here the whole file is
-normalised to unit RMS before encoding and decoded audio is written at -20 dBFS RMS.
+The codec runs on a fixed number of torch threads (``threads``, default 1) because ids can
+depend on it: torch's convolutions round differently with 1 and 2 threads, which moved 2-9%
+of the random-init EnCodec's codes. One thread also avoids OpenMP's spin-waits on a busy
+machine; throughput comes from encoding files in parallel processes. ``device`` (``cpu``,
+``cuda`` or ``auto``) is where encoding runs; GPU arithmetic may move a few ids, so it is part
+of the mapping when not ``cpu``.
 """
 from __future__ import annotations
 
@@ -37,9 +37,6 @@ import contextlib
 import hashlib
 import logging
 import math
-import sys
-import types
-import warnings
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
@@ -53,37 +50,39 @@ from shortcutlm.tokenizers.codebooks import (CARD, LAYOUTS, build_delay, build_f
                                              revert_delay, revert_flatten)
 from shortcutlm.tokenizers.base import (Encoded, LossGroups, Tokenizer, TokenizerError, TrainingError, TrainRate,
                                         saved_file, write_config)
-from shortcutlm.tokenizers.encodec_fast import FastELU, one_thread_enter, one_thread_exit, sconv1d_forward
+from shortcutlm.tokenizers.encodec_codec import BANDWIDTHS, PRETRAINED_NAMES, EncodecCodec
+from shortcutlm.tokenizers.mel_codec import MelCodec
 from shortcutlm.tokenizers.settings import merge_settings
 
 log = logging.getLogger(__name__)
-_WARNED_RANDOM: set[tuple[int, bool]] = set()
+_WARNED_OFFLINE: set[tuple[str, int, bool]] = set()
 
 CODEC_FILE = "codec.pt"
-BANDWIDTHS = {24000: (1.5, 3.0, 6.0, 12.0, 24.0), 48000: (3.0, 6.0, 12.0, 24.0)}
-PRETRAINED_NAMES = {24000: "encodec_24khz", 48000: "encodec_48khz"}
-_EMA_BUFFERS = ("embed_avg", "cluster_size")
-DECODE_CONTEXT_S = 1.0  # decoder warm-up / look-ahead around each decoded chunk
+FITTED_KINDS = ("mel_kmeans", "random_kmeans")  # offline codecs whose codebooks are fitted on the train audio
 MIN_SAMPLE_RATE = 1000  # a header claiming 1 Hz turns 0.3 s of samples into hours at the codec's rate
 MAX_RESAMPLE_TAPS = 1 << 22  # a 16 MB filter; 11025, 22050, 44100, 8000, 16000, 32000, 96000 Hz need < 50k
-DECODE_RMS_48K = 0.1  # -20 dBFS: the level 48 kHz decodes are written at (the scale is not in the ids)
 
 DEFAULTS: dict[str, Any] = {
     "sample_rate": 24000,      # which EnCodec: 24000 (mono, causal) or 48000 (stereo)
     "bandwidth": 6.0,          # kbps; K = bandwidth / (10 bits * frame rate / 1000)
     "layout": "flatten",       # flatten | delay
-    "weights": "pretrained",   # pretrained | random_kmeans | path to a state dict
-    "seed": 0,                 # random_kmeans: init seed and k-means seed
-    "kmeans_iters": 20,        # random_kmeans: MiniBatchKMeans max_iter per codebook
-    "kmeans_max_frames": 50000,  # random_kmeans: latent frames sampled for fitting
-    "chunk_seconds": 5.0,      # encode/decode in chunks of this length (see module docstring)
-    "fast_elu": True,          # ELU as max(x, exp(min(x, 0)) - 1): see FastELU
+    "weights": "pretrained",   # pretrained | mel_kmeans (offline) | random_kmeans (legacy) | state-dict path
+    "seed": 0,                 # mel_kmeans / random_kmeans: k-means seed (and random_kmeans' init seed)
+    "kmeans_iters": 15,        # mel_kmeans / random_kmeans: Lloyd iterations per codebook
+    "kmeans_max_frames": 30000,  # mel_kmeans / random_kmeans: frames sampled for fitting
+    "n_mels": 80,              # mel_kmeans: mel bands per frame
+    "griffin_lim_iters": 32,   # mel_kmeans: phase-reconstruction iterations when decoding
+    "chunk_seconds": 5.0,      # EnCodec: encode/decode in chunks of this length (see encodec_codec.py)
+    "fast_elu": True,          # EnCodec: ELU as max(x, exp(min(x, 0)) - 1): see FastELU
     "threads": 1,              # torch threads the codec runs on (ids depend on it; see module docstring)
+    "device": "cpu",           # where encoding runs: cpu | cuda | auto (cuda when present)
 }
+MEL_KEYS = ("n_mels", "griffin_lim_iters")
+ENCODEC_KEYS = ("chunk_seconds", "fast_elu")
 
 
 class AcousticTokenizer(Tokenizer):
-    """EnCodec codes as ids; ``n_streams`` is 1 for ``flatten`` and K for ``delay``."""
+    """Codec codes as ids; ``n_streams`` is 1 for ``flatten`` and K for ``delay``."""
 
     domain = "acoustic"
     extensions = (".wav", ".flac", ".ogg", ".mp3", ".aiff", ".aif")
@@ -106,87 +105,51 @@ class AcousticTokenizer(Tokenizer):
         self.seed = int(s["seed"])
         self.kmeans_iters = int(s["kmeans_iters"])
         self.kmeans_max_frames = int(s["kmeans_max_frames"])
+        self.n_mels = int(s["n_mels"])
+        self.griffin_lim_iters = int(s["griffin_lim_iters"])
         self.chunk_seconds = float(s["chunk_seconds"])
         self.fast_elu = bool(s["fast_elu"])
         self.threads = int(s["threads"])
+        self.device = resolve_device(str(s["device"]))
         if self.threads < 1:
             raise ValueError("acoustic tokenizer: threads must be at least 1")
         if self.chunk_seconds <= 0:
             raise ValueError("acoustic tokenizer: chunk_seconds must be positive")
         weights = str(s["weights"])
-        if weights in ("pretrained", "random_kmeans"):
-            self.weights_kind = weights
-        else:
-            self.weights_kind = "checkpoint"
+        self.weights_kind = weights if weights in ("pretrained",) + FITTED_KINDS else "checkpoint"
         self.weights_source = weights_source or weights
         self._digest: str | None = None
-        self._model = self._build_model(weights, state_dict)
-        self._model.set_target_bandwidth(self.bandwidth)
-        self.n_q = self._model.quantizer.get_num_quantizers_for_bandwidth(self._model.frame_rate, self.bandwidth)
-        self.hop_length = int(np.prod(self._model.encoder.ratios))
-        self._fitted = self.weights_kind != "random_kmeans" or self._codebooks_fitted()
-        if self.weights_kind == "random_kmeans" and (self.seed, self._fitted) not in _WARNED_RANDOM:
-            _WARNED_RANDOM.add((self.seed, self._fitted))  # once per process: a grid loads it per run
-            log.warning("acoustic tokenizer: EnCodec with RANDOM-INIT weights (seed %d) and k-means codebooks%s; "
-                        "codes cluster real latents but decoded audio is not the published codec's quality",
-                        self.seed, "" if self._fitted else " (not fitted yet: call train())")
+        self._codec = self._build_codec(weights, state_dict)
+        self.n_q = self._codec.n_q
+        self.hop_length = self._codec.hop_length
+        self._warn_offline()
 
-    # ------------------------------------------------------------------ construction
-    def _build_model(self, weights: str, state_dict: dict | None):
+    def _build_codec(self, weights: str, state_dict: dict | None) -> EncodecCodec | MelCodec:
+        if self.weights_kind == "mel_kmeans":
+            if self.sample_rate != MelCodec.sample_rate:
+                raise ValueError(f"acoustic tokenizer: weights mel_kmeans is a 24 kHz mono codec; "
+                                 f"set sample_rate: 24000, not {self.sample_rate}")
+            n_q = EncodecCodec.codebooks_for(self.sample_rate, self.bandwidth)
+            books = None if state_dict is None else state_dict["codebooks"]
+            return MelCodec(n_q, self.n_mels, self.griffin_lim_iters, books, str(self.device))
         # encodec imports torchaudio: a torch/torchaudio pair that does not load together fails
         # here in one line naming the fix, not with an undefined symbol deep in the import.
         check_torch_pair()
-        from encodec import EncodecModel
+        return EncodecCodec(self.sample_rate, self.bandwidth, weights, state_dict=state_dict, seed=self.seed,
+                            fast_elu=self.fast_elu, chunk_seconds=self.chunk_seconds, source=self.weights_source,
+                            device=str(self.device))
 
-        factory = (EncodecModel.encodec_model_24khz if self.sample_rate == 24000
-                   else EncodecModel.encodec_model_48khz)
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message=".*weight_norm.*")
-            if state_dict is None and weights == "pretrained":
-                try:
-                    with contextlib.redirect_stdout(sys.stderr):  # torch.hub reports downloads on stdout
-                        model = factory(pretrained=True)
-                except Exception as exc:  # urllib / hash / unpickling errors alike
-                    raise RuntimeError(
-                        f"acoustic tokenizer: could not get the pretrained {PRETRAINED_NAMES[self.sample_rate]} "
-                        f"weights ({type(exc).__name__}: {exc}). encodec downloads them from "
-                        "dl.fbaipublicfiles.com into torch.hub's cache; without a network, put the .th file "
-                        "there, pass its path as `weights`, or use `weights: random_kmeans`.") from exc
-            else:
-                with torch.random.fork_rng(devices=[]):
-                    torch.manual_seed(self.seed)
-                    model = factory(pretrained=False)
-                if state_dict is None and self.weights_kind == "checkpoint":
-                    path = Path(weights).expanduser()
-                    if not path.is_file():
-                        raise FileNotFoundError(f"acoustic tokenizer: weights file {path} does not exist "
-                                                "(weights must be 'pretrained', 'random_kmeans' or a state-dict path)")
-                    try:
-                        state_dict = torch.load(path, map_location="cpu", weights_only=True)
-                    except Exception as exc:
-                        raise RuntimeError(f"acoustic tokenizer: cannot read weights file {path}: {exc}") from exc
-                if state_dict is not None:
-                    _load_inference_state(model, state_dict, self.weights_source, self.sample_rate)
-        if self.sample_rate == 48000:
-            # Whole-file RMS normalisation instead of per-segment scales (see module docstring).
-            model.segment = None
-            model.normalize = False
-        for module in list(model.modules()):
-            if type(module).__name__ == "SConv1d":
-                module.forward = types.MethodType(sconv1d_forward, module)
-            if type(module).__name__ == "SLSTM":
-                module.register_forward_pre_hook(one_thread_enter)
-                module.register_forward_hook(one_thread_exit)
-            for name, child in module.named_children():
-                if self.fast_elu and isinstance(child, torch.nn.ELU) and child.alpha == 1.0:
-                    setattr(module, name, FastELU())
-        model.eval()
-        return model
-
-    def _codebooks_fitted(self) -> bool:
-        layers = self._model.quantizer.vq.layers[: self.n_q]
-        return all(bool(layer._codebook.inited.item()) and float(layer._codebook.embed.abs().sum()) > 0
-                   for layer in layers)
+    def _warn_offline(self) -> None:
+        """Say once per process (a grid loads the tokenizer per run) that this is not the published codec."""
+        key = (self.weights_kind, self.seed, self._codec.fitted)
+        if self.weights_kind not in FITTED_KINDS or key in _WARNED_OFFLINE:
+            return
+        _WARNED_OFFLINE.add(key)
+        what = ("the OFFLINE log-mel codec (residual k-means over log-mel frames, Griffin-Lim decoding)"
+                if self.weights_kind == "mel_kmeans" else
+                f"EnCodec with RANDOM-INIT weights (seed {self.seed}) and k-means codebooks")
+        log.warning("acoustic tokenizer: %s%s; this is not the published EnCodec, and decoded audio is not its "
+                    "quality", what, "" if self._codec.fitted else " (not fitted yet: call train())")
 
     @classmethod
     def from_settings(cls, settings: dict[str, Any]) -> "AcousticTokenizer":
@@ -196,7 +159,7 @@ class AcousticTokenizer(Tokenizer):
     @property
     def frames_per_second(self) -> int:
         """EnCodec frames per second (75 at 24 kHz, 150 at 48 kHz)."""
-        return int(self._model.frame_rate)
+        return int(self._codec.frame_rate)
 
     @property
     def tokens_per_second(self) -> int:
@@ -257,7 +220,7 @@ class AcousticTokenizer(Tokenizer):
 
     @property
     def needs_training(self) -> bool:
-        return not self._fitted
+        return not self._codec.fitted
 
     # ------------------------------------------------------------------ protocol: generation and loss
     def steps_for_seconds(self, seconds: float, train_rate: TrainRate) -> tuple[int, dict[str, Any]]:
@@ -309,8 +272,19 @@ class AcousticTokenizer(Tokenizer):
 
         return float(sf.info(str(path)).duration)
 
+    @property
+    def codec_name(self) -> str:
+        """What made the codes, in words a results page can print."""
+        if self.weights_kind == "mel_kmeans":
+            return "offline log-mel codec (residual k-means, Griffin-Lim; not EnCodec)"
+        name = PRETRAINED_NAMES[self.sample_rate]
+        if self.weights_kind == "random_kmeans":
+            return f"{name} with random-init weights and k-means codebooks (not the published codec)"
+        return name if self.weights_kind == "pretrained" else f"{name} weights from {Path(self.weights_source).name}"
+
     def describe(self) -> dict[str, Any]:
-        return {"layout": self.layout, "n_codebooks": self.n_q, "frames_per_second": self.frames_per_second}
+        return {"layout": self.layout, "n_codebooks": self.n_q, "frames_per_second": self.frames_per_second,
+                "codec": self.codec_name}
 
     # ------------------------------------------------------------------ audio in
     def read_audio(self, doc: Document) -> tuple[np.ndarray, float]:
@@ -353,7 +327,7 @@ class AcousticTokenizer(Tokenizer):
     def _prepare_wave(self, wave: np.ndarray, rate: int) -> np.ndarray:
         import torchaudio.functional as AF
 
-        channels = self._model.channels
+        channels = self._codec.channels
         mono = wave.mean(axis=0, keepdims=True) if (channels == 1 or wave.shape[0] > 2) else wave
         x = torch.from_numpy(np.ascontiguousarray(mono, dtype=np.float32))
         if rate != self.sample_rate:
@@ -366,11 +340,6 @@ class AcousticTokenizer(Tokenizer):
         return x.contiguous().numpy()
 
     # ------------------------------------------------------------------ codec
-    @property
-    def _chunk_samples(self) -> int:
-        hops = max(1, round(self.chunk_seconds * self.sample_rate / self.hop_length))
-        return hops * self.hop_length
-
     @contextlib.contextmanager
     def _codec_threads(self):
         """Run the codec on ``threads`` torch threads, restoring the caller's count afterwards."""
@@ -383,44 +352,14 @@ class AcousticTokenizer(Tokenizer):
             torch.set_num_threads(before)
 
     def encode_wave(self, wave: np.ndarray) -> np.ndarray:
-        """``wave[C, N]`` at the codec's rate -> ``codes[K, ceil(N / hop)]`` (int64), chunk by chunk."""
-        if not self._fitted:
-            raise RuntimeError("acoustic tokenizer: random_kmeans codebooks are not fitted; call train(documents) first")
-        x = torch.from_numpy(np.ascontiguousarray(wave, dtype=np.float32))
-        parts = []
+        """``wave[C, N]`` at the codec's rate -> ``codes[K, ceil(N / hop)]`` (int64)."""
         with self._codec_threads():
-            for start in range(0, x.shape[-1], self._chunk_samples):
-                chunk = x[None, :, start:start + self._chunk_samples]
-                codes = self._model.quantizer.encode(self._model.encoder(chunk), self._model.frame_rate,
-                                                     self.bandwidth)  # [K, 1, T]
-                parts.append(codes[:, 0].numpy())
-        return np.concatenate(parts, axis=1).astype(np.int64)
+            return self._codec.encode(wave)
 
     def decode_codes(self, codes: np.ndarray) -> np.ndarray:
-        """``codes[K, T]`` -> ``wave[C, T * hop]`` float32 (decoder output trimmed to whole frames).
-
-        Decoded chunk by chunk, each with ``DECODE_CONTEXT_S`` of neighbouring frames run through
-        the decoder and cut away again (left only for the causal 24 kHz model), so chunk joins do
-        not click.
-        """
-        codes = np.asarray(codes, dtype=np.int64)
-        frames, chunk = codes.shape[1], self._chunk_samples // self.hop_length
-        context = round(DECODE_CONTEXT_S * self.frames_per_second)
-        right = 0 if self.sample_rate == 24000 else context
-        parts = []
+        """``codes[K, T]`` -> ``wave[C, T * hop]`` float32."""
         with self._codec_threads():
-            for start in range(0, frames, chunk):
-                lo, hi = max(0, start - context), min(frames, start + chunk + right)
-                emb = self._model.quantizer.decode(torch.from_numpy(codes[:, None, lo:hi]))  # [1, D, hi - lo]
-                wave = self._model.decoder(emb)[0]
-                keep = slice((start - lo) * self.hop_length, (min(frames, start + chunk) - lo) * self.hop_length)
-                parts.append(wave[:, keep].numpy())
-        if not parts:
-            return np.zeros((self._model.channels, 0), np.float32)
-        wave = np.concatenate(parts, axis=1)
-        if self.sample_rate == 48000:
-            wave = wave * DECODE_RMS_48K
-        return wave.astype(np.float32)
+            return self._codec.decode(codes)
 
     # ------------------------------------------------------------------ protocol: encode / decode
     def encode_document(self, doc: Document) -> Encoded:
@@ -460,81 +399,51 @@ class AcousticTokenizer(Tokenizer):
         sf.write(str(out_path), np.clip(wave.T, -1.0, 1.0), self.sample_rate, subtype="PCM_16")
         return out_path
 
-    # ------------------------------------------------------------------ training (random_kmeans)
+    # ------------------------------------------------------------------ training (offline codecs)
     trains_on_samples = True
 
     def train(self, documents: Iterable[Document]) -> dict[str, str]:
-        """Fit each residual codebook by k-means on encoder latents (``weights: random_kmeans`` only;
+        """Fit the codebooks by k-means on the train audio (``mel_kmeans`` / ``random_kmeans`` only;
         pretrained and checkpoint weights need nothing). Unreadable files are skipped and returned."""
-        if self.weights_kind != "random_kmeans":
+        if self.weights_kind not in FITTED_KINDS:
             return {}
         return super().train(documents)
 
     def training_sample(self, doc: Document) -> np.ndarray:
-        """The encoder's latents of one file, ``[frames, D]`` float32, chunk by chunk as encoding goes."""
+        """What the codebooks are fitted on for one file, ``[frames, D]`` float32: its log-mel frames
+        (``mel_kmeans``) or the encoder's latents (``random_kmeans``)."""
         wave, _ = self.read_audio(doc)
-        x = torch.from_numpy(wave)
-        latents = []
         with self._codec_threads():
-            for start in range(0, x.shape[-1], self._chunk_samples):
-                emb = self._model.encoder(x[None, :, start:start + self._chunk_samples])  # [1, D, T]
-                latents.append(emb[0].T.numpy())
-        return np.concatenate(latents).astype(np.float32)
+            return self._codec.training_sample(wave)
 
     def fit(self, samples: Sequence[np.ndarray]) -> None:
-        """k-means per residual codebook on the latents of the train files, residual by residual.
-
-        Uses sklearn's MiniBatchKMeans; with fewer latent frames than 1024 the spare codes
-        repeat fitted centroids (never chosen, since ties go to the first index).
-        """
-        if self.weights_kind != "random_kmeans":
+        """k-means per residual codebook on the train files' frames, residual by residual."""
+        if self.weights_kind not in FITTED_KINDS:
             return
-        from sklearn.cluster import MiniBatchKMeans
-
         if not samples:
             raise TrainingError("acoustic tokenizer: no readable train audio to fit the codebooks on")
-        frames = np.concatenate(list(samples)).astype(np.float32)
-        rng = np.random.default_rng(self.seed)
-        if frames.shape[0] > self.kmeans_max_frames:
-            frames = frames[np.sort(rng.choice(frames.shape[0], self.kmeans_max_frames, replace=False))]
-        residual = torch.from_numpy(frames.T.copy())[None]  # [1, D, N] as the quantizer sees latents
-        card = CARD
-        with torch.inference_mode():
-            for k, layer in enumerate(self._model.quantizer.vq.layers[: self.n_q]):
-                points = residual[0].T.numpy()
-                n_clusters = min(card, points.shape[0])
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore")  # duplicate points (silence) -> fewer distinct clusters
-                    km = MiniBatchKMeans(n_clusters=n_clusters, random_state=self.seed + k, n_init=1,
-                                         max_iter=self.kmeans_iters, batch_size=min(4096, points.shape[0]),
-                                         compute_labels=False).fit(points)
-                centers = km.cluster_centers_.astype(np.float32)
-                if n_clusters < card:
-                    centers = np.concatenate([centers, centers[np.arange(card - n_clusters) % n_clusters]])
-                book = layer._codebook
-                book.embed.copy_(torch.from_numpy(centers))
-                book.embed_avg.copy_(book.embed)
-                book.cluster_size.fill_(1.0)
-                book.inited.fill_(1.0)
-                residual = residual - layer.decode(layer.encode(residual))
-        self._fitted = True
+        used = self._codec.fit(samples, self.seed, self.kmeans_iters, self.kmeans_max_frames)
         self._digest = None
-        log.warning("acoustic tokenizer: fitted %d random-init codebooks on %d latent frames", self.n_q, frames.shape[0])
+        log.warning("acoustic tokenizer: fitted %d %s codebooks on %d frames", self.n_q,
+                    "log-mel" if self.weights_kind == "mel_kmeans" else "random-init EnCodec", used)
 
     # ------------------------------------------------------------------ persistence
     def config(self) -> dict[str, Any]:
-        """The mapping's settings (k-means ones only for random_kmeans; the weights' digest is separate)."""
-        out = {"sample_rate": self.sample_rate, "bandwidth": self.bandwidth, "layout": self.layout,
-               "weights": self.weights_kind, "chunk_seconds": self.chunk_seconds, "fast_elu": self.fast_elu,
-               "threads": self.threads}
-        if self.weights_kind == "random_kmeans":
+        """The mapping's settings: each codec's own, and the k-means ones for the fitted codecs
+        (the weights' digest is separate). ``device`` is left out: it says where, not what."""
+        out: dict[str, Any] = {"sample_rate": self.sample_rate, "bandwidth": self.bandwidth, "layout": self.layout,
+                               "weights": self.weights_kind}
+        if self.weights_kind == "mel_kmeans":
+            out.update(n_mels=self.n_mels, griffin_lim_iters=self.griffin_lim_iters)
+        else:
+            out.update(chunk_seconds=self.chunk_seconds, fast_elu=self.fast_elu)
+        out["threads"] = self.threads
+        if self.weights_kind in FITTED_KINDS:
             out.update(seed=self.seed, kmeans_iters=self.kmeans_iters, kmeans_max_frames=self.kmeans_max_frames)
         return out
 
     def _inference_state(self) -> dict:
-        """The state dict minus the VQ's training-only EMA statistics (``embed_avg``, ``cluster_size``):
-        they never touch encode or decode, and leaving them out makes ``codec.pt`` a third smaller."""
-        return {name: t for name, t in self._model.state_dict().items() if not name.endswith(_EMA_BUFFERS)}
+        return self._codec.state_dict()
 
     def model_files_digest(self) -> str:
         """sha256 over the codec's inference state (names, dtypes, shapes, bytes), cached until retrained."""
@@ -553,7 +462,8 @@ class AcousticTokenizer(Tokenizer):
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
         extra = {"weights_source": self.weights_source, "random_init": self.weights_kind == "random_kmeans",
-                 "codec": PRETRAINED_NAMES[self.sample_rate], "n_codebooks": self.n_q,
+                 "codec": self.codec_name, "published_codec": self.weights_kind not in FITTED_KINDS,
+                 "n_codebooks": self.n_q,
                  "frames_per_second": self.frames_per_second, "tokens_per_second": self.tokens_per_second}
         if self.weights_kind != "pretrained":
             state = self._inference_state()
@@ -575,14 +485,13 @@ class AcousticTokenizer(Tokenizer):
         return tok
 
 
-def _load_inference_state(model, state_dict: dict, source: str, sample_rate: int) -> None:
-    """Load a full or an inference-only state dict (EMA buffers absent: ``embed_avg`` := ``embed``)."""
-    missing, unexpected = model.load_state_dict(state_dict, strict=False)
-    bad = [name for name in missing if not name.endswith(_EMA_BUFFERS)] + list(unexpected)
-    if bad:
-        raise RuntimeError(f"acoustic tokenizer: weights from {source} do not fit EnCodec {sample_rate // 1000} kHz "
-                           f"(missing or unexpected: {', '.join(bad[:8])}{' ...' if len(bad) > 8 else ''})")
-    for name in missing:
-        if name.endswith("embed_avg"):
-            book = model.get_submodule(name.rsplit(".", 1)[0])
-            book.embed_avg.copy_(book.embed)
+def resolve_device(name: str) -> torch.device:
+    """``cpu``, ``cuda`` (an error when torch sees none) or ``auto`` (cuda when present)."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name not in ("cpu", "cuda"):
+        raise ValueError(f"acoustic tokenizer: device must be cpu, cuda or auto, not {name!r}")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ValueError("acoustic tokenizer: device cuda was asked for, but torch sees no CUDA device "
+                         "(use device: auto to fall back to the CPU)")
+    return torch.device(name)

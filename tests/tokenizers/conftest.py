@@ -40,7 +40,7 @@ def audio_files(files) -> dict[str, Path]:
     import soundfile as sf
 
     out = {
-        "train_a": (tones(1.5, 24000, seed=1), 24000, "wav"),
+        "train_a": (tones(15.0, 24000, seed=1), 24000, "wav"),  # > 1024 frames: every codebook has residual left
         "train_b": (tones(1.0, 16000, seed=2, channels=2), 16000, "flac"),
         "stereo_44k": (tones(1.2, 44100, seed=3, channels=2), 44100, "wav"),
         "mono_24k": (tones(1.0, 24000, seed=4), 24000, "wav"),

@@ -179,8 +179,8 @@ def test_codec_equals_encodecs_own_model_bit_for_bit():
     ref = EncodecModel.encodec_model_24khz(pretrained=False)
     wave, emb = torch.randn(1, 1, 12000) * 0.1, torch.randn(1, 128, 40)
     with torch.inference_mode():
-        assert torch.equal(tok._model.encoder(wave), ref.encoder(wave))
-        assert torch.equal(tok._model.decoder(emb), ref.decoder(emb))
+        assert torch.equal(tok._codec.model.encoder(wave), ref.encoder(wave))
+        assert torch.equal(tok._codec.model.decoder(emb), ref.decoder(emb))
 
 
 def test_fast_elu_matches_torch_elu(codec_folder, audio_files):
@@ -196,7 +196,7 @@ def test_fast_elu_matches_torch_elu(codec_folder, audio_files):
     assert exact.fingerprint() != fast.fingerprint()
     wave, _ = fast.read_audio(Document(doc_id="s", split="", source="t", path=audio_files["mono_24k"]))
     with torch.inference_mode():
-        a, b = (tok._model.encoder(torch.from_numpy(wave)[None]) for tok in (exact, fast))
+        a, b = (tok._codec.model.encoder(torch.from_numpy(wave)[None]) for tok in (exact, fast))
     assert (a - b).abs().max() < 1e-5 * a.abs().max()
 
 
@@ -219,7 +219,7 @@ def test_pretrained_download_failure_is_clear(monkeypatch):
         raise OSError("no network")
 
     monkeypatch.setattr(torch.hub, "load_state_dict_from_url", offline)
-    with pytest.raises(RuntimeError, match="random_kmeans"):
+    with pytest.raises(RuntimeError, match="offline codec `weights: mel_kmeans`"):
         AcousticTokenizer({"weights": "pretrained"})
 
 
@@ -279,7 +279,8 @@ def test_loss_groups_are_codebooks(acoustic_flatten, acoustic_delay):
 
 def test_artifacts_describe_themselves(acoustic_delay, audio_files, tmp_path):
     assert acoustic_delay.artifact_suffix == ".wav"
-    assert acoustic_delay.describe() == {"layout": "delay", "n_codebooks": K, "frames_per_second": 75}
+    assert acoustic_delay.describe() == {"layout": "delay", "n_codebooks": K, "frames_per_second": 75,
+                                         "codec": "encodec_24khz weights from codec.pt"}
     wav = acoustic_delay.decode(acoustic_delay.encode(audio_files["mono_24k"]), tmp_path / "x.wav")
     assert acoustic_delay.artifact_seconds(wav) == pytest.approx(sf_seconds(wav))
     assert acoustic_delay.render(wav, tmp_path / "y.wav") is None and not (tmp_path / "y.wav").exists()

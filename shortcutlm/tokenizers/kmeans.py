@@ -1,0 +1,84 @@
+"""Residual k-means: the codebooks of both offline acoustic codecs, fitted in seconds.
+
+Hand-written Lloyd iterations in torch rather than scikit-learn: on 20,000 points of 80
+dimensions and 1,024 clusters, sklearn's MiniBatchKMeans (20 epochs) and KMeans (10 iterations)
+each took about 20 s of CPU and reached a mean squared error of 402 and 386; ten Lloyd steps
+as one matrix product each took 1.6 s and reached 389. A codec with 8 codebooks fits 8 of these
+in a row, so this is what lets an offline prepare stay many times faster than real time.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+
+# Rows scored at a time: 2,048 keeps the 8 MB distance block in cache; measured 3x faster than one
+# (30,000 x 1,024) product followed by separate scale, add and argmin passes over memory.
+ROWS_PER_BLOCK = 2048
+
+
+def nearest(points: torch.Tensor, book: torch.Tensor) -> torch.Tensor:
+    """Index of the nearest entry of ``book[K, D]`` for each row of ``points[N, D]`` (ties: lowest index)."""
+    norms = (book * book).sum(1)
+    # ||p - c||^2 = ||p||^2 - 2 p.c + ||c||^2, and ||p||^2 is the same for every c of a row
+    return torch.cat([torch.addmm(norms, block, book.T, alpha=-2.0).argmin(1) for block in points.split(ROWS_PER_BLOCK)]
+                     or [torch.zeros(0, dtype=torch.int64, device=points.device)])
+
+
+def plus_plus_start(points: torch.Tensor, size: int, generator: torch.Generator) -> torch.Tensor:
+    """k-means++ seeding: each new centre drawn with probability proportional to the squared
+    distance to the nearest centre so far (random starts leave two centres in one cluster)."""
+    first = int(torch.randint(points.shape[0], (1,), generator=generator))
+    chosen = [first]
+    gap = ((points - points[first]) ** 2).sum(1)
+    for _ in range(size - 1):
+        total = float(gap.sum())
+        if total <= 0.0:  # every point already sits on a centre
+            break
+        pick = int(torch.multinomial(gap / total, 1, generator=generator))
+        chosen.append(pick)
+        gap = torch.minimum(gap, ((points - points[pick]) ** 2).sum(1))
+    return points[chosen].clone()
+
+
+def fit_codebook(points: torch.Tensor, size: int, iters: int, seed: int) -> torch.Tensor:
+    """``size`` centroids of ``points[N, D]`` by Lloyd's algorithm from a k-means++ start.
+
+    An emptied cluster keeps its previous centroid. With fewer distinct points than ``size``
+    the spare entries repeat fitted ones; they are never chosen, since ties go to the lowest index.
+    """
+    generator = torch.Generator().manual_seed(seed)
+    if points.shape[0] == 0:
+        raise ValueError("k-means: no points to fit")
+    centres = plus_plus_start(points, size, generator)
+    for _ in range(iters):
+        assign = nearest(points, centres)
+        sums = torch.zeros_like(centres).index_add_(0, assign, points)
+        counts = torch.bincount(assign, minlength=centres.shape[0]).to(points.dtype)[:, None]
+        updated = torch.where(counts > 0, sums / counts.clamp_min(1.0), centres)
+        if torch.equal(updated, centres):
+            break
+        centres = updated
+    if centres.shape[0] < size:
+        centres = torch.cat([centres, centres[torch.arange(size - centres.shape[0]) % centres.shape[0]]])
+    return centres
+
+
+def residual_kmeans(points: np.ndarray, books: int, size: int, iters: int, seed: int,
+                    max_points: int) -> tuple[torch.Tensor, int]:
+    """``books`` codebooks ``[books, size, D]``, each fitted on what the previous ones leave.
+
+    At most ``max_points`` rows (a seeded random subset, kept in order) enter the fit; returns
+    the codebooks and the number of rows used.
+    """
+    points = np.asarray(points, dtype=np.float32)
+    if points.shape[0] > max_points:
+        rng = np.random.default_rng(seed)
+        points = points[np.sort(rng.choice(points.shape[0], max_points, replace=False))]
+    residual = torch.from_numpy(np.ascontiguousarray(points))
+    out = []
+    for k in range(books):
+        book = fit_codebook(residual, size, iters, seed + k)
+        residual = residual - book[nearest(residual, book)]
+        out.append(book)
+    return torch.stack(out), int(points.shape[0])

@@ -1,0 +1,167 @@
+"""The offline acoustic codec: residual k-means over log-mel frames, decoded with Griffin-Lim.
+
+It is **not** the published EnCodec: decodes are phase-reconstructed (Griffin-Lim) and sound
+smeared, but they carry the pitch, rhythm and loudness of their tokens, so continuations can be
+judged by ear offline. Why this and not a small EnCodec trained here is measured in the acoustic
+tokenizer's docstring.
+
+The layout is EnCodec 24 kHz's: 75 frames per second (hop 320 samples) and K residual codebooks
+of 1024 entries, K set by the bandwidth as for EnCodec, so ``flatten``/``delay``, the model and
+every downstream step are unchanged. Frame t is the STFT window centred on sample 320 t (the
+file reflected at its ends), and a wave of N samples has ceil(N / 320) frames, as EnCodec gives.
+
+Encoding: log-mel frame → nearest entry of codebook 0 → its residual → codebook 1, and so on.
+Decoding: the sum of the chosen entries is a log-mel frame; its magnitudes map back to a linear
+spectrogram by non-negative least squares through the mel filterbank, and Griffin-Lim
+(torchaudio) finds a phase. Both are deterministic given the codebooks.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from shortcutlm.tokenizers.kmeans import nearest, residual_kmeans
+
+CARD = 1024            # entries per codebook, as EnCodec's
+SAMPLE_RATE = 24000
+HOP = 320              # samples per frame at 24 kHz: 75 frames per second
+N_FFT = 1024
+LOG_FLOOR = 1e-3       # mel magnitudes below this count as silence: ~66 dB under a 0.1-amplitude tone
+FRAMES_PER_BLOCK = 4500  # one minute of frames analysed or synthesised at a time (bounds memory)
+NNLS_STEPS = 30
+
+
+class MelCodec:
+    """K residual codebooks over ``n_mels``-band log-mel frames; ``codebooks`` is ``[K, 1024, n_mels]``."""
+
+    sample_rate = SAMPLE_RATE
+    hop_length = HOP
+    channels = 1
+    frame_rate = SAMPLE_RATE // HOP
+
+    def __init__(self, n_q: int, n_mels: int = 80, griffin_lim_iters: int = 32,
+                 codebooks: torch.Tensor | None = None, device: str = "cpu") -> None:
+        import torchaudio.functional as AF
+
+        self.n_q = int(n_q)
+        self.n_mels = int(n_mels)
+        self.griffin_lim_iters = int(griffin_lim_iters)
+        if self.n_mels < 8 or self.griffin_lim_iters < 1:
+            raise ValueError("mel codec: n_mels must be at least 8 and griffin_lim_iters at least 1")
+        self.device = torch.device(device)
+        self.window = torch.hann_window(N_FFT, device=self.device)
+        # [n_freqs, n_mels]: Slaney-normalised triangles, so a band holds an average magnitude
+        self.filterbank = AF.melscale_fbanks(N_FFT // 2 + 1, 0.0, SAMPLE_RATE / 2, self.n_mels, SAMPLE_RATE,
+                                             norm="slaney", mel_scale="slaney").to(self.device)
+        self.fitted = codebooks is not None
+        books = torch.zeros(self.n_q, CARD, self.n_mels) if codebooks is None else codebooks.float()
+        if tuple(books.shape) != (self.n_q, CARD, self.n_mels):
+            raise ValueError(f"mel codec: codebooks must be [{self.n_q}, {CARD}, {self.n_mels}], not {list(books.shape)}")
+        self.codebooks = books.to(self.device)
+
+    # ------------------------------------------------------------------ analysis
+    def log_mel(self, wave: np.ndarray | torch.Tensor) -> torch.Tensor:
+        """``wave[1, N]`` (or ``[N]``) at 24 kHz → ``[ceil(N / hop), n_mels]`` log-mel (on the CPU).
+
+        Analysed a minute at a time from the end-reflected wave, so the frames equal one
+        whole-file centred STFT's whatever the file's length.
+        """
+        x = torch.as_tensor(np.asarray(wave, dtype=np.float32)).reshape(-1).to(self.device)
+        frames = -(-x.shape[0] // HOP)
+        if frames == 0:
+            return torch.zeros(0, self.n_mels)
+        half = N_FFT // 2
+        mode = "reflect" if x.shape[0] > half else "constant"  # reflection needs more samples than the pad
+        padded = torch.nn.functional.pad(x[None, None], (half, half), mode=mode)[0, 0]
+        blocks = []
+        for first in range(0, frames, FRAMES_PER_BLOCK):
+            last = min(frames, first + FRAMES_PER_BLOCK)
+            piece = padded[first * HOP: (last - 1) * HOP + N_FFT]  # frame f's window starts at f * hop
+            spec = torch.stft(piece, N_FFT, HOP, window=self.window, center=False, return_complex=True).abs()
+            blocks.append((spec.T @ self.filterbank).clamp_min(LOG_FLOOR).log())
+        return torch.cat(blocks).cpu()
+
+    # ------------------------------------------------------------------ codes
+    def quantize(self, frames: torch.Tensor) -> torch.Tensor:
+        """``[T, n_mels]`` log-mel → ``codes[K, T]``, codebook by codebook on the residual."""
+        residual = frames.float().to(self.device)
+        codes = torch.empty(self.n_q, frames.shape[0], dtype=torch.int64, device=self.device)
+        for k in range(self.n_q):
+            codes[k] = nearest(residual, self.codebooks[k])
+            residual = residual - self.codebooks[k][codes[k]]
+        return codes.cpu()
+
+    def dequantize(self, codes: np.ndarray | torch.Tensor) -> torch.Tensor:
+        """``codes[K, T]`` → ``[T, n_mels]`` log-mel, the sum of the chosen entries (on the CPU)."""
+        codes = torch.as_tensor(np.asarray(codes, dtype=np.int64)).to(self.device)
+        out = torch.zeros(codes.shape[1], self.n_mels, device=self.device)
+        for k in range(min(self.n_q, codes.shape[0])):
+            out += self.codebooks[k][codes[k]]
+        return out.cpu()
+
+    def encode(self, wave: np.ndarray) -> np.ndarray:
+        """``wave[1, N]`` → ``codes[K, ceil(N / hop)]`` int64."""
+        if not self.fitted:
+            raise RuntimeError("acoustic tokenizer: mel_kmeans codebooks are not fitted; call train(documents) first")
+        return self.quantize(self.log_mel(wave)).numpy()
+
+    # ------------------------------------------------------------------ synthesis
+    def decode(self, codes: np.ndarray) -> np.ndarray:
+        """``codes[K, T]`` → ``wave[1, T * hop]`` float32."""
+        return self.synthesize(self.dequantize(codes))
+
+    def synthesize(self, log_mel: torch.Tensor) -> np.ndarray:
+        """``[T, n_mels]`` log-mel → ``wave[1, T * hop]``: filterbank inverse, then Griffin-Lim.
+
+        Synthesised a minute at a time; Griffin-Lim's phase is local, so the joins cost nothing
+        audible next to its own smearing.
+        """
+        parts = [self._synthesize_block(block.to(self.device)) for block in log_mel.split(FRAMES_PER_BLOCK)]
+        return torch.cat(parts or [torch.zeros(0)]).cpu()[None].numpy().astype(np.float32)
+
+    def _synthesize_block(self, log_mel: torch.Tensor) -> torch.Tensor:
+        import torchaudio.functional as AF
+
+        silent = log_mel <= np.log(LOG_FLOOR) + 1e-3
+        mel = torch.where(silent, torch.zeros_like(log_mel), log_mel.exp())
+        magnitude = self._linear_magnitude(mel)  # [n_freqs, T]
+        frames = magnitude.shape[1]
+        # frames sit at 0, hop, ..., (T - 1) hop as the centred analysis made them; one silent
+        # frame more lets the inverse STFT cover the last hop
+        magnitude = torch.cat([magnitude, torch.zeros_like(magnitude[:, :1])], dim=1)
+        with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
+            torch.manual_seed(0)  # Griffin-Lim starts from random phases: fixed, so decoding repeats exactly
+            return AF.griffinlim(magnitude, self.window, N_FFT, HOP, N_FFT, power=1.0, n_iter=self.griffin_lim_iters,
+                                 momentum=0.99, length=frames * HOP, rand_init=True)
+
+    def _linear_magnitude(self, mel: torch.Tensor) -> torch.Tensor:
+        """Mel magnitudes ``[T, n_mels]`` → linear ``[n_freqs, T]`` by non-negative least squares.
+
+        A pseudo-inverse rings (its negative bins, clipped, leave holes); projected gradient
+        steps from each band spread over its bins keep every bin non-negative and the
+        re-analysed mel close to the target.
+        """
+        fb = self.filterbank  # [F, M]
+        spec = (mel @ fb.T) / fb.sum(1).clamp_min(1e-8)  # [T, F]
+        step = 1.0 / float(torch.linalg.matrix_norm(fb, ord=2) ** 2)
+        for _ in range(NNLS_STEPS):
+            spec = (spec - step * ((spec @ fb - mel) @ fb.T)).clamp_min(0.0)
+        return spec.T
+
+    # ------------------------------------------------------------------ fitting and state
+    def training_sample(self, wave: np.ndarray) -> np.ndarray:
+        """What the codebooks are fitted on: the file's log-mel frames ``[frames, n_mels]``."""
+        return self.log_mel(wave).numpy()
+
+    def fit(self, samples: Sequence[np.ndarray], seed: int, iters: int, max_frames: int) -> int:
+        """Fit the codebooks on log-mel frames (:meth:`log_mel` of the train files); returns frames used."""
+        frames = np.concatenate([np.asarray(s, dtype=np.float32) for s in samples])
+        books, used = residual_kmeans(frames, self.n_q, CARD, iters, seed, max_frames)
+        self.codebooks = books.to(self.device)
+        self.fitted = True
+        return used
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return {"codebooks": self.codebooks.detach().cpu().clone()}
