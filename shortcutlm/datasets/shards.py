@@ -34,8 +34,10 @@ def token_dtype(vocab_size: int) -> np.dtype:
     return np.dtype(np.uint16) if vocab_size <= 2**16 else np.dtype(np.int32)
 
 
-def shard_name(split: str, index: int) -> str:
-    return f"{split}-{index:06d}.tar"
+def shard_name(split: str, index: int, part: str = "") -> str:
+    """``train-000003.tar``; a job of a prepare across machines adds its part (``train-p00001-000003.tar``),
+    so the names of all jobs sort into the order one job would have written."""
+    return f"{split}-{part}-{index:06d}.tar" if part else f"{split}-{index:06d}.tar"
 
 
 def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
@@ -73,10 +75,10 @@ class ShardRecord:
 class ShardWriter:
     """Writes one shard to ``<name>.tmp``; ``finish()`` renames it into place and returns its record."""
 
-    def __init__(self, folder: str | Path, split: str, index: int, dtype: np.dtype) -> None:
+    def __init__(self, folder: str | Path, split: str, index: int, dtype: np.dtype, part: str = "") -> None:
         from webdataset import TarWriter
 
-        self.path = Path(folder) / shard_name(split, index)
+        self.path = Path(folder) / shard_name(split, index, part)
         self.tmp = self.path.with_name(self.path.name + TMP_SUFFIX)
         self.split, self.dtype = split, np.dtype(dtype)
         self.handle = open(self.tmp, "wb")
