@@ -35,7 +35,7 @@ Manifest schema (``manifest.json``)::
 
     format: "shortcutlm-shards", version: 1, complete: bool, created, updated
     source: the source spec;  tokenizer_settings: the tokenizer spec
-    tokenizer: {domain, fingerprint, vocab_size, n_streams, special_ids, folder: "tokenizer"}
+    tokenizer: {domain, fingerprint, vocab_size, n_streams, special_ids, folder: "tokenizer", files: [names]}
     dtype: "uint16" | "int32"
     splits: {split: {documents, tokens, shards: [names], <meta sums e.g. bytes / seconds>}}
     shards: [{name, split, sha256, documents, tokens, size, doc_ids, doc_tokens, sums}]
@@ -280,7 +280,13 @@ def _tokenizer_for(out: Path, domain: str, settings: dict[str, Any], docs: list[
     return tokenizer, rejected
 
 
-def _empty_manifest(source: dict[str, Any], tokenizer_spec: dict[str, Any], tokenizer: Tokenizer) -> dict[str, Any]:
+def _tokenizer_files(folder: Path) -> list[str]:
+    """The saved tokenizer's files, listed so a copy served by a web server can be fetched file by file."""
+    return sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file() and p.suffix != ".tmp")
+
+
+def _empty_manifest(source: dict[str, Any], tokenizer_spec: dict[str, Any], tokenizer: Tokenizer,
+                    folder: Path) -> dict[str, Any]:
     now = time.strftime("%Y-%m-%dT%H:%M:%S")
     return {
         "format": FORMAT, "version": VERSION, "complete": False, "created": now, "updated": now,
@@ -288,7 +294,7 @@ def _empty_manifest(source: dict[str, Any], tokenizer_spec: dict[str, Any], toke
         "tokenizer": {"domain": tokenizer.domain, "fingerprint": tokenizer.fingerprint(),
                       "vocab_size": int(tokenizer.vocab_size), "n_streams": int(tokenizer.n_streams),
                       "special_ids": {k: int(v) for k, v in tokenizer.special_ids.items()},
-                      "folder": TOKENIZER_FOLDER},
+                      "folder": TOKENIZER_FOLDER, "files": _tokenizer_files(folder)},
         "dtype": token_dtype(tokenizer.vocab_size).name,
         "splits": {}, "shards": [], "rejected": [], "inputs": {},
     }
@@ -392,7 +398,7 @@ def prepare_tokenizer(source: dict[str, Any], tokenizer: dict[str, Any], out_dir
     if previous is not None and not training:  # the tokenizer was kept: so were its rejections
         ids = {d.doc_id for d in docs}
         training_rejected = [r for r in previous.get("rejected", []) if r.get("doc_id") in ids]
-    manifest = _empty_manifest(source, tokenizer_spec, tok)
+    manifest = _empty_manifest(source, tokenizer_spec, tok, out / TOKENIZER_FOLDER)
     manifest["rejected"] = [r.as_dict() for r in source_rejected] + training_rejected
     manifest[parallel.PLAN] = parallel.make_plan(tok.fingerprint(), [d.split for d in docs],
                                                  [r.as_dict() for r in source_rejected], training_rejected)
@@ -457,7 +463,7 @@ def _prepare(source: dict[str, Any], tokenizer: dict[str, Any], out: Path, pool:
         tok = _job_tokenizer(out, domain, plan)
         scope = _job_scope(out, job, docs, plan, source, tokenizer_spec)
     timings["tokenizer_s"] = time.perf_counter() - clock
-    manifest = _empty_manifest(source, tokenizer_spec, tok)
+    manifest = _empty_manifest(source, tokenizer_spec, tok, out / TOKENIZER_FOLDER)
     if job is not None:
         manifest["job"] = {"index": job.index, "count": job.count, "documents": list(job.bounds(len(docs)))}
     manifest = _encode_scope(out, scope, manifest, tok, pool, shard_tokens, shard_documents, progress, timeout_s,

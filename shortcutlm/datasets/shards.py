@@ -22,6 +22,7 @@ from typing import Any, Iterator
 import numpy as np
 
 from shortcutlm.artifacts.manifest import FORMAT, VERSION, ShardError, read_manifest
+from shortcutlm.artifacts.remote import shard_bytes, where_is
 
 __all__ = ["FORMAT", "VERSION", "TMP_SUFFIX", "ShardError", "ShardRecord", "ShardWriter", "read_manifest", "read_shard",
            "verify_shard", "sha256_file", "token_dtype", "shard_name"]
@@ -155,14 +156,14 @@ def read_shard(path: str | Path) -> Iterator[tuple[str, np.ndarray, dict[str, An
     """
     from webdataset.tariterators import group_by_keys, tar_file_iterator
 
-    path = Path(path)
-    if not path.is_file():
+    folder, name = Path(path).parent, Path(path).name
+    data, path = shard_bytes(folder, name), where_is(folder, name)  # fetched for a folder served from elsewhere
+    if data is None:
         raise ShardError(f"shard {path} is missing")
     try:
-        with open(path, "rb") as handle:
-            files = ({**f, "__url__": str(path)} for f in tar_file_iterator(handle))
-            for sample in group_by_keys(files):
-                yield decode_sample(sample, path)
+        files = ({**f, "__url__": path} for f in tar_file_iterator(io.BytesIO(data)))
+        for sample in group_by_keys(files):
+            yield decode_sample(sample, path)
     except ShardError:
         raise
     except Exception as exc:
