@@ -146,6 +146,50 @@ def test_two_process_ddp_matches_one_process_at_the_same_global_batch(tmp_path, 
         torch.testing.assert_close(b[key], a[key], atol=1e-4, rtol=1e-3)
 
 
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_two_nodes_of_one_process_match_one_node_of_two(tmp_path, text8_shards):
+    """Multi-node as a cluster launches it: one process per node started by hand (as torchrun or srun
+    would), Lightning's node variables set, gloo over 127.0.0.1. Same global batch, same ranks, same
+    collective: the weights equal those of one node running two processes."""
+    data = tiny_recipe_dict({"name": "text8", "path": "unused"}, {"domain": "text"}, max_steps=4, val_every=2,
+                            batch_size=2)
+    recipe = write_recipe(tmp_path / "r.yaml", data)
+    train_cmd = [sys.executable, "-m", "shortcutlm.cli", "train", str(recipe), "--data", str(text8_shards),
+                 "--variant", "shortcut_resformer", "--no-progress", "--set", "train.accelerator=cpu",
+                 "--set", "train.strategy=ddp"]
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    one_node = tmp_path / "one_node"
+    subprocess.run([*train_cmd, "--out", str(one_node), "--set", "train.devices=2"], check=True, env=env, timeout=300)
+    two_nodes = tmp_path / "two_nodes"
+    port = free_port()
+    nodes = [subprocess.Popen([*train_cmd, "--out", str(two_nodes), "--set", "train.devices=1",
+                               "--set", "train.num_nodes=2"],
+                              env={**env, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "WORLD_SIZE": "2",
+                                   "NODE_RANK": str(rank), "LOCAL_RANK": "0"})
+             for rank in range(2)]
+    try:
+        assert [node.wait(timeout=300) for node in nodes] == [0, 0]
+    finally:
+        for node in nodes:
+            if node.poll() is None:
+                node.kill()
+    hparams = yaml.safe_load((two_nodes / "hparams.json").read_text())
+    assert hparams["world_size"] == 2 and hparams["finished"]
+    assert curve(two_nodes) == pytest.approx(curve(one_node), abs=1e-6)
+    a, b = weights(one_node), weights(two_nodes)
+    assert a.keys() == b.keys()
+    for key in a:
+        torch.testing.assert_close(b[key], a[key], atol=1e-6, rtol=1e-5)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("variant", [{}, {"value_residual": "svformer"},
                                      {"value_residual": "resformer", "shortcut": "full"},
