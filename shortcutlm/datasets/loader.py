@@ -55,7 +55,7 @@ import numpy as np
 import torch
 
 from shortcutlm.artifacts.manifest import MANIFEST, ShardError
-from shortcutlm.artifacts.remote import shard_bytes, where_is
+from shortcutlm.artifacts.remote import shard_bytes, shard_folder, where_is
 from shortcutlm.artifacts.manifest import read_manifest as _read_manifest
 from shortcutlm.datasets import shards as shardio
 
@@ -73,7 +73,7 @@ class _Split:
     """The shards of one split as listed in the manifest, and verified loading of them."""
 
     def __init__(self, shard_dir: str | Path, split: str) -> None:
-        self.folder = Path(shard_dir)
+        self.folder = shard_folder(shard_dir)  # a URL opens as the local view of the served folder
         manifest = read_manifest(self.folder)
         tok = manifest["tokenizer"]
         self.n_streams = int(tok["n_streams"])

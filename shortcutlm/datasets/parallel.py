@@ -22,6 +22,7 @@ CLI (a SLURM array, a Kubernetes indexed job, or N terminals run step 2)::
 from __future__ import annotations
 
 import json
+import logging
 import time
 from collections import Counter
 from dataclasses import dataclass
@@ -34,6 +35,8 @@ from shortcutlm.datasets.summary import split_warnings, summarise
 from shortcutlm.errors import UserError
 
 PLAN = "plan"
+
+log = logging.getLogger(__name__)
 
 
 class ParallelPrepareError(UserError, ValueError):
@@ -156,6 +159,8 @@ def merge(out_dir: str | Path) -> dict[str, Any]:
                             "encoded_documents": sum(r.get("encoded_documents", 0) for r in runs),
                             "encoded_tokens": sum(r.get("encoded_tokens", 0) for r in runs)}
     manifest["warnings"] = split_warnings(manifest, plan["split_documents"])
+    for warning in manifest["warnings"]:
+        log.warning("prepare %s: %s", manifest["source"].get("name"), warning)
     manifest["complete"] = True
     manifest["updated"] = time.strftime("%Y-%m-%dT%H:%M:%S")
     if manifest["inputs"]["documents"] == 0:
