@@ -23,6 +23,7 @@ import os
 import re
 import shlex
 import subprocess
+import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -34,6 +35,7 @@ from shortcutlm.artifacts.manifest import FORMAT, MANIFEST, TOKENIZER_FOLDER, Sh
 #: The record in a view of where its shards are.
 REMOTE_RECORD = "remote.json"
 TIMEOUT_S = 60.0
+RETRY_S = 1.0
 _SCHEME = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]*://")
 
 
@@ -56,13 +58,20 @@ def join(location: str, name: str) -> str:
     return f"{location.rstrip('/')}/{name}"
 
 
-def fetch(url: str) -> bytes:
-    """The bytes at ``url``; :class:`RemoteMissing` when it is not there, :class:`ShardError` on other failures."""
-    if url.startswith("pipe:"):
-        return _pipe(url)
-    if url.startswith(("http://", "https://")):
-        return _http(url)
-    return _fsspec(url)
+def fetch(url: str, attempts: int = 3) -> bytes:
+    """The bytes at ``url``; :class:`RemoteMissing` when it is not there, :class:`ShardError` once
+    ``attempts`` tries failed otherwise (a dropped connection or a busy server is tried again)."""
+    read = _pipe if url.startswith("pipe:") else _http if url.startswith(("http://", "https://")) else _fsspec
+    for attempt in range(1, attempts + 1):
+        try:
+            return read(url)
+        except RemoteMissing:
+            raise
+        except ShardError:
+            if attempt == attempts:
+                raise
+            time.sleep(RETRY_S * attempt)
+    raise AssertionError("unreachable")
 
 
 def _http(url: str) -> bytes:
