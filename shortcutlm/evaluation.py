@@ -66,6 +66,7 @@ import torch
 from shortcutlm.artifacts.checkpoint import (DATA, Checkpoint, ShardFolderError, checkpoint_labels,
                                           load_folder)
 from shortcutlm.artifacts.manifest import ShardManifest
+from shortcutlm.artifacts.remote import remote_location
 from shortcutlm.artifacts.results import write_results
 from shortcutlm.datasets.loader import eval_batches
 from shortcutlm.devices import resolve_device
@@ -251,7 +252,7 @@ def evaluate_checkpoint(folder: str | Path, shard_dir: str | Path | None = None,
     share = total_count / all_targets if all_targets else 1.0
 
     result: dict[str, Any] = {
-        "name": label, "folder": str(ckpt.folder), "shard_dir": str(data_dir), "split": split,
+        "name": label, "folder": str(ckpt.folder), "shard_dir": remote_location(data_dir) or str(data_dir), "split": split,
         "domain": tok.domain, "fingerprint": tok.fingerprint(),
         "params": int(model.num_params()), "block_size": cfg.block_size, "n_streams": cfg.n_streams,
         "batch_size": batch_size, "batches": n_run, "batches_total": n_total, "complete": complete,
@@ -405,7 +406,7 @@ def write_report(results: dict[str, Any], out_dir: str | Path) -> tuple[Path, Pa
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("checkpoints", nargs="+", metavar="CKPT", help="checkpoint folder(s), evaluated side by side")
     parser.add_argument("--data", default=None, metavar="SHARD_DIR",
-                        help=f"shard folder (default: each checkpoint's own, from its {DATA})")
+                        help=f"shard folder or its URL (default: each checkpoint's own, from its {DATA})")
     parser.add_argument("--split", default="test", help="split to evaluate (default: test)")
     parser.add_argument("--batch-size", type=int, default=8, help="windows per batch (default: 8)")
     parser.add_argument("--max-batches", type=int, default=None,

@@ -25,6 +25,7 @@ from shortcutlm import run_checks
 from shortcutlm.artifacts.checkpoint import (LOGS, TENSORBOARD, CheckpointData, CheckpointFolder, check_trainer_state,
                                              save_folder)
 from shortcutlm.artifacts.manifest import MANIFEST, ShardManifest
+from shortcutlm.artifacts.remote import shard_folder
 from shortcutlm.cleanup import removed_if_failed
 from shortcutlm.config_schema import ConfigError
 from shortcutlm.datasets.loader import eval_batches, train_batches
@@ -251,7 +252,7 @@ def train(recipe: Recipe, variant: str, data_dir: str | Path, out: str | Path, p
     at the next step boundary and raises :class:`Interrupted`; running again resumes exactly.
     """
     quiet_training_output()
-    data_dir, out = Path(data_dir), Path(out)
+    data_dir, out = shard_folder(data_dir), Path(out)  # a URL opens as a local view of the served folder
     s = recipe.train
     shards = ShardManifest.read(data_dir)
     run_checks.check_tokenizer_matches(recipe, shards)
@@ -309,7 +310,9 @@ def _fit(recipe: Recipe, variant: str, data_dir: Path, out: Path, s: TrainSettin
 
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("recipe", help="recipe YAML")
-    parser.add_argument("--data", required=True, help=f"prepared shard folder (with {MANIFEST})")
+    parser.add_argument("--data", required=True,
+                        help=f"prepared shard folder (with {MANIFEST}), or its URL: http(s)://…, s3://… (fsspec), "
+                             "pipe:CMD with {name}")
     parser.add_argument("--out", required=True, help="checkpoint folder to write (resumed when it exists)")
     parser.add_argument("--variant", help="which of the recipe's variants (default: the first)")
     parser.add_argument("--preset", help="a preset of the recipe, e.g. tiny")

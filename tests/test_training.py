@@ -11,6 +11,7 @@ import pytest
 import torch
 import yaml
 
+from shortcutlm.cli import main as cli_main
 from shortcutlm.config_schema import ConfigError
 from shortcutlm.recipe import from_dict, Recipe, load_recipe
 from shortcutlm.training import train
@@ -146,6 +147,50 @@ def test_two_process_ddp_matches_one_process_at_the_same_global_batch(tmp_path, 
         torch.testing.assert_close(b[key], a[key], atol=1e-4, rtol=1e-3)
 
 
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_two_nodes_of_one_process_match_one_node_of_two(tmp_path, text8_shards):
+    """Multi-node as a cluster launches it: one process per node started by hand (as torchrun or srun
+    would), Lightning's node variables set, gloo over 127.0.0.1. Same global batch, same ranks, same
+    collective: the weights equal those of one node running two processes."""
+    data = tiny_recipe_dict({"name": "text8", "path": "unused"}, {"domain": "text"}, max_steps=4, val_every=2,
+                            batch_size=2)
+    recipe = write_recipe(tmp_path / "r.yaml", data)
+    train_cmd = [sys.executable, "-m", "shortcutlm.cli", "train", str(recipe), "--data", str(text8_shards),
+                 "--variant", "shortcut_resformer", "--no-progress", "--set", "train.accelerator=cpu",
+                 "--set", "train.strategy=ddp"]
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    one_node = tmp_path / "one_node"
+    subprocess.run([*train_cmd, "--out", str(one_node), "--set", "train.devices=2"], check=True, env=env, timeout=300)
+    two_nodes = tmp_path / "two_nodes"
+    port = free_port()
+    nodes = [subprocess.Popen([*train_cmd, "--out", str(two_nodes), "--set", "train.devices=1",
+                               "--set", "train.num_nodes=2"],
+                              env={**env, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "WORLD_SIZE": "2",
+                                   "NODE_RANK": str(rank), "LOCAL_RANK": "0"})
+             for rank in range(2)]
+    try:
+        assert [node.wait(timeout=300) for node in nodes] == [0, 0]
+    finally:
+        for node in nodes:
+            if node.poll() is None:
+                node.kill()
+    hparams = yaml.safe_load((two_nodes / "hparams.json").read_text())
+    assert hparams["world_size"] == 2 and hparams["finished"]
+    assert curve(two_nodes) == pytest.approx(curve(one_node), abs=1e-6)
+    a, b = weights(one_node), weights(two_nodes)
+    assert a.keys() == b.keys()
+    for key in a:
+        torch.testing.assert_close(b[key], a[key], atol=1e-6, rtol=1e-5)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("variant", [{}, {"value_residual": "svformer"},
                                      {"value_residual": "resformer", "shortcut": "full"},
@@ -166,3 +211,33 @@ def test_compiled_training_matches_eager(tmp_path, text8_shards, variant):
     assert curve(compiled, "val/loss") == pytest.approx(curve(eager, "val/loss"), abs=1e-4)
     for key, tensor in weights(eager).items():
         torch.testing.assert_close(weights(compiled)[key], tensor, atol=1e-4, rtol=1e-3)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="Lightning runs FSDP on CUDA only (CPU runs are refused)")
+@pytest.mark.parametrize("variant", [{}, {"value_residual": "svformer"},
+                                     {"value_residual": "resformer", "shortcut": "full"},
+                                     {"value_residual": "learnable", "shortcut": "depth"}],
+                         ids=["plain", "svformer", "full+resformer", "depth+learnable"])
+def test_fsdp_trains_every_variant_and_its_checkpoint_loads(tmp_path, text8_shards, variant):
+    """FSDP on the GPU with every variant (the full shortcut's per-depth cache, SVFormer's layers
+    without value projections): it trains to the single-device losses, and the checkpoint it saves
+    is read by ``evaluate`` and ``generate`` like any other."""
+    from shortcutlm.evaluation import evaluate_checkpoint
+
+    data = tiny_recipe_dict({"name": "text8", "path": "unused"}, {"domain": "text"}, max_steps=3, val_every=3,
+                            accelerator="gpu", devices=1, precision="32-true")
+    data["variants"] = {"v": variant}
+    plain = train(from_dict(Recipe, data), "v", text8_shards, tmp_path / "plain", progress=False)
+    data["train"]["strategy"] = "fsdp"
+    sharded = train(from_dict(Recipe, data), "v", text8_shards, tmp_path / "fsdp", progress=False)
+    a, b = curve(plain), curve(sharded)
+    assert a.keys() == b.keys() == {0.0, 1.0, 2.0}
+    for step in a:
+        assert b[step] == pytest.approx(a[step], abs=1e-3)
+    assert weights(sharded).keys() == weights(plain).keys()
+    mine = evaluate_checkpoint(sharded, split="valid", device="cuda", progress=False)
+    theirs = evaluate_checkpoint(plain, split="valid", device="cuda", progress=False)
+    assert mine["loss_nats"] == pytest.approx(theirs["loss_nats"], abs=1e-3)
+    assert cli_main(["generate", str(sharded), "--tokens", "8", "--seed", "0", "--device", "cuda",
+                     "--out", str(tmp_path / "gen")]) == 0

@@ -34,6 +34,7 @@ import yaml
 
 from shortcutlm.artifacts.files import ArtifactError, read_json, write_json, write_text, write_with
 from shortcutlm.artifacts.manifest import MANIFEST, ShardManifest
+from shortcutlm.artifacts.remote import is_remote, remote_location, shard_folder
 from shortcutlm.models import GPT, GPTConfig
 from shortcutlm.tokenizers import FingerprintMismatch, Tokenizer, load_tokenizer
 
@@ -75,7 +76,8 @@ class CheckpointData:
     @classmethod
     def from_manifest(cls, manifest: ShardManifest) -> CheckpointData:
         tok = manifest.tokenizer
-        return cls(str(manifest.folder.resolve()), tok.fingerprint, tok.domain, manifest.split_sizes(),
+        location = remote_location(manifest.folder) or str(manifest.folder.resolve())  # a view records its URL
+        return cls(location, tok.fingerprint, tok.domain, manifest.split_sizes(),
                    tok.vocab_size, tok.n_streams)
 
     @classmethod
@@ -105,10 +107,14 @@ def resolve_shard_folder(folder: Path, data: CheckpointData, override: str | Pat
     ``data.json`` names (a relative path is tried against the working directory, then the
     checkpoint folder). ``check``: refuse shards made with another tokenizer
     (:class:`~shortcutlm.tokenizers.FingerprintMismatch` naming both fingerprints)."""
-    if override is not None:
+    if override is not None and is_remote(override):
+        path = shard_folder(override)
+    elif override is not None:
         path = Path(override).expanduser()
         if not path.is_dir():
             raise ShardFolderError(f"shard folder {path} does not exist")
+    elif data.shard_dir and is_remote(data.shard_dir):  # trained on shards served from elsewhere
+        path = shard_folder(data.shard_dir)
     else:
         recorded = data.shard_dir
         if not recorded:

@@ -8,6 +8,7 @@ on, tokens per second of a split).
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -65,6 +66,44 @@ def read_manifest_or_none(folder: str | Path, require_complete: bool = False) ->
 def write_manifest(folder: str | Path, manifest: dict[str, Any]) -> Path:
     """Write the manifest atomically and durably (a resumed ``prepare`` keeps the shards it lists)."""
     return write_json(manifest_path(folder), manifest, durable=True, sort_keys=False)
+
+
+# ------------------------------------------------------------------ partial manifests of prepare jobs
+
+#: ``manifest.part-00001-of-00004.json``: what job 1 of 4 of a prepare across machines wrote.
+PART_MANIFEST = "manifest.part-{index:05d}-of-{count:05d}.json"
+_PART_PATTERN = re.compile(r"^manifest\.part-(\d{5})-of-(\d{5})\.json$")
+
+
+def part_manifest_path(folder: str | Path, index: int, count: int) -> Path:
+    """Where job ``index`` of ``count`` records its shards and rejections."""
+    return Path(folder) / PART_MANIFEST.format(index=index, count=count)
+
+
+def part_manifests(folder: str | Path) -> dict[tuple[int, int], Path]:
+    """Every partial manifest in ``folder``: ``{(index, count): path}``."""
+    found = {}
+    for path in Path(folder).glob("manifest.part-*.json"):
+        match = _PART_PATTERN.match(path.name)
+        if match:
+            found[(int(match[1]), int(match[2]))] = path
+    return dict(sorted(found.items()))
+
+
+def read_part_manifest(path: str | Path) -> dict[str, Any]:
+    """A job's partial manifest; refuses a foreign or unreadable one, naming the file."""
+    try:
+        manifest = read_json(path, "partial shard manifest", "re-run that prepare job")
+    except ArtifactError as err:
+        raise ShardError(str(err)) from err
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT or "job" not in manifest:
+        raise ShardError(f"{path}: not a shortcutlm partial shard manifest")
+    return manifest
+
+
+def write_part_manifest(folder: str | Path, index: int, count: int, manifest: dict[str, Any]) -> Path:
+    """Write job ``index`` of ``count``'s manifest atomically and durably (the job resumes from it)."""
+    return write_json(part_manifest_path(folder, index, count), manifest, durable=True, sort_keys=False)
 
 
 @dataclass(frozen=True)

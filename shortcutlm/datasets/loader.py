@@ -33,8 +33,9 @@ the split is a target exactly once; the last window is right-padded with the pad
 (mask it from the loss). With ``world_size > 1`` ranks take windows by index and are
 padded with all-pad windows to the same number of batches.
 
-Shards are read with webdataset's tar parser (see :func:`shards.read_shard`); every shard
-is checked against the manifest's sha256 when loaded, and a bad one raises a
+Shards are read with webdataset's tar parser (see :func:`shards.read_shard`), from the folder or,
+for the local view of a folder served from elsewhere, from its URL
+(:mod:`shortcutlm.artifacts.remote`); every shard is checked against the manifest's sha256 when loaded, and a bad one raises a
 :class:`~shortcutlm.datasets.shards.ShardError` naming it. Splitting and shuffling are
 hand-written rather than webdataset's ``split_by_node``/``split_by_worker``/``shuffle``
 stages because those cannot fall back below one shard per slot, nor seek to an exact
@@ -43,6 +44,7 @@ resume position; no webdataset pipeline (and so no default node splitter) is inv
 from __future__ import annotations
 
 import bisect
+import hashlib
 import io
 import math
 import signal
@@ -52,7 +54,8 @@ from typing import Any, Iterator
 import numpy as np
 import torch
 
-from shortcutlm.artifacts.manifest import ShardError, manifest_path
+from shortcutlm.artifacts.manifest import MANIFEST, ShardError
+from shortcutlm.artifacts.remote import shard_bytes, shard_folder, where_is
 from shortcutlm.artifacts.manifest import read_manifest as _read_manifest
 from shortcutlm.datasets import shards as shardio
 
@@ -70,7 +73,7 @@ class _Split:
     """The shards of one split as listed in the manifest, and verified loading of them."""
 
     def __init__(self, shard_dir: str | Path, split: str) -> None:
-        self.folder = Path(shard_dir)
+        self.folder = shard_folder(shard_dir)  # a URL opens as the local view of the served folder
         manifest = read_manifest(self.folder)
         tok = manifest["tokenizer"]
         self.n_streams = int(tok["n_streams"])
@@ -91,14 +94,12 @@ class _Split:
     def load(self, index: int) -> list[np.ndarray]:
         """Every document of shard ``index``, after checking its checksum and its contents."""
         record = self.records[index]
-        path = self.folder / record["name"]
-        if not path.is_file():
+        path = where_is(self.folder, record["name"])  # a URL for a folder served from elsewhere
+        data = shard_bytes(self.folder, record["name"])
+        if data is None:
             raise ShardError(f"shard {path} is missing (listed in the manifest)")
-        data = path.read_bytes()
-        import hashlib
-
         if hashlib.sha256(data).hexdigest() != record["sha256"]:
-            raise ShardError(f"shard {path} fails its checksum against {manifest_path(self.folder)}; "
+            raise ShardError(f"shard {path} fails its checksum against {where_is(self.folder, MANIFEST)}; "
                              f"the file is corrupt or was changed — re-run prepare")
         docs = _parse(io.BytesIO(data), path)
         keys = [k for k, _ in docs]
@@ -114,7 +115,7 @@ class _Split:
         return np.full((self.n_streams, 1) if self.n_streams > 1 else (1,), self.eos, dtype=np.int64)
 
 
-def _parse(stream: io.BytesIO, path: Path) -> list[tuple[str, np.ndarray]]:
+def _parse(stream: io.BytesIO, path: str) -> list[tuple[str, np.ndarray]]:
     from webdataset.tariterators import group_by_keys, tar_file_iterator
 
     try:

@@ -9,6 +9,9 @@ CLI::
     shortcutlm prepare --source bach_chorales [--path P] [--option k=v ...] \
         --tokenizer midi [--set k=v ...] --out DIR [--workers 2] [--spec spec.yaml]
 
+Across machines: ``--tokenizer-only`` once, then ``--num-jobs N --job I`` for every I (anywhere, at
+once), then ``--out DIR --merge``; see :mod:`shortcutlm.datasets.parallel`.
+
 What it guarantees:
 
 * the tokenizer is trained first when it needs training (train split only) and saved to
@@ -32,7 +35,7 @@ Manifest schema (``manifest.json``)::
 
     format: "shortcutlm-shards", version: 1, complete: bool, created, updated
     source: the source spec;  tokenizer_settings: the tokenizer spec
-    tokenizer: {domain, fingerprint, vocab_size, n_streams, special_ids, folder: "tokenizer"}
+    tokenizer: {domain, fingerprint, vocab_size, n_streams, special_ids, folder: "tokenizer", files: [names]}
     dtype: "uint16" | "int32"
     splits: {split: {documents, tokens, shards: [names], <meta sums e.g. bytes / seconds>}}
     shards: [{name, split, sha256, documents, tokens, size, doc_ids, doc_tokens, sums}]
@@ -53,22 +56,26 @@ import os
 import sys
 import time
 from collections import Counter, defaultdict
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 import numpy as np
 
 from shortcutlm.artifacts.manifest import (FORMAT, MANIFEST, TOKENIZER_FOLDER, VERSION, has_manifest, manifest_path,
-                                           read_manifest, write_manifest)
+                                           part_manifest_path, read_manifest, read_part_manifest, write_manifest,
+                                           write_part_manifest)
 from shortcutlm.cleanup import removed_if_failed
+from shortcutlm.datasets import parallel
 from shortcutlm.datasets.isolation import Crashed, IsolatedPool
+from shortcutlm.datasets.parallel import Job
 from shortcutlm.datasets.shards import TMP_SUFFIX, ShardRecord, ShardWriter, sha256_file, token_dtype
 from shortcutlm.datasets.sources import READERS, Rejected, read_source
+from shortcutlm.datasets.summary import SPLIT_ORDER, split_warnings, summarise
 from shortcutlm.documents import Document
 from shortcutlm.errors import UserError
 from shortcutlm.tokenizers import Tokenizer, load_tokenizer, tokenizer_class
 
-SPLIT_ORDER = ("train", "valid", "test")
 DEFAULT_SHARD_TOKENS = 1 << 22
 DEFAULT_SHARD_DOCUMENTS = 4096
 
@@ -273,20 +280,13 @@ def _tokenizer_for(out: Path, domain: str, settings: dict[str, Any], docs: list[
     return tokenizer, rejected
 
 
-def _split_warnings(manifest: dict[str, Any], docs: list[Document]) -> list[str]:
-    """One line per standard split that holds no document, saying why."""
-    expected = Counter(d.split for d in docs)
-    warnings = []
-    for split in SPLIT_ORDER:
-        if manifest["splits"].get(split, {}).get("documents"):
-            continue
-        why = (f"all {expected[split]} of its documents were rejected" if expected[split]
-               else f"the source gave no {split} documents")
-        warnings.append(f"the {split} split is empty: {why}")
-    return warnings
+def _tokenizer_files(folder: Path) -> list[str]:
+    """The saved tokenizer's files, listed so a copy served by a web server can be fetched file by file."""
+    return sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file() and p.suffix != ".tmp")
 
 
-def _empty_manifest(source: dict[str, Any], tokenizer_spec: dict[str, Any], tokenizer: Tokenizer) -> dict[str, Any]:
+def _empty_manifest(source: dict[str, Any], tokenizer_spec: dict[str, Any], tokenizer: Tokenizer,
+                    folder: Path) -> dict[str, Any]:
     now = time.strftime("%Y-%m-%dT%H:%M:%S")
     return {
         "format": FORMAT, "version": VERSION, "complete": False, "created": now, "updated": now,
@@ -294,10 +294,20 @@ def _empty_manifest(source: dict[str, Any], tokenizer_spec: dict[str, Any], toke
         "tokenizer": {"domain": tokenizer.domain, "fingerprint": tokenizer.fingerprint(),
                       "vocab_size": int(tokenizer.vocab_size), "n_streams": int(tokenizer.n_streams),
                       "special_ids": {k: int(v) for k, v in tokenizer.special_ids.items()},
-                      "folder": TOKENIZER_FOLDER},
+                      "folder": TOKENIZER_FOLDER, "files": _tokenizer_files(folder)},
         "dtype": token_dtype(tokenizer.vocab_size).name,
         "splits": {}, "shards": [], "rejected": [], "inputs": {},
     }
+
+
+def _same_settings(path: Path, previous: dict[str, Any], source: dict[str, Any],
+                   tokenizer_spec: dict[str, Any]) -> None:
+    """Refuse to add to shards made from other settings."""
+    canon = lambda x: json.dumps(x, sort_keys=True, default=str)  # noqa: E731
+    for key, now in (("source", source), ("tokenizer_settings", tokenizer_spec)):
+        if canon(previous.get(key)) != canon(now):
+            raise PrepareError(f"{path.parent} was prepared with {key} {canon(previous.get(key))}, not {canon(now)} "
+                               f"({path.name}); use another --out (or delete {path.parent}) to prepare different data")
 
 
 def _previous(out: Path, source: dict[str, Any], tokenizer_spec: dict[str, Any]) -> dict[str, Any] | None:
@@ -305,17 +315,14 @@ def _previous(out: Path, source: dict[str, Any], tokenizer_spec: dict[str, Any])
     if not has_manifest(out):
         return None
     previous = read_manifest(out, require_complete=False)
-    canon = lambda x: json.dumps(x, sort_keys=True, default=str)  # noqa: E731
-    for key, now in (("source", source), ("tokenizer_settings", tokenizer_spec)):
-        if canon(previous.get(key)) != canon(now):
-            raise PrepareError(f"{out} was prepared with {key} {canon(previous.get(key))}, not {canon(now)}; "
-                             f"use another --out (or delete {out}) to prepare different data")
+    _same_settings(manifest_path(out), previous, source, tokenizer_spec)
     return previous
 
 
-def _keep_finished_shards(out: Path, previous: dict[str, Any], progress: bool) -> list[dict[str, Any]]:
-    """Shards of the earlier run that are still whole; others are dropped and redone."""
-    for stale in out.glob(f"*.tar{TMP_SUFFIX}"):
+def _keep_finished_shards(out: Path, previous: dict[str, Any], progress: bool, part: str = "") -> list[dict[str, Any]]:
+    """Shards of the earlier run that are still whole; others are dropped and redone. A job clears
+    only its own unfinished shards: the others' belong to jobs that may be running now."""
+    for stale in out.glob(f"*-{part}-*.tar{TMP_SUFFIX}" if part else f"*.tar{TMP_SUFFIX}"):
         stale.unlink()
     kept = []
     for record in previous.get("shards", []):
@@ -327,24 +334,27 @@ def _keep_finished_shards(out: Path, previous: dict[str, Any], progress: bool) -
     return kept
 
 
-def _summarise(manifest: dict[str, Any], n_inputs: int) -> None:
-    splits: dict[str, dict[str, Any]] = {}
-    for record in manifest["shards"]:
-        entry = splits.setdefault(record["split"], {"documents": 0, "tokens": 0, "shards": []})
-        entry["documents"] += record["documents"]
-        entry["tokens"] += record["tokens"]
-        entry["shards"].append(record["name"])
-        for key, value in record.get("sums", {}).items():
-            entry[key] = entry.get(key, 0) + value
-    order = {s: i for i, s in enumerate(SPLIT_ORDER)}
-    manifest["splits"] = dict(sorted(splits.items(), key=lambda kv: (order.get(kv[0], 9), kv[0])))
-    written = sum(s["documents"] for s in splits.values())
-    manifest["inputs"] = {"total": n_inputs, "documents": written, "rejected": len(manifest["rejected"])}
+@dataclass
+class _Scope:
+    """What one run encodes and where it records it: every document (a one-job prepare) or a job's slice."""
+
+    docs: list[Document]  # the documents this run answers for, in order
+    fixed: list[dict[str, Any]]  # rejections listed first and never retried (the source's)
+    rejected: dict[str, dict[str, Any]]  # rejections so far by document id (while training, or by an earlier run)
+    skip: set[str]  # documents another step accounts for (a job: those the tokenizer step rejected)
+    n_inputs: int
+    previous: dict[str, Any] | None
+    write: Callable[[dict[str, Any]], Path]
+    job: Job | None = None
+
+    @property
+    def part(self) -> str:
+        return self.job.part if self.job else ""
 
 
 def prepare(source: dict[str, Any], tokenizer: dict[str, Any], out_dir: str | Path, workers: int = 2,
             shard_tokens: int = DEFAULT_SHARD_TOKENS, shard_documents: int = DEFAULT_SHARD_DOCUMENTS,
-            progress: bool = True, file_timeout_s: float | None = None) -> dict[str, Any]:
+            progress: bool = True, file_timeout_s: float | None = None, job: Job | None = None) -> dict[str, Any]:
     """Tokenize a source into WebDataset shards per split plus ``manifest.json``; returns the manifest.
 
     ``source``: ``{"name": ..., "path": ..., **options}`` (see :mod:`shortcutlm.datasets.sources`);
@@ -352,56 +362,154 @@ def prepare(source: dict[str, Any], tokenizer: dict[str, Any], out_dir: str | Pa
     A shard closes once it holds ``shard_tokens`` ids (every stream counted, so K-stream
     shards are no larger on disk) or ``shard_documents`` documents. ``workers`` processes read
     the files (0: this process, with no protection from a crashing reader); a file whose reading
-    takes longer than ``file_timeout_s`` (None: no limit) is rejected.
+    takes longer than ``file_timeout_s`` (None: no limit) is rejected. ``job``: encode only that
+    job's part, after :func:`prepare_tokenizer`, into a partial manifest (returned) that
+    :func:`shortcutlm.datasets.parallel.merge` joins (see :mod:`shortcutlm.datasets.parallel`).
     """
     if workers < 0:
         raise PrepareError(f"workers must be 0 (read in this process) or more, not {workers}")
     with IsolatedPool(workers) as pool:
         return _prepare(source, tokenizer, Path(out_dir), pool, shard_tokens, shard_documents, progress,
-                        file_timeout_s)
+                        file_timeout_s, job)
+
+
+def prepare_tokenizer(source: dict[str, Any], tokenizer: dict[str, Any], out_dir: str | Path, workers: int = 2,
+                      progress: bool = True, file_timeout_s: float | None = None) -> dict[str, Any]:
+    """The first step of a prepare across jobs: train (or build) and save the tokenizer and record the
+    plan every job checks itself against, in an unfinished ``manifest.json``; returns it. Running it
+    again keeps what is there."""
+    if workers < 0:
+        raise PrepareError(f"workers must be 0 (read in this process) or more, not {workers}")
+    source, domain, settings = _split_specs(source, tokenizer)
+    tokenizer_spec = {"domain": domain, **settings}
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    previous = _previous(out, source, tokenizer_spec)
+    docs, source_rejected = _collect(source, tokenizer_class(domain))
+    if previous is not None and parallel.PLAN in previous:
+        parallel.check_documents(previous[parallel.PLAN], [d.split for d in docs], out)
+        return previous
+    if previous is not None and previous.get("shards"):
+        raise PrepareError(f"{out} already holds shards of a one-job prepare; use another --out for a prepare "
+                           "across jobs")
+    with IsolatedPool(workers) as pool:
+        tok, training = _tokenizer_for(out, domain, settings, docs, previous, pool, file_timeout_s, progress)
+    training_rejected = [r.as_dict() for r in training.values()]
+    if previous is not None and not training:  # the tokenizer was kept: so were its rejections
+        ids = {d.doc_id for d in docs}
+        training_rejected = [r for r in previous.get("rejected", []) if r.get("doc_id") in ids]
+    manifest = _empty_manifest(source, tokenizer_spec, tok, out / TOKENIZER_FOLDER)
+    manifest["rejected"] = [r.as_dict() for r in source_rejected] + training_rejected
+    manifest[parallel.PLAN] = parallel.make_plan(tok.fingerprint(), [d.split for d in docs],
+                                                 [r.as_dict() for r in source_rejected], training_rejected)
+    summarise(manifest, len(docs) + len(source_rejected))
+    write_manifest(out, manifest)
+    return manifest
+
+
+def _one_job_scope(out: Path, docs: list[Document], source_rejected: list[Rejected],
+                   training_rejected: dict[str, Rejected], previous: dict[str, Any] | None) -> _Scope:
+    return _Scope(docs, [r.as_dict() for r in source_rejected],
+                  {k: r.as_dict() for k, r in training_rejected.items()}, set(),
+                  len(docs) + len(source_rejected), previous, lambda manifest: write_manifest(out, manifest))
+
+
+def _job_tokenizer(out: Path, domain: str, plan: dict[str, Any]) -> Tokenizer:
+    """The tokenizer the tokenizer step saved, once its fingerprint is the plan's."""
+    folder = out / TOKENIZER_FOLDER
+    if not (folder / "tokenizer.json").is_file():
+        raise PrepareError(f"{folder}: no saved tokenizer; run `shortcutlm prepare … --tokenizer-only --out {out}` "
+                           "first")
+    tok = load_tokenizer(folder)
+    if tok.domain != domain:
+        raise PrepareError(f"{folder} holds a {tok.domain} tokenizer, not {domain}")
+    tok.check_fingerprint(plan["fingerprint"], f"the tokenizer step's plan in {manifest_path(out)}")
+    return tok
+
+
+def _job_scope(out: Path, job: Job, docs: list[Document], plan: dict[str, Any],
+               source: dict[str, Any], tokenizer_spec: dict[str, Any]) -> _Scope:
+    """Job ``job``'s slice of the document list, and its partial manifest from an earlier sitting."""
+    parallel.check_documents(plan, [d.split for d in docs], out)
+    start, end = job.bounds(len(docs))
+    path = part_manifest_path(out, job.index, job.count)
+    previous = read_part_manifest(path) if path.is_file() else None
+    if previous is not None:
+        _same_settings(path, previous, source, tokenizer_spec)
+    skip = {r["doc_id"] for r in plan["training_rejected"] if r.get("doc_id")}
+    scope = _Scope(docs[start:end], [], {}, skip, end - start, previous,
+                   lambda manifest: write_part_manifest(out, job.index, job.count, manifest), job)
+    return scope
 
 
 def _prepare(source: dict[str, Any], tokenizer: dict[str, Any], out: Path, pool: IsolatedPool, shard_tokens: int,
-             shard_documents: int, progress: bool, timeout_s: float | None) -> dict[str, Any]:
-    from tqdm import tqdm
-
+             shard_documents: int, progress: bool, timeout_s: float | None, job: Job | None) -> dict[str, Any]:
     source, domain, settings = _split_specs(source, tokenizer)
     tokenizer_spec = {"domain": domain, **settings}
     cls = tokenizer_class(domain)
     out.mkdir(parents=True, exist_ok=True)
     previous = _previous(out, source, tokenizer_spec)
+    plan = parallel.plan_of(previous, out) if job is not None else None
 
     clock = time.perf_counter()
     docs, source_rejected = _collect(source, cls)
-    n_inputs = len(docs) + len(source_rejected)
     timings = {"collect_s": time.perf_counter() - clock}
     clock = time.perf_counter()
-    tok, training_rejected = _tokenizer_for(out, domain, settings, docs, previous, pool, timeout_s, progress)
+    if job is None:
+        tok, training_rejected = _tokenizer_for(out, domain, settings, docs, previous, pool, timeout_s, progress)
+        scope = _one_job_scope(out, docs, source_rejected, training_rejected, previous)
+    else:
+        assert plan is not None
+        tok = _job_tokenizer(out, domain, plan)
+        scope = _job_scope(out, job, docs, plan, source, tokenizer_spec)
     timings["tokenizer_s"] = time.perf_counter() - clock
-    manifest = _empty_manifest(source, tokenizer_spec, tok)
-    dtype = token_dtype(tok.vocab_size)
+    manifest = _empty_manifest(source, tokenizer_spec, tok, out / TOKENIZER_FOLDER)
+    if job is not None:
+        manifest["job"] = {"index": job.index, "count": job.count, "documents": list(job.bounds(len(docs)))}
+    manifest = _encode_scope(out, scope, manifest, tok, pool, shard_tokens, shard_documents, progress, timeout_s,
+                             timings)
+    if job is not None:
+        return manifest
+    manifest["warnings"] = split_warnings(manifest, Counter(d.split for d in docs))
+    for warning in manifest["warnings"]:
+        log.warning("prepare %s: %s", source["name"], warning)
+    scope.write(manifest)
+    if manifest["inputs"]["documents"] == 0:
+        reasons = "; ".join(f"{r['input']}: {r['reason']}" for r in manifest["rejected"][:3])
+        raise PrepareError(f"prepare wrote no documents ({len(manifest['rejected'])} rejected: {reasons})")
+    return manifest
 
+
+def _encode_scope(out: Path, scope: _Scope, manifest: dict[str, Any], tok: Tokenizer, pool: IsolatedPool,
+                  shard_tokens: int, shard_documents: int, progress: bool, timeout_s: float | None,
+                  timings: dict[str, float]) -> dict[str, Any]:
+    """Encode the scope's documents that no earlier sitting finished into shards, recording each."""
+    from tqdm import tqdm
+
+    dtype = token_dtype(tok.vocab_size)
     done: set[str] = set()
-    rejected: dict[str, dict[str, str]] = {k: r.as_dict() for k, r in training_rejected.items()}
+    rejected = scope.rejected
+    previous = scope.previous
     if previous is not None:
         manifest["created"] = previous.get("created", manifest["created"])
-        manifest["shards"] = _keep_finished_shards(out, previous, progress)
+        manifest["shards"] = _keep_finished_shards(out, previous, progress, scope.part)
         done = {doc_id for record in manifest["shards"] for doc_id in record["doc_ids"]}
         # Documents the tokenizer rejected before are not retried: same tokenizer, same answer.
-        current = {d.doc_id for d in docs}
+        current = {d.doc_id for d in scope.docs}
+        from_source = {r["input"] for r in scope.fixed}  # listed anew by this run (a duplicate shares an id)
         rejected = {r["doc_id"]: r for r in previous.get("rejected", [])
-                    if r.get("doc_id") in current and r["doc_id"] not in done}
-    pending = [d for d in docs if d.doc_id not in done and d.doc_id not in rejected]
+                    if r.get("doc_id") in current and r["doc_id"] not in done and r["input"] not in from_source}
+    pending = [d for d in scope.docs if d.doc_id not in done and d.doc_id not in rejected and d.doc_id not in scope.skip]
 
     next_index: dict[str, int] = defaultdict(int)
     for record in manifest["shards"]:
         next_index[record["split"]] = max(next_index[record["split"]], int(record["name"].rsplit("-", 1)[1][:6]) + 1)
 
     def flush() -> None:
-        manifest["rejected"] = [r.as_dict() for r in source_rejected] + list(rejected.values())
+        manifest["rejected"] = scope.fixed + list(rejected.values())
         manifest["updated"] = time.strftime("%Y-%m-%dT%H:%M:%S")
-        _summarise(manifest, n_inputs)
-        write_manifest(out, manifest)
+        summarise(manifest, scope.n_inputs)
+        scope.write(manifest)
 
     flush()  # records the tokenizer fingerprint before any shard exists
     writer: ShardWriter | None = None
@@ -418,9 +526,9 @@ def _prepare(source: dict[str, Any], tokenizer: dict[str, Any], out: Path, pool:
         flush()
 
     clock, encoded = time.perf_counter(), {"documents": 0, "tokens": 0}
-    bar = tqdm(total=len(pending), desc=f"prepare {source['name']}", unit="doc", disable=not progress,
-               mininterval=1.0)
-    stream = _encoded_stream(pending, pool, out / TOKENIZER_FOLDER, domain, timeout_s)
+    what = manifest["source"]["name"] + (f" ({scope.job})" if scope.job else "")
+    bar = tqdm(total=len(pending), desc=f"prepare {what}", unit="doc", disable=not progress, mininterval=1.0)
+    stream = _encoded_stream(pending, pool, out / TOKENIZER_FOLDER, tok.domain, timeout_s)
     try:
         for doc, tokens, info in stream:
             bar.update(1)
@@ -430,7 +538,7 @@ def _prepare(source: dict[str, Any], tokenizer: dict[str, Any], out: Path, pool:
             if writer is not None and writer.split != doc.split:
                 close()
             if writer is None:
-                writer = ShardWriter(out, doc.split, next_index[doc.split], dtype)
+                writer = ShardWriter(out, doc.split, next_index[doc.split], dtype, scope.part)
             meta = {"source": doc.source, "split": doc.split, "doc_id": doc.doc_id, **info}
             if doc.meta:
                 meta["info"] = doc.meta
@@ -454,13 +562,7 @@ def _prepare(source: dict[str, Any], tokenizer: dict[str, Any], out: Path, pool:
     # What this run did (a resumed run only counts its own work): for benchmarks and logs.
     manifest["last_run"] = {**timings, "encode_s": time.perf_counter() - clock, "workers": pool.workers,
                             "encoded_documents": encoded["documents"], "encoded_tokens": encoded["tokens"]}
-    manifest["warnings"] = _split_warnings(manifest, docs)
-    for warning in manifest["warnings"]:
-        log.warning("prepare %s: %s", source["name"], warning)
     flush()
-    if manifest["inputs"]["documents"] == 0:
-        reasons = "; ".join(f"{r['input']}: {r['reason']}" for r in manifest["rejected"][:3])
-        raise PrepareError(f"prepare wrote no documents ({len(manifest['rejected'])} rejected: {reasons})")
     return manifest
 
 
@@ -497,6 +599,14 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--shard-documents", type=int, default=None,
                         help=f"close a shard at this many documents (default {DEFAULT_SHARD_DOCUMENTS})")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    jobs = parser.add_argument_group("prepare across machines (see shortcutlm.datasets.parallel)")
+    jobs.add_argument("--tokenizer-only", action="store_true",
+                      help="step 1: train and save the tokenizer and the plan the jobs check against")
+    jobs.add_argument("--num-jobs", type=int, default=None, metavar="N", help="step 2: the number of jobs")
+    jobs.add_argument("--job", type=int, default=None, metavar="I",
+                      help="step 2: encode job I's part of the documents (0 <= I < N), e.g. $SLURM_ARRAY_TASK_ID")
+    jobs.add_argument("--merge", action="store_true",
+                      help=f"step 3: join the finished jobs' partial manifests into {MANIFEST} (needs only --out)")
 
 
 def spec_from_args(args: argparse.Namespace) -> dict[str, Any]:
@@ -530,24 +640,56 @@ def spec_from_args(args: argparse.Namespace) -> dict[str, Any]:
             "file_timeout_s": getattr(args, "file_timeout", None) or spec.get("file_timeout_s")}
 
 
+def _job_of(args: argparse.Namespace) -> Job | None:
+    """The job of ``--job I --num-jobs N`` (None for a one-job prepare); refuses a mix of steps."""
+    steps = [name for name, given in (("--tokenizer-only", args.tokenizer_only), ("--merge", args.merge),
+                                      ("--job", args.job is not None or args.num_jobs is not None)) if given]
+    if len(steps) > 1:
+        raise PrepareError(f"{' and '.join(steps)} are separate steps; give one of them")
+    if (args.job is None) != (args.num_jobs is None):
+        raise PrepareError("give --job I together with --num-jobs N")
+    return Job(args.job, args.num_jobs) if args.job is not None else None
+
+
+def _run_step(args: argparse.Namespace) -> tuple[dict[str, Any], Path]:
+    """Run the step the arguments ask for; returns its manifest and where it was written."""
+    job = _job_of(args)
+    if args.merge:
+        if not args.out:
+            raise PrepareError("--merge needs --out (the folder the jobs wrote into)")
+        return parallel.merge(args.out), manifest_path(args.out)
+    spec = spec_from_args(args)
+    with removed_if_failed(spec["out"]):
+        if args.tokenizer_only:
+            manifest = prepare_tokenizer(spec["source"], spec["tokenizer"], spec["out"], workers=spec["workers"],
+                                         progress=not args.quiet, file_timeout_s=spec["file_timeout_s"])
+            return manifest, manifest_path(spec["out"])
+        manifest = prepare(spec["source"], spec["tokenizer"], spec["out"], workers=spec["workers"],
+                           shard_tokens=spec["shard_tokens"], shard_documents=spec["shard_documents"],
+                           progress=not args.quiet, file_timeout_s=spec["file_timeout_s"], job=job)
+    where = part_manifest_path(spec["out"], job.index, job.count) if job else manifest_path(spec["out"])
+    return manifest, where
+
+
 def run(args: argparse.Namespace) -> int:
     try:
-        spec = spec_from_args(args)
         start = time.perf_counter()
-        with removed_if_failed(spec["out"]):
-            manifest = prepare(spec["source"], spec["tokenizer"], spec["out"], workers=spec["workers"],
-                               shard_tokens=spec["shard_tokens"], shard_documents=spec["shard_documents"],
-                               progress=not args.quiet, file_timeout_s=spec["file_timeout_s"])
+        manifest, where = _run_step(args)
     except (ValueError, FileNotFoundError, ModuleNotFoundError, RuntimeError) as exc:
         print(f"shortcutlm prepare: error: {exc}", file=sys.stderr)
         return 2
     elapsed = time.perf_counter() - start
+    if args.tokenizer_only:
+        plan = manifest[parallel.PLAN]
+        print(f"tokenizer {plan['fingerprint']} saved; {plan['documents']:,} documents to encode, "
+              f"{len(manifest['rejected'])} rejected; manifest: {where} ({elapsed:.1f} s)")
+        return 0
     for split, entry in manifest["splits"].items():
         extra = "".join(f", {k} {entry[k]:,.6g}" if isinstance(entry[k], float) else f", {k} {entry[k]:,}"
                         for k in entry if k not in ("documents", "tokens", "shards"))
         print(f"{split}: {entry['documents']:,} documents, {entry['tokens']:,} tokens in {len(entry['shards'])} shard(s){extra}")
     print(f"{manifest['inputs']['rejected']} rejected of {manifest['inputs']['total']} inputs; "
-          f"manifest: {manifest_path(spec['out'])} ({elapsed:.1f} s)")
+          f"manifest: {where} ({elapsed:.1f} s)")
     for item in manifest["rejected"][:10]:
         print(f"  rejected {item['input']}: {item['reason']}")
     return 0

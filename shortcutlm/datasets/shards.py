@@ -22,6 +22,7 @@ from typing import Any, Iterator
 import numpy as np
 
 from shortcutlm.artifacts.manifest import FORMAT, VERSION, ShardError, read_manifest
+from shortcutlm.artifacts.remote import shard_bytes, where_is
 
 __all__ = ["FORMAT", "VERSION", "TMP_SUFFIX", "ShardError", "ShardRecord", "ShardWriter", "read_manifest", "read_shard",
            "verify_shard", "sha256_file", "token_dtype", "shard_name"]
@@ -34,8 +35,10 @@ def token_dtype(vocab_size: int) -> np.dtype:
     return np.dtype(np.uint16) if vocab_size <= 2**16 else np.dtype(np.int32)
 
 
-def shard_name(split: str, index: int) -> str:
-    return f"{split}-{index:06d}.tar"
+def shard_name(split: str, index: int, part: str = "") -> str:
+    """``train-000003.tar``; a job of a prepare across machines adds its part (``train-p00001-000003.tar``),
+    so the names of all jobs sort into the order one job would have written."""
+    return f"{split}-{part}-{index:06d}.tar" if part else f"{split}-{index:06d}.tar"
 
 
 def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
@@ -73,10 +76,10 @@ class ShardRecord:
 class ShardWriter:
     """Writes one shard to ``<name>.tmp``; ``finish()`` renames it into place and returns its record."""
 
-    def __init__(self, folder: str | Path, split: str, index: int, dtype: np.dtype) -> None:
+    def __init__(self, folder: str | Path, split: str, index: int, dtype: np.dtype, part: str = "") -> None:
         from webdataset import TarWriter
 
-        self.path = Path(folder) / shard_name(split, index)
+        self.path = Path(folder) / shard_name(split, index, part)
         self.tmp = self.path.with_name(self.path.name + TMP_SUFFIX)
         self.split, self.dtype = split, np.dtype(dtype)
         self.handle = open(self.tmp, "wb")
@@ -153,14 +156,14 @@ def read_shard(path: str | Path) -> Iterator[tuple[str, np.ndarray, dict[str, An
     """
     from webdataset.tariterators import group_by_keys, tar_file_iterator
 
-    path = Path(path)
-    if not path.is_file():
+    folder, name = Path(path).parent, Path(path).name
+    data, path = shard_bytes(folder, name), where_is(folder, name)  # fetched for a folder served from elsewhere
+    if data is None:
         raise ShardError(f"shard {path} is missing")
     try:
-        with open(path, "rb") as handle:
-            files = ({**f, "__url__": str(path)} for f in tar_file_iterator(handle))
-            for sample in group_by_keys(files):
-                yield decode_sample(sample, path)
+        files = ({**f, "__url__": path} for f in tar_file_iterator(io.BytesIO(data)))
+        for sample in group_by_keys(files):
+            yield decode_sample(sample, path)
     except ShardError:
         raise
     except Exception as exc:
