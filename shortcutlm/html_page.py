@@ -8,6 +8,7 @@ the very same tables and sentences as the ``.md`` beside it.
 from __future__ import annotations
 
 import html
+import re
 
 import markdown
 
@@ -71,8 +72,9 @@ READING = "Reading:"
 
 def markdown_html(text: str) -> str:
     """The HTML of a Markdown text (tables, fenced code, ids on headings; links kept as written), its
-    readings (paragraphs that start with :data:`READING`) set off."""
+    readings (paragraphs that start with :data:`READING`) set off and each picture a link to itself at full size."""
     converted = markdown.markdown(text, extensions=EXTENSIONS, output_format="html")
+    converted = re.sub(r'<img ([^>]*?)src="([^"]+)"([^>]*)>', r'<a href="\2"><img \1src="\2"\3></a>', converted)
     return converted.replace(f"<p>{READING}", f'<p class="reading">{READING}')
 
 

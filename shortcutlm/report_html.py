@@ -122,7 +122,8 @@ def _sample_html(sample: Sample, variant: str, root: Path, prompts: _Prompts) ->
     picture = cls.picture(sample.artifact, sample.artifact.with_name(sample.artifact.stem + ".png"),
                           sidecar.get("prompt_seconds") if prompt else None, f"{variant}: {sample.artifact.name}")
     if picture is not None:
-        out.append(f'<img src="{esc(_href(picture, root))}" alt="{esc(variant)}: {esc(sample.artifact.name)}">')
+        src = esc(_href(picture, root))
+        out.append(f'<a href="{src}"><img src="{src}" alt="{esc(variant)}: {esc(sample.artifact.name)}"></a>')
     parts = cls.text_parts(sample.artifact, prompt[0] if prompt else None)
     if parts is not None:
         out.append(_text_block(parts))
@@ -161,8 +162,8 @@ def listen_section(layout: RunLayout, variants: list[str]) -> str:
         player = _audio(_href(audible, root), f"the prompt alone · {audible.name}") if audible else ""
         lines.append(f'<div class="prompt-block"><strong>Prompt</strong>: '
                      f'<a href="{esc(_href(local, root))}">{esc(local.name)}</a>{player}'
-                     '<p class="legend">Each continuation below starts with this prompt: in the pictures it is '
-                     'shaded or ends at the dashed red line; in texts it is greyed.</p></div>')
+                     '<p class="legend">Each continuation below starts with this prompt: in its picture the prompt '
+                     'is what comes before the dashed line (shaded in a piano roll); in a text it is greyed.</p></div>')
     results = read_results_or_none(layout.evaluation) or {}
     losses = {str(r["name"]): float(r["loss_nats"]) for r in results.get("checkpoints", [])
               if isinstance(r.get("loss_nats"), (int, float))}

@@ -12,28 +12,28 @@ import numpy as np
 from shortcutlm.plots import _save, plt
 
 PROMPT_SHADE = "#9e9e9e"
-JOIN_COLOUR = "#d62728"
+JOIN_COLOUR = "#d62728"  # on white (piano roll)
+JOIN_ON_DARK = "#00e5ff"  # on the spectrogram's dark colour map
 
 
-def _mark_prompt(ax: "plt.Axes", prompt_seconds: float | None, shade: bool) -> None:
+def _mark_prompt(ax: "plt.Axes", prompt_seconds: float | None, shade: bool, colour: str = JOIN_COLOUR) -> None:
     """Shade (or only mark the end of) the prompt's span and label both sides of the join."""
     if prompt_seconds is None or prompt_seconds <= 0:
         return
     if shade:
         ax.axvspan(0, prompt_seconds, color=PROMPT_SHADE, alpha=0.25, lw=0)
-    ax.axvline(prompt_seconds, color=JOIN_COLOUR, lw=1.5, ls="--")
+    ax.axvline(prompt_seconds, color=colour, lw=1.5, ls="--")
     box = {"boxstyle": "round,pad=0.2", "facecolor": "white", "alpha": 0.8, "lw": 0}
-    at_top = ax.get_xaxis_transform()  # x in seconds, y in axes fractions
-    ax.text(prompt_seconds, 0.97, "continuation →", color=JOIN_COLOUR, fontsize=8, va="top", ha="left",
-            transform=at_top, bbox=box)
-    ax.text(prompt_seconds, 0.97, "← prompt", color="#333333", fontsize=8, va="top", ha="right",
-            transform=at_top, bbox=box)
+    for text, ink, side in (("← prompt", "#333333", -1), ("continuation →", "#b31b1b", 1)):
+        ax.annotate(text, xy=(prompt_seconds, 0.97), xycoords=ax.get_xaxis_transform(),  # x: seconds, y: axes
+                    xytext=(5 * side, 0), textcoords="offset points", color=ink, fontsize=8, va="top",
+                    ha="left" if side > 0 else "right", bbox=box)
 
 
 def piano_roll_figure(starts: np.ndarray, durations: np.ndarray, pitches: np.ndarray,
                       prompt_seconds: float | None = None, title: str = "") -> "plt.Figure":
     """Notes as bars (time in seconds × MIDI pitch); notes of the prompt grey, the continuation's blue."""
-    fig, ax = plt.subplots(figsize=(9, 3.4))
+    fig, ax = plt.subplots(figsize=(7, 3.2))
     starts, durations, pitches = (np.asarray(a, dtype=float) for a in (starts, durations, pitches))
     in_prompt = starts < (prompt_seconds or 0.0) - 1e-6
     for mask, colour in ((in_prompt, "#616161"), (~in_prompt, "#1f77b4")):
@@ -58,24 +58,29 @@ def plot_piano_roll(starts: np.ndarray, durations: np.ndarray, pitches: np.ndarr
     return _save(piano_roll_figure(starts, durations, pitches, prompt_seconds, title), Path(out))
 
 
-def spectrogram_figure(wave: np.ndarray, rate: int, join_seconds: float | None = None,
-                       title: str = "") -> "plt.Figure":
-    """Log-magnitude spectrogram (time in seconds × kHz) of a mono wave, the prompt's end marked."""
+def spectrogram_figure(wave: np.ndarray, rate: int, join_seconds: float | None = None, title: str = "",
+                       dynamic_range_db: float = 80.0) -> "plt.Figure":
+    """Power spectrogram in dB (time in seconds × kHz, the top ``dynamic_range_db`` shown) of a
+    wave (channels averaged), the prompt's end marked."""
+    from matplotlib import mlab
+
     wave = np.asarray(wave, dtype=np.float64)
     if wave.ndim > 1:
         wave = wave.mean(axis=1)
-    fig, ax = plt.subplots(figsize=(9, 3.4))
+    seconds = wave.size / rate
     n_fft = 1024 if rate >= 16000 else 512
     if wave.size < n_fft:
         wave = np.pad(wave, (0, n_fft - wave.size))
-    ax.specgram(wave, NFFT=n_fft, Fs=rate, noverlap=n_fft * 3 // 4, scale="dB", cmap="magma",
-                vmin=-120)
-    ax.set_xlim(0, wave.size / rate)
-    ax.set_yticks(ax.get_yticks(), [f"{t / 1000:g}" for t in ax.get_yticks()])
-    ax.set_ylim(0, rate / 2)
+    power, _, _ = mlab.specgram(wave, NFFT=n_fft, Fs=rate, noverlap=n_fft * 3 // 4, mode="psd")
+    db = 10 * np.log10(np.maximum(power, 1e-20))
+    top = float(db.max())
+    fig, ax = plt.subplots(figsize=(7, 3.2))
+    image = ax.imshow(db, origin="lower", aspect="auto", cmap="magma", extent=(0, seconds, 0, rate / 2000),
+                      vmin=top - dynamic_range_db, vmax=top, interpolation="nearest")
+    fig.colorbar(image, ax=ax, fraction=0.04, pad=0.01, label="dB")
     ax.set_xlabel("time (s)")
     ax.set_ylabel("frequency (kHz)")
-    _mark_prompt(ax, join_seconds, shade=False)
+    _mark_prompt(ax, join_seconds, shade=False, colour=JOIN_ON_DARK)
     ax.set_title(title)
     return fig
 
