@@ -1,7 +1,9 @@
-"""The recipe's report: evaluation table, loss curves, generated samples, shortcut depth maps.
+"""The recipe's report: evaluation table, loss curves, generated samples, shortcut depth maps, diagnostics.
 
 Every figure in ``report.md`` is read from files the earlier stages wrote (manifest,
-checkpoint folders, ``eval/results.json``, sample sidecars); nothing is typed in.
+checkpoint folders, ``eval/results.json``, sample sidecars); nothing is typed in. The same
+sections, with players and pictures for the samples, make ``report.html``
+(:mod:`shortcutlm.report_html`). Each plot comes with a sentence that reads it.
 """
 from __future__ import annotations
 
@@ -11,13 +13,13 @@ from typing import Any
 import numpy as np
 
 from shortcutlm.artifacts.checkpoint import CheckpointFolder
-from shortcutlm.artifacts.files import write_text
+from shortcutlm.artifacts.files import read_json_or_none, write_text
 from shortcutlm.artifacts.manifest import ShardManifest
 from shortcutlm.artifacts.results import read_markdown, read_results_or_none
 from shortcutlm.artifacts.sidecar import Sample, samples_in
 from shortcutlm.datasets.shards import read_shard
 from shortcutlm.models import SamplingSettings
-from shortcutlm.plots import plot_loss_curves
+from shortcutlm.plots import plot_loss_curves, read_curves
 from shortcutlm.recipe import Recipe
 from shortcutlm.run_layout import RunLayout
 
@@ -77,7 +79,7 @@ def _data_section(data_dir: Path) -> list[str]:
     for split, info in manifest.splits.items():
         lines.append(f"| {split} | {info.documents:,} | {info.tokens:,} |")
     rejected = manifest.rejected
-    lines += ["", f"Rejected inputs: {len(rejected)}" + ("" if not rejected else ":")]
+    lines += ["", f"Rejected inputs: {len(rejected)}" + ("" if not rejected else ":"), ""]
     lines += [f"- `{r['input']}`: {r['reason']}" for r in rejected[:20]]
     if len(rejected) > 20:
         lines.append(f"- … and {len(rejected) - 20} more (see `{_rel(manifest.path, data_dir.parent)}`)")
@@ -101,7 +103,44 @@ def _training_section(layout: RunLayout, variants: list[str]) -> list[str]:
         lines += ["", f"![loss curves]({_rel(curves, layout.root)})",
                   "", "Solid lines: training loss (exponential moving average); dashed: validation loss "
                   "on the first `train.val_batches` validation batches."]
+        reading = _loss_reading(layout, variants)
+        if reading:
+            lines += ["", reading]
     return lines + [""]
+
+
+def baseline_of(variants: list[str]) -> str:
+    """The variant the others are read against: ``baseline`` when the recipe has one, else the first."""
+    return "baseline" if "baseline" in variants else variants[0]
+
+
+def _against(values: dict[str, float], base: str, unit: str) -> str:
+    """``a 3.912; b 3.850 (−0.062 against a)``, each variant's number beside the baseline's."""
+    parts = []
+    for name, value in values.items():
+        text = f"{name} {value:.3f}{unit}"
+        if name != base and base in values:
+            diff = value - values[base]
+            text += f" ({'+' if diff >= 0 else '−'}{abs(diff):.3f} against {base})"
+        parts.append(text)
+    return "; ".join(parts)
+
+
+def _loss_reading(layout: RunLayout, variants: list[str]) -> str | None:
+    """One sentence: the last validation loss of each variant against the baseline's."""
+    last: dict[str, float] = {}
+    steps: set[int] = set()
+    for v in variants:
+        metrics = CheckpointFolder(layout.checkpoint(v)).metrics_path
+        curve = read_curves(metrics).get("val/loss") if metrics.is_file() else None
+        if curve is not None and len(curve[1]):
+            last[v] = float(curve[1][-1])
+            steps.add(int(curve[0][-1]))
+    if not last:
+        return None
+    at = f" (step {steps.pop()})" if len(steps) == 1 else ""
+    return (f"Reading: last validation loss{at}, nats per token: "
+            f"{_against(last, baseline_of(variants), '')}; lower is better.")
 
 
 def _evaluation_section(layout: RunLayout) -> list[str]:
@@ -114,9 +153,23 @@ def _evaluation_section(layout: RunLayout) -> list[str]:
     body = ["#" + line if line.startswith("#") else line for line in body]
     if not body or not body[0].startswith("## "):
         body = ["## Evaluation", "", *body]
-    return [*body, "",
-            "Loss is the mean next-token cross-entropy in nats over every target of the split (one exact "
-            "pass); bits = nats / ln 2; perplexity = e^loss. Lower is better.", ""]
+    lines = [*body, "",
+             "Loss is the mean next-token cross-entropy in nats over every target of the split (one exact "
+             "pass); bits = nats / ln 2; perplexity = e^loss. Lower is better.", ""]
+    reading = _evaluation_reading(layout)
+    return lines + ([reading, ""] if reading else [])
+
+
+def _evaluation_reading(layout: RunLayout) -> str | None:
+    """One sentence: each checkpoint's loss against the baseline's, and which is lowest."""
+    results = read_results_or_none(layout.evaluation)
+    rows = [r for r in (results or {}).get("checkpoints", []) if isinstance(r.get("loss_nats"), (int, float))]
+    if not rows:
+        return None
+    losses = {str(r["name"]): float(r["loss_nats"]) for r in rows}
+    best = min(losses, key=losses.__getitem__)
+    return (f"Reading: {results.get('split', 'test')} loss in nats per token, "
+            f"{_against(losses, baseline_of(list(losses)), '')}; lowest: **{best}**.")
 
 
 def _samples_section(layout: RunLayout, variants: list[str]) -> list[str]:
@@ -148,6 +201,7 @@ def _excerpt(sample: Sample) -> str | None:
 
 
 def _depth_maps(layout: RunLayout, variants: list[str], data_dir: Path) -> list[str]:
+    from shortcutlm.ablation.sentences import depth_map_sentence
     from shortcutlm.diagnostics import depth_map_for_checkpoint
 
     lines: list[str] = []
@@ -158,6 +212,10 @@ def _depth_maps(layout: RunLayout, variants: list[str], data_dir: Path) -> list[
         png = depth_map_for_checkpoint(folder, data_dir, layout.root / f"depth_map_{v}.png")
         if png is not None:
             lines += [f"### {v}", "", f"![shortcut attention over depth, {v}]({_rel(png, layout.root)})", ""]
+            numbers = read_json_or_none(png.with_suffix(".json")) or {}
+            reading = depth_map_sentence(v, numbers.get("depths") or [], numbers.get("weights"))
+            if reading:
+                lines += [f"Reading: {reading}", ""]
     if not lines:
         return []
     return ["## Shortcut attention over depth", "",
@@ -166,21 +224,63 @@ def _depth_maps(layout: RunLayout, variants: list[str], data_dir: Path) -> list[
             "averaged over heads (each row sums to 1).", "", *lines]
 
 
+#: The diagnostics plots the run report shows (the depth maps have their own section above them).
+DIAGNOSTICS_SHOWN = ("entropy", "first_token_value_norm", "first_token_attention", "hidden_norm",
+                     "token_similarity", "depth_weights")
+
+
+def _diagnostics_section(layout: RunLayout, variants: list[str]) -> list[str]:
+    """The ablation page's diagnostics for this run's checkpoints: a plot per measure, each with its reading."""
+    from shortcutlm.ablation.sentences import diagnostic_sentences
+    from shortcutlm.diagnostics import compare_checkpoints
+
+    trained = [v for v in variants if CheckpointFolder(layout.checkpoint(v)).has_weights]
+    if not trained:
+        return []
+    heading = ["## Attention concentration and shortcut depth (diagnostics)", ""]
+    try:
+        got = compare_checkpoints([layout.checkpoint(v) for v in trained], layout.root / "diagnostics",
+                                  data_dir=layout.data, labels=trained)
+    except Exception as exc:  # noqa: BLE001 - the report says so and keeps its other sections
+        return heading + [f"Not measured: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}", ""]
+    base = baseline_of(trained)
+    readings = diagnostic_sentences(got["results"], trained, base)
+    lines = heading + [f"`shortcutlm.diagnostics.compare_checkpoints` on validation windows of "
+                       f"{', '.join(trained)}; each reading compares a variant with {base}.", ""]
+    for name in DIAGNOSTICS_SHOWN:
+        png = got["plots"].get(name)
+        if png is None:
+            continue
+        lines += [f"![{name.replace('_', ' ')}]({_rel(Path(png), layout.root)})", ""]
+        if name in readings:
+            lines += [f"Reading: {readings[name]}", ""]
+    return lines + [f"Numbers: `{_rel(Path(got['json']), layout.root)}`.", ""]
+
+
+def report_sections(recipe: Recipe, layout: RunLayout, variants: list[str]) -> dict[str, list[str]]:
+    """The report's sections as Markdown lines, by name, in page order (PNGs written on the way)."""
+    return {"data": _data_section(layout.data),
+            "training": _training_section(layout, variants),
+            "evaluation": _evaluation_section(layout),
+            "samples": _samples_section(layout, variants),
+            "depth": _depth_maps(layout, variants, layout.data),
+            "diagnostics": _diagnostics_section(layout, variants)}
+
+
 def write_run_report(recipe: Recipe, layout: RunLayout, variants: list[str]) -> Path:
-    """Write ``report.md`` (and its PNGs) for a recipe run."""
-    title = f"# {recipe.name}" + (f" ({recipe.preset} preset)" if recipe.preset else "")
-    lines = [title, ""]
-    if recipe.description:
-        lines += [recipe.description.strip(), ""]
-    lines += _data_section(layout.data)
-    lines += _training_section(layout, variants)
-    lines += _evaluation_section(layout)
-    lines += _samples_section(layout, variants)
-    lines += _depth_maps(layout, variants, layout.data)
+    """Write ``report.md`` and ``report.html`` (and their PNGs) for a recipe run; returns ``report.md``."""
+    from shortcutlm.report_html import write_html_report
+
+    title = recipe.name + (f" ({recipe.preset} preset)" if recipe.preset else "")
+    head = [f"# {title}", ""] + ([recipe.description.strip(), ""] if recipe.description else [])
+    sections = report_sections(recipe, layout, variants)
+    lines = head + [line for part in sections.values() for line in part]
     write_text(layout.report, "\n".join(lines) + "\n")
+    write_html_report(layout, title, recipe.description, sections, variants)
     return layout.report
 
 
 def summary(layout: RunLayout) -> dict[str, Any]:
-    """What a run produced (for scripts): the report and the evaluation results (None before evaluation)."""
-    return {"report": str(layout.report), "evaluation": read_results_or_none(layout.evaluation)}
+    """What a run produced (for scripts): the reports and the evaluation results (None before evaluation)."""
+    return {"report": str(layout.report), "report_html": str(layout.report_html),
+            "evaluation": read_results_or_none(layout.evaluation)}

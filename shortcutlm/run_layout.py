@@ -28,3 +28,7 @@ class RunLayout:
     @property
     def report(self) -> Path:
         return self.root / "report.md"
+
+    @property
+    def report_html(self) -> Path:
+        return self.root / "report.html"

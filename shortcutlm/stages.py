@@ -61,5 +61,9 @@ def run(args: argparse.Namespace) -> int:
     stages = tuple(s for s in STAGES if not args.stages or s in args.stages)
     with removed_if_failed(out):
         layout = run_recipe(recipe, out, stages, args.variants, progress=not args.no_progress)
-    print(f"done: {layout.root}" + (f" (report: {layout.report})" if layout.report.exists() else ""))
+    if layout.report_html.exists():
+        print(f"done: {layout.root} — open {layout.report_html} in a browser to listen and compare "
+              f"(Markdown: {layout.report})")
+    else:
+        print(f"done: {layout.root}")
     return 0

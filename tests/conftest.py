@@ -6,8 +6,9 @@ from pathlib import Path
 
 import pytest
 
-# The tiny datasets and checkpoints of every domain that several test modules share, built once per session.
-pytest_plugins = ["tests.fixtures_eval"]
+# The tiny datasets, checkpoints and recipe runs of every domain that several test modules share, built once
+# per session.
+pytest_plugins = ["tests.fixtures_eval", "tests.fixtures_runs"]
 
 WORDS = ("the king and queen of music speak in layered verse while the chorus sings low notes "
          "under a quiet moon every value returns to the first layer and the shortcut reads depth").split()

@@ -12,6 +12,7 @@ import yaml
 from shortcutlm import ablation as ab
 from shortcutlm.config_schema import ConfigError
 from tests.conftest import write_text8
+from tests.pages import html_numbers, markdown_numbers, markdown_tables, read_html
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -248,6 +249,8 @@ def test_micro_grid_writes_the_page(micro):
 
     md = (root / "docs" / "results.md").read_text()
     assert "Produced by: `shortcutlm ablate micro.yaml --datasets tinytext`" in md  # the command above the tables
+    page = (root / "docs" / "results.html").read_text()  # the same page in HTML: the same tables and numbers
+    assert read_html(page).tables == markdown_tables(md) and html_numbers(page) == markdown_numbers(md)
     assert "- command: `shortcutlm ablate micro.yaml`" in md
     assert md.count("| baseline | ") == 1  # the dataset's table
     assert md.count("| shortcut_depth | ") == 2  # the summary and the dataset's table

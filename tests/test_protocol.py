@@ -19,7 +19,8 @@ from shortcutlm.tokenizers import Tokenizer, TokenizerError, tokenizer_class
 from shortcutlm.tokenizers.base import Encoded, LossGroups
 
 PACKAGE = Path(shortcutlm.__file__).parent
-DOMAIN_BLIND = ["generation.py", "evaluation.py", "diagnostics.py", "report.py", "plots.py"]
+DOMAIN_BLIND = ["generation.py", "evaluation.py", "diagnostics.py", "report.py", "report_html.py", "plots.py",
+                "sample_pictures.py", "html_page.py"]
 
 #: What a domain branch or a probe looks like. Printing the domain name in a message
 #: (``f"... {tok.domain} ..."``) or recording it (``"domain": tok.domain``) matches none of them.
@@ -145,6 +146,9 @@ def test_the_protocol_defaults_are_safe(tmp_path):
     assert tok.render(tmp_path / "a.plain", tmp_path / "a.wav") is None and not (tmp_path / "a.wav").exists()
     assert tok.artifact_seconds(tmp_path / "a.plain") is None and tok.seconds_of(np.arange(3)) is None
     assert tok.excerpt(tmp_path / "a.plain") is None and tok.describe() == {} and tok.prompt_context("x") == {}
+    # Reports show nothing they cannot: no picture, no text parts, and the artifact is not played as sound.
+    assert tok.picture(tmp_path / "a.plain", tmp_path / "a.png", 1.0) is None and not (tmp_path / "a.png").exists()
+    assert tok.text_parts(tmp_path / "a.plain", None) is None and not tok.artifact_is_sound
 
 
 def test_loss_groups_name_their_groups():

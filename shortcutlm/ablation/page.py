@@ -1,5 +1,5 @@
-"""The results page: ``<docs>/results.md`` (plots under ``<docs>/results/<dataset>/``) and
-``<docs>/results.json``, rendered from the collected results alone (no run folder is read here,
+"""The results page: ``<docs>/results.md`` (plots under ``<docs>/results/<dataset>/``), the same page as
+``<docs>/results.html``, and ``<docs>/results.json``, rendered from the collected results alone (no run folder is read here,
 except the diagnostics plots it copies next to the page)."""
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from shortcutlm.ablation.markdown import (bold_verdict, display_path, fmt, fmt_p
                                           param_count, ratio_text, table)
 from shortcutlm.artifacts.ablation import PAGE_JSON, write_page
 from shortcutlm.artifacts.checkpoint import METRICS
+from shortcutlm.html_page import markdown_page
 
 NOISY_IQR = 0.3
 
@@ -257,7 +258,9 @@ def _variant_text(fields: dict[str, Any]) -> str:
 
 
 def write_results(results: dict[str, Any], docs: Path, out: Path) -> tuple[Path, Path]:
-    """``<docs>/results.md`` (plots copied under ``<docs>/results/``) and ``<docs>/results.json``."""
+    """``<docs>/results.md`` (plots copied under ``<docs>/results/``), the same page as
+    ``<docs>/results.html`` (converted from that Markdown, so it shows the very same numbers), and
+    ``<docs>/results.json``; returns the ``.md`` and ``.json`` paths."""
     docs.mkdir(parents=True, exist_ok=True)
     text = render_markdown(results, docs, out)
-    return write_page(docs, text, results)
+    return write_page(docs, text, results, markdown_page(text, "Ablation results"))

@@ -101,16 +101,9 @@ def diagnostic_sentences(results: dict[str, Any] | None, labels: list[str], base
                     else f"all within {NEAR_UNIFORM:.0%} of uniform ({uniform:.2f}): no depth is preferred")
             out["depth_weights"] += (f"{label}'s shortcut spreads its attention over depth as {shares} (mean over "
                                      f"tokens), {lean}. ")
-        depth_map = sc.get("depth_map")
-        if isinstance(depth_map, list) and depth_map and isinstance(depth_map[0], list) and names:
-            tops = [max(range(len(row)), key=lambda i: row[i]) for row in depth_map if row]
-            counts = {names[i]: tops.count(i) for i in sorted(set(tops)) if i < len(names)}
-            shares = ", ".join(f"{n} for {c / len(tops):.0%}" for n, c in
-                               sorted(counts.items(), key=lambda kv: -kv[1]))
-            kind = "varies with the token" if len(counts) > 1 else "is the same for every token"
-            out[f"depth_map_{label}"] = (f"On the first window, the depth that {label}'s shortcut attends to most "
-                                         f"{kind}: "
-                                         f"{shares} of the {len(tops)} tokens.")
+        sentence = depth_map_sentence(label, names, sc.get("depth_map"))
+        if sentence:
+            out[f"depth_map_{label}"] = sentence
     if "depth_weights" in out:
         out["depth_weights"] = out["depth_weights"].strip()
     return out
@@ -123,3 +116,16 @@ def _num(value: float) -> str:
     if magnitude >= 1000 or magnitude < 1e-3:
         return f"{value:.3g}"
     return f"{value:.3f}" if magnitude < 10 else f"{value:.2f}"
+
+
+def depth_map_sentence(label: str, names: list[str], depth_map: Any) -> str | None:
+    """Which depth the shortcut of ``label`` attends to most, token by token, on the first window of
+    a depth map (rows: tokens, columns: the depths ``names``); None when the map is empty."""
+    if not (isinstance(depth_map, list) and depth_map and isinstance(depth_map[0], list) and names):
+        return None
+    tops = [max(range(len(row)), key=lambda i: row[i]) for row in depth_map if row]
+    counts = {names[i]: tops.count(i) for i in sorted(set(tops)) if i < len(names)}
+    shares = ", ".join(f"{n} for {c / len(tops):.0%}" for n, c in sorted(counts.items(), key=lambda kv: -kv[1]))
+    kind = "varies with the token" if len(counts) > 1 else "is the same for every token"
+    return (f"On the first window, the depth that {label}'s shortcut attends to most {kind}: "
+            f"{shares} of the {len(tops)} tokens.")

@@ -9,7 +9,7 @@ Per run folder (a checkpoint folder of the grid)::
     eval_<split>.json    the same on another split (``valid``)
 
 Per dataset: ``step_timing.json`` (side-by-side step timing) and ``diagnostics/ablation_cache.json``.
-The page: ``<docs>/results.md`` and ``results.json``.
+The page: ``<docs>/results.md``, the same as HTML in ``results.html``, and ``results.json``.
 
 A cache is ``{"key": ..., "<field>": ...}``; keys are compared after the one JSON sanitiser
 (:func:`~shortcutlm.artifacts.files.jsonable`), so a key read back from disk equals a freshly
@@ -30,6 +30,7 @@ STEP_TIMING_FILE = "step_timing.json"
 DIAGNOSTICS_CACHE_FILE = "ablation_cache.json"
 PAGE_MD = "results.md"
 PAGE_JSON = "results.json"
+PAGE_HTML = "results.html"
 
 
 # ------------------------------------------------------------------------------------ caches
@@ -97,9 +98,12 @@ def diagnostics_cache_path(diagnostics_dir: Path) -> Path:
 
 # ------------------------------------------------------------------------------------ the page
 
-def write_page(docs: Path, markdown: str, results: dict[str, Any]) -> tuple[Path, Path]:
-    """``<docs>/results.md`` and ``<docs>/results.json``; returns both paths."""
+def write_page(docs: Path, markdown: str, results: dict[str, Any], html: str | None = None) -> tuple[Path, Path]:
+    """``<docs>/results.md``, ``<docs>/results.json`` and, given ``html``, ``<docs>/results.html``;
+    returns the first two paths."""
     docs = Path(docs)
     md = write_text(docs / PAGE_MD, markdown)
+    if html is not None:
+        write_text(docs / PAGE_HTML, html)
     js = write_json(docs / PAGE_JSON, results)
     return md, js

@@ -282,6 +282,19 @@ class AcousticTokenizer(Tokenizer):
             return f"{name} with random-init weights and k-means codebooks (not the published codec)"
         return name if self.weights_kind == "pretrained" else f"{name} weights from {Path(self.weights_source).name}"
 
+    artifact_is_sound = True
+
+    @classmethod
+    def picture(cls, artifact: str | Path, out_png: str | Path, prompt_seconds: float | None = None,
+                title: str = "") -> Path | None:
+        """A spectrogram of the ``.wav``, the end of the prompt marked."""
+        import soundfile as sf
+
+        from shortcutlm.sample_pictures import plot_spectrogram
+
+        wave, rate = sf.read(str(artifact), dtype="float32", always_2d=False)
+        return plot_spectrogram(wave, int(rate), Path(out_png), prompt_seconds, title)
+
     def describe(self) -> dict[str, Any]:
         return {"layout": self.layout, "n_codebooks": self.n_q, "frames_per_second": self.frames_per_second,
                 "codec": self.codec_name}

@@ -24,7 +24,9 @@ domain-blind; ``tests/test_protocol.py`` holds them to it):
 * reading ids: :meth:`Tokenizer.token_labels`;
 * artifacts: ``artifact_suffixes``, :meth:`Tokenizer.decode`, :meth:`Tokenizer.artifact_seconds`,
   :meth:`Tokenizer.render`, :meth:`Tokenizer.excerpt`, and :meth:`Tokenizer.describe` (the
-  facts a sidecar or result records to be read on its own).
+  facts a sidecar or result records to be read on its own);
+* showing artifacts in reports: ``artifact_is_sound``, :meth:`Tokenizer.picture` (piano roll,
+  spectrogram) and :meth:`Tokenizer.text_parts` (a text with its prompt set apart).
 """
 from __future__ import annotations
 
@@ -284,6 +286,27 @@ class Tokenizer(ABC):
     def excerpt(cls, artifact: str | Path, chars: int = 600) -> str | None:
         """The start of a written artifact as text, for reports to quote; None when it is not text.
         A class method: reading a file back needs no model (``tokenizer_class(domain).excerpt``)."""
+        return None
+
+    #: True when a written artifact is itself sound a person can play (audio); MIDI is heard
+    #: through its :meth:`render`, text not at all.
+    artifact_is_sound: ClassVar[bool] = False
+
+    @classmethod
+    def picture(cls, artifact: str | Path, out_png: str | Path, prompt_seconds: float | None = None,
+                title: str = "") -> Path | None:
+        """Write a PNG that shows a written artifact to the eye (MIDI: a piano roll; audio: a
+        spectrogram), its first ``prompt_seconds`` (the prompt it continues) set apart on the same time
+        axis, and return its path; None when the domain has no picture (text is read, see
+        :meth:`text_parts`). A class method, like :meth:`excerpt`: reports need no model to draw."""
+        return None
+
+    @classmethod
+    def text_parts(cls, artifact: str | Path, prompt: str | Path | None = None,
+                   chars: int = 4000) -> tuple[str, str] | None:
+        """A written text as ``(the prompt it starts with, what follows)``, the second cut after
+        ``chars`` characters, so that a report can set the prompt apart; None when the artifact is
+        not text."""
         return None
 
     def describe(self) -> dict[str, Any]:

@@ -365,6 +365,18 @@ class MidiTokenizer(Tokenizer):
         sf.write(str(wav_path), audio, int(sample_rate), subtype="PCM_16")
         return wav_path
 
+    @classmethod
+    def picture(cls, artifact: str | Path, out_png: str | Path, prompt_seconds: float | None = None,
+                title: str = "") -> Path | None:
+        """A piano roll of every note of the ``.mid`` (seconds at its own tempo map), the prompt shaded."""
+        from shortcutlm.sample_pictures import plot_piano_roll
+
+        score = read_midi(Path(artifact)).to("second")
+        notes = [(n.start, n.duration, n.pitch) for track in score.tracks for n in track.notes]
+        starts, durations, pitches = (np.array(column, dtype=float) for column in zip(*notes)) if notes else \
+            (np.zeros(0),) * 3
+        return plot_piano_roll(starts, durations, pitches, Path(out_png), prompt_seconds, title)
+
     # ------------------------------------------------------------------ training (BPE)
     trains_on_samples = True
 

@@ -261,6 +261,18 @@ class TextTokenizer(Tokenizer):
             return fh.read(chars)
 
     # ------------------------------------------------------------------ training
+    @classmethod
+    def text_parts(cls, artifact: str | Path, prompt: str | Path | None = None,
+                   chars: int = 4000) -> tuple[str, str] | None:
+        """The written text split where its prompt ends. Decoding may lay out the prompt's
+        whitespace differently from its file, so the prompt is matched ignoring whitespace, and up to
+        the first character that differs (the prompt part is then what matched)."""
+        text = Path(artifact).read_text(encoding="utf-8", errors="replace")
+        given = Path(prompt).read_text(encoding="utf-8", errors="replace") if prompt is not None else ""
+        end = _prompt_end(text, given)
+        rest = text[end:]
+        return text[:end], rest[:chars] + ("…" if len(rest) > chars else "")
+
     def train(self, documents: Iterable[Document]) -> dict[str, str]:
         """Train SentencePiece on the documents' lines through its iterator API.
 
@@ -345,6 +357,21 @@ def _training_failure(message: str, vocab_size: int, n_bytes: int) -> str:
                 "raise vocab_size")
     text = re.sub(r"^\w+: \S+\(\d+\) \[.*?\]\s*", "", message.strip()).splitlines()
     return f"text tokenizer: sentencepiece could not train on the train split ({n_bytes:,} bytes): {text[0] if text else message}"
+
+
+def _prompt_end(text: str, prompt: str) -> int:
+    """Where ``prompt`` ends at the start of ``text``, whitespace ignored (just after its last matching character)."""
+    i = end = 0
+    for ch in prompt:
+        if ch.isspace():
+            continue
+        while i < len(text) and text[i].isspace():
+            i += 1
+        if i >= len(text) or text[i] != ch:
+            break
+        i += 1
+        end = i
+    return end
 
 
 def _word_start(text: str, position: int) -> int:
