@@ -27,6 +27,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
 BENCHMARKS: dict[str, tuple[str, str]] = {
     "model": ("shortcutlm.bench.model", "decoder variants: step time, tokens/s, KV cache, generation"),
     "tokenizers": ("shortcutlm.bench.tokenizers", "per-domain tokenizer throughput"),
+    "codec": ("shortcutlm.bench.codec", "offline acoustic codec: identity, prepare and generation speed"),
     "data": ("shortcutlm.bench.data", "prepare and loader throughput"),
     "peer": ("shortcutlm.bench.peer", "side by side with x-transformers"),
     "mfu": ("shortcutlm.bench.mfu", "training MFU against the measured matmul peak, fp32 and bf16"),

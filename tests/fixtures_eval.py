@@ -163,11 +163,11 @@ def wav_folder(eval_root) -> Path:
 
 @pytest.fixture(scope="session")
 def audio_delay_data(eval_root, wav_folder) -> Path:
-    """EnCodec 24 kHz at 1.5 kbps (K=2), random-init codec with k-means codebooks, delay layout."""
+    """EnCodec 24 kHz at 1.5 kbps (K=2), the offline log-mel codec, delay layout."""
     def build() -> Path:
         out = eval_root / "audio_delay_shards"
         prepare({"name": "folder", "path": str(wav_folder)},
-                {"domain": "acoustic", "weights": "random_kmeans", "layout": "delay", "bandwidth": 1.5,
+                {"domain": "acoustic", "weights": "mel_kmeans", "layout": "delay", "bandwidth": 1.5,
                  "kmeans_iters": 5}, out, workers=1, progress=False)
         return out
     return _once("audio_delay_data", build)

@@ -49,5 +49,5 @@ def audio_run(tmp_path_factory) -> RunLayout:
     for i in range(6):
         sf.write(folder / f"clip{i}.wav", tone(1.5, seed=i), 24000)
     return recipe_run(root, {"name": "folder", "path": str(folder)},
-                      {"domain": "acoustic", "bandwidth": 1.5, "layout": "delay", "weights": "random_kmeans",
+                      {"domain": "acoustic", "bandwidth": 1.5, "layout": "delay", "weights": "mel_kmeans",
                        "kmeans_iters": 5}, seconds=1.0, max_new_tokens=None, prompt_tokens=30)

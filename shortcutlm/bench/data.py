@@ -25,7 +25,7 @@ DOMAINS: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
     "text": ({"name": "shakespeare"}, {"domain": "text", "vocab_size": 2048}),
     "midi": ({"name": "bach_chorales", "limit": 120}, {"domain": "midi"}),
     "acoustic": ({"name": "chorales_audio", "limit": 6},
-                 {"domain": "acoustic", "weights": "random_kmeans", "bandwidth": 1.5, "layout": "delay",
+                 {"domain": "acoustic", "weights": "mel_kmeans", "bandwidth": 1.5, "layout": "delay",
                   "kmeans_iters": 5, "kmeans_max_frames": 5000}),
 }
 LOADER_TARGET = 10.0

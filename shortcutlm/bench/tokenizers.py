@@ -45,8 +45,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--audio-seconds", type=float, default=60.0, help="seconds of rendered chorale audio")
     parser.add_argument("--bandwidth", type=float, default=6.0, help="EnCodec bandwidth in kbps")
     parser.add_argument("--weights", default="auto",
-                        help="EnCodec weights: auto (pretrained if downloadable, else random_kmeans), "
-                             "pretrained, random_kmeans or a state-dict path")
+                        help="codec weights: auto (pretrained EnCodec if downloadable, else the offline "
+                             "mel_kmeans codec), pretrained, mel_kmeans, random_kmeans or a state-dict path")
     parser.add_argument("--text-mb", type=float, default=None,
                         help="cap the Shakespeare text at this many MB (default: all plays, 5.3 MB)")
     parser.add_argument("--repeats", type=int, default=3, help="timed passes per figure (best is reported)")
@@ -167,7 +167,7 @@ def _acoustic_tokenizer(weights: str, bandwidth: float, audio: Path, threads: in
             return AcousticTokenizer({**settings, "weights": "pretrained"}), "pretrained"
         except RuntimeError as exc:
             logging.getLogger(__name__).warning("%s", exc)
-            weights = "random_kmeans"
+            weights = "mel_kmeans"
     tok = AcousticTokenizer({**settings, "weights": weights, "kmeans_iters": 10})
     if tok.needs_training:
         tok.train([_doc(audio)])
@@ -188,7 +188,7 @@ def bench_audio(seconds: float, bandwidth: float, weights: str, repeats: int, ca
     with tempfile.TemporaryDirectory() as tmp:
         dbest = _timed(lambda: tok.decode(enc.tokens, Path(tmp) / "out.wav"), 1).best_s
     return {"input": f"{duration:.1f} s of Bach chorales rendered with TimGM6mb.sf2 at 24 kHz, one mono file",
-            "codec": "EnCodec 24 kHz", "weights": used, "bandwidth_kbps": bandwidth, "n_codebooks": tok.n_codebooks,
+            "codec": tok.codec_name, "weights": used, "bandwidth_kbps": bandwidth, "n_codebooks": tok.n_codebooks,
             "layout": "flatten", "codec_threads": tok.threads, "chunk_seconds": tok.chunk_seconds,
             "fast_elu": tok.fast_elu, "tokens": int(enc.tokens.size), "encode_s": best, "encode_median_s": med,
             "encode_cpu_s": run.cpu_s, "real_time_factor": duration / best,

@@ -27,17 +27,29 @@ def nearest(points: torch.Tensor, book: torch.Tensor) -> torch.Tensor:
 
 def plus_plus_start(points: torch.Tensor, size: int, generator: torch.Generator) -> torch.Tensor:
     """k-means++ seeding: each new centre drawn with probability proportional to the squared
-    distance to the nearest centre so far (random starts leave two centres in one cluster)."""
-    first = int(torch.randint(points.shape[0], (1,), generator=generator))
-    chosen = [first]
-    gap = ((points - points[first]) ** 2).sum(1)
+    distance to the nearest centre so far (random starts leave two centres in one cluster).
+
+    Distances come from one matrix-vector product per centre and the draw from a cumulative
+    sum: written out as ``((points - c) ** 2).sum(1)`` with ``multinomial`` the seeding took three
+    times as long as the Lloyd iterations after it.
+    """
+    norms = (points * points).sum(1)
+
+    def gap_to(index: int) -> torch.Tensor:
+        centre = points[index]
+        return torch.addmv(norms + centre @ centre, points, centre, alpha=-2.0).clamp_min(0.0)
+
+    chosen = [int(torch.randint(points.shape[0], (1,), generator=generator))]
+    gap = gap_to(chosen[0])
     for _ in range(size - 1):
-        total = float(gap.sum())
+        cumulative = gap.cumsum(0)
+        total = float(cumulative[-1])
         if total <= 0.0:  # every point already sits on a centre
             break
-        pick = int(torch.multinomial(gap / total, 1, generator=generator))
+        draw = torch.rand(1, generator=generator, dtype=cumulative.dtype) * total
+        pick = int(torch.searchsorted(cumulative, draw, right=True).clamp_max(points.shape[0] - 1))
         chosen.append(pick)
-        gap = torch.minimum(gap, ((points - points[pick]) ** 2).sum(1))
+        gap = torch.minimum(gap, gap_to(pick))
     return points[chosen].clone()
 
 
@@ -50,6 +62,10 @@ def fit_codebook(points: torch.Tensor, size: int, iters: int, seed: int) -> torc
     generator = torch.Generator().manual_seed(seed)
     if points.shape[0] == 0:
         raise ValueError("k-means: no points to fit")
+    # k-means does not care where the origin is; centred points keep ||p||^2 - 2 p.c + ||c||^2
+    # from cancelling away the small differences between nearby points
+    mean = points.mean(0)
+    points = points - mean
     centres = plus_plus_start(points, size, generator)
     for _ in range(iters):
         assign = nearest(points, centres)
@@ -61,7 +77,7 @@ def fit_codebook(points: torch.Tensor, size: int, iters: int, seed: int) -> torc
         centres = updated
     if centres.shape[0] < size:
         centres = torch.cat([centres, centres[torch.arange(size - centres.shape[0]) % centres.shape[0]]])
-    return centres
+    return centres + mean
 
 
 def residual_kmeans(points: np.ndarray, books: int, size: int, iters: int, seed: int,

@@ -234,7 +234,7 @@ def test_acoustic_delay_layout_end_to_end(tmp_path):
         t = np.arange(int(rate * 0.6)) / rate
         wave = 0.3 * np.sin(2 * np.pi * (220 + 110 * i) * t) + 0.01 * rng.standard_normal(t.size)
         soundfile.write(str(folder / f"clip{i}.wav"), wave.astype(np.float32), rate)
-    settings = {"domain": "acoustic", "weights": "random_kmeans", "bandwidth": 1.5, "layout": "delay",
+    settings = {"domain": "acoustic", "weights": "mel_kmeans", "bandwidth": 1.5, "layout": "delay",
                 "kmeans_iters": 2, "kmeans_max_frames": 2000}
     manifest = prepare({"name": "folder", "path": str(folder)}, settings, tmp_path / "out", workers=1, progress=False)
     k = manifest["tokenizer"]["n_streams"]

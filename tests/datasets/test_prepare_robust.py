@@ -24,7 +24,7 @@ from shortcutlm.tokenizers import load_tokenizer
 from tests.datasets.mutations import MIDI_MUTATIONS, TEXT_MUTATIONS, WAV_MUTATIONS, mutants
 from tests.tokenizers.conftest import SAMPLE, on_grid_notes, tones, write_midi
 
-ACOUSTIC = {"domain": "acoustic", "weights": "random_kmeans", "bandwidth": 1.5, "kmeans_iters": 2,
+ACOUSTIC = {"domain": "acoustic", "weights": "mel_kmeans", "bandwidth": 1.5, "kmeans_iters": 2,
             "kmeans_max_frames": 500}
 WORDS = ("the quick brown fox jumps over a lazy dog while seven wizards box and judge "
          "how vexingly quick daft zebras jump in the pale moonlight").split()
@@ -334,7 +334,7 @@ def test_parts_of_audio_and_midi_cover_the_file(tmp_path):
     wav = write_wav(tmp_path / "a.wav", seconds=1.0, rate=16000)
     mid = write_midi(tmp_path / "a.mid", [(0, False, on_grid_notes(0, n_bars=40))])
     spans = [(0.0, 0.8), (0.8, 0.9), (0.9, 1.0)]
-    audio = AcousticTokenizer({"weights": "random_kmeans", "bandwidth": 1.5})
+    audio = AcousticTokenizer({"weights": "mel_kmeans", "bandwidth": 1.5})
     seconds = [audio.read_audio(Document(f"a{i}", "train", "t", path=wav, span=s))[1] for i, s in enumerate(spans)]
     assert seconds == pytest.approx([0.8, 0.1, 0.1]) and sum(seconds) == pytest.approx(1.0)
     midi = MidiTokenizer()
