@@ -18,7 +18,8 @@ from shortcutlm.ablation.config import Ablation
 from shortcutlm.ablation.page import write_results
 from shortcutlm.ablation.runs import (Run, cached_evaluation, check_settings, evaluate_run, is_trained, plan_runs,
                                       run_recipe_for, shard_folder, short_error)
-from shortcutlm.artifacts.ablation import clear_run_error, write_run_error, write_run_record
+from shortcutlm.ablation.kept import keep_previous_sections
+from shortcutlm.artifacts.ablation import clear_run_error, read_previous_results, write_run_error, write_run_record
 from shortcutlm.artifacts.checkpoint import CheckpointFolder
 from shortcutlm.artifacts.manifest import ShardManifest
 from shortcutlm.recipe import Recipe
@@ -171,6 +172,9 @@ def run_ablation(ablation: Ablation, out: str | Path, docs: str | Path | None = 
             raise
     results = collect_results(ablation, out, command, failures, diagnostics=docs is not None, echo=echo)
     if docs is not None:
+        for dataset in keep_previous_sections(results, read_previous_results(Path(docs)), to_train):
+            echo(f"{dataset}: no run folder here; its section is kept from the page written "
+                 f"{results['datasets'][dataset]['kept_from']}")
         md, js = write_results(results, Path(docs), out)
         echo(f"wrote {md} and {js}")
     return results

@@ -64,6 +64,9 @@ def render_dataset(name: str, section: dict[str, Any], cfg_baseline: str, docs: 
         lines += [f"Trained on: {'; '.join(section['machines'])}"
                   + (f", runs finished {when[0].replace('T', ' ')} – {when[1].replace('T', ' ')}" if when else "")
                   + ".", ""]
+    if section.get("kept_from"):
+        lines += [f"Kept from the page written {section['kept_from']}: this dataset's run folders were not on the "
+                  "machine that last wrote this page, and its settings are unchanged.", ""]
     lines += [f"Produced by: `{section['command']}`", ""]
     split = section["evaluate"]["split"]
     with_valid = any("valid_loss" in e for e in variants.values())

@@ -107,3 +107,9 @@ def write_page(docs: Path, markdown: str, results: dict[str, Any], html: str | N
         write_text(docs / PAGE_HTML, html)
     js = write_json(docs / PAGE_JSON, results)
     return md, js
+
+
+def read_previous_results(docs: Path) -> dict[str, Any] | None:
+    """The last page's ``results.json`` in ``docs``, or None when there is none (or it is unreadable)."""
+    found = read_json_or_none(Path(docs) / PAGE_JSON)
+    return found if isinstance(found, dict) else None
