@@ -21,6 +21,7 @@ from shortcutlm.artifacts.ablation import read_run_error
 from shortcutlm.artifacts.manifest import ShardManifest
 from shortcutlm.devices import accelerator_device
 from shortcutlm.recipe import Recipe
+from shortcutlm.tokenizers.base import read_config
 
 
 def device(recipe: Recipe) -> str:
@@ -85,5 +86,12 @@ def _data_summary(data_dir: Path) -> dict[str, Any] | None:
     if manifest is None:
         return None
     tok = manifest.tokenizer
-    return {"source": manifest.raw.get("source"), "domain": tok.domain, "vocab_size": tok.vocab_size,
-            "n_streams": tok.n_streams, "fingerprint": tok.fingerprint, "splits": manifest.split_sizes()}
+    summary = {"source": manifest.raw.get("source"), "domain": tok.domain, "vocab_size": tok.vocab_size,
+               "n_streams": tok.n_streams, "fingerprint": tok.fingerprint, "splits": manifest.split_sizes()}
+    try:  # what made the codes (acoustic tokenizers name their codec), so the page can say which
+        codec = read_config(manifest.tokenizer_dir).get("codec")
+    except (OSError, ValueError):
+        codec = None
+    if codec:
+        summary["codec"] = codec
+    return summary

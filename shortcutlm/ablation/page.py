@@ -49,7 +49,8 @@ def render_dataset(name: str, section: dict[str, Any], cfg_baseline: str, docs: 
         counts = ", ".join(f"{k} {v.get('tokens', 0):,} tokens / {v.get('documents', 0):,} docs"
                            for k, v in splits.items())
         lines += [f"Data: source `{(data.get('source') or {}).get('name')}`, {domain} tokens "
-                  f"(vocabulary {data.get('vocab_size')}, {data.get('n_streams')} stream(s)); {counts}.", ""]
+                  f"(vocabulary {data.get('vocab_size')}, {data.get('n_streams')} stream(s)"
+                  + (f", codes from the {data['codec']}" if data.get("codec") else "") + f"); {counts}.", ""]
     lines += [f"Model: {model.get('n_layer')} layers, width {model.get('n_embd')}, {model.get('n_head')} heads, "
               f"context {model.get('block_size')}; {train['max_steps']} steps × batch {train['batch_size']}"
               f"{' × ' + str(train['accumulate']) if train['accumulate'] > 1 else ''} = "
