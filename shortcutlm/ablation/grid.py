@@ -166,15 +166,22 @@ def run_ablation(ablation: Ablation, out: str | Path, docs: str | Path | None = 
             echo("interrupted: writing the page from the finished runs; run the same command again to go on")
             if docs is not None:
                 try:
-                    write_results(collect_results(ablation, out, command, failures, diagnostics=False), Path(docs), out)
+                    _write_page(collect_results(ablation, out, command, failures, diagnostics=False), Path(docs), out,
+                                to_train, echo)
                 except Exception as exc:  # noqa: BLE001 - the interruption matters more
                     echo(f"could not write the page: {short_error(exc)}")
             raise
     results = collect_results(ablation, out, command, failures, diagnostics=docs is not None, echo=echo)
     if docs is not None:
-        for dataset in keep_previous_sections(results, read_previous_results(Path(docs)), to_train):
-            echo(f"{dataset}: no run folder here; its section is kept from the page written "
-                 f"{results['datasets'][dataset]['kept_from']}")
-        md, js = write_results(results, Path(docs), out)
+        md, js = _write_page(results, Path(docs), out, to_train, echo)
         echo(f"wrote {md} and {js}")
     return results
+
+
+def _write_page(results: dict[str, Any], docs: Path, out: Path, trained_here: list[str],
+                echo: Callable[[str], None]) -> tuple[Path, Path]:
+    """The page, keeping the previous page's sections of datasets with no run folder here."""
+    for dataset in keep_previous_sections(results, read_previous_results(docs), trained_here):
+        echo(f"{dataset}: no run folder here; its section is kept from the page written "
+             f"{results['datasets'][dataset]['kept_from']}")
+    return write_results(results, docs, out)
