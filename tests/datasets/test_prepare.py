@@ -62,7 +62,8 @@ def test_manifest_and_samples(text_run):
     root, out, manifest, _ = text_run
     tok = load_tokenizer(out / "tokenizer")
     assert manifest["tokenizer"] == {"domain": "text", "fingerprint": tok.fingerprint(), "vocab_size": tok.vocab_size,
-                                     "n_streams": 1, "special_ids": tok.special_ids, "folder": "tokenizer"}
+                                     "n_streams": 1, "special_ids": tok.special_ids, "folder": "tokenizer",
+                                     "files": sorted(p.name for p in (out / "tokenizer").iterdir())}
     assert manifest["dtype"] == "uint16"
     assert {"train", "valid", "test"} <= set(manifest["splits"])
     assert len([r for r in manifest["shards"] if r["split"] == "train"]) > 1  # shard_tokens closes shards
