@@ -41,7 +41,8 @@ Definitions (layers ``l = 1..L``; attention probabilities ``P[h, i, j]`` of quer
 * **shortcut depth weights** (``shortcut`` models only): the final layer's attention over
   the depths it reads (``emb`` = embedding output, ``Ln`` = output of block n), averaged over
   heads: ``depth_map`` is the token × depth matrix of the first window (each row sums to 1;
-  for ``full`` a depth's weight is summed over the positions it offers), ``depth_weights`` its
+  for ``full`` and ``last_layer`` a depth's weight is summed over the positions it offers;
+  ``last_layer``'s final-layer attention map above is summed over depths), ``depth_weights`` its
   average over tokens and windows, ``depth_weights_per_head`` the same per head.
 """
 from __future__ import annotations
@@ -286,7 +287,7 @@ def diagnose_model(model: GPT, ids: torch.Tensor) -> dict[str, Any]:
 @torch.no_grad()
 def shortcut_depth_weights(model: GPT, window: torch.Tensor) -> np.ndarray | None:
     """Token × depth attention of the shortcut, averaged over heads; None without a shortcut."""
-    if model.shortcut is None:
+    if model.config.shortcut == "none":
         return None
     out = model.eval()(window[..., :-1], return_internals=True)
     return out.shortcut_weights[0].mean(0).float().cpu().numpy()
@@ -383,7 +384,7 @@ def depth_map_for_checkpoint(folder: str | Path, data_dir: str | Path | None, ou
                              max_tokens: int = 64) -> Path | None:
     """PNG (and JSON beside it) of the shortcut's depth attention for the first validation window."""
     ck = load_folder(folder)
-    if ck.model.shortcut is None:
+    if ck.model.config.shortcut == "none":
         return None
     block = min(max_tokens, ck.model.config.block_size)
     window = validation_window(data_dir or ck.shard_folder(check=False), block)

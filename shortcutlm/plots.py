@@ -28,6 +28,7 @@ VARIANT_COLOURS: dict[str, str] = {
     "svformer": "#d62728",
     "shortcut_depth": "#9467bd",
     "shortcut_full": "#8c564b",
+    "shortcut_last_layer": "#393b79",
     "shortcut_resformer": "#e377c2", "shortcut_depth_resformer": "#e377c2", "depth_resformer": "#e377c2",
 }
 #: Colours for other names, chosen by a hash of the name; none of them is a known variant's.

@@ -1,6 +1,7 @@
 """The ablation grid: config loading, the statistics on numbers, and a micro grid end to end."""
 from __future__ import annotations
 
+import argparse
 import json
 import math
 import shutil
@@ -146,6 +147,77 @@ def test_inline_datasets_overrides_and_errors(tmp_path):
                        (["train.seed=3"], "seed"), (["datasets.inline.preset=tiny"], "recipe")):
         with pytest.raises(ConfigError, match=match):
             ab.load_ablation(path, overrides=bad)
+
+
+def test_a_variant_may_train_at_its_own_learning_rate(tmp_path):
+    """``variants.<name>.train`` changes that variant's runs only; steps and seeds stay shared."""
+    cfg = {"datasets": {"inline": {"source": {"name": "folder", "path": str(tmp_path)},
+                                   "tokenizer": {"domain": "text", "vocab_size": 300}}},
+           "model": {"n_layer": 2, "n_head": 2, "n_embd": 32, "block_size": 32},
+           "train": {"max_steps": 4, "lr": 3e-3, "min_lr": 3e-4},
+           "variants": {"baseline": {}, "svformer": {"value_residual": "svformer"},
+                        "svformer_lr1e-3": {"value_residual": "svformer", "train": {"lr": 1e-3, "min_lr": 1e-4}}},
+           "seeds": [0], "baseline_steps": [1.0, 1.5]}
+    path = tmp_path / "a.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    a = ab.load_ablation(path)
+    recipe = a.recipes["inline"]
+    assert recipe.variants["svformer_lr1e-3"] == {"value_residual": "svformer"}  # the model sees model fields only
+    assert recipe.model_config("svformer_lr1e-3", 10, 1) == recipe.model_config("svformer", 10, 1)
+    trains = {r.name: ab.run_recipe_for(recipe, r).train for r in ab.plan_runs(a, tmp_path / "runs")}
+    assert (trains["svformer_lr1e-3-s0"].lr, trains["svformer_lr1e-3-s0"].min_lr) == (1e-3, 1e-4)
+    assert trains["svformer-s0"].lr == trains["baseline-s0"].lr == trains["baseline-x1.5-s0"].lr == 3e-3
+    assert {t.max_steps for n, t in trains.items() if "x1.5" not in n} == {4}
+    assert a.config.out == "runs/ablation" and a.config.docs == "docs"  # the page's default folders
+    for bad, match in ((["variants.svformer.train.max_steps=8"], "shared by every variant"),
+                       (["variants.svformer.train.lrr=0.1"], "lrr"), (["variants.svformer.train=fast"], "mapping")):
+        with pytest.raises(ConfigError, match=match):
+            ab.load_ablation(path, overrides=bad)
+
+
+def test_a_variants_learning_rate_reaches_its_checkpoint_and_stays_its_own(tmp_path):
+    """Trained, the variant's own lr is recorded in its checkpoint; a second sitting keeps both runs."""
+    from shortcutlm.artifacts.checkpoint import CheckpointFolder
+
+    path = micro_config(tmp_path, tmp_path / "texts", seeds=[0], baseline_steps=[1.0],
+                        variants={"baseline": {}, "slow": {"train": {"lr": 1e-4, "min_lr": 1e-5}}},
+                        diagnostics={"enabled": False})
+    lines: list[str] = []
+    ab.run_ablation(ab.load_ablation(path), tmp_path / "runs", None, progress=False, echo=lines.append)
+    saved = {name: CheckpointFolder(tmp_path / "runs" / "tinytext" / name).train_settings()["lr"]
+             for name in ("baseline-s0", "slow-s0")}
+    assert saved == {"baseline-s0": 3e-3, "slow-s0": 1e-4}
+    again: list[str] = []
+    ab.run_ablation(ab.load_ablation(path), tmp_path / "runs", None, progress=False, echo=again.append)
+    assert "2 already trained, 0 to train" in again[0] and not any("FAILED" in line for line in again)
+
+
+def test_the_deep_ablation_has_its_own_page_and_runs(tmp_path, monkeypatch):
+    """``shortcutlm ablate recipes/ablation_deep.yaml`` never writes over docs/results.md or runs/ablation."""
+    from shortcutlm.ablation import cli
+
+    deep = ab.load_ablation(ROOT / "recipes" / "ablation_deep.yaml")
+    assert (deep.config.out, deep.config.docs) == ("runs/ablation_deep", "docs/deep")
+    assert deep.datasets == ["bach_chorales", "shakespeare"] and deep.config.seeds == [0, 1, 2]
+    assert list(deep.config.variants) == ["baseline", "resformer", "svformer", "shortcut_full", "shortcut_last_layer",
+                                          "shortcut_depth_resformer", "baseline_lr1e-3", "svformer_lr1e-3"]
+    runs = ab.plan_runs(deep, Path(deep.config.out))
+    assert len(runs) == 60 == 2 * (8 * 3 + 2 * 3) and sum(r.steps for r in runs) == 38_700
+    for recipe in deep.recipes.values():
+        assert recipe.model["n_layer"] >= 8 and recipe.train.precision == "bf16-mixed"
+        assert recipe.train.accelerator == "cpu" and recipe.model_config("shortcut_last_layer", 10, 1).shortcut == "last_layer"
+    lrs = {r.variant: ab.run_recipe_for(deep.recipes[r.dataset], r).train.lr for r in runs}
+    assert lrs["baseline_lr1e-3"] == lrs["svformer_lr1e-3"] == lrs["baseline"] / 2 == lrs["svformer"] / 2
+    seen = {}
+    monkeypatch.setattr(cli, "run_ablation", lambda ablation, out, docs, **kw: seen.update(out=out, docs=docs)
+                        or {"datasets": {}})
+    args = argparse.Namespace(recipe=str(ROOT / "recipes" / "ablation_deep.yaml"), preset=None, overrides=[],
+                              datasets=None, out=None, docs=None, plan=False, report_only=True, no_progress=True)
+    assert cli.run(args) == 0 and seen == {"out": Path("runs/ablation_deep"), "docs": Path("docs/deep")}
+    args.recipe = str(ROOT / "recipes" / "ablation.yaml")
+    args.preset = "gpu"
+    cli.run(args)
+    assert seen == {"out": Path("runs/ablation-gpu"), "docs": Path("docs/gpu")}  # the first ablation's as before
 
 
 def test_tokens_per_run_use_the_models_default_block_size(tmp_path):

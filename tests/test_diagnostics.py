@@ -39,6 +39,14 @@ def full_ckpt(eval_root, text_data):
                                                       shortcut_layers=[0, 2]))
 
 
+@pytest.fixture(scope="session")
+def last_layer_ckpt(eval_root, text_data):
+    """The ``last_layer`` shortcut with grouped-query attention, reading the embeddings and its own input."""
+    return _once("diag_last_layer", lambda: make_checkpoint(eval_root / "diag_last_layer", text_data, steps=3, seed=4,
+                                                            n_layer=3, n_head=4, n_kv_head=2, shortcut="last_layer",
+                                                            shortcut_layers=[0, 2]))
+
+
 def causal_uniform(t: int) -> torch.Tensor:
     return torch.tril(torch.ones(t, t)) / torch.arange(1, t + 1)[:, None]
 
@@ -132,9 +140,9 @@ def test_svformer_value_norms_repeat_layer_one(sv_ckpt):
     assert len(set(got["entropy"])) == 3
 
 
-@pytest.mark.parametrize("which", ["depth", "full"])
-def test_shortcut_depth_map_rows_sum_to_one(which, text_ckpt_b, full_ckpt):
-    folder = text_ckpt_b if which == "depth" else full_ckpt
+@pytest.mark.parametrize("which", ["depth", "full", "last_layer"])
+def test_shortcut_depth_map_rows_sum_to_one(which, request):
+    folder = request.getfixturevalue({"depth": "text_ckpt_b", "full": "full_ckpt", "last_layer": "last_layer_ckpt"}[which])
     got = diagnose_checkpoint(folder, windows=2, tokens=24)
     sc = got["shortcut"]
     cfg = load_folder(folder).model.config
@@ -145,6 +153,7 @@ def test_shortcut_depth_map_rows_sum_to_one(which, text_ckpt_b, full_ckpt):
     np.testing.assert_allclose(sum(sc["depth_weights"]), 1.0, atol=1e-5)
     assert np.asarray(sc["depth_weights_per_head"]).shape == (cfg.sc_heads, len(cfg.depths))
     assert len(sc["depth_map_token_ids"]) == len(sc["depth_map_tokens"]) == 24
+    assert len(got["entropy"]) == cfg.n_layer and all(math.isfinite(e) for e in got["entropy"])
 
 
 def test_several_streams_take_the_window_as_the_model_does():

@@ -17,8 +17,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("recipe", nargs="?", default=DEFAULT_RECIPE, help=f"ablation YAML (default {DEFAULT_RECIPE})")
     parser.add_argument("--preset", help="a preset of the ablation, e.g. gpu")
     parser.add_argument("--datasets", help="comma-separated datasets to train (default: all); the page covers all")
-    parser.add_argument("--out", help="run folder (default runs/ablation, or runs/ablation-<preset>)")
-    parser.add_argument("--docs", help=f"folder for {PAGE_MD} / {PAGE_JSON} (default docs, or docs/<preset>)")
+    parser.add_argument("--out", help="run folder (default the YAML's `out`, runs/ablation, plus -<preset>)")
+    parser.add_argument("--docs", help=f"folder for {PAGE_MD} / {PAGE_JSON} (default the YAML's `docs`, docs, "
+                                       "plus /<preset>)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override an ablation value, e.g. --set train.max_steps=20 or --set seeds=[0] "
                              "(repeatable)")
@@ -39,9 +40,9 @@ def run(args: argparse.Namespace) -> int:
     except ConfigError as err:
         print(f"shortcutlm ablate: error: {err}", file=sys.stderr)
         return 2
-    suffix = f"-{args.preset}" if args.preset else ""
-    out = Path(args.out or f"runs/ablation{suffix}")
-    docs = Path(args.docs or ("docs" if not args.preset else f"docs/{args.preset}"))
+    cfg = ablation.config
+    out = Path(args.out or (cfg.out + (f"-{args.preset}" if args.preset else "")))
+    docs = Path(args.docs or (Path(cfg.docs) / args.preset if args.preset else cfg.docs))
     if args.plan:
         print_plan(ablation, out, datasets)
         return 0

@@ -7,14 +7,17 @@ every variant's model fields at once, not hours into the grid.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from shortcutlm.config_schema import ConfigError, deep_merge, from_dict, load_config
-from shortcutlm.recipe import Recipe, load_recipe
+from shortcutlm.recipe import Recipe, TrainSettings, load_recipe
 
 DEFAULT_RECIPE = "recipes/ablation.yaml"
+#: Training settings every run of a dataset shares whatever its variant: a per-variant ``train``
+#: may not set them (equal steps are the comparison; the seed comes from ``seeds``).
+SHARED_TRAIN_KEYS = ("max_steps", "seed")
 
 
 @dataclass
@@ -57,7 +60,12 @@ class AblationConfig:
     evaluate: dict[str, Any] = field(default_factory=dict)
     """EvaluateSettings fields (the split the table reports)."""
     variants: dict[str, dict[str, Any]] = field(default_factory=lambda: {"baseline": {}})
-    """Name -> GPTConfig fields over ``model``."""
+    """Name -> GPTConfig fields over ``model``, plus optionally ``train``: TrainSettings fields for
+    this variant's runs only (e.g. ``{train: {lr: 1.0e-3}}`` for a learning-rate pair)."""
+    out: str = "runs/ablation"
+    """Default run folder (``--out`` overrides; a preset appends ``-<preset>``)."""
+    docs: str = "docs"
+    """Default folder of the page, ``results.md`` (``--docs`` overrides; a preset appends ``/<preset>``)."""
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
     baseline: str = "baseline"
     """The variant every other is compared with."""
@@ -78,6 +86,21 @@ class AblationConfig:
             raise ConfigError(f"baseline_steps must be positive multiples including 1.0, got {self.baseline_steps}")
         if "seed" in self.train:
             raise ConfigError("train.seed is set per run from `seeds`; remove it")
+        for name, spec in self.variants.items():
+            train = (spec or {}).get("train", {})
+            if not isinstance(train, dict):
+                raise ConfigError(f"variants.{name}.train: expected a mapping of training settings, got {train!r}")
+            shared = sorted(set(train) & set(SHARED_TRAIN_KEYS))
+            if shared:
+                raise ConfigError(f"variants.{name}.train: {shared} are shared by every variant; remove them")
+
+    def model_fields(self, variant: str) -> dict[str, Any]:
+        """The variant's GPTConfig fields (its ``train`` key set aside)."""
+        return {k: v for k, v in (self.variants[variant] or {}).items() if k != "train"}
+
+    def train_overrides(self, variant: str) -> dict[str, Any]:
+        """The variant's own training settings over the shared ones (usually none)."""
+        return dict((self.variants[variant] or {}).get("train") or {})
 
 
 @dataclass
@@ -127,12 +150,15 @@ def dataset_recipe(config: AblationConfig, name: str, base_dir: Path) -> Recipe:
         base["source"] = _merge_spec(base.get("source"), entry.source, "name")
         base["tokenizer"] = _merge_spec(base.get("tokenizer"), entry.tokenizer, "domain")
         base = deep_merge(base, {"model": config.model, "train": config.train, "evaluate": config.evaluate})
-        base["variants"] = {k: dict(v or {}) for k, v in config.variants.items()}
+        base["variants"] = {k: config.model_fields(k) for k in config.variants}
         base["name"] = name
         base = deep_merge(base, entry.overrides or {})
         recipe = from_dict(Recipe, base)
         for variant in recipe.variants:
             recipe.model_config(variant, vocab_size=2, n_streams=1)  # validates the fields now, not hours later
+            overrides = config.train_overrides(variant)
+            if overrides:
+                from_dict(TrainSettings, {**asdict(recipe.train), **overrides}, f"variants.{variant}.train")
         return recipe
     except ConfigError as err:
         raise ConfigError(f"datasets.{name}: {err}") from err

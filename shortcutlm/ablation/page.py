@@ -219,7 +219,8 @@ def render_markdown(results: dict[str, Any], docs: Path, out: Path) -> str:
              "the baseline's; where that timing is missing, the runs' logged tokens/s (median over seeds). "
              "KV cache: the attention keys and values "
              "of a batch-1 fp32 cache at full context, measured from the cache tensors, with the ratio to the "
-             "baseline's (the `full` shortcut also caches its per-depth features, listed beside it).",
+             "baseline's (the `full` shortcut also caches its per-depth features, listed beside it; "
+             "`last_layer`'s per-depth keys and values are the final layer's own, counted in it).",
              f"- raw numbers: `{PAGE_JSON}` beside this page; runs under `{display_path(out)}`.", ""]
     lines += render_summary(results)
     for name, section in results["datasets"].items():
@@ -256,9 +257,11 @@ def render_summary(results: dict[str, Any]) -> list[str]:
 
 
 def _variant_text(fields: dict[str, Any]) -> str:
-    if not fields:
-        return "(plain GPT)"
-    return "(" + ", ".join(f"{k}={v}" for k, v in fields.items()) + ")"
+    model = {k: v for k, v in fields.items() if k != "train"}
+    train = [f"train.{k}={v:g}" if isinstance(v, float) else f"train.{k}={v}"
+             for k, v in (fields.get("train") or {}).items()]
+    return "(" + ", ".join([f"{k}={v}" for k, v in model.items()] or ["plain GPT"]) \
+        + "".join(f", {t}" for t in train) + ")"
 
 
 def write_results(results: dict[str, Any], docs: Path, out: Path) -> tuple[Path, Path]:

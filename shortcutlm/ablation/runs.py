@@ -13,7 +13,7 @@ Layout under ``--out``::
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -44,6 +44,8 @@ class Run:
     folder: Path
     base_steps: int = 0
     """``train.max_steps`` of the dataset (the variants' step count)."""
+    train: dict[str, Any] = field(default_factory=dict)
+    """The variant's own training settings over the dataset's (``variants.<name>.train``)."""
 
     @property
     def name(self) -> str:
@@ -74,19 +76,20 @@ def plan_runs(ablation: Ablation, out: Path, datasets: Iterable[str] | None = No
             base_steps = ablation.recipes[dataset].train.max_steps
             for variant in cfg.variants:
                 runs.append(Run(dataset, variant, seed, 1.0, base_steps,
-                                run_folder(out, dataset, variant, seed), base_steps))
+                                run_folder(out, dataset, variant, seed), base_steps, cfg.train_overrides(variant)))
             for multiple in sorted(cfg.baseline_steps):
                 if multiple == 1.0:
                     continue
                 steps = steps_for(base_steps, multiple)
                 runs.append(Run(dataset, cfg.baseline, seed, multiple, steps,
-                                run_folder(out, dataset, cfg.baseline, seed, multiple), base_steps))
+                                run_folder(out, dataset, cfg.baseline, seed, multiple), base_steps,
+                                cfg.train_overrides(cfg.baseline)))
     return runs
 
 
 def run_recipe_for(recipe: Recipe, run: Run) -> Recipe:
-    """The dataset's recipe with this run's seed and step count."""
-    return replace(recipe, train=replace(recipe.train, seed=run.seed, max_steps=run.steps))
+    """The dataset's recipe with this run's seed and step count (and its variant's own training settings)."""
+    return replace(recipe, train=replace(recipe.train, **run.train, seed=run.seed, max_steps=run.steps))
 
 
 def is_trained(run: Run) -> bool:

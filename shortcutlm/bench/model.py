@@ -23,6 +23,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "svformer": {"value_residual": "svformer"},
     "shortcut_depth": {"shortcut": "depth"},
     "shortcut_full": {"shortcut": "full"},
+    "shortcut_last_layer": {"shortcut": "last_layer"},
     "depth_resformer": {"shortcut": "depth", "value_residual": "resformer"},
 }
 

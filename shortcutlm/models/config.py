@@ -6,7 +6,9 @@ from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 VALUE_RESIDUALS = ("none", "resformer", "learnable", "svformer")
-SHORTCUTS = ("none", "depth", "full")
+SHORTCUTS = ("none", "depth", "full", "last_layer")
+#: The readings whose shortcut is a module after the last block, with its own heads and width.
+AFTER_LAST_BLOCK = ("depth", "full")
 POSITIONS = ("rope", "learned")
 MLPS = ("gelu", "swiglu")
 
@@ -43,12 +45,15 @@ class GPTConfig:
     ``svformer`` (layers >= 2 reuse V_1 and have no value projection)."""
     shortcut: str = "none"
     """``none``, ``depth`` (final representation attends over depth at its own position) or
-    ``full`` (over every position s <= t of every selected depth)."""
+    ``full`` (over every position s <= t of every selected depth), both after the last block; or
+    ``last_layer`` (the final block's own attention takes its keys and values from every selected
+    depth at every position s <= t; see ``shortcutlm.models.last_layer``)."""
     shortcut_layers: list[int] | None = None
     """Depths the shortcut reads: 0 is the embedding output, l in 1..n_layer-1 the output of
     block l. ``None`` selects all of them."""
     shortcut_heads: int | None = None
-    """Heads of the shortcut attention; ``None`` means ``n_head``."""
+    """Heads of the shortcut attention; ``None`` means ``n_head``. (``last_layer`` uses the final
+    block's own heads and leaves this and ``shortcut_dim`` unset.)"""
     shortcut_dim: int | None = None
     """Width of the shortcut's queries, keys and values; ``None`` means ``n_embd // 4``."""
     shortcut_hidden: int | None = None
@@ -60,8 +65,10 @@ class GPTConfig:
     """Free-form notes carried with the config (never read by the model)."""
 
     def __post_init__(self) -> None:
-        if self.shortcut != "none":  # record the shortcut's sizes, so a checkpoint never depends on defaults
+        if self.shortcut in AFTER_LAST_BLOCK:  # record the shortcut's sizes, so a checkpoint never depends on defaults
             self.shortcut_heads, self.shortcut_dim, self.shortcut_hidden = self._shortcut_sizes()
+        elif self.shortcut == "last_layer":
+            self.shortcut_hidden = self._shortcut_sizes()[2]
         self.validate()
 
     def _shortcut_sizes(self) -> tuple[int, int, int]:
@@ -116,7 +123,10 @@ class GPTConfig:
             bad = [d for d in self.depths if not 0 <= d < self.n_layer]
             need(not bad, f"shortcut_layers {bad} out of range: depths are 0 (embeddings) .. {self.n_layer - 1}")
             need(len(self.depths) >= 1, "shortcut_layers selects no depth")
-            need(self.sc_dim % self.sc_heads == 0, f"shortcut_dim={self.sc_dim} is not divisible by shortcut_heads={self.sc_heads}")
+            need(self.shortcut not in AFTER_LAST_BLOCK or self.sc_dim % self.sc_heads == 0, f"shortcut_dim={self.sc_dim} is not divisible by shortcut_heads={self.sc_heads}")
+            need(self.shortcut != "last_layer" or (self.shortcut_heads is None and self.shortcut_dim is None),
+                 "the last_layer shortcut uses the final block's own heads and width: leave shortcut_heads "
+                 "and shortcut_dim unset")
             need(self.shortcut != "full" or self.positions != "rope" or (self.sc_dim // self.sc_heads) % 2 == 0,
                  "the full shortcut with RoPE needs an even shortcut head dimension")
 

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from shortcutlm.models.config import GPTConfig
+from shortcutlm.models.config import AFTER_LAST_BLOCK, GPTConfig
 
 
 def _no_decay(p: nn.Parameter) -> nn.Parameter:
@@ -54,7 +54,8 @@ class KVCache:
 
     Under ``svformer`` only layer 1 owns a value tensor (layers >= 2 read it), so the cache
     holds L key tensors and one value tensor. The ``full`` shortcut also caches its per-depth
-    key/value features.
+    key/value features; under ``last_layer`` the final layer's keys (and values) have one slot per
+    selected depth and position, [B, Hkv, depths, T, hd].
     """
 
     def __init__(self, config: GPTConfig, batch: int, device: torch.device | str, dtype: torch.dtype,
@@ -64,6 +65,11 @@ class KVCache:
         self.keys = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(config.n_layer)]
         owns_values = [i == 0 or config.value_residual != "svformer" for i in range(config.n_layer)]
         self.values = [torch.zeros(shape, device=device, dtype=dtype) if own else None for own in owns_values]
+        if config.shortcut == "last_layer":
+            deep = (batch, config.kv_heads, len(config.depths), self.max_len, config.head_dim)
+            self.keys[-1] = torch.zeros(deep, device=device, dtype=dtype)
+            if self.values[-1] is not None:
+                self.values[-1] = torch.zeros(deep, device=device, dtype=dtype)
         self.shortcut_keys: Tensor | None = None
         self.shortcut_values: Tensor | None = None
         if config.shortcut == "full":
@@ -205,10 +211,16 @@ class Block(nn.Module):
         self.mlp = MLP(config)
 
     def forward(self, x: Tensor, v1: Tensor | None, rotary: Rotary | None, cache: KVCache | None,
-                need_weights: bool) -> tuple[Tensor, Tensor, Tensor | None, Tensor]:
-        """Return (output, values attended with, attention probabilities, the normalised input)."""
+                need_weights: bool, earlier: list[Tensor] | None = None) -> tuple[Tensor, Tensor, Tensor | None, Tensor]:
+        """Return (output, values attended with, attention probabilities, the normalised input).
+
+        ``earlier`` (the ``last_layer`` shortcut's final block only): normalised inputs of the
+        selected depths below this block, which its attention reads."""
         normed = self.ln_1(x)
-        a, v, probs = self.attn(normed, v1, rotary, cache, need_weights)
+        if earlier is None:
+            a, v, probs = self.attn(normed, v1, rotary, cache, need_weights)
+        else:
+            a, v, probs = self.attn(normed, v1, rotary, cache, need_weights, earlier)
         x = x + a
         return x + self.mlp(self.ln_2(x)), v, probs, normed
 
@@ -331,7 +343,11 @@ class GPT(nn.Module):
         self.position_embedding = nn.Embedding(config.block_size, d) if config.positions == "learned" else None
         self.rotary = Rotary(config.head_dim, config.block_size, config.rope_base) if config.positions == "rope" else None
         self.blocks = nn.ModuleList(Block(config, i) for i in range(config.n_layer))
-        self.shortcut = DepthShortcut(config) if config.shortcut != "none" else None
+        if config.shortcut == "last_layer":
+            from shortcutlm.models.last_layer import LastLayerAttention  # it builds on this module's attention
+
+            self.blocks[-1].attn = LastLayerAttention(config, config.n_layer - 1)
+        self.shortcut = DepthShortcut(config) if config.shortcut in AFTER_LAST_BLOCK else None
         self.ln_f = nn.LayerNorm(d, bias=config.bias)
         self.heads = nn.ModuleList(nn.Linear(d, config.vocab_size, bias=False) for _ in range(config.n_streams))
         self.reset_parameters()
@@ -358,6 +374,8 @@ class GPT(nn.Module):
                 nn.init.normal_(p, 0.0, std)
             nn.init.zeros_(self.shortcut.b1)
             nn.init.zeros_(self.shortcut.o_proj.weight)
+        if self.config.shortcut == "last_layer":
+            self.blocks[-1].attn.phi.reset_parameters(std)
 
     # ----------------------------------------------------------------------------------------
     def num_params(self, exclude_embeddings: bool = False) -> int:
@@ -408,12 +426,19 @@ class GPT(nn.Module):
         # Depth i (0 = embeddings) is the input of block i+1; the shortcut reads its normalised form.
         depth_index = {d: j for j, d in enumerate(self.shortcut.depths)} if self.shortcut is not None else {}
         kept = []
+        # The last_layer reading: the final block's attention reads these depths' normalised inputs.
+        reader = self.config.n_layer - 1 if self.config.shortcut == "last_layer" else None
+        earlier: list[Tensor] = []
         out = ForwardOutput(logits=x, hidden_states=[x] if want else [])
         v1 = None
         for i, block in enumerate(self.blocks):
-            x, v, probs, normed = block(x, v1, self.rotary, cache, want)
+            x, v, probs, normed = block(x, v1, self.rotary, cache, want, earlier if i == reader else None)
             if i == 0:
                 v1 = v
+            if i == reader and probs is not None:  # [B,H,T,depths,S]: per-depth weights, per-key map
+                out.shortcut_weights, probs = probs.sum(-1), probs.sum(-2)
+            if reader is not None and i < reader and i in self.config.depths:
+                earlier.append(normed)
             if i in depth_index:
                 kept.append(self.shortcut.hidden_features(normed, depth_index[i]))
             if want:
@@ -469,10 +494,16 @@ def token_losses(logits: torch.Tensor, targets: torch.Tensor,
 
 def flops_per_token(config: GPTConfig, n_params: int) -> float:
     """Training FLOPs per token (forward + backward): nanoGPT's 6N + 12·L·d·T, plus the shortcut's
-    attention: 12·S·d_s for ``depth`` (S keys per query) and 12·S·d_s·T for ``full``."""
+    attention: 12·S·d_s for ``depth`` (S keys per query) and 12·S·d_s·T for ``full``; for
+    ``last_layer`` the final layer's attention over S·T keys instead of T (12·(S−1)·d·T more) and
+    its key/value projections applied to S depths instead of one (6·(S−1)·their parameters)."""
     flops = 6 * n_params + 12 * config.n_layer * config.n_embd * config.block_size
     if config.shortcut == "depth":
         flops += 12 * len(config.depths) * config.sc_dim
     elif config.shortcut == "full":
         flops += 12 * len(config.depths) * config.sc_dim * config.block_size
+    elif config.shortcut == "last_layer":
+        extra = len(config.depths) - 1
+        kv_width = config.kv_heads * config.head_dim * (1 if config.value_residual == "svformer" else 2)
+        flops += 12 * extra * config.n_embd * config.block_size + 6 * extra * config.n_embd * kv_width
     return float(flops)

@@ -13,7 +13,7 @@ from shortcutlm.models import GPT, GPTConfig, SamplingSettings, generate, stream
 from shortcutlm.models.sampling import filter_logits, sample_next
 
 VALUE_RESIDUALS = ["none", "resformer", "learnable", "svformer"]
-SHORTCUTS = ["none", "depth", "full"]
+SHORTCUTS = ["none", "depth", "full", "last_layer"]
 
 
 def tiny(**overrides) -> GPTConfig:
@@ -23,11 +23,16 @@ def tiny(**overrides) -> GPTConfig:
 
 
 def make(config: GPTConfig, seed: int = 0, wake_shortcut: bool = True) -> GPT:
-    """A model in eval mode; the shortcut's zero output projection is filled so it does something."""
+    """A model in eval mode; the shortcut's zero-initialised parts (output projection, or the last-layer
+    reading's φ second layer and depth embedding) are filled so it does something."""
     torch.manual_seed(seed)
     model = GPT(config).eval()
     if wake_shortcut and model.shortcut is not None:
         torch.nn.init.normal_(model.shortcut.o_proj.weight, 0.0, 0.2)
+    if wake_shortcut and config.shortcut == "last_layer":
+        phi = model.blocks[-1].attn.phi
+        torch.nn.init.normal_(phi.w2, 0.0, 0.2)
+        torch.nn.init.normal_(phi.depth_embedding, 0.0, 0.2)
     return model
 
 
@@ -191,7 +196,7 @@ def test_shortcut_parameters_learn(shortcut):
     assert model.shortcut.o_proj.weight.abs().sum() > 0
 
 
-@pytest.mark.parametrize("shortcut", ["depth", "full"])
+@pytest.mark.parametrize("shortcut", ["depth", "full", "last_layer"])
 def test_shortcut_weights_are_distributions_over_selected_depths(shortcut):
     model = make(tiny(n_layer=4, shortcut=shortcut, shortcut_layers=[0, 2, 3]))
     with torch.no_grad():
@@ -261,8 +266,9 @@ def test_sampling_is_reproducible_and_cache_agrees_with_recompute(combo):
     assert torch.equal(generate(model, prompt, 12, greedy), generate(model, prompt, 12, greedy, use_cache=False))
 
 
-def test_generation_slides_past_the_context():
-    model = make(tiny(shortcut="full", value_residual="svformer", block_size=16))
+@pytest.mark.parametrize("shortcut", ["full", "last_layer"])
+def test_generation_slides_past_the_context(shortcut):
+    model = make(tiny(shortcut=shortcut, value_residual="svformer", block_size=16))
     out = generate(model, tokens(model.config, 1, 10), 30, SamplingSettings(seed=0))
     assert out.shape == (1, 40)
 
