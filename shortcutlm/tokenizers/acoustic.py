@@ -50,7 +50,7 @@ from shortcutlm.tokenizers.codebooks import (CARD, LAYOUTS, build_delay, build_f
                                              revert_delay, revert_flatten)
 from shortcutlm.tokenizers.base import (Encoded, LossGroups, Tokenizer, TokenizerError, TrainingError, TrainRate,
                                         saved_file, write_config)
-from shortcutlm.tokenizers.encodec_codec import BANDWIDTHS, PRETRAINED_NAMES, EncodecCodec
+from shortcutlm.tokenizers.encodec_codec import BANDWIDTHS, PRETRAINED_NAMES, EncodecCodec, read_state_dict
 from shortcutlm.tokenizers.mel_codec import MelCodec
 from shortcutlm.tokenizers.settings import merge_settings
 
@@ -118,8 +118,13 @@ class AcousticTokenizer(Tokenizer):
         if self.chunk_seconds <= 0:
             raise ValueError("acoustic tokenizer: chunk_seconds must be positive")
         weights = str(s["weights"])
-        self.weights_kind = weights if weights in ("pretrained",) + FITTED_KINDS else "checkpoint"
         self.weights_source = weights_source or weights
+        if weights not in ("pretrained",) + FITTED_KINDS and state_dict is None:
+            # a weights file: EnCodec's state dict, or a codec.pt this class saved (either codec)
+            state_dict = read_state_dict(Path(weights).expanduser())
+            if MelCodec.holds_codebooks(state_dict):
+                weights = "mel_kmeans"
+        self.weights_kind = weights if weights in ("pretrained",) + FITTED_KINDS else "checkpoint"
         self._digest: str | None = None
         self._codec = self._build_codec(weights, state_dict)
         self.n_q = self._codec.n_q
@@ -133,6 +138,8 @@ class AcousticTokenizer(Tokenizer):
                                  f"set sample_rate: 24000, not {self.sample_rate}")
             n_q = EncodecCodec.codebooks_for(self.sample_rate, self.bandwidth)
             books = None if state_dict is None else state_dict["codebooks"]
+            if books is not None:
+                self.n_mels = int(books.shape[-1])  # a saved codec keeps the bands it was fitted with
             return MelCodec(n_q, self.n_mels, self.griffin_lim_iters, books, str(self.device))
         # encodec imports torchaudio: a torch/torchaudio pair that does not load together fails
         # here in one line naming the fix, not with an undefined symbol deep in the import.

@@ -169,7 +169,7 @@ def _build_model(sample_rate: int, weights: str, state_dict: dict | None, seed: 
                 torch.manual_seed(seed)
                 model = factory(pretrained=False)
             if state_dict is None and weights not in ("pretrained", "random_kmeans"):
-                state_dict = _read_state_dict(Path(weights).expanduser())
+                state_dict = read_state_dict(Path(weights).expanduser())
             if state_dict is not None:
                 _load_inference_state(model, state_dict, source, sample_rate)
     if sample_rate == 48000:
@@ -189,7 +189,8 @@ def _build_model(sample_rate: int, weights: str, state_dict: dict | None, seed: 
     return model
 
 
-def _read_state_dict(path: Path) -> dict:
+def read_state_dict(path: Path) -> dict:
+    """A weights file's state dict; a missing or unreadable file is a one-line error naming it."""
     if not path.is_file():
         raise FileNotFoundError(f"acoustic tokenizer: weights file {path} does not exist "
                                 "(weights must be 'pretrained', 'mel_kmeans', 'random_kmeans' or a state-dict path)")

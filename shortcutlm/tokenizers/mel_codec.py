@@ -165,3 +165,8 @@ class MelCodec:
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         return {"codebooks": self.codebooks.detach().cpu().clone()}
+
+    @staticmethod
+    def holds_codebooks(state: dict) -> bool:
+        """Whether a loaded ``codec.pt`` is this codec's (EnCodec's state dicts hold many tensors)."""
+        return set(state) == {"codebooks"}

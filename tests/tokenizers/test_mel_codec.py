@@ -109,6 +109,11 @@ def test_saved_tokenizer_says_what_it_is_and_encodes_the_same(mel_tokenizer, fil
     assert np.array_equal(loaded.encode(path), mel_tokenizer.encode(path))
     out = loaded.decode(mel_tokenizer.encode(path), tmp_path / "out.wav")
     assert loaded.artifact_seconds(out) == pytest.approx(4.0, abs=1 / 75)
+    flatten = AcousticTokenizer({"weights": str(folder / "codec.pt"), "bandwidth": 3.0, "layout": "flatten"})
+    assert flatten.weights_kind == "mel_kmeans" and not flatten.needs_training
+    codes_delay, _ = loaded.tokens_to_codes(loaded.encode(path))
+    codes_flatten, _ = flatten.tokens_to_codes(flatten.encode(path))
+    assert np.array_equal(codes_delay, codes_flatten)
     fewer_bands = AcousticTokenizer({"weights": "mel_kmeans", "bandwidth": 3.0, "layout": "delay", "n_mels": 64})
     assert fewer_bands.fingerprint() != AcousticTokenizer(
         {"weights": "mel_kmeans", "bandwidth": 3.0, "layout": "delay"}).fingerprint()
