@@ -36,6 +36,9 @@ from shortcutlm.artifacts.files import read_json
 from shortcutlm.bench.common import machine, target, write_json
 
 SKIPPED = "skipped: needs CUDA"
+OUT_OF_TIME = "skipped: the check's time budget was spent"
+#: The repository (the tests and recipes/ the check runs); subprocesses start here.
+ROOT = Path(__file__).resolve().parents[2]
 #: GPU targets from the issue.
 MFU_TARGET = 0.5
 DECODE_TARGET = 0.6
@@ -86,7 +89,12 @@ class Check:
     device: str
     size: Size
     shards: Path | None = None
+    deadline: float = float("inf")
     results: dict[str, Any] = field(default_factory=dict)
+
+    def limit(self, section: str) -> int:
+        """A section's time limit: its own, or what is left of the whole check's budget."""
+        return max(1, int(min(SECTIONS_BY_NAME[section].timeout_s, self.deadline - time.monotonic())))
 
     def json(self, name: str) -> Path:
         return self.out / f"{name}.json"
@@ -104,7 +112,7 @@ class Check:
         else:
             try:
                 done = subprocess.run([sys.executable, "-m", "shortcutlm.cli", *argv], capture_output=True,
-                                      text=True, timeout=timeout_s)
+                                      text=True, timeout=timeout_s, cwd=ROOT)
                 rc, tail = done.returncode, (done.stdout + done.stderr)[-2000:]
             except subprocess.TimeoutExpired as exc:
                 out = exc.stdout.decode() if isinstance(exc.stdout, bytes) else exc.stdout or ""
@@ -121,7 +129,7 @@ def section_tests(check: Check) -> dict[str, Any]:
     report = check.out / "tests.xml"
     argv = [sys.executable, "-m", "pytest", "-m", "gpu", "-q", "-p", "no:cacheprovider", f"--junitxml={report}"]
     try:
-        done = subprocess.run(argv, capture_output=True, text=True, timeout=SECTIONS_BY_NAME["tests"].timeout_s)
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=check.limit("tests"), cwd=ROOT)
         rc, tail = done.returncode, (done.stdout + done.stderr)[-3000:]
     except subprocess.TimeoutExpired:
         rc, tail = 124, "timed out"
@@ -144,7 +152,7 @@ def section_mfu(check: Check) -> dict[str, Any]:
     argv = ["bench", "mfu", *s.args(), "--steps", str(s.steps), "--warmup", "2", "--device", check.device,
             "--json", str(check.json("mfu")), "--new-tokens", str(s.new_tokens)]
     argv += ["--peak-size", "256", "--generation-repeats", "1"] if check.dry_run else ["--compile", "--peak-size", "8192"]
-    return figures(check, "mfu", check.command(argv, SECTIONS_BY_NAME["mfu"].timeout_s),
+    return figures(check, "mfu", check.command(argv, check.limit("mfu")),
                    lambda r: {"results": r["results"], "targets": r.get("targets", {}),
                               "compiled_speedup": r.get("compiled_speedup")})
 
@@ -155,7 +163,7 @@ def section_model(check: Check) -> dict[str, Any]:
             "--new-tokens", str(s.new_tokens), "--json", str(check.json("model"))]
     if not check.dry_run:
         argv += ["--dtype", "bf16"]
-    return figures(check, "model", check.command(argv, SECTIONS_BY_NAME["model"].timeout_s),
+    return figures(check, "model", check.command(argv, check.limit("model")),
                    lambda r: {"step_time_ratio_to_baseline": r.get("step_time_ratio_to_baseline"),
                               "targets": r.get("targets", {})})
 
@@ -169,7 +177,7 @@ def section_peer(check: Check) -> dict[str, Any]:
     argv = ["bench", "peer", *s.args(), "--steps", str(s.steps), "--warmup", "2", "--device", check.device,
             "--new-tokens", str(s.new_tokens), "--generation-repeats", "2", "--loss-steps", "0", "--skip-memory",
             "--json", str(check.json("peer"))]
-    return figures(check, "peer", check.command(argv, SECTIONS_BY_NAME["peer"].timeout_s),
+    return figures(check, "peer", check.command(argv, check.limit("peer")),
                    lambda r: {"ratios": r["ratios"], "targets": r.get("targets", {})})
 
 
@@ -232,23 +240,26 @@ def prepare_shakespeare(out: Path, tiny: bool) -> Path:
 
 
 def section_ablation(check: Check) -> dict[str, Any]:
-    argv = ["ablate", "recipes/ablation.yaml", "--preset", "gpu", "--datasets", "shakespeare",
-            "--set", "train.max_steps=200", "--set", "train.val_every=100", "--set", "seeds=[0]",
+    argv = ["ablate", str(ROOT / "recipes" / "ablation.yaml"), "--preset", "gpu", "--datasets", "shakespeare",
+            "--set", "train.max_steps=150", "--set", "train.val_every=75", "--set", "seeds=[0]",
+            "--set", "variants={baseline: {}, resformer: {value_residual: resformer}, "
+                     "shortcut_depth: {shortcut: depth}, shortcut_full: {shortcut: full}}",
             "--out", str(check.out / "work" / "ablation"), "--docs", str(check.out / "ablation"), "--no-progress"]
-    ran = check.command(argv, SECTIONS_BY_NAME["ablation"].timeout_s)
+    ran = check.command(argv, check.limit("ablation"))
     page = check.out / "ablation" / "results.json"
     return {**ran, "status": "ok" if ran["returncode"] == 0 else "failed",
             **({"results": str(page.relative_to(check.out))} if page.exists() else {})}
 
 
+#: In order of what matters most, since a section that would start after the budget is skipped.
 SECTIONS = [
-    Section("tests", section_tests, 200, needs_cuda=True),
+    Section("tests", section_tests, 150, needs_cuda=True),
     Section("mfu", section_mfu, 120),
-    Section("model", section_model, 60),
+    Section("decode", section_decode, 45),
     Section("peer", section_peer, 60),
-    Section("decode", section_decode, 60),
-    Section("loader", section_loader, 60),
-    Section("ablation", section_ablation, 120, needs_cuda=True),
+    Section("loader", section_loader, 45),
+    Section("model", section_model, 60),
+    Section("ablation", section_ablation, 150, needs_cuda=True),
 ]
 SECTIONS_BY_NAME = {s.name: s for s in SECTIONS}
 
@@ -264,6 +275,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--sections", default=",".join(SECTIONS_BY_NAME),
                         help="comma-separated subset of " + ",".join(SECTIONS_BY_NAME))
     parser.add_argument("--shards", help="prepared shakespeare shards for the loader section (default: prepare them)")
+    parser.add_argument("--budget-s", type=int, default=480,
+                        help="the whole check's wall-clock budget; sections that would start later are skipped")
 
 
 def device_record(device: str) -> dict[str, Any]:
@@ -299,19 +312,21 @@ def run(args: argparse.Namespace) -> int:
     unknown = [n for n in names if n not in SECTIONS_BY_NAME]
     if unknown:
         raise SystemExit(f"unknown section(s) {unknown}; choose from {list(SECTIONS_BY_NAME)}")
-    out = Path(args.out or ("runs/gpu-check-dry" if args.dry_run else "docs/bench/gpu"))
+    out = Path(args.out or ("runs/gpu-check-dry" if args.dry_run else "docs/bench/gpu")).resolve()
     out.mkdir(parents=True, exist_ok=True)
     device = "cuda" if cuda and not args.dry_run else "cpu"
     check = Check(out, args.dry_run, device, TINY if args.dry_run else PAPER,
-                  Path(args.shards) if args.shards else None)
+                  Path(args.shards) if args.shards else None, deadline=time.monotonic() + args.budget_s)
     started = time.perf_counter()
     for section in SECTIONS:
         if section.name not in names:
             check.results[section.name] = {"status": "skipped: not selected (--sections)"}
         elif section.needs_cuda and device != "cuda":
             check.results[section.name] = {"status": SKIPPED}
+        elif time.monotonic() >= check.deadline - 5:
+            check.results[section.name] = {"status": OUT_OF_TIME}
         else:
-            print(f"bench gpu: {section.name} (limit {section.timeout_s} s)", flush=True)
+            print(f"bench gpu: {section.name} (limit {check.limit(section.name)} s)", flush=True)
             begin = time.perf_counter()
             try:
                 check.results[section.name] = section.run(check)

@@ -87,11 +87,13 @@ def interleaved_step_seconds(configs: dict[str, GPTConfig], batch: int, steps: i
     return measure_training(trainees, steps, warmup)
 
 
-def measure_generation(model: GPT, new_tokens: int, use_cache: bool, device: str) -> float:
-    """Generated tokens per second from a 16-token prompt (batch 1)."""
+def measure_generation(model: GPT, new_tokens: int, use_cache: bool, device: str, compile: bool = False) -> float:
+    """Generated tokens per second from a 16-token prompt (batch 1); ``compile``: the compiled
+    single-token step (``generate(compile=True)``)."""
     prompt = torch.randint(0, model.config.vocab_size, (1, 16), device=device)
     settings = SamplingSettings(temperature=1.0, top_k=50, seed=0)
-    seconds = timed(lambda: generate(model, prompt, new_tokens, settings, use_cache=use_cache), device)
+    seconds = timed(lambda: generate(model, prompt, new_tokens, settings, use_cache=use_cache, compile=compile),
+                    device)
     return new_tokens / seconds
 
 

@@ -41,3 +41,10 @@ def test_without_cuda_the_real_check_refuses_and_names_the_dry_run(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     with pytest.raises(SystemExit, match="--dry-run"):
         main(["bench", "gpu"])
+
+
+def test_sections_past_the_time_budget_are_skipped_and_say_why(tmp_path):
+    assert main(["bench", "gpu", "--dry-run", "--budget-s", "0", "--out", str(tmp_path)]) == 0
+    sections = json.loads((tmp_path / "check.json").read_text())["sections"]
+    assert {s.name: sections[s.name]["status"] for s in gpu.SECTIONS} == {
+        s.name: gpu.SKIPPED if s.needs_cuda else gpu.OUT_OF_TIME for s in gpu.SECTIONS}
