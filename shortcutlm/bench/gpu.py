@@ -99,7 +99,7 @@ class Check:
     def json(self, name: str) -> Path:
         return self.out / f"{name}.json"
 
-    def command(self, argv: list[str], timeout_s: int) -> dict[str, Any]:
+    def command(self, argv: list[str], timeout_s: float) -> dict[str, Any]:
         """Run ``shortcutlm ARGV``: in this process for the dry run (fast), else in a fresh one with
         a time limit (isolated CUDA state; a hang costs one section)."""
         start = time.perf_counter()

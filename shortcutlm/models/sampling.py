@@ -11,7 +11,7 @@ from typing import Iterable
 import torch
 from torch import Tensor
 
-from shortcutlm.models.decoding import compiled_step
+from shortcutlm.models.decoding import decode_steps
 from shortcutlm.models.gpt import GPT
 
 
@@ -80,7 +80,7 @@ def generate(model: GPT, prompt: Tensor, max_new_tokens: int, settings: Sampling
     (-1 = sample): the delay layout uses it to keep the prompt's known codes in the streams
     that lag behind. ``banned`` ids are never sampled (e.g. audio's special ids, which would
     cut the decoded waveform short). ``compile`` runs the single-token steps through
-    ``torch.compile`` (``models.decoding.compiled_step``: the first call compiles, tens of seconds
+    ``torch.compile`` (``models.decoding.decode_steps``: the first call compiles, tens of seconds
     on a CPU; worth it for long or repeated generation). Returns prompt and continuation together.
     """
     settings = settings or SamplingSettings()
@@ -106,7 +106,7 @@ def generate(model: GPT, prompt: Tensor, max_new_tokens: int, settings: Sampling
             cache.reset()
         return model(seq[..., -n:], cache=cache, last_only=True)
 
-    step_fn = compiled_step(model) if compile and cache is not None else model
+    step_fn = decode_steps(model, compile and cache is not None)
     logits = prefill(min(seq.shape[-1], cfg.block_size))
     for step in range(max_new_tokens):
         last = logits[..., -1, :]

@@ -48,3 +48,12 @@ def test_sections_past_the_time_budget_are_skipped_and_say_why(tmp_path):
     sections = json.loads((tmp_path / "check.json").read_text())["sections"]
     assert {s.name: sections[s.name]["status"] for s in gpu.SECTIONS} == {
         s.name: gpu.SKIPPED if s.needs_cuda else gpu.OUT_OF_TIME for s in gpu.SECTIONS}
+
+
+def test_a_real_run_starts_each_command_in_a_fresh_process_with_a_time_limit(tmp_path):
+    check = gpu.Check(tmp_path, dry_run=False, device="cpu", size=gpu.TINY)
+    ran = check.command(["bench", "--help"], timeout_s=120)
+    assert ran["returncode"] == 0 and "mfu" in ran["output_tail"]
+    assert ran["command"] == "shortcutlm bench --help"
+    slow = check.command(["bench", "--help"], timeout_s=0.01)
+    assert slow["returncode"] == 124 and slow["output_tail"].startswith("timed out")

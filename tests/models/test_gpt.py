@@ -363,5 +363,10 @@ def test_compiled_decoding_equals_eager_and_uncached_decoding():
         eager = generate(model, prompt, 20, settings)
         assert torch.equal(generate(model, prompt, 20, settings, compile=True), eager)
         assert torch.equal(generate(model, prompt, 20, settings, use_cache=False), eager)
-    slid = generate(model, prompt, 40, SamplingSettings(temperature=0.0), compile=True)  # past the context
-    assert torch.equal(slid, generate(model, prompt, 40, SamplingSettings(temperature=0.0)))
+    greedy = SamplingSettings(temperature=0.0)
+    slid = generate(model, prompt, 40, greedy, compile=True)  # past the context, sliding to 1 kept position
+    assert torch.equal(slid, generate(model, prompt, 40, greedy))
+    assert torch.equal(generate(model, prompt, 40, greedy, compile=True, slide_keep=1),
+                       generate(model, prompt, 40, greedy, slide_keep=1))
+    one = prompt[:, :1]  # a cache of 1 position: a size the compiled graph specialises
+    assert torch.equal(generate(model, one, 12, greedy, compile=True), generate(model, one, 12, greedy))
