@@ -34,6 +34,7 @@ def test_dry_run_writes_every_section_with_figures_or_a_reason(tmp_path, capsys)
     assert sections["loader"]["loader"]["tokens_per_s"] > 0
     assert "loader_over_training" in check["targets"]
     assert "batch1_decode_share_of_weight_read_bound" in check["targets"]
+    assert all(t["pass"] is None and t["note"] == gpu.DRY_RUN_NOTE for t in check["targets"].values())
     assert capsys.readouterr().out.strip().splitlines()[-1] == f"all figures: {tmp_path / 'check.json'}"
 
 
