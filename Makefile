@@ -8,7 +8,7 @@ LOCK := requirements.lock
 # the machine it runs on); the version is pinned so that `make lock` itself is reproducible.
 UV_VERSION := 0.13.9
 
-.PHONY: venv lock test test-fast demo bench clean
+.PHONY: venv lock test test-fast demo bench gpu-check gpu-check-dry clean
 
 venv: $(STAMP)
 
@@ -40,6 +40,15 @@ demo: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/shortcutlm bench model --json runs/bench/model.json
+
+# On a machine with one CUDA GPU (about 8 minutes on an H100/H200): the CUDA tests and the
+# benchmarks at the paper preset's size, one JSON per section under docs/bench/gpu/ (commit them).
+gpu-check: $(STAMP)
+	$(BIN)/shortcutlm bench gpu --out docs/bench/gpu
+
+# The same check's CPU-safe parts at tiny sizes (what CI runs as a test), into runs/gpu-check-dry.
+gpu-check-dry: $(STAMP)
+	$(BIN)/shortcutlm bench gpu --dry-run --out runs/gpu-check-dry
 
 clean:
 	rm -rf $(VENV) runs

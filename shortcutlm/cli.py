@@ -31,6 +31,7 @@ BENCHMARKS: dict[str, tuple[str, str]] = {
     "data": ("shortcutlm.bench.data", "prepare and loader throughput"),
     "peer": ("shortcutlm.bench.peer", "side by side with x-transformers"),
     "mfu": ("shortcutlm.bench.mfu", "training MFU against the measured matmul peak, fp32 and bf16"),
+    "gpu": ("shortcutlm.bench.gpu", "the GPU check: CUDA tests and benchmarks into docs/bench/gpu (--dry-run on CPU)"),
 }
 
 

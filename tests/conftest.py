@@ -6,6 +6,11 @@ from pathlib import Path
 
 import pytest
 
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "gpu: needs CUDA (skipped without it); `shortcutlm bench gpu` runs "
+                                       "`pytest -m gpu` on a machine with one")
+
 # The tiny datasets, checkpoints and recipe runs of every domain that several test modules share, built once
 # per session.
 pytest_plugins = ["tests.fixtures_eval", "tests.fixtures_runs"]

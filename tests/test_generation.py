@@ -273,3 +273,15 @@ def test_sidecars_find_the_samples_of_a_folder(midi_ckpt, midi_files, tmp_path):
     assert sidecar_path(paths[0]) == paths[0].with_suffix(".json")
     assert read_sidecar(paths[0])["sample_index"] == 0 and found[1].sidecar["sample_index"] == 1
     assert samples_in(tmp_path / "absent") == []
+
+
+@pytest.mark.slow
+def test_cli_compile_writes_the_samples_eager_decoding_writes(text_ckpt, text_prompt, tmp_path):
+    """``generate --compile`` (the compiled single-token step) is a speed option only: the same
+    seed gives the same files as eager decoding."""
+    common = ["generate", str(text_ckpt), "--prompt", str(text_prompt), "--tokens", "12", "--seed", "5",
+              "--top-k", "20", "--samples", "2", "--device", "cpu"]
+    assert cli_main(common + ["--out", str(tmp_path / "eager")]) == 0
+    assert cli_main(common + ["--compile", "--out", str(tmp_path / "compiled")]) == 0
+    for name in ("prompt-seed5-00.txt", "prompt-seed5-01.txt"):
+        assert (tmp_path / "compiled" / name).read_text() == (tmp_path / "eager" / name).read_text()

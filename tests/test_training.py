@@ -214,6 +214,7 @@ def test_compiled_training_matches_eager(tmp_path, text8_shards, variant):
 
 
 @pytest.mark.slow
+@pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="Lightning runs FSDP on CUDA only (CPU runs are refused)")
 @pytest.mark.parametrize("variant", [{}, {"value_residual": "svformer"},
                                      {"value_residual": "resformer", "shortcut": "full"},

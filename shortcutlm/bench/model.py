@@ -43,10 +43,12 @@ def default_config(args: argparse.Namespace | None = None) -> GPTConfig:
 class Trainee:
     """One variant with its optimiser and a fixed batch; ``step`` is forward, backward, AdamW."""
 
-    def __init__(self, config: GPTConfig, batch: int, device: str, dtype: torch.dtype, seed: int = 0) -> None:
+    def __init__(self, config: GPTConfig, batch: int, device: str, dtype: torch.dtype, seed: int = 0,
+                 compile: bool = False) -> None:
         torch.manual_seed(seed)
         self.config = config
         self.model = GPT(config).to(device)
+        self.forward = torch.compile(self.model) if compile else self.model  # what ``train.compile`` does
         self.opt = torch.optim.AdamW(self.model.param_groups(0.1), lr=3e-4, betas=(0.9, 0.95), fused=device == "cuda")
         shape = (batch, config.block_size + 1) if config.n_streams == 1 else \
             (batch, config.n_streams, config.block_size + 1)
@@ -56,7 +58,7 @@ class Trainee:
     def step(self) -> float:
         self.opt.zero_grad(set_to_none=True)
         with torch.autocast(torch.device(self.device).type, dtype=self.dtype, enabled=self.dtype != torch.float32):
-            loss = stream_losses(self.model(self.idx[..., :-1]), self.idx[..., 1:]).mean()
+            loss = stream_losses(self.forward(self.idx[..., :-1]), self.idx[..., 1:]).mean()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
         self.opt.step()
@@ -86,11 +88,13 @@ def interleaved_step_seconds(configs: dict[str, GPTConfig], batch: int, steps: i
     return measure_training(trainees, steps, warmup)
 
 
-def measure_generation(model: GPT, new_tokens: int, use_cache: bool, device: str) -> float:
-    """Generated tokens per second from a 16-token prompt (batch 1)."""
+def measure_generation(model: GPT, new_tokens: int, use_cache: bool, device: str, compile: bool = False) -> float:
+    """Generated tokens per second from a 16-token prompt (batch 1); ``compile``: the compiled
+    single-token step (``generate(compile=True)``)."""
     prompt = torch.randint(0, model.config.vocab_size, (1, 16), device=device)
     settings = SamplingSettings(temperature=1.0, top_k=50, seed=0)
-    seconds = timed(lambda: generate(model, prompt, new_tokens, settings, use_cache=use_cache), device)
+    seconds = timed(lambda: generate(model, prompt, new_tokens, settings, use_cache=use_cache, compile=compile),
+                    device)
     return new_tokens / seconds
 
 

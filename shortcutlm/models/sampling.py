@@ -11,6 +11,7 @@ from typing import Iterable
 import torch
 from torch import Tensor
 
+from shortcutlm.models.decoding import decode_steps
 from shortcutlm.models.gpt import GPT
 
 
@@ -68,7 +69,7 @@ def sample_next(logits: Tensor, settings: SamplingSettings, generator: torch.Gen
 @torch.no_grad()
 def generate(model: GPT, prompt: Tensor, max_new_tokens: int, settings: SamplingSettings | None = None,
              stop_tokens: Iterable[int] = (), use_cache: bool = True, slide_keep: int | None = None,
-             forced: Tensor | None = None, banned: Iterable[int] = ()) -> Tensor:
+             forced: Tensor | None = None, banned: Iterable[int] = (), compile: bool = False) -> Tensor:
     """Continue ``prompt`` ([B, T] or [B, K, T]) by up to ``max_new_tokens`` steps.
 
     Prefill once, then one token per step through the KV cache. When the context fills, the
@@ -78,7 +79,9 @@ def generate(model: GPT, prompt: Tensor, max_new_tokens: int, settings: Sampling
     ``forced`` ([B, F] or [B, K, F]) fixes the first F generated steps wherever it is >= 0
     (-1 = sample): the delay layout uses it to keep the prompt's known codes in the streams
     that lag behind. ``banned`` ids are never sampled (e.g. audio's special ids, which would
-    cut the decoded waveform short). Returns prompt and continuation together.
+    cut the decoded waveform short). ``compile`` runs the single-token steps through
+    ``torch.compile`` (``models.decoding.decode_steps``: the first call compiles, tens of seconds
+    on a CPU; worth it for long or repeated generation). Returns prompt and continuation together.
     """
     settings = settings or SamplingSettings()
     cfg = model.config
@@ -103,6 +106,7 @@ def generate(model: GPT, prompt: Tensor, max_new_tokens: int, settings: Sampling
             cache.reset()
         return model(seq[..., -n:], cache=cache, last_only=True)
 
+    step_fn = decode_steps(model, compile and cache is not None)
     logits = prefill(min(seq.shape[-1], cfg.block_size))
     for step in range(max_new_tokens):
         last = logits[..., -1, :]
@@ -123,7 +127,7 @@ def generate(model: GPT, prompt: Tensor, max_new_tokens: int, settings: Sampling
         elif cache.length + 1 > cfg.block_size:  # context full: slide the window
             logits = prefill(min(keep, seq.shape[-1]))
         else:
-            logits = model(nxt.unsqueeze(-1), cache=cache, last_only=True)
+            logits = step_fn(nxt.unsqueeze(-1), cache=cache, last_only=True)
     model.train(was_training)
     return seq
 

@@ -65,11 +65,29 @@ def test_write_json_prints_no_json(tmp_path, capsys):
 
 
 def test_tiny_bench_mfu_prints_its_summary(tmp_path, capsys):
-    assert mfu.run(parse(mfu.configure, TINY + ["--peak-size", "128", "--json", str(tmp_path / "m.json")])) == 0
+    argv = TINY + ["--peak-size", "128", "--new-tokens", "4", "--generation-repeats", "1", "--json", str(tmp_path / "m.json")]
+    assert mfu.run(parse(mfu.configure, argv)) == 0
     lines = capsys.readouterr().out.strip().splitlines()
     assert len(lines) < 15 and lines[0].startswith("bench mfu:")
     assert [line.split()[0] for line in lines[2:4]] == ["fp32", "bf16"]
-    assert json.loads((tmp_path / "m.json").read_text())["benchmark"] == "mfu"
+    result = json.loads((tmp_path / "m.json").read_text())
+    assert result["benchmark"] == "mfu" and "compiled_speedup" not in result
+    # bf16 generation is measured beside fp32: autocast, and the weights themselves in bf16.
+    assert set(result["generation"]) == {"fp32", "bf16_autocast", "bf16_weights"}
+    assert all(g["tokens_per_second_median"] > 0 for g in result["generation"].values())
+    assert result["targets"]["bf16_mfu"]["target"] == f">= {mfu.BF16_MFU_TARGET}"
+
+
+@pytest.mark.slow
+def test_bench_mfu_compile_reports_the_compiled_speedup(tmp_path, capsys):
+    argv = TINY + ["--peak-size", "128", "--new-tokens", "0", "--compile", "--json", str(tmp_path / "m.json")]
+    assert mfu.run(parse(mfu.configure, argv)) == 0
+    result = json.loads((tmp_path / "m.json").read_text())
+    assert set(result["results"]) == {"fp32", "bf16", "fp32_compiled", "bf16_compiled"}
+    for name in ("fp32", "bf16"):
+        expected = result["results"][f"{name}_compiled"]["tokens_per_second"] / result["results"][name]["tokens_per_second"]
+        assert result["compiled_speedup"][name] == pytest.approx(expected)
+    assert "compiled over eager, bf16" in capsys.readouterr().out
 
 
 def test_data_and_tokenizer_summaries_are_short_and_show_errors():

@@ -357,3 +357,22 @@ def test_one_weight_decay_rule_matrices_yes_gains_biases_and_lambdas_no():
     assert not any("lambda" in names[id(p)] or "lam" in names[id(p)] for p in decay)
     assert len(decay) + len(no_decay) == len(list(model.parameters()))
     assert model.param_groups(0.1) == weight_decay_groups(model, 0.1)
+
+
+@pytest.mark.slow
+def test_compiled_decoding_equals_eager_and_uncached_decoding():
+    """``generate(compile=True)`` (torch.compile's CPU backend, dynamic cache length) samples what the
+    eager cached and uncached loops sample, through the full shortcut and SVFormer's shared values."""
+    model = make(tiny(shortcut="full", value_residual="svformer", n_kv_head=2, block_size=32))
+    prompt = tokens(model.config, 2, 5)
+    for settings in (SamplingSettings(temperature=0.0), SamplingSettings(temperature=0.9, top_k=20, seed=3)):
+        eager = generate(model, prompt, 20, settings)
+        assert torch.equal(generate(model, prompt, 20, settings, compile=True), eager)
+        assert torch.equal(generate(model, prompt, 20, settings, use_cache=False), eager)
+    greedy = SamplingSettings(temperature=0.0)
+    slid = generate(model, prompt, 40, greedy, compile=True)  # past the context, sliding to 1 kept position
+    assert torch.equal(slid, generate(model, prompt, 40, greedy))
+    assert torch.equal(generate(model, prompt, 40, greedy, compile=True, slide_keep=1),
+                       generate(model, prompt, 40, greedy, slide_keep=1))
+    one = prompt[:, :1]  # a cache of 1 position: a size the compiled graph specialises
+    assert torch.equal(generate(model, one, 12, greedy, compile=True), generate(model, one, 12, greedy))

@@ -90,6 +90,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
                              "one warm-up step does not absorb")
     timing.add_argument("--new-tokens", type=int, default=256)
     timing.add_argument("--generation-repeats", type=int, default=3)
+    timing.add_argument("--compiled-decoding", action="store_true",
+                        help="also time our generation through the compiled single-token step "
+                             "(generate(compile=True); compiling takes tens of seconds per model)")
     timing.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32", help="bf16 = autocast")
     timing.add_argument("--device", default=default_device())
     timing.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated subset of " + ",".join(VARIANTS))
@@ -135,7 +138,7 @@ def timing_phase(progress: Progress, args: argparse.Namespace, configs: dict[str
         for t in trainees.values():
             t.opt.zero_grad(set_to_none=True)
         rates = measure_generations({n: (n.split("/")[1], t.model) for n, t in trainees.items()}, args.new_tokens,
-                                    args.generation_repeats, args.device, dtype)
+                                    args.generation_repeats, args.device, dtype, args.compiled_decoding)
         models = timing_rows(trainees, times, rates, args.batch)
         del trainees
         gc.collect()

@@ -124,6 +124,7 @@ class PeerTrainee(Trainee):
         torch.manual_seed(seed)
         self.config = config
         self.model = peer_model(config, init, flash).to(device)
+        self.forward = self.model
         self.opt = torch.optim.AdamW(peer_param_groups(self.model, 0.1), lr=3e-4, betas=(0.9, 0.95), fused=device == "cuda")
         self.idx = torch.randint(0, config.vocab_size, (batch, config.block_size + 1), device=device)
         self.device, self.dtype = device, dtype

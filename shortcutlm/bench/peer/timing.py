@@ -25,22 +25,28 @@ def measure_peer_generation(net: nn.Module, new_tokens: int, device: str) -> flo
     return new_tokens / seconds
 
 
-def generation_rate(impl: str, model: nn.Module, new_tokens: int, device: str) -> float:
+def generation_rate(impl: str, model: nn.Module, new_tokens: int, device: str, compile: bool = False) -> float:
     if impl == "ours":
-        return measure_generation(model, new_tokens, True, device)
+        return measure_generation(model, new_tokens, True, device, compile)
     return measure_peer_generation(model, new_tokens, device)
 
 
 def measure_generations(models: dict[str, tuple[str, nn.Module]], new_tokens: int, repeats: int, device: str,
-                        dtype: torch.dtype) -> dict[str, list[float]]:
-    """Cached generation tokens/s per model, interleaved (A, B, A, B …) after a short warm-up."""
-    rates: dict[str, list[float]] = {name: [] for name in models}
+                        dtype: torch.dtype, compiled: bool = False) -> dict[str, list[float]]:
+    """Cached generation tokens/s per model, interleaved (A, B, A, B …) after a short warm-up.
+
+    ``compiled`` adds ours through the compiled single-token step as "NAME+compiled", in the
+    same rounds (its compile happens in the warm-up)."""
+    runs = [(name, impl, model, False) for name, (impl, model) in models.items()]
+    if compiled:
+        runs += [(f"{name}+compiled", impl, model, True) for name, (impl, model) in models.items() if impl == "ours"]
+    rates: dict[str, list[float]] = {name: [] for name, *_ in runs}
     with torch.autocast(torch.device(device).type, dtype=dtype, enabled=dtype != torch.float32):
-        for impl, model in models.values():
-            generation_rate(impl, model, min(8, new_tokens), device)
+        for _, impl, model, comp in runs:
+            generation_rate(impl, model, min(8, new_tokens), device, comp)
         for _ in range(repeats):
-            for name, (impl, model) in models.items():
-                rates[name].append(generation_rate(impl, model, new_tokens, device))
+            for name, impl, model, comp in runs:
+                rates[name].append(generation_rate(impl, model, new_tokens, device, comp))
     return rates
 
 
@@ -56,10 +62,14 @@ def timing_rows(trainees: dict[str, Trainee], times: dict[str, list[float]], rat
             "parameters": num_params(trainee.model),
             "vocab": trainee.model.num_tokens if impl == "theirs" else trainee.config.vocab_size,
             "context": trainee.model.max_seq_len if impl == "theirs" else trainee.config.block_size,
+            "layers": trainee.config.n_layer, "width": trainee.config.n_embd,
             "train_step_seconds_median": step,
             "train_step_seconds_all": times[name],
             "tokens_per_second": tokens_per_step / step,
             "generate_tokens_per_second_cached": median(rates[name]),
             "generate_tokens_per_second_all": rates[name],
         }
+        if f"{name}+compiled" in rates:
+            models[v][impl]["generate_tokens_per_second_cached_compiled"] = median(rates[f"{name}+compiled"])
+            models[v][impl]["generate_tokens_per_second_compiled_all"] = rates[f"{name}+compiled"]
     return models
