@@ -87,6 +87,7 @@ def test_ctrl_c_at_any_moment_resumes_to_the_uninterrupted_run(tmp_path, tmp_pat
     whole = uninterrupted(accumulate, text8_shards, tmp_path_factory)
     recipe = from_dict(Recipe, recipe_dict(accumulate))
     out = tmp_path / "run"
+    handler_before = signal.getsignal(signal.SIGINT)  # Python's default, or "ignore" in a background job
     with pytest.raises(Interrupted) as stopped:
         train(recipe, "shortcut_resformer", text8_shards, out, progress=False, callbacks=[SigintAt(moment, step)])
     # Saved at the next step boundary: the step in progress completes; validation after step N
@@ -94,7 +95,7 @@ def test_ctrl_c_at_any_moment_resumes_to_the_uninterrupted_run(tmp_path, tmp_pat
     boundary = step if moment == "validation" else step + 1
     assert stopped.value.step == boundary
     assert yaml.safe_load((out / "hparams.json").read_text())["step"] == boundary
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the handler is put back
+    assert signal.getsignal(signal.SIGINT) is handler_before  # the handler is put back
     train(recipe, "shortcut_resformer", text8_shards, out, progress=False)
     assert_same_run(whole, out)
 
