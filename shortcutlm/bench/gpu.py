@@ -235,9 +235,10 @@ def section_loader(check: Check) -> dict[str, Any]:
 
 def prepare_shakespeare(out: Path, tiny: bool) -> Path:
     """Shakespeare shards (the paper preset's 8000-id tokenizer; a few plays and 512 ids when tiny)."""
+    from shortcutlm.artifacts.manifest import ShardManifest
     from shortcutlm.datasets.prepare import prepare
 
-    if not (out / "manifest.json").exists():
+    if ShardManifest.read_or_none(out, require_complete=True) is None:  # prepared before: reused
         source = {"name": "shakespeare", **({"limit": 3} if tiny else {})}
         prepare(source, {"domain": "text", "vocab_size": 512 if tiny else 8000}, out, workers=1 if tiny else 2,
                 progress=False)
