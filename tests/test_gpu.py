@@ -20,7 +20,8 @@ pytestmark = [pytest.mark.gpu,
 
 VARIANTS = {"plain": {}, "svformer": {"value_residual": "svformer"},
             "full+resformer": {"value_residual": "resformer", "shortcut": "full"},
-            "depth+learnable": {"value_residual": "learnable", "shortcut": "depth"}}
+            "depth+learnable": {"value_residual": "learnable", "shortcut": "depth"},
+            "last_layer+resformer": {"value_residual": "resformer", "shortcut": "last_layer"}}
 
 
 def config(**overrides) -> GPTConfig:

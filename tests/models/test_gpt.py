@@ -360,10 +360,11 @@ def test_one_weight_decay_rule_matrices_yes_gains_biases_and_lambdas_no():
 
 
 @pytest.mark.slow
-def test_compiled_decoding_equals_eager_and_uncached_decoding():
+@pytest.mark.parametrize("shortcut", ["full", "last_layer"])
+def test_compiled_decoding_equals_eager_and_uncached_decoding(shortcut):
     """``generate(compile=True)`` (torch.compile's CPU backend, dynamic cache length) samples what the
-    eager cached and uncached loops sample, through the full shortcut and SVFormer's shared values."""
-    model = make(tiny(shortcut="full", value_residual="svformer", n_kv_head=2, block_size=32))
+    eager cached and uncached loops sample, through both per-depth caches and SVFormer's shared values."""
+    model = make(tiny(shortcut=shortcut, value_residual="svformer", n_kv_head=2, block_size=32))
     prompt = tokens(model.config, 2, 5)
     for settings in (SamplingSettings(temperature=0.0), SamplingSettings(temperature=0.9, top_k=20, seed=3)):
         eager = generate(model, prompt, 20, settings)
