@@ -195,7 +195,7 @@ def section_decode(check: Check) -> dict[str, Any]:
     device's measured copy bandwidth; eager and compiled, fp32 and bf16 weights. It runs in this
     process, so its limit is checked between settings (a setting past it is skipped, and says so)."""
     from shortcutlm.bench.model import default_config
-    from shortcutlm.models.decoding import decode_bound
+    from shortcutlm.bench.decode_bound import decode_bound
 
     s = check.size
     config = default_config(argparse.Namespace(layers=s.layers, width=s.width, heads=s.heads,

@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from shortcutlm.models.config import GPTConfig
-from shortcutlm.models.gpt import CausalSelfAttention, KVCache, Rotary, _attend, _causal_mask, _no_decay
+from shortcutlm.models.attention import CausalSelfAttention, KVCache, Rotary, _attend, _causal_mask, _no_decay
 
 
 class DepthFeatureMaps(nn.Module):

@@ -1,0 +1,178 @@
+"""Attention primitives the decoder's blocks share: rotary positions, the KV cache, masked attention
+with the value residual, and the causal self-attention module.
+
+Their own module because two attentions build on them: the blocks' (:mod:`shortcutlm.models.gpt`)
+and the ``last_layer`` shortcut's final-block attention (:mod:`shortcutlm.models.last_layer`).
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from shortcutlm.models.config import GPTConfig
+
+
+def _no_decay(p: nn.Parameter) -> nn.Parameter:
+    """Mark a parameter that AdamW must not decay (biases, gains, λ scalars)."""
+    p._no_weight_decay = True  # type: ignore[attr-defined]
+    return p
+
+
+# --------------------------------------------------------------------------------------------
+# Rotary positions
+# --------------------------------------------------------------------------------------------
+class Rotary(nn.Module):
+    """Rotary position embedding (RoFormer), rotate-half form, precomputed up to ``max_len``."""
+
+    def __init__(self, dim: int, max_len: int, base: float) -> None:
+        super().__init__()
+        inv_freq = 1.0 / (base ** (torch.arange(0, dim, 2, dtype=torch.float64) / dim))
+        freqs = torch.outer(torch.arange(max_len, dtype=torch.float64), inv_freq)
+        self.register_buffer("cos", freqs.cos().float(), persistent=False)
+        self.register_buffer("sin", freqs.sin().float(), persistent=False)
+
+    def forward(self, x: Tensor, offset: int) -> Tensor:
+        """Rotate ``x`` of shape [..., T, D] for positions offset .. offset+T-1."""
+        t = x.shape[-2]
+        cos = self.cos[offset:offset + t].to(x.dtype)
+        sin = self.sin[offset:offset + t].to(x.dtype)
+        x1, x2 = x.chunk(2, dim=-1)
+        return torch.cat((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1)
+
+
+# --------------------------------------------------------------------------------------------
+# KV cache
+# --------------------------------------------------------------------------------------------
+class KVCache:
+    """Preallocated keys and values per layer, filled left to right during generation.
+
+    Under ``svformer`` only layer 1 owns a value tensor (layers >= 2 read it), so the cache
+    holds L key tensors and one value tensor. The ``full`` shortcut also caches its per-depth
+    key/value features; under ``last_layer`` the final layer's keys (and values) have one slot per
+    selected depth and position, [B, Hkv, depths, T, hd].
+    """
+
+    def __init__(self, config: GPTConfig, batch: int, device: torch.device | str, dtype: torch.dtype,
+                 max_len: int | None = None) -> None:
+        self.max_len = max_len or config.block_size
+        shape = (batch, config.kv_heads, self.max_len, config.head_dim)
+        self.keys = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(config.n_layer)]
+        owns_values = [i == 0 or config.value_residual != "svformer" for i in range(config.n_layer)]
+        self.values = [torch.zeros(shape, device=device, dtype=dtype) if own else None for own in owns_values]
+        if config.shortcut == "last_layer":
+            deep = (batch, config.kv_heads, len(config.depths), self.max_len, config.head_dim)
+            self.keys[-1] = torch.zeros(deep, device=device, dtype=dtype)
+            if self.values[-1] is not None:
+                self.values[-1] = torch.zeros(deep, device=device, dtype=dtype)
+        self.shortcut_keys: Tensor | None = None
+        self.shortcut_values: Tensor | None = None
+        if config.shortcut == "full":
+            sc_shape = (batch, config.sc_heads, len(config.depths), self.max_len, config.sc_dim // config.sc_heads)
+            self.shortcut_keys = torch.zeros(sc_shape, device=device, dtype=dtype)
+            self.shortcut_values = torch.zeros(sc_shape, device=device, dtype=dtype)
+        self.length = 0
+
+    def reset(self) -> None:
+        self.length = 0
+
+    def attention_nbytes(self) -> int:
+        """Bytes of the attention keys and values (what value sharing saves)."""
+        return sum(t.nbytes for t in self.keys) + sum(t.nbytes for t in self.values if t is not None)
+
+    def nbytes(self) -> int:
+        """All cached bytes, shortcut features included."""
+        extra = sum(t.nbytes for t in (self.shortcut_keys, self.shortcut_values) if t is not None)
+        return self.attention_nbytes() + extra
+
+
+def _causal_mask(q_len: int, k_len: int, offset: int, device: torch.device) -> Tensor:
+    """Boolean [q_len, k_len]: query t (absolute offset+t) may see key s iff s <= offset+t."""
+    q_pos = torch.arange(offset, offset + q_len, device=device)[:, None]
+    return torch.arange(k_len, device=device)[None, :] <= q_pos
+
+
+def _attend(q: Tensor, k: Tensor, v: Tensor, offset: int, dropout: float, need_weights: bool,
+            mask: Tensor | None = None, causal: bool = True) -> tuple[Tensor, Tensor | None]:
+    """Scaled dot-product attention of q [B,H,T,D] over k, v [B,Hkv,S,D].
+
+    Causal by absolute position (query t sits at offset+t) unless ``mask`` is given or
+    ``causal`` is False (every key visible).
+
+    The fast path is ``scaled_dot_product_attention`` (flash kernels on GPU); ``need_weights``
+    takes an eager path that also returns the probabilities, for diagnostics.
+    """
+    t, s = q.shape[-2], k.shape[-2]
+    groups = q.shape[1] // k.shape[1]
+    if need_weights:
+        if groups > 1:
+            k, v = k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1)
+        scores = ((q @ k.transpose(-2, -1)) / math.sqrt(q.shape[-1])).float()
+        allowed = mask if mask is not None else _causal_mask(t, s, offset, q.device) if causal else None
+        if allowed is not None:
+            scores = scores.masked_fill(~allowed, float("-inf"))
+        probs = scores.softmax(dim=-1).to(q.dtype)
+        return probs @ v, probs
+    if mask is None and causal:
+        if s == t:
+            return F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=dropout,
+                                                  enable_gqa=groups > 1), None
+        if t > 1:  # a chunk after cached tokens: it sees all the past and itself causally
+            mask = _causal_mask(t, s, offset, q.device)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout, enable_gqa=groups > 1), None
+
+
+# --------------------------------------------------------------------------------------------
+# Attention with value residual
+# --------------------------------------------------------------------------------------------
+class CausalSelfAttention(nn.Module):
+    """Multi-head (or grouped-query) causal attention whose values may mix in V_1."""
+
+    def __init__(self, config: GPTConfig, layer: int) -> None:
+        super().__init__()
+        self.layer = layer  # 0-based; the papers' layer n is layer + 1
+        self.n_head, self.n_kv, self.head_dim = config.n_head, config.kv_heads, config.head_dim
+        self.mode = config.value_residual if layer > 0 else "none"
+        kv_dim = self.n_kv * self.head_dim
+        self.q_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
+        self.k_proj = nn.Linear(config.n_embd, kv_dim, bias=config.bias)
+        # SVFormer: layers >= 2 have no value projection at all.
+        self.v_proj = None if self.mode == "svformer" else nn.Linear(config.n_embd, kv_dim, bias=config.bias)
+        self.o_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
+        self.lambdas = _no_decay(nn.Parameter(torch.full((2,), 0.5))) if self.mode == "learnable" else None
+        self.dropout = config.dropout
+
+    def forward(self, x: Tensor, v1: Tensor | None, rotary: Rotary | None, cache: KVCache | None,
+                need_weights: bool) -> tuple[Tensor, Tensor, Tensor | None]:
+        """Return (output, the values this layer attends with for the new tokens, probabilities)."""
+        b, t, _ = x.shape
+        offset = cache.length if cache is not None else 0
+        q = self.q_proj(x).view(b, t, self.n_head, self.head_dim).transpose(1, 2)
+        k = self.k_proj(x).view(b, t, self.n_kv, self.head_dim).transpose(1, 2)
+        if self.mode == "svformer":
+            v = v1
+        else:
+            v = self.v_proj(x).view(b, t, self.n_kv, self.head_dim).transpose(1, 2)
+            if self.mode == "resformer":  # ResFormer Eq. 7: V_n' = (V_1 + V_n) / 2
+                v = 0.5 * v1 + 0.5 * v
+            elif self.mode == "learnable":
+                v = self.lambdas[0] * v1 + self.lambdas[1] * v
+        if rotary is not None:
+            q, k = rotary(q, offset), rotary(k, offset)
+        k_all, v_all = k, v
+        if cache is not None:
+            end = offset + t
+            cache.keys[self.layer][:, :, offset:end] = k
+            k_all = cache.keys[self.layer][:, :, :end]
+            store = cache.values[self.layer]
+            if store is not None:  # the mixed value is what enters the cache
+                store[:, :, offset:end] = v
+                v_all = store[:, :, :end]
+            else:  # SVFormer: read layer 1's cached values
+                v_all = cache.values[0][:, :, :end]
+        drop = self.dropout if self.training else 0.0
+        y, probs = _attend(q, k_all, v_all, offset, drop, need_weights)
+        y = y.transpose(1, 2).reshape(b, t, -1)
+        return F.dropout(self.o_proj(y), drop, self.training), v, probs
