@@ -40,7 +40,7 @@ DRY_RUN_NOTE = "dry run: tiny sizes on the CPU; GPU targets are judged on a GPU 
 OUT_OF_TIME = "skipped: the check's time budget was spent"
 #: The repository (the tests and recipes/ the check runs); subprocesses start here.
 ROOT = Path(__file__).resolve().parents[2]
-#: GPU targets from the issue.
+#: The GPU targets the check judges: MFU with compile at the paper size, decoding against the HBM read bound, loader feeding.
 MFU_TARGET = 0.5
 DECODE_TARGET = 0.6
 LOADER_TARGET = 2.0
@@ -297,7 +297,7 @@ def device_record(device: str) -> dict[str, Any]:
 
 
 def gpu_targets(results: dict[str, Any], device: dict[str, Any]) -> dict[str, Any]:
-    """The issue's GPU targets, from the sections' figures (absent where a section did not run)."""
+    """The GPU targets, from the sections' figures (absent where a section did not run)."""
     out: dict[str, Any] = {}
     mfu = results.get("mfu", {}).get("results", {})
     peak = device.get("dense_bf16_peak_flops")

@@ -24,7 +24,7 @@ from shortcutlm.bench.model import Trainee, add_size_arguments, count, default_c
 from shortcutlm.models import flops_per_token
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
-#: bf16 autocast MFU against the measured bf16 peak (issue 14).
+#: bf16 autocast MFU against the measured bf16 peak at the default size.
 BF16_MFU_TARGET = 0.75
 
 

@@ -6,7 +6,7 @@ VARIANTS = {"plain": "none", "resformer": "resformer"}
 IMPLEMENTATIONS = ("ours", "theirs")
 #: Relative parameter-count difference the peer may have (it is configured to have none).
 PARAM_TOLERANCE = 0.001
-#: Goals from the issue.
+#: The goals the benchmark judges.
 STEP_RATIO_TARGET = 0.5
 GENERATION_RATIO_TARGET = 3.0
 #: What ``bench.model.measure_generation`` uses for ours; the peer gets the same.

@@ -17,7 +17,7 @@ from shortcutlm.bench.peer.memory import memory_method
 from shortcutlm.models import GPTConfig
 
 
-#: Issue 14's decoding targets: ours (eager or compiled, whichever is faster) over theirs, by
+#: The decoding targets: ours (eager or compiled, whichever is faster) over theirs, by
 #: (layers, width); elsewhere GENERATION_CEILING_SHARE of the ceiling the floors give.
 DECODE_RATIO_TARGETS = {(6, 384): 2.3, (4, 256): 5.0}
 GENERATION_CEILING_SHARE = 0.85
