@@ -198,11 +198,11 @@ def test_the_deep_ablation_has_its_own_page_and_runs(tmp_path, monkeypatch):
 
     deep = ab.load_ablation(ROOT / "recipes" / "ablation_deep.yaml")
     assert (deep.config.out, deep.config.docs) == ("runs/ablation_deep", "docs/deep")
-    assert deep.datasets == ["bach_chorales", "shakespeare"] and deep.config.seeds == [0, 1, 2]
+    assert deep.datasets == ["bach_chorales", "shakespeare", "chorales_audio"] and deep.config.seeds == [0, 1, 2]
     assert list(deep.config.variants) == ["baseline", "resformer", "svformer", "shortcut_full", "shortcut_last_layer",
                                           "shortcut_depth_resformer", "baseline_lr1e-3", "svformer_lr1e-3"]
     runs = ab.plan_runs(deep, Path(deep.config.out))
-    assert len(runs) == 60 == 2 * (8 * 3 + 2 * 3) and sum(r.steps for r in runs) == 38_700
+    assert len(runs) == 90 == 3 * (8 * 3 + 2 * 3) and sum(r.steps for r in runs) == 58_050
     for recipe in deep.recipes.values():
         assert recipe.model["n_layer"] >= 8 and recipe.train.precision == "bf16-mixed"
         assert recipe.train.accelerator == "cpu" and recipe.model_config("shortcut_last_layer", 10, 1).shortcut == "last_layer"
