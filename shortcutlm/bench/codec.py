@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from shortcutlm.bench.common import machine, target, write_json
+from shortcutlm.bench.common import machine, target, timed, write_json
 
 TARGETS = {"identity": 0.95, "prepare_real_time_factor": 20.0}
 CLIP_SECONDS = 2.0
@@ -82,9 +82,9 @@ def first_seconds(docs: list, seconds: float) -> list:
     return chosen
 
 
-def valid_clips(docs: list, analysis) -> tuple[list[np.ndarray], int]:
+def valid_clips(docs: list, analysis) -> tuple[list[np.ndarray], torch.Tensor, int]:
     """2 s clips of the valid split, minus clips whose log-mel equals an earlier clip's; returns
-    the clips and how many duplicates were dropped."""
+    the clips, their log-mels ``[N, T, M]`` and how many duplicates were dropped."""
     import soundfile as sf
 
     size = int(CLIP_SECONDS * RATE)
@@ -100,14 +100,14 @@ def valid_clips(docs: list, analysis) -> tuple[list[np.ndarray], int]:
         if all(float((mel - other).abs().mean()) > 1e-6 for other in mels):
             kept.append(clip)
             mels.append(mel)
-    return kept, len(clips) - len(kept)
+    return kept, torch.stack(mels), len(clips) - len(kept)
 
 
 # ----------------------------------------------------------------------------------- identity
 
-def identity(tok, clips: list[np.ndarray], analysis) -> dict[str, Any]:
-    """Identification rate, round-trip and between-clip log-mel L1, and decode correlations."""
-    sources = torch.stack([analysis.log_mel(c) for c in clips])  # [N, T, M]
+def identity(tok, clips: list[np.ndarray], sources: torch.Tensor, analysis) -> dict[str, Any]:
+    """Identification rate, round-trip and between-clip log-mel L1 (``sources``: the clips'
+    log-mels), and decode correlations."""
     decoded = [tok.decode_codes(tok.encode_wave(c[None]))[0][: c.shape[0]] for c in clips]
     rebuilt = torch.stack([analysis.log_mel(d) for d in decoded])
     distance = torch.stack([(r[None] - sources).abs().mean((1, 2)) for r in rebuilt])  # [decoded, source]
@@ -138,23 +138,21 @@ def fitted_tokenizer(weights: str, bandwidth: float, docs: list, layout: str = "
     from shortcutlm.tokenizers.acoustic import AcousticTokenizer
 
     tok = AcousticTokenizer({"weights": weights, "bandwidth": bandwidth, "layout": layout})
-    started = time.perf_counter()
-    tok.train(docs)
-    return tok, time.perf_counter() - started
+    return tok, timed(lambda: tok.train(docs))
 
 
 def bench_identity(docs: list, bandwidth: float, fit_seconds: float) -> dict[str, Any]:
     from shortcutlm.tokenizers.mel_codec import MelCodec
 
     analysis = MelCodec(1)
-    clips, duplicates = valid_clips(docs, analysis)
+    clips, sources, duplicates = valid_clips(docs, analysis)
     fit_docs = first_seconds([d for d in docs if d.split == "train"], fit_seconds)
     out: dict[str, Any] = {"clip_seconds": CLIP_SECONDS, "clips": len(clips), "duplicate_clips_dropped": duplicates,
                            "fit_files": len(fit_docs), "fit_seconds": sum(_seconds(d) for d in fit_docs),
                            "bandwidth_kbps": bandwidth}
     for weights in ("mel_kmeans", "random_kmeans"):
         tok, fit_s = fitted_tokenizer(weights, bandwidth, fit_docs)
-        out[weights] = {**identity(tok, clips, analysis), "fit_s": fit_s}
+        out[weights] = {**identity(tok, clips, sources, analysis), "fit_s": fit_s}
     return out
 
 
@@ -171,7 +169,7 @@ def bench_prepare(docs: list, seconds: float, bandwidth: float, workers: int) ->
         folder.mkdir()
         for doc in chosen:
             os.symlink(doc.path, folder / Path(doc.path).name)
-        started = time.perf_counter()
+        started = time.perf_counter()  # timed by hand: the manifest prepare returns is read below
         manifest = prepare({"name": "folder", "path": str(folder)},
                            {"domain": "acoustic", "weights": "mel_kmeans", "bandwidth": bandwidth, "layout": "delay"},
                            Path(tmp) / "out", workers=workers, progress=False)
@@ -193,23 +191,16 @@ def bench_codec_speed(docs: list, bandwidth: float) -> dict[str, Any]:
     tok, _ = fitted_tokenizer("mel_kmeans", bandwidth, first_seconds(train, 300.0))
     doc = max(train[:20], key=_seconds)
     wave, seconds = tok.read_audio(doc)
-    tok.encode_wave(wave)  # warm-up
-    started = time.perf_counter()
-    codes = tok.encode_wave(wave)
-    encode_s = time.perf_counter() - started
-    started = time.perf_counter()
-    tok.decode_codes(codes)
-    decode_s = time.perf_counter() - started
+    codes = tok.encode_wave(wave)  # also the warm-up
+    encode_s = timed(lambda: tok.encode_wave(wave))
+    decode_s = timed(lambda: tok.decode_codes(codes))
     out: dict[str, Any] = {"file_seconds": seconds, "encode_real_time_factor": seconds / encode_s,
                            "decode_real_time_factor": seconds / decode_s, "threads": tok.threads}
     if torch.cuda.is_available():
         gpu = MelCodec(tok.n_codebooks, codebooks=tok._codec.codebooks, device="cuda")
-        gpu.encode(wave)
-        torch.cuda.synchronize()
-        started = time.perf_counter()
-        gpu_codes = gpu.encode(wave)
-        torch.cuda.synchronize()
-        out["gpu"] = {"device": torch.cuda.get_device_name(), "encode_real_time_factor": seconds / (time.perf_counter() - started),
+        gpu_codes = gpu.encode(wave)  # also the warm-up
+        out["gpu"] = {"device": torch.cuda.get_device_name(),
+                      "encode_real_time_factor": seconds / timed(lambda: gpu.encode(wave), "cuda"),
                       "ids_equal_to_cpu": float((gpu_codes == codes).mean())}
     else:
         out["gpu"] = "skipped: needs CUDA"
@@ -232,9 +223,7 @@ def bench_generation(seconds: float) -> dict[str, Any]:
         prompt = torch.randint(0, 1024, (1, k, frames_per_second))  # one second of prompt
         settings = SamplingSettings(temperature=1.0, top_k=50, seed=0)
         generate(model, prompt, 8, settings)  # warm-up
-        started = time.perf_counter()
-        generate(model, prompt, steps, settings)
-        wall = time.perf_counter() - started
+        wall = timed(lambda: generate(model, prompt, steps, settings))
         out[name] = {**size, "params": model.num_params(), "wall_s": wall, "audio_seconds_per_second": seconds / wall,
                      "steps_per_second": steps / wall}
     return out

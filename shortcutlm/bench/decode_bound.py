@@ -2,14 +2,12 @@
 per token at the device's measured copy bandwidth (HBM on a GPU, DRAM on a CPU)."""
 from __future__ import annotations
 
-import time
-
 import torch
 from torch import nn
 
 from shortcutlm.models import GPT, GPTConfig
 from shortcutlm.models.sampling import SamplingSettings, generate
-from shortcutlm.peak import sync
+from shortcutlm.bench.common import timed
 
 
 def weight_bytes(model: nn.Module) -> int:
@@ -27,13 +25,7 @@ def copy_bandwidth(device: str, nbytes: int = 1 << 28, repeats: int = 5) -> floa
     memory bandwidth a weight-reading decode can hope for (HBM on a GPU, DRAM on a CPU)."""
     src = torch.empty(nbytes // 4, dtype=torch.float32, device=device)
     dst = torch.empty_like(src)
-    best = float("inf")
-    for _ in range(repeats + 1):
-        sync(device)
-        start = time.perf_counter()
-        dst.copy_(src)
-        sync(device)
-        best = min(best, time.perf_counter() - start)
+    best = min(timed(lambda: dst.copy_(src), device) for _ in range(repeats + 1))
     return 2 * nbytes / best
 
 
@@ -46,13 +38,8 @@ def decode_bound(config: GPTConfig, device: str, dtype: str, compiled: bool, new
     prompt = torch.randint(0, config.vocab_size, (1, 16), device=device)
     settings = SamplingSettings(temperature=1.0, top_k=50, seed=0)
     generate(model, prompt, min(8, new_tokens), settings, compile=compiled)  # warm-up (and the compile)
-    seconds = []
-    for _ in range(repeats):
-        sync(device)
-        start = time.perf_counter()
-        generate(model, prompt, new_tokens, settings, compile=compiled)
-        sync(device)
-        seconds.append((time.perf_counter() - start) / new_tokens)
+    seconds = [timed(lambda: generate(model, prompt, new_tokens, settings, compile=compiled), device) / new_tokens
+               for _ in range(repeats)]
     per_token = sorted(seconds)[len(seconds) // 2]
     read = weight_bytes(model)
     bandwidth = copy_bandwidth(device, nbytes=(1 << 30) if device == "cuda" else (1 << 26))

@@ -130,8 +130,7 @@ class EncodecCodec:
 
     def fit(self, samples: Sequence[np.ndarray], seed: int, iters: int, max_frames: int) -> int:
         """Each residual-VQ codebook by k-means on the train files' latents, residual by residual."""
-        frames = np.concatenate([np.asarray(s, dtype=np.float32) for s in samples])
-        books, used = residual_kmeans(frames, self.n_q, CARD, iters, seed, max_frames)
+        books, used = residual_kmeans(samples, self.n_q, CARD, iters, seed, max_frames)
         with torch.no_grad():
             for layer, book in zip(self.model.quantizer.vq.layers[: self.n_q], books):
                 codebook = layer._codebook

@@ -8,6 +8,8 @@ in a row, so this is what lets an offline prepare stay many times faster than re
 """
 from __future__ import annotations
 
+from typing import Sequence
+
 import numpy as np
 import torch
 
@@ -80,14 +82,15 @@ def fit_codebook(points: torch.Tensor, size: int, iters: int, seed: int) -> torc
     return centres + mean
 
 
-def residual_kmeans(points: np.ndarray, books: int, size: int, iters: int, seed: int,
+def residual_kmeans(samples: Sequence[np.ndarray], books: int, size: int, iters: int, seed: int,
                     max_points: int) -> tuple[torch.Tensor, int]:
     """``books`` codebooks ``[books, size, D]``, each fitted on what the previous ones leave.
 
-    At most ``max_points`` rows (a seeded random subset, kept in order) enter the fit; returns
-    the codebooks and the number of rows used.
+    ``samples`` are ``[rows, D]`` arrays (one per training file), fitted as one set. At most
+    ``max_points`` rows (a seeded random subset, kept in order) enter the fit; returns the
+    codebooks and the number of rows used.
     """
-    points = np.asarray(points, dtype=np.float32)
+    points = np.concatenate([np.asarray(s, dtype=np.float32) for s in samples])
     if points.shape[0] > max_points:
         rng = np.random.default_rng(seed)
         points = points[np.sort(rng.choice(points.shape[0], max_points, replace=False))]

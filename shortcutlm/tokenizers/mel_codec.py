@@ -157,8 +157,7 @@ class MelCodec:
 
     def fit(self, samples: Sequence[np.ndarray], seed: int, iters: int, max_frames: int) -> int:
         """Fit the codebooks on log-mel frames (:meth:`log_mel` of the train files); returns frames used."""
-        frames = np.concatenate([np.asarray(s, dtype=np.float32) for s in samples])
-        books, used = residual_kmeans(frames, self.n_q, CARD, iters, seed, max_frames)
+        books, used = residual_kmeans(samples, self.n_q, CARD, iters, seed, max_frames)
         self.codebooks = books.to(self.device)
         self.fitted = True
         return used

@@ -154,5 +154,5 @@ def test_kmeans_finds_separated_clusters_and_pads_small_sets():
     small = fit_codebook(points[:5], 8, 5, seed=0)
     assert small.shape == (8, 2) and torch.equal(small[5:], small[:3])
     assert torch.equal(nearest(small[:5], small), torch.arange(5))  # repeats are never chosen
-    books, used = residual_kmeans(points.numpy(), 2, 3, 10, seed=0, max_points=100)
+    books, used = residual_kmeans([points[:60].numpy(), points[60:].numpy()], 2, 3, 10, seed=0, max_points=100)
     assert books.shape == (2, 3, 2) and used == 100
