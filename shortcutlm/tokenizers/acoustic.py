@@ -44,6 +44,7 @@ import numpy as np
 import torch
 
 from shortcutlm.artifacts.files import write_with
+from shortcutlm.devices import AUTO, resolve_device as shared_device_rule
 from shortcutlm.documents import Document
 from shortcutlm.environment import check_torch_pair
 from shortcutlm.tokenizers.codebooks import (CARD, LAYOUTS, build_delay, build_flatten, delay_valid_mask,
@@ -509,9 +510,10 @@ class AcousticTokenizer(Tokenizer):
 
 
 def resolve_device(name: str) -> torch.device:
-    """``cpu``, ``cuda`` (an error when torch sees none) or ``auto`` (cuda when present)."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    """``cpu``, ``cuda`` (an error when torch sees none) or ``auto`` (the project's one rule:
+    :func:`shortcutlm.devices.resolve_device`)."""
+    if name == AUTO:
+        return torch.device(shared_device_rule(name))
     if name not in ("cpu", "cuda"):
         raise ValueError(f"acoustic tokenizer: device must be cpu, cuda or auto, not {name!r}")
     if name == "cuda" and not torch.cuda.is_available():

@@ -40,7 +40,8 @@ BITS_PER_CODE = 10  # log2 of the 1024 entries of a codebook
 
 
 class EncodecCodec:
-    """One EnCodec model at a bandwidth; ``weights`` is ``pretrained``, ``random_kmeans`` or a state-dict path."""
+    """One EnCodec model at a bandwidth; ``weights`` is ``pretrained``, ``random_kmeans`` or a weights file,
+    whose contents come in ``state_dict`` (:func:`read_state_dict`)."""
 
     def __init__(self, sample_rate: int, bandwidth: float, weights: str, *, state_dict: dict | None = None,
                  seed: int = 0, fast_elu: bool = True, chunk_seconds: float = 5.0, source: str | None = None,
@@ -167,9 +168,7 @@ def _build_model(sample_rate: int, weights: str, state_dict: dict | None, seed: 
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(seed)
                 model = factory(pretrained=False)
-            if state_dict is None and weights not in ("pretrained", "random_kmeans"):
-                state_dict = read_state_dict(Path(weights).expanduser())
-            if state_dict is not None:
+            if state_dict is not None:  # a weights file's state dict (the tokenizer reads the file)
                 _load_inference_state(model, state_dict, source, sample_rate)
     if sample_rate == 48000:
         # Whole-file RMS normalisation instead of per-segment scales (see module docstring).
