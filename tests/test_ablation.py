@@ -202,7 +202,7 @@ def test_the_deep_ablation_has_its_own_page_and_runs(tmp_path, monkeypatch):
     assert list(deep.config.variants) == ["baseline", "resformer", "svformer", "shortcut_full", "shortcut_last_layer",
                                           "shortcut_depth_resformer", "baseline_lr1e-3", "svformer_lr1e-3"]
     runs = ab.plan_runs(deep, Path(deep.config.out))
-    assert len(runs) == 90 == 3 * (8 * 3 + 2 * 3) and sum(r.steps for r in runs) == 58_050
+    assert len(runs) == 90 == 3 * (8 * 3 + 2 * 3) and sum(r.steps for r in runs) == 38_700
     for recipe in deep.recipes.values():
         assert recipe.model["n_layer"] >= 8 and recipe.train.precision == "bf16-mixed"
         assert recipe.train.accelerator == "cpu" and recipe.model_config("shortcut_last_layer", 10, 1).shortcut == "last_layer"
@@ -265,9 +265,12 @@ def micro_config(root: Path, texts: Path, **changes) -> Path:
            "variants": {"baseline": {}, "shortcut_depth": {"shortcut": "depth"}},
            "seeds": [0, 1], "baseline_steps": [1, 1.5],
            "diagnostics": {"variants": ["baseline", "shortcut_depth"]},
+           "findings": [{"variant": "shortcut_depth", "claim": "shortcuts lower the loss", "expect": "better"}],
            "datasets": {"tinytext": {"source": {"name": "folder", "path": str(texts)},
                                      "tokenizer": {"domain": "text", "vocab_size": 300}}}}
     cfg.update(changes)
+    if "shortcut_depth" not in cfg["variants"]:
+        cfg.pop("findings")
     path = root / "ablation.yaml"
     path.write_text(yaml.safe_dump(cfg, sort_keys=False))
     return path
@@ -331,6 +334,11 @@ def test_micro_grid_writes_the_page(micro):
     assert "| test loss | Δ vs baseline | verdict | valid loss |" in md
     assert f"**{sc['verdict']}**" in md if sc["verdict"] != "within spread" else "within spread" in md
     assert "![relative training loss](results/tinytext/relative_train_loss.png)" in md
+    # The claim is checked by the same rule as the table, with the same numbers.
+    finding = (f"- **shortcut_depth** against **baseline**: shortcuts lower the loss (expected: better). "
+               f"Here: {sc['verdict']} on tinytext (")
+    assert finding in md and md.index("## Findings") < md.index("## tinytext")
+    assert ("it reproduces on all 1 dataset" if sc["verdict"] == "better" else "it does not reproduce") in md
     assert (root / "docs" / "results" / "tinytext" / "relative_train_loss.png").is_file()
     diag = section["diagnostics"]
     if diag["status"] == "done":  # compare_checkpoints is there: plots copied next to the page, sentences written

@@ -56,7 +56,7 @@ from shortcutlm.ablation.cli import configure, print_plan, run
 from shortcutlm.ablation.collect import collect_results
 from shortcutlm.ablation.commands import command_line, narrowed_command
 from shortcutlm.ablation.config import (DEFAULT_RECIPE, Ablation, AblationConfig, DatasetEntry, DiagnosticsSettings,
-                                        dataset_recipe, load_ablation)
+                                        Finding, dataset_recipe, load_ablation)
 from shortcutlm.ablation.curves import plot_relative_loss, relative_training_loss
 from shortcutlm.ablation.diagnose import run_diagnostics
 from shortcutlm.ablation.grid import Progress, prepare_dataset, run_ablation
@@ -75,7 +75,7 @@ from shortcutlm.artifacts.files import jsonable
 
 __all__ = [
     "configure", "run", "print_plan",
-    "DEFAULT_RECIPE", "Ablation", "AblationConfig", "DatasetEntry", "DiagnosticsSettings", "dataset_recipe",
+    "DEFAULT_RECIPE", "Ablation", "AblationConfig", "DatasetEntry", "DiagnosticsSettings", "Finding", "dataset_recipe",
     "load_ablation",
     "EVAL_FILE", "RUN_FILE", "ERROR_FILE", "EVAL_VERSION", "Run", "steps_for", "plan_runs", "run_recipe_for",
     "is_trained", "check_settings", "evaluation_key", "cached_evaluation", "evaluate_run", "validation_row",

@@ -4,12 +4,13 @@ step timing and diagnostics. What ``results.json`` holds and the page renders.""
 from __future__ import annotations
 
 import time
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Callable
 
 from shortcutlm.ablation.commands import narrowed_command
 from shortcutlm.ablation.config import Ablation
-from shortcutlm.ablation.curves import relative_training_loss
+from shortcutlm.ablation.curves import relative_training_loss, validation_curves
 from shortcutlm.ablation.diagnose import run_diagnostics
 from shortcutlm.ablation.records import run_record
 from shortcutlm.ablation.runs import (check_settings, evaluate_run, is_trained, plan_runs, run_recipe_for,
@@ -38,10 +39,12 @@ def collect_results(ablation: Ablation, out: Path, command: str, failures: dict[
     failures = dict(failures or {})
     cfg = ablation.config
     results: dict[str, Any] = {
+        "name": cfg.name, "description": cfg.description,
         "created": time.strftime("%Y-%m-%d %H:%M:%S %Z").strip(), "command": command,
         "ablation": str(ablation.path), "preset": cfg.preset, "overrides": ablation.overrides,
         "machine": machine(), "seeds": cfg.seeds, "baseline": cfg.baseline, "baseline_steps": cfg.baseline_steps,
         "variants": cfg.variants, "verdict_rule": VERDICT_RULE, "datasets": {},
+        "claims": [asdict(f) for f in cfg.findings], "see_also": list(cfg.see_also),
     }
     for dataset in ablation.datasets:
         recipe = ablation.recipes[dataset]
@@ -72,6 +75,7 @@ def collect_results(ablation: Ablation, out: Path, command: str, failures: dict[
         section["data"] = _data_summary(data_dir)
         section["command"] = narrowed_command(command, dataset)
         section["relative_loss"] = relative_training_loss(runs, cfg)
+        section["validation_curves"] = validation_curves(runs, cfg)
         apply_step_timing(section, side_by_side_timing(ablation, out, dataset, echo) if diagnostics else None)
         if not cfg.diagnostics.enabled:
             section["diagnostics"] = {"status": "disabled"}

@@ -46,6 +46,27 @@ class DiagnosticsSettings:
 
 
 @dataclass
+class Finding:
+    """A claim from the papers that the page checks against the runs, one sentence per finding.
+
+    The claim is typed by hand (it is what a paper says); its verdicts on each dataset come from the
+    runs by the seed-paired rule, so the sentence says where the claim reproduces and where it does not.
+    """
+
+    variant: str
+    claim: str
+    """What the paper reports, in a phrase (shown as written)."""
+    expect: str = "better"
+    """The verdict the claim predicts for ``variant`` against ``against``: ``better`` or ``worse``."""
+    against: str | None = None
+    """The variant it is compared with (default the baseline), e.g. a baseline at the same learning rate."""
+
+    def __post_init__(self) -> None:
+        if self.expect not in ("better", "worse"):
+            raise ConfigError(f"findings: expect must be 'better' or 'worse', got {self.expect!r}")
+
+
+@dataclass
 class AblationConfig:
     """The grid: datasets × variants × seeds, plus the baseline at more steps."""
 
@@ -72,6 +93,11 @@ class AblationConfig:
     baseline_steps: list[float] = field(default_factory=lambda: [1.0, 1.25, 1.5])
     """Multiples of ``train.max_steps`` the baseline is also trained for (must include 1.0)."""
     diagnostics: DiagnosticsSettings = field(default_factory=DiagnosticsSettings)
+    findings: list[Finding] = field(default_factory=list)
+    """Claims from the papers, each checked on every dataset (the page's "Findings")."""
+    see_also: list[str] = field(default_factory=list)
+    """Docs folders of other ablations (their ``results.json``) whose summary and findings this page
+    shows in a section of its own, e.g. a deeper grid beside this one."""
     preset: str | None = None
     """The ablation preset that was applied (recorded, not set by hand)."""
 
@@ -86,6 +112,10 @@ class AblationConfig:
             raise ConfigError(f"baseline_steps must be positive multiples including 1.0, got {self.baseline_steps}")
         if "seed" in self.train:
             raise ConfigError("train.seed is set per run from `seeds`; remove it")
+        for finding in self.findings:
+            for name in (finding.variant, finding.against or self.baseline):
+                if name not in self.variants:
+                    raise ConfigError(f"findings: {name!r} is not one of the variants {sorted(self.variants)}")
         for name, spec in self.variants.items():
             train = (spec or {}).get("train", {})
             if not isinstance(train, dict):

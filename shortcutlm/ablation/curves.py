@@ -1,5 +1,6 @@
 """Training curves: each variant's smoothed training loss relative to the baseline's (ResFormer's
-view), averaged over the seeds both finished, and its plot."""
+view), averaged over the seeds both finished; each variant's validation loss over the steps (whether
+the runs were still learning when they stopped); and their plots."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -47,17 +48,69 @@ def relative_training_loss(runs: list[Run], cfg: AblationConfig) -> dict[str, An
     return out or None
 
 
+def validation_curves(runs: list[Run], cfg: AblationConfig) -> dict[str, Any] | None:
+    """Each variant's validation loss at every logged step, the mean over its finished seeds (the steps
+    all of them logged)."""
+    import numpy as np
+
+    from shortcutlm.plots import read_curves
+
+    per_variant: dict[str, dict[int, tuple[np.ndarray, np.ndarray]]] = {}
+    for run in runs:
+        files = CheckpointFolder(run.folder)
+        if run.multiple != 1.0 or not is_trained(run) or not files.has_metrics:
+            continue
+        c = read_curves(files.metrics_path).get("val/loss")
+        if c is not None and len(c[0]) >= 2:
+            per_variant.setdefault(run.variant, {})[run.seed] = c
+    out: dict[str, Any] = {}
+    for variant in cfg.variants:
+        seeds = per_variant.get(variant)
+        if not seeds:
+            continue
+        steps = sorted(set.intersection(*(set(x.tolist()) for x, _ in seeds.values())))
+        if len(steps) < 2:
+            continue
+        mean = np.mean([np.interp(steps, x, y) for x, y in seeds.values()], axis=0)
+        out[variant] = {"steps": [int(s) for s in steps], "loss": mean.tolist(), "seeds": sorted(seeds)}
+    return out or None
+
+
+def still_falling(curve: dict[str, Any]) -> dict[str, Any]:
+    """How much the loss fell over the first and the last quarter of the steps: a run still learning
+    fast ends with a last-quarter fall near its first-quarter fall; one that has slowed, far below it."""
+    import numpy as np
+
+    steps, loss = np.array(curve["steps"], dtype=float), np.array(curve["loss"], dtype=float)
+    end = steps[-1]
+    first = float(np.interp(steps[0], steps, loss) - np.interp(steps[0] + end / 4, steps, loss))
+    last = float(np.interp(end * 3 / 4, steps, loss) - loss[-1])
+    return {"first_quarter": first, "last_quarter": last, "from_step": int(steps[0]), "to_step": int(end),
+            "final": float(loss[-1])}
+
+
 def plot_relative_loss(rel: dict[str, Any], path: Path, title: str) -> Path:
+    return _plot_variant_lines({v: (c["steps"], c["delta"], len(c["seeds"])) for v, c in rel.items()}, path, title,
+                               "train loss − baseline's (nats, smoothed)", zero_line=True)
+
+
+def plot_validation_loss(curves: dict[str, Any], path: Path, title: str) -> Path:
+    return _plot_variant_lines({v: (c["steps"], c["loss"], len(c["seeds"])) for v, c in curves.items()}, path, title,
+                               "validation loss (nats per token)", zero_line=False)
+
+
+def _plot_variant_lines(lines: dict[str, tuple[list, list, int]], path: Path, title: str, ylabel: str,
+                        zero_line: bool) -> Path:
     from shortcutlm.plots import plt, variant_colours
 
     fig, ax = plt.subplots(figsize=(7, 4))
-    colours = variant_colours(rel)  # each variant in its colour of every plot
-    for variant, c in rel.items():
-        n = len(c["seeds"])
-        ax.plot(c["steps"], c["delta"], color=colours[variant], label=f"{variant} (mean of {n} seed{'s' * (n > 1)})")
-    ax.axhline(0.0, color="0.3", linewidth=1, linestyle=":")
+    colours = variant_colours(lines)  # each variant in its colour of every plot
+    for variant, (xs, ys, n) in lines.items():
+        ax.plot(xs, ys, color=colours[variant], label=f"{variant} (mean of {n} seed{'s' * (n > 1)})")
+    if zero_line:
+        ax.axhline(0.0, color="0.3", linewidth=1, linestyle=":")
     ax.set_xlabel("optimiser step")
-    ax.set_ylabel("train loss − baseline's (nats, smoothed)")
+    ax.set_ylabel(ylabel)
     ax.set_title(title)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)

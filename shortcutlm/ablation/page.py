@@ -3,14 +3,16 @@
 except the diagnostics plots it copies next to the page)."""
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 from typing import Any
 
-from shortcutlm.ablation.curves import plot_relative_loss
+from shortcutlm.ablation.curves import plot_relative_loss, plot_validation_loss, still_falling
 from shortcutlm.ablation.markdown import (bold_verdict, display_path, fmt, fmt_pm, machine_label, nbytes,
                                           param_count, ratio_text, table)
-from shortcutlm.artifacts.ablation import PAGE_JSON, write_page
+from shortcutlm.ablation.findings import render_findings
+from shortcutlm.artifacts.ablation import PAGE_JSON, PAGE_MD, read_previous_results, write_page
 from shortcutlm.artifacts.checkpoint import METRICS
 from shortcutlm.html_page import markdown_page
 
@@ -162,7 +164,32 @@ def render_dataset(name: str, section: dict[str, Any], cfg_baseline: str, docs: 
         lines += ["At the last logged step the smoothed training loss is "
                   + "; ".join(f"{v} {abs(c['final']):.3f} {'below' if c['final'] < 0 else 'above'} the baseline's"
                               for v, c in finals) + " (seed means, paired by seed).", ""]
+    lines += render_validation_curves(name, section, cfg_baseline, docs, assets)
     lines += render_diagnostics(name, section.get("diagnostics"), section["command"], docs, assets)
+    return lines
+
+
+def render_validation_curves(name: str, section: dict[str, Any], cfg_baseline: str, docs: Path,
+                             assets: Path) -> list[str]:
+    """Every variant's validation loss over the steps, and how fast the baseline's was still falling."""
+    curves = section.get("validation_curves")
+    if not curves:
+        return []
+    png = plot_validation_loss(curves, assets / "validation_loss.png", f"{name}: validation loss over training")
+    lines = [f"### {name}: validation loss over training", "",
+             f"Produced by: `{section['command']}` (each run's `val/loss` in `{METRICS}`, mean over seeds).", "",
+             f"![validation loss]({png.relative_to(docs).as_posix()})", ""]
+    base = curves.get(cfg_baseline)
+    if base:
+        f = still_falling(base)
+        quarter = f["to_step"] // 4
+        pace = (f"{f['last_quarter'] / f['first_quarter']:.0%} of its early pace" if f["first_quarter"] > 0
+                else "while it rose early on")
+        trend = (f"still falling at the end, at {pace}" if f["last_quarter"] > 0
+                 else "no longer falling at the end")
+        lines += [f"The baseline's validation loss (mean of {len(base['seeds'])} seeds) fell {f['first_quarter']:.3f} "
+                  f"nats from step {f['from_step']} to step {f['from_step'] + quarter} and {f['last_quarter']:.3f} "
+                  f"over the last {quarter} steps, ending at {f['final']:.3f}: {trend}.", ""]
     return lines
 
 
@@ -223,12 +250,44 @@ def render_markdown(results: dict[str, Any], docs: Path, out: Path) -> str:
              "`last_layer`'s per-depth keys and values are the final layer's own, counted in it).",
              f"- raw numbers: `{PAGE_JSON}` beside this page; runs under `{display_path(out)}`.", ""]
     lines += render_summary(results)
+    lines += render_findings(results)
     for name, section in results["datasets"].items():
         lines += render_dataset(name, section, results["baseline"], docs, out)
+    for folder in results.get("see_also") or []:
+        lines += render_companion(Path(folder), docs)
     return "\n".join(lines).rstrip() + "\n"
 
 
-def render_summary(results: dict[str, Any]) -> list[str]:
+def render_companion(folder: Path, docs: Path) -> list[str]:
+    """Another ablation's summary and findings (from its ``results.json``), linked to its own page."""
+    companion = read_previous_results(folder)
+    if companion is None:
+        return [f"## Also: the ablation in `{display_path(folder)}`", "",
+                f"Not run yet: `{display_path(folder / PAGE_JSON)}` does not exist.", ""]
+    name = companion.get("name") or Path(companion.get("ablation") or "ablation").stem
+    link = Path(os.path.relpath(folder / PAGE_MD, docs)).as_posix()
+    lines = [f"## Also: {name}", ""]
+    description = " ".join(str((companion.get("description") or "")).split())
+    if description:
+        lines += [description, ""]
+    models = sorted({_model_line(section) for section in companion.get("datasets", {}).values()})
+    lines += [f"Its own page, with every number behind this section: [{link}]({link}). Written "
+              f"{companion.get('created')}; seeds {', '.join(str(s) for s in companion.get('seeds', []))}; "
+              + "; ".join(models) + ".", ""]
+    sections = render_summary(companion, "its page gives every number behind it") + render_findings(companion)
+    lines += [line.replace("## ", "### ", 1) if line.startswith("## ") else line for line in sections]
+    return lines
+
+
+def _model_line(section: dict[str, Any]) -> str:
+    model, train = section.get("model", {}), section.get("train", {})
+    return (f"{model.get('n_layer')} layers × width {model.get('n_embd')}, {train.get('max_steps')} steps × batch "
+            f"{train.get('batch_size')} ({section.get('tokens_per_run', 0):,} tokens per run), "
+            f"{train.get('precision')}")
+
+
+def render_summary(results: dict[str, Any], behind: str = "the sections below give every number behind it"
+                   ) -> list[str]:
     """Variants × datasets: the difference from the baseline, its verdict and the matched-loss multiple."""
     datasets = results["datasets"]
     if not datasets:
@@ -237,7 +296,7 @@ def render_summary(results: dict[str, Any]) -> list[str]:
     lines = ["## Summary", "",
              f"Test loss of each variant minus the baseline's (nats per token, mean ± spread over seeds; negative is "
              f"better), the verdict, and the tokens the baseline needs to match it. Produced by: "
-             f"`{results['command']}`; the sections below give every number behind it.", ""]
+             f"`{results['command']}`; {behind}.", ""]
     rows = []
     for variant in results["variants"]:
         if variant == base:
