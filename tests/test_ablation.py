@@ -338,7 +338,7 @@ def test_micro_grid_writes_the_page(micro):
     finding = (f"- **shortcut_depth** against **baseline**: shortcuts lower the loss (expected: better). "
                f"Here: {sc['verdict']} on tinytext (")
     assert finding in md and md.index("## Findings") < md.index("## tinytext")
-    assert ("it reproduces on all 1 dataset" if sc["verdict"] == "better" else "it does not reproduce") in md
+    assert ("it reproduces there" if sc["verdict"] == "better" else "it does not reproduce there") in md
     assert (root / "docs" / "results" / "tinytext" / "relative_train_loss.png").is_file()
     diag = section["diagnostics"]
     if diag["status"] == "done":  # compare_checkpoints is there: plots copied next to the page, sentences written
@@ -375,6 +375,20 @@ def test_a_second_invocation_trains_nothing(micro):
     assert section["variants"]["shortcut_depth"]["n"] == 2 and section["variants"]["shortcut_depth"]["of"] == 3
     md = (root / "docs3" / "results.md").read_text()
     assert "(n=2/3)" in md and "pending (3 of 9 runs)" in md and "`shortcut_depth-s2`" in md
+
+
+def test_a_page_rebuilt_without_the_run_folders_keeps_its_sections(micro, tmp_path):
+    """``--report-only`` on a machine without the runs keeps the previous page's finished sections."""
+    root, a, _, _ = micro
+    docs = tmp_path / "docs"
+    shutil.copytree(root / "docs", docs)
+    written = json.loads((docs / "results.json").read_text())["created"]
+    lines: list[str] = []
+    rebuilt = ab.run_ablation(a, tmp_path / "no-runs", docs, report_only=True, echo=lines.append)
+    section = rebuilt["datasets"]["tinytext"]
+    assert section["kept_from"] == written and section["variants"]["baseline"]["n"] == 2
+    assert any("its section is kept from the page written" in line for line in lines)
+    assert "Kept from the page written" in (docs / "results.md").read_text()
 
 
 def test_a_failing_run_is_recorded_and_the_others_go_on(micro, tmp_path, monkeypatch):

@@ -33,7 +33,7 @@ def _lead(section: dict[str, Any], variant: str, against: str, baseline: str) ->
         return None
     steps, diff = mine[0], [a - b for a, b in zip(mine[1], theirs[1])]
     half = min(range(len(steps)), key=lambda i: abs(steps[i] - steps[-1] / 2))
-    return {"half_step": steps[half], "half": diff[half], "final_step": steps[-1], "final": diff[-1]}
+    return {"half_step": int(steps[half]), "half": diff[half], "final_step": int(steps[-1]), "final": diff[-1]}
 
 
 def compute_findings(results: dict[str, Any]) -> list[dict[str, Any]]:
@@ -91,10 +91,12 @@ def render_findings(results: dict[str, Any], heading: str = "## Findings") -> li
         clauses = "; ".join(_dataset_clause(name, row) for name, row in f["datasets"].items()) or "no runs yet"
         if f["of"] == 0:
             outcome = "not decided yet"
+        elif f["of"] == 1:
+            outcome = "it reproduces there" if f["held"] else "it does not reproduce there at this scale"
         elif f["held"] == f["of"]:
-            outcome = f"it reproduces on all {f['of']} dataset{'s' * (f['of'] > 1)}"
+            outcome = f"it reproduces on all {f['of']} datasets"
         elif f["held"] == 0:
-            outcome = f"it does not reproduce on any of the {f['of']} dataset{'s' * (f['of'] > 1)} at this scale"
+            outcome = f"it does not reproduce on any of the {f['of']} datasets at this scale"
         else:
             outcome = f"it reproduces on {f['held']} of {f['of']} datasets"
         lines += [f"- **{f['variant']}** against **{f['against']}**: {f['claim']} (expected: {f['expect']}). "

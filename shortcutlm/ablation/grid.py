@@ -122,6 +122,7 @@ def run_ablation(ablation: Ablation, out: str | Path, docs: str | Path | None = 
     to_train = [d for d in ablation.datasets if datasets is None or d in datasets]
     runs = plan_runs(ablation, out, to_train)
     pending = {str(r.folder) for r in runs if not is_trained(r)}
+    trained_here = [] if report_only else to_train  # a page rebuilt without training keeps what it cannot see
     failures: dict[str, str] = {}
     if not report_only:
         _quiet_lightning()
@@ -167,13 +168,13 @@ def run_ablation(ablation: Ablation, out: str | Path, docs: str | Path | None = 
             if docs is not None:
                 try:
                     _write_page(collect_results(ablation, out, command, failures, diagnostics=False), Path(docs), out,
-                                to_train, echo)
+                                trained_here, echo)
                 except Exception as exc:  # noqa: BLE001 - the interruption matters more
                     echo(f"could not write the page: {short_error(exc)}")
             raise
     results = collect_results(ablation, out, command, failures, diagnostics=docs is not None, echo=echo)
     if docs is not None:
-        md, js = _write_page(results, Path(docs), out, to_train, echo)
+        md, js = _write_page(results, Path(docs), out, trained_here, echo)
         echo(f"wrote {md} and {js}")
     return results
 
