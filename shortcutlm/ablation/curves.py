@@ -11,21 +11,31 @@ from shortcutlm.ablation.runs import Run, is_trained
 from shortcutlm.artifacts.checkpoint import CheckpointFolder
 
 
+def finished_curves(runs: list[Run], metric: str) -> dict[str, dict[int, tuple[Any, Any]]]:
+    """``{variant: {seed: (steps, values)}}`` of ``metric`` from every finished run at the variants' steps
+    (the baseline's longer runs left out), where it was logged at least twice."""
+    from shortcutlm.plots import read_curves
+
+    curves: dict[str, dict[int, tuple[Any, Any]]] = {}
+    for run in runs:
+        files = CheckpointFolder(run.folder)
+        if run.multiple != 1.0 or not is_trained(run) or not files.has_metrics:
+            continue
+        c = read_curves(files.metrics_path).get(metric)
+        if c is not None and len(c[0]) >= 2:
+            curves.setdefault(run.variant, {})[run.seed] = c
+    return curves
+
+
 def relative_training_loss(runs: list[Run], cfg: AblationConfig) -> dict[str, Any] | None:
     """ResFormer's relative training loss: each variant's smoothed train loss minus the baseline's,
     averaged over the seeds both have finished, on the baseline's logged steps."""
     import numpy as np
 
-    from shortcutlm.plots import read_curves, smooth
+    from shortcutlm.plots import smooth
 
-    curves: dict[str, dict[int, tuple[np.ndarray, np.ndarray]]] = {}
-    for run in runs:
-        files = CheckpointFolder(run.folder)
-        if run.multiple != 1.0 or not is_trained(run) or not files.has_metrics:
-            continue
-        c = read_curves(files.metrics_path).get("train/loss")
-        if c is not None and len(c[0]) >= 2:
-            curves.setdefault(run.variant, {})[run.seed] = (c[0], smooth(c[1]))
+    curves = {variant: {seed: (x, smooth(y)) for seed, (x, y) in seeds.items()}
+              for variant, seeds in finished_curves(runs, "train/loss").items()}
     base = curves.get(cfg.baseline)
     if not base:
         return None
@@ -53,16 +63,7 @@ def validation_curves(runs: list[Run], cfg: AblationConfig) -> dict[str, Any] | 
     all of them logged)."""
     import numpy as np
 
-    from shortcutlm.plots import read_curves
-
-    per_variant: dict[str, dict[int, tuple[np.ndarray, np.ndarray]]] = {}
-    for run in runs:
-        files = CheckpointFolder(run.folder)
-        if run.multiple != 1.0 or not is_trained(run) or not files.has_metrics:
-            continue
-        c = read_curves(files.metrics_path).get("val/loss")
-        if c is not None and len(c[0]) >= 2:
-            per_variant.setdefault(run.variant, {})[run.seed] = c
+    per_variant = finished_curves(runs, "val/loss")
     out: dict[str, Any] = {}
     for variant in cfg.variants:
         seeds = per_variant.get(variant)
