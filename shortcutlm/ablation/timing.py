@@ -26,9 +26,12 @@ def side_by_side_timing(ablation: Ablation, out: Path, dataset: str,
     several times slower than one trained on idle cores, so the table's step-time ratios come
     from here. Cached in ``<dataset>/step_timing.json`` and measured again when the configs change.
     """
+    import torch
+
     from shortcutlm.bench.common import machine, median
     from shortcutlm.bench.model import interleaved_step_seconds
     from shortcutlm.models import GPTConfig
+    from shortcutlm.peak import precision_dtype
 
     cfg = ablation.config
     configs: dict[str, dict[str, Any]] = {}
@@ -41,9 +44,11 @@ def side_by_side_timing(ablation: Ablation, out: Path, dataset: str,
     if cfg.baseline not in configs or len(configs) < 2:
         return None
     batch = ablation.recipes[dataset].train.batch_size
+    precision = ablation.recipes[dataset].train.precision
     info = machine()
     key = {"configs": configs, "batch": batch, "steps": STEP_TIMING_STEPS, "warmup": STEP_TIMING_WARMUP,
-           "machine": {k: info.get(k) for k in ("processor", "threads", "torch")}}
+           "machine": {k: info.get(k) for k in ("processor", "threads", "torch")},
+           **({"precision": precision} if precision_dtype(precision) != torch.float32 else {})}
     path = step_timing_path(out / dataset)
     cached = read_cache(path, key, "timing")
     if cached is not None:
@@ -51,10 +56,11 @@ def side_by_side_timing(ablation: Ablation, out: Path, dataset: str,
     if echo:
         echo(f"{dataset}: timing {len(configs)} variants side by side ({STEP_TIMING_STEPS} interleaved steps each)")
     times = interleaved_step_seconds({v: GPTConfig.from_dict(c) for v, c in configs.items()}, batch,
-                                     STEP_TIMING_STEPS, STEP_TIMING_WARMUP)
+                                     STEP_TIMING_STEPS, STEP_TIMING_WARMUP, dtype=precision_dtype(precision))
     seconds = {v: median(t) for v, t in times.items()}
-    timing = {"method": f"forward, backward and AdamW on one fixed batch of {batch}, every variant in one process "
-                        f"with steps interleaved; median of {STEP_TIMING_STEPS} steps after {STEP_TIMING_WARMUP} warm-up steps",
+    timing = {"method": f"forward, backward and AdamW on one fixed batch of {batch} ({precision}), every variant "
+                        f"in one process with steps interleaved; median of {STEP_TIMING_STEPS} steps after "
+                        f"{STEP_TIMING_WARMUP} warm-up steps",
               "machine": info, "measured": time.strftime("%Y-%m-%dT%H:%M:%S"), "seconds": seconds,
               "all_seconds": times, "ratio": {v: seconds[v] / seconds[cfg.baseline] for v in seconds}}
     write_cache(path, key, "timing", timing)

@@ -78,13 +78,14 @@ def measure_training(trainees: dict[str, Trainee], steps: int, warmup: int) -> d
 
 
 def interleaved_step_seconds(configs: dict[str, GPTConfig], batch: int, steps: int, warmup: int = 2,
-                             device: str = "cpu") -> dict[str, list[float]]:
-    """Train-step seconds of each config, all in this process with their steps interleaved.
+                             device: str = "cpu", dtype: torch.dtype = torch.float32) -> dict[str, list[float]]:
+    """Train-step seconds of each config, all in this process with their steps interleaved
+    (``dtype``: the autocast dtype, as the runs trained).
 
     Step times taken in separate runs on a shared machine swing by several times; side by
     side, a slowdown hits every config alike and their ratios stay meaningful.
     """
-    trainees = {name: Trainee(config, batch, device, torch.float32) for name, config in configs.items()}
+    trainees = {name: Trainee(config, batch, device, dtype) for name, config in configs.items()}
     return measure_training(trainees, steps, warmup)
 
 
