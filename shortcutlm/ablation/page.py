@@ -187,7 +187,8 @@ def render_validation_curves(name: str, section: dict[str, Any], cfg_baseline: s
                 else "while it rose early on")
         trend = (f"still falling at the end, at {pace}" if f["last_quarter"] > 0
                  else "no longer falling at the end")
-        lines += [f"The baseline's validation loss (mean of {len(base['seeds'])} seeds) fell {f['first_quarter']:.3f} "
+        n = len(base["seeds"])
+        lines += [f"The baseline's validation loss (mean of {n} seed{'s' * (n > 1)}) fell {f['first_quarter']:.3f} "
                   f"nats from step {f['from_step']} to step {f['from_step'] + quarter} and {f['last_quarter']:.3f} "
                   f"over the last {quarter} steps, ending at {f['final']:.3f}: {trend}.", ""]
     return lines
