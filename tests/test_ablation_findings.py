@@ -48,7 +48,8 @@ def fake_results(claims: list[dict]) -> dict:
 
 
 CLAIMS = [{"variant": "svformer", "claim": "trails at equal size", "expect": "worse", "against": None},
-          {"variant": "sv_slow", "claim": "trails at the smaller rate too", "expect": "worse", "against": "base_slow"}]
+          {"variant": "sv_slow", "claim": "trails at the smaller rate too", "expect": "worse", "against": "base_slow",
+           "beside": "svformer"}]
 
 
 def test_a_finding_checks_its_claim_on_every_dataset_by_the_paired_rule():
@@ -69,6 +70,9 @@ def test_a_finding_checks_its_claim_on_every_dataset_by_the_paired_rule():
                                            for s in range(3)) / 3)
     assert "tokens_to_match" not in d  # the matched-loss view is the baseline's alone
     assert d["training_lead"]["final"] == pytest.approx(0.01) and d["training_lead"]["half"] == pytest.approx(-0.05)
+    # Beside it, the same pair at the shared setting (svformer against the baseline).
+    assert d["beside"]["delta"] == pytest.approx(music["delta"]) and d["beside"]["verdict"] == "better"
+    assert "beside" not in sv["datasets"]["music"]
 
 
 def test_the_findings_say_where_a_claim_reproduces():
@@ -78,6 +82,8 @@ def test_the_findings_say_where_a_claim_reproduces():
     assert ("- **svformer** against **baseline**: trails at equal size (expected: worse). Here: better on music "
             "(-0.100 ± 0.010") in text
     assert "it does not reproduce on any of the 2 datasets at this scale" in text
+    assert ("within spread on music (+0.043 ± 0.050; beside it svformer against baseline: -0.100 ± 0.010 better, "
+            "another verdict; training-loss difference") in text
     assert "training-loss difference -0.200 at step 200, -0.050 at step 400" in text
     assert render_findings(fake_results([])) == []
 
@@ -93,6 +99,8 @@ def test_findings_name_variants_of_the_grid(tmp_path):
         ab.AblationConfig(**config([ab.Finding("resformer", "c")]))
     with pytest.raises(ConfigError, match="'slow' is not one of the variants"):
         ab.AblationConfig(**config([ab.Finding("svformer", "c", against="slow")]))
+    with pytest.raises(ConfigError, match="'fast' is not one of the variants"):
+        ab.AblationConfig(**config([ab.Finding("svformer", "c", beside="fast")]))
     with pytest.raises(ConfigError, match="expect must be 'better' or 'worse'"):
         ab.Finding("svformer", "c", expect="equal")
 
@@ -119,6 +127,7 @@ def test_the_shipped_ablations_state_their_claims():
     deep = ab.load_ablation(root / "recipes" / "ablation_deep.yaml", datasets=["shakespeare"]).config
     assert first.see_also == ["docs/deep"]  # the deeper grid has a section on docs/results.md
     pairs = {(f.variant, f.against) for f in deep.findings}
+    assert [f.beside for f in deep.findings if f.variant == "svformer_lr1e-3"] == ["svformer"]
     assert {("svformer", None), ("svformer_lr1e-3", "baseline_lr1e-3"), ("shortcut_last_layer", None),
             ("shortcut_full", None), ("resformer", None)} <= pairs
 

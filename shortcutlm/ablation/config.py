@@ -60,6 +60,9 @@ class Finding:
     """The verdict the claim predicts for ``variant`` against ``against``: ``better`` or ``worse``."""
     against: str | None = None
     """The variant it is compared with (default the baseline), e.g. a baseline at the same learning rate."""
+    beside: str | None = None
+    """A variant whose difference from the baseline is shown beside this one's, e.g. ``svformer`` beside
+    ``svformer_lr1e-3`` against ``baseline_lr1e-3``: does the verdict hold at the other setting?"""
 
     def __post_init__(self) -> None:
         if self.expect not in ("better", "worse"):
@@ -113,7 +116,7 @@ class AblationConfig:
         if "seed" in self.train:
             raise ConfigError("train.seed is set per run from `seeds`; remove it")
         for finding in self.findings:
-            for name in (finding.variant, finding.against or self.baseline):
+            for name in (finding.variant, finding.against or self.baseline, finding.beside or self.baseline):
                 if name not in self.variants:
                     raise ConfigError(f"findings: {name!r} is not one of the variants {sorted(self.variants)}")
         for name, spec in self.variants.items():

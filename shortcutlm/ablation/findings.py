@@ -53,6 +53,10 @@ def compute_findings(results: dict[str, Any]) -> list[dict[str, Any]]:
                                    "verdict": verdict(cmp_["delta"], cmp_["spread"])}
             if against == base:
                 row["tokens_to_match"] = (variants[variant].get("baseline_tokens_to_match") or {}).get("label")
+            if claim.get("beside"):
+                other = compare(_losses(variants.get(claim["beside"])), _losses(variants[base]))
+                row["beside"] = {"delta": other["delta"], "spread": other["spread"],
+                                 "verdict": verdict(other["delta"], other["spread"])}
             lead = _lead(section, variant, against, base)
             if lead:
                 row["training_lead"] = lead
@@ -63,10 +67,15 @@ def compute_findings(results: dict[str, Any]) -> list[dict[str, Any]]:
     return findings
 
 
-def _dataset_clause(name: str, row: dict[str, Any]) -> str:
+def _dataset_clause(name: str, row: dict[str, Any], beside: str | None, base: str) -> str:
     if row["delta"] is None:
         return f"pending on {name}"
     text = f"{row['verdict']} on {name} ({fmt_pm(row['delta'], row['spread'], 3, signed=True)}"
+    other = row.get("beside")
+    if other and other["delta"] is not None:
+        same = "the same verdict" if other["verdict"] == row["verdict"] else "another verdict"
+        text += (f"; beside it {beside} against {base}: {fmt_pm(other['delta'], other['spread'], 3, signed=True)}"
+                 f" {other['verdict']}, {same}")
     if row.get("tokens_to_match", "").endswith("×"):
         text += f", baseline tokens to match {row['tokens_to_match']}"
     lead = row.get("training_lead")
@@ -88,7 +97,8 @@ def render_findings(results: dict[str, Any], heading: str = "## Findings") -> li
              "(seed means) at half the steps and at the end: a gap that closes over training is an early-training "
              "effect.", ""]
     for f in findings:
-        clauses = "; ".join(_dataset_clause(name, row) for name, row in f["datasets"].items()) or "no runs yet"
+        clauses = "; ".join(_dataset_clause(name, row, f.get("beside"), results["baseline"])
+                            for name, row in f["datasets"].items()) or "no runs yet"
         if f["of"] == 0:
             outcome = "not decided yet"
         elif f["of"] == 1:
