@@ -23,7 +23,8 @@ def display_path(path: Path) -> str:
 def machine_label(info: dict[str, Any]) -> str:
     if not isinstance(info, dict):
         return str(info)
-    where = info.get("gpu") or f"{info.get('processor')} CPU, {info.get('threads')} threads"
+    threads = info.get("threads")
+    where = info.get("gpu") or f"{info.get('processor')} CPU, {threads} thread{'' if threads == 1 else 's'}"
     return f"{where} (torch {info.get('torch')})"
 
 
