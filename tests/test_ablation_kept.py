@@ -40,3 +40,16 @@ def test_nothing_is_kept_when_settings_changed_or_the_dataset_was_trained_here()
     assert keep_previous_sections(trained, previous, trained_here=["text"]) == []
     assert keep_previous_sections(results({"text": page("pending")}), None, trained_here=[]) == []
     assert trained["datasets"]["text"]["runs"][0]["status"] == "pending"
+
+
+def test_a_kept_section_lists_its_variants_in_the_grids_order(tmp_path):
+    """An older results.json held its keys sorted by name; the kept table follows the ablation file's order."""
+    from shortcutlm.artifacts.ablation import read_previous_results, write_page
+
+    old = page("done", variants={"svformer": {"n": 3}, "baseline": {"n": 3}})  # as a sorted file gave them back
+    fresh = results({"text": page("pending")}, created="now")
+    assert keep_previous_sections(fresh, results({"text": old}), trained_here=[]) == ["text"]
+    assert list(fresh["datasets"]["text"]["variants"]) == ["baseline", "svformer"]
+    # The page's results.json now keeps the order it was written in.
+    write_page(tmp_path, "# page\n", {"variants": {"z_last": {}, "a_first": {}}})
+    assert list(read_previous_results(tmp_path)["variants"]) == ["z_last", "a_first"]

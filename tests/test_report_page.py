@@ -121,16 +121,21 @@ def test_the_recipe_command_names_the_html_report_last(midi_run, capsys, tmp_pat
     assert str(midi_run.report_html) in last and "report.html" in last
 
 
-def test_the_ablation_page_in_html_has_the_numbers_of_the_markdown_page():
-    md, page = (DOCS / PAGE_MD).read_text(encoding="utf-8"), (DOCS / PAGE_HTML).read_text(encoding="utf-8")
+ABLATION_PAGES = pytest.mark.parametrize("docs", [DOCS, DOCS / "deep"], ids=["ablation", "deep"])
+
+
+@ABLATION_PAGES
+def test_the_ablation_page_in_html_has_the_numbers_of_the_markdown_page(docs):
+    md, page = (docs / PAGE_MD).read_text(encoding="utf-8"), (docs / PAGE_HTML).read_text(encoding="utf-8")
     assert read_html(page).tables == markdown_tables(md) and len(markdown_tables(md)) >= 4
     assert html_numbers(page) == markdown_numbers(md) and len(markdown_numbers(md)) > 100
-    assert_offline(DOCS / PAGE_HTML)
+    assert_offline(docs / PAGE_HTML)
 
 
-def test_the_ablation_page_loads_every_figure_in_a_browser(browser, tmp_path):
-    got = check_in_browser(browser, DOCS / PAGE_HTML, tmp_path / "results.png")
-    assert len(got["images"]) == (DOCS / PAGE_MD).read_text().count("![")
+@ABLATION_PAGES
+def test_the_ablation_page_loads_every_figure_in_a_browser(browser, tmp_path, docs):
+    got = check_in_browser(browser, docs / PAGE_HTML, tmp_path / "results.png")
+    assert len(got["images"]) == (docs / PAGE_MD).read_text().count("![")
 
 
 # ------------------------------------------------------------------------------------ the pictures

@@ -31,7 +31,11 @@ def keep_previous_sections(results: dict[str, Any], previous: dict[str, Any] | N
             continue
         if any(_plain(section.get(key)) != _plain(old.get(key)) for key in SECTION_SETTINGS):
             continue
-        results["datasets"][dataset] = {**old, "kept_from": previous.get("created") or "an earlier page"}
+        order = list(results.get("variants") or {})  # an older results.json may hold them sorted by name
+        variants = dict(sorted(old.get("variants", {}).items(),
+                               key=lambda kv: order.index(kv[0]) if kv[0] in order else len(order)))
+        results["datasets"][dataset] = {**old, "variants": variants,
+                                        "kept_from": previous.get("created") or "an earlier page"}
         kept.append(dataset)
     return kept
 

@@ -105,7 +105,7 @@ def write_page(docs: Path, markdown: str, results: dict[str, Any], html: str | N
     md = write_text(docs / PAGE_MD, markdown)
     if html is not None:
         write_text(docs / PAGE_HTML, html)
-    js = write_json(docs / PAGE_JSON, results)
+    js = write_json(docs / PAGE_JSON, results, sort_keys=False)  # the grid's order, for a page rebuilt from it
     return md, js
 
 
