@@ -57,7 +57,7 @@ def test_compare_pairs_by_seed_else_combines_spreads():
     paired = ab.compare({0: 2.9, 1: 3.1, 2: 3.0}, base)  # exactly 0.1 better on every seed
     assert paired["method"] == "paired" and paired["n"] == 3
     assert paired["delta"] == pytest.approx(-0.1) and paired["spread"] == pytest.approx(0.0, abs=1e-12)
-    assert ab.verdict(paired["delta"], paired["spread"]) == "better"
+    assert ab.verdict(paired["delta"], paired["spread"]) == "better" == paired["verdict"]
     unpaired = ab.compare({3: 2.9, 4: 3.1}, {0: 3.0, 1: 3.2})
     assert unpaired["method"] == "unpaired"
     assert unpaired["delta"] == pytest.approx(-0.1)

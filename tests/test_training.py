@@ -191,12 +191,16 @@ def test_two_nodes_of_one_process_match_one_node_of_two(tmp_path, text8_shards):
         torch.testing.assert_close(b[key], a[key], atol=1e-6, rtol=1e-5)
 
 
+#: Every reading of the decoder, each with a value-residual mode: the variants the compiled and FSDP runs train.
+EVERY_READING = pytest.mark.parametrize(
+    "variant", [{}, {"value_residual": "svformer"}, {"value_residual": "resformer", "shortcut": "full"},
+                {"value_residual": "learnable", "shortcut": "depth"},
+                {"value_residual": "svformer", "shortcut": "last_layer"}],
+    ids=["plain", "svformer", "full+resformer", "depth+learnable", "last_layer+svformer"])
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("variant", [{}, {"value_residual": "svformer"},
-                                     {"value_residual": "resformer", "shortcut": "full"},
-                                     {"value_residual": "learnable", "shortcut": "depth"},
-                                     {"value_residual": "svformer", "shortcut": "last_layer"}],
-                         ids=["plain", "svformer", "full+resformer", "depth+learnable", "last_layer+svformer"])
+@EVERY_READING
 def test_compiled_training_matches_eager(tmp_path, text8_shards, variant):
     """``train.compile: true`` (every ``paper`` preset sets it) trains through torch.compile's CPU
     backend to the eager run's losses; dropout is off so both draw no random numbers."""
@@ -217,11 +221,7 @@ def test_compiled_training_matches_eager(tmp_path, text8_shards, variant):
 @pytest.mark.slow
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="Lightning runs FSDP on CUDA only (CPU runs are refused)")
-@pytest.mark.parametrize("variant", [{}, {"value_residual": "svformer"},
-                                     {"value_residual": "resformer", "shortcut": "full"},
-                                     {"value_residual": "learnable", "shortcut": "depth"},
-                                     {"value_residual": "svformer", "shortcut": "last_layer"}],
-                         ids=["plain", "svformer", "full+resformer", "depth+learnable", "last_layer+svformer"])
+@EVERY_READING
 def test_fsdp_trains_every_variant_and_its_checkpoint_loads(tmp_path, text8_shards, variant):
     """FSDP on the GPU with every variant (the full shortcut's per-depth cache, SVFormer's layers
     without value projections): it trains to the single-device losses, and the checkpoint it saves

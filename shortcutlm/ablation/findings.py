@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from shortcutlm.ablation.markdown import fmt_pm
-from shortcutlm.ablation.stats import compare, verdict
+from shortcutlm.ablation.stats import compare
 
 
 def _losses(entry: dict[str, Any] | None) -> dict[int, float]:
@@ -49,14 +49,12 @@ def compute_findings(results: dict[str, Any]) -> list[dict[str, Any]]:
             if variant not in variants or against not in variants:
                 continue
             cmp_ = compare(_losses(variants[variant]), _losses(variants[against]))
-            row: dict[str, Any] = {"delta": cmp_["delta"], "spread": cmp_["spread"], "n": cmp_["n"],
-                                   "verdict": verdict(cmp_["delta"], cmp_["spread"])}
+            row: dict[str, Any] = {key: cmp_[key] for key in ("delta", "spread", "n", "verdict")}
             if against == base:
                 row["tokens_to_match"] = (variants[variant].get("baseline_tokens_to_match") or {}).get("label")
             if claim.get("beside"):
                 other = compare(_losses(variants.get(claim["beside"])), _losses(variants[base]))
-                row["beside"] = {"delta": other["delta"], "spread": other["spread"],
-                                 "verdict": verdict(other["delta"], other["spread"])}
+                row["beside"] = {key: other[key] for key in ("delta", "spread", "verdict")}
             lead = _lead(section, variant, against, base)
             if lead:
                 row["training_lead"] = lead

@@ -15,11 +15,17 @@ def mean_std(values: list[float]) -> tuple[float | None, float | None, int]:
 
 
 def compare(variant: dict[int, float], baseline: dict[int, float]) -> dict[str, Any]:
-    """Variant minus baseline loss: paired by seed when two or more seeds are shared, else unpaired.
+    """Variant minus baseline loss: paired by seed when two or more seeds are shared, else unpaired,
+    with its :func:`verdict`.
 
     Paired: the mean of the per-seed differences ± their sample std. Unpaired: the difference
     of the means ± the combined std sqrt(s_v² + s_b²). ``spread`` is None when neither exists.
     """
+    found = _difference(variant, baseline)
+    return {**found, "verdict": verdict(found["delta"], found["spread"])}
+
+
+def _difference(variant: dict[int, float], baseline: dict[int, float]) -> dict[str, Any]:
     shared = sorted(set(variant) & set(baseline))
     if len(shared) >= 2:
         diffs = [variant[s] - baseline[s] for s in shared]

@@ -9,7 +9,7 @@ from typing import Any, Iterable
 from shortcutlm.ablation.config import AblationConfig, context_length
 from shortcutlm.ablation.markdown import machine_label
 from shortcutlm.ablation.runs import steps_for
-from shortcutlm.ablation.stats import compare, matched_multiple, mean_std, verdict
+from shortcutlm.ablation.stats import compare, matched_multiple, mean_std
 from shortcutlm.recipe import Recipe
 
 
@@ -74,7 +74,7 @@ def summarize(dataset: str, recipe: Recipe, records: list[dict[str, Any]], cfg: 
         if variant != base:
             cmp_ = compare(losses, base_losses)
             entry.update({"delta": cmp_["delta"], "delta_spread": cmp_["spread"], "delta_n": cmp_["n"],
-                          "delta_method": cmp_["method"], "verdict": verdict(cmp_["delta"], cmp_["spread"])})
+                          "delta_method": cmp_["method"], "verdict": cmp_["verdict"]})
             value, label = matched_multiple(m, curve)
             if len(cfg.baseline_steps) < 2:
                 label = "not run (one baseline multiple)"

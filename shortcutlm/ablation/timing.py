@@ -48,6 +48,7 @@ def side_by_side_timing(ablation: Ablation, out: Path, dataset: str,
     info = machine()
     key = {"configs": configs, "batch": batch, "steps": STEP_TIMING_STEPS, "warmup": STEP_TIMING_WARMUP,
            "machine": {k: info.get(k) for k in ("processor", "threads", "torch")},
+           # fp32 is what the timing always ran in before it followed the grid: its caches stay valid
            **({"precision": precision} if precision_dtype(precision) != torch.float32 else {})}
     path = step_timing_path(out / dataset)
     cached = read_cache(path, key, "timing")
