@@ -14,6 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from shortcutlm.artifacts.files import ArtifactError, read_json, write_json
+from shortcutlm.artifacts.names import (MAX_DOCUMENTS, MAX_MANIFEST_BYTES, MAX_SHARD_BYTES, MAX_SHARDS, MAX_TOKENIZER_FILES, UnsafeName,
+                                        bounded_count, plain_name)
 
 MANIFEST = "manifest.json"
 FORMAT = "shortcutlm-shards"
@@ -44,15 +46,55 @@ def read_manifest(folder: str | Path, require_complete: bool = True) -> dict[str
     path = manifest_path(folder)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no manifest here; run `shortcutlm prepare` to make shards")
+    if path.stat().st_size > MAX_MANIFEST_BYTES:
+        raise ShardError(f"{path}: {path.stat().st_size:,} bytes, more than a shard manifest may hold "
+                         f"({MAX_MANIFEST_BYTES:,}); refusing to read it")
     try:
         manifest = read_json(path, "shard manifest", "re-run `shortcutlm prepare` into this folder")
     except ArtifactError as err:
         raise ShardError(str(err)) from err
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
         raise ShardError(f"{path}: not a shortcutlm shard manifest")
+    check_names(manifest, path)
     if require_complete and not manifest.get("complete"):
         raise ShardError(f"{path}: prepare did not finish; re-run it with the same arguments to resume")
     return manifest
+
+
+def check_names(manifest: dict[str, Any], where: str | Path) -> None:
+    """Refuse a manifest whose file names leave its folder or whose lists exceed the bounds.
+
+    Every name it gives (shards, the tokenizer's folder and files) is joined to the folder it was
+    read from, or to a cache of a served folder: see :mod:`shortcutlm.artifacts.names`. One line
+    (a :class:`ShardError`) names the file, the field and the value.
+    """
+    try:
+        tokenizer = manifest.get("tokenizer") or {}
+        if not isinstance(tokenizer, dict):
+            raise UnsafeName(f"{where}: tokenizer is a {type(tokenizer).__name__}, not a mapping")
+        if tokenizer.get("folder") is not None:
+            plain_name(tokenizer["folder"], "tokenizer.folder", where)
+        for name in bounded_count(tokenizer.get("files") or [], MAX_TOKENIZER_FILES, "tokenizer.files", where):
+            plain_name(name, "tokenizer.files[]", where)
+        documents = 0
+        for record in bounded_count(manifest.get("shards") or [], MAX_SHARDS, "shards", where):
+            if not isinstance(record, dict):
+                raise UnsafeName(f"{where}: a shards[] entry is a {type(record).__name__}, not a mapping")
+            plain_name(record.get("name"), "shards[].name", where)
+            documents += len(bounded_count(record.get("doc_ids") or [], MAX_DOCUMENTS, "shards[].doc_ids", where))
+            size = record.get("size", 0)
+            if not isinstance(size, int) or not 0 <= size <= MAX_SHARD_BYTES:
+                raise UnsafeName(f"{where}: shard {record['name']} gives size {size!r}, not a whole number of bytes "
+                                 f"up to {MAX_SHARD_BYTES:,}")
+        if documents > MAX_DOCUMENTS:
+            raise UnsafeName(f"{where}: its shards list {documents:,} documents, more than the {MAX_DOCUMENTS:,} allowed")
+        splits = manifest.get("splits") or {}
+        for split, entry in (splits.items() if isinstance(splits, dict) else ()):
+            listed = entry.get("shards") if isinstance(entry, dict) else None
+            for name in bounded_count(listed or [], MAX_SHARDS, f"splits.{split}.shards", where):
+                plain_name(name, f"splits.{split}.shards[]", where)
+    except UnsafeName as err:
+        raise ShardError(str(err)) from err
 
 
 def read_manifest_or_none(folder: str | Path, require_complete: bool = False) -> dict[str, Any] | None:
@@ -98,6 +140,7 @@ def read_part_manifest(path: str | Path) -> dict[str, Any]:
         raise ShardError(str(err)) from err
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT or "job" not in manifest:
         raise ShardError(f"{path}: not a shortcutlm partial shard manifest")
+    check_names(manifest, path)
     return manifest
 
 

@@ -95,7 +95,7 @@ class _Split:
         """Every document of shard ``index``, after checking its checksum and its contents."""
         record = self.records[index]
         path = where_is(self.folder, record["name"])  # a URL for a folder served from elsewhere
-        data = shard_bytes(self.folder, record["name"])
+        data = shard_bytes(self.folder, record["name"], record.get("size"))
         if data is None:
             raise ShardError(f"shard {path} is missing (listed in the manifest)")
         if hashlib.sha256(data).hexdigest() != record["sha256"]:

@@ -35,7 +35,8 @@ Manifest schema (``manifest.json``)::
 
     format: "shortcutlm-shards", version: 1, complete: bool, created, updated
     source: the source spec;  tokenizer_settings: the tokenizer spec
-    tokenizer: {domain, fingerprint, vocab_size, n_streams, special_ids, folder: "tokenizer", files: [names]}
+    tokenizer: {domain, fingerprint, vocab_size, n_streams, special_ids, folder: "tokenizer", files: [names],
+                sha256: {name: digest}}   (a client of a served folder checks each file it fetches)
     dtype: "uint16" | "int32"
     splits: {split: {documents, tokens, shards: [names], <meta sums e.g. bytes / seconds>}}
     shards: [{name, split, sha256, documents, tokens, size, doc_ids, doc_tokens, sums}]
@@ -294,7 +295,8 @@ def _empty_manifest(source: dict[str, Any], tokenizer_spec: dict[str, Any], toke
         "tokenizer": {"domain": tokenizer.domain, "fingerprint": tokenizer.fingerprint(),
                       "vocab_size": int(tokenizer.vocab_size), "n_streams": int(tokenizer.n_streams),
                       "special_ids": {k: int(v) for k, v in tokenizer.special_ids.items()},
-                      "folder": TOKENIZER_FOLDER, "files": _tokenizer_files(folder)},
+                      "folder": TOKENIZER_FOLDER, "files": _tokenizer_files(folder),
+                      "sha256": {name: sha256_file(folder / name) for name in _tokenizer_files(folder)}},
         "dtype": token_dtype(tokenizer.vocab_size).name,
         "splits": {}, "shards": [], "rejected": [], "inputs": {},
     }
