@@ -11,9 +11,12 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable, Iterator
 
+from shortcutlm.artifacts.lock import LOCK
+
 
 def holds_files(folder: Path) -> bool:
-    return any(path.is_file() for path in folder.rglob("*"))
+    """Any file but a run's lock (which the run removes as it ends)."""
+    return any(path.is_file() and path.name != LOCK for path in folder.rglob("*"))
 
 
 @contextmanager

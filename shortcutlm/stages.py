@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from shortcutlm.artifacts.lock import folder_lock
 from shortcutlm.cleanup import removed_if_failed
 from shortcutlm.datasets.prepare import prepare
 from shortcutlm.evaluation import evaluate_checkpoints, write_report
@@ -59,7 +60,7 @@ def run(args: argparse.Namespace) -> int:
     recipe = load_recipe(args.recipe, args.preset, args.overrides)
     out = args.out or f"runs/{recipe.name}" + (f"-{args.preset}" if args.preset else "")
     stages = tuple(s for s in STAGES if not args.stages or s in args.stages)
-    with removed_if_failed(out):
+    with removed_if_failed(out), folder_lock(out, "recipe"):
         layout = run_recipe(recipe, out, stages, args.variants, progress=not args.no_progress)
     if layout.report_html.exists():
         print(f"done: {layout.root} — open {layout.report_html} in a browser to listen and compare "

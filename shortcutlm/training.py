@@ -12,6 +12,7 @@ import logging
 import shutil
 import sys
 import time
+from contextlib import nullcontext
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
@@ -24,6 +25,7 @@ from lightning.pytorch.utilities import rank_zero_only
 from shortcutlm import run_checks
 from shortcutlm.artifacts.checkpoint import (LOGS, TENSORBOARD, CheckpointData, CheckpointFolder, check_trainer_state,
                                              save_folder)
+from shortcutlm.artifacts.lock import folder_lock
 from shortcutlm.artifacts.manifest import MANIFEST, ShardManifest
 from shortcutlm.artifacts.remote import shard_folder
 from shortcutlm.cleanup import removed_if_failed
@@ -228,6 +230,20 @@ def check_same_run(out: Path, config: dict[str, Any], settings: TrainSettings) -
                          "use another output folder, or --fresh to start over")
 
 
+def check_same_data(out: Path, shards: ShardManifest) -> None:
+    """Refuse to resume on shards made with another tokenizer: the same vocabulary size would let
+    training go on, on ids that mean something else."""
+    folder = CheckpointFolder(out)
+    if not folder.data_path.is_file():
+        return
+    trained = folder.data()
+    if trained.fingerprint and trained.fingerprint != shards.fingerprint:
+        raise ConfigError(f"{out} holds a run trained on shards of tokenizer fingerprint {trained.fingerprint} "
+                          f"({trained.shard_dir}), but --data {shards.folder} was made with tokenizer fingerprint "
+                          f"{shards.fingerprint}: its ids mean other things. Resume with the run's own shards, "
+                          "or use another output folder (or --fresh to start over)")
+
+
 def start_over_if_partial(out: Path) -> None:
     """A folder with a run's traces but no trainer state cannot resume: say so loudly, then clear
     the traces so the new run's curves do not merge with the lost one's."""
@@ -259,14 +275,20 @@ def train(recipe: Recipe, variant: str, data_dir: str | Path, out: str | Path, p
     config = recipe.model_config(variant, shards.vocab_size, shards.tokenizer.n_streams)
     run_checks.check_block_fits(recipe, variant, config.block_size, shards)
     run_checks.check_strategy(s.accelerator, s.strategy, torch.cuda.is_available())
-    if fresh and out.exists():  # only once the new run is known to be valid
-        shutil.rmtree(out)
-    check_same_run(out, config.to_dict(), s)
-    if CheckpointFolder(out).is_finished(s.max_steps):
-        log.info("%s: already trained to step %d; keeping it", out, s.max_steps)
-        return out
-    start_over_if_partial(out)
-    with removed_if_failed(out, lambda top: CheckpointFolder(out).has_trainer_state):  # keep only resumable state
+    # Only once the new run is known to be valid does it touch the folder; one run at a time writes there
+    # (the ranks of one run are one run: rank 0 holds the lock for them).
+    lock = folder_lock(out, "train") if rank_zero_only.rank == 0 else nullcontext()
+    with removed_if_failed(out, lambda top: CheckpointFolder(out).has_trainer_state), lock:  # keep resumable state
+        if fresh:
+            removed = CheckpointFolder(out).clear_run()
+            if removed:
+                log.info("%s: --fresh removed the earlier run's %s", out, ", ".join(p.name for p in removed))
+        check_same_run(out, config.to_dict(), s)
+        check_same_data(out, shards)
+        if CheckpointFolder(out).is_finished(s.max_steps):
+            log.info("%s: already trained to step %d; keeping it", out, s.max_steps)
+            return out
+        start_over_if_partial(out)
         return _fit(recipe, variant, data_dir, out, s, config, shards, progress, stop_after, callbacks)
 
 
@@ -319,7 +341,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override a recipe value, e.g. --set train.lr=3e-4 (repeatable)")
     parser.add_argument("--stop-after", type=int, help="stop at this step (resume later to finish)")
-    parser.add_argument("--fresh", action="store_true", help="discard an existing checkpoint in --out")
+    parser.add_argument("--fresh", action="store_true",
+                        help="discard an earlier run in --out: removes only the files a run writes there, and "
+                             "refuses a folder that holds anything else")
     parser.add_argument("--no-progress", action="store_true")
 
 

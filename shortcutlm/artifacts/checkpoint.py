@@ -33,6 +33,7 @@ import torch
 import yaml
 
 from shortcutlm.artifacts.files import ArtifactError, read_json, write_json, write_text, write_with
+from shortcutlm.artifacts.lock import LOCK
 from shortcutlm.artifacts.manifest import MANIFEST, ShardManifest
 from shortcutlm.artifacts.remote import is_remote, remote_location, shard_folder
 from shortcutlm.models import GPT, GPTConfig
@@ -48,6 +49,13 @@ METRICS = "metrics.csv"
 TRAINER_STATE = Path("trainer") / "last.ckpt"
 LOGS = "logs"
 TENSORBOARD = "tensorboard"
+
+#: What runs write into a checkpoint folder (training, and the ablation's caches beside it): all that
+#: ``train --fresh`` may remove. Anything else in the folder is the user's, and ``--fresh`` refuses it.
+RUN_WRITES = frozenset({WEIGHTS, MODEL_CONFIG, RECIPE, HPARAMS, DATA, METRICS, TOKENIZER_DIR, TRAINER_STATE.parts[0],
+                        LOGS, TENSORBOARD, LOCK, "ablation.json", "error.json", "step_timing.json",
+                        "ablation_cache.json"})
+_RUN_WRITES_PATTERN = re.compile(r"^eval(_\w+)?\.json$")
 
 RETRAIN = "re-train it (shortcutlm train ... --out {folder} --fresh) or restore the folder from a copy"
 
@@ -319,6 +327,32 @@ class CheckpointFolder:
     def shard_folder(self, override: str | Path | None = None, check: bool = True) -> Path:
         """See :func:`resolve_shard_folder`."""
         return resolve_shard_folder(self.path, self.data(), override, check)
+
+    def entries(self) -> tuple[list[Path], list[Path]]:
+        """``(written by runs, anything else)``: the folder's top-level entries, split by :data:`RUN_WRITES`
+        (an interrupted atomic write's ``.tmp`` counts as its file's)."""
+        ours: list[Path] = []
+        theirs: list[Path] = []
+        for entry in sorted(self.path.iterdir()) if self.exists else []:
+            name = entry.name[:-len(".tmp")] if entry.name.endswith(".tmp") else entry.name
+            mine = name in RUN_WRITES or _RUN_WRITES_PATTERN.match(name) and entry.is_file()
+            (ours if mine and not entry.is_symlink() else theirs).append(entry)
+        return ours, theirs
+
+    def clear_run(self) -> list[Path]:
+        """Remove what runs wrote here (``train --fresh``), and nothing else: a folder that also holds
+        other files is refused in one line listing a few of them. Returns what was removed."""
+        ours, theirs = self.entries()
+        if theirs:
+            shown = ", ".join(p.name + ("/" if p.is_dir() else "") for p in theirs[:5])
+            more = f" and {len(theirs) - 5} more" if len(theirs) > 5 else ""
+            raise CheckpointError(f"{self.path} holds files no shortcutlm run wrote ({shown}{more}); --fresh removes "
+                                  "only a run's own files, so it refuses this folder: move them, or use another --out")
+        for path in ours:
+            if path.name == LOCK:
+                continue  # the lock of the run that clears the folder
+            shutil.rmtree(path) if path.is_dir() else path.unlink()
+        return [p for p in ours if p.name != LOCK]
 
     # writes
     def write_metrics(self, columns: list[str], rows: Iterable[dict[str, Any]]) -> Path:

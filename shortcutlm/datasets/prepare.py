@@ -66,6 +66,7 @@ import numpy as np
 from shortcutlm.artifacts.manifest import (FORMAT, MANIFEST, TOKENIZER_FOLDER, VERSION, has_manifest, manifest_path,
                                            part_manifest_path, read_manifest, read_part_manifest, write_manifest,
                                            write_part_manifest)
+from shortcutlm.artifacts.lock import LOCK, folder_lock
 from shortcutlm.cleanup import removed_if_failed
 from shortcutlm.datasets import parallel
 from shortcutlm.datasets.isolation import Crashed, IsolatedPool
@@ -370,7 +371,9 @@ def prepare(source: dict[str, Any], tokenizer: dict[str, Any], out_dir: str | Pa
     """
     if workers < 0:
         raise PrepareError(f"workers must be 0 (read in this process) or more, not {workers}")
-    with IsolatedPool(workers) as pool:
+    # One run at a time per folder; the jobs of a prepare across machines each lock their own part.
+    lock = LOCK if job is None else f"{LOCK}.{job.part}"
+    with folder_lock(out_dir, "prepare", lock), IsolatedPool(workers) as pool:
         return _prepare(source, tokenizer, Path(out_dir), pool, shard_tokens, shard_documents, progress,
                         file_timeout_s, job)
 
@@ -385,7 +388,12 @@ def prepare_tokenizer(source: dict[str, Any], tokenizer: dict[str, Any], out_dir
     source, domain, settings = _split_specs(source, tokenizer)
     tokenizer_spec = {"domain": domain, **settings}
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    with folder_lock(out, "prepare --tokenizer-only"):
+        return _prepare_tokenizer(source, tokenizer_spec, domain, settings, out, workers, progress, file_timeout_s)
+
+
+def _prepare_tokenizer(source: dict[str, Any], tokenizer_spec: dict[str, Any], domain: str, settings: dict[str, Any],
+                       out: Path, workers: int, progress: bool, file_timeout_s: float | None) -> dict[str, Any]:
     previous = _previous(out, source, tokenizer_spec)
     docs, source_rejected = _collect(source, tokenizer_class(domain))
     if previous is not None and parallel.PLAN in previous:
