@@ -62,11 +62,14 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import random
+import sys
 import time
+from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import torch
@@ -74,7 +77,7 @@ import torch
 from shortcutlm.artifacts.checkpoint import Checkpoint, load_folder
 from shortcutlm.artifacts.files import ArtifactError
 from shortcutlm.artifacts.manifest import ShardManifest
-from shortcutlm.artifacts.sidecar import read_sidecar, write_sidecar
+from shortcutlm.artifacts.sidecar import read_sidecar, sidecar_path, write_sidecar
 from shortcutlm.devices import resolve_device
 from shortcutlm.documents import Document
 from shortcutlm.errors import UserError
@@ -223,6 +226,26 @@ def _out_paths(out: str | Path, tok: Tokenizer, base: str, samples: int) -> list
     return [out / f"{base}-{i:02d}{ext}" for i in range(samples)]
 
 
+def _claim_outputs(paths: list[Path], prompt: str | Path | None, tok: Tokenizer, render: bool,
+                   overwrite: bool) -> None:
+    """Refuse before generating: a sample, sidecar or rendering that would land on the prompt (never,
+    even with ``overwrite``), or on any existing file unless ``overwrite`` is given."""
+    targets = [t for p in paths for t in (p, sidecar_path(p),
+                                          p.with_suffix(tok.rendering_suffix) if render and tok.rendering_suffix
+                                          else None) if t is not None]
+    if prompt is not None:
+        source = Path(prompt)
+        for target in targets:
+            if target.resolve() == source.resolve() or (target.exists() and os.path.samefile(target, source)):
+                raise GenerationError(f"--out {target} is the prompt file {prompt}: generate never writes over its "
+                                      "prompt; give another --out (a folder keeps the prompt's name with the seed)")
+    existing = [t for t in targets if t.exists() or t.is_symlink()]
+    if existing and not overwrite:
+        more = f" (and {len(existing) - 1} more)" if len(existing) > 1 else ""
+        raise GenerationError(f"{existing[0]} already exists{more}; generate replaces a file only when asked: "
+                              "pass --overwrite, or give another --out")
+
+
 def _seconds(measure: Any, path: Path) -> float | None:
     """How long a written file lasts, by ``measure``; None if it cannot tell (a duration is a
     nicety: never fail a finished generation over it)."""
@@ -239,20 +262,36 @@ def _wav_seconds(path: Path) -> float:
     return float(sf.info(str(path)).duration)
 
 
+@contextmanager
+def _progress(steps: int, samples: int, shown: bool) -> Iterator[Callable[[int], None] | None]:
+    """A progress line on stderr (steps done, tokens/s, time left) while sampling, or nothing."""
+    if not shown:
+        yield None
+        return
+    from tqdm import tqdm
+
+    with tqdm(total=steps, desc=f"generating {samples} sample{'s' if samples > 1 else ''}", unit="step",
+              mininterval=1.0, file=sys.stderr, leave=False) as bar:
+        yield lambda done: bar.update(done - bar.n)
+
+
 @torch.no_grad()
 def generate_from_checkpoint(folder: str | Path, out: str | Path, prompt: str | Path | None = None,
                              max_new_tokens: int | None = None, seconds: float | None = None,
                              settings: SamplingSettings | None = None, samples: int = 1,
                              device: str | torch.device = "cpu", soundfont: str | Path | None = None,
                              render: bool = True, checkpoint: Checkpoint | None = None,
-                             stop_at_eos: bool = False, compile: bool = False) -> list[Path]:
+                             stop_at_eos: bool = False, compile: bool = False, overwrite: bool = False,
+                             progress: bool = False) -> list[Path]:
     """Continue ``prompt`` (or sample unconditionally) and write ``samples`` artifacts; returns their paths.
 
     ``out`` is a file path (with the domain's suffix; ``-00``, ``-01`` ... are added for several
     samples) or a folder (``<prompt stem or unconditional>-seed<seed>[-NN].<ext>``). Every
     artifact gets a ``.json`` sidecar beside it; MIDI also gets a ``.wav`` rendering unless
     ``render`` is false. ``compile`` decodes through the compiled single-token step (a first call
-    compiles for tens of seconds; the same tokens, faster when many are generated).
+    compiles for tens of seconds; the same tokens, faster when many are generated). Nothing is
+    written over the prompt, nor over an existing file unless ``overwrite``. ``progress`` shows
+    tokens/s and the time left on the terminal while sampling.
     """
     if samples < 1:
         raise GenerationError(f"samples must be >= 1, got {samples}")
@@ -272,6 +311,7 @@ def generate_from_checkpoint(folder: str | Path, out: str | Path, prompt: str | 
     n_new, budget = _budget(ckpt, max_new_tokens, seconds)
     base = (Path(prompt).stem if prompt is not None else "unconditional") + f"-seed{seed}"
     paths = _out_paths(out, tok, base, samples)
+    _claim_outputs(paths, prompt, tok, render, overwrite)
 
     steps, forced_np = tok.prompt_steps(tokens)  # [(K,) T] and the ids the first steps must take
     packing = np.full((*steps.shape[:-1], 1), tok.eos_id, dtype=np.int64)
@@ -291,13 +331,15 @@ def generate_from_checkpoint(folder: str | Path, out: str | Path, prompt: str | 
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     start = time.perf_counter()
-    seq = generate(model, x, n_new, settings, stop_tokens=stops, forced=forced, banned=banned, compile=compile)
-    timed = seconds is not None and tok.time_from_content and not stop_at_eos
-    if timed:  # MIDI: go on until every sample lasts the prompt plus the requested seconds
-        prompt_seconds = tok.seconds_of(full[1:], context) if tokens is not None else 0.0
-        target = prompt_seconds + float(seconds)
-        seq, rounds = _extend_to(model, seq, head, target, n_new, settings, banned, tok, context)
-        budget.update(target_seconds=target, generation_rounds=rounds)
+    with _progress(n_new, samples, progress) as shown:
+        seq = generate(model, x, n_new, settings, stop_tokens=stops, forced=forced, banned=banned, compile=compile,
+                       on_step=shown)
+        timed = seconds is not None and tok.time_from_content and not stop_at_eos
+        if timed:  # MIDI: go on until every sample lasts the prompt plus the requested seconds
+            prompt_seconds = tok.seconds_of(full[1:], context) if tokens is not None else 0.0
+            target = prompt_seconds + float(seconds)
+            seq, rounds = _extend_to(model, seq, head, target, n_new, settings, banned, tok, context)
+            budget.update(target_seconds=target, generation_rounds=rounds)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     elapsed = time.perf_counter() - start
@@ -377,6 +419,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--compile", action="store_true",
                         help="decode through torch.compile (compiles first: worth it for long generations)")
     parser.add_argument("--out", required=True, metavar="PATH_OR_DIR", help="artifact path or folder")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace existing files at the output paths (never the prompt; default: refuse)")
+    parser.add_argument("--quiet", action="store_true", help="no progress line while sampling")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -388,10 +433,13 @@ def run(args: argparse.Namespace) -> int:
     # Other mistakes (checkpoint, prompt, length) are UserErrors: the command line prints them in one line.
     paths = generate_from_checkpoint(args.checkpoint, args.out, args.prompt, args.tokens, args.seconds,
                                      settings, args.samples, device, args.soundfont, not args.no_render,
-                                     stop_at_eos=args.stop_at_eos, compile=args.compile)
+                                     stop_at_eos=args.stop_at_eos, compile=args.compile, overwrite=args.overwrite,
+                                     progress=not args.quiet)
     for path in paths:
-        print(path)
         sidecar = read_sidecar(path)
+        beside = [str(sidecar_path(path))] + ([sidecar["rendering"]] if sidecar.get("rendering") else [])
+        print(path)
+        print(f"  beside it: {', '.join(beside)}", file=sys.stderr)
         if sidecar["stopped_at_eos"]:
             print(f"  stopped at end-of-sequence after {sidecar['tokens_generated']} of {sidecar['max_new_tokens']} "
                   "tokens; run without --stop-at-eos for the full length")

@@ -59,7 +59,8 @@ def generate_samples(recipe: Recipe, folder: Path, data_dir: Path, out_dir: Path
     settings = SamplingSettings(temperature=g.temperature, top_k=g.top_k, top_p=g.top_p, seed=g.seed)
     prompt = prompt_file(recipe, data_dir, out_dir.parent / "prompt")
     return generate_from_checkpoint(folder, out_dir, prompt=prompt, max_new_tokens=None if g.seconds else g.max_new_tokens,
-                                    seconds=g.seconds, settings=settings, samples=g.samples)
+                                    seconds=g.seconds, settings=settings, samples=g.samples,
+                                    overwrite=True)  # the run's own samples folder: a re-run replaces them
 
 
 def _rel(path: Path, root: Path) -> str:

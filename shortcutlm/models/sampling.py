@@ -5,8 +5,9 @@ each row is sampled independently from its own head.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
-from typing import Iterable
+from typing import Callable, Iterable
 
 import torch
 from torch import Tensor
@@ -24,8 +25,8 @@ class SamplingSettings:
     seed: int | None = None
 
     def __post_init__(self) -> None:
-        if self.temperature < 0:
-            raise ValueError(f"temperature must be >= 0, got {self.temperature}")
+        if not math.isfinite(self.temperature) or self.temperature < 0:
+            raise ValueError(f"temperature must be a finite number >= 0, got {self.temperature}")
         if self.top_k is not None and self.top_k < 1:
             raise ValueError(f"top_k must be >= 1, got {self.top_k}")
         if self.top_p is not None and not 0.0 < self.top_p <= 1.0:
@@ -69,7 +70,8 @@ def sample_next(logits: Tensor, settings: SamplingSettings, generator: torch.Gen
 @torch.no_grad()
 def generate(model: GPT, prompt: Tensor, max_new_tokens: int, settings: SamplingSettings | None = None,
              stop_tokens: Iterable[int] = (), use_cache: bool = True, slide_keep: int | None = None,
-             forced: Tensor | None = None, banned: Iterable[int] = (), compile: bool = False) -> Tensor:
+             forced: Tensor | None = None, banned: Iterable[int] = (), compile: bool = False,
+             on_step: Callable[[int], None] | None = None) -> Tensor:
     """Continue ``prompt`` ([B, T] or [B, K, T]) by up to ``max_new_tokens`` steps.
 
     Prefill once, then one token per step through the KV cache. When the context fills, the
@@ -81,7 +83,8 @@ def generate(model: GPT, prompt: Tensor, max_new_tokens: int, settings: Sampling
     that lag behind. ``banned`` ids are never sampled (e.g. audio's special ids, which would
     cut the decoded waveform short). ``compile`` runs the single-token steps through
     ``torch.compile`` (``models.decoding.decode_steps``: the first call compiles, tens of seconds
-    on a CPU; worth it for long or repeated generation). Returns prompt and continuation together.
+    on a CPU; worth it for long or repeated generation). ``on_step`` is called with the steps done
+    after each one (a progress display). Returns prompt and continuation together.
     """
     settings = settings or SamplingSettings()
     cfg = model.config
@@ -117,6 +120,8 @@ def generate(model: GPT, prompt: Tensor, max_new_tokens: int, settings: Sampling
             fixed = forced[..., step]
             nxt = torch.where(fixed >= 0, fixed, nxt)
         seq = torch.cat([seq, nxt.unsqueeze(-1)], dim=-1)
+        if on_step is not None:
+            on_step(step + 1)
         if stops.numel():
             lead = nxt if nxt.dim() == 1 else nxt[:, 0]
             finished |= torch.isin(lead, stops)

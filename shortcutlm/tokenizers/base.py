@@ -22,7 +22,7 @@ domain-blind; ``tests/test_protocol.py`` holds them to it):
 * loss: :meth:`Tokenizer.loss_groups` (per codebook / per token family),
   :meth:`Tokenizer.ignored_ids` (targets that carry no prediction);
 * reading ids: :meth:`Tokenizer.token_labels`;
-* artifacts: ``artifact_suffixes``, :meth:`Tokenizer.decode`, :meth:`Tokenizer.artifact_seconds`,
+* artifacts: ``artifact_suffixes``, ``rendering_suffix``, :meth:`Tokenizer.decode`, :meth:`Tokenizer.artifact_seconds`,
   :meth:`Tokenizer.render`, :meth:`Tokenizer.excerpt`, and :meth:`Tokenizer.describe` (the
   facts a sidecar or result records to be read on its own);
 * showing artifacts in reports: ``artifact_is_sound``, :meth:`Tokenizer.picture` (piano roll,
@@ -108,6 +108,8 @@ class Tokenizer(ABC):
     extensions: ClassVar[tuple[str, ...]] = ()
     #: suffixes :meth:`decode` may write, the default first (e.g. ``(".mid", ".midi")``).
     artifact_suffixes: ClassVar[tuple[str, ...]] = ()
+    #: the suffix of what :meth:`render` writes beside an artifact (None: it renders nothing).
+    rendering_suffix: ClassVar[str | None] = None
     #: what :meth:`load` reads beside ``tokenizer.json`` (named when it no longer matches).
     saved_files: ClassVar[str] = "the saved files"
 

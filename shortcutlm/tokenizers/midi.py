@@ -90,6 +90,7 @@ class MidiTokenizer(Tokenizer):
     domain = "midi"
     extensions = (".mid", ".midi")
     artifact_suffixes = (".mid", ".midi")
+    rendering_suffix = ".wav"
     saved_files = MIDITOK_FILE
 
     def __init__(self, settings: dict[str, Any] | None = None, *, miditok_params: Path | None = None) -> None:
@@ -355,8 +356,11 @@ class MidiTokenizer(Tokenizer):
             score = read_midi(Path(mid_or_tokens))  # every track as written, not merged
         else:
             score = self.tokens_to_score(mid_or_tokens)
-        audio = symusic.Synthesizer(sf_path=str(font), sample_rate=int(sample_rate)).render(score, stereo=False)
-        audio = np.asarray(audio, dtype=np.float32).reshape(-1)
+        if any(track.notes for track in score.tracks):
+            audio = symusic.Synthesizer(sf_path=str(font), sample_rate=int(sample_rate)).render(score, stereo=False)
+            audio = np.asarray(audio, dtype=np.float32).reshape(-1)
+        else:  # a sample that wrote no note (the synthesizer refuses an empty score): its rendering is silence
+            audio = np.zeros(int(sample_rate * max(float(score.to("second").end()), 0.1)), dtype=np.float32)
         peak = float(np.abs(audio).max()) if audio.size else 0.0
         if peak > 1.0:
             audio = audio / peak

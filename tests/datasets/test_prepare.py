@@ -1,6 +1,8 @@
 """prepare: real tokenizers in, shards + manifest out; resume, atomicity, accounting, CLI."""
 from __future__ import annotations
 
+import hashlib
+
 import json
 
 import numpy as np
@@ -63,7 +65,9 @@ def test_manifest_and_samples(text_run):
     tok = load_tokenizer(out / "tokenizer")
     assert manifest["tokenizer"] == {"domain": "text", "fingerprint": tok.fingerprint(), "vocab_size": tok.vocab_size,
                                      "n_streams": 1, "special_ids": tok.special_ids, "folder": "tokenizer",
-                                     "files": sorted(p.name for p in (out / "tokenizer").iterdir())}
+                                     "files": sorted(p.name for p in (out / "tokenizer").iterdir()),
+                                     "sha256": {p.name: hashlib.sha256(p.read_bytes()).hexdigest()
+                                                for p in (out / "tokenizer").iterdir()}}
     assert manifest["dtype"] == "uint16"
     assert {"train", "valid", "test"} <= set(manifest["splits"])
     assert len([r for r in manifest["shards"] if r["split"] == "train"]) > 1  # shard_tokens closes shards
