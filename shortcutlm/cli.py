@@ -65,6 +65,10 @@ def main(argv: list[str] | None = None) -> int:
     """Run one command. A user's mistake prints one line and exits 2 (``--debug`` anywhere on the
     line, or ``SHORTCUTLM_DEBUG=1``, shows the traceback instead); a bug keeps its traceback."""
     argv = list(sys.argv[1:] if argv is None else argv)
+    # A file name that is not UTF-8 (kept as surrogate escapes) prints as \xNN instead of failing.
+    for stream in (sys.stdout, sys.stderr):
+        if hasattr(stream, "reconfigure"):
+            stream.reconfigure(errors="backslashreplace")
     debug = "--debug" in argv or os.environ.get("SHORTCUTLM_DEBUG", "") not in ("", "0")
     argv = [a for a in argv if a != "--debug"]
     args = build_parser(argv).parse_args(argv)

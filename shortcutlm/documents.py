@@ -69,9 +69,15 @@ class Rejected:
     reason: str
     split: str = ""
     doc_id: str = ""
+    #: a file the source passed over without reading it (a type the tokenizer does not read, a broken
+    #: link): listed and counted apart from the inputs that failed.
+    skipped: bool = False
 
-    def as_dict(self) -> dict[str, str]:
-        return {"input": self.input, "reason": self.reason, "split": self.split, "doc_id": self.doc_id}
+    def as_dict(self) -> dict[str, Any]:
+        body: dict[str, Any] = {"input": self.input, "reason": self.reason, "split": self.split, "doc_id": self.doc_id}
+        if self.skipped:
+            body["skipped"] = True
+        return body
 
 
 Item = Union[Document, Rejected]
@@ -79,6 +85,9 @@ Reader = Callable[..., Iterable[Item]]
 
 
 def safe_id(text: str) -> str:
-    """A WebDataset key from any name: no dots, no slashes, no spaces."""
+    """A WebDataset key from any name: no dots, no slashes, no spaces. A byte of a file name that is
+    not UTF-8 (a surrogate escape, as Python reads such names) becomes ``%XX``, so the key can be
+    written anywhere; the name itself is kept whole in the manifest (JSON escapes it losslessly)."""
+    text = re.sub(r"[\udc80-\udcff]", lambda m: f"%{ord(m.group()) - 0xDC00:02X}", text)
     out = re.sub(r"[./\\\s]+", "_", text.strip())
     return out.strip("_") or "doc"

@@ -698,8 +698,14 @@ def run(args: argparse.Namespace) -> int:
         extra = "".join(f", {k} {entry[k]:,.6g}" if isinstance(entry[k], float) else f", {k} {entry[k]:,}"
                         for k in entry if k not in ("documents", "tokens", "shards"))
         print(f"{split}: {entry['documents']:,} documents, {entry['tokens']:,} tokens in {len(entry['shards'])} shard(s){extra}")
-    print(f"{manifest['inputs']['rejected']} rejected of {manifest['inputs']['total']} inputs; "
-          f"manifest: {where} ({elapsed:.1f} s)")
-    for item in manifest["rejected"][:10]:
+    skipped = [r for r in manifest["rejected"] if r.get("skipped")]
+    failed = [r for r in manifest["rejected"] if not r.get("skipped")]
+    print(f"{len(failed)} rejected of {manifest['inputs']['total']} inputs"
+          + (f", {len(skipped)} file(s) skipped" if skipped else "") + f"; manifest: {where} ({elapsed:.1f} s)")
+    for item in failed[:10]:
         print(f"  rejected {item['input']}: {item['reason']}")
+    if skipped:
+        kinds = Counter(r["reason"].split(";")[0].removeprefix("skipped: ") for r in skipped)
+        print("  skipped (not read, listed in the manifest): "
+              + "; ".join(f"{n} × {kind}" for kind, n in kinds.most_common(4)))
     return 0

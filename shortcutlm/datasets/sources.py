@@ -13,6 +13,7 @@ in :mod:`shortcutlm.datasets.embedded` and are registered here too.
 from __future__ import annotations
 
 import csv
+import os
 import re
 from collections import Counter
 from pathlib import Path
@@ -217,9 +218,19 @@ def maestro(path: str | Path | None = None, files: str = "midi") -> Iterator[Ite
 # ---------------------------------------------------------------------------------- any folder
 
 def _visible_files(root: Path) -> list[Path]:
-    """Files under ``root``, hidden files and folders (a leading dot) left out, in path order."""
-    return sorted(p for p in root.rglob("*") if p.is_file()
+    """Files under ``root`` (and links to nothing), hidden files and folders (a leading dot) left out, in path order."""
+    return sorted(p for p in root.rglob("*") if (p.is_file() or (p.is_symlink() and not p.exists()))
                   and not any(part.startswith(".") for part in p.relative_to(root).parts))
+
+
+def _passed_over(files: list[Path], suffixes: tuple[str, ...]) -> Iterator[Rejected]:
+    """The files a folder reader does not read, each listed with why (skipped, not failed)."""
+    for file in files:
+        if file.is_symlink() and not file.exists():
+            why = f"a symbolic link to {os.readlink(file)}, which does not exist"
+        else:
+            why = f"a {file.suffix.lower() or 'suffix-less'} file; only {' '.join(suffixes)} are read here"
+        yield Rejected(str(file), f"skipped: {why}", skipped=True)
 
 
 def _no_match(root: Path, suffixes: tuple[str, ...]) -> str:
@@ -246,9 +257,12 @@ def folder(path: str | Path | None = None, extensions: list[str] | str | None = 
     suffixes = tuple(e.lower() if e.startswith(".") else f".{e.lower()}"
                      for e in (extensions or AUDIO_EXTENSIONS + MIDI_EXTENSIONS + TEXT_EXTENSIONS))
     split_fractions = parse_fractions(fractions)
-    files = [p for p in _visible_files(root) if p.suffix.lower() in suffixes]
+    visible = _visible_files(root)
+    files = [p for p in visible if p.suffix.lower() in suffixes and p.exists()]
     if not files:
         raise FileNotFoundError(_no_match(root, suffixes))
+    taken = set(files)
+    yield from _passed_over([p for p in visible if p not in taken], suffixes)
     rels = [p.relative_to(root).as_posix() for p in files]
     plan = plan_splits({rel: file.stat().st_size for file, rel in zip(files, rels)}, split_fractions)
     for file, rel in zip(files, rels):

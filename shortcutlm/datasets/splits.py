@@ -51,7 +51,7 @@ def parse_fractions(value: object) -> tuple[float, float, float]:
 
 def unit_hash(key: str) -> float:
     """A number in [0, 1) that depends only on ``key`` (same on every machine and Python)."""
-    digest = hashlib.sha256(key.encode("utf-8")).digest()
+    digest = hashlib.sha256(key.encode("utf-8", "surrogateescape")).digest()  # a name that is not UTF-8 too
     return int.from_bytes(digest[:8], "big") / 2.0**64
 
 

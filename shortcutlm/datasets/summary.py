@@ -23,7 +23,9 @@ def summarise(manifest: dict[str, Any], n_inputs: int) -> None:
     order = {s: i for i, s in enumerate(SPLIT_ORDER)}
     manifest["splits"] = dict(sorted(splits.items(), key=lambda kv: (order.get(kv[0], 9), kv[0])))
     written = sum(s["documents"] for s in splits.values())
-    manifest["inputs"] = {"total": n_inputs, "documents": written, "rejected": len(manifest["rejected"])}
+    skipped = sum(1 for r in manifest["rejected"] if r.get("skipped"))
+    manifest["inputs"] = {"total": n_inputs, "documents": written, "rejected": len(manifest["rejected"]) - skipped,
+                          "skipped": skipped}
 
 
 def split_warnings(manifest: dict[str, Any], expected: Mapping[str, int]) -> list[str]:
