@@ -11,6 +11,7 @@ import importlib
 import os
 import sys
 
+from shortcutlm.artifacts.files import disk_full, is_no_space
 from shortcutlm.errors import UserError
 from shortcutlm.stopping import Interrupted
 
@@ -83,6 +84,12 @@ def main(argv: list[str] | None = None) -> int:
         if debug:
             raise
         print(f"shortcutlm {command}: error: {_one_line(err)}", file=sys.stderr)
+        return 2
+    except (OSError, RuntimeError) as err:  # a full device met where no writer of ours named the file
+        if debug or not is_no_space(err):
+            raise
+        where = getattr(err, "filename", None) or os.getcwd()
+        print(f"shortcutlm {command}: error: {_one_line(disk_full(where, 'its output'))}", file=sys.stderr)
         return 2
 
 

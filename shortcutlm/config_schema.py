@@ -45,6 +45,18 @@ def load_yaml(text: str) -> Any:
     return yaml.load(text, Loader=_Loader)  # noqa: S506 - _Loader is a SafeLoader
 
 
+def yaml_text(text: str, where: str) -> Any:
+    """:func:`load_yaml`, or one :class:`ConfigError` line naming ``where`` (a file, a ``--set``) for text
+    that is not YAML or asks for a Python object (``!!python/...`` tags are refused, never built)."""
+    try:
+        return load_yaml(text)
+    except yaml.YAMLError as err:
+        detail = " ".join(str(err).split())
+        if "python/" in detail:
+            detail = "a !!python tag asks to build a Python object, which is never done from a file or option"
+        raise ConfigError(f"{where}: not valid YAML ({detail})") from err
+
+
 def closest(word: str, options: typing.Iterable[str]) -> str:
     """``"; did you mean 'x'?"`` for the option nearest a mistyped word, or ``""``."""
     match = difflib.get_close_matches(word, list(options), n=1, cutoff=0.6)
@@ -144,8 +156,20 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
             child = node.get(part)
             node[part] = dict(child) if isinstance(child, dict) else {}
             node = node[part]
-        node[parts[-1]] = load_yaml(raw)
+        node[parts[-1]] = yaml_text(raw, f"--set {item}")
     return data
+
+
+def yaml_file(path: str | Path, what: str) -> Any:
+    """The YAML in ``path`` (``{}`` when empty); one line naming the file when it cannot be read or parsed."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: no such {what}")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as err:
+        raise ConfigError(f"{path}: cannot read this {what} ({err})") from err
+    return yaml_text(text, str(path)) or {}
 
 
 def read_file_yaml(path: str | Path, preset: str | None, what: str) -> dict:
@@ -156,11 +180,7 @@ def read_file_yaml(path: str | Path, preset: str | None, what: str) -> dict:
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"{path}: no such {what}")
-    try:
-        raw = load_yaml(path.read_text()) or {}
-    except yaml.YAMLError as err:
-        detail = " ".join(str(err).split())
-        raise ConfigError(f"{path}: not valid YAML ({detail})") from err
+    raw = yaml_file(path, what)
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: a {what} is a mapping of keys, got {type(raw).__name__}")
     presets = raw.pop("presets", {}) or {}

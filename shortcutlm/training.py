@@ -25,6 +25,7 @@ from lightning.pytorch.utilities import rank_zero_only
 from shortcutlm import run_checks
 from shortcutlm.artifacts.checkpoint import (LOGS, TENSORBOARD, CheckpointData, CheckpointFolder, check_trainer_state,
                                              save_folder)
+from shortcutlm.artifacts.files import disk_full, is_no_space
 from shortcutlm.artifacts.lock import folder_lock
 from shortcutlm.artifacts.manifest import MANIFEST, ShardManifest
 from shortcutlm.artifacts.remote import shard_folder
@@ -115,11 +116,16 @@ class FolderWriter(L.Callback):
     def write(self, trainer: L.Trainer, lit: LitGPT) -> None:
         """The checkpoint folder first, then the trainer state: once a trainer state exists, the folder
         holds the weights and description of its step (or of a later one, if a kill came in between)."""
-        for logger in trainer.loggers:  # rows logged so far reach the merged curve with this save
-            logger.save()
-        if trainer.is_global_zero:
-            self._write_folder(trainer, lit)
-        trainer.save_checkpoint(self.folder.trainer_state_path)
+        try:
+            for logger in trainer.loggers:  # rows logged so far reach the merged curve with this save
+                logger.save()
+            if trainer.is_global_zero:
+                self._write_folder(trainer, lit)
+            trainer.save_checkpoint(self.folder.trainer_state_path)  # Lightning writes it through a temporary file
+        except (OSError, RuntimeError) as err:
+            if is_no_space(err):
+                raise disk_full(self.out, f"the checkpoint of step {trainer.global_step}") from err
+            raise
         self.saved_step, self.saved_at = trainer.global_step, time.monotonic()
 
     def _write_folder(self, trainer: L.Trainer, lit: LitGPT) -> None:

@@ -8,9 +8,11 @@ on (checkpoint folders, manifests); caches and reports can skip it.
 """
 from __future__ import annotations
 
+import errno
 import json
 import math
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import IO, Any, Callable
@@ -20,6 +22,38 @@ from shortcutlm.errors import UserError
 
 class ArtifactError(UserError):
     """An artifact file is missing or unreadable; the message names the file and what to do."""
+
+
+class DiskFull(ArtifactError):
+    """The device filled up while a run wrote its files; what was saved before stays, and a re-run resumes."""
+
+
+_NO_SPACE = {errno.ENOSPC, errno.EDQUOT}
+
+
+def is_no_space(err: BaseException | None) -> bool:
+    """The error (or one it came from) says the device or quota is full. torch's zip writer and
+    some libraries report it as a RuntimeError with the system's words."""
+    while err is not None:
+        if isinstance(err, OSError) and err.errno in _NO_SPACE:
+            return True
+        if isinstance(err, RuntimeError) and ("No space left" in str(err) or "file write failed" in str(err)):
+            return True
+        err = err.__cause__ or err.__context__
+    return False
+
+
+def disk_full(path: str | Path, what: str) -> DiskFull:
+    """One line for a full device: the folder, what was being written, and the free space there."""
+    folder = Path(path)
+    while not folder.is_dir() and folder != folder.parent:
+        folder = folder.parent
+    try:
+        free = f"{shutil.disk_usage(folder).free / 2**20:,.1f} MiB free"
+    except OSError:
+        free = "free space unknown"
+    return DiskFull(f"{folder}: no space left on the device while writing {what} ({free}); what was saved before "
+                    "is kept: free some space and run the same command again to resume")
 
 
 def _fsync_folder(folder: Path) -> None:
@@ -37,18 +71,10 @@ def _fsync_folder(folder: Path) -> None:
 
 def write_bytes(path: str | Path, data: bytes, durable: bool = False) -> Path:
     """Write ``data`` to ``path`` through a temporary file and a rename (``durable``: with fsync)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as fh:
+    def fill(fh: IO[bytes]) -> None:
         fh.write(data)
-        if durable:
-            fh.flush()
-            os.fsync(fh.fileno())
-    tmp.replace(path)
-    if durable:
-        _fsync_folder(path.parent)
-    return path
+
+    return write_with(path, fill, durable)
 
 
 def write_with(path: str | Path, fill: Callable[[IO[bytes]], Any], durable: bool = False,
@@ -74,8 +100,10 @@ def write_with(path: str | Path, fill: Callable[[IO[bytes]], Any], durable: bool
                 fh.flush()
                 os.fsync(fh.fileno())
         tmp.replace(path)
-    except BaseException:
+    except BaseException as err:
         tmp.unlink(missing_ok=True)
+        if is_no_space(err):
+            raise disk_full(path.parent, path.name) from err
         raise
     if durable:
         _fsync_folder(path.parent)

@@ -68,6 +68,7 @@ from shortcutlm.artifacts.manifest import (FORMAT, MANIFEST, TOKENIZER_FOLDER, V
                                            write_part_manifest)
 from shortcutlm.artifacts.lock import LOCK, folder_lock
 from shortcutlm.cleanup import removed_if_failed
+from shortcutlm.config_schema import yaml_file, yaml_text
 from shortcutlm.datasets import parallel
 from shortcutlm.datasets.isolation import Crashed, IsolatedPool
 from shortcutlm.datasets.parallel import Job
@@ -580,14 +581,12 @@ def _encode_scope(out: Path, scope: _Scope, manifest: dict[str, Any], tok: Token
 
 def _parse_pairs(pairs: Iterable[str], what: str) -> dict[str, Any]:
     """``k=v`` pairs; values are read as YAML scalars / lists (``limit=20``, ``fractions=[90,5,5]``)."""
-    import yaml
-
     out: dict[str, Any] = {}
     for pair in pairs:
         key, sep, value = pair.partition("=")
         if not sep or not key:
             raise PrepareError(f"{what} {pair!r}: expected key=value")
-        out[key.strip()] = yaml.safe_load(value) if value.strip() else ""
+        out[key.strip()] = yaml_text(value, f"{what} {pair}") if value.strip() else ""
     return out
 
 
@@ -623,9 +622,9 @@ def spec_from_args(args: argparse.Namespace) -> dict[str, Any]:
     """Merge a spec file with the command line (the command line wins)."""
     spec: dict[str, Any] = {}
     if args.spec:
-        import yaml
-
-        spec = yaml.safe_load(Path(args.spec).read_text()) or {}
+        spec = yaml_file(args.spec, "prepare spec file")
+        if not isinstance(spec, dict):
+            raise PrepareError(f"{args.spec}: a prepare spec is a mapping of keys, got {type(spec).__name__}")
         unknown = set(spec) - {"source", "tokenizer", "out", "workers", "shard_tokens", "shard_documents",
                                "file_timeout_s"}
         if unknown:

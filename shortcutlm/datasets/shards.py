@@ -15,12 +15,14 @@ import hashlib
 import io
 import json
 import os
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
 import numpy as np
 
+from shortcutlm.artifacts.files import disk_full, is_no_space
 from shortcutlm.artifacts.manifest import FORMAT, VERSION, ShardError, read_manifest
 from shortcutlm.artifacts.remote import shard_bytes, where_is
 
@@ -96,21 +98,32 @@ class ShardWriter:
         tokens = np.asarray(tokens)
         if tokens.size and (tokens.min() < 0 or tokens.max() > np.iinfo(self.dtype).max):
             raise ValueError(f"document {doc_id}: ids outside the range of {self.dtype}")
-        self.bytes_written += self.tar.write({
-            "__key__": doc_id,
-            "tokens.npy": npy_bytes(tokens.astype(self.dtype, copy=False)),
-            "meta.json": json.dumps(meta, sort_keys=True, default=str).encode("utf-8"),
-        })
+        with self._no_space_is_one_line():
+            self.bytes_written += self.tar.write({
+                "__key__": doc_id,
+                "tokens.npy": npy_bytes(tokens.astype(self.dtype, copy=False)),
+                "meta.json": json.dumps(meta, sort_keys=True, default=str).encode("utf-8"),
+            })
         self.doc_ids.append(doc_id)
         self.doc_tokens.append(int(tokens.shape[-1]))
         self.tokens += int(tokens.shape[-1])
         self.values += int(tokens.size)
 
+    @contextmanager
+    def _no_space_is_one_line(self) -> Iterator[None]:
+        try:
+            yield
+        except OSError as err:
+            if is_no_space(err):
+                raise disk_full(self.path.parent, f"shard {self.path.name}") from err
+            raise
+
     def finish(self) -> ShardRecord:
-        self.tar.close()
-        self.handle.flush()
-        os.fsync(self.handle.fileno())
-        self.handle.close()
+        with self._no_space_is_one_line():
+            self.tar.close()
+            self.handle.flush()
+            os.fsync(self.handle.fileno())
+            self.handle.close()
         digest = sha256_file(self.tmp)
         size = self.tmp.stat().st_size
         self.tmp.replace(self.path)
@@ -118,9 +131,13 @@ class ShardWriter:
                            self.doc_ids, self.doc_tokens)
 
     def abort(self) -> None:
+        """Drop the unfinished shard (closing may fail again, e.g. on a full disk: it is discarded anyway)."""
         try:
-            self.tar.close()
-            self.handle.close()
+            for close in (self.tar.close, self.handle.close):
+                try:
+                    close()
+                except OSError:
+                    pass
         finally:
             self.tmp.unlink(missing_ok=True)
 

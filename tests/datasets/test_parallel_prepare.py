@@ -81,7 +81,7 @@ def test_two_jobs_and_a_merge_equal_one_prepare(runs):
     assert merged["complete"] and merged["tokenizer"] == one["tokenizer"]
     assert sizes(merged) == sizes(one)
     assert merged["rejected"] == one["rejected"]
-    assert merged["inputs"] == one["inputs"] == {"total": 26, "documents": 24, "rejected": 2}
+    assert merged["inputs"] == one["inputs"] == {"total": 26, "documents": 24, "rejected": 2, "skipped": 0}
     assert merged["warnings"] == one["warnings"]
     a, b = streams(tmp / "one"), streams(tmp / "par")
     assert a.keys() == b.keys() == {"train", "valid", "test"}
