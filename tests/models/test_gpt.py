@@ -1,4 +1,8 @@
-"""The decoder against hand-written references: plain GPT, value residual formulas, shortcuts, cache."""
+"""The decoder against hand-written references: plain GPT, value residual formulas, shortcuts, cache.
+
+The shortcut readings' own references: ``test_shortcut_reference.py`` (``depth``, ``full``) and
+``test_last_layer.py`` (``last_layer``).
+"""
 from __future__ import annotations
 
 import itertools
