@@ -53,6 +53,13 @@ def text8_shards(tmp_path_factory) -> Path:
     return out
 
 
+def shipped_recipes() -> list[Path]:
+    """The repository's recipe files, found from this file (not the working directory); never none."""
+    paths = sorted((Path(__file__).resolve().parent.parent / "recipes").glob("*.yaml"))
+    assert paths, "no recipes/*.yaml beside tests/"
+    return paths
+
+
 def tiny_recipe_dict(data_source: dict, tokenizer: dict, **train) -> dict:
     """A recipe small enough to train in seconds on 2 cores."""
     settings = {"max_steps": 6, "batch_size": 4, "warmup_steps": 2, "val_every": 3, "val_batches": 2,

@@ -19,7 +19,7 @@ import yaml
 from shortcutlm.recipe import Recipe, from_dict
 from shortcutlm.stopping import Interrupted
 from shortcutlm.training import train
-from tests.conftest import tiny_recipe_dict
+from tests.conftest import shipped_recipes, tiny_recipe_dict
 
 TIMING = {"train/tokens_per_s", "train/mfu"}  # wall-clock figures differ between any two runs
 
@@ -137,13 +137,16 @@ def test_a_partial_run_without_trainer_state_says_so_and_starts_again(tmp_path, 
 def test_every_shipped_recipe_saves_by_time_by_default():
     from shortcutlm.recipe import load_recipe
 
-    for path in sorted(Path("recipes").glob("*.yaml")):
+    checked = []
+    for path in shipped_recipes():
         raw = yaml.safe_load(path.read_text())
         if "datasets" in raw:
             continue
         for preset in [None, *raw.get("presets", {})]:
             train_settings = load_recipe(path, preset).train
             assert 0 < train_settings.ckpt_minutes <= 10 or 0 < train_settings.ckpt_every, (path, preset)
+            checked.append(path.name)
+    assert len(set(checked)) >= 3, checked
 
 
 # ------------------------------------------------------------------ real processes, real signals
@@ -214,4 +217,54 @@ def test_a_killed_run_resumes_from_its_last_periodic_save(tmp_path, text8_shards
     saved = yaml.safe_load((out / "hparams.json").read_text())["step"]
     assert saved % 50 == 0 and 0 < saved < 300
     subprocess.run(cli(recipe, text8_shards, out, 1), check=True, env=env, capture_output=True, timeout=300)
+    assert_same_run(whole, out)
+
+
+@pytest.mark.slow
+def test_the_clock_saves_so_a_kill_9_loses_at_most_the_interval(tmp_path, text8_shards):
+    """``train.ckpt_minutes`` at a few seconds, no step-count saves and no signal but SIGKILL: every save in
+    the folder is the clock's. Two saves come at least the interval apart; after ``kill -9`` the folder
+    holds the last of them, and the same command resumes from it to the uninterrupted run's weights."""
+    interval = 2.0
+    data = tiny_recipe_dict({"name": "text8", "path": "unused"}, {"domain": "text"}, accumulate=2,
+                            max_steps=100_000, val_every=25, log_every=1, ckpt_minutes=interval / 60, ckpt_every=0,
+                            val_batches=2)
+    data["model"]["dropout"] = 0.1
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(yaml.safe_dump(data))
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+    out = tmp_path / "killed"
+    state = out / "trainer" / "last.ckpt"
+    proc = subprocess.Popen(cli(recipe, text8_shards, out, 1), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, env=env, start_new_session=True)
+    saves: list[int] = []  # modification times of each trainer state seen
+    deadline = time.monotonic() + 150
+    try:
+        while len(saves) < 2 and time.monotonic() < deadline and proc.poll() is None:
+            if state.is_file() and (not saves or state.stat().st_mtime_ns != saves[-1]):
+                saves.append(state.stat().st_mtime_ns)
+            time.sleep(0.005)
+        time.sleep(random.uniform(0.0, 0.3))  # an arbitrary moment after the second save
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+        _, stderr = proc.communicate(timeout=60)
+    assert len(saves) == 2, f"the clock made {len(saves)} save(s) in 150 s: {stderr[-2000:]}"
+    assert proc.returncode == -signal.SIGKILL
+    assert (saves[1] - saves[0]) / 1e9 >= interval  # the clock counts from the previous save
+    saved = torch.load(state, weights_only=True, map_location="cpu")["global_step"]
+    hparams = yaml.safe_load((out / "hparams.json").read_text())
+    assert 0 < saved < 100_000 and not hparams["finished"]
+    assert hparams["step"] == saved  # the folder describes that step (a third save is 2 s away)
+
+    end = saved + 4
+    subprocess.run(cli(recipe, text8_shards, out, 1) + ["--stop-after", str(end)], check=True, env=env,
+                   capture_output=True, timeout=300)
+    with (out / "logs" / "version_1" / "metrics.csv").open() as fh:
+        resumed = [int(float(r["opt_step"])) for r in csv.DictReader(fh) if r.get("train/loss")]
+    assert resumed == list(range(saved, end))  # the second sitting started from the clock's save
+    assert yaml.safe_load((out / "hparams.json").read_text())["step"] == end
+    whole = tmp_path / "whole"
+    subprocess.run(cli(recipe, text8_shards, whole, 1) + ["--stop-after", str(end)], check=True, env=env,
+                   capture_output=True, timeout=300)
     assert_same_run(whole, out)

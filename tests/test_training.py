@@ -15,7 +15,7 @@ from shortcutlm.cli import main as cli_main
 from shortcutlm.config_schema import ConfigError
 from shortcutlm.recipe import from_dict, Recipe, load_recipe
 from shortcutlm.training import train
-from tests.conftest import tiny_recipe_dict
+from tests.conftest import shipped_recipes, tiny_recipe_dict
 
 
 def write_recipe(path: Path, data: dict) -> Path:
@@ -109,7 +109,8 @@ def test_recipe_errors_name_the_problem(tmp_path):
 
 
 def test_every_shipped_recipe_and_preset_validates():
-    for path in sorted(Path("recipes").glob("*.yaml")):
+    checked = []
+    for path in shipped_recipes():
         raw = yaml.safe_load(path.read_text())
         if "datasets" in raw:  # the ablation grid has its own schema (shortcutlm/ablation/config.py)
             continue
@@ -118,6 +119,8 @@ def test_every_shipped_recipe_and_preset_validates():
             recipe = load_recipe(path, preset)
             for variant in recipe.variants:
                 recipe.model_config(variant, vocab_size=1024, n_streams=2)
+                checked.append((path.name, preset, variant))
+    assert len({name for name, _, _ in checked}) >= 3, checked
 
 
 @pytest.mark.slow
@@ -244,3 +247,42 @@ def test_fsdp_trains_every_variant_and_its_checkpoint_loads(tmp_path, text8_shar
     assert mine["loss_nats"] == pytest.approx(theirs["loss_nats"], abs=1e-3)
     assert cli_main(["generate", str(sharded), "--tokens", "8", "--seed", "0", "--device", "cuda",
                      "--out", str(tmp_path / "gen")]) == 0
+
+
+def test_fresh_replaces_the_old_run_with_one_of_the_new_settings(tmp_path, text8_shards, capsys):
+    """``--fresh`` on a folder that holds only what a previous run wrote: nothing of the old run is
+    left (its weights, trainer state, sittings' logs, curve rows), and every record names the new run."""
+    recipe = write_recipe(tmp_path / "r.yaml", tiny_recipe_dict({"name": "text8", "path": "unused"},
+                                                                {"domain": "text"}, ckpt_minutes=0))
+    out = tmp_path / "run"
+    command = ["train", str(recipe), "--data", str(text8_shards), "--out", str(out), "--no-progress"]
+    assert cli_main([*command, "--variant", "baseline"]) == 0
+    old_weights = weights(out)
+    assert not any(k.startswith("shortcut.") for k in old_weights)
+    new = [*command, "--variant", "shortcut_resformer", "--set", "train.lr=0.01", "--set", "train.max_steps=4"]
+    with pytest.raises(ConfigError, match="other settings"):  # without --fresh the old run is kept
+        train(load_recipe(recipe, overrides=["train.lr=0.01", "train.max_steps=4"]), "shortcut_resformer",
+              text8_shards, out, progress=False)
+    assert cli_main([*new, "--fresh"]) == 0
+    capsys.readouterr()
+
+    hparams = yaml.safe_load((out / "hparams.json").read_text())
+    assert hparams["step"] == 4 and hparams["finished"]
+    assert hparams["train"]["lr"] == 0.01 and hparams["train"]["max_steps"] == 4
+    config = yaml.safe_load((out / "model_config.json").read_text())
+    assert config["shortcut"] == "depth" and config["value_residual"] == "resformer"
+    recorded = yaml.safe_load((out / "recipe.yaml").read_text())
+    assert recorded["variant"] == "shortcut_resformer" and recorded["train"]["lr"] == 0.01
+    state = torch.load(out / "trainer" / "last.ckpt", weights_only=True, map_location="cpu")
+    assert state["global_step"] == 4
+    assert any(k.startswith("shortcut.") for k in weights(out))  # the new model's weights, not the old
+    # One sitting, the new one: the old run's logs and curve rows are gone.
+    assert sorted(p.name for p in (out / "logs").iterdir()) == ["version_0"]
+    assert sorted(p.name for p in (out / "tensorboard").iterdir()) == ["version_0"]
+    lr = curve(out, "train/lr")
+    assert sorted(lr) == [0.0, 1.0, 2.0, 3.0]
+    assert lr[1.0] == pytest.approx(0.01)  # the new peak (warmup of 2 steps), not the old run's 0.003
+    assert sorted(curve(out)) == [0.0, 1.0, 2.0, 3.0]
+    # The same command without --fresh now finds the new run finished and keeps it.
+    assert cli_main(new) == 0
+    assert yaml.safe_load((out / "hparams.json").read_text())["step"] == 4

@@ -49,7 +49,7 @@ def test_eval_pass_covers_every_token_once(folder, block, batch):
     assert np.array_equal(targets_of(batches), expected)
     assert loader.targets == len(expected)
     # Deterministic: a second pass is identical.
-    assert all(torch.equal(a, b) for a, b in zip(batches, eval_batches(path, "valid", block, batch)))
+    assert all(torch.equal(a, b) for a, b in zip(batches, eval_batches(path, "valid", block, batch), strict=True))
 
 
 def test_eval_ranks_share_the_pass_in_step(folder):
@@ -86,7 +86,10 @@ def doc_of(value: int, docs) -> int:
 
 
 def first_windows(loader, n_batches):
-    return list(itertools.islice(iter(loader), n_batches))
+    """The loader's first ``n_batches`` batches; a loader that ends sooner fails the test."""
+    got = list(itertools.islice(iter(loader), n_batches))
+    assert len(got) == n_batches, f"the loader gave {len(got)} of {n_batches} batches"
+    return got
 
 
 def test_training_is_seeded_and_reshuffled(folder):
@@ -94,8 +97,8 @@ def test_training_is_seeded_and_reshuffled(folder):
     a = first_windows(train_batches(path, 8, 4, seed=5), 6)
     b = first_windows(train_batches(path, 8, 4, seed=5), 6)
     c = first_windows(train_batches(path, 8, 4, seed=6), 6)
-    assert all(torch.equal(x, y) for x, y in zip(a, b))
-    assert not all(torch.equal(x, y) for x, y in zip(a, c))
+    assert all(torch.equal(x, y) for x, y in zip(a, b, strict=True))
+    assert not all(torch.equal(x, y) for x, y in zip(a, c, strict=True))
     assert a[0].shape == (4, 9)
 
 
@@ -164,13 +167,13 @@ def test_resume_gives_the_uninterrupted_batches(folder, workers):
     state = json.loads(json.dumps(first.state_dict()))  # survives a checkpoint
     assert state["batches"] == 9 and state["windows"] == 27
     tail = first_windows(train_batches(path, **args, state=state), 16)
-    assert all(torch.equal(x, y) for x, y in zip(head + tail, whole))
+    assert all(torch.equal(x, y) for x, y in zip(head + tail, whole, strict=True))
     with pytest.raises(ValueError, match="seed"):
         train_batches(path, **{**args, "seed": 12}, state=state)
     # Rank 0's saved state resumes rank 0 (DDP checkpoints are written by one rank).
     rank0 = {**args, "rank": 0}
     assert all(torch.equal(x, y) for x, y in zip(first_windows(train_batches(path, **rank0, state=state), 4),
-                                                 first_windows(train_batches(path, **rank0), 13)[9:]))
+                                                 first_windows(train_batches(path, **rank0), 13)[9:], strict=True))
 
 
 def test_resume_across_many_epochs(tmp_path):
@@ -182,7 +185,7 @@ def test_resume_across_many_epochs(tmp_path):
     state = loader.state_dict()
     assert state["epoch"] > 5
     assert all(torch.equal(x, y) for x, y in zip(first_windows(train_batches(tmp_path, 5, 2, seed=3, state=state), 17),
-                                                 whole[23:]))
+                                                 whole[23:], strict=True))
 
 
 def test_bad_shards_are_named(tmp_path):

@@ -1,4 +1,8 @@
-"""The decoder against hand-written references: plain GPT, value residual formulas, shortcuts, cache."""
+"""The decoder against hand-written references: plain GPT, value residual formulas, shortcuts, cache.
+
+The shortcut readings' own references: ``test_shortcut_reference.py`` (``depth``, ``full``) and
+``test_last_layer.py`` (``last_layer``).
+"""
 from __future__ import annotations
 
 import itertools
@@ -266,11 +270,71 @@ def test_sampling_is_reproducible_and_cache_agrees_with_recompute(combo):
     assert torch.equal(generate(model, prompt, 12, greedy), generate(model, prompt, 12, greedy, use_cache=False))
 
 
-@pytest.mark.parametrize("shortcut", ["full", "last_layer"])
-def test_generation_slides_past_the_context(shortcut):
-    model = make(tiny(shortcut=shortcut, value_residual="svformer", block_size=16))
-    out = generate(model, tokens(model.config, 1, 10), 30, SamplingSettings(seed=0))
-    assert out.shape == (1, 40)
+def recorded_generation(model: GPT, prompt: torch.Tensor, n: int, settings: SamplingSettings,
+                        **options) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """``generate``'s output and the last-position logits of every forward call it made."""
+    seen: list[torch.Tensor] = []
+    hook = model.register_forward_hook(lambda module, args, out: seen.append(out[..., -1, :].clone()))
+    try:
+        return generate(model, prompt, n, settings, **options), seen
+    finally:
+        hook.remove()
+
+
+@torch.no_grad()
+def naive_windowed_generation(model: GPT, prompt: torch.Tensor, n: int, settings: SamplingSettings,
+                              keep: int | None) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """Generation written from its description, without a cache: every step recomputes the window
+    from scratch. The window is the sequence's tail of at most ``block_size`` tokens; it grows by
+    each new token until it would pass ``block_size``, then restarts as the last ``keep`` tokens.
+    ``keep=None``: no restart, the window is always the last ``block_size`` tokens.
+    Returns the sequence and the logits each step sampled from (plus those after the last token)."""
+    block = model.config.block_size
+    generator = torch.Generator().manual_seed(settings.seed) if settings.seed is not None else None
+    seq, start, seen = prompt, max(0, prompt.shape[-1] - block), []
+    for _ in range(n):
+        seen.append(model(seq[..., start:])[..., -1, :])
+        nxt = sample_next(seen[-1], settings, generator)
+        seq = torch.cat([seq, nxt.unsqueeze(-1)], dim=-1)
+        if seq.shape[-1] - start > block:
+            start = seq.shape[-1] - (block if keep is None else keep)
+    seen.append(model(seq[..., start:])[..., -1, :])
+    return seq, seen
+
+
+SLIDING = [dict(), dict(shortcut="depth", value_residual="learnable"), dict(shortcut="full", value_residual="svformer"),
+           dict(shortcut="last_layer", value_residual="resformer", n_kv_head=2), dict(n_streams=3, shortcut="full")]
+
+
+@pytest.mark.parametrize("combo", SLIDING, ids=lambda c: "-".join(f"{v}" for v in c.values()) or "plain")
+@pytest.mark.parametrize("prompt_length", [10, 21], ids=["short-prompt", "prompt-past-the-context"])
+def test_generation_slides_past_the_context_as_a_recomputed_window_would(combo, prompt_length):
+    """Past the context (16 positions) the cache slides: the last ``slide_keep`` tokens (default 12)
+    are prefilled again. Each step's logits and every sampled token equal a recomputation of that
+    window without a cache; with ``slide_keep`` = the context, and without a cache, the window is
+    always the last ``block_size`` tokens."""
+    model = make(tiny(block_size=16, **combo))
+    prompt = tokens(model.config, 2, prompt_length)
+    settings = SamplingSettings(temperature=1.0, seed=5)
+    n = 40
+    for keep, options in ((12, {}), (1, {"slide_keep": 1}), (5, {"slide_keep": 5}), (None, {"slide_keep": 16}),
+                          (None, {"use_cache": False})):
+        want, want_logits = naive_windowed_generation(model, prompt, n, settings, keep)
+        got, got_logits = recorded_generation(model, prompt, n, settings, **options)
+        assert got.shape[-1] == prompt_length + n
+        assert len(got_logits) == len(want_logits) == n + 1, options
+        for step, (a, b) in enumerate(zip(got_logits, want_logits, strict=True)):
+            torch.testing.assert_close(a, b, atol=1e-4, rtol=0, msg=lambda m: f"{options}, step {step}: {m}")
+        assert torch.equal(got, want), options
+
+
+def test_the_sliding_window_reads_the_tokens_it_keeps():
+    """The windows above differ where they should: the logits after a slide depend on the tokens kept."""
+    model = make(tiny(block_size=16))
+    seq = tokens(model.config, 1, 30)
+    with torch.no_grad():
+        last_twelve, last_sixteen = model(seq[:, -12:])[:, -1], model(seq[:, -16:])[:, -1]
+    assert (last_twelve - last_sixteen).abs().max() > 1e-3
 
 
 def test_generation_stops_at_stop_tokens():
