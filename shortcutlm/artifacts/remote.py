@@ -101,7 +101,7 @@ def _copy(url: str, stream: IO[bytes], sink: IO[bytes], limit: int) -> int:
     while chunk := stream.read(CHUNK):
         copied += len(chunk)
         if copied > limit:
-            raise TooLarge(f"{url}: the server sent more than the {limit:,} bytes expected; refusing the rest")
+            raise TooLarge(f"{url}: it sent more than the {limit:,} bytes expected; refusing the rest")
         sink.write(chunk)
     return copied
 
@@ -126,7 +126,10 @@ def _http(url: str, sink: IO[bytes], limit: int) -> int:
 def _pipe(url: str, sink: IO[bytes], limit: int) -> int:
     command = url[len("pipe:"):]
     timed_out = threading.Event()
-    with subprocess.Popen(command, shell=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE) as proc:  # noqa: S602
+    # stderr goes to a file, not a pipe: a chatty command must not block on a full pipe while its
+    # standard output is being read.
+    with tempfile.TemporaryFile() as said_file, subprocess.Popen(  # noqa: S602 - the user's own command
+            command, shell=True, stdout=subprocess.PIPE, stderr=said_file) as proc:
         def stop() -> None:
             timed_out.set()
             proc.kill()
@@ -134,16 +137,17 @@ def _pipe(url: str, sink: IO[bytes], limit: int) -> int:
         timer = threading.Timer(TIMEOUT_S * 10, stop)
         timer.start()
         try:
-            assert proc.stdout is not None and proc.stderr is not None
+            assert proc.stdout is not None
             try:
                 copied = _copy(url, proc.stdout, sink, limit)
             except TooLarge:
                 proc.kill()
                 raise
-            said = proc.stderr.read(1 << 16).decode("utf-8", "replace").strip().splitlines()
             code = proc.wait()
         finally:
             timer.cancel()
+        said_file.seek(0)
+        said = said_file.read(1 << 16).decode("utf-8", "replace").strip().splitlines()
     if timed_out.is_set():
         raise ShardError(f"{url}: the command did not finish in {TIMEOUT_S * 10:.0f} s")
     if code != 0:

@@ -24,8 +24,9 @@ def summarise(manifest: dict[str, Any], n_inputs: int) -> None:
     manifest["splits"] = dict(sorted(splits.items(), key=lambda kv: (order.get(kv[0], 9), kv[0])))
     written = sum(s["documents"] for s in splits.values())
     skipped = sum(1 for r in manifest["rejected"] if r.get("skipped"))
-    manifest["inputs"] = {"total": n_inputs, "documents": written, "rejected": len(manifest["rejected"]) - skipped,
-                          "skipped": skipped}
+    # Skipped files (a type no tokenizer here reads, a link to nothing) are listed, but are not inputs.
+    manifest["inputs"] = {"total": n_inputs - skipped, "documents": written,
+                          "rejected": len(manifest["rejected"]) - skipped, "skipped": skipped}
 
 
 def split_warnings(manifest: dict[str, Any], expected: Mapping[str, int]) -> list[str]:

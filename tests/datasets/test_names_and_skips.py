@@ -62,7 +62,7 @@ def test_files_the_tokenizer_does_not_read_are_listed_as_skipped(tmp_path, capsy
                      "--set", "weights=mel_kmeans", "--set", "bandwidth=1.5", "--set", "kmeans_iters=2", "--out", str(out), "--workers", "1",
                      "--quiet"]) == 0
     printed = capsys.readouterr().out
-    assert "0 rejected of 7 inputs, 3 file(s) skipped" in printed
+    assert "0 rejected of 4 inputs, 3 file(s) skipped" in printed
     manifest = json.loads((out / "manifest.json").read_text())
     skipped = {os.path.basename(r["input"]): r["reason"] for r in manifest["rejected"] if r.get("skipped")}
     assert skipped == {
@@ -70,7 +70,7 @@ def test_files_the_tokenizer_does_not_read_are_listed_as_skipped(tmp_path, capsy
         "lost.flac": f"skipped: a symbolic link to {tmp_path / 'moved-away.flac'}, which does not exist"}
     assert skipped["interview.m4a"].startswith("skipped: a .m4a file; only .wav .flac")
     assert skipped["song.opus"].startswith("skipped: a .opus file")
-    assert manifest["inputs"] == {"total": 7, "documents": 4, "rejected": 0, "skipped": 3}
+    assert manifest["inputs"] == {"total": 4, "documents": 4, "rejected": 0, "skipped": 3}
 
 
 def test_the_python_api_keeps_going_too(tmp_path, midi_files):

@@ -29,7 +29,7 @@ def make_text_folder(root, n=14):
         (root / f"doc{i:02d}.txt").write_text("\n".join(lines) + "\n")
     (root / "corrupt.txt").write_bytes(b"valid start \xff\xfe\xfa not utf-8\n")
     (root / "empty.txt").write_bytes(b"")
-    (root / "ignored.bin").write_bytes(b"\x00")  # not a text suffix: not an input
+    (root / "ignored.bin").write_bytes(b"\x00")  # not a text suffix: not an input, listed as skipped
     return n + 2
 
 
@@ -52,6 +52,8 @@ def test_every_input_is_a_document_or_a_rejection(text_run):
     assert manifest["complete"]
     inputs = manifest["inputs"]
     assert inputs["total"] == n_inputs == inputs["documents"] + inputs["rejected"]
+    assert inputs["skipped"] == 1 and [r["input"].endswith("ignored.bin") for r in manifest["rejected"]
+                                       if r.get("skipped")] == [True]
     reasons = {r["doc_id"]: r["reason"] for r in manifest["rejected"]}
     assert set(reasons) == {"corrupt_txt", "empty_txt"}
     assert "utf-8" in reasons["corrupt_txt"].lower() and "empty" in reasons["empty_txt"]
