@@ -78,7 +78,7 @@ def test_an_unreadable_train_file_is_rejected_while_fitting(tmp_path, domain):
     spec, bad = folder_with_a_bad_train_file(tmp_path / "in", domain)
     manifest = prepare({"name": "folder", "path": str(tmp_path / "in"), "fractions": ALL_TRAIN}, spec,
                        tmp_path / "out", workers=1, progress=False)
-    assert manifest["complete"] and manifest["inputs"] == {"total": 4, "documents": 3, "rejected": 1}
+    assert manifest["complete"] and manifest["inputs"] == {"total": 4, "documents": 3, "rejected": 1, "skipped": 0}
     [rejected] = manifest["rejected"]
     assert rejected["input"] == str(tmp_path / "in" / bad) and rejected["split"] == "train"
     expected = {"text": "not valid UTF-8 at byte offset 11", "midi": "not a readable MIDI file (empty file)",
