@@ -10,6 +10,7 @@ import pytest
 import soundfile as sf
 
 from shortcutlm.cli import main as cli_main
+from tests.cli_lines import one_line
 from shortcutlm.generation import GenerationError, generate_from_checkpoint
 from tests.fixtures_eval import AUDIO_RATE, tone
 
@@ -32,13 +33,6 @@ def fourteen_tracks(path: Path) -> Path:
         song.instruments.append(track)
     song.write(str(path))
     return path
-
-
-def one_line(capsys, command: list[str]) -> str:
-    assert cli_main(command) == 2
-    lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
-    assert len(lines) == 1, lines
-    return lines[0]
 
 
 def test_a_midi_prompt_is_never_overwritten(midi_ckpt, tmp_path, capsys):

@@ -16,7 +16,7 @@ import pytest
 from shortcutlm.artifacts import remote
 from shortcutlm.artifacts.manifest import MANIFEST, ShardError, read_manifest
 from shortcutlm.artifacts.remote import open_view
-from shortcutlm.cli import main as cli_main
+from tests.cli_lines import one_line
 from shortcutlm.datasets.loader import eval_batches
 from tests.conftest import tiny_recipe_dict
 
@@ -67,13 +67,6 @@ def rewrite(folder: Path, change) -> None:
     manifest = json.loads((folder / MANIFEST).read_text())
     change(manifest)
     (folder / MANIFEST).write_text(json.dumps(manifest))
-
-
-def one_line(capsys, command: list[str]) -> str:
-    assert cli_main(command) == 2
-    lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
-    assert len(lines) == 1, lines
-    return lines[0]
 
 
 @pytest.fixture

@@ -4,17 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from shortcutlm.cli import main as cli_main
+from tests.cli_lines import one_line
 
 REPO_RECIPE = "recipes/bach_chorales.yaml"
-
-
-def one_line(capsys, command: list[str]) -> str:
-    assert cli_main(command) == 2
-    captured = capsys.readouterr()
-    lines = [line for line in captured.err.splitlines() if line.strip()]
-    assert len(lines) == 1 and "Traceback" not in captured.err, captured.err
-    return lines[0]
 
 
 SPECS = {

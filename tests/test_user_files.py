@@ -16,7 +16,7 @@ import pytest
 import yaml
 
 from shortcutlm.artifacts.lock import LOCK, FolderBusy, folder_lock
-from shortcutlm.cli import main as cli_main
+from tests.cli_lines import one_line
 from shortcutlm.datasets.prepare import prepare
 from shortcutlm.recipe import Recipe, from_dict
 from shortcutlm.training import train
@@ -34,13 +34,6 @@ def recipe_file(path: Path, **train_settings) -> Path:
     path.write_text(yaml.safe_dump(tiny_recipe_dict({"name": "text8", "path": "unused"}, {"domain": "text"},
                                                     **train_settings)))
     return path
-
-
-def one_line(capsys, command: list[str]) -> str:
-    assert cli_main(command) == 2
-    lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
-    assert len(lines) == 1, lines
-    return lines[0]
 
 
 def test_fresh_refuses_a_folder_holding_the_users_files(tmp_path, text8_shards, capsys):
