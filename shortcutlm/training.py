@@ -26,7 +26,7 @@ from shortcutlm import run_checks
 from shortcutlm.artifacts.checkpoint import (LOGS, TENSORBOARD, CheckpointData, CheckpointFolder, check_trainer_state,
                                              save_folder)
 from shortcutlm.artifacts.files import disk_full, is_no_space
-from shortcutlm.artifacts.lock import folder_lock
+from shortcutlm.artifacts.lock import first_process, folder_lock
 from shortcutlm.artifacts.manifest import MANIFEST, ShardManifest
 from shortcutlm.artifacts.remote import shard_folder
 from shortcutlm.cleanup import removed_if_failed
@@ -282,8 +282,8 @@ def train(recipe: Recipe, variant: str, data_dir: str | Path, out: str | Path, p
     run_checks.check_block_fits(recipe, variant, config.block_size, shards)
     run_checks.check_strategy(s.accelerator, s.strategy, torch.cuda.is_available())
     # Only once the new run is known to be valid does it touch the folder; one run at a time writes there
-    # (the ranks of one run are one run: rank 0 holds the lock for them).
-    lock = folder_lock(out, "train") if rank_zero_only.rank == 0 else nullcontext()
+    # (the processes of one run, on every node, are one run: the first holds the lock for them).
+    lock = folder_lock(out, "train") if first_process() else nullcontext()
     with removed_if_failed(out, lambda top: CheckpointFolder(out).has_trainer_state), lock:  # keep resumable state
         if fresh:
             removed = CheckpointFolder(out).clear_run()

@@ -112,3 +112,16 @@ def test_resuming_on_shards_of_another_tokenizer_is_refused(tmp_path, text8_shar
                              "--no-progress"])
     assert "tokenizer fingerprint" in line and str(other) in line and "ids mean other things" in line
     assert (out / "data.json").read_text() == data_record
+
+
+@pytest.mark.parametrize("env, first", [({}, True), ({"LOCAL_RANK": "0", "NODE_RANK": "0"}, True),
+                                        ({"NODE_RANK": "1", "LOCAL_RANK": "0"}, False), ({"LOCAL_RANK": "1"}, False),
+                                        ({"SLURM_PROCID": "3"}, False), ({"RANK": "0", "SLURM_NODEID": "0"}, True)])
+def test_only_the_first_process_of_a_distributed_run_takes_the_lock(monkeypatch, env, first):
+    from shortcutlm.artifacts.lock import _RANK_VARIABLES, first_process
+
+    for name in _RANK_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    assert first_process() is first

@@ -32,6 +32,20 @@ class FolderBusy(UserError):
     """Another run writes into the folder now."""
 
 
+#: What launchers set to tell a process its rank: torchrun, Lightning's own launcher, SLURM, MPI, LSF.
+_RANK_VARIABLES = ("RANK", "LOCAL_RANK", "NODE_RANK", "GROUP_RANK", "SLURM_PROCID", "SLURM_NODEID",
+                   "OMPI_COMM_WORLD_RANK", "PMI_RANK", "JSM_NAMESPACE_RANK")
+
+
+def first_process() -> bool:
+    """This is the first process of a (possibly distributed) run: the one that holds the run's lock.
+
+    Decided from the launchers' variables before the trainer exists (Lightning's own rank needs
+    the trainer): every rank variable set is 0. The processes of one run on other nodes (which
+    may share the output folder) or other devices are the same run, and take no lock."""
+    return all(os.environ.get(name, "0").strip() in ("", "0") for name in _RANK_VARIABLES)
+
+
 def lock_path(folder: str | Path, name: str = LOCK) -> Path:
     return Path(folder) / name
 

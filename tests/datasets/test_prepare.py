@@ -223,7 +223,7 @@ def test_midi_chorales_with_a_corrupt_file(chorales_cache, tmp_path):
 def test_bach_chorales_source_end_to_end(chorales_cache, tmp_path):
     manifest = prepare({"name": "bach_chorales", "limit": 4, "cache": str(chorales_cache)}, {"domain": "midi"},
                        tmp_path / "out", workers=2, progress=False)
-    assert manifest["inputs"] == {"total": 4, "documents": 4, "rejected": 0}
+    assert manifest["inputs"] == {"total": 4, "documents": 4, "rejected": 0, "skipped": 0}
     batch = next(iter(train_batches(tmp_path / "out", 32, 2, seed=0)))
     assert batch.shape == (2, 33)
 
