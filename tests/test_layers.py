@@ -9,6 +9,7 @@ by one, each at the stage whose files it records. Every import counts, a functio
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 import pytest
@@ -178,3 +179,16 @@ def test_the_checks_see_what_they_look_for():
     assert find_cycle({"a": {"b"}, "b": set(), "c": {"a", "b"}}) is None
     with pytest.raises(KeyError):
         layer_of("no_such_module")
+
+
+def test_the_architecture_page_shows_these_layers():
+    """docs/architecture.md's layer table names the same modules, layer by layer, in the same order."""
+    page = (PACKAGE.parent / "docs" / "architecture.md").read_text(encoding="utf-8")
+    rows = {}
+    for line in page.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) == 3 and cells[0] in dict(LAYERS):
+            rows[cells[0]] = tuple(name.rstrip("/").replace("/", ".") for name in re.findall(r"`([^`]+)`", cells[1]))
+    assert list(rows) == [name for name, _ in LAYERS]
+    for name, members in LAYERS:
+        assert set(rows[name]) == set(members) - {"artifacts"}, name
