@@ -18,33 +18,55 @@ from shortcutlm.html_page import markdown_page
 
 NOISY_IQR = 0.3
 
-DOMAIN_COLUMN = {"text": "bits/byte", "acoustic": "loss per codebook (nats)", "midi": "bits/second"}
+#: The dataset's own measure beside the loss, by what its evaluations measured (the first found): the
+#: loss of each codebook where the tokens have codebooks, else bits per byte where the split counts
+#: bytes, else bits per second where it counts seconds. Read from the results: the page never asks
+#: which domain a dataset is.
+DATASET_METRICS = (("per_codebook", "loss per codebook (nats)"), ("bits_per_byte", "bits/byte"),
+                   ("bits_per_second", "bits/second"))
+DECIMALS = {"bits_per_byte": 3, "bits_per_second": 1}
 
 
 def _count(entry: dict[str, Any]) -> str:
     return f"n={entry['n']}" if entry["n"] == entry["of"] else f"n={entry['n']}/{entry['of']}"
 
 
-def _domain_cell(entry: dict[str, Any], domain: str | None) -> str:
-    if domain == "text" and "bits_per_byte" in entry:
-        b = entry["bits_per_byte"]
-        return fmt_pm(b["mean"], b["std"], 3)
-    if domain == "acoustic" and "per_codebook" in entry:
+def _dataset_metric(variants: dict[str, Any]) -> tuple[str | None, str]:
+    """(the results key of the dataset's own measure, its column heading), per :data:`DATASET_METRICS`."""
+    for key, heading in DATASET_METRICS:
+        if any(key in e for e in variants.values()):
+            return key, heading
+    return None, "domain metric"
+
+
+def _metric_cell(entry: dict[str, Any], key: str | None) -> str:
+    if key is None or key not in entry:
+        return "–"
+    if key == "per_codebook":
         return " · ".join(f"{name.replace('codebook_', 'cb')} {fmt(s['mean'], 3)}"
                           for name, s in entry["per_codebook"].items())
-    if domain == "midi" and "bits_per_second" in entry:
-        b = entry["bits_per_second"]
-        return fmt_pm(b["mean"], b["std"], 1)
-    return "–"
+    return fmt_pm(entry[key]["mean"], entry[key]["std"], DECIMALS[key])
 
 
 def render_dataset(name: str, section: dict[str, Any], cfg_baseline: str, docs: Path, out: Path) -> list[str]:
-    variants = section["variants"]
-    domain = section["domain"]
-    base = variants.get(cfg_baseline, {})
-    model = section["model"]
-    train = section["train"]
-    lines = [f"## {name}", ""]
+    """One dataset's section: what was trained, the variants' table and its notes, the baseline at more
+    steps, the relative training loss, the validation curves and the diagnostics."""
+    assets = docs / "results" / name
+    lines = [f"## {name}", ""] + _setting_lines(section)
+    lines += table(*_variants_table(section, cfg_baseline)) + [""]
+    notes = _variant_notes(section, cfg_baseline)
+    lines += [f"- {n}" for n in notes] + ([""] if notes else [])
+    lines += _matched_loss_lines(name, section, cfg_baseline)
+    lines += _relative_loss_lines(name, section, docs, assets)
+    lines += render_validation_curves(name, section, cfg_baseline, docs, assets)
+    lines += render_diagnostics(name, section.get("diagnostics"), section["command"], docs, assets)
+    return lines
+
+
+def _setting_lines(section: dict[str, Any]) -> list[str]:
+    """The data, the model and its training, the machines, and the command that produced the section."""
+    variants, domain, model, train = section["variants"], section["domain"], section["model"], section["train"]
+    lines = []
     data = section.get("data")
     if data:
         splits = data["splits"]
@@ -70,11 +92,18 @@ def render_dataset(name: str, section: dict[str, Any], cfg_baseline: str, docs: 
     if section.get("kept_from"):
         lines += [f"Kept from the page written {section['kept_from']}: this dataset's run folders were not on the "
                   "machine that last wrote this page, and its settings are unchanged.", ""]
-    lines += [f"Produced by: `{section['command']}`", ""]
+    return lines + [f"Produced by: `{section['command']}`", ""]
+
+
+def _variants_table(section: dict[str, Any], cfg_baseline: str) -> tuple[list[str], list[list[str]]]:
+    """(header, one row per variant): loss, its difference from the baseline and the verdict, the
+    dataset's own measure, step time, KV cache and the baseline tokens to match."""
+    variants = section["variants"]
     split = section["evaluate"]["split"]
     with_valid = any("valid_loss" in e for e in variants.values())
+    metric, heading = _dataset_metric(variants)
     header = ["variant", "params", f"{split} loss", "Δ vs baseline", "verdict"] + (["valid loss"] if with_valid else []) \
-        + [DOMAIN_COLUMN.get(domain, "domain metric"), "step time", "KV cache", "baseline tokens to match"]
+        + [heading, "step time", "KV cache", "baseline tokens to match"]
     rows = []
     for variant, e in variants.items():
         if e["n"] == 0:
@@ -89,23 +118,38 @@ def render_dataset(name: str, section: dict[str, Any], cfg_baseline: str, docs: 
             if e.get("delta_method") == "unpaired":
                 delta += " (unpaired)"
             verdict_text = bold_verdict(e["verdict"])
-        params = param_count(e["params"]) + (ratio_text(e["params_ratio"], "more", "fewer", 0.0005)
-                                         if variant != cfg_baseline else "")
-        step = (f"{e['sec_per_step'] * 1000:.0f} ms" if e["sec_per_step"] is not None else "–")
-        if variant != cfg_baseline:
-            step += ratio_text(e["step_time_ratio"], "slower", "faster")
-        kv = nbytes(e["kv_attention_bytes"])
-        if variant != cfg_baseline:
-            kv += ratio_text(e["kv_ratio"], "larger", "smaller", 0.001)
-        if e.get("kv_total_bytes") and e.get("kv_attention_bytes") and e["kv_total_bytes"] > e["kv_attention_bytes"]:
-            kv += f" + {nbytes(e['kv_total_bytes'] - e['kv_attention_bytes'])} shortcut features"
-        match = e["baseline_tokens_to_match"]
-        match_text = match["label"] + ("" if match["complete"] or match["label"] == "pending" else " (partial)")
         valid_cell = [fmt_pm(e["valid_loss"]["mean"], e["valid_loss"]["std"]) if "valid_loss" in e else "–"]
-        rows.append([variant, params, loss, delta, verdict_text] + (valid_cell if with_valid else [])
-                    + [_domain_cell(e, domain), step, kv, match_text])
-    lines += table(header, rows)
-    lines += [""]
+        rows.append([variant, _params_cell(e, variant != cfg_baseline), loss, delta, verdict_text]
+                    + (valid_cell if with_valid else [])
+                    + [_metric_cell(e, metric), *_cost_cells(e, variant != cfg_baseline), _match_cell(e)])
+    return header, rows
+
+
+def _params_cell(e: dict[str, Any], versus_baseline: bool) -> str:
+    return param_count(e["params"]) + (ratio_text(e["params_ratio"], "more", "fewer", 0.0005) if versus_baseline else "")
+
+
+def _cost_cells(e: dict[str, Any], versus_baseline: bool) -> list[str]:
+    """Step time and KV cache, each with its ratio to the baseline's."""
+    step = (f"{e['sec_per_step'] * 1000:.0f} ms" if e["sec_per_step"] is not None else "–")
+    if versus_baseline:
+        step += ratio_text(e["step_time_ratio"], "slower", "faster")
+    kv = nbytes(e["kv_attention_bytes"])
+    if versus_baseline:
+        kv += ratio_text(e["kv_ratio"], "larger", "smaller", 0.001)
+    if e.get("kv_total_bytes") and e.get("kv_attention_bytes") and e["kv_total_bytes"] > e["kv_attention_bytes"]:
+        kv += f" + {nbytes(e['kv_total_bytes'] - e['kv_attention_bytes'])} shortcut features"
+    return [step, kv]
+
+
+def _match_cell(e: dict[str, Any]) -> str:
+    match = e["baseline_tokens_to_match"]
+    return match["label"] + ("" if match["complete"] or match["label"] == "pending" else " (partial)")
+
+
+def _variant_notes(section: dict[str, Any], cfg_baseline: str) -> list[str]:
+    """Failed and pending runs, losers, how step time was measured, and the slower variants."""
+    variants = section["variants"]
     notes = []
     failed = [f for e in variants.values() for f in e["failed"]]
     extra_failed = [r for r in section["runs"] if r["multiple"] != 1.0 and r["status"] == "failed"]
@@ -135,11 +179,14 @@ def render_dataset(name: str, section: dict[str, Any], cfg_baseline: str, docs: 
     if slower:
         notes.append("slower per step than the baseline: " + ", ".join(
             f"{v} ({variants[v]['step_time_ratio']:.2f}×)" for v in slower) + ".")
-    lines += [f"- {n}" for n in notes] + ([""] if notes else [])
+    return notes
 
+
+def _matched_loss_lines(name: str, section: dict[str, Any], cfg_baseline: str) -> list[str]:
+    """The baseline at more steps, and how "baseline tokens to match" is read from it."""
     curve = section["baseline_curve"]
-    lines += [f"### {name}: the baseline at more steps (matched loss)", "",
-              f"Produced by: `{section['command']}` (the `{cfg_baseline}-x…` runs).", ""]
+    lines = [f"### {name}: the baseline at more steps (matched loss)", "",
+             f"Produced by: `{section['command']}` (the `{cfg_baseline}-x…` runs).", ""]
     rows = [[f"{c['actual_multiple']:.4g}×", str(c["steps"]), f"{c['tokens']:,}" if c.get("tokens") else "–",
              f"{fmt_pm(c['loss_mean'], c['loss_std'])} (n={c['n']}/{c['of']})" if c["n"]
              else f"pending (n=0/{c['of']})"]
@@ -149,24 +196,24 @@ def render_dataset(name: str, section: dict[str, Any], cfg_baseline: str, docs: 
               "step multiples: the tokens the baseline needs to reach a variant's mean loss, as a multiple of the "
               "tokens every variant was trained on (`< 1×`: the variant is worse than the baseline at equal tokens; "
               f"`> {max(c['actual_multiple'] for c in curve):.4g}×`: better than the baseline gets here).", ""]
-    if base.get("n", 0) and not all(c["n"] for c in curve):
+    if section["variants"].get(cfg_baseline, {}).get("n", 0) and not all(c["n"] for c in curve):
         lines += ["- the matched-loss view is partial until every baseline multiple has finished.", ""]
-
-    rel = section.get("relative_loss")
-    assets = docs / "results" / name
-    if rel:
-        png = plot_relative_loss(rel, assets / "relative_train_loss.png",
-                                 f"{name}: training loss relative to the baseline")
-        lines += [f"### {name}: training loss relative to the baseline", "",
-                  f"Produced by: `{section['command']}` (from each run's `{METRICS}`).", "",
-                  f"![relative training loss]({png.relative_to(docs).as_posix()})", ""]
-        finals = sorted(rel.items(), key=lambda kv: kv[1]["final"])
-        lines += ["At the last logged step the smoothed training loss is "
-                  + "; ".join(f"{v} {abs(c['final']):.3f} {'below' if c['final'] < 0 else 'above'} the baseline's"
-                              for v, c in finals) + " (seed means, paired by seed).", ""]
-    lines += render_validation_curves(name, section, cfg_baseline, docs, assets)
-    lines += render_diagnostics(name, section.get("diagnostics"), section["command"], docs, assets)
     return lines
+
+
+def _relative_loss_lines(name: str, section: dict[str, Any], docs: Path, assets: Path) -> list[str]:
+    """The training loss of every variant relative to the baseline's, plotted, with its last step in words."""
+    rel = section.get("relative_loss")
+    if not rel:
+        return []
+    png = plot_relative_loss(rel, assets / "relative_train_loss.png", f"{name}: training loss relative to the baseline")
+    lines = [f"### {name}: training loss relative to the baseline", "",
+             f"Produced by: `{section['command']}` (from each run's `{METRICS}`).", "",
+             f"![relative training loss]({png.relative_to(docs).as_posix()})", ""]
+    finals = sorted(rel.items(), key=lambda kv: kv[1]["final"])
+    return lines + ["At the last logged step the smoothed training loss is "
+                    + "; ".join(f"{v} {abs(c['final']):.3f} {'below' if c['final'] < 0 else 'above'} the baseline's"
+                                for v, c in finals) + " (seed means, paired by seed).", ""]
 
 
 def render_validation_curves(name: str, section: dict[str, Any], cfg_baseline: str, docs: Path,

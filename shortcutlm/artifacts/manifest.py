@@ -16,6 +16,7 @@ from typing import Any
 from shortcutlm.artifacts.files import ArtifactError, read_json, write_json
 from shortcutlm.artifacts.names import (MAX_DOCUMENTS, MAX_MANIFEST_BYTES, MAX_SHARD_BYTES, MAX_SHARDS, MAX_TOKENIZER_FILES, UnsafeName,
                                         bounded_count, plain_name)
+from shortcutlm.tokenizers.base import ignored_ids
 
 MANIFEST = "manifest.json"
 FORMAT = "shortcutlm-shards"
@@ -207,8 +208,6 @@ class TokenizerInfo:
     @property
     def ignored_ids(self) -> list[int]:
         """Target ids no loss is taken on (padding, the delay layout's empty positions)."""
-        from shortcutlm.models.lightning import ignored_ids
-
         return ignored_ids(self.special_ids)
 
 

@@ -1,7 +1,7 @@
-"""The shared decoder and its sampling loop."""
+"""The shared decoder, its losses and its sampling loop."""
 from shortcutlm.models.config import GPTConfig
-from shortcutlm.models.gpt import (GPT, ForwardOutput, KVCache, flops_per_token, stream_losses, token_losses,
-                                   weight_decay_groups)
+from shortcutlm.models.gpt import GPT, ForwardOutput, KVCache, flops_per_token, weight_decay_groups
+from shortcutlm.models.losses import stream_losses, token_losses
 from shortcutlm.models.sampling import SamplingSettings, generate, trim_at_stop
 
 __all__ = ["GPT", "GPTConfig", "ForwardOutput", "KVCache", "SamplingSettings", "flops_per_token", "generate",

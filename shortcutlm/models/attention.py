@@ -1,12 +1,15 @@
-"""Attention primitives the decoder's blocks share: rotary positions, the KV cache, masked attention
-with the value residual, and the causal self-attention module.
+"""Attention primitives the decoder's blocks share: rotary positions, the KV cache, masked attention,
+the value residual, and the causal self-attention module.
 
 Their own module because two attentions build on them: the blocks' (:mod:`shortcutlm.models.gpt`)
-and the ``last_layer`` shortcut's final-block attention (:mod:`shortcutlm.models.last_layer`).
+and the ``last_layer`` shortcut's final-block attention (:mod:`shortcutlm.models.last_layer`). The
+value residual (:func:`mix_values`) and every cache write (:meth:`KVCache.store`) are written here
+once, for both.
 """
 from __future__ import annotations
 
 import math
+from typing import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -78,6 +81,24 @@ class KVCache:
     def reset(self) -> None:
         self.length = 0
 
+    def store(self, layer: int, keys: Tensor, values: Tensor) -> tuple[Tensor, Tensor]:
+        """Write one layer's keys and (mixed) values for the new positions, from ``length`` on, and
+        return its whole key and value buffers (time is the second-to-last axis of each).
+
+        A layer without a value buffer of its own (``svformer``, layers >= 2) attends with layer 1's
+        values, which layer 1 has already written: its buffer is the one returned.
+        """
+        _write(self.keys[layer], keys, self.length)
+        own = self.values[layer]
+        if own is None:
+            return self.keys[layer], self.values[0]
+        return self.keys[layer], _write(own, values, self.length)
+
+    def store_shortcut(self, keys: Tensor, values: Tensor) -> tuple[Tensor, Tensor]:
+        """Write the ``full`` shortcut's per-depth key/value features for the new positions and
+        return its whole buffers [B, H, depths, max_len, hd]."""
+        return _write(self.shortcut_keys, keys, self.length), _write(self.shortcut_values, values, self.length)
+
     def attention_nbytes(self) -> int:
         """Bytes of the attention keys and values (what value sharing saves)."""
         return sum(t.nbytes for t in self.keys) + sum(t.nbytes for t in self.values if t is not None)
@@ -86,6 +107,28 @@ class KVCache:
         """All cached bytes, shortcut features included."""
         extra = sum(t.nbytes for t in (self.shortcut_keys, self.shortcut_values) if t is not None)
         return self.attention_nbytes() + extra
+
+
+def _write(buffer: Tensor, new: Tensor, offset: int) -> Tensor:
+    """Copy ``new`` into ``buffer`` at positions offset .. offset+T-1 of the second-to-last axis."""
+    buffer[..., offset:offset + new.shape[-2], :] = new
+    return buffer
+
+
+def mix_values(own: Tensor | None, v1: Tensor | None, mode: str, lambdas: Tensor | None) -> Tensor:
+    """The value residual: the values a layer attends with, from its own values and V_1 (layer 1's).
+
+    ``resformer``: V_n' = 0.5·V_1 + 0.5·V_n (ResFormer Eq. 7); ``learnable``: λ_1·V_1 + λ_2·V_n;
+    ``svformer``: V_1 itself (the layer has no value projection, ``own`` is None); ``none``: V_n.
+    V_1 broadcasts against ``own`` (the last-layer shortcut gives it a depth axis of one).
+    """
+    if mode == "svformer":
+        return v1
+    if mode == "resformer":
+        return 0.5 * v1 + 0.5 * own
+    if mode == "learnable":
+        return lambdas[0] * v1 + lambdas[1] * own
+    return own
 
 
 def _causal_mask(q_len: int, k_len: int, offset: int, device: torch.device) -> Tensor:
@@ -145,33 +188,25 @@ class CausalSelfAttention(nn.Module):
         self.dropout = config.dropout
 
     def forward(self, x: Tensor, v1: Tensor | None, rotary: Rotary | None, cache: KVCache | None,
-                need_weights: bool) -> tuple[Tensor, Tensor, Tensor | None]:
-        """Return (output, the values this layer attends with for the new tokens, probabilities)."""
+                need_weights: bool, earlier: Sequence[Tensor] = ()) -> tuple[Tensor, Tensor, Tensor | None]:
+        """Return (output, the values this layer attends with for the new tokens, probabilities).
+
+        ``x`` is the block's normalised input; ``earlier`` (what the model keeps of the selected
+        depths below) is part of the call every block attention takes, and only the last-layer
+        shortcut's attention reads it.
+        """
         b, t, _ = x.shape
         offset = cache.length if cache is not None else 0
         q = self.q_proj(x).view(b, t, self.n_head, self.head_dim).transpose(1, 2)
         k = self.k_proj(x).view(b, t, self.n_kv, self.head_dim).transpose(1, 2)
-        if self.mode == "svformer":
-            v = v1
-        else:
-            v = self.v_proj(x).view(b, t, self.n_kv, self.head_dim).transpose(1, 2)
-            if self.mode == "resformer":  # ResFormer Eq. 7: V_n' = (V_1 + V_n) / 2
-                v = 0.5 * v1 + 0.5 * v
-            elif self.mode == "learnable":
-                v = self.lambdas[0] * v1 + self.lambdas[1] * v
+        own = None if self.v_proj is None else self.v_proj(x).view(b, t, self.n_kv, self.head_dim).transpose(1, 2)
+        v = mix_values(own, v1, self.mode, self.lambdas)
         if rotary is not None:
             q, k = rotary(q, offset), rotary(k, offset)
         k_all, v_all = k, v
-        if cache is not None:
-            end = offset + t
-            cache.keys[self.layer][:, :, offset:end] = k
-            k_all = cache.keys[self.layer][:, :, :end]
-            store = cache.values[self.layer]
-            if store is not None:  # the mixed value is what enters the cache
-                store[:, :, offset:end] = v
-                v_all = store[:, :, :end]
-            else:  # SVFormer: read layer 1's cached values
-                v_all = cache.values[0][:, :, :end]
+        if cache is not None:  # the mixed value is what enters the cache
+            keys, values = cache.store(self.layer, k, v)
+            k_all, v_all = keys[:, :, :offset + t], values[:, :, :offset + t]
         drop = self.dropout if self.training else 0.0
         y, probs = _attend(q, k_all, v_all, offset, drop, need_weights)
         y = y.transpose(1, 2).reshape(b, t, -1)

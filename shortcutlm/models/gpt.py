@@ -1,8 +1,10 @@
 """The shared decoder: a pre-norm GPT with value residual learning and layerwise attention shortcuts.
 
 Reads top to bottom (rotary positions, the KV cache and attention with the value residual live in
-attention.py): the MLP, a block, the shortcut over depth, and the model. See DESIGN.md "The decoder" for
-the maths; the names below follow it (V_1 is the first layer's value states).
+attention.py, the ``last_layer`` reading's attention in last_layer.py, the losses in losses.py): the
+MLP, a block, the shortcut over depth, and the model, built from its config in one pass. See
+DESIGN.md "The decoder" for the maths; the names below follow it (V_1 is the first layer's value
+states).
 
 The model never imports a tokenizer: it knows ids, streams and shapes only.
 """
@@ -10,6 +12,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -17,6 +20,7 @@ from torch import Tensor, nn
 
 from shortcutlm.models.attention import CausalSelfAttention, KVCache, Rotary, _attend, _causal_mask, _no_decay
 from shortcutlm.models.config import AFTER_LAST_BLOCK, GPTConfig
+from shortcutlm.models.last_layer import LastLayerAttention
 
 
 class MLP(nn.Module):
@@ -41,24 +45,26 @@ class MLP(nn.Module):
 
 
 class Block(nn.Module):
+    """Pre-norm block: attention, then the MLP, each added to the residual stream."""
+
     def __init__(self, config: GPTConfig, layer: int) -> None:
         super().__init__()
         self.ln_1 = nn.LayerNorm(config.n_embd, bias=config.bias)
-        self.attn = CausalSelfAttention(config, layer)
+        # The last_layer reading's final block attends over every selected depth; every other block
+        # (and every block of the other readings) attends over its own input.
+        reads_depths = config.shortcut == "last_layer" and layer == config.n_layer - 1
+        self.attn = (LastLayerAttention if reads_depths else CausalSelfAttention)(config, layer)
         self.ln_2 = nn.LayerNorm(config.n_embd, bias=config.bias)
         self.mlp = MLP(config)
 
     def forward(self, x: Tensor, v1: Tensor | None, rotary: Rotary | None, cache: KVCache | None,
-                need_weights: bool, earlier: list[Tensor] | None = None) -> tuple[Tensor, Tensor, Tensor | None, Tensor]:
+                need_weights: bool, earlier: Sequence[Tensor]) -> tuple[Tensor, Tensor, Tensor | None, Tensor]:
         """Return (output, values attended with, attention probabilities, the normalised input).
 
-        ``earlier`` (the ``last_layer`` shortcut's final block only): normalised inputs of the
-        selected depths below this block, which its attention reads."""
+        ``earlier``: what the model keeps of the selected depths below this block (the last-layer
+        shortcut's attention reads it; see :meth:`CausalSelfAttention.forward`)."""
         normed = self.ln_1(x)
-        if earlier is None:
-            a, v, probs = self.attn(normed, v1, rotary, cache, need_weights)
-        else:
-            a, v, probs = self.attn(normed, v1, rotary, cache, need_weights, earlier)
+        a, v, probs = self.attn(normed, v1, rotary, cache, need_weights, earlier)
         x = x + a
         return x + self.mlp(self.ln_2(x)), v, probs, normed
 
@@ -95,8 +101,18 @@ class DepthShortcut(nn.Module):
         self.rotary = (Rotary(self.head_dim, config.block_size, config.rope_base)
                        if self.mode == "full" and config.positions == "rope" else None)
 
-    def hidden_features(self, normed: Tensor, index: int) -> Tensor:
-        """First layer of φ for the ``index``-th selected depth: [B,T,d] normalised -> [B*T, m]."""
+    def reset_shortcut(self, std: float) -> None:
+        """The feature maps and depth embeddings drawn like the model's weights; the output projection
+        zero, so a fresh model is the plain GPT."""
+        for p in (self.w1, self.w2, self.depth_embedding):
+            nn.init.normal_(p, 0.0, std)
+        nn.init.zeros_(self.b1)
+        nn.init.zeros_(self.o_proj.weight)
+
+    def keep(self, normed: Tensor, depth: int) -> Tensor:
+        """What the model keeps of a selected depth for this shortcut: the first layer of its φ,
+        [B,T,d] normalised -> [B*T, m] (smaller than the state itself)."""
+        index = self.depths.index(depth)
         return F.gelu(torch.addmm(self.b1[index], normed.reshape(-1, normed.shape[-1]), self.w1[index]))
 
     def features(self, hidden: Tensor, b: int, t: int) -> tuple[Tensor, Tensor]:
@@ -109,7 +125,7 @@ class DepthShortcut(nn.Module):
                 need_weights: bool) -> tuple[Tensor, Tensor | None]:
         """Return (y + shortcut(y), depth weights [B, H, T, S] if asked).
 
-        ``hidden`` holds ``hidden_features`` of every selected depth, stacked: [S, B*T, m].
+        ``hidden`` holds what :meth:`keep` kept of every selected depth, stacked: [S, B*T, m].
         """
         b, t, _ = y.shape
         n_depths = hidden.shape[0]
@@ -132,9 +148,7 @@ class DepthShortcut(nn.Module):
             if cache is not None:
                 # Attend over the whole preallocated buffer (a free view, no copy per step);
                 # the causal mask already hides the positions not yet written.
-                cache.shortcut_keys[:, :, :, offset:offset + t] = k
-                cache.shortcut_values[:, :, :, offset:offset + t] = v
-                k, v = cache.shortcut_keys, cache.shortcut_values
+                k, v = cache.store_shortcut(k, v)
             span = k.shape[3]
             mask = _causal_mask(t, span, offset, y.device).repeat(1, n_depths)  # keys are depth-major
             out, probs = _attend(q, k.reshape(b, self.n_head, n_depths * span, self.head_dim),
@@ -181,10 +195,6 @@ class GPT(nn.Module):
         self.position_embedding = nn.Embedding(config.block_size, d) if config.positions == "learned" else None
         self.rotary = Rotary(config.head_dim, config.block_size, config.rope_base) if config.positions == "rope" else None
         self.blocks = nn.ModuleList(Block(config, i) for i in range(config.n_layer))
-        if config.shortcut == "last_layer":
-            from shortcutlm.models.last_layer import LastLayerAttention  # it builds on this module's attention
-
-            self.blocks[-1].attn = LastLayerAttention(config, config.n_layer - 1)
         self.shortcut = DepthShortcut(config) if config.shortcut in AFTER_LAST_BLOCK else None
         self.ln_f = nn.LayerNorm(d, bias=config.bias)
         self.heads = nn.ModuleList(nn.Linear(d, config.vocab_size, bias=False) for _ in range(config.n_streams))
@@ -207,13 +217,16 @@ class GPT(nn.Module):
         for block in self.blocks:
             for proj in (block.attn.o_proj, block.mlp.down):
                 nn.init.normal_(proj.weight, 0.0, std / math.sqrt(2 * self.config.n_layer))
+        if self.depth_reader is not None:
+            self.depth_reader.reset_shortcut(std)
+
+    @property
+    def depth_reader(self) -> DepthShortcut | LastLayerAttention | None:
+        """The module that reads the selected depths: the shortcut after the last block, or the last
+        block's own attention (``last_layer``); the forward pass keeps what it asks of each depth."""
         if self.shortcut is not None:
-            for p in (self.shortcut.w1, self.shortcut.w2, self.shortcut.depth_embedding):
-                nn.init.normal_(p, 0.0, std)
-            nn.init.zeros_(self.shortcut.b1)
-            nn.init.zeros_(self.shortcut.o_proj.weight)
-        if self.config.shortcut == "last_layer":
-            self.blocks[-1].attn.phi.reset_parameters(std)
+            return self.shortcut
+        return self.blocks[-1].attn if self.config.shortcut == "last_layer" else None
 
     # ----------------------------------------------------------------------------------------
     def num_params(self, exclude_embeddings: bool = False) -> int:
@@ -261,24 +274,19 @@ class GPT(nn.Module):
         offset = cache.length if cache is not None else 0
         x = self._embed(idx, offset)
         want = return_internals
-        # Depth i (0 = embeddings) is the input of block i+1; the shortcut reads its normalised form.
-        depth_index = {d: j for j, d in enumerate(self.shortcut.depths)} if self.shortcut is not None else {}
-        kept = []
-        # The last_layer reading: the final block's attention reads these depths' normalised inputs.
-        reader = self.config.n_layer - 1 if self.config.shortcut == "last_layer" else None
-        earlier: list[Tensor] = []
         out = ForwardOutput(logits=x, hidden_states=[x] if want else [])
+        reader = self.depth_reader
+        kept: list[Tensor] = []  # what the reader keeps of each selected depth so far, shallowest first
         v1 = None
+        # Depth i (0 = embeddings) is the input of block i+1; the readers take its normalised form.
         for i, block in enumerate(self.blocks):
-            x, v, probs, normed = block(x, v1, self.rotary, cache, want, earlier if i == reader else None)
+            x, v, probs, normed = block(x, v1, self.rotary, cache, want, kept)
             if i == 0:
                 v1 = v
-            if i == reader and probs is not None:  # [B,H,T,depths,S]: per-depth weights, per-key map
+            if block.attn is reader and probs is not None:  # [B,H,T,depths,S]: per-depth weights, per-key map
                 out.shortcut_weights, probs = probs.sum(-1), probs.sum(-2)
-            if reader is not None and i < reader and i in self.config.depths:
-                earlier.append(normed)
-            if i in depth_index:
-                kept.append(self.shortcut.hidden_features(normed, depth_index[i]))
+            if reader is not None and i in reader.depths:
+                kept.append(reader.keep(normed, i))
             if want:
                 out.hidden_states.append(x)
                 out.values.append(v)
@@ -296,39 +304,6 @@ class GPT(nn.Module):
         out.logits = logits
         return out
 
-
-def stream_losses(logits: Tensor, targets: Tensor, ignore_index: int = -100) -> Tensor:
-    """Mean cross-entropy per stream over valid targets: shape [K] (K = 1 for one stream).
-
-    The training loss is the mean over streams, as MusicGen does for its codebooks.
-    """
-    if logits.dim() == 3:
-        logits, targets = logits.unsqueeze(1), targets.unsqueeze(1)
-    b, k, t, v = logits.shape
-    flat = F.cross_entropy(logits.float().reshape(-1, v), targets.reshape(-1), ignore_index=ignore_index,
-                           reduction="none").view(b, k, t)
-    valid = (targets != ignore_index).float()
-    return (flat * valid).sum(dim=(0, 2)) / valid.sum(dim=(0, 2)).clamp_min(1.0)
-
-
-
-def token_losses(logits: torch.Tensor, targets: torch.Tensor,
-                 ignored: torch.Tensor | list[int] | tuple[int, ...] = ()) -> tuple[torch.Tensor, torch.Tensor]:
-    """Next-token cross-entropy of every target, and where targets count.
-
-    ``logits`` ``[B, T, V]`` or ``[B, K, T, V]``, ``targets`` ``[B, T]`` or ``[B, K, T]``.
-    Returns ``(nats, valid)``, both ``[B, K, T]`` (K = 1 for one stream): nats in float64
-    (computed from float32 logits), ``valid`` False where the target is one of ``ignored``
-    (padding, the delay layout's ``empty``). A loss over a split is ``nats[valid].sum()`` over
-    ``valid.sum()``, summed over every batch: the exact token-weighted mean.
-    """
-    if logits.dim() == 3:  # one stream: [B, T, V] -> [B, 1, T, V]
-        logits, targets = logits.unsqueeze(1), targets.unsqueeze(1)
-    b, k, t, v = logits.shape
-    nats = F.cross_entropy(logits.float().reshape(-1, v), targets.reshape(-1),
-                           reduction="none").view(b, k, t).double()
-    ignored = torch.as_tensor(ignored, dtype=targets.dtype, device=targets.device)
-    return nats, ~torch.isin(targets, ignored)
 
 def flops_per_token(config: GPTConfig, n_params: int) -> float:
     """Training FLOPs per token (forward + backward): nanoGPT's 6N + 12·L·d·T, plus the shortcut's

@@ -23,12 +23,15 @@ only, and the cache still holds one value tensor (and per-depth keys for the fin
 """
 from __future__ import annotations
 
+from typing import Sequence
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from shortcutlm.models.config import GPTConfig
-from shortcutlm.models.attention import CausalSelfAttention, KVCache, Rotary, _attend, _causal_mask, _no_decay
+from shortcutlm.models.attention import (CausalSelfAttention, KVCache, Rotary, _attend, _causal_mask, _no_decay,
+                                         mix_values)
 
 
 class DepthFeatureMaps(nn.Module):
@@ -66,17 +69,31 @@ class LastLayerAttention(CausalSelfAttention):
 
     def __init__(self, config: GPTConfig, layer: int) -> None:
         super().__init__(config, layer)
+        # Draw the projections' default initialisation a second time: the final block used to build a
+        # plain attention before this one replaced it, and every seed keeps the initial weights it gave
+        # then (GPT.reset_parameters overwrites both draws; only the generator's position remains).
+        for proj in (self.q_proj, self.k_proj, self.v_proj, self.o_proj):
+            if proj is not None:
+                proj.reset_parameters()
         self.depths = config.depths
         self.reads_own_input = layer in self.depths  # depth `layer` is this block's own input
         self.phi = DepthFeatureMaps(len(self.depths), config.n_embd, config.sc_hidden)
 
+    def reset_shortcut(self, std: float) -> None:
+        """The feature maps start as the identity (see :meth:`DepthFeatureMaps.reset_parameters`)."""
+        self.phi.reset_parameters(std)
+
+    def keep(self, normed: Tensor, depth: int) -> Tensor:
+        """What the model keeps of a selected depth for this attention: its normalised state."""
+        return normed
+
     def forward(self, x: Tensor, v1: Tensor | None, rotary: Rotary | None, cache: KVCache | None,
-                need_weights: bool, earlier: list[Tensor] | None = None) -> tuple[Tensor, Tensor, Tensor | None]:
+                need_weights: bool, earlier: Sequence[Tensor] = ()) -> tuple[Tensor, Tensor, Tensor | None]:
         """``x``: this block's normalised input [B,T,d]; ``earlier``: the normalised inputs of the
         selected depths below it, shallowest first. Returns (output, the deepest selected depth's
         values [B,Hkv,T,hd], probabilities [B,H,T,D,S] if asked)."""
         b, t, d = x.shape
-        states = list(earlier or []) + ([x] if self.reads_own_input else [])
+        states = list(earlier) + ([x] if self.reads_own_input else [])
         n_depths = len(states)
         if n_depths != len(self.depths):
             raise ValueError(f"the last-layer shortcut reads {len(self.depths)} depths, got {n_depths}")
@@ -84,28 +101,18 @@ class LastLayerAttention(CausalSelfAttention):
         feats = self.phi(torch.stack(states).view(n_depths, b * t, d)).view(n_depths, b, t, d)
         q = self.q_proj(x).view(b, t, self.n_head, self.head_dim).transpose(1, 2)  # [B,H,T,hd]
         k = self._per_depth(self.k_proj(feats))  # [B,Hkv,D,T,hd]
-        if self.mode == "svformer":
-            v = v1.unsqueeze(2).expand(-1, -1, n_depths, -1, -1)
-        else:
-            v = self._per_depth(self.v_proj(feats))
-            if self.mode == "resformer":
-                v = 0.5 * v1.unsqueeze(2) + 0.5 * v
-            elif self.mode == "learnable":
-                v = self.lambdas[0] * v1.unsqueeze(2) + self.lambdas[1] * v
+        own = None if self.v_proj is None else self._per_depth(self.v_proj(feats))
+        first = None if v1 is None else v1.unsqueeze(2)  # V_1 per token joins every depth's value there
+        v = mix_values(own, first, self.mode, self.lambdas).expand(-1, -1, n_depths, -1, -1)
         if rotary is not None:  # a key's position is its token's, whatever its depth
             q, k = rotary(q, offset), rotary(k, offset)
         own_values = v[:, :, -1]
         k_all, v_all, span = k, v, t
         if cache is not None:
             # Attend over the whole preallocated buffer (a free view); the mask hides unwritten positions.
-            cache.keys[self.layer][:, :, :, offset:offset + t] = k
-            k_all = cache.keys[self.layer]
-            store = cache.values[self.layer]
-            if store is not None:
-                store[:, :, :, offset:offset + t] = v
-                v_all = store
-            else:  # SVFormer: layer 1's cached values stand for every depth
-                v_all = cache.values[0].unsqueeze(2).expand(-1, -1, n_depths, -1, -1)
+            k_all, v_all = cache.store(self.layer, k, v)
+            if v_all.dim() == 4:  # SVFormer: layer 1's cached values stand for every depth
+                v_all = v_all.unsqueeze(2).expand(-1, -1, n_depths, -1, -1)
             span = cache.max_len
         mask = _causal_mask(t, span, offset, x.device).repeat(1, n_depths)  # keys are depth-major
         flat = (b, self.n_kv, n_depths * span, self.head_dim)

@@ -1,8 +1,9 @@
 """The LightningModule around the decoder: loss with masked targets, AdamW, warmup + cosine,
 validation by summed token losses, and the state an exact resume needs (RNG, data position).
 
-Knows ids only: the ids to mask (pad, the delay layout's empty) are given to it, picked from a
-tokenizer's special ids by ``ignored_ids`` (so training and the benchmarks pick them one way).
+Knows ids only: the ids that carry no prediction (pad, the delay layout's empty) are given to it,
+as the tokenizer protocol answers them (``shortcutlm.tokenizers.base.ignored_ids``, through the
+shard manifest); the loss is :mod:`shortcutlm.models.losses`'.
 """
 from __future__ import annotations
 
@@ -18,15 +19,13 @@ import torch
 from torch import Tensor
 
 from shortcutlm.models.config import GPTConfig
-from shortcutlm.models.gpt import GPT, flops_per_token, stream_losses
+from shortcutlm.models.gpt import GPT, flops_per_token
+from shortcutlm.models.losses import stream_means
 from shortcutlm.peak import observe_step, precision_dtype
 
 # Lightning's own pytree helper trips torch 2.11's LeafSpec deprecation on every fit; it says
 # nothing a user can act on, so keep it out of their terminal (pytest filters it the same way).
 warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
-
-IGNORE = -100
-
 
 def warmup_cosine(step: int, warmup: int, total: int, lr: float, min_lr: float) -> float:
     """Linear warmup to ``lr``, then cosine decay to ``min_lr`` at ``total`` steps (flat after)."""
@@ -36,22 +35,6 @@ def warmup_cosine(step: int, warmup: int, total: int, lr: float, min_lr: float) 
         return min_lr
     progress = (step - warmup) / max(1, total - warmup)
     return min_lr + 0.5 * (lr - min_lr) * (1 + math.cos(math.pi * progress))
-
-
-def ignored_ids(special_ids: dict[str, int]) -> list[int]:
-    """Target ids that carry no prediction: padding, and the delay layout's empty positions.
-
-    ``special_ids`` is a tokenizer's (or a manifest's) name -> id map; only ids come back.
-    """
-    return sorted({special_ids[k] for k in ("pad", "empty") if k in special_ids})
-
-
-def mask_targets(targets: Tensor, ignore_ids: list[int]) -> Tensor:
-    """Targets with every ignored id (padding, empty delay positions) set to IGNORE."""
-    if not ignore_ids:
-        return targets
-    ignored = torch.isin(targets, torch.tensor(ignore_ids, device=targets.device))
-    return targets.masked_fill(ignored, IGNORE)
 
 
 def rng_state() -> dict[str, Any]:
@@ -95,10 +78,7 @@ class LitGPT(L.LightningModule):
 
     def _losses(self, batch: Tensor) -> tuple[Tensor, Tensor]:
         """(per-stream summed NLL [K], per-stream valid-target counts [K])."""
-        inputs, targets = batch[..., :-1], mask_targets(batch[..., 1:], self.ignore_ids)
-        logits = self.forward_fn(inputs)
-        means = stream_losses(logits, targets, IGNORE)
-        counts = (targets != IGNORE).reshape(targets.shape[0], -1, targets.shape[-1]).sum(dim=(0, 2))
+        means, counts = stream_means(self.forward_fn(batch[..., :-1]), batch[..., 1:], self.ignore_ids)
         return means * counts, counts
 
     def training_step(self, batch: Tensor, batch_idx: int) -> Tensor:

@@ -36,7 +36,7 @@ import logging
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, ClassVar, Iterable, Sequence
+from typing import Any, Callable, ClassVar, Iterable, Mapping, Sequence
 
 import numpy as np
 
@@ -47,6 +47,17 @@ from shortcutlm.errors import UserError
 log = logging.getLogger(__name__)
 
 CONFIG_FILE = "tokenizer.json"
+
+
+#: Special ids whose targets carry no prediction: padding, and the positions a multi-stream layout
+#: leaves ``empty``.
+NO_PREDICTION = ("pad", "empty")
+
+
+def ignored_ids(special_ids: Mapping[str, int]) -> list[int]:
+    """Target ids left out of every loss, from a special-id map (a tokenizer's, or the one a shard
+    manifest records): training, validation, evaluation and the benchmarks all take them from here."""
+    return sorted({special_ids[name] for name in NO_PREDICTION if name in special_ids})
 
 
 class TokenizerError(UserError, ValueError):
@@ -254,10 +265,8 @@ class Tokenizer(ABC):
 
     # ------------------------------------------------------------------ loss
     def ignored_ids(self) -> list[int]:
-        """Target ids that carry no prediction and are left out of every loss: padding, and the
-        positions a multi-stream layout leaves ``empty`` (the training loss masks the same)."""
-        special = self.special_ids
-        return sorted({special[name] for name in ("pad", "empty") if name in special})
+        """Target ids that carry no prediction and are left out of every loss (see :func:`ignored_ids`)."""
+        return ignored_ids(self.special_ids)
 
     def loss_groups(self) -> LossGroups:
         """How evaluation reports the loss by group. Default: by :meth:`token_families`."""

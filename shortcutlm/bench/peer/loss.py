@@ -64,14 +64,12 @@ def validation_loss(model: nn.Module, shard_dir: Path, block: int, batch: int, i
 def train_step(trainee: Trainee, batch: Tensor, lr: float, ignore: list[int]) -> float:
     """One step as ``Trainee.step`` does it, on a data batch with masked targets and a set lr."""
     from shortcutlm.models import stream_losses
-    from shortcutlm.models.lightning import IGNORE, mask_targets
 
     for group in trainee.opt.param_groups:
         group["lr"] = lr
     trainee.opt.zero_grad(set_to_none=True)
-    targets = mask_targets(batch[:, 1:], ignore)
     with torch.autocast(torch.device(trainee.device).type, dtype=trainee.dtype, enabled=trainee.dtype != torch.float32):
-        loss = stream_losses(trainee.model(batch[:, :-1]), targets, IGNORE).mean()
+        loss = stream_losses(trainee.model(batch[:, :-1]), batch[:, 1:], ignore).mean()
     loss.backward()
     torch.nn.utils.clip_grad_norm_(trainee.model.parameters(), 1.0)
     trainee.opt.step()
