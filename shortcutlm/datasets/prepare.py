@@ -42,6 +42,7 @@ Manifest schema (``manifest.json``)::
     rejected: [{input, reason, split, doc_id}]    (the reason does not repeat the input)
     warnings: [str]                               (e.g. an empty split)
     inputs: {total, documents, rejected}
+    found: [str]                                  (where the reader found its data, and which variant)
     last_run: {collect_s, tokenizer_s, encode_s, workers, encoded_documents, encoded_tokens}
 
 ``tokens`` counts time steps (positions) per document: for a K-stream layout a document of
@@ -72,7 +73,7 @@ from shortcutlm.datasets.parallel import Job
 from shortcutlm.datasets.shards import TMP_SUFFIX, ShardRecord, ShardWriter, sha256_file, token_dtype
 from shortcutlm.datasets.sources import READERS, Rejected, read_source
 from shortcutlm.datasets.summary import SPLIT_ORDER, split_warnings, summarise
-from shortcutlm.documents import Document
+from shortcutlm.documents import Document, Found
 from shortcutlm.errors import UserError
 from shortcutlm.tokenizers import Tokenizer, load_tokenizer, tokenizer_class
 
@@ -190,8 +191,10 @@ def _split_specs(source: dict[str, Any], tokenizer: dict[str, Any]) -> tuple[dic
     return dict(source), tokenizer["domain"], settings
 
 
-def _collect(source: dict[str, Any], cls: type[Tokenizer]) -> tuple[list[Document], list[Rejected]]:
-    """All documents and source-level rejections; duplicate ids are rejected, never written twice."""
+def _collect(source: dict[str, Any], cls: type[Tokenizer],
+             found: list[str] | None = None) -> tuple[list[Document], list[Rejected]]:
+    """All documents and source-level rejections; duplicate ids are rejected, never written twice.
+    The reader's lines on where it found its data are appended to ``found``."""
     spec = dict(source)
     if spec["name"] == "folder" and not spec.get("extensions") and cls.extensions:
         spec["extensions"] = list(cls.extensions)
@@ -199,7 +202,10 @@ def _collect(source: dict[str, Any], cls: type[Tokenizer]) -> tuple[list[Documen
     rejected: list[Rejected] = []
     seen: dict[str, Document] = {}
     for item in read_source(spec):
-        if isinstance(item, Rejected):
+        if isinstance(item, Found):
+            if found is not None:
+                found.append(item.line())
+        elif isinstance(item, Rejected):
             rejected.append(item)
         elif item.doc_id in seen:
             rejected.append(Rejected(item.describe(), f"duplicate document id {item.doc_id!r} "
@@ -212,6 +218,13 @@ def _collect(source: dict[str, Any], cls: type[Tokenizer]) -> tuple[list[Documen
     order = {s: i for i, s in enumerate(SPLIT_ORDER)}
     docs.sort(key=lambda d: (order.get(d.split, len(order)), d.split))  # stable: keeps source order within a split
     return docs, rejected
+
+
+def _say_found(found: list[str], progress: bool) -> None:
+    """The reader's account of where it found the data, before anything is read (kept in the manifest too)."""
+    if progress:
+        for line in found:
+            print(f"found {line}", file=sys.stderr)
 
 
 def _training_samples(tokenizer: Tokenizer, train: list[Document], pool: IsolatedPool, settings: dict[str, Any],
@@ -385,7 +398,9 @@ def prepare_tokenizer(source: dict[str, Any], tokenizer: dict[str, Any], out_dir
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     previous = _previous(out, source, tokenizer_spec)
-    docs, source_rejected = _collect(source, tokenizer_class(domain))
+    found: list[str] = []
+    docs, source_rejected = _collect(source, tokenizer_class(domain), found)
+    _say_found(found, progress)
     if previous is not None and parallel.PLAN in previous:
         parallel.check_documents(previous[parallel.PLAN], [d.split for d in docs], out)
         return previous
@@ -399,6 +414,7 @@ def prepare_tokenizer(source: dict[str, Any], tokenizer: dict[str, Any], out_dir
         ids = {d.doc_id for d in docs}
         training_rejected = [r for r in previous.get("rejected", []) if r.get("doc_id") in ids]
     manifest = _empty_manifest(source, tokenizer_spec, tok, out / TOKENIZER_FOLDER)
+    manifest["found"] = found
     manifest["rejected"] = [r.as_dict() for r in source_rejected] + training_rejected
     manifest[parallel.PLAN] = parallel.make_plan(tok.fingerprint(), [d.split for d in docs],
                                                  [r.as_dict() for r in source_rejected], training_rejected)
@@ -452,7 +468,9 @@ def _prepare(source: dict[str, Any], tokenizer: dict[str, Any], out: Path, pool:
     plan = parallel.plan_of(previous, out) if job is not None else None
 
     clock = time.perf_counter()
-    docs, source_rejected = _collect(source, cls)
+    found: list[str] = []
+    docs, source_rejected = _collect(source, cls, found)
+    _say_found(found, progress)
     timings = {"collect_s": time.perf_counter() - clock}
     clock = time.perf_counter()
     if job is None:
@@ -464,6 +482,7 @@ def _prepare(source: dict[str, Any], tokenizer: dict[str, Any], out: Path, pool:
         scope = _job_scope(out, job, docs, plan, source, tokenizer_spec)
     timings["tokenizer_s"] = time.perf_counter() - clock
     manifest = _empty_manifest(source, tokenizer_spec, tok, out / TOKENIZER_FOLDER)
+    manifest["found"] = found
     if job is not None:
         manifest["job"] = {"index": job.index, "count": job.count, "documents": list(job.bounds(len(docs)))}
     manifest = _encode_scope(out, scope, manifest, tok, pool, shard_tokens, shard_documents, progress, timeout_s,
