@@ -201,11 +201,9 @@ def _collect(source: dict[str, Any], cls: type[Tokenizer],
     docs: list[Document] = []
     rejected: list[Rejected] = []
     seen: dict[str, Document] = {}
-    for item in read_source(spec):
-        if isinstance(item, Found):
-            if found is not None:
-                found.append(item.line())
-        elif isinstance(item, Rejected):
+    notes: list[Found] = []
+    for item in read_source(spec, notes):
+        if isinstance(item, Rejected):
             rejected.append(item)
         elif item.doc_id in seen:
             rejected.append(Rejected(item.describe(), f"duplicate document id {item.doc_id!r} "
@@ -213,6 +211,8 @@ def _collect(source: dict[str, Any], cls: type[Tokenizer],
         else:
             seen[item.doc_id] = item
             docs.append(item)
+    if found is not None:
+        found += [note.line() for note in notes]
     if not docs and not rejected:
         raise PrepareError(f"source {spec['name']!r} gave no documents")
     order = {s: i for i, s in enumerate(SPLIT_ORDER)}

@@ -215,9 +215,13 @@ READERS: dict[str, tuple[Reader, tuple[str, ...]]] = {
 }
 
 
-def read_source(spec: dict[str, Any]) -> Iterator[Item]:
-    """Documents and rejections of a source spec ``{"name": ..., "path": ..., **options}`` (a reader of a
-    published layout yields a :class:`Found` line first)."""
+def read_source(spec: dict[str, Any], found: list[Found] | None = None) -> Iterator[Document | Rejected]:
+    """Documents and rejections of a source spec ``{"name": ..., "path": ..., **options}``.
+
+    A reader of a published layout also says where it found its data: those :class:`Found`
+    notes go into ``found`` when given (``prepare`` prints and records them) and are dropped
+    otherwise, so the stream itself holds only documents and rejections.
+    """
     spec = dict(spec)
     name = spec.pop("name", None)
     if name not in READERS:
@@ -226,4 +230,13 @@ def read_source(spec: dict[str, Any]) -> Iterator[Item]:
     _options(name, spec, allowed)
     if spec.get("path") is None:
         spec.pop("path", None)
-    return iter(reader(**spec))
+    return _documents(reader(**spec), found)
+
+
+def _documents(items: Iterable[Item], found: list[Found] | None) -> Iterator[Document | Rejected]:
+    for item in items:
+        if isinstance(item, Found):
+            if found is not None:
+                found.append(item)
+        else:
+            yield item

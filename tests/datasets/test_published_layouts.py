@@ -19,9 +19,10 @@ TEXT = {"domain": "text", "vocab_size": 400}
 
 
 def items(spec):
-    got = list(read_source(spec))
-    return ([i for i in got if isinstance(i, Found)], [i for i in got if isinstance(i, Document)],
-            [i for i in got if isinstance(i, Rejected)])
+    found: list[Found] = []
+    got = list(read_source(spec, found))
+    assert len(found) == 1 and all(isinstance(i, (Document, Rejected)) for i in got)
+    return found, [i for i in got if isinstance(i, Document)], [i for i in got if isinstance(i, Rejected)]
 
 
 def written(manifest):
