@@ -184,6 +184,11 @@ def _samples_section(layout: RunLayout, variants: list[str]) -> list[str]:
         if found:
             files = [p for sample in found for p in sample.files]
             lines.append(f"- **{v}**: " + ", ".join(f"[`{p.name}`]({_rel(p, layout.root)})" for p in files))
+            dropped = [d for sample in found if (d := sample.sidecar.get("decode_dropped"))]
+            if any(d.get("ids") or d.get("tokens") for d in dropped):
+                lines.append(f"  (decoding repaired them: {sum(d.get('ids', 0) for d in dropped):,} ids that stand "
+                             f"for no token and {sum(d.get('tokens', 0) for d in dropped):,} tokens out of order "
+                             f"dropped, of {sum(d.get('of', 0) for d in dropped):,} ids)")
             quoted = next((text for sample in found if (text := _excerpt(sample))), None)
             if quoted:
                 lines += ["", "  ```", *("  " + line for line in quoted.splitlines()), "  ```"]
@@ -267,16 +272,40 @@ def report_sections(recipe: Recipe, layout: RunLayout, variants: list[str]) -> d
             "diagnostics": _diagnostics_section(layout, variants)}
 
 
+def run_description(layout: RunLayout, variants: list[str]) -> str:
+    """The header's sentence, read from what the run wrote (the manifest, its saved tokenizer, the
+    checkpoints), never from the recipe's defaults: a run made with other settings is described as made."""
+    from shortcutlm.tokenizers import load_tokenizer
+
+    parts = []
+    manifest = ShardManifest.read(layout.data)
+    found = manifest.raw.get("found") or []
+    where = f" ({found[0]})" if found else ""
+    tokens = load_tokenizer(manifest.tokenizer_dir).headline
+    parts.append(f"Data: source `{manifest.source.get('name')}`{where}, as {tokens}.")
+    trained = [v for v in variants if CheckpointFolder(layout.checkpoint(v)).has_hparams]
+    if trained:
+        folder = CheckpointFolder(layout.checkpoint(trained[0]))
+        cfg, h = folder.model_config(), folder.hparams()
+        steps = sorted({CheckpointFolder(layout.checkpoint(v)).hparams()["step"] for v in trained})
+        step_text = f"{steps[0]:,}" if len(steps) == 1 else f"{steps[0]:,}-{steps[-1]:,}"
+        parts.append(f"Models: {cfg['n_layer']} layers, width {cfg['n_embd']}, {cfg['n_head']} heads, context "
+                     f"{cfg['block_size']:,}; {len(trained)} variant(s) trained {step_text} steps at "
+                     f"{h.get('train', {}).get('precision', '?')} precision.")
+    return " ".join(parts)
+
+
 def write_run_report(recipe: Recipe, layout: RunLayout, variants: list[str]) -> Path:
     """Write ``report.md`` and ``report.html`` (and their PNGs) for a recipe run; returns ``report.md``."""
     from shortcutlm.report_html import write_html_report
 
     title = recipe.name + (f" ({recipe.preset} preset)" if recipe.preset else "")
-    head = [f"# {title}", ""] + ([recipe.description.strip(), ""] if recipe.description else [])
+    description = run_description(layout, variants)
+    head = [f"# {title}", ""] + ([description, ""] if description else [])
     sections = report_sections(recipe, layout, variants)
     lines = head + [line for part in sections.values() for line in part]
     write_text(layout.report, "\n".join(lines) + "\n")
-    write_html_report(layout, title, recipe.description, sections, variants)
+    write_html_report(layout, title, description, sections, variants)
     return layout.report
 
 

@@ -9,6 +9,7 @@ import argparse
 from pathlib import Path
 
 from shortcutlm.cleanup import removed_if_failed
+from shortcutlm.config_schema import ConfigError
 from shortcutlm.datasets.prepare import prepare
 from shortcutlm.evaluation import evaluate_checkpoints, write_report
 from shortcutlm.recipe import Recipe, load_recipe
@@ -51,14 +52,38 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--stage", dest="stages", action="append", choices=STAGES,
                         help="run only these stages (repeatable; default: all, in order)")
     parser.add_argument("--variant", dest="variants", action="append", help="only these variants (repeatable)")
+    parser.add_argument("--path", help="where your copy of the recipe's dataset lies (sets source.path): the "
+                        "dataset's own folder or the folder its archive unpacked into, e.g. /data/maestro-v3.0.0")
     parser.add_argument("--out", help="output folder (default: runs/<recipe name>[-<preset>])")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def point_source(recipe: Recipe, path: str | None, preparing: bool) -> None:
+    """Point the recipe's source at ``--path``; before a prepare, refuse a data path that does not exist
+    with a line that names the flag (a recipe's default path is relative and rarely where the data is)."""
+    from shortcutlm.datasets.sources import READERS
+
+    name = recipe.source.get("name")
+    takes_path = name in READERS and "path" in READERS[name][1]
+    if path is not None:
+        if not takes_path:
+            raise ConfigError(f"recipe {recipe.name}: its source {name!r} ships with a package and reads no path; "
+                              "leave out --path")
+        recipe.source["path"] = str(Path(path).expanduser())
+        if preparing and not Path(recipe.source["path"]).exists():
+            raise ConfigError(f"--path {path}: no such file or folder")
+        return
+    default = recipe.source.get("path")
+    if preparing and takes_path and default is not None and not Path(str(default)).expanduser().exists():
+        raise ConfigError(f"recipe {recipe.name}: no dataset at {default} (the recipe's default source.path, relative "
+                          f"to {Path.cwd()}); point the recipe at your copy with --path /where/it/lies")
 
 
 def run(args: argparse.Namespace) -> int:
     recipe = load_recipe(args.recipe, args.preset, args.overrides)
     out = args.out or f"runs/{recipe.name}" + (f"-{args.preset}" if args.preset else "")
     stages = tuple(s for s in STAGES if not args.stages or s in args.stages)
+    point_source(recipe, getattr(args, "path", None), "prepare" in stages)
     with removed_if_failed(out):
         layout = run_recipe(recipe, out, stages, args.variants, progress=not args.no_progress)
     if layout.report_html.exists():

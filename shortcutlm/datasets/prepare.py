@@ -41,6 +41,7 @@ Manifest schema (``manifest.json``)::
     shards: [{name, split, sha256, documents, tokens, size, doc_ids, doc_tokens, sums}]
     rejected: [{input, reason, split, doc_id}]    (the reason does not repeat the input)
     warnings: [str]                               (e.g. an empty split)
+    notes: [str]                                  (the tokenizer's, e.g. multi-track MIDI merged into one track)
     inputs: {total, documents, rejected}
     found: [str]                                  (where the reader found its data, and which variant)
     last_run: {collect_s, tokenizer_s, encode_s, workers, encoded_documents, encoded_tokens}
@@ -492,6 +493,9 @@ def _prepare(source: dict[str, Any], tokenizer: dict[str, Any], out: Path, pool:
     manifest["warnings"] = split_warnings(manifest, Counter(d.split for d in docs))
     for warning in manifest["warnings"]:
         log.warning("prepare %s: %s", source["name"], warning)
+    manifest["notes"] = tok.prepare_notes(manifest["splits"])
+    for note in manifest["notes"]:
+        log.warning("prepare %s: %s", source["name"], note)
     scope.write(manifest)
     if manifest["inputs"]["documents"] == 0:
         reasons = "; ".join(f"{r['input']}: {r['reason']}" for r in manifest["rejected"][:3])

@@ -309,6 +309,17 @@ class Tokenizer(ABC):
         not text."""
         return None
 
+    def prepare_notes(self, splits: dict[str, dict[str, Any]]) -> list[str]:
+        """Lines ``prepare`` prints (and keeps in the manifest's ``notes``) about what this tokenizer did
+        to the data as a whole, from the per-split sums of its encoded metadata. None by default."""
+        return []
+
+    @property
+    def headline(self) -> str:
+        """What the ids are, in one phrase a report's header can print (from this saved tokenizer,
+        so the header describes the run made, not a recipe's defaults)."""
+        return f"{self.domain} tokens, vocabulary {self.vocab_size:,}"
+
     def describe(self) -> dict[str, Any]:
         """JSON-able facts a sample sidecar or an evaluation result records so that it reads on its
         own (audio: layout, codebooks, frames per second). Empty by default."""

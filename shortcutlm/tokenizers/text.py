@@ -330,6 +330,10 @@ class TextTokenizer(Tokenizer):
     def config(self) -> dict[str, Any]:
         return {k: v for k, v in self.settings.items() if k not in _RUNTIME_KEYS}
 
+    @property
+    def headline(self) -> str:
+        return f"SentencePiece {self.settings.get('model_type', '')} text tokens, vocabulary {self.vocab_size:,}"
+
     def model_files_digest(self) -> str:
         return hashlib.sha256(self._proto).hexdigest() if self._proto is not None else ""
 

@@ -1,0 +1,99 @@
+"""Every dataset recipe's tiny preset, offline, end to end (prepare → train → evaluate → generate →
+report) on a copy of its dataset laid out as published (``tests/datasets/published.py``), through the
+command line a user types: ``shortcutlm recipe recipes/X.yaml --preset tiny --path P``. Sizes are cut
+with ``--set`` so each run takes seconds; the report's header must describe the run that was made."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from shortcutlm.cli import main as cli_main
+from shortcutlm.run_layout import RunLayout
+from tests.datasets.published import make_librispeech, make_maestro, make_text8, make_wikitext
+
+pytestmark = pytest.mark.slow
+
+SMALL = ["train.max_steps=4", "train.val_every=2", "train.val_batches=2", "train.batch_size=4",
+         "train.warmup_steps=1", "evaluate.max_batches=2", "model.block_size=64"]
+
+
+def run_recipe(recipe: str, path, out, *sets: str, variants=("baseline", "shortcut_resformer")) -> RunLayout:
+    argv = ["recipe", f"recipes/{recipe}.yaml", "--preset", "tiny", "--path", str(path), "--out", str(out),
+            "--no-progress"]
+    for item in [*SMALL, *sets]:
+        argv += ["--set", item]
+    for variant in variants:
+        argv += ["--variant", variant]
+    assert cli_main(argv) == 0
+    return RunLayout(out)
+
+
+def splits(layout: RunLayout) -> dict[str, int]:
+    manifest = json.loads((layout.data / "manifest.json").read_text())
+    return {split: entry["documents"] for split, entry in manifest["splits"].items()}
+
+
+def header(layout: RunLayout) -> str:
+    return layout.report.read_text().split("\n## ", 1)[0]
+
+
+def test_librispeech_tiny_preset_offline(tmp_path, capsys):
+    make_librispeech(tmp_path / "data", {"train-clean-100": [("103", "1240", 4), ("1034", "121119", 3)],
+                                         "dev-clean": [("84", "121123", 2)], "test-clean": [("1089", "134686", 2)]},
+                     seconds=1.5)
+    layout = run_recipe("librispeech", tmp_path / "data", tmp_path / "run", "generate.seconds=0.5",
+                        "generate.prompt_tokens=30", "tokenizer.kmeans_iters=2")
+    assert splits(layout) == {"train": 7, "valid": 2, "test": 2}
+    head = header(layout)
+    assert "offline log-mel codec" in head and "1.5 kbps (2 codebooks)" in head and "6 kbps" not in head
+    assert "subsets train-clean-100 (train), dev-clean (valid), test-clean (test)" in head
+    assert "4 steps" in head and "context 64" in head
+    assert list((layout.root / "samples" / "baseline").glob("*.wav"))
+    err = capsys.readouterr().err
+    assert err.count("OFFLINE log-mel codec") == 1
+
+
+def test_maestro_tiny_preset_from_the_zip_folder(tmp_path):
+    rows = [(str(2004 + i), split, f"MIDI-Unprocessed_{i:02d}_R1_{2004 + i}_01-05_ORIG_MID--AUDIO_{i:02d}_wav")
+            for i, split in enumerate(["train"] * 6 + ["validation", "validation", "test", "test"])]
+    make_maestro(tmp_path / "unzipped", rows)
+    layout = run_recipe("maestro", tmp_path / "unzipped", tmp_path / "run", "tokenizer.vocab_size=500",
+                        "generate.seconds=2.0", "generate.prompt_tokens=32")
+    assert splits(layout) == {"train": 6, "valid": 2, "test": 2}
+    head = header(layout)
+    assert "REMI MIDI tokens with BPE to 500 ids" in head and "maestro-v3.0.0.csv (10 rows)" in head
+    assert list((layout.root / "samples" / "baseline").glob("*.mid"))
+
+
+def test_wikitext103_tiny_preset_reads_raw(tmp_path):
+    make_wikitext(tmp_path / "data", {"train": 30, "valid": 3, "test": 3})
+    layout = run_recipe("wikitext103", tmp_path / "data", tmp_path / "run", "tokenizer.vocab_size=500",
+                        "generate.max_new_tokens=24", "generate.prompt_tokens=16")
+    assert splits(layout) == {"train": 30, "valid": 3, "test": 3}
+    head = header(layout)
+    assert "the raw variant" in head and "SentencePiece bpe text tokens, vocabulary 500" in head
+    prompt = (layout.root / "samples" / "prompt" / "prompt.txt").read_text()
+    assert prompt[:1] in (" ", "\n") or prompt[:1].isupper() or prompt.startswith("=")
+
+
+def test_text8_tiny_preset(tmp_path):
+    make_text8(tmp_path / "data", 60_000)
+    layout = run_recipe("text8", tmp_path / "data", tmp_path / "run", "tokenizer.vocab_size=300",
+                        "source.chunk_chars=10000", "generate.max_new_tokens=24", "generate.prompt_tokens=16")
+    assert splits(layout) == {"train": 6, "valid": 1, "test": 1}
+    assert "SentencePiece unigram text tokens, vocabulary 300" in header(layout)
+
+
+def test_recipe_default_path_missing_names_the_flag(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    import shutil
+    from pathlib import Path
+
+    shutil.copytree(Path(__file__).parents[1] / "recipes", tmp_path / "recipes")
+    assert cli_main(["recipe", "recipes/maestro.yaml", "--preset", "tiny"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "data/maestro-v3.0.0" in err and "--path" in err
+    assert cli_main(["recipe", "recipes/maestro.yaml", "--path", str(tmp_path / "nowhere")]) == 2
+    assert "--path" in capsys.readouterr().err
+    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
