@@ -1,17 +1,24 @@
 """``shortcutlm recipe``: run a recipe's stages (prepare, train, evaluate, generate, report) into one folder.
 
-Each stage resumes what exists, so re-running a finished recipe redoes nothing, and a run
-stopped by Ctrl-C goes on from its last step.
+Each stage resumes what exists, so a run stopped by Ctrl-C goes on from its last step; a re-run
+skips finished shards and finished variants and says so (evaluation, samples and the report are
+made again: they are quick, and a re-run may have changed their settings). Training names each
+variant, estimates the run's length from its first steps and, with ``--no-progress``, prints a
+plain line every few minutes (:mod:`shortcutlm.progress`).
 """
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
+from shortcutlm.artifacts.checkpoint import CheckpointFolder
+from shortcutlm.artifacts.manifest import read_manifest_or_none
 from shortcutlm.cleanup import removed_if_failed
 from shortcutlm.config_schema import ConfigError
 from shortcutlm.datasets.prepare import prepare
 from shortcutlm.evaluation import evaluate_checkpoints, write_report
+from shortcutlm.progress import TrainingProgress
 from shortcutlm.recipe import Recipe, load_recipe
 from shortcutlm.report import generate_samples, write_run_report
 from shortcutlm.run_layout import RunLayout
@@ -27,10 +34,24 @@ def run_recipe(recipe: Recipe, out: str | Path, stages: tuple[str, ...] = STAGES
     layout.root.mkdir(parents=True, exist_ok=True)
     chosen = variants or list(recipe.variants)
     if "prepare" in stages:
-        prepare(recipe.source, recipe.tokenizer, layout.data, workers=2, progress=progress)
+        done = prepared_already(recipe, layout.data)
+        if done:
+            say(f"prepare: skipped, {done}")
+        else:
+            manifest = prepare(recipe.source, recipe.tokenizer, layout.data, workers=2, progress=progress)
+            if not progress:  # with the bars on, prepare said it before reading
+                for line in manifest.get("found") or []:
+                    say(f"found {line}")
     if "train" in stages:
-        for variant in chosen:
-            train(recipe, variant, layout.data, layout.checkpoint(variant), progress=progress)
+        finished = {v for v in chosen if CheckpointFolder(layout.checkpoint(v)).is_finished(recipe.train.max_steps)}
+        for index, variant in enumerate(chosen, 1):
+            if variant in finished:
+                say(f"train variant {index}/{len(chosen)}: {variant}: skipped, already trained to step "
+                    f"{recipe.train.max_steps:,} in {layout.checkpoint(variant)}")
+                continue
+            later = sum(recipe.train.max_steps for v in chosen[index:] if v not in finished)
+            watch = TrainingProgress(variant, index, len(chosen), later, plain=not progress)
+            train(recipe, variant, layout.data, layout.checkpoint(variant), progress=progress, callbacks=[watch])
     folders = [layout.checkpoint(v) for v in chosen]
     if "evaluate" in stages:
         results = evaluate_checkpoints(folders, layout.data, split=recipe.evaluate.split,
@@ -44,6 +65,27 @@ def run_recipe(recipe: Recipe, out: str | Path, stages: tuple[str, ...] = STAGES
     return layout
 
 
+def say(line: str) -> None:
+    print(line, file=sys.stderr)
+
+
+def prepared_already(recipe: Recipe, data: Path) -> str:
+    """Why ``prepare`` can be skipped (its shards are finished, from this source and tokenizer), or ''."""
+    import json
+
+    manifest = read_manifest_or_none(data, require_complete=True)
+    if manifest is None:
+        return ""
+    same = lambda a, b: json.dumps(a, sort_keys=True, default=str) == json.dumps(b, sort_keys=True, default=str)  # noqa: E731
+    tokenizer = {"domain": recipe.tokenizer.get("domain"),
+                 **{k: v for k, v in recipe.tokenizer.items() if k != "domain"}}
+    if not (same(manifest.get("source"), recipe.source) and same(manifest.get("tokenizer_settings"), tokenizer)):
+        return ""  # prepare itself refuses other settings, naming them
+    documents = manifest.get("inputs", {}).get("documents", 0)
+    return (f"{data} already holds the finished shards of this source and tokenizer ({documents:,} documents); "
+            "delete that folder to prepare again")
+
+
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("recipe", help="recipe YAML, e.g. recipes/bach_chorales.yaml")
     parser.add_argument("--preset", help="a preset of the recipe, e.g. tiny or paper")
@@ -55,7 +97,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--path", help="where your copy of the recipe's dataset lies (sets source.path): the "
                         "dataset's own folder or the folder its archive unpacked into, e.g. /data/maestro-v3.0.0")
     parser.add_argument("--out", help="output folder (default: runs/<recipe name>[-<preset>])")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    parser.add_argument("--no-progress", action="store_true",
+                        help="no progress bars: a plain line every few minutes instead (for batch logs)")
 
 
 def point_source(recipe: Recipe, path: str | None, preparing: bool) -> None:

@@ -52,6 +52,9 @@ def test_librispeech_tiny_preset_offline(tmp_path, capsys):
     assert list((layout.root / "samples" / "baseline").glob("*.wav"))
     err = capsys.readouterr().err
     assert err.count("OFFLINE log-mel codec") == 1
+    assert f"found librispeech: subsets train-clean-100 (train), dev-clean (valid), test-clean (test), at most 200 " \
+           f"utterances each in {tmp_path / 'data' / 'LibriSpeech'}" in err
+    assert "variant 1/2: baseline" in err and "variant 2/2: shortcut_resformer" in err
 
 
 def test_maestro_tiny_preset_from_the_zip_folder(tmp_path):
@@ -83,17 +86,3 @@ def test_text8_tiny_preset(tmp_path):
                         "source.chunk_chars=10000", "generate.max_new_tokens=24", "generate.prompt_tokens=16")
     assert splits(layout) == {"train": 6, "valid": 1, "test": 1}
     assert "SentencePiece unigram text tokens, vocabulary 300" in header(layout)
-
-
-def test_recipe_default_path_missing_names_the_flag(tmp_path, monkeypatch, capsys):
-    monkeypatch.chdir(tmp_path)
-    import shutil
-    from pathlib import Path
-
-    shutil.copytree(Path(__file__).parents[1] / "recipes", tmp_path / "recipes")
-    assert cli_main(["recipe", "recipes/maestro.yaml", "--preset", "tiny"]) == 2
-    err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and "data/maestro-v3.0.0" in err and "--path" in err
-    assert cli_main(["recipe", "recipes/maestro.yaml", "--path", str(tmp_path / "nowhere")]) == 2
-    assert "--path" in capsys.readouterr().err
-    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())

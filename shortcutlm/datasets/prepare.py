@@ -76,6 +76,7 @@ from shortcutlm.datasets.sources import READERS, Rejected, read_source
 from shortcutlm.datasets.summary import SPLIT_ORDER, split_warnings, summarise
 from shortcutlm.documents import Document, Found
 from shortcutlm.errors import UserError
+from shortcutlm.heartbeat import Heartbeat
 from shortcutlm.tokenizers import Tokenizer, load_tokenizer, tokenizer_class
 
 DEFAULT_SHARD_TOKENS = 1 << 22
@@ -222,7 +223,8 @@ def _collect(source: dict[str, Any], cls: type[Tokenizer],
 
 
 def _say_found(found: list[str], progress: bool) -> None:
-    """The reader's account of where it found the data, before anything is read (kept in the manifest too)."""
+    """The reader's account of where it found the data, before anything is read (kept in the manifest's
+    ``found`` too, which ``recipe --no-progress`` prints)."""
     if progress:
         for line in found:
             print(f"found {line}", file=sys.stderr)
@@ -256,18 +258,20 @@ def _train(tokenizer: Tokenizer, docs: list[Document], pool: IsolatedPool, setti
     train = [d for d in docs if d.split == "train"]
     if not train:
         raise PrepareError(f"the {tokenizer.domain} tokenizer needs training but the source has no train documents")
+    what = f"training the {tokenizer.domain} tokenizer on {len(train)} train documents"
     if progress:
-        print(f"training the {tokenizer.domain} tokenizer on {len(train)} train documents …", file=sys.stderr)
-    if not tokenizer.trains_on_samples:  # text: read in this process by Python code, no native parser
-        by_id = {d.doc_id: d for d in train}
-        skipped = tokenizer.train(train)
-        return {k: Rejected(by_id[k].describe(), _reason(by_id[k], why), "train", k) for k, why in skipped.items()}
-    samples, rejected = _training_samples(tokenizer, train, pool, settings, timeout_s)
-    if not samples:
-        example = next(iter(rejected.values()))
-        raise PrepareError(f"the {tokenizer.domain} tokenizer needs training but none of the {len(train)} train "
-                         f"documents could be read (e.g. {example.input}: {example.reason})")
-    tokenizer.fit(samples)
+        print(f"{what} …", file=sys.stderr)
+    with Heartbeat(what, say=None if progress else (lambda line: None)):
+        if not tokenizer.trains_on_samples:  # text: read in this process by Python code, no native parser
+            by_id = {d.doc_id: d for d in train}
+            skipped = tokenizer.train(train)
+            return {k: Rejected(by_id[k].describe(), _reason(by_id[k], why), "train", k) for k, why in skipped.items()}
+        samples, rejected = _training_samples(tokenizer, train, pool, settings, timeout_s)
+        if not samples:
+            example = next(iter(rejected.values()))
+            raise PrepareError(f"the {tokenizer.domain} tokenizer needs training but none of the {len(train)} train "
+                               f"documents could be read (e.g. {example.input}: {example.reason})")
+        tokenizer.fit(samples)
     return rejected
 
 

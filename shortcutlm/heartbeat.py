@@ -1,0 +1,49 @@
+"""Saying that long, silent work goes on: :func:`duration` for people, :class:`Heartbeat` for a fit that
+prints nothing for minutes. Light on imports, so ``prepare``'s worker processes stay quick to start."""
+from __future__ import annotations
+
+import sys
+import time
+from typing import Any, Callable
+
+
+def duration(seconds: float) -> str:
+    """``45 s``, ``12 min``, ``3 h 05 min``: as precise as a person planning around it needs."""
+    seconds = max(0.0, float(seconds))
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 3600:
+        return f"{seconds / 60:.0f} min"
+    hours, rest = divmod(int(round(seconds / 60)), 60)
+    return f"{hours} h {rest:02d} min"
+
+
+class Heartbeat:
+    """``with Heartbeat("training the text tokenizer"):`` says every ``every_s`` seconds that the work
+    goes on (a SentencePiece or BPE fit is silent for minutes on a large train split), and at the end
+    how long it took. Lines go to stderr from a daemon thread; nothing is said for work shorter than
+    one interval but the closing line."""
+
+    def __init__(self, what: str, every_s: float = 60.0, say: Callable[[str], None] | None = None) -> None:
+        import threading
+
+        self.what, self.every_s = what, every_s
+        self.say = say or (lambda line: print(line, file=sys.stderr, flush=True))
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._beat, daemon=True)
+        self._start = 0.0
+
+    def _beat(self) -> None:
+        while not self._stop.wait(self.every_s):
+            self.say(f"{self.what}: still working ({duration(time.perf_counter() - self._start)} so far)")
+
+    def __enter__(self) -> "Heartbeat":
+        self._start = time.perf_counter()
+        self._thread.start()
+        return self
+
+    def __exit__(self, kind: Any, error: Any, trace: Any) -> None:
+        self._stop.set()
+        self._thread.join()
+        if kind is None:
+            self.say(f"{self.what}: done in {duration(time.perf_counter() - self._start)}")
