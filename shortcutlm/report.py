@@ -26,11 +26,18 @@ from shortcutlm.run_layout import RunLayout
 
 def first_document(data_dir: Path, splits: tuple[str, ...] = ("test", "valid", "train")) -> np.ndarray | None:
     """Tokens of the first document of the first non-empty split (a reproducible prompt source)."""
+    found = first_document_and_meta(data_dir, splits)
+    return None if found is None else found[0]
+
+
+def first_document_and_meta(data_dir: Path, splits: tuple[str, ...] = ("test", "valid", "train")
+                            ) -> tuple[np.ndarray, dict[str, Any]] | None:
+    """:func:`first_document` with what its source said of it (the shard's ``meta["info"]``)."""
     manifest = ShardManifest.read(data_dir)
     for split in splits:
         for shard in manifest.split(split).shards:
-            for _key, tokens, _meta in read_shard(Path(data_dir) / shard):
-                return tokens.astype(np.int64)
+            for _key, tokens, meta in read_shard(Path(data_dir) / shard):
+                return tokens.astype(np.int64), dict(meta.get("info") or {})
     return None
 
 
@@ -41,14 +48,15 @@ def prompt_file(recipe: Recipe, data_dir: Path, out_dir: Path) -> Path | None:
         return Path(g.prompt)
     if g.prompt_tokens <= 0:
         return None
-    tokens = first_document(data_dir)
-    if tokens is None:
+    found = first_document_and_meta(data_dir)
+    if found is None:
         return None
     from shortcutlm.tokenizers import load_tokenizer
 
     tokenizer = load_tokenizer(ShardManifest.read(data_dir).tokenizer_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    return tokenizer.decode(tokens[..., : g.prompt_tokens], out_dir / f"prompt{tokenizer.artifact_suffix}")
+    tokens, info = found
+    return tokenizer.write_prompt(tokens, g.prompt_tokens, out_dir / f"prompt{tokenizer.artifact_suffix}", info)
 
 
 def generate_samples(recipe: Recipe, folder: Path, data_dir: Path, out_dir: Path) -> list[Path]:

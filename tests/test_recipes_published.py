@@ -77,12 +77,16 @@ def test_wikitext103_tiny_preset_reads_raw(tmp_path):
     head = header(layout)
     assert "the raw variant" in head and "SentencePiece bpe text tokens, vocabulary 500" in head
     prompt = (layout.root / "samples" / "prompt" / "prompt.txt").read_text()
-    assert prompt[:1] in (" ", "\n") or prompt[:1].isupper() or prompt.startswith("=")
+    test_text = (tmp_path / "data" / "wikitext-103-raw" / "wiki.test.raw").read_text()
+    assert test_text.startswith(prompt) and set(prompt.split()) <= set(test_text.split())
 
 
 def test_text8_tiny_preset(tmp_path):
-    make_text8(tmp_path / "data", 60_000)
+    make_text8(tmp_path / "data", 60_020)  # test begins inside a word
     layout = run_recipe("text8", tmp_path / "data", tmp_path / "run", "tokenizer.vocab_size=300",
                         "source.chunk_chars=10000", "generate.max_new_tokens=24", "generate.prompt_tokens=16")
     assert splits(layout) == {"train": 6, "valid": 1, "test": 1}
     assert "SentencePiece unigram text tokens, vocabulary 300" in header(layout)
+    words = set((tmp_path / "data" / "text8").read_text().split())
+    prompt = (layout.root / "samples" / "prompt" / "prompt.txt").read_text()
+    assert prompt.split() and set(prompt.split()) <= words  # whole words, though test begins at 95% of the bytes

@@ -83,8 +83,10 @@ def text8(path: str | Path | None = None, chunk_chars: int = 1_000_000) -> Itera
             if cut < end:
                 space = data.find(" ", cut, end)
                 cut = end if space < 0 else space + 1
-            yield Document(f"text8-{split}-{index:05d}", split, "text8", text=data[pos:cut],
-                           meta={"start": pos, "end": cut})
+            meta: dict[str, Any] = {"start": pos, "end": cut}
+            if pos > 0 and data[pos - 1] != " " and data[pos:pos + 1] != " ":
+                meta["begins_mid_word"] = True  # a customary split boundary falls inside a word
+            yield Document(f"text8-{split}-{index:05d}", split, "text8", text=data[pos:cut], meta=meta)
             index, pos = index + 1, cut
 
 

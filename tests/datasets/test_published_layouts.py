@@ -173,11 +173,18 @@ def test_maestro_csv_cannot_point_outside_its_folder(tmp_path):
 # ------------------------------------------------------------------------------ text8
 
 def test_text8_through_prepare(tmp_path):
-    make_text8(tmp_path / "data", 60_000)
+    make_text8(tmp_path / "data", 60_020)
     manifest = prepare({"name": "text8", "path": str(tmp_path / "data"), "chunk_chars": 20_000}, TEXT,
                        tmp_path / "out", workers=0, progress=False)
     assert {s: e["documents"] for s, e in manifest["splits"].items()} == {"train": 3, "valid": 1, "test": 1}
-    assert manifest["found"][0].startswith("text8: text8, 60,000 characters (not the published 100,000,000")
+    assert manifest["found"][0].startswith("text8: text8, 60,020 characters (not the published 100,000,000")
+    text = (tmp_path / "data" / "text8").read_text()
+    _, docs, _ = items({"name": "text8", "path": str(tmp_path / "data"), "chunk_chars": 20_000})
+    for d in docs:  # only a split boundary may fall inside a word, and then the document says so
+        inside = d.meta["start"] > 0 and text[d.meta["start"] - 1] != " " and text[d.meta["start"]] != " "
+        assert d.meta.get("begins_mid_word", False) == inside
+        assert not inside or d.meta["start"] in (54_018, 57_019)
+    assert [d.meta["start"] for d in docs if d.meta.get("begins_mid_word")] == [54_018, 57_019]
     with pytest.raises(FileNotFoundError, match="no file named text8"):
         list(read_source({"name": "text8", "path": str(tmp_path)}))
 
