@@ -20,7 +20,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
-from shortcutlm.datasets.found import Found, need_path
+from shortcutlm.datasets.found import Found, here_or_one_down, need_path
 from shortcutlm.datasets.librispeech import librispeech
 from shortcutlm.datasets.maestro import maestro
 from shortcutlm.datasets.splits import DEFAULT_FRACTIONS, parse_fractions, plan_splits
@@ -66,9 +66,11 @@ def text8(path: str | Path | None = None, chunk_chars: int = 1_000_000) -> Itera
     """
     file = need_path(path, "text8")
     if file.is_dir():
-        if not (file / "text8").is_file():
-            raise FileNotFoundError(f"text8: no file named text8 in {file} (text8.zip unpacks to that one file)")
-        file = file / "text8"
+        folder = here_or_one_down(file, lambda f: (f / "text8").is_file())
+        if folder is None:
+            raise FileNotFoundError(f"text8: no file named text8 in {file} or in a folder right under it "
+                                    "(text8.zip unpacks to that one file)")
+        file = folder / "text8"
     chunk_chars = int(chunk_chars)
     if chunk_chars < 1:
         raise ValueError("text8: chunk_chars must be positive")

@@ -185,8 +185,9 @@ def test_text8_through_prepare(tmp_path):
         assert d.meta.get("begins_mid_word", False) == inside
         assert not inside or d.meta["start"] in (54_018, 57_019)
     assert [d.meta["start"] for d in docs if d.meta.get("begins_mid_word")] == [54_018, 57_019]
+    assert items({"name": "text8", "path": str(tmp_path)})[0][0].where == tmp_path / "data"  # one level down
     with pytest.raises(FileNotFoundError, match="no file named text8"):
-        list(read_source({"name": "text8", "path": str(tmp_path)}))
+        list(read_source({"name": "text8", "path": str(tmp_path / "out")}))
 
 
 # ------------------------------------------------------------------------------ any folder
