@@ -116,10 +116,11 @@ def point_source(recipe: Recipe, path: str | None, preparing: bool) -> None:
         if preparing and not Path(recipe.source["path"]).exists():
             raise ConfigError(f"--path {path}: no such file or folder")
         return
-    default = recipe.source.get("path")
-    if preparing and takes_path and default is not None and not Path(str(default)).expanduser().exists():
-        raise ConfigError(f"recipe {recipe.name}: no dataset at {default} (the recipe's default source.path, relative "
-                          f"to {Path.cwd()}); point the recipe at your copy with --path /where/it/lies")
+    given = recipe.source.get("path")
+    if preparing and takes_path and given is not None and not Path(str(given)).expanduser().exists():
+        relative = "" if Path(str(given)).expanduser().is_absolute() else f", relative to {Path.cwd()}"
+        raise ConfigError(f"recipe {recipe.name}: {given} does not exist (its source.path{relative}); point the "
+                          "recipe at your copy of the dataset with --path /where/it/lies")
 
 
 def run(args: argparse.Namespace) -> int:

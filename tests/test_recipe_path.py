@@ -23,7 +23,8 @@ def test_missing_default_path_names_the_flag(tmp_path, monkeypatch, capsys):
     shutil.copytree(RECIPES, tmp_path / "recipes")
     assert cli_main(["recipe", "recipes/maestro.yaml", "--preset", "tiny"]) == 2
     line = one_line(capsys)
-    assert "no dataset at data/maestro-v3.0.0" in line and "--path /where/it/lies" in line
+    assert "recipe maestro: data/maestro-v3.0.0 does not exist (its source.path, relative to " in line
+    assert line.endswith("--path /where/it/lies")
     assert cli_main(["recipe", "recipes/maestro.yaml", "--path", str(tmp_path / "nowhere")]) == 2
     assert one_line(capsys).endswith(f"--path {tmp_path / 'nowhere'}: no such file or folder")
     assert cli_main(["recipe", "recipes/bach_chorales.yaml", "--path", str(tmp_path)]) == 2
