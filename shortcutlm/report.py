@@ -194,9 +194,9 @@ def _samples_section(layout: RunLayout, variants: list[str]) -> list[str]:
             lines.append(f"- **{v}**: " + ", ".join(f"[`{p.name}`]({_rel(p, layout.root)})" for p in files))
             dropped = [d for sample in found if (d := sample.sidecar.get("decode_dropped"))]
             if any(d.get("ids") or d.get("tokens") for d in dropped):
-                lines.append(f"  (decoding repaired them: {sum(d.get('ids', 0) for d in dropped):,} ids that stand "
-                             f"for no token and {sum(d.get('tokens', 0) for d in dropped):,} tokens out of order "
-                             f"dropped, of {sum(d.get('of', 0) for d in dropped):,} ids)")
+                lines.append(f"  (decoding dropped {sum(d.get('tokens', 0) for d in dropped):,} tokens out of order "
+                             f"and {sum(d.get('ids', 0) for d in dropped):,} ids that stand for no token, of "
+                             f"{sum(d.get('of', 0) for d in dropped):,} ids)")
             quoted = next((text for sample in found if (text := _excerpt(sample))), None)
             if quoted:
                 lines += ["", "  ```", *("  " + line for line in quoted.splitlines()), "  ```"]

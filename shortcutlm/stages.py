@@ -55,7 +55,8 @@ def run_recipe(recipe: Recipe, out: str | Path, stages: tuple[str, ...] = STAGES
     folders = [layout.checkpoint(v) for v in chosen]
     if "evaluate" in stages:
         results = evaluate_checkpoints(folders, layout.data, split=recipe.evaluate.split,
-                                       batch_size=recipe.evaluate.batch_size, max_batches=recipe.evaluate.max_batches)
+                                       batch_size=recipe.evaluate.batch_size, max_batches=recipe.evaluate.max_batches,
+                                       progress=progress)
         write_report(results, layout.evaluation)
     if "generate" in stages:
         for variant, folder in zip(chosen, folders):

@@ -67,6 +67,13 @@ def test_maestro_tiny_preset_from_the_zip_folder(tmp_path):
     head = header(layout)
     assert "REMI MIDI tokens with BPE to 500 ids" in head and "maestro-v3.0.0.csv (10 rows)" in head
     assert list((layout.root / "samples" / "baseline").glob("*.mid"))
+    from shortcutlm.artifacts.sidecar import samples_in
+
+    dropped = [s.sidecar["decode_dropped"] for v in ("baseline", "shortcut_resformer")
+               for s in samples_in(layout.samples(v))]
+    assert len(dropped) == 2 and all(d["of"] > 0 for d in dropped)
+    if any(d["ids"] or d["tokens"] for d in dropped):  # a 4-step model writes ill-formed ids: the report says so
+        assert "(decoding dropped " in layout.report.read_text()
 
 
 def test_wikitext103_tiny_preset_reads_raw(tmp_path):

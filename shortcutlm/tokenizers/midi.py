@@ -375,7 +375,7 @@ class MidiTokenizer(Tokenizer):
                                "of": int(np.asarray(tokens).size) - repair["after_eos"]}
         if repair["dropped_ids"] or repair["dropped_tokens"]:
             log.warning("midi decode: %s: repaired %d ids: dropped %d that stand for no token and %d tokens out of "
-                        "order", out_path.name, self.decode_dropped["of"], repair["dropped_ids"],
+                        "order", "/".join(out_path.parts[-2:]), self.decode_dropped["of"], repair["dropped_ids"],
                         repair["dropped_tokens"])
         out_path.parent.mkdir(parents=True, exist_ok=True)
         score.dump_midi(str(out_path))
