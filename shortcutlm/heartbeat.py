@@ -47,3 +47,25 @@ class Heartbeat:
         self._thread.join()
         if kind is None:
             self.say(f"{self.what}: done in {duration(time.perf_counter() - self._start)}")
+
+
+class PlainCounter:
+    """A progress bar's plain cousin for batch logs: ``update()`` per item, and every ``every_s``
+    seconds one line ``what: done/total items, rate/s, ETA``. Silent for work shorter than that."""
+
+    def __init__(self, what: str, total: int, unit: str = "documents", every_s: float = 180.0,
+                 say: Callable[[str], None] | None = None) -> None:
+        self.what, self.total, self.unit, self.every_s = what, total, unit, every_s
+        self.say = say or (lambda line: print(line, file=sys.stderr, flush=True))
+        self.done = 0
+        self._start = self._last = time.perf_counter()
+
+    def update(self, n: int = 1) -> None:
+        self.done += n
+        now = time.perf_counter()
+        if now - self._last < self.every_s:
+            return
+        self._last = now
+        rate = self.done / max(now - self._start, 1e-9)
+        left = (self.total - self.done) / rate if rate > 0 else 0.0
+        self.say(f"{self.what}: {self.done:,}/{self.total:,} {self.unit}, {rate:,.1f}/s, ETA {duration(left)}")

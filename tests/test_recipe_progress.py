@@ -56,3 +56,30 @@ def test_heartbeat_says_long_work_goes_on():
     except ValueError:
         pass
     assert quiet == []  # a failed fit says its own error, not "done"
+
+
+def test_plain_counter_for_batch_logs():
+    from shortcutlm.heartbeat import PlainCounter
+
+    lines: list[str] = []
+    counter = PlainCounter("prepare librispeech", 4, every_s=0.0, say=lines.append)
+    for _ in range(4):
+        counter.update()
+    assert len(lines) == 4 and lines[1].startswith("prepare librispeech: 2/4 documents, ")
+    assert lines[-1].endswith("ETA 0 s")
+    quiet: list[str] = []
+    slow = PlainCounter("prepare", 4, every_s=3600.0, say=quiet.append)
+    slow.update(4)
+    assert quiet == []  # shorter than one interval: nothing said
+
+
+def test_prepare_without_bars_prints_plain_lines(tmp_path, capsys, monkeypatch):
+    from shortcutlm.datasets import prepare as prepare_module
+    from tests.datasets.published import make_wikitext
+
+    make_wikitext(tmp_path, {"train": 6, "valid": 2, "test": 2}, variants=("raw",))
+    monkeypatch.setattr(prepare_module, "PLAIN_EVERY_S", 0.0)
+    prepare_module.prepare({"name": "wikitext103", "path": str(tmp_path)}, {"domain": "text", "vocab_size": 400},
+                           tmp_path / "out", workers=0, progress=False)
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("prepare wikitext103: ")]
+    assert len(lines) == 10 and lines[-1].startswith("prepare wikitext103: 10/10 documents, ")

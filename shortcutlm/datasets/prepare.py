@@ -76,11 +76,12 @@ from shortcutlm.datasets.sources import READERS, Rejected, read_source
 from shortcutlm.datasets.summary import SPLIT_ORDER, split_warnings, summarise
 from shortcutlm.documents import Document, Found
 from shortcutlm.errors import UserError
-from shortcutlm.heartbeat import Heartbeat
+from shortcutlm.heartbeat import Heartbeat, PlainCounter
 from shortcutlm.tokenizers import Tokenizer, load_tokenizer, tokenizer_class
 
 DEFAULT_SHARD_TOKENS = 1 << 22
 DEFAULT_SHARD_DOCUMENTS = 4096
+PLAIN_EVERY_S = 180.0  # with the bars off, a plain progress line this often
 
 log = logging.getLogger(__name__)
 
@@ -555,10 +556,13 @@ def _encode_scope(out: Path, scope: _Scope, manifest: dict[str, Any], tok: Token
     clock, encoded = time.perf_counter(), {"documents": 0, "tokens": 0}
     what = manifest["source"]["name"] + (f" ({scope.job})" if scope.job else "")
     bar = tqdm(total=len(pending), desc=f"prepare {what}", unit="doc", disable=not progress, mininterval=1.0)
+    plain = PlainCounter(f"prepare {what}", len(pending), every_s=PLAIN_EVERY_S, say=None) if not progress else None
     stream = _encoded_stream(pending, pool, out / TOKENIZER_FOLDER, tok.domain, timeout_s)
     try:
         for doc, tokens, info in stream:
             bar.update(1)
+            if plain is not None:  # the bars are off (a batch log): a plain line every few minutes instead
+                plain.update(1)
             if tokens is None:
                 rejected[doc.doc_id] = Rejected(doc.describe(), _reason(doc, str(info)), doc.split, doc.doc_id).as_dict()
                 continue
@@ -711,6 +715,9 @@ def run(args: argparse.Namespace) -> int:
         print(f"tokenizer {plan['fingerprint']} saved; {plan['documents']:,} documents to encode, "
               f"{len(manifest['rejected'])} rejected; manifest: {where} ({elapsed:.1f} s)")
         return 0
+    if args.quiet:  # with the bars on they were said before reading
+        for line in manifest.get("found") or []:
+            print(f"found {line}")
     for split, entry in manifest["splits"].items():
         extra = "".join(f", {k} {entry[k]:,.6g}" if isinstance(entry[k], float) else f", {k} {entry[k]:,}"
                         for k in entry if k not in ("documents", "tokens", "shards"))

@@ -30,19 +30,22 @@ def test_repairs_are_said_once_per_written_sample(tmp_path, caplog):
     assert dropped["of"] == 300 and dropped["ids"] == tok.last_repair["dropped_ids"] > 0
 
 
-def test_multitrack_merge_is_said_once_and_summed_by_prepare(tmp_path, caplog):
+def test_multitrack_merge_is_said_once_and_summed_by_prepare(tmp_path, caplog, monkeypatch):
     folder = tmp_path / "midi"
     for i in range(8):
         write_piano_midi(folder / f"piece{i}.mid", seed=i, extra_tracks=i in (2, 5))
     band = folder / "piece2.mid"
     tok = MidiTokenizer.from_settings({})
     from shortcutlm.documents import Document
+    from shortcutlm.tokenizers import midi
 
+    monkeypatch.setattr(midi, "_SAID_MERGED", set())  # as in a fresh `shortcutlm generate` process
     with caplog.at_level(logging.WARNING, logger=LOGGER):
         for _ in range(3):
             tok.encode_document(Document("band", "test", "prompt", path=band))
     merged = [r.getMessage() for r in caplog.records if "merged into one piano track" in r.getMessage()]
-    assert len(merged) <= 1  # said at most once per process (another test may have said it already)
+    assert len(merged) == 1 and "piece2.mid has 3 tracks (drums included); merged into one piano track" in merged[0]
+    assert "use_programs: true" in merged[0]
     assert tok.encode_document(Document("band", "test", "prompt", path=band)).meta["merged_files"] == 1
     assert "merged_files" not in tok.encode_document(Document("p", "test", "x", path=folder / "piece0.mid")).meta
     manifest = prepare({"name": "folder", "path": str(folder), "splits": "hash"}, {"domain": "midi"},
