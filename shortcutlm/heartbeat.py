@@ -21,13 +21,14 @@ def duration(seconds: float) -> str:
 class Heartbeat:
     """``with Heartbeat("training the text tokenizer"):`` says every ``every_s`` seconds that the work
     goes on (a SentencePiece or BPE fit is silent for minutes on a large train split), and at the end
-    how long it took. Lines go to stderr from a daemon thread; nothing is said for work shorter than
-    one interval but the closing line."""
+    how long it took (``closing_line``). Lines go to stderr from a daemon thread; nothing is said for
+    work shorter than one interval but the closing line."""
 
-    def __init__(self, what: str, every_s: float = 60.0, say: Callable[[str], None] | None = None) -> None:
+    def __init__(self, what: str, every_s: float = 60.0, say: Callable[[str], None] | None = None,
+                 closing_line: bool = True) -> None:
         import threading
 
-        self.what, self.every_s = what, every_s
+        self.what, self.every_s, self.closing_line = what, every_s, closing_line
         self.say = say or (lambda line: print(line, file=sys.stderr, flush=True))
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._beat, daemon=True)
@@ -45,7 +46,7 @@ class Heartbeat:
     def __exit__(self, kind: Any, error: Any, trace: Any) -> None:
         self._stop.set()
         self._thread.join()
-        if kind is None:
+        if kind is None and self.closing_line:
             self.say(f"{self.what}: done in {duration(time.perf_counter() - self._start)}")
 
 

@@ -56,6 +56,10 @@ def test_heartbeat_says_long_work_goes_on():
     except ValueError:
         pass
     assert quiet == []  # a failed fit says its own error, not "done"
+    batch: list[str] = []
+    with Heartbeat("fit", every_s=0.05, say=batch.append, closing_line=False):
+        time.sleep(0.2)
+    assert batch and all("still working" in line for line in batch)
 
 
 def test_plain_counter_for_batch_logs():

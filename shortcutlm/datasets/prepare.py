@@ -262,7 +262,8 @@ def _train(tokenizer: Tokenizer, docs: list[Document], pool: IsolatedPool, setti
     what = f"training the {tokenizer.domain} tokenizer on {len(train)} train documents"
     if progress:
         print(f"{what} …", file=sys.stderr)
-    with Heartbeat(what, say=None if progress else (lambda line: None)):
+    # with the bars off (a batch log): a line every few minutes, no closing line for a quick fit
+    with Heartbeat(what, every_s=60.0 if progress else PLAIN_EVERY_S, closing_line=progress):
         if not tokenizer.trains_on_samples:  # text: read in this process by Python code, no native parser
             by_id = {d.doc_id: d for d in train}
             skipped = tokenizer.train(train)
