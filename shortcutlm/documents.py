@@ -84,7 +84,7 @@ class Found:
     what: str
 
     def line(self) -> str:
-        return f"{self.source}: {self.what} in {self.where}"
+        return f"{self.source} in {self.where}: {self.what}"
 
 
 Item = Union[Document, Rejected, Found]

@@ -288,9 +288,9 @@ def run_description(layout: RunLayout, variants: list[str]) -> str:
     parts = []
     manifest = ShardManifest.read(layout.data)
     found = manifest.raw.get("found") or []
-    where = f" ({found[0]})" if found else ""
+    data = found[0] if found else f"source {manifest.source.get('name')}"
     tokens = load_tokenizer(manifest.tokenizer_dir).headline
-    parts.append(f"Data: source `{manifest.source.get('name')}`{where}, as {tokens}.")
+    parts.append(f"Data: {data}; as {tokens}.")
     trained = [v for v in variants if CheckpointFolder(layout.checkpoint(v)).has_hparams]
     if trained:
         folder = CheckpointFolder(layout.checkpoint(trained[0]))

@@ -38,7 +38,10 @@ def header(layout: RunLayout) -> str:
     return layout.report.read_text().split("\n## ", 1)[0]
 
 
-def test_librispeech_tiny_preset_offline(tmp_path, capsys):
+def test_librispeech_tiny_preset_offline(tmp_path, capsys, monkeypatch):
+    from shortcutlm.tokenizers import acoustic
+
+    monkeypatch.setattr(acoustic, "_WARNED_OFFLINE", set())  # as in a fresh `shortcutlm recipe` process
     make_librispeech(tmp_path / "data", {"train-clean-100": [("103", "1240", 4), ("1034", "121119", 3)],
                                          "dev-clean": [("84", "121123", 2)], "test-clean": [("1089", "134686", 2)]},
                      seconds=1.5)
@@ -52,8 +55,8 @@ def test_librispeech_tiny_preset_offline(tmp_path, capsys):
     assert list((layout.root / "samples" / "baseline").glob("*.wav"))
     err = capsys.readouterr().err
     assert err.count("OFFLINE log-mel codec") == 1
-    assert f"found librispeech: subsets train-clean-100 (train), dev-clean (valid), test-clean (test), at most 200 " \
-           f"utterances each in {tmp_path / 'data' / 'LibriSpeech'}" in err
+    assert f"found librispeech in {tmp_path / 'data' / 'LibriSpeech'}: subsets train-clean-100 (train), dev-clean " \
+           "(valid), test-clean (test), at most 200 utterances each" in err
     assert "variant 1/2: baseline" in err and "variant 2/2: shortcut_resformer" in err
 
 

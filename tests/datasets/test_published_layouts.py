@@ -76,7 +76,7 @@ def test_librispeech_through_prepare(tmp_path):
     assert "flac is missing" in rejected["103-1240-0003"]["reason"]
     assert rejected["1034-121119-0001"]["input"].endswith("1034-121119-0001.flac")
     assert "flac is missing" not in rejected["1034-121119-0001"]["reason"]
-    assert manifest["inputs"]["total"] == 13 and manifest["found"][0].startswith("librispeech: subsets")
+    assert manifest["inputs"]["total"] == 13 and manifest["found"][0].startswith(f"librispeech in {tmp_path / 'LibriSpeech'}: subsets")
     assert manifest["splits"]["valid"]["seconds"] == pytest.approx(2.0, abs=0.05)
 
 
@@ -109,8 +109,8 @@ def test_wikitext_raw_through_prepare(tmp_path):
                        progress=False)
     assert {split: len(ids) for split, ids in written(manifest).items()} == WIKI
     assert written(manifest)["test"] == ["wikitext103-test-000000", "wikitext103-test-000001"]
-    assert manifest["found"] == [f"wikitext103: the raw variant, wiki.train.raw, wiki.valid.raw, wiki.test.raw "
-                                 f"in {tmp_path / 'wikitext-103-raw'}"]
+    assert manifest["found"] == [f"wikitext103 in {tmp_path / 'wikitext-103-raw'}: the raw variant, wiki.train.raw, "
+                                 "wiki.valid.raw, wiki.test.raw"]
 
 
 def test_wikitext_file_that_is_not_utf8_is_listed(tmp_path):
@@ -158,7 +158,7 @@ def test_maestro_through_prepare(tmp_path):
     assert set(rejected) == {ids[stems[1]], ids[stems[6]]}
     assert "missing" in rejected[ids[stems[6]]]["reason"] and rejected[ids[stems[6]]]["split"] == "test"
     assert rejected[ids[stems[1]]]["split"] == "train" and "missing" not in rejected[ids[stems[1]]]["reason"]
-    assert manifest["found"][0].startswith("maestro: maestro-v3.0.0.csv (10 rows)")
+    assert manifest["found"][0].startswith(f"maestro in {tmp_path / 'maestro-v3.0.0'}: maestro-v3.0.0.csv (10 rows)")
 
 
 def test_maestro_csv_cannot_point_outside_its_folder(tmp_path):
@@ -177,7 +177,8 @@ def test_text8_through_prepare(tmp_path):
     manifest = prepare({"name": "text8", "path": str(tmp_path / "data"), "chunk_chars": 20_000}, TEXT,
                        tmp_path / "out", workers=0, progress=False)
     assert {s: e["documents"] for s, e in manifest["splits"].items()} == {"train": 3, "valid": 1, "test": 1}
-    assert manifest["found"][0].startswith("text8: text8, 60,020 characters (not the published 100,000,000")
+    assert manifest["found"][0].startswith(f"text8 in {tmp_path / 'data'}: text8, 60,020 characters (not the "
+                                                                 "published 100,000,000")
     text = (tmp_path / "data" / "text8").read_text()
     _, docs, _ = items({"name": "text8", "path": str(tmp_path / "data"), "chunk_chars": 20_000})
     for d in docs:  # only a split boundary may fall inside a word, and then the document says so
