@@ -52,3 +52,26 @@ def test_failed_encodec_download_is_one_line_naming_both_ways_out(tmp_path, monk
     assert line.startswith("shortcutlm recipe: error: acoustic tokenizer: could not download the pretrained")
     assert "weights=mel_kmeans" in line and "encodec_24khz-d7cc33bc.th" in line and "Traceback" not in "\n".join(lines)
     assert not out.exists()
+
+
+def test_a_source_that_cannot_be_read_as_asked_is_one_line(tmp_path, capsys):
+    """The folder source refuses to mix files that name a split with files that do not: inside `recipe`
+    too, that is one line, not a traceback."""
+    import yaml
+
+    from tests.conftest import tiny_recipe_dict
+
+    data = tmp_path / "texts"
+    data.mkdir()
+    for name in ("wiki.train.raw", "wiki.valid.raw", "wiki.test.raw", "notes.raw"):
+        (data / name).write_text("some words of text\n")
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(yaml.safe_dump(tiny_recipe_dict({"name": "folder", "path": str(data), "extensions": ".raw"},
+                                                      {"domain": "text", "vocab_size": 300})))
+    assert cli_main(["recipe", str(recipe), "--out", str(tmp_path / "run"), "--no-progress"]) == 2
+    line = one_line(capsys)
+    assert "3 file(s) under" in line and "(e.g. notes.raw)" in line and "splits=hash" in line
+    (tmp_path / "text8").write_bytes(b"anarchism originated as \xff a term")
+    assert cli_main(["prepare", "--source", "text8", "--path", str(tmp_path / "text8"), "--tokenizer", "text",
+                     "--out", str(tmp_path / "t8"), "--quiet"]) == 2
+    assert "is not UTF-8 text (byte 24" in one_line(capsys)

@@ -11,14 +11,20 @@ from pathlib import Path
 from typing import Callable
 
 from shortcutlm.documents import Found
+from shortcutlm.errors import UserError
 
-__all__ = ["Found", "here_or_one_down", "need_path"]
+__all__ = ["Found", "SourceError", "here_or_one_down", "need_path"]
+
+
+class SourceError(UserError, ValueError):
+    """A source spec or a dataset's own files cannot be read as asked (an unknown option, a folder that
+    mixes named and unnamed splits, a CSV without its columns): one line naming the file or option."""
 
 
 def need_path(path: str | Path | None, what: str) -> Path:
     """The ``path`` option as a Path that exists, or a one-line error naming it."""
     if path is None:
-        raise ValueError(f"source {what!r} needs a path")
+        raise SourceError(f"source {what!r} needs a path")
     resolved = Path(path).expanduser()
     if not resolved.exists():
         raise FileNotFoundError(f"{what}: {resolved} does not exist")

@@ -12,7 +12,7 @@ import re
 from pathlib import Path
 from typing import Iterator
 
-from shortcutlm.datasets.found import Found, here_or_one_down, need_path
+from shortcutlm.datasets.found import Found, SourceError, here_or_one_down, need_path
 from shortcutlm.documents import Document, Item, Rejected, safe_id
 
 SPLITS = {"train": "train", "dev": "valid", "test": "test"}
@@ -110,7 +110,7 @@ def librispeech(path: str | Path | None = None, subsets: list[str] | str | None 
     given = need_path(path, "librispeech")
     wanted = [s.strip() for s in subsets.split(",") if s.strip()] if isinstance(subsets, str) else subsets
     if limit is not None and int(limit) < 1:
-        raise ValueError(f"librispeech: limit must be a positive number of utterances per subset, not {limit}")
+        raise SourceError(f"librispeech: limit must be a positive number of utterances per subset, not {limit}")
     root, found = find_subsets(given, list(wanted) if wanted else None)
     described = ", ".join(f"{p.name} ({SPLITS[p.name.split('-', 1)[0]]})" for p in found)
     each = f", at most {int(limit)} utterances each" if limit is not None else ""

@@ -12,7 +12,7 @@ import csv
 from pathlib import Path
 from typing import Iterator
 
-from shortcutlm.datasets.found import Found, here_or_one_down, need_path
+from shortcutlm.datasets.found import Found, SourceError, here_or_one_down, need_path
 from shortcutlm.documents import Document, Item, Rejected, safe_id
 
 SPLITS = {"train": "train", "validation": "valid", "test": "test"}
@@ -56,7 +56,7 @@ def maestro(path: str | Path | None = None, files: str = "midi") -> Iterator[Ite
     one of the published three is rejected with the reason.
     """
     if files not in ("midi", "audio"):
-        raise ValueError(f"maestro: files must be 'midi' or 'audio', not {files!r}")
+        raise SourceError(f"maestro: files must be 'midi' or 'audio', not {files!r}")
     csv_path = find_csv(need_path(path, "maestro"))
     root = csv_path.parent
     column = f"{files}_filename"
@@ -64,7 +64,7 @@ def maestro(path: str | Path | None = None, files: str = "midi") -> Iterator[Ite
         reader = csv.DictReader(handle)
         for needed in ("split", column):
             if needed not in (reader.fieldnames or []):
-                raise ValueError(f"maestro: {csv_path} has no {needed!r} column")
+                raise SourceError(f"maestro: {csv_path} has no {needed!r} column")
         rows = list(reader)
     yield Found("maestro", root, f"{csv_path.name} ({len(rows)} rows), reading its {column} column")
     for row in rows:

@@ -20,7 +20,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
-from shortcutlm.datasets.found import Found, here_or_one_down, need_path
+from shortcutlm.datasets.found import Found, SourceError, here_or_one_down, need_path
 from shortcutlm.datasets.librispeech import librispeech
 from shortcutlm.datasets.maestro import maestro
 from shortcutlm.datasets.splits import DEFAULT_FRACTIONS, parse_fractions, plan_splits
@@ -42,7 +42,7 @@ FOLDER_SPLIT_MODES = ("auto", "names", "hash")
 def _options(name: str, options: dict[str, Any], allowed: Iterable[str]) -> None:
     unknown = sorted(set(options) - set(allowed))
     if unknown:
-        raise ValueError(f"source {name!r}: unknown option(s) {', '.join(unknown)}; "
+        raise SourceError(f"source {name!r}: unknown option(s) {', '.join(unknown)}; "
                          f"allowed: {', '.join(sorted(allowed)) or 'none'}")
 
 
@@ -73,8 +73,12 @@ def text8(path: str | Path | None = None, chunk_chars: int = 1_000_000) -> Itera
         file = folder / "text8"
     chunk_chars = int(chunk_chars)
     if chunk_chars < 1:
-        raise ValueError("text8: chunk_chars must be positive")
-    data = file.read_text(encoding="utf-8")
+        raise SourceError("text8: chunk_chars must be positive")
+    try:
+        data = file.read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        raise SourceError(f"text8: {file} is not UTF-8 text (byte {err.start}: {err.reason}); text8 holds lower-case "
+                          "a-z and spaces only") from None
     yield Found("text8", file.parent, f"{file.name}, {len(data):,} characters"
                 + (" (the published 100,000,000: split 90M/5M/5M)" if len(data) == sum(TEXT8_SIZES)
                    else " (not the published 100,000,000: split 90/5/5 proportionally)"))
@@ -127,7 +131,7 @@ def _split_by_names(rels: list[str], mode: str, root: Path) -> dict[str, tuple[s
     bare = [rel for rel in rels if rel not in carriers]
     if mode == "auto" and carriers and bare:
         example = next(rel for rel in carriers if named[rel][0])
-        raise ValueError(f"folder: {len(carriers)} file(s) under {root} name a split (e.g. {example} → "
+        raise SourceError(f"folder: {len(carriers)} file(s) under {root} name a split (e.g. {example} → "
                          f"{named[example][0]}) but {len(bare)} do not (e.g. {bare[0]}); move those into train/, "
                          "valid/ or test/ folders, or set the source option splits=hash to split every file by a "
                          "hash of its path and ignore the names")
@@ -157,12 +161,15 @@ def folder(path: str | Path | None = None, extensions: list[str] | str | None = 
     """
     root = need_path(path, "folder")
     if splits not in FOLDER_SPLIT_MODES:
-        raise ValueError(f"folder: splits must be one of {', '.join(FOLDER_SPLIT_MODES)}, not {splits!r}")
+        raise SourceError(f"folder: splits must be one of {', '.join(FOLDER_SPLIT_MODES)}, not {splits!r}")
     if isinstance(extensions, str):
         extensions = [e.strip() for e in extensions.split(",") if e.strip()]
     suffixes = tuple(e.lower() if e.startswith(".") else f".{e.lower()}"
                      for e in (extensions or AUDIO_EXTENSIONS + MIDI_EXTENSIONS + TEXT_EXTENSIONS))
-    split_fractions = parse_fractions(fractions)
+    try:
+        split_fractions = parse_fractions(fractions)
+    except ValueError as err:
+        raise SourceError(f"folder: {err}") from None
     files = [p for p in _visible_files(root) if p.suffix.lower() in suffixes]
     if not files:
         raise FileNotFoundError(_no_match(root, suffixes))
@@ -229,7 +236,7 @@ def read_source(spec: dict[str, Any], found: list[Found] | None = None) -> Itera
     spec = dict(spec)
     name = spec.pop("name", None)
     if name not in READERS:
-        raise ValueError(f"unknown source {name!r}; expected one of {', '.join(READERS)}")
+        raise SourceError(f"unknown source {name!r}; expected one of {', '.join(READERS)}")
     reader, allowed = READERS[name]
     _options(name, spec, allowed)
     if spec.get("path") is None:

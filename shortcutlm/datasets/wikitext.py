@@ -15,7 +15,7 @@ import re
 from pathlib import Path
 from typing import Iterable, Iterator
 
-from shortcutlm.datasets.found import Found, need_path
+from shortcutlm.datasets.found import Found, SourceError, need_path
 from shortcutlm.documents import Document, Item, Rejected
 
 SPLITS = ("train", "valid", "test")
@@ -32,7 +32,7 @@ def _files(folder: Path, variant: str) -> dict[str, Path]:
 def locate(given: Path, variant: str = "auto") -> tuple[str, Path, dict[str, Path]]:
     """The variant read, its folder and its files by split (here first, then the published folders below)."""
     if variant not in ("auto", *VARIANTS):
-        raise ValueError(f"wikitext103: variant must be auto, raw or tokens, not {variant!r}")
+        raise SourceError(f"wikitext103: variant must be auto, raw or tokens, not {variant!r}")
     root = given.parent if given.is_file() else given
     order = ("raw", "tokens") if variant == "auto" else (variant,)
     places = [root] + [root / name for v in order for name in FOLDERS[v]]
