@@ -120,6 +120,10 @@ def test_wikitext_file_that_is_not_utf8_is_listed(tmp_path):
     _, docs, rejected = items({"name": "wikitext103", "path": str(tmp_path)})
     assert Counter(d.split for d in docs) == {"train": 6, "test": 2}
     assert [(r.input, r.split) for r in rejected] == [(str(bad), "valid")] and "not UTF-8" in rejected[0].reason
+    manifest = prepare({"name": "wikitext103", "path": str(tmp_path)}, TEXT, tmp_path / "out", workers=0,
+                       progress=False)
+    assert [(r["input"], r["split"]) for r in manifest["rejected"]] == [(str(bad), "valid")]
+    assert manifest["warnings"] == ["the valid split is empty: the source gave no valid documents"]
 
 
 # ------------------------------------------------------------------------------ MAESTRO v3
@@ -215,6 +219,10 @@ def test_folder_refuses_to_mix_named_and_unnamed_files(tmp_path):
     assert len(docs) >= 4  # hash splits, names ignored, as asked
     _, docs, rejected = items({"name": "folder", "path": str(folder), "extensions": ".raw", "splits": "names"})
     assert len(docs) == 3 and [r.doc_id for r in rejected] == ["notes_raw"] and "names no split" in rejected[0].reason
+    manifest = prepare({"name": "folder", "path": str(folder), "extensions": ".raw", "splits": "names"}, TEXT,
+                       tmp_path / "out", workers=0, progress=False)
+    assert written(manifest) == {"train": ["wiki_train_raw"], "valid": ["wiki_valid_raw"], "test": ["wiki_test_raw"]}
+    assert [(r["doc_id"], r["input"]) for r in manifest["rejected"]] == [("notes_raw", str(folder / "notes.raw"))]
 
 
 def test_folder_split_folders_of_audio(tmp_path):
@@ -227,3 +235,9 @@ def test_folder_split_folders_of_audio(tmp_path):
         "train/a.flac": "train", "train/b.flac": "train", "train/c.flac": "train", "dev/d.flac": "valid",
         "validation/e.flac": "valid", "test/f.flac": "test"}
     assert [r.doc_id for r in rejected] == ["train__test_take_flac"] and "two splits" in rejected[0].reason
+    (tmp_path / "test" / "broken.flac").write_bytes(b"fLaC not really")
+    manifest = prepare({"name": "folder", "path": str(tmp_path)}, ACOUSTIC, tmp_path.parent / f"{tmp_path.name}-out",
+                       workers=0, progress=False)
+    assert written(manifest) == {"train": ["train__a_flac", "train__b_flac", "train__c_flac"],
+                                 "valid": ["dev__d_flac", "validation__e_flac"], "test": ["test__f_flac"]}
+    assert sorted(r["doc_id"] for r in manifest["rejected"]) == ["test__broken_flac", "train__test_take_flac"]
