@@ -259,21 +259,18 @@ def _train(tokenizer: Tokenizer, docs: list[Document], pool: IsolatedPool, setti
     train = [d for d in docs if d.split == "train"]
     if not train:
         raise PrepareError(f"the {tokenizer.domain} tokenizer needs training but the source has no train documents")
-    what = f"training the {tokenizer.domain} tokenizer on {len(train)} train documents"
     if progress:
-        print(f"{what} …", file=sys.stderr)
-    # with the bars off (a batch log): a line every few minutes, no closing line for a quick fit
-    with Heartbeat(what, every_s=60.0 if progress else PLAIN_EVERY_S, closing_line=progress):
-        if not tokenizer.trains_on_samples:  # text: read in this process by Python code, no native parser
-            by_id = {d.doc_id: d for d in train}
-            skipped = tokenizer.train(train)
-            return {k: Rejected(by_id[k].describe(), _reason(by_id[k], why), "train", k) for k, why in skipped.items()}
-        samples, rejected = _training_samples(tokenizer, train, pool, settings, timeout_s)
-        if not samples:
-            example = next(iter(rejected.values()))
-            raise PrepareError(f"the {tokenizer.domain} tokenizer needs training but none of the {len(train)} train "
-                               f"documents could be read (e.g. {example.input}: {example.reason})")
-        tokenizer.fit(samples)
+        print(f"training the {tokenizer.domain} tokenizer on {len(train)} train documents …", file=sys.stderr)
+    if not tokenizer.trains_on_samples:  # text: read in this process by Python code, no native parser
+        by_id = {d.doc_id: d for d in train}
+        skipped = tokenizer.train(train)
+        return {k: Rejected(by_id[k].describe(), _reason(by_id[k], why), "train", k) for k, why in skipped.items()}
+    samples, rejected = _training_samples(tokenizer, train, pool, settings, timeout_s)
+    if not samples:
+        example = next(iter(rejected.values()))
+        raise PrepareError(f"the {tokenizer.domain} tokenizer needs training but none of the {len(train)} train "
+                         f"documents could be read (e.g. {example.input}: {example.reason})")
+    tokenizer.fit(samples)
     return rejected
 
 
@@ -292,7 +289,11 @@ def _tokenizer_for(out: Path, domain: str, settings: dict[str, Any], docs: list[
     tokenizer = tokenizer_class(domain).from_settings(dict(settings))
     rejected: dict[str, Rejected] = {}
     if tokenizer.needs_training:
-        rejected = _train(tokenizer, docs, pool, settings, timeout_s, progress)
+        # a fit is silent for minutes on a large train split: a line every minute (every few with the
+        # bars off, as in a batch log) says it goes on
+        with Heartbeat(f"training the {domain} tokenizer", every_s=60.0 if progress else PLAIN_EVERY_S,
+                       closing_line=progress):
+            rejected = _train(tokenizer, docs, pool, settings, timeout_s, progress)
     if previous is not None and previous.get("shards"):
         # The saved tokenizer is gone but shards exist: only an identical mapping may add to them.
         tokenizer.check_fingerprint(previous["tokenizer"]["fingerprint"], f"the partial shards in {out}")
