@@ -77,7 +77,9 @@ def prepared_already(recipe: Recipe, data: Path) -> str:
     manifest = read_manifest_or_none(data, require_complete=True)
     if manifest is None:
         return ""
-    same = lambda a, b: json.dumps(a, sort_keys=True, default=str) == json.dumps(b, sort_keys=True, default=str)  # noqa: E731
+    def same(a: object, b: object) -> bool:
+        return json.dumps(a, sort_keys=True, default=str) == json.dumps(b, sort_keys=True, default=str)
+
     tokenizer = {"domain": recipe.tokenizer.get("domain"),
                  **{k: v for k, v in recipe.tokenizer.items() if k != "domain"}}
     if not (same(manifest.get("source"), recipe.source) and same(manifest.get("tokenizer_settings"), tokenizer)):

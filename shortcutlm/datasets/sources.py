@@ -43,7 +43,7 @@ def _options(name: str, options: dict[str, Any], allowed: Iterable[str]) -> None
     unknown = sorted(set(options) - set(allowed))
     if unknown:
         raise SourceError(f"source {name!r}: unknown option(s) {', '.join(unknown)}; "
-                         f"allowed: {', '.join(sorted(allowed)) or 'none'}")
+                          f"allowed: {', '.join(sorted(allowed)) or 'none'}")
 
 
 # ---------------------------------------------------------------------------------------- text8
@@ -130,14 +130,16 @@ def _split_by_names(rels: list[str], mode: str, root: Path) -> dict[str, tuple[s
     carriers = [rel for rel, (split, problem) in named.items() if split or problem]
     bare = [rel for rel in rels if rel not in carriers]
     if mode == "auto" and carriers and bare:
-        example = next(rel for rel in carriers if named[rel][0])
+        example = next((rel for rel in carriers if named[rel][0]), carriers[0])
         raise SourceError(f"folder: {len(carriers)} file(s) under {root} name a split (e.g. {example} → "
-                         f"{named[example][0]}) but {len(bare)} do not (e.g. {bare[0]}); move those into train/, "
-                         "valid/ or test/ folders, or set the source option splits=hash to split every file by a "
-                         "hash of its path and ignore the names")
-    return {rel: named[rel] if named[rel][0] or named[rel][1] else
-            (None, "its path names no split (train, valid/validation/dev or test) and the source option "
-                   "splits=names asks for one") for rel in rels}
+                          f"{named[example][0] or 'two of them'}) but {len(bare)} do not (e.g. {bare[0]}); move "
+                          "those into train/, valid/ or test/ folders, or set the source option splits=hash to split "
+                          "every file by a hash of its path and ignore the names")
+    if mode == "names":
+        unnamed = (None, "its path names no split (train, valid/validation/dev or test) and the source option "
+                         "splits=names asks for one")
+        return {rel: unnamed if rel in bare else named[rel] for rel in rels}
+    return named
 
 
 def folder(path: str | Path | None = None, extensions: list[str] | str | None = None,
@@ -175,7 +177,7 @@ def folder(path: str | Path | None = None, extensions: list[str] | str | None = 
         raise FileNotFoundError(_no_match(root, suffixes))
     rels = [p.relative_to(root).as_posix() for p in files]
     by_name = _split_by_names(rels, splits, root) if splits != "hash" else {}
-    if splits == "names" or any(split for split, _ in by_name.values()):
+    if splits == "names" or any(split or problem for split, problem in by_name.values()):
         counts = Counter(split for split, _ in by_name.values() if split)
         yield Found("folder", root, f"{len(files)} {'/'.join(suffixes)} file(s) in the splits their names carry ("
                     + ", ".join(f"{split} {counts[split]}" for split in ("train", "valid", "test") if counts[split])

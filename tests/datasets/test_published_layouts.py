@@ -241,3 +241,12 @@ def test_folder_split_folders_of_audio(tmp_path):
     assert written(manifest) == {"train": ["train__a_flac", "train__b_flac", "train__c_flac"],
                                  "valid": ["dev__d_flac", "validation__e_flac"], "test": ["test__f_flac"]}
     assert sorted(r["doc_id"] for r in manifest["rejected"]) == ["test__broken_flac", "train__test_take_flac"]
+
+
+def test_folder_never_hashes_files_whose_names_conflict(tmp_path):
+    for name in ("train/test_notes.txt", "dev/train_log.txt"):
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text("words of a file\n")
+    _, docs, rejected = items({"name": "folder", "path": str(tmp_path)})
+    assert docs == [] and sorted(r.doc_id for r in rejected) == ["dev__train_log_txt", "train__test_notes_txt"]
+    assert all("names two splits" in r.reason for r in rejected)
