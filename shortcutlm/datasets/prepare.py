@@ -258,7 +258,9 @@ def _train(tokenizer: Tokenizer, docs: list[Document], pool: IsolatedPool, setti
     """Fit the tokenizer on the train split; returns the train documents rejected while reading them."""
     train = [d for d in docs if d.split == "train"]
     if not train:
-        raise PrepareError(f"the {tokenizer.domain} tokenizer needs training but the source has no train documents")
+        given = ", ".join(f"{n} {split}" for split, n in Counter(d.split for d in docs).items()) or "none"
+        raise PrepareError(f"the {tokenizer.domain} tokenizer needs training but the source has no train documents "
+                           f"(it gave {given}); give it a train split too")
     if progress:
         print(f"training the {tokenizer.domain} tokenizer on {len(train)} train documents …", file=sys.stderr)
     if not tokenizer.trains_on_samples:  # text: read in this process by Python code, no native parser

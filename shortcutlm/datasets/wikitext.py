@@ -30,20 +30,22 @@ def _files(folder: Path, variant: str) -> dict[str, Path]:
 
 
 def locate(given: Path, variant: str = "auto") -> tuple[str, Path, dict[str, Path]]:
-    """The variant read, its folder and its files by split (here first, then the published folders below)."""
+    """The variant read, its folder and its files by split: here first, then the published folders right
+    under it, then any other folder right under it."""
     if variant not in ("auto", *VARIANTS):
         raise SourceError(f"wikitext103: variant must be auto, raw or tokens, not {variant!r}")
     root = given.parent if given.is_file() else given
     order = ("raw", "tokens") if variant == "auto" else (variant,)
-    places = [root] + [root / name for v in order for name in FOLDERS[v]]
+    others = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")) if root.is_dir() else []
+    places = [root] + [root / name for v in order for name in FOLDERS[v]] + others  # the published names first
     for place in places:
         for kind in order:
             files = _files(place, kind) if place.is_dir() else {}
             if files:
                 return kind, place, files
     wanted = " or ".join(VARIANTS[v].format(split="{train,valid,test}") for v in order)
-    raise FileNotFoundError(f"wikitext103: no {wanted} in {root} or in its {'/ or '.join(FOLDERS[order[0]])}/ "
-                            f"folder")
+    raise FileNotFoundError(f"wikitext103: no {wanted} in {root} or in a folder right under it (e.g. "
+                            f"{FOLDERS[order[0]][0]}/)")
 
 
 def _articles(lines: Iterable[str]) -> Iterator[tuple[str, list[str]]]:

@@ -56,6 +56,14 @@ def test_librispeech_found_from_each_level(tmp_path):
         list(read_source({"name": "librispeech", "path": str(root / "dev-clean" / "84")}))
 
 
+def test_librispeech_without_a_train_subset_says_what_it_found(tmp_path):
+    from shortcutlm.datasets.prepare import PrepareError
+
+    make_librispeech(tmp_path, {"dev-clean": [("84", "121123", 2)]}, seconds=0.2)
+    with pytest.raises(PrepareError, match=r"needs training but the source has no train documents \(it gave 2 valid\)"):
+        prepare({"name": "librispeech", "path": str(tmp_path)}, ACOUSTIC, tmp_path / "out", workers=0, progress=False)
+
+
 def test_librispeech_limit_spreads_over_speakers(tmp_path):
     make_librispeech(tmp_path, {"train-clean-100": [("19", "198", 4), ("26", "495", 4)]}, missing_flac=False,
                      seconds=0.1)
@@ -99,6 +107,10 @@ def test_wikitext_raw_and_tokens(tmp_path):
     assert any(" @-@ " in d.text for d in docs) and Counter(d.split for d in docs) == WIKI
     only_tokens = tmp_path / "wikitext-103"
     assert items({"name": "wikitext103", "path": str(only_tokens / "wiki.valid.tokens")})[0][0].where == only_tokens
+    renamed = tmp_path / "elsewhere"
+    renamed.mkdir()
+    only_tokens = (tmp_path / "wikitext-103").rename(renamed / "wt103")  # unpacked under another name
+    assert items({"name": "wikitext103", "path": str(renamed), "variant": "tokens"})[0][0].where == only_tokens
     with pytest.raises(FileNotFoundError, match="no wiki.{train,valid,test}.raw"):
         list(read_source({"name": "wikitext103", "path": str(only_tokens), "variant": "raw"}))
 
