@@ -1,5 +1,5 @@
 """The unit that flows from a source to a tokenizer: one document with a stable id, or the
-record of an input that could not become one.
+record of an input that could not become one (and a reader's note of where it found its data).
 
 Kept apart from both sides so that sources (the readers and the embedded corpora) and
 tokenizers agree on it without importing each other.
@@ -80,7 +80,20 @@ class Rejected:
         return body
 
 
-Item = Union[Document, Rejected]
+@dataclass(frozen=True)
+class Found:
+    """A reader's account of the data it is about to read: the folder and what it found there
+    (see :mod:`shortcutlm.datasets.found`). Readers of published layouts yield one first."""
+
+    source: str
+    where: Path
+    what: str
+
+    def line(self) -> str:
+        return f"{self.source} in {self.where}: {self.what}"
+
+
+Item = Union[Document, Rejected, Found]
 Reader = Callable[..., Iterable[Item]]
 
 

@@ -26,11 +26,18 @@ from shortcutlm.run_layout import RunLayout
 
 def first_document(data_dir: Path, splits: tuple[str, ...] = ("test", "valid", "train")) -> np.ndarray | None:
     """Tokens of the first document of the first non-empty split (a reproducible prompt source)."""
+    found = first_document_and_meta(data_dir, splits)
+    return None if found is None else found[0]
+
+
+def first_document_and_meta(data_dir: Path, splits: tuple[str, ...] = ("test", "valid", "train")
+                            ) -> tuple[np.ndarray, dict[str, Any]] | None:
+    """:func:`first_document` with what its source said of it (the shard's ``meta["info"]``)."""
     manifest = ShardManifest.read(data_dir)
     for split in splits:
         for shard in manifest.split(split).shards:
-            for _key, tokens, _meta in read_shard(Path(data_dir) / shard):
-                return tokens.astype(np.int64)
+            for _key, tokens, meta in read_shard(Path(data_dir) / shard):
+                return tokens.astype(np.int64), dict(meta.get("info") or {})
     return None
 
 
@@ -41,14 +48,15 @@ def prompt_file(recipe: Recipe, data_dir: Path, out_dir: Path) -> Path | None:
         return Path(g.prompt)
     if g.prompt_tokens <= 0:
         return None
-    tokens = first_document(data_dir)
-    if tokens is None:
+    found = first_document_and_meta(data_dir)
+    if found is None:
         return None
     from shortcutlm.tokenizers import load_tokenizer
 
     tokenizer = load_tokenizer(ShardManifest.read(data_dir).tokenizer_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    return tokenizer.decode(tokens[..., : g.prompt_tokens], out_dir / f"prompt{tokenizer.artifact_suffix}")
+    tokens, info = found
+    return tokenizer.write_prompt(tokens, g.prompt_tokens, out_dir / f"prompt{tokenizer.artifact_suffix}", info)
 
 
 def generate_samples(recipe: Recipe, folder: Path, data_dir: Path, out_dir: Path) -> list[Path]:
@@ -185,6 +193,11 @@ def _samples_section(layout: RunLayout, variants: list[str]) -> list[str]:
         if found:
             files = [p for sample in found for p in sample.files]
             lines.append(f"- **{v}**: " + ", ".join(f"[`{p.name}`]({_rel(p, layout.root)})" for p in files))
+            dropped = [d for sample in found if (d := sample.sidecar.get("decode_dropped"))]
+            if any(d.get("ids") or d.get("tokens") for d in dropped):
+                lines.append(f"  (decoding dropped {sum(d.get('tokens', 0) for d in dropped):,} tokens out of order "
+                             f"and {sum(d.get('ids', 0) for d in dropped):,} ids that stand for no token, of "
+                             f"{sum(d.get('of', 0) for d in dropped):,} ids)")
             quoted = next((text for sample in found if (text := _excerpt(sample))), None)
             if quoted:
                 lines += ["", "  ```", *("  " + line for line in quoted.splitlines()), "  ```"]
@@ -268,16 +281,40 @@ def report_sections(recipe: Recipe, layout: RunLayout, variants: list[str]) -> d
             "diagnostics": _diagnostics_section(layout, variants)}
 
 
+def run_description(layout: RunLayout, variants: list[str]) -> str:
+    """The header's sentence, read from what the run wrote (the manifest, its saved tokenizer, the
+    checkpoints), never from the recipe's defaults: a run made with other settings is described as made."""
+    from shortcutlm.tokenizers import load_tokenizer
+
+    parts = []
+    manifest = ShardManifest.read(layout.data)
+    found = manifest.raw.get("found") or []
+    data = found[0] if found else f"source {manifest.source.get('name')}"
+    tokens = load_tokenizer(manifest.tokenizer_dir).headline
+    parts.append(f"Data: {data}; as {tokens}.")
+    trained = [v for v in variants if CheckpointFolder(layout.checkpoint(v)).has_hparams]
+    if trained:
+        folder = CheckpointFolder(layout.checkpoint(trained[0]))
+        cfg, h = folder.model_config(), folder.hparams()
+        steps = sorted({CheckpointFolder(layout.checkpoint(v)).hparams()["step"] for v in trained})
+        step_text = f"{steps[0]:,}" if len(steps) == 1 else f"{steps[0]:,}-{steps[-1]:,}"
+        parts.append(f"Models: {cfg['n_layer']} layers, width {cfg['n_embd']}, {cfg['n_head']} heads, context "
+                     f"{cfg['block_size']:,}; {len(trained)} variant(s) trained {step_text} steps at "
+                     f"{h.get('train', {}).get('precision', '?')} precision.")
+    return " ".join(parts)
+
+
 def write_run_report(recipe: Recipe, layout: RunLayout, variants: list[str]) -> Path:
     """Write ``report.md`` and ``report.html`` (and their PNGs) for a recipe run; returns ``report.md``."""
     from shortcutlm.report_html import write_html_report
 
     title = recipe.name + (f" ({recipe.preset} preset)" if recipe.preset else "")
-    head = [f"# {title}", ""] + ([recipe.description.strip(), ""] if recipe.description else [])
+    description = run_description(layout, variants)
+    head = [f"# {title}", ""] + ([description, ""] if description else [])
     sections = report_sections(recipe, layout, variants)
     lines = head + [line for part in sections.values() for line in part]
     write_text(layout.report, "\n".join(lines) + "\n")
-    write_html_report(layout, title, recipe.description, sections, variants)
+    write_html_report(layout, title, description, sections, variants)
     return layout.report
 
 

@@ -100,6 +100,9 @@ def _facts(sidecar: dict[str, Any]) -> str:
         parts.append(speed)
     if sidecar.get("stopped_at_eos"):
         parts.append("stopped at end-of-sequence")
+    dropped = sidecar.get("decode_dropped") or {}
+    if dropped.get("ids") or dropped.get("tokens"):
+        parts.append(f"decoding dropped {dropped.get('ids', 0)} ids and {dropped.get('tokens', 0)} tokens out of order")
     return " · ".join(parts)
 
 

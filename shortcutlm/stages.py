@@ -1,17 +1,25 @@
 """``shortcutlm recipe``: run a recipe's stages (prepare, train, evaluate, generate, report) into one folder.
 
-Each stage resumes what exists, so re-running a finished recipe redoes nothing, and a run
-stopped by Ctrl-C goes on from its last step.
+Each stage resumes what exists, so a run stopped by Ctrl-C goes on from its last step; a re-run
+skips finished shards and finished variants and says so (evaluation, samples and the report are
+made again: they are quick, and a re-run may have changed their settings). Training names each
+variant, estimates the run's length from its first steps and, with ``--no-progress``, prints a
+plain line every few minutes (:mod:`shortcutlm.progress`).
 """
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
+from shortcutlm.artifacts.checkpoint import CheckpointFolder
 from shortcutlm.artifacts.lock import folder_lock
+from shortcutlm.artifacts.manifest import read_manifest_or_none
 from shortcutlm.cleanup import removed_if_failed
+from shortcutlm.config_schema import ConfigError
 from shortcutlm.datasets.prepare import prepare
 from shortcutlm.evaluation import evaluate_checkpoints, write_report
+from shortcutlm.progress import TrainingProgress
 from shortcutlm.recipe import Recipe, load_recipe
 from shortcutlm.report import generate_samples, write_run_report
 from shortcutlm.run_layout import RunLayout
@@ -27,14 +35,29 @@ def run_recipe(recipe: Recipe, out: str | Path, stages: tuple[str, ...] = STAGES
     layout.root.mkdir(parents=True, exist_ok=True)
     chosen = variants or list(recipe.variants)
     if "prepare" in stages:
-        prepare(recipe.source, recipe.tokenizer, layout.data, workers=2, progress=progress)
+        done = prepared_already(recipe, layout.data)
+        if done:
+            say(f"prepare: skipped, {done}")
+        else:
+            manifest = prepare(recipe.source, recipe.tokenizer, layout.data, workers=2, progress=progress)
+            if not progress:  # with the bars on, prepare said it before reading
+                for line in manifest.get("found") or []:
+                    say(f"found {line}")
     if "train" in stages:
-        for variant in chosen:
-            train(recipe, variant, layout.data, layout.checkpoint(variant), progress=progress)
+        finished = {v for v in chosen if CheckpointFolder(layout.checkpoint(v)).is_finished(recipe.train.max_steps)}
+        for index, variant in enumerate(chosen, 1):
+            if variant in finished:
+                say(f"train variant {index}/{len(chosen)}: {variant}: skipped, already trained to step "
+                    f"{recipe.train.max_steps:,} in {layout.checkpoint(variant)}")
+                continue
+            later = sum(recipe.train.max_steps for v in chosen[index:] if v not in finished)
+            watch = TrainingProgress(variant, index, len(chosen), later, plain=not progress)
+            train(recipe, variant, layout.data, layout.checkpoint(variant), progress=progress, callbacks=[watch])
     folders = [layout.checkpoint(v) for v in chosen]
     if "evaluate" in stages:
         results = evaluate_checkpoints(folders, layout.data, split=recipe.evaluate.split,
-                                       batch_size=recipe.evaluate.batch_size, max_batches=recipe.evaluate.max_batches)
+                                       batch_size=recipe.evaluate.batch_size, max_batches=recipe.evaluate.max_batches,
+                                       progress=progress)
         write_report(results, layout.evaluation)
     if "generate" in stages:
         for variant, folder in zip(chosen, folders):
@@ -42,6 +65,29 @@ def run_recipe(recipe: Recipe, out: str | Path, stages: tuple[str, ...] = STAGES
     if "report" in stages:
         write_run_report(recipe, layout, chosen)
     return layout
+
+
+def say(line: str) -> None:
+    print(line, file=sys.stderr)
+
+
+def prepared_already(recipe: Recipe, data: Path) -> str:
+    """Why ``prepare`` can be skipped (its shards are finished, from this source and tokenizer), or ''."""
+    import json
+
+    manifest = read_manifest_or_none(data, require_complete=True)
+    if manifest is None:
+        return ""
+    def same(a: object, b: object) -> bool:
+        return json.dumps(a, sort_keys=True, default=str) == json.dumps(b, sort_keys=True, default=str)
+
+    tokenizer = {"domain": recipe.tokenizer.get("domain"),
+                 **{k: v for k, v in recipe.tokenizer.items() if k != "domain"}}
+    if not (same(manifest.get("source"), recipe.source) and same(manifest.get("tokenizer_settings"), tokenizer)):
+        return ""  # prepare itself refuses other settings, naming them
+    documents = manifest.get("inputs", {}).get("documents", 0)
+    return (f"{data} already holds the finished shards of this source and tokenizer ({documents:,} documents); "
+            "delete that folder to prepare again")
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -52,14 +98,40 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--stage", dest="stages", action="append", choices=STAGES,
                         help="run only these stages (repeatable; default: all, in order)")
     parser.add_argument("--variant", dest="variants", action="append", help="only these variants (repeatable)")
+    parser.add_argument("--path", help="where your copy of the recipe's dataset lies (sets source.path): the "
+                        "dataset's own folder or the folder its archive unpacked into, e.g. /data/maestro-v3.0.0")
     parser.add_argument("--out", help="output folder (default: runs/<recipe name>[-<preset>])")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    parser.add_argument("--no-progress", action="store_true",
+                        help="no progress bars: a plain line every few minutes instead (for batch logs)")
+
+
+def point_source(recipe: Recipe, path: str | None, preparing: bool) -> None:
+    """Point the recipe's source at ``--path``; before a prepare, refuse a data path that does not exist
+    with a line that names the flag (a recipe's default path is relative and rarely where the data is)."""
+    from shortcutlm.datasets.sources import READERS
+
+    name = recipe.source.get("name")
+    takes_path = name in READERS and "path" in READERS[name][1]
+    if path is not None:
+        if not takes_path:
+            raise ConfigError(f"recipe {recipe.name}: its source {name!r} ships with a package and reads no path; "
+                              "leave out --path")
+        recipe.source["path"] = str(Path(path).expanduser())
+        if preparing and not Path(recipe.source["path"]).exists():
+            raise ConfigError(f"--path {path}: no such file or folder")
+        return
+    given = recipe.source.get("path")
+    if preparing and takes_path and given is not None and not Path(str(given)).expanduser().exists():
+        relative = "" if Path(str(given)).expanduser().is_absolute() else f", relative to {Path.cwd()}"
+        raise ConfigError(f"recipe {recipe.name}: {given} does not exist (its source.path{relative}); point the "
+                          "recipe at your copy of the dataset with --path /where/it/lies")
 
 
 def run(args: argparse.Namespace) -> int:
     recipe = load_recipe(args.recipe, args.preset, args.overrides)
     out = args.out or f"runs/{recipe.name}" + (f"-{args.preset}" if args.preset else "")
     stages = tuple(s for s in STAGES if not args.stages or s in args.stages)
+    point_source(recipe, getattr(args, "path", None), "prepare" in stages)
     with removed_if_failed(out), folder_lock(out, "recipe"):
         layout = run_recipe(recipe, out, stages, args.variants, progress=not args.no_progress)
     if layout.report_html.exists():

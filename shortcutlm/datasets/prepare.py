@@ -42,7 +42,9 @@ Manifest schema (``manifest.json``)::
     shards: [{name, split, sha256, documents, tokens, size, doc_ids, doc_tokens, sums}]
     rejected: [{input, reason, split, doc_id}]    (the reason does not repeat the input)
     warnings: [str]                               (e.g. an empty split)
+    notes: [str]                                  (the tokenizer's, e.g. multi-track MIDI merged into one track)
     inputs: {total, documents, rejected}
+    found: [str]                                  (where the reader found its data, and which variant)
     last_run: {collect_s, tokenizer_s, encode_s, workers, encoded_documents, encoded_tokens}
 
 ``tokens`` counts time steps (positions) per document: for a K-stream layout a document of
@@ -75,12 +77,14 @@ from shortcutlm.datasets.parallel import Job
 from shortcutlm.datasets.shards import TMP_SUFFIX, ShardRecord, ShardWriter, sha256_file, token_dtype
 from shortcutlm.datasets.sources import READERS, Rejected, read_source
 from shortcutlm.datasets.summary import SPLIT_ORDER, split_warnings, summarise
-from shortcutlm.documents import Document
+from shortcutlm.documents import Document, Found
 from shortcutlm.errors import UserError
+from shortcutlm.heartbeat import Heartbeat, PlainCounter
 from shortcutlm.tokenizers import Tokenizer, load_tokenizer, tokenizer_class
 
 DEFAULT_SHARD_TOKENS = 1 << 22
 DEFAULT_SHARD_DOCUMENTS = 4096
+PLAIN_EVERY_S = 180.0  # with the bars off, a plain progress line this often
 
 log = logging.getLogger(__name__)
 
@@ -193,15 +197,18 @@ def _split_specs(source: dict[str, Any], tokenizer: dict[str, Any]) -> tuple[dic
     return dict(source), tokenizer["domain"], settings
 
 
-def _collect(source: dict[str, Any], cls: type[Tokenizer]) -> tuple[list[Document], list[Rejected]]:
-    """All documents and source-level rejections; duplicate ids are rejected, never written twice."""
+def _collect(source: dict[str, Any], cls: type[Tokenizer],
+             found: list[str] | None = None) -> tuple[list[Document], list[Rejected]]:
+    """All documents and source-level rejections; duplicate ids are rejected, never written twice.
+    The reader's lines on where it found its data are appended to ``found``."""
     spec = dict(source)
     if spec["name"] == "folder" and not spec.get("extensions") and cls.extensions:
         spec["extensions"] = list(cls.extensions)
     docs: list[Document] = []
     rejected: list[Rejected] = []
     seen: dict[str, Document] = {}
-    for item in read_source(spec):
+    notes: list[Found] = []
+    for item in read_source(spec, notes):
         if isinstance(item, Rejected):
             rejected.append(item)
         elif item.doc_id in seen:
@@ -210,11 +217,21 @@ def _collect(source: dict[str, Any], cls: type[Tokenizer]) -> tuple[list[Documen
         else:
             seen[item.doc_id] = item
             docs.append(item)
+    if found is not None:
+        found += [note.line() for note in notes]
     if not docs and not rejected:
         raise PrepareError(f"source {spec['name']!r} gave no documents")
     order = {s: i for i, s in enumerate(SPLIT_ORDER)}
     docs.sort(key=lambda d: (order.get(d.split, len(order)), d.split))  # stable: keeps source order within a split
     return docs, rejected
+
+
+def _say_found(found: list[str], progress: bool) -> None:
+    """The reader's account of where it found the data, before anything is read (kept in the manifest's
+    ``found`` too, which ``recipe --no-progress`` prints)."""
+    if progress:
+        for line in found:
+            print(f"found {line}", file=sys.stderr)
 
 
 def _training_samples(tokenizer: Tokenizer, train: list[Document], pool: IsolatedPool, settings: dict[str, Any],
@@ -244,7 +261,9 @@ def _train(tokenizer: Tokenizer, docs: list[Document], pool: IsolatedPool, setti
     """Fit the tokenizer on the train split; returns the train documents rejected while reading them."""
     train = [d for d in docs if d.split == "train"]
     if not train:
-        raise PrepareError(f"the {tokenizer.domain} tokenizer needs training but the source has no train documents")
+        given = ", ".join(f"{n} {split}" for split, n in Counter(d.split for d in docs).items()) or "none"
+        raise PrepareError(f"the {tokenizer.domain} tokenizer needs training but the source has no train documents "
+                           f"(it gave {given}); give it a train split too")
     if progress:
         print(f"training the {tokenizer.domain} tokenizer on {len(train)} train documents …", file=sys.stderr)
     if not tokenizer.trains_on_samples:  # text: read in this process by Python code, no native parser
@@ -275,7 +294,11 @@ def _tokenizer_for(out: Path, domain: str, settings: dict[str, Any], docs: list[
     tokenizer = tokenizer_class(domain).from_settings(dict(settings))
     rejected: dict[str, Rejected] = {}
     if tokenizer.needs_training:
-        rejected = _train(tokenizer, docs, pool, settings, timeout_s, progress)
+        # a fit is silent for minutes on a large train split: a line every minute (every few with the
+        # bars off, as in a batch log) says it goes on
+        with Heartbeat(f"training the {domain} tokenizer", every_s=60.0 if progress else PLAIN_EVERY_S,
+                       closing_line=progress):
+            rejected = _train(tokenizer, docs, pool, settings, timeout_s, progress)
     if previous is not None and previous.get("shards"):
         # The saved tokenizer is gone but shards exist: only an identical mapping may add to them.
         tokenizer.check_fingerprint(previous["tokenizer"]["fingerprint"], f"the partial shards in {out}")
@@ -396,7 +419,9 @@ def prepare_tokenizer(source: dict[str, Any], tokenizer: dict[str, Any], out_dir
 def _prepare_tokenizer(source: dict[str, Any], tokenizer_spec: dict[str, Any], domain: str, settings: dict[str, Any],
                        out: Path, workers: int, progress: bool, file_timeout_s: float | None) -> dict[str, Any]:
     previous = _previous(out, source, tokenizer_spec)
-    docs, source_rejected = _collect(source, tokenizer_class(domain))
+    found: list[str] = []
+    docs, source_rejected = _collect(source, tokenizer_class(domain), found)
+    _say_found(found, progress)
     if previous is not None and parallel.PLAN in previous:
         parallel.check_documents(previous[parallel.PLAN], [d.split for d in docs], out)
         return previous
@@ -410,6 +435,7 @@ def _prepare_tokenizer(source: dict[str, Any], tokenizer_spec: dict[str, Any], d
         ids = {d.doc_id for d in docs}
         training_rejected = [r for r in previous.get("rejected", []) if r.get("doc_id") in ids]
     manifest = _empty_manifest(source, tokenizer_spec, tok, out / TOKENIZER_FOLDER)
+    manifest["found"] = found
     manifest["rejected"] = [r.as_dict() for r in source_rejected] + training_rejected
     manifest[parallel.PLAN] = parallel.make_plan(tok.fingerprint(), [d.split for d in docs],
                                                  [r.as_dict() for r in source_rejected], training_rejected)
@@ -463,7 +489,9 @@ def _prepare(source: dict[str, Any], tokenizer: dict[str, Any], out: Path, pool:
     plan = parallel.plan_of(previous, out) if job is not None else None
 
     clock = time.perf_counter()
-    docs, source_rejected = _collect(source, cls)
+    found: list[str] = []
+    docs, source_rejected = _collect(source, cls, found)
+    _say_found(found, progress)
     timings = {"collect_s": time.perf_counter() - clock}
     clock = time.perf_counter()
     if job is None:
@@ -475,6 +503,7 @@ def _prepare(source: dict[str, Any], tokenizer: dict[str, Any], out: Path, pool:
         scope = _job_scope(out, job, docs, plan, source, tokenizer_spec)
     timings["tokenizer_s"] = time.perf_counter() - clock
     manifest = _empty_manifest(source, tokenizer_spec, tok, out / TOKENIZER_FOLDER)
+    manifest["found"] = found
     if job is not None:
         manifest["job"] = {"index": job.index, "count": job.count, "documents": list(job.bounds(len(docs)))}
     manifest = _encode_scope(out, scope, manifest, tok, pool, shard_tokens, shard_documents, progress, timeout_s,
@@ -484,6 +513,9 @@ def _prepare(source: dict[str, Any], tokenizer: dict[str, Any], out: Path, pool:
     manifest["warnings"] = split_warnings(manifest, Counter(d.split for d in docs))
     for warning in manifest["warnings"]:
         log.warning("prepare %s: %s", source["name"], warning)
+    manifest["notes"] = tok.prepare_notes(manifest["splits"])
+    for note in manifest["notes"]:
+        log.warning("prepare %s: %s", source["name"], note)
     scope.write(manifest)
     if manifest["inputs"]["documents"] == 0:
         reasons = "; ".join(f"{r['input']}: {r['reason']}" for r in manifest["rejected"][:3])
@@ -539,10 +571,13 @@ def _encode_scope(out: Path, scope: _Scope, manifest: dict[str, Any], tok: Token
     clock, encoded = time.perf_counter(), {"documents": 0, "tokens": 0}
     what = manifest["source"]["name"] + (f" ({scope.job})" if scope.job else "")
     bar = tqdm(total=len(pending), desc=f"prepare {what}", unit="doc", disable=not progress, mininterval=1.0)
+    plain = PlainCounter(f"prepare {what}", len(pending), every_s=PLAIN_EVERY_S, say=None) if not progress else None
     stream = _encoded_stream(pending, pool, out / TOKENIZER_FOLDER, tok.domain, timeout_s)
     try:
         for doc, tokens, info in stream:
             bar.update(1)
+            if plain is not None:  # the bars are off (a batch log): a plain line every few minutes instead
+                plain.update(1)
             if tokens is None:
                 rejected[doc.doc_id] = Rejected(doc.describe(), _reason(doc, str(info)), doc.split, doc.doc_id).as_dict()
                 continue
@@ -693,6 +728,9 @@ def run(args: argparse.Namespace) -> int:
         print(f"tokenizer {plan['fingerprint']} saved; {plan['documents']:,} documents to encode, "
               f"{len(manifest['rejected'])} rejected; manifest: {where} ({elapsed:.1f} s)")
         return 0
+    if args.quiet:  # with the bars on they were said before reading
+        for line in manifest.get("found") or []:
+            print(f"found {line}")
     for split, entry in manifest["splits"].items():
         extra = "".join(f", {k} {entry[k]:,.6g}" if isinstance(entry[k], float) else f", {k} {entry[k]:,}"
                         for k in entry if k not in ("documents", "tokens", "shards"))

@@ -150,16 +150,20 @@ class AcousticTokenizer(Tokenizer):
                             device=str(self.device))
 
     def _warn_offline(self) -> None:
-        """Say once per process (a grid loads the tokenizer per run) that this is not the published codec."""
-        key = (self.weights_kind, self.seed, self._codec.fitted)
-        if self.weights_kind not in FITTED_KINDS or key in _WARNED_OFFLINE:
+        """Say once per run that this is not the published codec: once per process (a recipe loads the
+        tokenizer for every stage and variant), and never in the worker processes that read files for
+        the process that already said it."""
+        import multiprocessing
+
+        key = (self.weights_kind, self.seed)
+        if self.weights_kind not in FITTED_KINDS or key in _WARNED_OFFLINE or multiprocessing.parent_process():
             return
         _WARNED_OFFLINE.add(key)
         what = ("the OFFLINE log-mel codec (residual k-means over log-mel frames, Griffin-Lim decoding)"
                 if self.weights_kind == "mel_kmeans" else
                 f"EnCodec with RANDOM-INIT weights (seed {self.seed}) and k-means codebooks")
-        log.warning("acoustic tokenizer: %s%s; this is not the published EnCodec, and decoded audio is not its "
-                    "quality", what, "" if self._codec.fitted else " (not fitted yet: call train())")
+        log.warning("acoustic tokenizer: %s; this is not the published EnCodec, and decoded audio is not its "
+                    "quality", what)
 
     @classmethod
     def from_settings(cls, settings: dict[str, Any]) -> "AcousticTokenizer":
@@ -291,6 +295,11 @@ class AcousticTokenizer(Tokenizer):
         if self.weights_kind == "random_kmeans":
             return f"{name} with random-init weights and k-means codebooks (not the published codec)"
         return name if self.weights_kind == "pretrained" else f"{name} weights from {Path(self.weights_source).name}"
+
+    @property
+    def headline(self) -> str:
+        return (f"{self.codec_name} tokens of {self.sample_rate / 1000:g} kHz audio, {self.bandwidth:g} kbps "
+                f"({self.n_q} codebooks), {self.layout} layout")
 
     artifact_is_sound = True
 

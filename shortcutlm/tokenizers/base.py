@@ -320,6 +320,24 @@ class Tokenizer(ABC):
         not text."""
         return None
 
+    def write_prompt(self, tokens: np.ndarray, n: int, out_path: str | Path,
+                     source_meta: dict[str, Any] | None = None) -> Path:
+        """The head of a document (about ``n`` tokens of it) written as a prompt file, cut where a reader
+        would cut it (text: at word or line boundaries; MIDI ids already end at a bar line when decoded).
+        ``source_meta``: what the source said of the document (e.g. ``begins_mid_word``)."""
+        return self.decode(tokens[..., :n], out_path)
+
+    def prepare_notes(self, splits: dict[str, dict[str, Any]]) -> list[str]:
+        """Lines ``prepare`` prints (and keeps in the manifest's ``notes``) about what this tokenizer did
+        to the data as a whole, from the per-split sums of its encoded metadata. None by default."""
+        return []
+
+    @property
+    def headline(self) -> str:
+        """What the ids are, in one phrase a report's header can print (from this saved tokenizer,
+        so the header describes the run made, not a recipe's defaults)."""
+        return f"{self.domain} tokens, vocabulary {self.vocab_size:,}"
+
     def describe(self) -> dict[str, Any]:
         """JSON-able facts a sample sidecar or an evaluation result records so that it reads on its
         own (audio: layout, codebooks, frames per second). Empty by default."""

@@ -26,17 +26,24 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from shortcutlm.errors import UserError
 from shortcutlm.tokenizers.encodec_fast import FastELU, one_thread_enter, one_thread_exit, sconv1d_forward
 from shortcutlm.tokenizers.kmeans import residual_kmeans
 
 CARD = 1024
 BANDWIDTHS = {24000: (1.5, 3.0, 6.0, 12.0, 24.0), 48000: (3.0, 6.0, 12.0, 24.0)}
 PRETRAINED_NAMES = {24000: "encodec_24khz", 48000: "encodec_48khz"}
+#: The published weights files encodec downloads (a copy fetched by hand is passed as ``weights``).
+PUBLISHED_FILES = {24000: "encodec_24khz-d7cc33bc.th", 48000: "encodec_48khz-7e698e3e.th"}
 EMA_BUFFERS = ("embed_avg", "cluster_size")
 DECODE_CONTEXT_S = 1.0  # decoder warm-up / look-ahead around each decoded chunk
 DECODE_RMS_48K = 0.1  # -20 dBFS: the level 48 kHz decodes are written at (the scale is not in the ids)
 FRAME_RATES = {24000: 75, 48000: 150}
 BITS_PER_CODE = 10  # log2 of the 1024 entries of a codebook
+
+
+class CodecUnavailable(UserError, RuntimeError):
+    """The pretrained EnCodec weights cannot be had here (no network): one line naming both ways out."""
 
 
 class EncodecCodec:
@@ -159,11 +166,12 @@ def _build_model(sample_rate: int, weights: str, state_dict: dict | None, seed: 
                 with contextlib.redirect_stdout(sys.stderr):  # torch.hub reports downloads on stdout
                     model = factory(pretrained=True)
             except Exception as exc:  # urllib / hash / unpickling errors alike
-                raise RuntimeError(
-                    f"acoustic tokenizer: could not get the pretrained {PRETRAINED_NAMES[sample_rate]} "
-                    f"weights ({type(exc).__name__}: {exc}). encodec downloads them from "
-                    "dl.fbaipublicfiles.com into torch.hub's cache; without a network, put the .th file "
-                    "there, pass its path as `weights`, or use the offline codec `weights: mel_kmeans`.") from exc
+                raise CodecUnavailable(
+                    f"acoustic tokenizer: could not download the pretrained {PRETRAINED_NAMES[sample_rate]} weights "
+                    f"({type(exc).__name__}: {' '.join(str(exc).split())[:160]}); two ways out: the offline codec "
+                    "(tokenizer setting weights=mel_kmeans; in a recipe --set tokenizer.weights=mel_kmeans) or a "
+                    f"local weights file (weights=/path/to/{PUBLISHED_FILES[sample_rate]}, fetched by hand from "
+                    "dl.fbaipublicfiles.com/encodec/v0/)") from exc
         else:
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(seed)

@@ -84,6 +84,27 @@ def default_soundfont() -> Path:
     return Path(os.path.dirname(pretty_midi.__file__)) / SOUNDFONT
 
 
+_SAID_MERGED: set[str] = set()
+
+
+def _note_merged_tracks(score: Any, doc: Document) -> int:
+    """How many tracks with notes ``merge_tracks`` is about to fold into one (0 for a single track); said
+    in one line once per process (a prompt at generate time), never in prepare's worker processes,
+    whose count ``prepare_notes`` sums up instead."""
+    import multiprocessing
+
+    tracks = [t for t in score.tracks if t.note_num() > 0]
+    if len(tracks) < 2:
+        return 0
+    if not multiprocessing.parent_process() and "merged" not in _SAID_MERGED:
+        _SAID_MERGED.add("merged")
+        drums = " (drums included)" if any(t.is_drum for t in tracks) else ""
+        log.warning("midi tokenizer: %s has %d tracks%s; merged into one piano track as use_programs is false "
+                    "(right for solo piano; prepare with the tokenizer setting use_programs: true to keep programs "
+                    "and drums)", doc.describe(), len(tracks), drums)
+    return len(tracks)
+
+
 class MidiTokenizer(Tokenizer):
     """miditok behind the protocol; one token stream per file."""
 
@@ -121,6 +142,8 @@ class MidiTokenizer(Tokenizer):
         if missing:
             raise ValueError(f"midi tokenizer: special tokens {missing} missing (keep PAD, BOS, EOS, MASK in special_tokens)")
         self.last_repair: dict[str, int] = {}
+        self.last_merged_tracks = 0  # tracks (or drum parts) merged into one by the last load_score
+        self.decode_dropped: dict[str, int] | None = None
         self._refresh()
 
     @staticmethod
@@ -202,7 +225,9 @@ class MidiTokenizer(Tokenizer):
         if score.note_num() == 0:
             raise TokenizerError(f"{doc.describe()}: MIDI file has no notes")
         seconds = float(score.to("second").end())
+        self.last_merged_tracks = 0
         if not self.use_programs:
+            self.last_merged_tracks = _note_merged_tracks(score, doc)
             score = merge_tracks(score)
             if score.note_num() == 0:
                 raise TokenizerError(f"{doc.describe()}: MIDI file has only drum notes (dropped when use_programs is false)")
@@ -222,7 +247,20 @@ class MidiTokenizer(Tokenizer):
         tokens = np.asarray(seq.ids, dtype=np.int64)
         if tokens.size == 0:
             raise TokenizerError(f"{doc.describe()}: no tokens (every note fell outside the tokenizer's pitch range?)")
-        return Encoded(tokens, {"seconds": seconds})
+        meta: dict[str, Any] = {"seconds": seconds}
+        if self.last_merged_tracks:
+            meta["merged_files"] = 1  # summed per split by prepare; see prepare_notes
+        return Encoded(tokens, meta)
+
+    def prepare_notes(self, splits: dict[str, dict[str, Any]]) -> list[str]:
+        """One line when prepare merged multi-track files into one piano track (right for solo piano
+        such as MAESTRO; a loss for band arrangements), naming the setting that keeps programs and drums."""
+        merged = sum(int(entry.get("merged_files", 0)) for entry in splits.values())
+        if not merged:
+            return []
+        return [f"midi tokenizer: {merged} file(s) had several tracks or drums; each was merged into one piano track "
+                "(use_programs false, the default: right for solo piano); set the tokenizer's use_programs: true to "
+                "keep programs and drums"]
 
     def repair(self, tokens: np.ndarray | Sequence[int]) -> list[str]:
         """Generated ids -> well-formed base tokens (strings). Sets ``last_repair`` with what was dropped."""
@@ -244,9 +282,7 @@ class MidiTokenizer(Tokenizer):
                 kept.append(token)
                 previous = kind
         self.last_repair = {"after_eos": cut, "dropped_ids": dropped_ids, "dropped_tokens": len(tokens_str) - len(kept)}
-        if dropped_ids or len(kept) < len(tokens_str):
-            log.warning("midi decode: repaired generated ids (%s)", self.last_repair)
-        return kept
+        return kept  # said once per written sample, by decode (seconds_of repairs on every call)
 
     def _expansion(self, idx: int) -> list[str] | None:
         """The base tokens an id stands for (one, or several for a BPE id); None if it has none."""
@@ -335,9 +371,24 @@ class MidiTokenizer(Tokenizer):
         except Exception as exc:  # repair makes this unexpected; report it rather than crash a sampling run
             raise TokenizerError(f"{out_path}: ids did not decode to MIDI even after repair "
                                  f"({type(exc).__name__}: {exc})") from exc
+        repair = dict(self.last_repair)
+        self.decode_dropped = {"ids": repair["dropped_ids"], "tokens": repair["dropped_tokens"],
+                               "of": int(np.asarray(tokens).size) - repair["after_eos"]}
+        if repair["dropped_ids"] or repair["dropped_tokens"]:
+            log.warning("midi decode: %s: repaired %d ids: dropped %d that stand for no token and %d tokens out of "
+                        "order", "/".join(out_path.parts[-2:]), self.decode_dropped["of"], repair["dropped_ids"],
+                        repair["dropped_tokens"])
         out_path.parent.mkdir(parents=True, exist_ok=True)
         score.dump_midi(str(out_path))
         return out_path
+
+    def describe(self) -> dict[str, Any]:
+        """What the last :meth:`decode` dropped while repairing (a sample's sidecar records it, and the
+        report says it), and how tracks were treated."""
+        facts: dict[str, Any] = {"multitrack": "program tokens" if self.use_programs else "tracks merged"}
+        if self.decode_dropped is not None:
+            facts["decode_dropped"] = dict(self.decode_dropped)
+        return facts
 
     def render(self, mid_or_tokens: str | Path | np.ndarray | Sequence[int], wav_path: str | Path,
                soundfont: str | Path | None = None, sample_rate: int = 44100) -> Path:
@@ -418,6 +469,12 @@ class MidiTokenizer(Tokenizer):
         if self.vocab_size < self.vocab_target:
             raise TrainingError(f"midi tokenizer: the train split ({len(samples)} files) supports at most "
                              f"{self.vocab_size} BPE tokens, asked for {self.vocab_target}; lower vocab_size")
+
+    @property
+    def headline(self) -> str:
+        bpe = f" with BPE to {self.vocab_size:,} ids" if self.vocab_target else f", vocabulary {self.vocab_size:,}"
+        tracks = "programs and drums kept" if self.use_programs else "each file's tracks merged into one"
+        return f"{self.tokenization} MIDI tokens{bpe} ({tracks})"
 
     # ------------------------------------------------------------------ persistence
     def config(self) -> dict[str, Any]:

@@ -234,6 +234,29 @@ class TextTokenizer(Tokenizer):
         ids = ids[(ids >= 0) & (ids < sp.get_piece_size()) & ~np.isin(ids, self._strip)]
         return sp.decode(ids.tolist())
 
+    def write_prompt(self, tokens: np.ndarray, n: int, out_path: str | Path,
+                     source_meta: dict[str, Any] | None = None) -> Path:
+        """The first ``n`` tokens' text, cut where a reader would: it starts at the document's start, or,
+        when the source says the document begins mid-word (a text8 split boundary), after that partial
+        word; it ends at the last line end (when that keeps at least half) or word end before the
+        ``n``-th token, unless the ``n``-th token already ends a word."""
+        ids = np.asarray(tokens, dtype=np.int64).reshape(-1)
+        head, longer = self.decode_text(ids[:n]), self.decode_text(ids[: n + 16])
+        start = _word_start(head, 1) if (source_meta or {}).get("begins_mid_word") else 0
+        end = len(head)
+        ends_a_word = head[-1:].isspace() or end >= len(longer) or longer[end].isspace()
+        if not ends_a_word:
+            line, space = head.rfind(NEWLINE, start), max(head.rfind(" ", start), head.rfind(NEWLINE, start))
+            if line > start and line + 1 - start >= (end - start) // 2:
+                end = line + 1
+            elif space > start:
+                end = space + 1
+        out_path = Path(out_path)
+        out_path.parent.mkdir(parents=True, exist_ok=True)
+        with open(out_path, "w", encoding="utf-8", newline="") as fh:
+            fh.write(head[start:end] if end > start else head)
+        return out_path
+
     def decode(self, tokens: np.ndarray, out_path: str | Path, context: dict[str, Any] | None = None) -> Path:
         """Write the decoded text as UTF-8 (no newline translation)."""
         out_path = Path(out_path)
@@ -329,6 +352,10 @@ class TextTokenizer(Tokenizer):
     # ------------------------------------------------------------------ persistence
     def config(self) -> dict[str, Any]:
         return {k: v for k, v in self.settings.items() if k not in _RUNTIME_KEYS}
+
+    @property
+    def headline(self) -> str:
+        return f"SentencePiece {self.settings.get('model_type', '')} text tokens, vocabulary {self.vocab_size:,}"
 
     def model_files_digest(self) -> str:
         return hashlib.sha256(self._proto).hexdigest() if self._proto is not None else ""
