@@ -33,7 +33,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("run", ("recipe", "progress", "run_checks", "run_layout", "training", "evaluation", "generation", "diagnostics",
              "checkpoint", "artifacts.checkpoint", "artifacts.results", "artifacts.sidecar", "artifacts.ablation")),
     ("report", ("report", "report_html", "html_page")),
-    ("drivers", ("stages", "cli", "bench", "ablation")),
+    ("drivers", ("stages", "cli", "api", "bench", "ablation")),
 ]
 #: Folders whose modules sit in different layers: each of their modules is named in LAYERS itself.
 SPLIT_FOLDERS = ("artifacts",)

@@ -49,7 +49,7 @@ from shortcutlm.documents import Document
 from shortcutlm.environment import check_torch_pair
 from shortcutlm.tokenizers.codebooks import (CARD, LAYOUTS, build_delay, build_flatten, delay_valid_mask,
                                              revert_delay, revert_flatten)
-from shortcutlm.tokenizers.base import (Encoded, LossGroups, Tokenizer, TokenizerError, TrainingError, TrainRate,
+from shortcutlm.tokenizers.base import (Encoded, LossGroups, Waveform, Tokenizer, TokenizerError, TrainingError, TrainRate,
                                         saved_file, write_config)
 from shortcutlm.tokenizers.encodec_codec import BANDWIDTHS, PRETRAINED_NAMES, EncodecCodec, read_state_dict
 from shortcutlm.tokenizers.mel_codec import MelCodec
@@ -285,6 +285,14 @@ class AcousticTokenizer(Tokenizer):
         import soundfile as sf
 
         return float(sf.info(str(path)).duration)
+
+    @classmethod
+    def read_artifact(cls, path: str | Path) -> Waveform:
+        """The written audio: samples [channels, n] and their rate."""
+        import soundfile as sf
+
+        samples, rate = sf.read(str(path), dtype="float32", always_2d=True)
+        return Waveform(np.ascontiguousarray(samples.T), int(rate))
 
     @property
     def codec_name(self) -> str:

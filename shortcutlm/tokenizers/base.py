@@ -36,7 +36,7 @@ import logging
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, ClassVar, Iterable, Mapping, Sequence
+from typing import Any, Callable, ClassVar, Iterable, Mapping, NamedTuple, Sequence
 
 import numpy as np
 
@@ -58,6 +58,13 @@ def ignored_ids(special_ids: Mapping[str, int]) -> list[int]:
     """Target ids left out of every loss, from a special-id map (a tokenizer's, or the one a shard
     manifest records): training, validation, evaluation and the benchmarks all take them from here."""
     return sorted({special_ids[name] for name in NO_PREDICTION if name in special_ids})
+
+
+class Waveform(NamedTuple):
+    """Audio as the Python API hands it out: ``samples`` [channels, n] float32 and its rate."""
+
+    samples: np.ndarray
+    sample_rate: int
 
 
 class TokenizerError(UserError, ValueError):
@@ -286,6 +293,12 @@ class Tokenizer(ABC):
     def artifact_seconds(self, path: str | Path) -> float | None:
         """How long a written artifact lasts, read from the file; None when it has no time."""
         return None
+
+    @classmethod
+    def read_artifact(cls, path: str | Path) -> Any:
+        """A written artifact as the Python object a user works with (text: ``str``; MIDI: a
+        ``symusic.Score``; audio: a :class:`Waveform`), for the Python API's samples."""
+        return Path(path).read_bytes()
 
     def render(self, artifact: str | Path, wav_path: str | Path, soundfont: str | Path | None = None) -> Path | None:
         """Write an audible ``.wav`` of an artifact that is not sound itself (MIDI through a

@@ -356,6 +356,11 @@ class MidiTokenizer(Tokenizer):
             labels.append(special.get(i) or ("+".join(tokens) if tokens else str(i)))
         return labels
 
+    @classmethod
+    def read_artifact(cls, path: str | Path) -> Any:
+        """The written ``.mid`` as a ``symusic.Score`` (every track as written)."""
+        return read_midi(Path(path))
+
     def artifact_seconds(self, path: str | Path) -> float | None:
         """Seconds until the last note of a ``.mid`` ends (at its own tempo map)."""
         import symusic

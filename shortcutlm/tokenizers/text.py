@@ -278,6 +278,11 @@ class TextTokenizer(Tokenizer):
         return labels
 
     @classmethod
+    def read_artifact(cls, path: str | Path) -> str:
+        """The written text."""
+        return Path(path).read_text(encoding="utf-8")
+
+    @classmethod
     def excerpt(cls, artifact: str | Path, chars: int = 600) -> str | None:
         """The first ``chars`` characters of a written text."""
         with open(artifact, encoding="utf-8", errors="replace", newline="") as fh:
