@@ -172,12 +172,12 @@ def _evaluation_section(layout: RunLayout) -> list[str]:
 def _evaluation_reading(layout: RunLayout) -> str | None:
     """One sentence: each checkpoint's loss against the baseline's, and which is lowest."""
     results = read_results_or_none(layout.evaluation)
-    rows = [r for r in (results or {}).get("checkpoints", []) if isinstance(r.get("loss_nats"), (int, float))]
+    rows = [r for r in (results.checkpoints if results else []) if r.loss_nats is not None]
     if not rows:
         return None
-    losses = {str(r["name"]): float(r["loss_nats"]) for r in rows}
+    losses = {r.name: float(r.loss_nats) for r in rows}
     best = min(losses, key=losses.__getitem__)
-    return (f"Reading: {results.get('split', 'test')} loss in nats per token, "
+    return (f"Reading: {results.split} loss in nats per token, "
             f"{_against(losses, baseline_of(list(losses)), '')}; lowest: **{best}**.")
 
 

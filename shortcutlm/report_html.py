@@ -167,14 +167,13 @@ def listen_section(layout: RunLayout, variants: list[str]) -> str:
                      f'<a href="{esc(_href(local, root))}">{esc(local.name)}</a>{player}'
                      '<p class="legend">Each continuation below starts with this prompt: in its picture the prompt '
                      'is what comes before the dashed line (shaded in a piano roll); in a text it is greyed.</p></div>')
-    results = read_results_or_none(layout.evaluation) or {}
-    losses = {str(r["name"]): float(r["loss_nats"]) for r in results.get("checkpoints", [])
-              if isinstance(r.get("loss_nats"), (int, float))}
+    results = read_results_or_none(layout.evaluation)
+    losses = {r.name: float(r.loss_nats) for r in (results.checkpoints if results else []) if r.loss_nats is not None}
     lines.append('<div class="variants">')
     for v in variants:
         lines.append(f'<section class="variant" id="variant-{esc(v)}" data-variant="{esc(v)}" '
                      f'style="border-top-color: {variant_colour(v)}"><h3>{esc(v)}</h3>'
-                     f'<p class="muted">{esc(_variant_summary(layout, v, losses, results.get("split", "test")))}</p>')
+                     f'<p class="muted">{esc(_variant_summary(layout, v, losses, results.split if results else "test"))}</p>')
         lines += [_sample_html(s, v, root, prompts) for s in found[v]] or ["<p>No sample.</p>"]
         lines.append("</section>")
     return "".join(lines) + "</div></section>"

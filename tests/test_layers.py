@@ -24,7 +24,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     # environment facts, config parsing, clean-up and stop signals, and drawing helpers (matplotlib
     # figures from arrays; tokenizers draw their pictures with them, reports their plots).
     ("shared", ("artifacts", "errors", "quiet", "environment", "devices", "config_schema", "peak", "cleanup", "stopping",
-                "artifacts.files", "artifacts.lock", "artifacts.names", "plots", "diagnostic_plots",
+                "artifacts.files", "artifacts.lock", "artifacts.names", "artifacts.records", "plots", "diagnostic_plots",
                 "sample_pictures")),
     ("source", ("documents",)),
     ("tokenizer", ("tokenizers",)),
