@@ -104,8 +104,8 @@ def _training_section(layout: RunLayout, variants: list[str]) -> list[str]:
             lines.append(f"| {v} | – | – | – | not trained | – |")
             continue
         h, cfg = folder.hparams(), folder.model_config()
-        lines.append(f"| {v} | {cfg['value_residual']} | {cfg['shortcut']} | {h['parameters']:,} | {h['step']} "
-                     f"| {h['tokens_seen']:,} |")
+        lines.append(f"| {v} | {cfg['value_residual']} | {cfg['shortcut']} | {h.parameters:,} | {h.step} "
+                     f"| {h.tokens_seen:,} |")
     curves = plot_loss_curves({v: CheckpointFolder(layout.checkpoint(v)).metrics_path for v in variants},
                               layout.root / "loss_curves.png", "training and validation loss")
     if curves:
@@ -296,11 +296,11 @@ def run_description(layout: RunLayout, variants: list[str]) -> str:
     if trained:
         folder = CheckpointFolder(layout.checkpoint(trained[0]))
         cfg, h = folder.model_config(), folder.hparams()
-        steps = sorted({CheckpointFolder(layout.checkpoint(v)).hparams()["step"] for v in trained})
+        steps = sorted({CheckpointFolder(layout.checkpoint(v)).hparams().step for v in trained})
         step_text = f"{steps[0]:,}" if len(steps) == 1 else f"{steps[0]:,}-{steps[-1]:,}"
         parts.append(f"Models: {cfg['n_layer']} layers, width {cfg['n_embd']}, {cfg['n_head']} heads, context "
                      f"{cfg['block_size']:,}; {len(trained)} variant(s) trained {step_text} steps at "
-                     f"{h.get('train', {}).get('precision', '?')} precision.")
+                     f"{h.train.get('precision', '?')} precision.")
     return " ".join(parts)
 
 

@@ -31,7 +31,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("shards", ("datasets", "artifacts.manifest", "artifacts.remote")),
     ("model", ("models",)),
     ("run", ("recipe", "run_checks", "run_layout", "training", "evaluation", "generation", "diagnostics",
-             "checkpoint", "artifacts.checkpoint", "artifacts.results", "artifacts.sidecar", "artifacts.ablation")),
+             "checkpoint", "artifacts.checkpoint", "artifacts.hparams", "artifacts.results", "artifacts.sidecar", "artifacts.ablation")),
     ("report", ("report", "report_html", "html_page")),
     ("drivers", ("stages", "cli", "bench", "ablation")),
 ]

@@ -78,7 +78,7 @@ def test_checkpoint_folder_describes_itself(tmp_path, text8_shards, text8_recipe
     ck = load_folder(out)
     assert ck.model.config.shortcut == "depth" and ck.model.config.value_residual == "resformer"
     assert ck.recipe["variant"] == "shortcut_resformer" and ck.recipe["train"]["max_steps"] == 6
-    assert ck.hparams["step"] == 6 and ck.hparams["finished"]
+    assert ck.hparams.step == 6 and ck.hparams.finished
     assert ck.tokenizer.fingerprint() == ck.data["fingerprint"]
     assert ck.model.config.vocab_size == ck.tokenizer.vocab_size
 
