@@ -164,8 +164,7 @@ def _autocast(precision: str, device: torch.device, ckpt: Checkpoint):
         return nullcontext(), str(param_dtype).replace("torch.", "")
     want_bf16 = precision == "bf16"
     if precision == "auto":
-        trained = " ".join(str(v) for k, v in ckpt.hparams.to_dict().items() if "precision" in k.lower())
-        want_bf16 = "bf16" in trained
+        want_bf16 = "bf16" in (ckpt.hparams.precision or "")  # the run's train.precision, e.g. bf16-mixed
     if want_bf16 and device.type == "cuda" and torch.cuda.is_bf16_supported():
         return torch.autocast("cuda", dtype=torch.bfloat16), "bf16-autocast"
     if precision == "bf16" and device.type != "cuda":
