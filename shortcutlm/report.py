@@ -193,7 +193,7 @@ def _samples_section(layout: RunLayout, variants: list[str]) -> list[str]:
         if found:
             files = [p for sample in found for p in sample.files]
             lines.append(f"- **{v}**: " + ", ".join(f"[`{p.name}`]({_rel(p, layout.root)})" for p in files))
-            dropped = [d for sample in found if (d := sample.sidecar.get("decode_dropped"))]
+            dropped = [d for sample in found if (d := sample.sidecar.decode_dropped)]
             if any(d.get("ids") or d.get("tokens") for d in dropped):
                 lines.append(f"  (decoding dropped {sum(d.get('tokens', 0) for d in dropped):,} tokens out of order "
                              f"and {sum(d.get('ids', 0) for d in dropped):,} ids that stand for no token, of "
@@ -209,7 +209,7 @@ def _excerpt(sample: Sample) -> str | None:
     from shortcutlm.tokenizers import tokenizer_class
 
     try:
-        return tokenizer_class(str(sample.sidecar.get("domain"))).excerpt(sample.artifact)
+        return tokenizer_class(sample.sidecar.domain).excerpt(sample.artifact)
     except (ValueError, OSError):  # a sidecar of an unknown domain, an unreadable file: no quote
         return None
 
