@@ -94,7 +94,8 @@ def _perplexity(nats: float) -> float:
 
 def _stats(nats_sum: float, count: int) -> LossStats:
     loss = nats_sum / count if count else float("nan")
-    return LossStats(int(count), loss, loss / LN2 if count else float("nan"), _perplexity(loss) if count else float("nan"))
+    nan = float("nan")
+    return LossStats(int(count), loss, loss / LN2 if count else nan, _perplexity(loss) if count else nan)
 
 
 def resolve_shard_dir(ckpt: Checkpoint, shard_dir: str | Path | None) -> Path:
