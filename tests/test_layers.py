@@ -24,7 +24,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     # environment facts, config parsing, clean-up and stop signals, and drawing helpers (matplotlib
     # figures from arrays; tokenizers draw their pictures with them, reports their plots).
     ("shared", ("artifacts", "errors", "quiet", "environment", "devices", "config_schema", "peak", "cleanup", "stopping",
-                "artifacts.files", "artifacts.lock", "artifacts.names", "artifacts.records", "plots", "diagnostic_plots",
+                "artifacts.files", "artifacts.lock", "artifacts.names", "artifacts.records", "heartbeat", "plots", "diagnostic_plots",
                 "sample_pictures")),
     ("source", ("documents",)),
     ("tokenizer", ("tokenizers",)),
@@ -33,7 +33,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("run", ("recipe", "run_checks", "run_layout", "training", "evaluation", "generation", "diagnostics",
              "checkpoint", "artifacts.checkpoint", "artifacts.hparams", "artifacts.results", "artifacts.sidecar", "artifacts.ablation")),
     ("report", ("report", "report_html", "html_page")),
-    ("drivers", ("stages", "cli", "bench", "ablation")),
+    ("drivers", ("stages", "progress", "cli", "bench", "ablation")),
 ]
 #: Folders whose modules sit in different layers: each of their modules is named in LAYERS itself.
 SPLIT_FOLDERS = ("artifacts",)
