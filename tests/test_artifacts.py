@@ -212,9 +212,12 @@ def test_training_record_round_trips_and_names_a_wrong_field(run, tmp_path):
     copy.hparams_path.write_text(json.dumps({"finished": True, "step": 3}))  # an early layout
     assert copy.hparams() == TrainingRecord(step=3, finished=True) and copy.is_finished(3)
     copy.hparams_path.write_text(json.dumps({**written, "step": "three"}))
-    with pytest.raises(CheckpointError, match="hparams.json: field 'step' should be a int or null") as err:
+    with pytest.raises(CheckpointError, match="hparams.json: field 'step' should be an integer or null") as err:
         copy.hparams()
     assert "\n" not in str(err.value) and copy.step is None
+    copy.hparams_path.write_text(json.dumps({**written, "schema": 2}))  # from a newer shortcutlm
+    with pytest.raises(CheckpointError, match="hparams.json: field 'schema' is 2, newer than this version"):
+        copy.hparams()
 
 
 def test_missing_and_broken_checkpoint_files_are_one_line(run, tmp_path):

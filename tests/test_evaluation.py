@@ -238,7 +238,8 @@ def test_results_json_keeps_its_layout_and_names_a_wrong_field(text_ckpt, tmp_pa
 
     row["tokens"] = "many"
     results_json_path(tmp_path).write_text(json.dumps(written))
-    with pytest.raises(ArtifactError, match=r"results.json: checkpoints\[0\]: field 'tokens' should be"):
+    with pytest.raises(ArtifactError, match=r"results.json: checkpoints\[0\]: field 'tokens' should be an integer, "
+                                            r"not str 'many'"):
         read_results(tmp_path)
     row["tokens"] = 5
     del row["device"], row["elapsed_s"]  # an older file without them still reads

@@ -282,7 +282,7 @@ def test_sidecars_find_the_samples_of_a_folder(midi_ckpt, midi_files, tmp_path):
     assert samples_in(tmp_path / "absent") == []
     broken = json.loads(sidecar_path(paths[1]).read_text())
     sidecar_path(paths[1]).write_text(json.dumps({**broken, "sample_index": "second"}))
-    with pytest.raises(ArtifactError, match=r"-01.json: field 'sample_index' should be a int, not str"):
+    with pytest.raises(ArtifactError, match=r"-01.json: field 'sample_index' should be an integer, not str"):
         read_sidecar(paths[1])
     assert [s.artifact for s in samples_in(tmp_path / "s")] == paths[:1]  # a malformed sidecar: not a sample
 

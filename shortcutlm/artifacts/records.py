@@ -23,7 +23,9 @@ NUMBER = (int, float)
 def _type_names(types: type | tuple[type, ...]) -> str:
     kinds = types if isinstance(types, tuple) else (types,)
     shown = [t for t in kinds if t is not int or float not in kinds]  # int and float: "a number"
-    return " or ".join("a number" if t is float else f"a {t.__name__}" for t in shown)
+    names = {bool: "true or false", dict: "an object", list: "a list", str: "a string", int: "an integer",
+             float: "a number"}
+    return " or ".join(names.get(t, f"a {t.__name__}") for t in shown)
 
 
 def field(data: Mapping[str, Any], name: str, types: type | tuple[type, ...], source: str,
