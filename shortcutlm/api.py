@@ -7,7 +7,7 @@
     model = shortcutlm.load("runs/ckpt/sp")
     sample = model.generate(prompt="examples/prompts/sonnet.txt", tokens=100, temperature=0.9, top_k=50, seed=1)
     print(sample.artifact)                      # text: a str; MIDI: a symusic.Score; audio: a Waveform
-    scores = model.evaluate(split="valid")      # the same record `shortcutlm evaluate` writes
+    scores = model.evaluate(split="valid")      # the same record `shortcutlm evaluate` writes (EvaluationRecord)
     ids = model.tokenizer.encode_document(...)  # the checkpoint's own tokenizer
 
 The command line is a layer over the same functions (``generate_from_checkpoint``,
@@ -26,7 +26,7 @@ from typing import Any, Sequence
 import torch
 
 from shortcutlm.artifacts.checkpoint import Checkpoint, load_folder
-from shortcutlm.artifacts.sidecar import read_sidecar
+from shortcutlm.artifacts.sidecar import SampleRecord, read_sidecar
 from shortcutlm.devices import resolve_device
 from shortcutlm.models import SamplingSettings
 from shortcutlm.tokenizers import Tokenizer
@@ -36,11 +36,11 @@ __all__ = ["Model", "Sample", "load", "prepare", "train"]
 
 @dataclass(frozen=True)
 class Sample:
-    """One generated sample: the artifact as an object, its record (the sidecar's fields), and the
-    file it was written to (None when nothing was asked to be written)."""
+    """One generated sample: the artifact as an object, its record (the sidecar's typed fields), and
+    the file it was written to (None when nothing was asked to be written)."""
 
     artifact: Any
-    record: dict[str, Any]
+    record: SampleRecord
     path: Path | None = None
 
 
@@ -79,7 +79,7 @@ class Model:
             paths = generate_from_checkpoint(self.folder, where, prompt, tokens, seconds, settings, samples,
                                              self.device, render=out is not None, checkpoint=self.checkpoint,
                                              stop_at_eos=stop_at_eos, overwrite=overwrite)
-            return [Sample(self.tokenizer.read_artifact(p), dict(read_sidecar(p)), Path(p) if out else None)
+            return [Sample(self.tokenizer.read_artifact(p), read_sidecar(p), Path(p) if out else None)
                     for p in paths]
 
         if out is not None:
@@ -92,7 +92,7 @@ class Model:
     def evaluate(self, data: str | Path | None = None, split: str = "test", batch_size: int = 8,
                  max_batches: int | None = None) -> Any:
         """Next-token loss on a split of ``data`` (default: the shards the checkpoint was trained on);
-        the record ``shortcutlm evaluate`` writes for one checkpoint."""
+        the record ``shortcutlm evaluate`` writes for one checkpoint (an ``EvaluationRecord``)."""
         from shortcutlm.evaluation import evaluate_checkpoint
 
         return evaluate_checkpoint(self.folder, data, split, batch_size, max_batches, self.device, progress=False,

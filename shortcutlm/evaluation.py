@@ -57,6 +57,7 @@ import math
 import sys
 import time
 from contextlib import nullcontext
+from dataclasses import replace
 from itertools import islice
 from pathlib import Path
 from typing import Any, Iterable, Sequence
@@ -67,7 +68,7 @@ from shortcutlm.artifacts.checkpoint import (DATA, Checkpoint, ShardFolderError,
                                           load_folder)
 from shortcutlm.artifacts.manifest import ShardManifest
 from shortcutlm.artifacts.remote import remote_location
-from shortcutlm.artifacts.results import write_results
+from shortcutlm.artifacts.results import EosStats, EvaluationRecord, EvaluationResults, LossStats, write_results
 from shortcutlm.datasets.loader import eval_batches
 from shortcutlm.devices import resolve_device
 from shortcutlm.errors import UserError
@@ -91,10 +92,10 @@ def _perplexity(nats: float) -> float:
     return math.exp(nats) if nats < 700 else float("inf")
 
 
-def _stats(nats_sum: float, count: int) -> dict[str, Any]:
+def _stats(nats_sum: float, count: int) -> LossStats:
     loss = nats_sum / count if count else float("nan")
-    return {"tokens": int(count), "loss_nats": loss, "loss_bits": loss / LN2 if count else float("nan"),
-            "perplexity": _perplexity(loss) if count else float("nan")}
+    nan = float("nan")
+    return LossStats(int(count), loss, loss / LN2 if count else nan, _perplexity(loss) if count else nan)
 
 
 def resolve_shard_dir(ckpt: Checkpoint, shard_dir: str | Path | None) -> Path:
@@ -164,8 +165,7 @@ def _autocast(precision: str, device: torch.device, ckpt: Checkpoint):
         return nullcontext(), str(param_dtype).replace("torch.", "")
     want_bf16 = precision == "bf16"
     if precision == "auto":
-        trained = " ".join(str(v) for k, v in ckpt.hparams.items() if "precision" in k.lower())
-        want_bf16 = "bf16" in trained
+        want_bf16 = "bf16" in (ckpt.hparams.precision or "")  # the run's train.precision, e.g. bf16-mixed
     if want_bf16 and device.type == "cuda" and torch.cuda.is_bf16_supported():
         return torch.autocast("cuda", dtype=torch.bfloat16), "bf16-autocast"
     if precision == "bf16" and device.type != "cuda":
@@ -179,7 +179,7 @@ def _autocast(precision: str, device: torch.device, ckpt: Checkpoint):
 def evaluate_checkpoint(folder: str | Path, shard_dir: str | Path | None = None, split: str = "test",
                         batch_size: int = 8, max_batches: int | None = None, device: str | torch.device = "cpu",
                         precision: str = "auto", progress: bool = True,
-                        checkpoint: Checkpoint | None = None) -> dict[str, Any]:
+                        checkpoint: Checkpoint | None = None) -> EvaluationRecord:
     """Evaluate one checkpoint folder on one split; returns its result record (see the module docstring)."""
     from tqdm import tqdm
 
@@ -251,32 +251,28 @@ def evaluate_checkpoint(folder: str | Path, shard_dir: str | Path | None = None,
     all_targets = _split_targets(batches, ckpt) if not complete else total_count
     share = total_count / all_targets if all_targets else 1.0
 
-    result: dict[str, Any] = {
-        "name": label, "folder": str(ckpt.folder), "shard_dir": remote_location(data_dir) or str(data_dir), "split": split,
-        "domain": tok.domain, "fingerprint": tok.fingerprint(),
-        "params": int(model.num_params()), "block_size": cfg.block_size, "n_streams": cfg.n_streams,
-        "batch_size": batch_size, "batches": n_run, "batches_total": n_total, "complete": complete,
-        "documents": split_info.documents,
-        **_stats(total_nats, total_count),
-        "eos": {"tokens": int(eos_count.item()), "loss_nats": float(eos_nats.item()) / max(1, int(eos_count.item()))},
-        "device": str(device), "compute_dtype": compute,
-        "elapsed_s": elapsed, "tokens_per_s": total_count / elapsed if elapsed > 0 else None,
-        **tok.describe(),
-    }
-    if split_info.bytes:
-        n_bytes = float(split_info.bytes) * share
-        result["bytes"] = split_info.bytes
-        result["bits_per_byte"] = total_nats / LN2 / n_bytes
-        result["bits_per_byte_excl_eos"] = (total_nats - float(eos_nats.item())) / LN2 / n_bytes
-    if split_info.seconds:
-        seconds = split_info.seconds * share
-        result["seconds"] = split_info.seconds
-        result["bits_per_second"] = total_nats / LN2 / seconds
-    result["approximate"] = not complete
-    if kind is not None:
-        result[f"per_{kind}"] = {name: {**_stats(nats_l[i], counts_l[i]), "share": counts_l[i] / total_count}
-                                 for i, name in enumerate(names)}
-    return result
+    n_eos = int(eos_count.item())
+    n_bytes = float(split_info.bytes) * share if split_info.bytes else None
+    seconds = split_info.seconds * share if split_info.seconds else None
+    return EvaluationRecord(
+        name=label, folder=str(ckpt.folder), shard_dir=remote_location(data_dir) or str(data_dir), split=split,
+        domain=tok.domain, fingerprint=tok.fingerprint(),
+        params=int(model.num_params()), block_size=cfg.block_size, n_streams=cfg.n_streams,
+        batch_size=batch_size, batches=n_run, batches_total=n_total, complete=complete,
+        documents=split_info.documents, loss=_stats(total_nats, total_count),
+        eos=EosStats(n_eos, float(eos_nats.item()) / max(1, n_eos)),
+        device=str(device), compute_dtype=compute,
+        elapsed_s=elapsed, tokens_per_s=total_count / elapsed if elapsed > 0 else None,
+        tokenizer=dict(tok.describe()),
+        bytes=split_info.bytes or None,
+        bits_per_byte=total_nats / LN2 / n_bytes if n_bytes else None,
+        bits_per_byte_excl_eos=(total_nats - float(eos_nats.item())) / LN2 / n_bytes if n_bytes else None,
+        seconds=split_info.seconds or None,
+        bits_per_second=total_nats / LN2 / seconds if seconds else None,
+        approximate=not complete, group_kind=kind,
+        groups={name: replace(_stats(nats_l[i], counts_l[i]), share=counts_l[i] / total_count)
+                for i, name in enumerate(names)} if kind is not None else {},
+    )
 
 
 def _split_targets(batches, ckpt: Checkpoint) -> int:
@@ -296,8 +292,8 @@ def _split_targets(batches, ckpt: Checkpoint) -> int:
 def evaluate_checkpoints(folders: Sequence[str | Path] | str | Path, shard_dir: str | Path | None = None,
                          split: str = "test", batch_size: int = 8, max_batches: int | None = None,
                          device: str | torch.device = "cpu", precision: str = "auto",
-                         progress: bool = True) -> dict[str, Any]:
-    """Evaluate several checkpoints, each on ``shard_dir`` or on its own shards; ``{"split", "checkpoints": [...]}``."""
+                         progress: bool = True) -> EvaluationResults:
+    """Evaluate several checkpoints, each on ``shard_dir`` or on its own shards."""
     if isinstance(folders, (str, Path)):
         folders = [folders]
     if not folders:
@@ -308,9 +304,9 @@ def evaluate_checkpoints(folders: Sequence[str | Path] | str | Path, shard_dir: 
                                            progress))
         if torch.device(device).type == "cuda":
             torch.cuda.empty_cache()
-    for r, label in zip(records, checkpoint_labels([r["name"] for r in records], [r["folder"] for r in records])):
-        r["name"] = label  # two runs of one recipe variant: told apart by folder
-    return {"split": split, "created": time.strftime("%Y-%m-%dT%H:%M:%S"), "checkpoints": records}
+    labels = checkpoint_labels([r.name for r in records], [r.folder for r in records])
+    records = [r.with_name(label) for r, label in zip(records, labels)]  # two runs of one variant: told apart by folder
+    return EvaluationResults(split, time.strftime("%Y-%m-%dT%H:%M:%S"), records)
 
 
 # ------------------------------------------------------------------------------------ report
@@ -338,26 +334,26 @@ def _table(header: list[str], rows: Iterable[list[str]]) -> list[str]:
     return lines
 
 
-def render_markdown(results: dict[str, Any]) -> str:
+def render_markdown(results: EvaluationResults) -> str:
     """The report: one row per checkpoint for the shared metrics, then per-codebook / per-family tables."""
-    records = results["checkpoints"]
-    lines = [f"# Evaluation: next-token loss on the {results['split']} split", ""]
-    has_bpb = any("bits_per_byte" in r for r in records)
-    has_bps = any("bits_per_second" in r for r in records)
+    records = results.checkpoints
+    lines = [f"# Evaluation: next-token loss on the {results.split} split", ""]
+    has_bpb = any(r.bytes is not None for r in records)
+    has_bps = any(r.seconds is not None for r in records)
     header = ["checkpoint", "domain", "data", "targets", "nats/token", "bits/token", "perplexity"]
     header += ["bits/byte"] * has_bpb + ["bits/second"] * has_bps + ["params", "tokens/s"]
     rows = []
     for r in records:
-        approx = bool(r.get("approximate"))
-        domain = r["domain"] + (f" ({r['layout']}, K={r['n_codebooks']})" if r.get("layout") else "")
-        data = Path(r["shard_dir"]).name + ("" if r["complete"] else f" ({r['batches']}/{r['batches_total']} batches)")
-        row = [r["name"], domain, data, str(r["tokens"]), _fmt(r["loss_nats"]), _fmt(r["loss_bits"]),
-               _fmt(r["perplexity"], 2)]
+        approx = r.approximate
+        facts = r.tokenizer
+        domain = r.domain + (f" ({facts['layout']}, K={facts['n_codebooks']})" if facts.get("layout") else "")
+        data = Path(r.shard_dir).name + ("" if r.complete else f" ({r.batches}/{r.batches_total} batches)")
+        row = [r.name, domain, data, str(r.tokens), _fmt(r.loss_nats), _fmt(r.loss_bits), _fmt(r.perplexity, 2)]
         if has_bpb:
-            row.append(_fmt(r.get("bits_per_byte"), approx=approx))
+            row.append(_fmt(r.bits_per_byte, approx=approx))
         if has_bps:
-            row.append(_fmt(r.get("bits_per_second"), 1, approx=approx))
-        row += [_params(r["params"]), _fmt(r["tokens_per_s"], 0)]
+            row.append(_fmt(r.bits_per_second, 1, approx=approx))
+        row += [_params(r.params), _fmt(r.tokens_per_s, 0)]
         rows.append(row)
     lines += _table(header, rows)
     notes = ["Loss = sum of token losses / count of valid targets over one exact pass (pad and delay "
@@ -367,35 +363,34 @@ def render_markdown(results: dict[str, Any]) -> str:
                      "`bits_per_byte_excl_eos` in results.json leaves the EOS targets out.")
     if has_bps:
         notes.append("bits/second = total bits / seconds of audio or music in the split.")
-    if any(r.get("approximate") for r in records):
+    if any(r.approximate for r in records):
         notes.append("≈: partial pass (--max-batches); bytes and seconds scaled by the share of targets scored.")
     lines += [""] + [f"- {n}" for n in notes]
 
     for kind, title in (("codebook", "Per codebook"), ("family", "Per token family")):
-        key = f"per_{kind}"
-        by_domain: dict[str, list[dict[str, Any]]] = {}
+        by_domain: dict[str, list[EvaluationRecord]] = {}
         for r in records:
-            if key in r:
-                by_domain.setdefault(r["domain"], []).append(r)
+            if r.group_kind == kind:
+                by_domain.setdefault(r.domain, []).append(r)
         for domain, group in by_domain.items():
             names: list[str] = []
             for r in group:
-                names += [n for n in r[key] if n not in names]
+                names += [n for n in r.groups if n not in names]
             lines += ["", f"## {title} — {domain}", "",
                       "nats per target (targets in brackets); the count-weighted mean over columns is the overall loss.",
                       ""]
             rows = []
             for r in group:
-                row = [r["name"]]
+                row = [r.name]
                 for name in names:
-                    s = r[key].get(name)
-                    row.append("–" if s is None or not s["tokens"] else f"{_fmt(s['loss_nats'])} ({s['tokens']})")
+                    s = r.groups.get(name)
+                    row.append("–" if s is None or not s.tokens else f"{_fmt(s.loss_nats)} ({s.tokens})")
                 rows.append(row)
             lines += _table(["checkpoint"] + names, rows)
     return "\n".join(lines) + "\n"
 
 
-def write_report(results: dict[str, Any], out_dir: str | Path) -> tuple[Path, Path]:
+def write_report(results: EvaluationResults, out_dir: str | Path) -> tuple[Path, Path]:
     """Write ``results.md`` and ``results.json`` into ``out_dir`` (atomically, through
     :mod:`shortcutlm.artifacts.results`); returns both paths."""
     return write_results(out_dir, results, render_markdown(results))

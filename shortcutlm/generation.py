@@ -77,7 +77,7 @@ import torch
 from shortcutlm.artifacts.checkpoint import Checkpoint, load_folder
 from shortcutlm.artifacts.files import ArtifactError
 from shortcutlm.artifacts.manifest import ShardManifest
-from shortcutlm.artifacts.sidecar import read_sidecar, sidecar_path, write_sidecar
+from shortcutlm.artifacts.sidecar import SampleRecord, read_sidecar, sidecar_path, write_sidecar
 from shortcutlm.devices import resolve_device
 from shortcutlm.documents import Document
 from shortcutlm.errors import UserError
@@ -363,34 +363,29 @@ def generate_from_checkpoint(folder: str | Path, out: str | Path, prompt: str | 
         tok.decode(ids, path, ending)
         rendering = tok.render(path, path.with_suffix(".wav"), soundfont=soundfont) if render else None
         generated = int(row.shape[-1] - prompt_len)
-        sidecar = {
-            "checkpoint": str(ckpt.folder), "checkpoint_name": ckpt.name, "domain": tok.domain,
-            "prompt": str(prompt) if prompt is not None else None,
-            "prompt_tokens": int(prompt_len - 1),
-            # Seconds the prompt lasts in the file written (its own tempo kept), and in its source.
-            "prompt_seconds": (tok.seconds_of(full[1:], context) if tokens is not None and tok.time_from_content
-                               else meta.get("seconds")),
-            "prompt_file_seconds": meta.get("seconds"),
-            "prompt_context": context,
-            "prompt_kept_in_context": int(tail.shape[-1]),
-            "settings": asdict(settings), "seed": seed, "samples": samples, "sample_index": index,
-            **budget, "max_new_tokens": n_new,
-            "tokens_generated": generated, "stopped_at_eos": stopped,
-            "stop_reason": "end-of-sequence (--stop-at-eos)" if stopped else "requested length",
-            "seconds": _seconds(tok.artifact_seconds, path),
-            "elapsed_s": elapsed, "tokens_per_s": (computed_steps * samples / elapsed) if elapsed > 0 else None,
-            "context": cfg.block_size, "slid_window": bool(tail.shape[-1] + n_new > cfg.block_size),
-            "device": str(device), "artifact": str(path),
-        }
-        sidecar.update(tok.describe())
-        if "frames" in meta:  # what the prompt's encoding measured (audio: EnCodec frames)
-            sidecar["prompt_frames"] = meta["frames"]
-        if isinstance(sidecar["seconds"], float) and isinstance(sidecar["prompt_seconds"], float):
-            sidecar["continuation_seconds"] = sidecar["seconds"] - sidecar["prompt_seconds"]
-        if rendering is not None:
-            sidecar["rendering"] = str(rendering)
-            sidecar["rendering_seconds"] = _seconds(_wav_seconds, Path(rendering))
-        sidecar["total_s"] = time.perf_counter() - clock
+        prompt_seconds = (tok.seconds_of(full[1:], context) if tokens is not None and tok.time_from_content
+                          else meta.get("seconds"))  # as written (its own tempo kept); the source's is below
+        written_seconds = _seconds(tok.artifact_seconds, path)
+        both = isinstance(written_seconds, float) and isinstance(prompt_seconds, float)
+        sidecar = SampleRecord(
+            checkpoint=str(ckpt.folder), checkpoint_name=ckpt.name, domain=tok.domain,
+            prompt=str(prompt) if prompt is not None else None, prompt_tokens=int(prompt_len - 1),
+            prompt_seconds=prompt_seconds, prompt_file_seconds=meta.get("seconds"), prompt_context=context,
+            prompt_kept_in_context=int(tail.shape[-1]),
+            settings=asdict(settings), seed=seed, samples=samples, sample_index=index,
+            length=dict(budget), max_new_tokens=n_new,
+            tokens_generated=generated, stopped_at_eos=stopped,
+            stop_reason="end-of-sequence (--stop-at-eos)" if stopped else "requested length",
+            seconds=written_seconds,
+            elapsed_s=elapsed, tokens_per_s=(computed_steps * samples / elapsed) if elapsed > 0 else None,
+            context=cfg.block_size, slid_window=bool(tail.shape[-1] + n_new > cfg.block_size),
+            device=str(device), artifact=str(path), tokenizer=dict(tok.describe()),
+            prompt_frames=meta.get("frames"),  # what the prompt's encoding measured (audio: EnCodec frames)
+            continuation_seconds=written_seconds - prompt_seconds if both else None,
+            rendering=str(rendering) if rendering is not None else None,
+            rendering_seconds=_seconds(_wav_seconds, Path(rendering)) if rendering is not None else None,
+            total_s=time.perf_counter() - clock,
+        )
         write_sidecar(path, sidecar)
         written.append(path)
     return written
@@ -437,10 +432,10 @@ def run(args: argparse.Namespace) -> int:
                                      progress=not args.quiet)
     for path in paths:
         sidecar = read_sidecar(path)
-        beside = [str(sidecar_path(path))] + ([sidecar["rendering"]] if sidecar.get("rendering") else [])
+        beside = [str(sidecar_path(path))] + ([sidecar.rendering] if sidecar.rendering else [])
         print(path)
         print(f"  beside it: {', '.join(beside)}", file=sys.stderr)
-        if sidecar["stopped_at_eos"]:
-            print(f"  stopped at end-of-sequence after {sidecar['tokens_generated']} of {sidecar['max_new_tokens']} "
+        if sidecar.stopped_at_eos:
+            print(f"  stopped at end-of-sequence after {sidecar.tokens_generated} of {sidecar.max_new_tokens} "
                   "tokens; run without --stop-at-eos for the full length")
     return 0

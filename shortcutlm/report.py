@@ -104,8 +104,8 @@ def _training_section(layout: RunLayout, variants: list[str]) -> list[str]:
             lines.append(f"| {v} | – | – | – | not trained | – |")
             continue
         h, cfg = folder.hparams(), folder.model_config()
-        lines.append(f"| {v} | {cfg['value_residual']} | {cfg['shortcut']} | {h['parameters']:,} | {h['step']} "
-                     f"| {h['tokens_seen']:,} |")
+        lines.append(f"| {v} | {cfg['value_residual']} | {cfg['shortcut']} | {h.parameters:,} | {h.step} "
+                     f"| {h.tokens_seen:,} |")
     curves = plot_loss_curves({v: CheckpointFolder(layout.checkpoint(v)).metrics_path for v in variants},
                               layout.root / "loss_curves.png", "training and validation loss")
     if curves:
@@ -172,12 +172,12 @@ def _evaluation_section(layout: RunLayout) -> list[str]:
 def _evaluation_reading(layout: RunLayout) -> str | None:
     """One sentence: each checkpoint's loss against the baseline's, and which is lowest."""
     results = read_results_or_none(layout.evaluation)
-    rows = [r for r in (results or {}).get("checkpoints", []) if isinstance(r.get("loss_nats"), (int, float))]
+    rows = [r for r in (results.checkpoints if results else []) if r.loss_nats is not None]
     if not rows:
         return None
-    losses = {str(r["name"]): float(r["loss_nats"]) for r in rows}
+    losses = {r.name: float(r.loss_nats) for r in rows}
     best = min(losses, key=losses.__getitem__)
-    return (f"Reading: {results.get('split', 'test')} loss in nats per token, "
+    return (f"Reading: {results.split} loss in nats per token, "
             f"{_against(losses, baseline_of(list(losses)), '')}; lowest: **{best}**.")
 
 
@@ -193,7 +193,7 @@ def _samples_section(layout: RunLayout, variants: list[str]) -> list[str]:
         if found:
             files = [p for sample in found for p in sample.files]
             lines.append(f"- **{v}**: " + ", ".join(f"[`{p.name}`]({_rel(p, layout.root)})" for p in files))
-            dropped = [d for sample in found if (d := sample.sidecar.get("decode_dropped"))]
+            dropped = [d for sample in found if (d := sample.sidecar.decode_dropped)]
             if any(d.get("ids") or d.get("tokens") for d in dropped):
                 lines.append(f"  (decoding dropped {sum(d.get('tokens', 0) for d in dropped):,} tokens out of order "
                              f"and {sum(d.get('ids', 0) for d in dropped):,} ids that stand for no token, of "
@@ -209,7 +209,7 @@ def _excerpt(sample: Sample) -> str | None:
     from shortcutlm.tokenizers import tokenizer_class
 
     try:
-        return tokenizer_class(str(sample.sidecar.get("domain"))).excerpt(sample.artifact)
+        return tokenizer_class(sample.sidecar.domain).excerpt(sample.artifact)
     except (ValueError, OSError):  # a sidecar of an unknown domain, an unreadable file: no quote
         return None
 
@@ -296,11 +296,11 @@ def run_description(layout: RunLayout, variants: list[str]) -> str:
     if trained:
         folder = CheckpointFolder(layout.checkpoint(trained[0]))
         cfg, h = folder.model_config(), folder.hparams()
-        steps = sorted({CheckpointFolder(layout.checkpoint(v)).hparams()["step"] for v in trained})
+        steps = sorted({CheckpointFolder(layout.checkpoint(v)).hparams().step for v in trained})
         step_text = f"{steps[0]:,}" if len(steps) == 1 else f"{steps[0]:,}-{steps[-1]:,}"
         parts.append(f"Models: {cfg['n_layer']} layers, width {cfg['n_embd']}, {cfg['n_head']} heads, context "
                      f"{cfg['block_size']:,}; {len(trained)} variant(s) trained {step_text} steps at "
-                     f"{h.get('train', {}).get('precision', '?')} precision.")
+                     f"{h.train.get('precision', '?')} precision.")
     return " ".join(parts)
 
 

@@ -17,7 +17,7 @@ from shortcutlm.artifacts.checkpoint import CheckpointFolder
 from shortcutlm.artifacts.files import write_text
 from shortcutlm.artifacts.manifest import ShardManifest
 from shortcutlm.artifacts.results import read_results_or_none
-from shortcutlm.artifacts.sidecar import Sample, samples_in
+from shortcutlm.artifacts.sidecar import Sample, SampleRecord, samples_in
 from shortcutlm.html_page import document, esc, markdown_html
 from shortcutlm.plots import variant_colour
 from shortcutlm.run_layout import RunLayout
@@ -84,23 +84,24 @@ def _number(value: Any, digits: int = 1, unit: str = "") -> str | None:
     return f"{value:.{digits}f}{unit}" if isinstance(value, (int, float)) else None
 
 
-def _facts(sidecar: dict[str, Any]) -> str:
+def _facts(sidecar: SampleRecord) -> str:
     """How the sample was made, in one line: tokens, seconds, seed and sampling settings, speed."""
-    settings = sidecar.get("settings") or {}
-    parts = [f"{sidecar.get('tokens_generated', '?')} tokens generated"]
-    seconds, added = _number(sidecar.get("seconds"), 1, " s"), _number(sidecar.get("continuation_seconds"), 1, " s")
+    settings = sidecar.settings
+    generated = "?" if sidecar.tokens_generated is None else sidecar.tokens_generated
+    parts = [f"{generated} tokens generated"]
+    seconds, added = _number(sidecar.seconds, 1, " s"), _number(sidecar.continuation_seconds, 1, " s")
     if seconds:
         parts.append(f"lasts {seconds}" + (f" ({added} after the prompt)" if added else ""))
-    parts.append(f"seed {sidecar.get('seed')}")
+    parts.append(f"seed {sidecar.seed}")
     knobs = [f"{k.replace('_', '-')} {v}" for k, v in settings.items() if k != "seed" and v is not None]
     if knobs:
         parts.append(", ".join(knobs))
-    speed = _number(sidecar.get("tokens_per_s"), 0, " tokens/s")
+    speed = _number(sidecar.tokens_per_s, 0, " tokens/s")
     if speed:
         parts.append(speed)
-    if sidecar.get("stopped_at_eos"):
+    if sidecar.stopped_at_eos:
         parts.append("stopped at end-of-sequence")
-    dropped = sidecar.get("decode_dropped") or {}
+    dropped = sidecar.decode_dropped
     if dropped.get("ids") or dropped.get("tokens"):
         parts.append(f"decoding dropped {dropped.get('ids', 0)} ids and {dropped.get('tokens', 0)} tokens out of order")
     return " · ".join(parts)
@@ -115,15 +116,15 @@ def _text_block(parts: tuple[str, str]) -> str:
 def _sample_html(sample: Sample, variant: str, root: Path, prompts: _Prompts) -> str:
     """One sample: its player, its picture or its text with the prompt set apart, and its files."""
     sidecar = sample.sidecar
-    cls = tokenizer_class(str(sidecar.get("domain")))
-    prompt = prompts.get(sidecar["prompt"], cls) if sidecar.get("prompt") else None
+    cls = tokenizer_class(sidecar.domain)
+    prompt = prompts.get(sidecar.prompt, cls) if sidecar.prompt else None
     out = [f'<div class="sample" data-artifact="{esc(sample.artifact.name)}">']
     audible = sample.rendering or (sample.artifact if cls.artifact_is_sound else None)
     if audible is not None:
         label = "prompt + continuation" if prompt else "unconditional sample"
         out.append(_audio(_href(audible, root), f"{label} · {audible.name}"))
     picture = cls.picture(sample.artifact, sample.artifact.with_name(sample.artifact.stem + ".png"),
-                          sidecar.get("prompt_seconds") if prompt else None, f"{variant}: {sample.artifact.name}")
+                          sidecar.prompt_seconds if prompt else None, f"{variant}: {sample.artifact.name}")
     if picture is not None:
         src = esc(_href(picture, root))
         out.append(f'<a href="{src}"><img src="{src}" alt="{esc(variant)}: {esc(sample.artifact.name)}"></a>')
@@ -155,8 +156,8 @@ def listen_section(layout: RunLayout, variants: list[str]) -> str:
     if not any(found.values()):
         return "".join(lines) + "<p>No samples yet: run the recipe's <code>generate</code> stage.</p></section>"
     prompts = _Prompts(layout)
-    named = {s.sidecar["prompt"]: tokenizer_class(str(s.sidecar.get("domain")))
-             for ss in found.values() for s in ss if s.sidecar.get("prompt")}
+    named = {s.sidecar.prompt: tokenizer_class(s.sidecar.domain)
+             for ss in found.values() for s in ss if s.sidecar.prompt}
     for name, cls in named.items():
         got = prompts.get(name, cls)
         if got is None:
@@ -167,14 +168,13 @@ def listen_section(layout: RunLayout, variants: list[str]) -> str:
                      f'<a href="{esc(_href(local, root))}">{esc(local.name)}</a>{player}'
                      '<p class="legend">Each continuation below starts with this prompt: in its picture the prompt '
                      'is what comes before the dashed line (shaded in a piano roll); in a text it is greyed.</p></div>')
-    results = read_results_or_none(layout.evaluation) or {}
-    losses = {str(r["name"]): float(r["loss_nats"]) for r in results.get("checkpoints", [])
-              if isinstance(r.get("loss_nats"), (int, float))}
+    results = read_results_or_none(layout.evaluation)
+    losses = {r.name: float(r.loss_nats) for r in (results.checkpoints if results else []) if r.loss_nats is not None}
     lines.append('<div class="variants">')
     for v in variants:
         lines.append(f'<section class="variant" id="variant-{esc(v)}" data-variant="{esc(v)}" '
                      f'style="border-top-color: {variant_colour(v)}"><h3>{esc(v)}</h3>'
-                     f'<p class="muted">{esc(_variant_summary(layout, v, losses, results.get("split", "test")))}</p>')
+                     f'<p class="muted">{esc(_variant_summary(layout, v, losses, results.split if results else "test"))}</p>')
         lines += [_sample_html(s, v, root, prompts) for s in found[v]] or ["<p>No sample.</p>"]
         lines.append("</section>")
     return "".join(lines) + "</div></section>"

@@ -26,6 +26,7 @@ from shortcutlm import run_checks
 from shortcutlm.artifacts.checkpoint import (LOGS, TENSORBOARD, CheckpointData, CheckpointFolder, check_trainer_state,
                                              save_folder)
 from shortcutlm.artifacts.files import disk_full, is_no_space
+from shortcutlm.artifacts.hparams import TrainingRecord
 from shortcutlm.artifacts.lock import first_process, folder_lock
 from shortcutlm.artifacts.manifest import MANIFEST, ShardManifest
 from shortcutlm.artifacts.remote import shard_folder
@@ -130,11 +131,11 @@ class FolderWriter(L.Callback):
 
     def _write_folder(self, trainer: L.Trainer, lit: LitGPT) -> None:
         step = trainer.global_step
-        hparams = {"train": lit.settings, "step": step, "finished": step >= self.max_steps,
-                   "parameters": lit.model.num_params(), "flops_per_token": lit.flops_per_token,
-                   "peak_flops": lit.peak_flops, "world_size": trainer.world_size,
-                   "tokens_seen": step * lit.settings["accumulate"] * lit.settings["batch_size"]
-                   * trainer.world_size * lit.config.block_size}
+        hparams = TrainingRecord(train=lit.settings, step=step, finished=step >= self.max_steps,
+                                 parameters=lit.model.num_params(), flops_per_token=lit.flops_per_token,
+                                 peak_flops=lit.peak_flops, world_size=trainer.world_size,
+                                 tokens_seen=step * lit.settings["accumulate"] * lit.settings["batch_size"]
+                                 * trainer.world_size * lit.config.block_size)
         save_folder(self.out, lit.model, self.recipe, hparams, self.shards.tokenizer_dir,
                     CheckpointData.from_manifest(self.shards))
         merged = merge_metrics(self.folder.sitting_logs())

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import torch
 
+from shortcutlm.artifacts.hparams import TrainingRecord
 from shortcutlm.checkpoint import save_folder
 from shortcutlm.datasets.loader import eval_batches, read_manifest
 from shortcutlm.datasets.prepare import prepare
@@ -71,7 +72,8 @@ def make_checkpoint(folder: Path, shard_dir: Path, steps: int = 20, seed: int = 
     model.eval()
     manifest = read_manifest(shard_dir)
     data = {"fingerprint": tok.fingerprint(), "shard_dir": str(shard_dir), "splits": manifest["splits"]}
-    return save_folder(folder, model, {"variant": folder.name}, {"precision": "32-true", "steps": steps},
+    return save_folder(folder, model, {"variant": folder.name},
+                       TrainingRecord(train={"precision": "32-true", "max_steps": steps}, step=steps, finished=True),
                        shard_dir / "tokenizer", data)
 
 

@@ -174,7 +174,9 @@ def test_checkpoint_folder_accessors(run, text8_shards):
     assert folder.has_weights and folder.has_trainer_state and folder.has_metrics and folder.has_model_config
     assert folder.weights_path == run / WEIGHTS and folder.trainer_state_path == run / TRAINER_STATE
     hparams = folder.hparams()
-    assert hparams["step"] == folder.step == 3 and hparams["finished"]
+    assert hparams.step == folder.step == 3 and hparams.finished
+    assert hparams.parameters == load_folder(run).model.num_params() and hparams.world_size == 1
+    assert hparams.tokens_seen == 3 * hparams.train["batch_size"] * hparams.train["accumulate"] * folder.gpt_config().block_size
     assert folder.train_settings()["max_steps"] == 3
     assert folder.is_finished(3) and not folder.is_finished(4)
     assert folder.model_config()["n_layer"] == 2 and folder.gpt_config().n_embd == 32
@@ -193,6 +195,29 @@ def test_checkpoint_folder_accessors(run, text8_shards):
     assert folder.shard_folder(text8_shards) == text8_shards
     ck = load_folder(run)
     assert ck.files == folder and ck.trained_on == data and ck.shard_folder() == text8_shards.resolve()
+
+
+def test_training_record_round_trips_and_names_a_wrong_field(run, tmp_path):
+    """hparams.json is the TrainingRecord written, key for key (sorted on disk); an older file lacking fields reads with
+    their defaults; a field of the wrong type is one line naming the file and the field."""
+    import json
+
+    from shortcutlm.artifacts.hparams import TrainingRecord
+
+    copy = CheckpointFolder(shutil.copytree(run, tmp_path / "copy"))
+    written = json.loads(copy.hparams_path.read_text())
+    assert set(written) == {"train", "step", "finished", "parameters", "flops_per_token", "peak_flops",
+                            "world_size", "tokens_seen"}
+    assert copy.hparams().to_dict() == written
+    copy.hparams_path.write_text(json.dumps({"finished": True, "step": 3}))  # an early layout
+    assert copy.hparams() == TrainingRecord(step=3, finished=True) and copy.is_finished(3)
+    copy.hparams_path.write_text(json.dumps({**written, "step": "three"}))
+    with pytest.raises(CheckpointError, match="hparams.json: field 'step' should be an integer or null") as err:
+        copy.hparams()
+    assert "\n" not in str(err.value) and copy.step is None
+    copy.hparams_path.write_text(json.dumps({**written, "schema": 2}))  # from a newer shortcutlm
+    with pytest.raises(CheckpointError, match="hparams.json: field 'schema' is 2, newer than this version"):
+        copy.hparams()
 
 
 def test_missing_and_broken_checkpoint_files_are_one_line(run, tmp_path):

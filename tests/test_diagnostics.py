@@ -256,8 +256,8 @@ def test_diagnose_labels_checkpoints_as_evaluation_does(tmp_path, text_ckpt, tex
     for png in ("depth_map_baseline_run_a.png", "depth_map_baseline_run_b.png"):
         assert (tmp_path / "d" / png).is_file()
     # the same names in evaluation's tables
-    rows = evaluate_checkpoints([run_a, run_b, text_ckpt], max_batches=1, progress=False)["checkpoints"]
-    assert [r["name"] for r in rows] == expected
+    rows = evaluate_checkpoints([run_a, run_b, text_ckpt], max_batches=1, progress=False).checkpoints
+    assert [r.name for r in rows] == expected
 
     # plots: legends carry the labels; a variant is drawn in its colour, a second run of it in another
     figs = dict(figures)

@@ -86,7 +86,7 @@ def test_a_full_disk_during_training_keeps_the_last_save_and_resumes_exactly(sma
         train(recipe, "baseline", text8_shards, out, progress=False, callbacks=[filling])
     message = str(failed.value)
     assert "\n" not in message and message.startswith(f"{out}: no space left on the device while writing")
-    assert load_folder(out).hparams["step"] == 2  # the last good save loads
+    assert load_folder(out).hparams.step == 2  # the last good save loads
     filling.filler.unlink()
     train(recipe, "baseline", text8_shards, out, progress=False)
     a, b = torch.load(whole / "model.pt", weights_only=True), torch.load(out / "model.pt", weights_only=True)

@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from shortcutlm.checkpoint import load_folder
 from shortcutlm.cli import main as cli_main
 from shortcutlm.datasets.loader import eval_batches, read_manifest
+from shortcutlm.artifacts.results import EvaluationResults
 from shortcutlm.evaluation import EvaluationError, evaluate_checkpoint, evaluate_checkpoints, write_report
 from shortcutlm.tokenizers import FingerprintMismatch
 
@@ -35,83 +36,83 @@ def hand_loss(folder, split="test", batch_size=3):
 
 
 def recombine(groups):
-    tokens = sum(g["tokens"] for g in groups.values())
-    return sum(g["loss_nats"] * g["tokens"] for g in groups.values() if g["tokens"]) / tokens, tokens
+    tokens = sum(g.tokens for g in groups.values())
+    return sum(g.loss_nats * g.tokens for g in groups.values() if g.tokens) / tokens, tokens
 
 
 def test_text_loss_is_sum_over_count_and_bits_per_byte_uses_manifest_bytes(text_ckpt, text_data):
     result = evaluate_checkpoint(text_ckpt, progress=False)
     total, count = hand_loss(text_ckpt)
     split = read_manifest(text_data)["splits"]["test"]
-    assert result["tokens"] == count == split["tokens"] + split["documents"]  # every token plus one EOS per document
-    assert result["loss_nats"] == pytest.approx(total / count, rel=1e-6)
-    assert result["loss_bits"] == pytest.approx(total / count / math.log(2), rel=1e-6)
-    assert result["perplexity"] == pytest.approx(math.exp(total / count), rel=1e-6)
-    assert result["bytes"] == split["bytes"]
-    assert result["bits_per_byte"] == pytest.approx(total / math.log(2) / split["bytes"], rel=1e-6)
-    assert result["eos"]["tokens"] == split["documents"]
-    eos_nats = result["eos"]["loss_nats"] * result["eos"]["tokens"]
-    assert result["bits_per_byte_excl_eos"] == pytest.approx((total - eos_nats) / math.log(2) / split["bytes"], rel=1e-6)
-    assert result["complete"] and not result["approximate"]
-    assert result["shard_dir"] == str(text_data)  # the checkpoint's own shards by default
+    assert result.tokens == count == split["tokens"] + split["documents"]  # every token plus one EOS per document
+    assert result.loss_nats == pytest.approx(total / count, rel=1e-6)
+    assert result.loss_bits == pytest.approx(total / count / math.log(2), rel=1e-6)
+    assert result.perplexity == pytest.approx(math.exp(total / count), rel=1e-6)
+    assert result.bytes == split["bytes"]
+    assert result.bits_per_byte == pytest.approx(total / math.log(2) / split["bytes"], rel=1e-6)
+    assert result.eos.tokens == split["documents"]
+    eos_nats = result.eos.loss_nats * result.eos.tokens
+    assert result.bits_per_byte_excl_eos == pytest.approx((total - eos_nats) / math.log(2) / split["bytes"], rel=1e-6)
+    assert result.complete and not result.approximate
+    assert result.shard_dir == str(text_data)  # the checkpoint's own shards by default
 
 
 def test_batch_size_does_not_change_the_result(text_ckpt):
     one = evaluate_checkpoint(text_ckpt, batch_size=1, progress=False)
     many = evaluate_checkpoint(text_ckpt, batch_size=16, progress=False)
-    assert one["tokens"] == many["tokens"]
-    assert one["loss_nats"] == pytest.approx(many["loss_nats"], rel=1e-6)
+    assert one.tokens == many.tokens
+    assert one.loss_nats == pytest.approx(many.loss_nats, rel=1e-6)
 
 
 def test_text_families_recombine(text_ckpt):
     result = evaluate_checkpoint(text_ckpt, split="valid", progress=False)
-    loss, tokens = recombine(result["per_family"])
-    assert tokens == result["tokens"]
-    assert loss == pytest.approx(result["loss_nats"], rel=1e-9)
+    loss, tokens = recombine(result.groups)
+    assert tokens == result.tokens
+    assert loss == pytest.approx(result.loss_nats, rel=1e-9)
 
 
 def test_midi_per_family_losses_recombine(midi_ckpt):
     result = evaluate_checkpoint(midi_ckpt, progress=False)
     total, count = hand_loss(midi_ckpt)
-    assert result["loss_nats"] == pytest.approx(total / count, rel=1e-6)
-    families = result["per_family"]
+    assert result.loss_nats == pytest.approx(total / count, rel=1e-6)
+    families = result.groups
     for name in ("Pitch", "Velocity", "Duration", "Position", "Bar"):
-        assert families[name]["tokens"] > 0, name
-    assert families["Pitch"]["tokens"] == families["Velocity"]["tokens"] == families["Duration"]["tokens"]
-    assert families["special"]["tokens"] == result["eos"]["tokens"]
+        assert families[name].tokens > 0, name
+    assert families["Pitch"].tokens == families["Velocity"].tokens == families["Duration"].tokens
+    assert families["special"].tokens == result.eos.tokens
     loss, tokens = recombine(families)
-    assert tokens == result["tokens"]
-    assert loss == pytest.approx(result["loss_nats"], rel=1e-9)
-    assert result["bits_per_second"] == pytest.approx(total / math.log(2) / result["seconds"], rel=1e-6)
-    assert "bits_per_byte" not in result
+    assert tokens == result.tokens
+    assert loss == pytest.approx(result.loss_nats, rel=1e-9)
+    assert result.bits_per_second == pytest.approx(total / math.log(2) / result.seconds, rel=1e-6)
+    assert result.bits_per_byte is None and result.group_kind == "family"
 
 
 def test_delay_audio_per_codebook_masks_empty(audio_delay_ckpt, audio_delay_data):
     result = evaluate_checkpoint(audio_delay_ckpt, progress=False)
     total, count = hand_loss(audio_delay_ckpt)
-    assert result["loss_nats"] == pytest.approx(total / count, rel=1e-6)
+    assert result.loss_nats == pytest.approx(total / count, rel=1e-6)
     split = read_manifest(audio_delay_data)["splits"]["test"]
-    codebooks = result["per_codebook"]
+    codebooks = result.groups
     assert list(codebooks) == ["codebook_0", "codebook_1"]
     for stats in codebooks.values():  # every frame's code once per stream, plus the EOS after each document
-        assert stats["tokens"] == split["frames"] + split["documents"]
+        assert stats.tokens == split["frames"] + split["documents"]
     loss, tokens = recombine(codebooks)
-    assert tokens == count == result["tokens"]
-    assert loss == pytest.approx(result["loss_nats"], rel=1e-9)
-    assert result["layout"] == "delay" and result["n_codebooks"] == 2
+    assert tokens == count == result.tokens
+    assert loss == pytest.approx(result.loss_nats, rel=1e-9)
+    assert result.tokenizer["layout"] == "delay" and result.tokenizer["n_codebooks"] == 2 and result.group_kind == "codebook"
 
 
 def test_flatten_audio_per_codebook_by_id_family(audio_flatten_ckpt, audio_flatten_data):
     result = evaluate_checkpoint(audio_flatten_ckpt, progress=False)
     total, count = hand_loss(audio_flatten_ckpt)
-    assert result["loss_nats"] == pytest.approx(total / count, rel=1e-6)
+    assert result.loss_nats == pytest.approx(total / count, rel=1e-6)
     split = read_manifest(audio_flatten_data)["splits"]["test"]
-    codebooks = result["per_codebook"]
-    assert codebooks["codebook_0"]["tokens"] == codebooks["codebook_1"]["tokens"] == split["frames"]
-    assert codebooks["special"]["tokens"] == split["documents"]
+    codebooks = result.groups
+    assert codebooks["codebook_0"].tokens == codebooks["codebook_1"].tokens == split["frames"]
+    assert codebooks["special"].tokens == split["documents"]
     loss, tokens = recombine(codebooks)
-    assert tokens == result["tokens"]
-    assert loss == pytest.approx(result["loss_nats"], rel=1e-9)
+    assert tokens == result.tokens
+    assert loss == pytest.approx(result.loss_nats, rel=1e-9)
 
 
 def test_two_checkpoints_side_by_side(text_ckpt, text_ckpt_b, tmp_path):
@@ -141,10 +142,10 @@ def test_cli_writes_report(text_ckpt, midi_ckpt, tmp_path, capsys):
 
 def test_partial_pass_is_marked(text_ckpt):
     result = evaluate_checkpoint(text_ckpt, split="train", batch_size=1, max_batches=2, progress=False)
-    assert not result["complete"] and result["approximate"]
-    assert result["batches"] == 2 < result["batches_total"]
-    assert result["tokens"] == 2 * 64
-    assert 0 < result["bits_per_byte"] < 50
+    assert not result.complete and result.approximate
+    assert result.batches == 2 < result.batches_total
+    assert result.tokens == 2 * 64
+    assert 0 < result.bits_per_byte < 50
 
 
 def test_fingerprint_mismatch_is_refused(text_ckpt, text_data_other_vocab, tmp_path, capsys):
@@ -209,15 +210,42 @@ def test_results_round_trip_through_the_artifact_layer(tmp_path):
               "perplexity": math.inf,
               "per_family": {"piece": {"tokens": 10, "loss_nats": 800.0, "perplexity": math.inf},
                              "byte": {"tokens": 0, "loss_nats": math.nan, "perplexity": math.nan}}}
-    results = {"split": "test", "checkpoints": [record]}
+    results = EvaluationResults.from_dict({"split": "test", "checkpoints": [record]}, "test record")
     md, js = write_report(results, tmp_path)
     assert md.read_text().startswith("# Evaluation") and "| inf |" in md.read_text()
     text = results_json_path(tmp_path).read_text()
     assert "Infinity" not in text and "NaN" not in text
     json.loads(text)  # strict
-    back = read_results(tmp_path)["checkpoints"][0]
-    assert back["perplexity"] == math.inf and back["per_family"]["piece"]["perplexity"] == math.inf
-    assert back["per_family"]["byte"]["perplexity"] is None and back["per_family"]["byte"]["loss_nats"] is None
+    back = read_results(tmp_path).checkpoints[0]
+    assert back.perplexity == math.inf and back.groups["piece"].perplexity == math.inf
+    assert back.groups["byte"].perplexity is None and back.groups["byte"].loss_nats is None
+    assert back.group_kind == "family"
+
+
+def test_results_json_keeps_its_layout_and_names_a_wrong_field(text_ckpt, tmp_path):
+    """The record written is the record read: the same keys in the same order, and a malformed field
+    is refused naming the file and the field."""
+    from shortcutlm.artifacts.files import ArtifactError
+    from shortcutlm.artifacts.results import read_results, results_json_path
+
+    results = evaluate_checkpoints([text_ckpt], split="valid", progress=False)
+    write_report(results, tmp_path)
+    written = json.loads(results_json_path(tmp_path).read_text())
+    row = written["checkpoints"][0]
+    assert list(row)[:6] == ["name", "folder", "shard_dir", "split", "domain", "fingerprint"]
+    assert list(row)[-2:] == ["approximate", "per_family"] and "bits_per_byte" in row
+    assert read_results(tmp_path).to_dict() == written
+
+    row["tokens"] = "many"
+    results_json_path(tmp_path).write_text(json.dumps(written))
+    with pytest.raises(ArtifactError, match=r"results.json: checkpoints\[0\]: field 'tokens' should be an integer, "
+                                            r"not str 'many'"):
+        read_results(tmp_path)
+    row["tokens"] = 5
+    del row["device"], row["elapsed_s"]  # an older file without them still reads
+    results_json_path(tmp_path).write_text(json.dumps(written))
+    back = read_results(tmp_path).checkpoints[0]
+    assert back.device is None and back.elapsed_s is None and back.tokens == 5
 
 
 def test_token_losses_mask_and_match_cross_entropy():

@@ -8,6 +8,7 @@ import pytest
 import soundfile as sf
 import torch
 
+from shortcutlm.artifacts.sidecar import read_sidecar
 from shortcutlm.checkpoint import load_folder
 from shortcutlm.cli import main as cli_main
 from shortcutlm.datasets.loader import read_manifest
@@ -258,10 +259,15 @@ def test_a_midi_continuation_keeps_the_prompts_tempo_and_lasts_the_requested_sec
         continuation = lasts - meta["prompt_seconds"]
         assert meta["continuation_seconds"] == pytest.approx(continuation)
         assert requested - 1e-3 <= continuation <= requested + 2 * bar, (requested, continuation, bar)
+        record = read_sidecar(out)  # the typed record is the file, key for key and in order
+        assert list(record.to_dict().items()) == list(meta.items())
+        assert record.length["seconds_requested"] == requested and record.length["target_seconds"] > requested
+        assert record.tokenizer["multitrack"] and record.continuation_seconds == meta["continuation_seconds"]
 
 
 def test_sidecars_find_the_samples_of_a_folder(midi_ckpt, midi_files, tmp_path):
     """Samples are found by their sidecars (artifact, then its rendering), not by file type."""
+    from shortcutlm.artifacts.files import ArtifactError
     from shortcutlm.artifacts.sidecar import read_sidecar, samples_in, sidecar_path
 
     paths = generate_from_checkpoint(midi_ckpt, tmp_path / "s", prompt=midi_files[0], max_new_tokens=8, samples=2,
@@ -272,8 +278,13 @@ def test_sidecars_find_the_samples_of_a_folder(midi_ckpt, midi_files, tmp_path):
     assert [s.artifact for s in found] == paths
     assert [s.files for s in found] == [[p, p.with_suffix(".wav")] for p in paths]
     assert sidecar_path(paths[0]) == paths[0].with_suffix(".json")
-    assert read_sidecar(paths[0])["sample_index"] == 0 and found[1].sidecar["sample_index"] == 1
+    assert read_sidecar(paths[0]).sample_index == 0 and found[1].sidecar.sample_index == 1
     assert samples_in(tmp_path / "absent") == []
+    broken = json.loads(sidecar_path(paths[1]).read_text())
+    sidecar_path(paths[1]).write_text(json.dumps({**broken, "sample_index": "second"}))
+    with pytest.raises(ArtifactError, match=r"-01.json: field 'sample_index' should be an integer, not str"):
+        read_sidecar(paths[1])
+    assert [s.artifact for s in samples_in(tmp_path / "s")] == paths[:1]  # a malformed sidecar: not a sample
 
 
 @pytest.mark.slow

@@ -24,16 +24,17 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     # environment facts, config parsing, clean-up and stop signals, and drawing helpers (matplotlib
     # figures from arrays; tokenizers draw their pictures with them, reports their plots).
     ("shared", ("artifacts", "errors", "quiet", "environment", "devices", "config_schema", "peak", "cleanup", "stopping",
-                "artifacts.files", "artifacts.lock", "artifacts.names", "plots", "diagnostic_plots",
-                "sample_pictures", "heartbeat")),
+                "artifacts.files", "artifacts.lock", "artifacts.names", "artifacts.records", "heartbeat", "plots",
+                "diagnostic_plots", "sample_pictures")),
     ("source", ("documents",)),
     ("tokenizer", ("tokenizers",)),
     ("shards", ("datasets", "artifacts.manifest", "artifacts.remote")),
     ("model", ("models",)),
-    ("run", ("recipe", "progress", "run_checks", "run_layout", "training", "evaluation", "generation", "diagnostics",
-             "checkpoint", "artifacts.checkpoint", "artifacts.results", "artifacts.sidecar", "artifacts.ablation")),
+    ("run", ("recipe", "run_checks", "run_layout", "training", "evaluation", "generation", "diagnostics",
+             "checkpoint", "artifacts.checkpoint", "artifacts.hparams", "artifacts.results", "artifacts.sidecar",
+             "artifacts.ablation")),
     ("report", ("report", "report_html", "html_page")),
-    ("drivers", ("stages", "cli", "api", "bench", "ablation")),
+    ("drivers", ("stages", "progress", "cli", "api", "bench", "ablation")),
 ]
 #: Folders whose modules sit in different layers: each of their modules is named in LAYERS itself.
 SPLIT_FOLDERS = ("artifacts",)

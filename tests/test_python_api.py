@@ -63,4 +63,4 @@ def test_same_seed_same_sample_as_the_command_line(text_ckpt, tmp_path):
     assert main(["generate", str(text_ckpt), "--tokens", "12", "--seed", "5", "--temperature", "0.8", "--quiet",
                  "--device", "cpu", "--out", str(tmp_path / "cli.txt")]) == 0
     assert ours.artifact == (tmp_path / "cli.txt").read_text(encoding="utf-8")
-    assert ours.record["seed"] == 5 and ours.record["tokens_generated"] == 12
+    assert ours.record.seed == 5 and ours.record.tokens_generated == 12

@@ -79,10 +79,11 @@ def test_plain_counter_for_batch_logs():
 
 def test_prepare_without_bars_prints_plain_lines(tmp_path, capsys, monkeypatch):
     from shortcutlm.datasets import prepare as prepare_module
+    from shortcutlm.datasets import prepare_common
     from tests.datasets.published import make_wikitext
 
     make_wikitext(tmp_path, {"train": 6, "valid": 2, "test": 2}, variants=("raw",))
-    monkeypatch.setattr(prepare_module, "PLAIN_EVERY_S", 0.0)
+    monkeypatch.setattr(prepare_common, "PLAIN_EVERY_S", 0.0)
     prepare_module.prepare({"name": "wikitext103", "path": str(tmp_path)}, {"domain": "text", "vocab_size": 400},
                            tmp_path / "out", workers=0, progress=False)
     lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("prepare wikitext103: ")]

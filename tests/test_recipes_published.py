@@ -73,7 +73,7 @@ def test_maestro_tiny_preset_from_the_zip_folder(tmp_path):
     assert list((layout.root / "samples" / "baseline").glob("*.mid"))
     from shortcutlm.artifacts.sidecar import samples_in
 
-    dropped = [s.sidecar["decode_dropped"] for v in ("baseline", "shortcut_resformer")
+    dropped = [s.sidecar.decode_dropped for v in ("baseline", "shortcut_resformer")
                for s in samples_in(layout.samples(v))]
     assert len(dropped) == 2 and all(d["of"] > 0 for d in dropped)
     if any(d["ids"] or d["tokens"] for d in dropped):  # a 4-step model writes ill-formed ids: the report says so

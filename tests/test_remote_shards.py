@@ -87,8 +87,8 @@ def test_train_resume_evaluate_and_generate_from_a_server(served, recipe, tmp_pa
 
     mine = evaluate_checkpoint(remote, split="valid", progress=False)
     theirs = evaluate_checkpoint(local, split="valid", progress=False)
-    assert mine["shard_dir"] == url and mine["tokens"] == theirs["tokens"]
-    assert mine["loss_nats"] == pytest.approx(theirs["loss_nats"], abs=1e-6)
+    assert mine.shard_dir == url and mine.tokens == theirs.tokens
+    assert mine.loss_nats == pytest.approx(theirs.loss_nats, abs=1e-6)
     assert cli_main(["evaluate", str(remote), "--data", url, "--split", "valid", "--no-progress",
                      "--out", str(tmp_path / "eval")]) == 0
     assert cli_main(["generate", str(remote), "--tokens", "8", "--seed", "0", "--out", str(tmp_path / "gen")]) == 0

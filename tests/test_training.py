@@ -78,7 +78,7 @@ def test_checkpoint_folder_describes_itself(tmp_path, text8_shards, text8_recipe
     ck = load_folder(out)
     assert ck.model.config.shortcut == "depth" and ck.model.config.value_residual == "resformer"
     assert ck.recipe["variant"] == "shortcut_resformer" and ck.recipe["train"]["max_steps"] == 6
-    assert ck.hparams["step"] == 6 and ck.hparams["finished"]
+    assert ck.hparams.step == 6 and ck.hparams.finished
     assert ck.tokenizer.fingerprint() == ck.data["fingerprint"]
     assert ck.model.config.vocab_size == ck.tokenizer.vocab_size
 
@@ -244,7 +244,7 @@ def test_fsdp_trains_every_variant_and_its_checkpoint_loads(tmp_path, text8_shar
     assert weights(sharded).keys() == weights(plain).keys()
     mine = evaluate_checkpoint(sharded, split="valid", device="cuda", progress=False)
     theirs = evaluate_checkpoint(plain, split="valid", device="cuda", progress=False)
-    assert mine["loss_nats"] == pytest.approx(theirs["loss_nats"], abs=1e-3)
+    assert mine.loss_nats == pytest.approx(theirs.loss_nats, abs=1e-3)
     assert cli_main(["generate", str(sharded), "--tokens", "8", "--seed", "0", "--device", "cuda",
                      "--out", str(tmp_path / "gen")]) == 0
 

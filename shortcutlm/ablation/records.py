@@ -15,6 +15,7 @@ from typing import Any
 from shortcutlm.ablation.runs import Run
 from shortcutlm.artifacts.ablation import read_run_record
 from shortcutlm.artifacts.checkpoint import CheckpointFolder
+from shortcutlm.artifacts.hparams import TrainingRecord
 from shortcutlm.recipe import Recipe
 
 
@@ -28,14 +29,14 @@ def _logged_rates(folder: Path) -> list[float] | None:
 
 def median_step_seconds(folder: Path) -> float | None:
     """Seconds per optimiser step: tokens per step over the median logged ``train/tokens_per_s``."""
-    hparams = CheckpointFolder(folder).hparams_or_none() or {}
+    hparams = CheckpointFolder(folder).hparams_or_none()
     rates = _logged_rates(folder)
-    if rates is None or not hparams.get("step"):
+    if rates is None or hparams is None or not hparams.step or hparams.tokens_seen is None:
         return None
     rates = [r for r in rates if r > 0 and math.isfinite(r)]
     if not rates:
         return None
-    tokens_per_step = hparams["tokens_seen"] / hparams["step"]
+    tokens_per_step = hparams.tokens_seen / hparams.step
     return tokens_per_step / statistics.median(rates)
 
 
@@ -73,12 +74,12 @@ def kv_cache_bytes(folder: Path) -> tuple[int, int] | None:
 def run_record(run: Run, recipe: Recipe, row: dict[str, Any] | None,
                valid: dict[str, Any] | None = None) -> dict[str, Any]:
     """What the page shows of one run (also what ``results.json`` lists)."""
-    hparams = CheckpointFolder(run.folder).hparams_or_none() or {}
+    hparams = CheckpointFolder(run.folder).hparams_or_none() or TrainingRecord()
     info = read_run_record(run.folder)
     record: dict[str, Any] = {
         "run": run.name, "variant": run.variant, "seed": run.seed, "multiple": run.multiple, "steps": run.steps,
         "actual_multiple": run.steps / run.base_steps, "folder": str(run.folder), "status": "done",
-        "params": hparams.get("parameters"), "tokens_seen": hparams.get("tokens_seen"),
+        "params": hparams.parameters, "tokens_seen": hparams.tokens_seen,
         "sec_per_step": median_step_seconds(run.folder), "step_time_iqr": step_time_spread(run.folder),
         "train_wall_s": info.get("wall_s"), "machine": info.get("machine"), "trained_at": info.get("trained"),
     }

@@ -151,7 +151,7 @@ def evaluate_run(run: Run, recipe: Recipe, data_dir: Path, device: str, split: s
     e = recipe.evaluate
     results = evaluate_checkpoints([run.folder], data_dir, split=split or e.split, batch_size=e.batch_size,
                                    max_batches=e.max_batches, device=device, progress=False)
-    row = results["checkpoints"][0]
+    row = results.checkpoints[0].to_dict()  # the ablation's cache and page keep the row as written
     write_cache(_evaluation_file(run, recipe, split), evaluation_key(run.folder, recipe, split), "row", row)
     return row
 

@@ -33,6 +33,7 @@ import torch
 import yaml
 
 from shortcutlm.artifacts.files import ArtifactError, read_json, write_json, write_text, write_with
+from shortcutlm.artifacts.hparams import TrainingRecord
 from shortcutlm.artifacts.lock import LOCK
 from shortcutlm.artifacts.manifest import MANIFEST, ShardManifest
 from shortcutlm.artifacts.remote import is_remote, remote_location, shard_folder
@@ -243,12 +244,16 @@ class CheckpointFolder:
             raise CheckpointError(f"{path}: not a {what} (a JSON object was expected); {RETRAIN.format(folder=self.path)}")
         return body
 
-    def hparams(self) -> dict[str, Any]:
-        """``hparams.json``: ``train`` (the settings), ``step``, ``finished``, ``parameters``,
-        ``flops_per_token``, ``peak_flops``, ``world_size``, ``tokens_seen``."""
-        return self._json(HPARAMS, "training record")
+    def hparams(self) -> TrainingRecord:
+        """``hparams.json`` (:class:`~shortcutlm.artifacts.hparams.TrainingRecord`)."""
+        try:
+            return TrainingRecord.from_dict(self._json(HPARAMS, "training record"), str(self.hparams_path))
+        except CheckpointError:
+            raise
+        except ArtifactError as err:  # a malformed field: the same error as an unreadable file
+            raise CheckpointError(f"{err}; {RETRAIN.format(folder=self.path)}") from err
 
-    def hparams_or_none(self) -> dict[str, Any] | None:
+    def hparams_or_none(self) -> TrainingRecord | None:
         """``hparams.json``, or None when it is missing or unreadable (no finished save to trust)."""
         try:
             return self.hparams()
@@ -257,7 +262,7 @@ class CheckpointFolder:
 
     def train_settings(self) -> dict[str, Any]:
         """The training settings the run was saved with (``hparams.json``'s ``train``)."""
-        return dict(self.hparams().get("train") or {})
+        return dict(self.hparams().train)
 
     def model_config(self) -> dict[str, Any]:
         """``model_config.json``: the GPTConfig fields."""
@@ -291,12 +296,12 @@ class CheckpointFolder:
     def step(self) -> int | None:
         """The optimiser step of the last save (None before the first)."""
         hparams = self.hparams_or_none()
-        return None if hparams is None or hparams.get("step") is None else int(hparams["step"])
+        return None if hparams is None else hparams.step
 
     def is_finished(self, max_steps: int) -> bool:
         """The last save is the end of a run of at least ``max_steps`` steps."""
         hparams = self.hparams_or_none()
-        return bool(hparams and hparams.get("finished")) and int(hparams.get("step") or 0) >= max_steps
+        return hparams is not None and hparams.finished and (hparams.step or 0) >= max_steps
 
     def weights_stamp(self) -> dict[str, Any]:
         """What identifies the weights now there (a cache made under another stamp is stale)."""
@@ -364,7 +369,7 @@ class CheckpointFolder:
         return write_text(self.metrics_path, buffer.getvalue(), durable=True)
 
 
-def save_folder(folder: str | Path, model: GPT, recipe: dict[str, Any], hparams: dict[str, Any],
+def save_folder(folder: str | Path, model: GPT, recipe: dict[str, Any], hparams: TrainingRecord,
                 tokenizer_dir: str | Path, data: CheckpointData | dict[str, Any]) -> Path:
     """Write (or refresh) a checkpoint folder; every file is replaced atomically and durably."""
     files = CheckpointFolder(Path(folder))
@@ -373,7 +378,7 @@ def save_folder(folder: str | Path, model: GPT, recipe: dict[str, Any], hparams:
     write_with(files.weights_path, lambda fh: torch.save(state, fh), durable=True)
     write_json(files.model_config_path, model.config.to_dict(), durable=True)
     write_text(files.recipe_path, yaml.safe_dump(recipe, sort_keys=False), durable=True)
-    write_json(files.hparams_path, hparams, durable=True)
+    write_json(files.hparams_path, hparams.to_dict(), durable=True)
     write_json(files.data_path, data.to_dict() if isinstance(data, CheckpointData) else data, durable=True)
     target = files.tokenizer_dir
     if Path(tokenizer_dir).resolve() != target.resolve():
@@ -395,7 +400,7 @@ class Checkpoint:
     model: GPT
     tokenizer: Tokenizer
     recipe: dict[str, Any]
-    hparams: dict[str, Any]
+    hparams: TrainingRecord
     data: dict[str, Any]
 
     @property

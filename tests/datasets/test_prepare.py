@@ -10,10 +10,9 @@ import pytest
 
 from shortcutlm.artifacts.manifest import MANIFEST
 from shortcutlm.cli import main as cli_main
-from shortcutlm.datasets import prepare as prepare_module
 from shortcutlm.datasets.loader import eval_batches, train_batches
 from shortcutlm.datasets.prepare import prepare
-from shortcutlm.datasets.shards import ShardError, read_shard, sha256_file
+from shortcutlm.datasets.shards import ShardError, ShardWriter, read_shard, sha256_file
 from shortcutlm.datasets.sources import safe_id
 from shortcutlm.tokenizers import FingerprintMismatch, load_tokenizer
 
@@ -115,7 +114,7 @@ def test_parallel_run_writes_identical_shards(text_run, tmp_path):
 def test_killed_run_resumes_without_duplicates(text_run, tmp_path, monkeypatch):
     root, out, _, _ = text_run
     target = tmp_path / "resumed"
-    real_finish = prepare_module.ShardWriter.finish
+    real_finish = ShardWriter.finish
     calls = {"n": 0}
 
     def finish_then_die(self):
@@ -124,10 +123,10 @@ def test_killed_run_resumes_without_duplicates(text_run, tmp_path, monkeypatch):
             raise KeyboardInterrupt
         return real_finish(self)
 
-    monkeypatch.setattr(prepare_module.ShardWriter, "finish", finish_then_die)
+    monkeypatch.setattr(ShardWriter, "finish", finish_then_die)
     with pytest.raises(KeyboardInterrupt):
         prepare({"name": "folder", "path": str(root)}, TEXT, target, workers=1, shard_tokens=3000, progress=False)
-    monkeypatch.setattr(prepare_module.ShardWriter, "finish", real_finish)
+    monkeypatch.setattr(ShardWriter, "finish", real_finish)
     partial = json.loads((target / MANIFEST).read_text())
     assert not partial["complete"] and len(partial["shards"]) == 2
     assert sorted(p.name for p in target.glob("*.tar")) == sorted(r["name"] for r in partial["shards"])
