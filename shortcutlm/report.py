@@ -176,7 +176,7 @@ def _evaluation_reading(layout: RunLayout) -> str | None:
 def _samples_section(layout: RunLayout, variants: list[str]) -> list[str]:
     lines = ["## Samples", ""]
     prompt_dir = layout.root / "samples" / "prompt"
-    prompts = sorted(prompt_dir.glob("prompt.*")) if prompt_dir.is_dir() else []
+    prompts = sorted(prompt_dir.glob("prompt*.*")) if prompt_dir.is_dir() else []
     if prompts:
         lines.append("Prompt: " + ", ".join(f"[`{p.name}`]({_rel(p, layout.root)})" for p in prompts))
         lines.append("")

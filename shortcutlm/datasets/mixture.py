@@ -55,6 +55,8 @@ __all__ = ["MixtureError", "MixturePart", "build_mixture", "is_mixture", "mixtur
 
 TOKENIZER = "tokenizer"
 DOMAINS = "domains"
+#: Where a recipe prepares the parts it names by source, inside the mixture folder.
+PARTS = "parts"
 #: Draws of the part that gives the next document, made per block (the sequence does not depend on it).
 DRAW_BLOCK = 4096
 
@@ -188,7 +190,7 @@ def build_mixture(parts: list[MixturePart], out: str | Path, temperature: float 
             raise MixtureError(f"{out}: holds {'another mixture' if existing.get('mixture') else 'something else'} "
                                f"({out / MANIFEST}); write this mixture into another folder")
         return out
-    if out.exists() and any(out.iterdir()):
+    if out.exists() and any(p.name != PARTS for p in out.iterdir()):
         raise MixtureError(f"{out}: not empty and not a mixture folder; write the mixture into another folder")
     joint.save(out / TOKENIZER)
     for domain in joint.domains:

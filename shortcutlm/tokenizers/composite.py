@@ -120,6 +120,11 @@ class CompositeTokenizer(Tokenizer):
             raise TokenizerError(f"this joint model was trained on {', '.join(self.parts)}, not on {domain}")
         return CompositeTokenizer(self.parts, domain, self.rates)
 
+    def domain_views(self) -> dict[str, Tokenizer]:
+        if self.active is not None:
+            return {self.active: self}
+        return {name: self.with_domain(name) for name in self.parts}
+
     def domain_of_suffix(self, suffix: str) -> str | None:
         """The part that reads files with ``suffix`` (lower case, with dot), or None."""
         for name, part in self.parts.items():
