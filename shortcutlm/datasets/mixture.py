@@ -382,6 +382,8 @@ class MixtureTrainBatches(TrainBatches):
         if len(parts) != len(mixture_parts(manifest, shard_dir)):
             raise ValueError(f"{shard_dir}: not every part of the mixture has a {split!r} split")
         probabilities = [float(record["probability"]) for record, _ in parts]
+        self.data = _MixedSplit(tokenizer.pad_id, sum(s.n_docs for _, s in parts),
+                                sum(s.total_tokens for _, s in parts))  # the sizes benchmarks read
         self.config = {"seed": int(seed), "rank": rank, "world_size": world_size, "num_workers": num_workers,
                        "block_size": block_size, "batch_size": batch_size, "split": split,
                        "shuffle_shards": shuffle_shards, "fingerprint": manifest["tokenizer"]["fingerprint"],
