@@ -167,10 +167,16 @@ def _evaluation_reading(layout: RunLayout) -> str | None:
     rows = [r for r in (results or {}).get("checkpoints", []) if isinstance(r.get("loss_nats"), (int, float))]
     if not rows:
         return None
-    losses = {str(r["name"]): float(r["loss_nats"]) for r in rows}
-    best = min(losses, key=losses.__getitem__)
-    return (f"Reading: {results.get('split', 'test')} loss in nats per token, "
-            f"{_against(losses, baseline_of(list(losses)), '')}; lowest: **{best}**.")
+    by_domain: dict[str, dict[str, float]] = {}  # a joint model's rows: one reading per domain
+    for r in rows:
+        by_domain.setdefault(str(r.get("domain")), {})[str(r["name"])] = float(r["loss_nats"])
+    readings = []
+    for domain, losses in by_domain.items():
+        best = min(losses, key=losses.__getitem__)
+        what = f" ({domain})" if len(by_domain) > 1 else ""
+        readings.append(f"Reading{what}: {results.get('split', 'test')} loss in nats per token, "
+                        f"{_against(losses, baseline_of(list(losses)), '')}; lowest: **{best}**.")
+    return "\n\n".join(readings)
 
 
 def _samples_section(layout: RunLayout, variants: list[str]) -> list[str]:

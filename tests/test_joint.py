@@ -299,3 +299,22 @@ def test_a_prompt_of_a_domain_it_was_not_trained_on_is_one_line(parts, tmp_path)
     assert "trained on text, midi only" in one_line(err) and str(wav) in str(err.value)
     with pytest.raises(PromptError, match="not on acoustic"):
         generate_from_checkpoint(ckpt, tmp_path / "out", domain="acoustic", max_new_tokens=4)
+
+
+def test_the_recipe_writes_a_text_a_midi_and_an_audio_continuation_from_one_checkpoint(parts, tmp_path):
+    from shortcutlm.stages import run_recipe
+
+    recipe = joint_recipe(parts, max_steps=2)
+    recipe.generate.prompt_tokens, recipe.generate.max_new_tokens, recipe.generate.seconds = 16, 16, 0.5
+    layout = run_recipe(recipe, tmp_path / "run", progress=False)
+    samples = {read_sidecar(p)["domain"]: read_sidecar(p) for p in sorted(layout.samples("baseline").glob("*.json"))}
+    assert set(samples) == {"text", "midi", "acoustic"}
+    assert {s["checkpoint"] for s in samples.values()} == {str(layout.checkpoint("baseline"))}
+    assert Path(samples["midi"]["rendering"]).is_file()  # the MIDI sample is heard through its rendering
+    report = layout.report.read_text()
+    listening = report[report.index("## Samples"):]
+    for name in ("prompt-text-seed0.txt", "prompt-midi-seed0.mid", "prompt-acoustic-seed0.wav"):
+        assert name in listening
+    html = layout.report_html.read_text()
+    assert "samples/baseline/prompt-acoustic-seed0.wav" in html and "samples/baseline/prompt-midi-seed0.wav" in html
+    assert "Reading (midi)" in report and "Reading (text)" in report
