@@ -117,7 +117,8 @@ def summary(result: dict[str, Any]) -> list[str]:
         lines += [f"mixed loader on {mixed['shards']}, block {mixed['block']}, batch {mixed['batch']}",
                   *table(["workers", "mode", "first batch s", "tokens/s"],
                          [[str(x["workers"]), str(x["mode"]), f"{x['first_batch_s']:.2f}", count(x["tokens_per_s"])]
-                          for x in mixed["train"]])]
+                          for x in mixed["train"]]),
+                  *(f"  {w} workers: not timed: {why}" for w, why in mixed.get("refused", {}).items())]
     rate = result["training_tokens_per_s"]
     lines.append(f"training consumes {count(rate)} tokens/s (the decoder benchmark's default config)"
                  if isinstance(rate, float) else f"training rate: {rate}")
@@ -170,9 +171,14 @@ def run(args: argparse.Namespace) -> int:
                                 "eval": bench_eval(shard_dir, "valid", args.block, args.batch)}
         if args.mixture:  # one joint model's data: every part drawn, remapped and opened with its marker
             mixture = Path(args.mixture)
+            timed_mix, refused = [], {}
+            for w in (0, 1, 2):
+                try:
+                    timed_mix.append(bench_loader(mixture, args.block, args.batch, args.loader_batches, w))
+                except ValueError as exc:  # a part too small to split over this many workers: said, not timed
+                    refused[str(w)] = str(exc)
             result["mixture_loader"] = {"shards": str(mixture), "block": args.block, "batch": args.batch,
-                                        "train": [bench_loader(mixture, args.block, args.batch, args.loader_batches, w)
-                                                  for w in (0, 1, 2)]}
+                                        "train": timed_mix, "refused": refused}
         rate, why = training_rate(args.train_steps)
         result["training_tokens_per_s"] = rate if rate is not None else why
         timed = [x for key in ("loader", "mixture_loader") for x in (result.get(key) or {}).get("train", [])]
