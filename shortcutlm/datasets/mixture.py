@@ -27,7 +27,10 @@ Sampling (:class:`MixtureTrainBatches`). Every data slot (DDP rank × loader wor
 through that part's own shard plan (:class:`shortcutlm.datasets.loader._Plan`: seeded epoch order,
 shards or documents split over the slots, so ranks see disjoint data), and draws which part gives
 its next document from its own seeded generator with the mixture's probabilities. Each document is
-remapped into the joint vocabulary and opened with its domain's marker; documents are packed
+remapped into the joint vocabulary and opened with its domain's marker. The probabilities are
+shares of the **tokens** the model reads (as a multilingual model's p ∝ nᵅ is), so a part is drawn in
+proportion to its share over its mean document length: a play of 60,000 tokens and a chorale of 300
+each take the share of tokens they were given, not of documents; documents are packed
 ``EOS <m> d1 EOS <m'> d2 ...`` into windows as the single-domain loader packs them. The position
 after ``n`` batches is computed from the manifests' document lengths and the draws alone, so a
 resumed run sees exactly the batches an uninterrupted one would (the state/resume guarantee of
@@ -292,7 +295,11 @@ class _MixedPlan:
                  probabilities: list[float], seed: int, slots: int, shuffle_shards: int) -> None:
         self.tokenizer, self.slots, self.seed = tokenizer, slots, int(seed)
         self.domains = [record["domain"] for record, _ in parts]
-        self.p = np.asarray(probabilities, dtype=np.float64)
+        # ``probabilities`` are shares of the stream's tokens; a draw picks a document, so each part
+        # is drawn in proportion to its share over its mean document length (marker and EOS counted).
+        mean_length = np.array([(split.total_tokens + 2 * split.n_docs) / split.n_docs for _, split in parts])
+        draws = np.asarray(probabilities, dtype=np.float64) / mean_length
+        self.p = draws / draws.sum()
         self.plans = []
         for index, (record, split) in enumerate(parts):
             plan = _Plan(split, self.seed + 1_000_003 * (index + 1), slots, shuffle_shards)
