@@ -320,3 +320,14 @@ def test_the_recipe_writes_a_text_a_midi_and_an_audio_continuation_from_one_chec
     html = layout.report_html.read_text()
     assert "samples/baseline/prompt-acoustic-seed0.wav" in html and "samples/baseline/prompt-midi-seed0.wav" in html
     assert "Reading (midi)" in report and "Reading (text)" in report
+
+
+def test_a_joint_run_stopped_and_resumed_ends_as_the_uninterrupted_one(parts, tmp_path):
+    from tests.test_resume import assert_same_run
+
+    recipe = joint_recipe(parts, max_steps=4)
+    whole = train(recipe, "baseline", tmp_path / "mix", tmp_path / "whole", progress=False)
+    split = train(recipe, "baseline", tmp_path / "mix", tmp_path / "split", progress=False, stop_after=2)
+    assert json.loads((split / "hparams.json").read_text())["step"] == 2
+    train(recipe, "baseline", tmp_path / "mix", split, progress=False)  # resumes weights, optimiser and mixed data
+    assert_same_run(whole, split)
