@@ -15,6 +15,11 @@ Parts named by ``source`` are prepared into ``<data>/parts/<name>``; the mixture
 tokenizer; evaluation reads it through one view per domain (:func:`evaluation_targets`), and
 generation picks the view from the prompt's file type or ``--domain``. Nothing here branches on a
 domain's name: the tokenizer says which domains there are.
+
+``train`` builds the mixture on rank 0 before Lightning starts the other ranks; under ``torchrun``,
+where every rank starts at once, build it first (``shortcutlm recipe R --stage prepare``). A part
+is split over the data slots (ranks × workers) by shard or by document, so it needs at least as many
+train documents as there are slots (a tiny preset's single play does not split; it is refused).
 """
 from __future__ import annotations
 
