@@ -138,6 +138,15 @@ def test_ranks_read_disjoint_documents(parts, tmp_path):
         split = ranks[0].plan.plans[part].data
         assert not mine[0] & mine[1] and len(mine[0] | mine[1]) == split.n_docs
     assert not torch.equal(next(iter(ranks[0])), next(iter(ranks[1])))
+    # DataLoader workers read slots of their own and resume where they were, as the one-domain loader does.
+    loader = train_batches(mix, BLOCK, 2, seed=1, num_workers=2)
+    stream = iter(loader)
+    for _ in range(5):
+        next(stream)
+    expected = [next(stream) for _ in range(4)]
+    del stream
+    resumed = train_batches(mix, BLOCK, 2, seed=1, num_workers=2, state={"batches": 5})
+    assert all(torch.equal(a, b) for a, b in zip(expected, [b for _, b in zip(range(4), resumed)], strict=True))
     # A part with fewer train documents than there are data slots cannot be split: one line.
     text_mix = build_mixture([MixturePart(parts["text"]), MixturePart(parts["midi"])], tmp_path / "mix2")
     with pytest.raises(ValueError, match=f"mixture part {parts['text'].resolve()}: 1 train documents, fewer than the 2"):
