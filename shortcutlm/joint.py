@@ -136,7 +136,8 @@ def generate_joint_samples(recipe: Recipe, folder: Path, data_dir: Path, out_dir
             if tokens is not None:
                 part = load_tokenizer(ShardManifest.read(record["folder"]).tokenizer_dir)
                 prompt_dir.mkdir(parents=True, exist_ok=True)
-                prompt = part.decode(tokens[..., : g.prompt_tokens], prompt_dir / f"prompt-{name}{part.artifact_suffix}")
+                target = prompt_dir / f"prompt-{name}{part.artifact_suffix}"
+                prompt = part.decode(tokens[..., : g.prompt_tokens], target)
         seconds = g.seconds if view.time_from_content or view.artifact_is_sound else None
         written += generate_from_checkpoint(folder, out_dir, prompt=prompt, domain=None if prompt else name,
                                             max_new_tokens=None if seconds else g.max_new_tokens, seconds=seconds,

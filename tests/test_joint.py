@@ -149,7 +149,8 @@ def test_ranks_read_disjoint_documents(parts, tmp_path):
     assert all(torch.equal(a, b) for a, b in zip(expected, [b for _, b in zip(range(4), resumed)], strict=True))
     # A part with fewer train documents than there are data slots cannot be split: one line.
     text_mix = build_mixture([MixturePart(parts["text"]), MixturePart(parts["midi"])], tmp_path / "mix2")
-    with pytest.raises(ValueError, match=f"mixture part {parts['text'].resolve()}: 1 train documents, fewer than the 2"):
+    small = f"mixture part {parts['text'].resolve()}: 1 train documents, fewer than the 2"
+    with pytest.raises(ValueError, match=small):
         train_batches(text_mix, BLOCK, 2, seed=1, rank=0, world_size=2)
 
 
@@ -204,8 +205,8 @@ def test_folders_that_cannot_be_mixed_are_refused_in_one_line_naming_the_folder(
         build_mixture([MixturePart(parts["text"])], tmp_path / "f")
     # A recipe states weights or a temperature, not both.
     both = tmp_path / "both.yaml"
-    both.write_text(yaml.safe_dump({"name": "x", "mixture": {"temperature": 1.0,
-                                                             "parts": {"a": {"data": str(parts["text"]), "weight": 1}}}}))
+    weighted = {"a": {"data": str(parts["text"]), "weight": 1}}
+    both.write_text(yaml.safe_dump({"name": "x", "mixture": {"temperature": 1.0, "parts": weighted}}))
     with pytest.raises(ConfigError, match="mixture.parts.a.weight: give weights or mixture.temperature, not both"):
         load_recipe(both)
 
@@ -256,7 +257,8 @@ def test_each_domain_is_evaluated_on_its_own_test_split(joint_run, parts):
 
 def test_joint_and_single_domain_checkpoints_line_up_by_domain(joint_run, parts, tmp_path):
     _, joint = joint_run
-    single = from_dict(Recipe, {"name": "midi_only", "source": {"name": "bach_chorales"}, "tokenizer": {"domain": "midi"},
+    single = from_dict(Recipe, {"name": "midi_only", "source": {"name": "bach_chorales"},
+                                "tokenizer": {"domain": "midi"},
                                 "model": {"n_layer": 2, "n_head": 2, "n_embd": 32, "block_size": BLOCK},
                                 "variants": {"separate": {}},
                                 "train": {"max_steps": 2, "batch_size": 4, "warmup_steps": 1, "val_every": 2,

@@ -139,7 +139,7 @@ class CompositeTokenizer(Tokenizer):
             found = self.domain_of_suffix(suffix)
             if found is None:
                 known = self._known_domain_of(suffix)
-                what = f"a {known} prompt" if known else f"a {suffix or 'suffix-less'} file"
+                what = f"a prompt of the {known} domain" if known else f"a {suffix or 'suffix-less'} file"
                 raise TokenizerError(f"prompt file {prompt}: {what}, but this joint model was trained on "
                                      f"{', '.join(self.parts)} only")
             if domain is not None and domain != found:

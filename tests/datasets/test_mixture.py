@@ -58,8 +58,8 @@ def test_an_evaluation_pass_scores_each_document_token_and_eos_once(mix, text8_s
 
 def test_batches_are_deterministic_and_resume_exactly(mix):
     first = [b for _, b in zip(range(10), train_batches(mix, 32, 4, seed=7))]
-    assert all(torch.equal(a, b) for a, b in zip(first, [b for _, b in zip(range(10), train_batches(mix, 32, 4, seed=7))],
-                                                 strict=True))
+    again = [b for _, b in zip(range(10), train_batches(mix, 32, 4, seed=7))]
+    assert all(torch.equal(a, b) for a, b in zip(first, again, strict=True))
     loader = train_batches(mix, 32, 4, seed=7)
     stream = iter(loader)
     for _ in range(6):
