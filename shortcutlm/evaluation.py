@@ -41,6 +41,10 @@ losses is the overall loss exactly. With ``max_batches`` the pass is partial (``
 false``): per-byte and per-second figures then scale the split's bytes/seconds by the share
 of targets seen, and are marked approximate (``≈`` in the table).
 
+A joint checkpoint (one decoder over several domains, :mod:`shortcutlm.joint`) gives one record per
+domain, each on that domain's own split through the tokenizer's view of it, with the same figures;
+with several checkpoints the rows are lined up by domain, so joint and separate models read side by side.
+
 Each checkpoint is evaluated on its own shards by default (the ``shard_dir`` in its
 ``data.json``); a checkpoint whose tokenizer fingerprint differs from the shards' manifest is
 refused with :class:`~shortcutlm.tokenizers.FingerprintMismatch` naming both fingerprints.
@@ -72,6 +76,7 @@ from shortcutlm.artifacts.results import EosStats, EvaluationRecord, EvaluationR
 from shortcutlm.datasets.loader import eval_batches
 from shortcutlm.devices import resolve_device
 from shortcutlm.errors import UserError
+from shortcutlm.joint import evaluation_targets
 from shortcutlm.models import token_losses
 from shortcutlm.tokenizers import FingerprintMismatch
 
@@ -298,14 +303,18 @@ def evaluate_checkpoints(folders: Sequence[str | Path] | str | Path, shard_dir: 
         folders = [folders]
     if not folders:
         raise EvaluationError("give at least one checkpoint folder")
-    records = []
+    groups = []  # per checkpoint: one record per domain it holds (a joint checkpoint: several)
     for folder in folders:
-        records.append(evaluate_checkpoint(folder, shard_dir, split, batch_size, max_batches, device, precision,
-                                           progress))
+        groups.append([evaluate_checkpoint(folder, data, split, batch_size, max_batches, device, precision, progress,
+                                           checkpoint=ckpt)
+                       for ckpt, data in evaluation_targets(folder, shard_dir, device)])
         if torch.device(device).type == "cuda":
             torch.cuda.empty_cache()
-    labels = checkpoint_labels([r.name for r in records], [r.folder for r in records])
-    records = [r.with_name(label) for r, label in zip(records, labels)]  # two runs of one variant: told apart by folder
+    labels = checkpoint_labels([g[0].name for g in groups], [g[0].folder for g in groups])
+    # two runs of one recipe variant: told apart by folder
+    records = [r.with_name(label) for group, label in zip(groups, labels) for r in group]
+    if len(records) > len(groups):  # a joint checkpoint: rows lined up by domain, joint beside separate
+        records.sort(key=lambda r: str(r.domain))
     return EvaluationResults(split, time.strftime("%Y-%m-%dT%H:%M:%S"), records)
 
 

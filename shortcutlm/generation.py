@@ -7,7 +7,7 @@ Python API::
 
 CLI::
 
-    shortcutlm generate CKPT [--prompt FILE] [--tokens N | --seconds S] [--temperature T] [--top-k K]
+    shortcutlm generate CKPT [--prompt FILE | --domain D] [--tokens N | --seconds S] [--temperature T] [--top-k K]
         [--top-p P] [--seed S] [--samples N] [--device auto] --out PATH_OR_DIR
 
 Prompts, by the checkpoint's domain (a file of another type is refused, naming it). Everything
@@ -142,9 +142,10 @@ def _train_tokens_per_second(ckpt: Checkpoint) -> tuple[float, str]:
                           "give --tokens instead")
 
 
-def _budget(ckpt: Checkpoint, max_new_tokens: int | None, seconds: float | None) -> tuple[int, dict[str, Any]]:
+def _budget(ckpt: Checkpoint, tok: Tokenizer, max_new_tokens: int | None,
+            seconds: float | None) -> tuple[int, dict[str, Any]]:
     """Positions to generate, and how they were derived."""
-    tok, cfg = ckpt.tokenizer, ckpt.model.config
+    cfg = ckpt.model.config
     if max_new_tokens is not None and seconds is not None:
         raise GenerationError("give either a number of tokens or of seconds, not both")
     if max_new_tokens is not None:
@@ -282,7 +283,7 @@ def generate_from_checkpoint(folder: str | Path, out: str | Path, prompt: str | 
                              device: str | torch.device = "cpu", soundfont: str | Path | None = None,
                              render: bool = True, checkpoint: Checkpoint | None = None,
                              stop_at_eos: bool = False, compile: bool = False, overwrite: bool = False,
-                             progress: bool = False) -> list[Path]:
+                             progress: bool = False, domain: str | None = None) -> list[Path]:
     """Continue ``prompt`` (or sample unconditionally) and write ``samples`` artifacts; returns their paths.
 
     ``out`` is a file path (with the domain's suffix; ``-00``, ``-01`` ... are added for several
@@ -291,7 +292,8 @@ def generate_from_checkpoint(folder: str | Path, out: str | Path, prompt: str | 
     ``render`` is false. ``compile`` decodes through the compiled single-token step (a first call
     compiles for tens of seconds; the same tokens, faster when many are generated). Nothing is
     written over the prompt, nor over an existing file unless ``overwrite``. ``progress`` shows
-    tokens/s and the time left on the terminal while sampling.
+    tokens/s and the time left on the terminal while sampling. ``domain``: what a checkpoint
+    of several domains samples without a prompt (with one, the prompt's file type decides).
     """
     if samples < 1:
         raise GenerationError(f"samples must be >= 1, got {samples}")
@@ -306,9 +308,13 @@ def generate_from_checkpoint(folder: str | Path, out: str | Path, prompt: str | 
         raise GenerationError(f"checkpoint {ckpt.folder}: the model has {cfg.n_streams} stream(s) but its "
                               f"tokenizer {tok.n_streams}")
 
+    try:  # a joint checkpoint samples in the prompt's domain (its file type), or in ``domain``
+        tok = tok.for_sample(prompt, domain)
+    except TokenizerError as exc:
+        raise PromptError(f"checkpoint {ckpt.folder}: {exc}") from exc
     tokens, meta = (None, {}) if prompt is None else _read_prompt(tok, prompt, ckpt.folder)
     context = tok.prompt_context(prompt) if prompt is not None else {}
-    n_new, budget = _budget(ckpt, max_new_tokens, seconds)
+    n_new, budget = _budget(ckpt, tok, max_new_tokens, seconds)
     base = (Path(prompt).stem if prompt is not None else "unconditional") + f"-seed{seed}"
     paths = _out_paths(out, tok, base, samples)
     _claim_outputs(paths, prompt, tok, render, overwrite)
@@ -413,6 +419,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
                              "length (default: the requested length is always generated)")
     parser.add_argument("--compile", action="store_true",
                         help="decode through torch.compile (compiles first: worth it for long generations)")
+    parser.add_argument("--domain", default=None,
+                        help="a joint checkpoint (several domains): the domain to sample in without a prompt "
+                             "(with --prompt, the prompt's file type picks it)")
     parser.add_argument("--out", required=True, metavar="PATH_OR_DIR", help="artifact path or folder")
     parser.add_argument("--overwrite", action="store_true",
                         help="replace existing files at the output paths (never the prompt; default: refuse)")
@@ -429,7 +438,7 @@ def run(args: argparse.Namespace) -> int:
     paths = generate_from_checkpoint(args.checkpoint, args.out, args.prompt, args.tokens, args.seconds,
                                      settings, args.samples, device, args.soundfont, not args.no_render,
                                      stop_at_eos=args.stop_at_eos, compile=args.compile, overwrite=args.overwrite,
-                                     progress=not args.quiet)
+                                     progress=not args.quiet, domain=args.domain)
     for path in paths:
         sidecar = read_sidecar(path)
         beside = [str(sidecar_path(path))] + ([sidecar.rendering] if sidecar.rendering else [])

@@ -101,10 +101,14 @@ class GenerateSettings:
 @dataclass
 class Recipe:
     name: str
-    source: dict[str, Any]
+    source: dict[str, Any] = field(default_factory=dict)
     """Passed to ``prepare`` (``name``, ``path``, options)."""
-    tokenizer: dict[str, Any]
+    tokenizer: dict[str, Any] = field(default_factory=dict)
     """Passed to ``prepare`` (``domain`` plus the tokenizer's settings)."""
+    mixture: dict[str, Any] = field(default_factory=dict)
+    """Several prepared folders as one joint model's data, instead of ``source`` and ``tokenizer``:
+    ``parts`` (name -> ``data`` folder, or ``source`` and ``tokenizer`` to prepare, and ``weight``)
+    and ``temperature`` (see :mod:`shortcutlm.joint`)."""
     description: str = ""
     model: dict[str, Any] = field(default_factory=dict)
     """GPTConfig fields shared by all variants (vocab_size and n_streams come from the tokenizer)."""
@@ -151,6 +155,13 @@ def _build_recipe(raw: dict[str, Any]) -> Recipe:
         if not re.fullmatch(r"[A-Za-z0-9_-]+", name):
             raise ConfigError(f"variant name {name!r}: use letters, digits, '-' and '_' only")
         recipe.model_config(name, vocab_size=2, n_streams=1)  # validates fields early
+    if recipe.mixture:
+        from shortcutlm.joint import check_mixture_recipe
+
+        check_mixture_recipe(recipe)
+        return recipe
+    if not recipe.source:
+        raise ConfigError("source is missing; name the data to prepare (or give a mixture)")
     check_tokenizer_domain(recipe.tokenizer)
     return recipe
 

@@ -175,16 +175,22 @@ def _evaluation_reading(layout: RunLayout) -> str | None:
     rows = [r for r in (results.checkpoints if results else []) if r.loss_nats is not None]
     if not rows:
         return None
-    losses = {r.name: float(r.loss_nats) for r in rows}
-    best = min(losses, key=losses.__getitem__)
-    return (f"Reading: {results.split} loss in nats per token, "
-            f"{_against(losses, baseline_of(list(losses)), '')}; lowest: **{best}**.")
+    by_domain: dict[str, dict[str, float]] = {}  # a joint model's rows: one reading per domain
+    for r in rows:
+        by_domain.setdefault(str(r.domain), {})[str(r.name)] = float(r.loss_nats)
+    readings = []
+    for domain, losses in by_domain.items():
+        best = min(losses, key=losses.__getitem__)
+        what = f" ({domain})" if len(by_domain) > 1 else ""
+        readings.append(f"Reading{what}: {results.split} loss in nats per token, "
+                        f"{_against(losses, baseline_of(list(losses)), '')}; lowest: **{best}**.")
+    return "\n\n".join(readings)
 
 
 def _samples_section(layout: RunLayout, variants: list[str]) -> list[str]:
     lines = ["## Samples", ""]
     prompt_dir = layout.root / "samples" / "prompt"
-    prompts = sorted(prompt_dir.glob("prompt.*")) if prompt_dir.is_dir() else []
+    prompts = sorted(prompt_dir.glob("prompt*.*")) if prompt_dir.is_dir() else []
     if prompts:
         lines.append("Prompt: " + ", ".join(f"[`{p.name}`]({_rel(p, layout.root)})" for p in prompts))
         lines.append("")

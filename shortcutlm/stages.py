@@ -19,6 +19,7 @@ from shortcutlm.cleanup import removed_if_failed
 from shortcutlm.config_schema import ConfigError
 from shortcutlm.datasets.prepare import prepare
 from shortcutlm.evaluation import evaluate_checkpoints, write_report
+from shortcutlm.joint import ensure_mixture, generate_joint_samples
 from shortcutlm.progress import TrainingProgress
 from shortcutlm.recipe import Recipe, load_recipe
 from shortcutlm.report import generate_samples, write_run_report
@@ -34,7 +35,9 @@ def run_recipe(recipe: Recipe, out: str | Path, stages: tuple[str, ...] = STAGES
     layout = RunLayout(Path(out))
     layout.root.mkdir(parents=True, exist_ok=True)
     chosen = variants or list(recipe.variants)
-    if "prepare" in stages:
+    if "prepare" in stages and recipe.mixture:  # a joint model: each part prepared, then mixed
+        ensure_mixture(recipe, layout.data, workers=2, progress=progress)
+    elif "prepare" in stages:
         done = prepared_already(recipe, layout.data)
         if done:
             say(f"prepare: skipped, {done}")
@@ -60,8 +63,9 @@ def run_recipe(recipe: Recipe, out: str | Path, stages: tuple[str, ...] = STAGES
                                        progress=progress)
         write_report(results, layout.evaluation)
     if "generate" in stages:
+        sample = generate_joint_samples if recipe.mixture else generate_samples
         for variant, folder in zip(chosen, folders):
-            generate_samples(recipe, folder, layout.data, layout.samples(variant))
+            sample(recipe, folder, layout.data, layout.samples(variant))
     if "report" in stages:
         write_run_report(recipe, layout, chosen)
     return layout

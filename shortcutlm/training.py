@@ -276,6 +276,10 @@ def train(recipe: Recipe, variant: str, data_dir: str | Path, out: str | Path, p
     """
     quiet_training_output()
     data_dir, out = shard_folder(data_dir), Path(out)  # a URL opens as a local view of the served folder
+    if recipe.mixture and rank_zero_only.rank == 0:  # a joint model: its parts prepared and mixed into data_dir
+        from shortcutlm.joint import ensure_mixture
+
+        ensure_mixture(recipe, data_dir, progress=progress)
     s = recipe.train
     shards = ShardManifest.read(data_dir)
     run_checks.check_tokenizer_matches(recipe, shards)
@@ -341,7 +345,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("recipe", help="recipe YAML")
     parser.add_argument("--data", required=True,
                         help=f"prepared shard folder (with {MANIFEST}), or its URL: http(s)://…, s3://… (fsspec), "
-                             "pipe:CMD with {name}")
+                             "pipe:CMD with {name}; for a recipe with a mixture, the mixture folder (made when absent)")
     parser.add_argument("--out", required=True, help="checkpoint folder to write (resumed when it exists)")
     parser.add_argument("--variant", help="which of the recipe's variants (default: the first)")
     parser.add_argument("--preset", help="a preset of the recipe, e.g. tiny")

@@ -4,7 +4,7 @@
   and tokens per second of the encoding phase (tokenizer training and source collection
   timed apart);
 * the loader: training tokens per second with 0, 1 and 2 DataLoader workers, and one exact
-  evaluation pass;
+  evaluation pass; with ``--mixture DIR``, the same for a joint model's mixed loader;
 * the decoder benchmark's default config training on this machine
   (``shortcutlm.bench.model.training_tokens_per_second``): the loader should feed at least
   10× that.
@@ -112,6 +112,13 @@ def summary(result: dict[str, Any]) -> list[str]:
                          [[str(x["workers"]), str(x["mode"]), f"{x['first_batch_s']:.2f}", count(x["tokens_per_s"])]
                           for x in loader["train"]]),
                   f"exact {loader['eval']['split']} pass: {count(loader['eval']['tokens_per_s'])} tokens/s"]
+    mixed = result.get("mixture_loader")
+    if mixed:
+        lines += [f"mixed loader on {mixed['shards']}, block {mixed['block']}, batch {mixed['batch']}",
+                  *table(["workers", "mode", "first batch s", "tokens/s"],
+                         [[str(x["workers"]), str(x["mode"]), f"{x['first_batch_s']:.2f}", count(x["tokens_per_s"])]
+                          for x in mixed["train"]]),
+                  *(f"  {w} workers: not timed: {why}" for w, why in mixed.get("refused", {}).items())]
     rate = result["training_tokens_per_s"]
     lines.append(f"training consumes {count(rate)} tokens/s (the decoder benchmark's default config)"
                  if isinstance(rate, float) else f"training rate: {rate}")
@@ -133,6 +140,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="timed batches per loader setting (default: two epochs of the train split)")
     parser.add_argument("--train-steps", type=int, default=3, help="timed training steps for the comparison")
     parser.add_argument("--work", help="folder for the prepared shards (default: a temporary folder)")
+    parser.add_argument("--mixture", metavar="DIR",
+                        help="also time the mixed loader of this mixture folder (a joint model's data, "
+                             "e.g. runs/multimodal-tiny/data); --domains '' times it alone")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -159,10 +169,21 @@ def run(args: argparse.Namespace) -> int:
                                 "train": [bench_loader(shard_dir, args.block, args.batch, args.loader_batches, w)
                                           for w in (0, 1, 2)],
                                 "eval": bench_eval(shard_dir, "valid", args.block, args.batch)}
+        if args.mixture:  # one joint model's data: every part drawn, remapped and opened with its marker
+            mixture = Path(args.mixture)
+            timed_mix, refused = [], {}
+            for w in (0, 1, 2):
+                try:
+                    timed_mix.append(bench_loader(mixture, args.block, args.batch, args.loader_batches, w))
+                except ValueError as exc:  # a part too small to split over this many workers: said, not timed
+                    refused[str(w)] = str(exc)
+            result["mixture_loader"] = {"shards": str(mixture), "block": args.block, "batch": args.batch,
+                                        "train": timed_mix, "refused": refused}
         rate, why = training_rate(args.train_steps)
         result["training_tokens_per_s"] = rate if rate is not None else why
-        if rate is not None and result["loader"]:
-            slowest = min(x["tokens_per_s"] for x in result["loader"]["train"])
+        timed = [x for key in ("loader", "mixture_loader") for x in (result.get(key) or {}).get("train", [])]
+        if rate is not None and timed:
+            slowest = min(x["tokens_per_s"] for x in timed)
             result["loader_over_training"] = target(slowest / rate, LOADER_TARGET, ">=")
         write_json(result, args.json, summary(result))
     return 0

@@ -125,6 +125,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--new-tokens", type=int, default=STATED["new_tokens"])
     parser.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32", help="bf16 = autocast")
     parser.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated subset of " + ",".join(VARIANTS))
+    parser.add_argument("--joint-vocab", type=int, default=None, metavar="V",
+                        help="also step the baseline at a joint model's vocabulary V (e.g. 3557 for the tiny "
+                             "multimodal recipe) and report it beside the single-domain one")
 
 
 def at_stated_size(args: argparse.Namespace) -> bool:
@@ -172,7 +175,46 @@ def summary(result: dict[str, Any]) -> list[str]:
             f"median of {s['timed_steps']} steps, {s['new_tokens']} generated tokens")
     return [head, *table(["variant", "params", "step ms", "x baseline", "tokens/s", "MFU", "KV cache",
                           "gen tok/s cached", "uncached", "cache gain"], rows),
-            "KV cache: keys and values at full context, batch 1 (+ the shortcut's cached depth features)"]
+            "KV cache: keys and values at full context, batch 1 (+ the shortcut's cached depth features)",
+            *_joint_lines(result.get("joint"))]
+
+
+def _joint_lines(j: dict[str, Any] | None) -> list[str]:
+    if not j:
+        return []
+    peak = (f", peak step memory {nbytes(j['joint_peak_step_bytes'])} against {nbytes(j['single_peak_step_bytes'])}"
+            if j["joint_peak_step_bytes"] is not None else "")
+    return [f"joint vocabulary {j['joint_vocab']} against {j['single_vocab']}: {count(j['joint_parameters'])} "
+            f"against {count(j['single_parameters'])} parameters, step {j['joint_step_seconds_median'] * 1000:.1f} "
+            f"against {j['single_step_seconds_median'] * 1000:.1f} ms ({j['step_time_ratio']:.3f}x){peak}"]
+
+
+JOINT = "joint_baseline"
+
+
+def _peak_step_bytes(trainee: Trainee) -> int | None:
+    """Peak accelerator memory of one training step (None on a CPU, which keeps no such count)."""
+    if torch.device(trainee.device).type != "cuda":
+        return None
+    torch.cuda.synchronize(trainee.device)
+    torch.cuda.reset_peak_memory_stats(trainee.device)
+    trainee.step()
+    torch.cuda.synchronize(trainee.device)
+    return int(torch.cuda.max_memory_allocated(trainee.device))
+
+
+def _joint_figures(trainees: dict[str, Trainee], times: dict[str, list[float]], device: str) -> dict[str, Any]:
+    """The joint configuration beside the single-domain baseline: the same decoder with a larger
+    embedding and output layer, so its step should cost what the baseline's does plus those."""
+    single, joint = trainees["baseline"], trainees[JOINT]
+    figures = {"single_vocab": single.config.vocab_size, "joint_vocab": joint.config.vocab_size,
+               "single_parameters": single.model.num_params(), "joint_parameters": joint.model.num_params(),
+               "single_step_seconds_median": median(times["baseline"]),
+               "joint_step_seconds_median": median(times[JOINT]),
+               "joint_step_seconds_all": times[JOINT],
+               "single_peak_step_bytes": _peak_step_bytes(single), "joint_peak_step_bytes": _peak_step_bytes(joint)}
+    figures["step_time_ratio"] = figures["joint_step_seconds_median"] / figures["single_step_seconds_median"]
+    return figures
 
 
 def run(args: argparse.Namespace) -> int:
@@ -183,7 +225,15 @@ def run(args: argparse.Namespace) -> int:
     dtype = torch.bfloat16 if args.dtype == "bf16" else torch.float32
     base = default_config(args)
     trainees = {n: Trainee(replace(base, **VARIANTS[n]), args.batch, args.device, dtype) for n in names}
+    joint = None
+    if args.joint_vocab:  # a joint model's vocabulary, the rest alike: stepped in turn with the others
+        if "baseline" not in trainees:
+            raise SystemExit("--joint-vocab compares with the baseline variant; include it in --variants")
+        joint = Trainee(replace(base, vocab_size=args.joint_vocab), args.batch, args.device, dtype)
+        trainees[JOINT] = joint
     times = measure_training(trainees, args.steps, args.warmup)
+    joint_figures = _joint_figures(trainees, times, args.device) if joint is not None else None
+    trainees.pop(JOINT, None)
     peak = matmul_peak_flops(args.device, dtype)
     tokens_per_step = args.batch * base.block_size
     out: dict[str, Any] = {}
@@ -220,6 +270,8 @@ def run(args: argparse.Namespace) -> int:
                   "matmul_peak_flops": peak},
         "variants": out,
     }
+    if joint_figures is not None:
+        result["joint"] = joint_figures
     if "baseline" in out:
         b = out["baseline"]
         ratios = {n: v["train_step_seconds_median"] / b["train_step_seconds_median"] for n, v in out.items()}

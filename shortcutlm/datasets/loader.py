@@ -361,8 +361,9 @@ def _ignore_ctrl_c(worker_id: int) -> None:
 def train_batches(shard_dir: str | Path, block_size: int, batch_size: int, seed: int, rank: int = 0,
                   world_size: int = 1, num_workers: int = 0, state: dict[str, Any] | None = None,
                   split: str = "train", shuffle_shards: int = 4, pin_memory: bool = False) -> TrainBatches:
-    """Infinite shuffled batches ``[B, (K,) block_size + 1]`` for one rank; see :class:`TrainBatches`."""
-    return TrainBatches(shard_dir, block_size, batch_size, seed, rank, world_size, num_workers, state,
+    """Infinite shuffled batches ``[B, (K,) block_size + 1]`` for one rank; see :class:`TrainBatches`
+    (a mixture folder's: :class:`shortcutlm.datasets.mixture.MixtureTrainBatches`)."""
+    return _loader_class(shard_dir, TrainBatches, "MixtureTrainBatches")(shard_dir, block_size, batch_size, seed, rank, world_size, num_workers, state,
                         split, shuffle_shards, pin_memory)
 
 
@@ -415,5 +416,16 @@ class EvalBatches:
 
 def eval_batches(shard_dir: str | Path, split: str, block_size: int, batch_size: int,
                  rank: int = 0, world_size: int = 1) -> EvalBatches:
-    """Finite deterministic batches ``[B, (K,) block_size + 1]`` covering the split once; see :class:`EvalBatches`."""
-    return EvalBatches(shard_dir, split, block_size, batch_size, rank, world_size)
+    """Finite deterministic batches ``[B, (K,) block_size + 1]`` covering the split once; see :class:`EvalBatches`
+    (a mixture folder's: :class:`shortcutlm.datasets.mixture.MixtureEvalBatches`)."""
+    return _loader_class(shard_dir, EvalBatches, "MixtureEvalBatches")(shard_dir, split, block_size, batch_size, rank, world_size)
+
+
+def _loader_class(shard_dir: str | Path, single: type, mixed: str) -> Any:
+    """``single``, or the mixture loader of that name when ``shard_dir`` is a mixture folder."""
+    folder = shard_folder(shard_dir)
+    if (read_manifest(folder).get("mixture")):
+        from shortcutlm.datasets import mixture
+
+        return getattr(mixture, mixed)
+    return single

@@ -11,7 +11,7 @@ __all__ = ["Encoded", "FingerprintMismatch", "Tokenizer", "TokenizerError", "Tra
 
 
 def tokenizer_class(domain: str) -> type[Tokenizer]:
-    """The tokenizer class for a domain name ("text", "midi", "acoustic"); imported lazily."""
+    """The tokenizer class for a domain name ("text", "midi", "acoustic", "joint"); imported lazily."""
     if domain == "text":
         from shortcutlm.tokenizers.text import TextTokenizer
         return TextTokenizer
@@ -21,6 +21,9 @@ def tokenizer_class(domain: str) -> type[Tokenizer]:
     if domain == "acoustic":
         from shortcutlm.tokenizers.acoustic import AcousticTokenizer
         return AcousticTokenizer
+    if domain == "joint":  # several domains in one vocabulary (made from prepared folders, not settings)
+        from shortcutlm.tokenizers.composite import CompositeTokenizer
+        return CompositeTokenizer
     raise ValueError(f"unknown tokenizer domain {domain!r}; expected text, midi or acoustic")
 
 

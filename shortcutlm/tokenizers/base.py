@@ -16,6 +16,8 @@ domain-blind; ``tests/test_protocol.py`` holds them to it):
 
 * length: :meth:`Tokenizer.steps_for_seconds` (seconds -> positions to generate),
   :meth:`Tokenizer.seconds_of` and ``time_from_content`` (duration read from the ids);
+* domains: :meth:`Tokenizer.domain_views` and :meth:`Tokenizer.for_sample` (a joint vocabulary
+  answers through one view per domain);
 * prompting: :meth:`Tokenizer.prompt_steps` (the prompt as model positions, plus ids to force
   while a multi-stream layout catches up), :meth:`Tokenizer.prompt_context`;
 * sampling: :meth:`Tokenizer.banned_ids` and :meth:`Tokenizer.stop_ids`;
@@ -238,6 +240,20 @@ class Tokenizer(ABC):
         """How long the artifact decoded from ``tokens`` lasts, when that is not a fixed number of
         ids per second (MIDI: it depends on the notes); None when it is fixed or there is no time."""
         return None
+
+    # ------------------------------------------------------------------ domains
+    def domain_views(self) -> dict[str, "Tokenizer"]:
+        """Domain -> the tokenizer that answers for it. One domain: itself. A joint vocabulary
+        (:mod:`shortcutlm.tokenizers.composite`): one view per domain, so evaluation reports each."""
+        return {self.domain: self}
+
+    def for_sample(self, prompt: str | Path | None, domain: str | None) -> "Tokenizer":
+        """The tokenizer a sample of ``prompt`` (or, without one, of ``domain``) answers to: itself
+        for one domain (a ``domain`` other than its own is a TokenizerError); a joint vocabulary
+        picks its view by the prompt file's type."""
+        if domain is not None and domain != self.domain:
+            raise TokenizerError(f"a {self.domain} checkpoint samples {self.domain}, not {domain}")
+        return self
 
     # ------------------------------------------------------------------ generation
     def steps_for_seconds(self, seconds: float, train_rate: TrainRate) -> tuple[int, dict[str, Any]]:

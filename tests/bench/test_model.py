@@ -105,3 +105,17 @@ def test_data_and_tokenizer_summaries_are_short_and_show_errors():
     text = {"files_per_s": 84.7, "tokens_per_s": 3.1e6, "encode_s": 0.02, "mb_per_s": 10.6}
     lines = tokenizers.summary({"text": text, "audio": {"error": "RuntimeError: no codec"}})
     assert len(lines) == 4 and "10.60 MB/s" in lines[-1] and "RuntimeError: no codec" in lines[2]
+
+
+def test_the_joint_vocabulary_is_stepped_beside_the_single_domain_baseline(tmp_path, capsys):
+    out = tmp_path / "joint.json"
+    argv = TINY + ["--new-tokens", "2", "--variants", "baseline", "--joint-vocab", "96", "--json", str(out)]
+    assert model.run(parse(model.configure, argv)) == 0
+    joint = json.loads(out.read_text())["joint"]
+    assert (joint["single_vocab"], joint["joint_vocab"]) == (64, 96)
+    # Only the embedding and the (tied) output layer grow: 32 more rows of width 32.
+    assert joint["joint_parameters"] - joint["single_parameters"] == 32 * 32
+    assert joint["step_time_ratio"] == joint["joint_step_seconds_median"] / joint["single_step_seconds_median"] > 0
+    assert len(joint["joint_step_seconds_all"]) == 2 and joint["joint_peak_step_bytes"] is None  # a CPU keeps no peak
+    assert set(json.loads(out.read_text())["variants"]) == {"baseline"}  # the joint row is not a variant
+    assert any(line.startswith("joint vocabulary 96 against 64") for line in capsys.readouterr().out.splitlines())
