@@ -58,7 +58,7 @@ import torch
 from shortcutlm.artifacts.files import jsonable, write_json
 from shortcutlm.artifacts.checkpoint import DATA, Checkpoint, checkpoint_labels, load_folder
 from shortcutlm.artifacts.manifest import ShardManifest
-from shortcutlm.datasets.loader import eval_batches
+from shortcutlm.datasets.batches import eval_batches
 from shortcutlm.devices import resolve_device
 from shortcutlm.errors import UserError
 from shortcutlm.models import GPT

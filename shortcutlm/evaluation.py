@@ -73,7 +73,7 @@ from shortcutlm.artifacts.checkpoint import (DATA, Checkpoint, ShardFolderError,
 from shortcutlm.artifacts.manifest import ShardManifest
 from shortcutlm.artifacts.remote import remote_location
 from shortcutlm.artifacts.results import EosStats, EvaluationRecord, EvaluationResults, LossStats, write_results
-from shortcutlm.datasets.loader import eval_batches
+from shortcutlm.datasets.batches import eval_batches
 from shortcutlm.devices import resolve_device
 from shortcutlm.errors import UserError
 from shortcutlm.joint import evaluation_targets

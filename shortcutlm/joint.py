@@ -33,53 +33,10 @@ from shortcutlm.artifacts.checkpoint import Checkpoint, load_folder
 from shortcutlm.artifacts.manifest import ShardManifest
 from shortcutlm.config_schema import ConfigError
 from shortcutlm.datasets.mixture import PARTS, MixturePart, build_mixture, domain_folder
-from shortcutlm.recipe import Recipe, check_tokenizer_domain
+from shortcutlm.recipe import Recipe
 
-__all__ = ["check_mixture_recipe", "ensure_mixture", "evaluation_targets", "generate_joint_samples"]
+__all__ = ["ensure_mixture", "evaluation_targets", "generate_joint_samples"]
 
-PART_KEYS = {"data", "source", "tokenizer", "weight"}
-MIXTURE_KEYS = {"parts", "temperature"}
-
-
-def check_mixture_recipe(recipe: Recipe) -> None:
-    """A mixture recipe's ``mixture`` is well formed (one line naming the key otherwise); it takes
-    the place of ``source`` and ``tokenizer``, which become ``mixture`` and ``joint``."""
-    mixture = recipe.mixture
-    unknown = sorted(set(mixture) - MIXTURE_KEYS)
-    if unknown:
-        raise ConfigError(f"mixture: unknown key(s) {unknown} (known keys: {sorted(MIXTURE_KEYS)})")
-    if recipe.source not in ({}, {"name": "mixture"}) or recipe.tokenizer not in ({}, {"domain": "joint"}):
-        raise ConfigError("a recipe with a mixture names its data in mixture.parts; remove source and tokenizer")
-    parts = mixture.get("parts")
-    if not isinstance(parts, dict) or not parts:
-        raise ConfigError("mixture.parts: give a mapping of part name -> {data: FOLDER} or {source, tokenizer}")
-    temperature = mixture.get("temperature")
-    if temperature is not None and (isinstance(temperature, bool) or not isinstance(temperature, (int, float))
-                                    or temperature < 0):
-        raise ConfigError(f"mixture.temperature {temperature!r}: give a number >= 0")
-    for name, spec in parts.items():
-        where = f"mixture.parts.{name}"
-        if not str(name).replace("-", "_").isidentifier():
-            raise ConfigError(f"{where}: use letters, digits, '-' and '_' in a part's name")
-        if not isinstance(spec, dict):
-            raise ConfigError(f"{where}: expected a mapping, got {spec!r}")
-        unknown = sorted(set(spec) - PART_KEYS)
-        if unknown:
-            raise ConfigError(f"{where}: unknown key(s) {unknown} (known keys: {sorted(PART_KEYS)})")
-        if bool(spec.get("data")) == bool(spec.get("source")):
-            raise ConfigError(f"{where}: give either data (a prepared folder) or source and tokenizer")
-        if spec.get("source"):
-            try:
-                check_tokenizer_domain(spec.get("tokenizer") or {})
-            except ConfigError as err:
-                raise ConfigError(f"{where}.{err}") from err
-        weight = spec.get("weight")
-        if weight is not None:
-            if temperature is not None:
-                raise ConfigError(f"{where}.weight: give weights or mixture.temperature, not both")
-            if isinstance(weight, bool) or not isinstance(weight, (int, float)) or weight < 0:
-                raise ConfigError(f"{where}.weight {weight!r}: give a number >= 0")
-    recipe.source, recipe.tokenizer = {"name": "mixture"}, {"domain": "joint"}
 
 
 def ensure_mixture(recipe: Recipe, data_dir: str | Path, workers: int = 2, progress: bool = True) -> Path:
@@ -118,7 +75,7 @@ def generate_joint_samples(recipe: Recipe, folder: Path, data_dir: Path, out_dir
     the head of that domain's first test document (``prompt-<domain>.<ext>``), from one checkpoint."""
     from shortcutlm.generation import generate_from_checkpoint
     from shortcutlm.models import SamplingSettings
-    from shortcutlm.report import first_document
+    from shortcutlm.datasets.shards import first_document
     from shortcutlm.tokenizers import load_tokenizer
 
     g = recipe.generate

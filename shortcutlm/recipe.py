@@ -149,6 +149,51 @@ def check_tokenizer_domain(tokenizer: dict[str, Any]) -> None:
         raise ConfigError(f"tokenizer.domain: {err}") from err
 
 
+PART_KEYS = {"data", "source", "tokenizer", "weight"}
+MIXTURE_KEYS = {"parts", "temperature"}
+
+
+def check_mixture_recipe(recipe: Recipe) -> None:
+    """A mixture recipe's ``mixture`` is well formed (one line naming the key otherwise); it takes
+    the place of ``source`` and ``tokenizer``, which become ``mixture`` and ``joint``."""
+    mixture = recipe.mixture
+    unknown = sorted(set(mixture) - MIXTURE_KEYS)
+    if unknown:
+        raise ConfigError(f"mixture: unknown key(s) {unknown} (known keys: {sorted(MIXTURE_KEYS)})")
+    if recipe.source not in ({}, {"name": "mixture"}) or recipe.tokenizer not in ({}, {"domain": "joint"}):
+        raise ConfigError("a recipe with a mixture names its data in mixture.parts; remove source and tokenizer")
+    parts = mixture.get("parts")
+    if not isinstance(parts, dict) or not parts:
+        raise ConfigError("mixture.parts: give a mapping of part name -> {data: FOLDER} or {source, tokenizer}")
+    temperature = mixture.get("temperature")
+    if temperature is not None and (isinstance(temperature, bool) or not isinstance(temperature, (int, float))
+                                    or temperature < 0):
+        raise ConfigError(f"mixture.temperature {temperature!r}: give a number >= 0")
+    for name, spec in parts.items():
+        where = f"mixture.parts.{name}"
+        if not str(name).replace("-", "_").isidentifier():
+            raise ConfigError(f"{where}: use letters, digits, '-' and '_' in a part's name")
+        if not isinstance(spec, dict):
+            raise ConfigError(f"{where}: expected a mapping, got {spec!r}")
+        unknown = sorted(set(spec) - PART_KEYS)
+        if unknown:
+            raise ConfigError(f"{where}: unknown key(s) {unknown} (known keys: {sorted(PART_KEYS)})")
+        if bool(spec.get("data")) == bool(spec.get("source")):
+            raise ConfigError(f"{where}: give either data (a prepared folder) or source and tokenizer")
+        if spec.get("source"):
+            try:
+                check_tokenizer_domain(spec.get("tokenizer") or {})
+            except ConfigError as err:
+                raise ConfigError(f"{where}.{err}") from err
+        weight = spec.get("weight")
+        if weight is not None:
+            if temperature is not None:
+                raise ConfigError(f"{where}.weight: give weights or mixture.temperature, not both")
+            if isinstance(weight, bool) or not isinstance(weight, (int, float)) or weight < 0:
+                raise ConfigError(f"{where}.weight {weight!r}: give a number >= 0")
+    recipe.source, recipe.tokenizer = {"name": "mixture"}, {"domain": "joint"}
+
+
 def _build_recipe(raw: dict[str, Any]) -> Recipe:
     recipe = from_dict(Recipe, raw)
     for name in recipe.variants:
@@ -156,8 +201,6 @@ def _build_recipe(raw: dict[str, Any]) -> Recipe:
             raise ConfigError(f"variant name {name!r}: use letters, digits, '-' and '_' only")
         recipe.model_config(name, vocab_size=2, n_streams=1)  # validates fields early
     if recipe.mixture:
-        from shortcutlm.joint import check_mixture_recipe
-
         check_mixture_recipe(recipe)
         return recipe
     if not recipe.source:

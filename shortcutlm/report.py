@@ -17,28 +17,11 @@ from shortcutlm.artifacts.files import read_json_or_none, write_text
 from shortcutlm.artifacts.manifest import ShardManifest
 from shortcutlm.artifacts.results import read_markdown, read_results_or_none
 from shortcutlm.artifacts.sidecar import Sample, samples_in
-from shortcutlm.datasets.shards import read_shard
+from shortcutlm.datasets.shards import first_document, first_document_and_meta
 from shortcutlm.models import SamplingSettings
 from shortcutlm.plots import plot_loss_curves, read_curves
 from shortcutlm.recipe import Recipe
 from shortcutlm.run_layout import RunLayout
-
-
-def first_document(data_dir: Path, splits: tuple[str, ...] = ("test", "valid", "train")) -> np.ndarray | None:
-    """Tokens of the first document of the first non-empty split (a reproducible prompt source)."""
-    found = first_document_and_meta(data_dir, splits)
-    return None if found is None else found[0]
-
-
-def first_document_and_meta(data_dir: Path, splits: tuple[str, ...] = ("test", "valid", "train")
-                            ) -> tuple[np.ndarray, dict[str, Any]] | None:
-    """:func:`first_document` with what its source said of it (the shard's ``meta["info"]``)."""
-    manifest = ShardManifest.read(data_dir)
-    for split in splits:
-        for shard in manifest.split(split).shards:
-            for _key, tokens, meta in read_shard(Path(data_dir) / shard):
-                return tokens.astype(np.int64), dict(meta.get("info") or {})
-    return None
 
 
 def prompt_file(recipe: Recipe, data_dir: Path, out_dir: Path) -> Path | None:

@@ -32,7 +32,7 @@ from shortcutlm.artifacts.manifest import MANIFEST, ShardManifest
 from shortcutlm.artifacts.remote import shard_folder
 from shortcutlm.cleanup import removed_if_failed
 from shortcutlm.config_schema import ConfigError
-from shortcutlm.datasets.loader import eval_batches, train_batches
+from shortcutlm.datasets.batches import eval_batches, train_batches
 from shortcutlm.devices import accelerator_device
 from shortcutlm.models.lightning import LitGPT
 from shortcutlm.peak import machine_peak_flops, precision_dtype

@@ -15,7 +15,8 @@ import torch
 
 from shortcutlm.artifacts.hparams import TrainingRecord
 from shortcutlm.checkpoint import save_folder
-from shortcutlm.datasets.loader import eval_batches, read_manifest
+from shortcutlm.datasets.loader import read_manifest
+from shortcutlm.datasets.batches import eval_batches
 from shortcutlm.datasets.prepare import prepare
 from shortcutlm.models import GPT, GPTConfig, stream_losses
 from shortcutlm.tokenizers import load_tokenizer

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 
 from shortcutlm.checkpoint import load_folder
 from shortcutlm.cli import main as cli_main
-from shortcutlm.datasets.loader import eval_batches
+from shortcutlm.datasets.batches import eval_batches
 from shortcutlm.diagnostics import (DEPTH_MAP_COLORBAR, compare_checkpoints, depth_map_for_checkpoint,
                                     diagnose_checkpoint, diagnose_model, token_importance_entropy, token_similarity,
                                     uniform_causal_entropy, uniform_causal_first_attention, validation_windows)

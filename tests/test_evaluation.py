@@ -10,7 +10,8 @@ import torch.nn.functional as F
 
 from shortcutlm.checkpoint import load_folder
 from shortcutlm.cli import main as cli_main
-from shortcutlm.datasets.loader import eval_batches, read_manifest
+from shortcutlm.datasets.loader import read_manifest
+from shortcutlm.datasets.batches import eval_batches
 from shortcutlm.artifacts.results import EvaluationResults
 from shortcutlm.evaluation import EvaluationError, evaluate_checkpoint, evaluate_checkpoints, write_report
 from shortcutlm.tokenizers import FingerprintMismatch

@@ -17,7 +17,7 @@ from shortcutlm.artifacts import remote
 from shortcutlm.artifacts.manifest import MANIFEST, ShardError, read_manifest
 from shortcutlm.artifacts.remote import open_view
 from tests.cli_lines import one_line
-from shortcutlm.datasets.loader import eval_batches
+from shortcutlm.datasets.batches import eval_batches
 from tests.conftest import tiny_recipe_dict
 
 

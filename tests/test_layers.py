@@ -30,7 +30,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("tokenizer", ("tokenizers",)),
     ("shards", ("datasets", "artifacts.manifest", "artifacts.remote")),
     ("model", ("models",)),
-    ("run", ("recipe", "run_checks", "run_layout", "training", "evaluation", "generation", "diagnostics",
+    ("run", ("recipe", "joint", "run_checks", "run_layout", "training", "evaluation", "generation", "diagnostics",
              "checkpoint", "artifacts.checkpoint", "artifacts.hparams", "artifacts.results", "artifacts.sidecar",
              "artifacts.ablation")),
     ("report", ("report", "report_html", "html_page")),

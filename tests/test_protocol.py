@@ -28,6 +28,8 @@ DOMAIN_SPECIFIC = {
     "bench/codec.py": "benchmarks the offline acoustic codec itself: its encoder, decoder and threads",
     "bench/tokenizers.py": "benchmarks each domain's tokenizer on that domain's own files",
     "bench/data.py": "benchmarks prepare and the loader on one dataset of each domain",
+    "datasets/mixture.py": "a joint model's data is one prepared folder per domain: the mixture keys its parts, "
+                           "rates and checks by domain name (it never behaves differently for one domain)",
 }
 
 #: What a domain branch or a probe looks like. Printing the domain name in a message

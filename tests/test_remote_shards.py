@@ -16,7 +16,7 @@ from shortcutlm.artifacts.checkpoint import CheckpointFolder
 from shortcutlm.artifacts.manifest import MANIFEST, ShardManifest
 from shortcutlm.artifacts.remote import open_view, remote_location
 from shortcutlm.cli import main as cli_main
-from shortcutlm.datasets.loader import eval_batches, train_batches
+from shortcutlm.datasets.batches import eval_batches, train_batches
 from shortcutlm.evaluation import evaluate_checkpoint
 from shortcutlm.recipe import Recipe, from_dict
 from shortcutlm.training import train

@@ -60,7 +60,7 @@ def bench_loader(shard_dir: Path, block: int, batch: int, batches: int | None, w
     By default the timed batches cover two epochs of the train split, so every shard is
     read, checksummed and parsed (twice) inside the measurement.
     """
-    from shortcutlm.datasets.loader import train_batches
+    from shortcutlm.datasets.batches import train_batches
 
     loader = train_batches(shard_dir, block, batch, seed=0, num_workers=workers)
     if batches is None:
@@ -79,7 +79,7 @@ def bench_loader(shard_dir: Path, block: int, batch: int, batches: int | None, w
 
 
 def bench_eval(shard_dir: Path, split: str, block: int, batch: int) -> dict[str, Any]:
-    from shortcutlm.datasets.loader import eval_batches
+    from shortcutlm.datasets.batches import eval_batches
 
     loader = eval_batches(shard_dir, split, block, batch)
     start = time.perf_counter()

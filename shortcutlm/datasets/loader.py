@@ -1,11 +1,11 @@
 """Shards → packed ``block_size + 1`` token windows for training and evaluation.
 
-Public API (what the trainer and evaluator call)::
+What the trainer and evaluator call is :mod:`shortcutlm.datasets.batches` (``train_batches``,
+``eval_batches``), which picks these classes or a mixture's::
 
-    read_manifest(shard_dir) -> dict
-    train_batches(shard_dir, block_size, batch_size, seed, rank=0, world_size=1, num_workers=0,
-                  state=None, split="train", shuffle_shards=4, pin_memory=False) -> TrainBatches
-    eval_batches(shard_dir, split, block_size, batch_size, rank=0, world_size=1) -> EvalBatches
+    TrainBatches(shard_dir, block_size, batch_size, seed, rank=0, world_size=1, num_workers=0,
+                 state=None, split="train", shuffle_shards=4, pin_memory=False)
+    EvalBatches(shard_dir, split, block_size, batch_size, rank=0, world_size=1)
 
 Batches are ``torch.LongTensor`` of shape ``[B, block_size + 1]`` (one stream) or
 ``[B, K, block_size + 1]`` (K-stream layouts such as acoustic ``delay``); inputs are
@@ -59,7 +59,7 @@ from shortcutlm.artifacts.remote import shard_bytes, shard_folder, where_is
 from shortcutlm.artifacts.manifest import read_manifest as _read_manifest
 from shortcutlm.datasets import shards as shardio
 
-__all__ = ["read_manifest", "train_batches", "eval_batches", "TrainBatches", "EvalBatches", "ShardError"]
+__all__ = ["read_manifest", "TrainBatches", "EvalBatches", "ShardError"]
 
 
 def read_manifest(shard_dir: str | Path) -> dict[str, Any]:
@@ -358,13 +358,6 @@ def _ignore_ctrl_c(worker_id: int) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
-def train_batches(shard_dir: str | Path, block_size: int, batch_size: int, seed: int, rank: int = 0,
-                  world_size: int = 1, num_workers: int = 0, state: dict[str, Any] | None = None,
-                  split: str = "train", shuffle_shards: int = 4, pin_memory: bool = False) -> TrainBatches:
-    """Infinite shuffled batches ``[B, (K,) block_size + 1]`` for one rank; see :class:`TrainBatches`
-    (a mixture folder's: :class:`shortcutlm.datasets.mixture.MixtureTrainBatches`)."""
-    return _loader_class(shard_dir, TrainBatches, "MixtureTrainBatches")(shard_dir, block_size, batch_size, seed, rank, world_size, num_workers, state,
-                        split, shuffle_shards, pin_memory)
 
 
 # ------------------------------------------------------------------------------ evaluation
@@ -414,18 +407,3 @@ class EvalBatches:
             yield _stack(batch)
 
 
-def eval_batches(shard_dir: str | Path, split: str, block_size: int, batch_size: int,
-                 rank: int = 0, world_size: int = 1) -> EvalBatches:
-    """Finite deterministic batches ``[B, (K,) block_size + 1]`` covering the split once; see :class:`EvalBatches`
-    (a mixture folder's: :class:`shortcutlm.datasets.mixture.MixtureEvalBatches`)."""
-    return _loader_class(shard_dir, EvalBatches, "MixtureEvalBatches")(shard_dir, split, block_size, batch_size, rank, world_size)
-
-
-def _loader_class(shard_dir: str | Path, single: type, mixed: str) -> Any:
-    """``single``, or the mixture loader of that name when ``shard_dir`` is a mixture folder."""
-    folder = shard_folder(shard_dir)
-    if (read_manifest(folder).get("mixture")):
-        from shortcutlm.datasets import mixture
-
-        return getattr(mixture, mixed)
-    return single

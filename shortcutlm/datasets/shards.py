@@ -23,11 +23,11 @@ from typing import Any, Iterator
 import numpy as np
 
 from shortcutlm.artifacts.files import disk_full, is_no_space
-from shortcutlm.artifacts.manifest import FORMAT, VERSION, ShardError, read_manifest
+from shortcutlm.artifacts.manifest import FORMAT, VERSION, ShardError, ShardManifest, read_manifest
 from shortcutlm.artifacts.remote import shard_bytes, where_is
 
 __all__ = ["FORMAT", "VERSION", "TMP_SUFFIX", "ShardError", "ShardRecord", "ShardWriter", "read_manifest", "read_shard",
-           "verify_shard", "sha256_file", "token_dtype", "shard_name"]
+           "verify_shard", "sha256_file", "token_dtype", "shard_name", "first_document", "first_document_and_meta"]
 
 TMP_SUFFIX = ".tmp"
 
@@ -185,3 +185,20 @@ def read_shard(path: str | Path) -> Iterator[tuple[str, np.ndarray, dict[str, An
         raise
     except Exception as exc:
         raise ShardError(f"shard {path} is not a readable WebDataset tar: {type(exc).__name__}: {exc}") from exc
+
+
+def first_document(data_dir: Path, splits: tuple[str, ...] = ("test", "valid", "train")) -> np.ndarray | None:
+    """Tokens of the first document of the first non-empty split (a reproducible prompt source)."""
+    found = first_document_and_meta(data_dir, splits)
+    return None if found is None else found[0]
+
+
+def first_document_and_meta(data_dir: Path, splits: tuple[str, ...] = ("test", "valid", "train")
+                            ) -> tuple[np.ndarray, dict[str, Any]] | None:
+    """:func:`first_document` with what its source said of it (the shard's ``meta["info"]``)."""
+    manifest = ShardManifest.read(data_dir)
+    for split in splits:
+        for shard in manifest.split(split).shards:
+            for _key, tokens, meta in read_shard(Path(data_dir) / shard):
+                return tokens.astype(np.int64), dict(meta.get("info") or {})
+    return None

@@ -5,6 +5,7 @@ from pathlib import Path
 
 from shortcutlm.tokenizers.base import (Encoded, FingerprintMismatch, Tokenizer, TokenizerError, TrainingError,
                                         read_config)
+from shortcutlm.tokenizers.domains import domain_class
 
 __all__ = ["Encoded", "FingerprintMismatch", "Tokenizer", "TokenizerError", "TrainingError", "load_tokenizer",
            "tokenizer_class"]
@@ -12,19 +13,10 @@ __all__ = ["Encoded", "FingerprintMismatch", "Tokenizer", "TokenizerError", "Tra
 
 def tokenizer_class(domain: str) -> type[Tokenizer]:
     """The tokenizer class for a domain name ("text", "midi", "acoustic", "joint"); imported lazily."""
-    if domain == "text":
-        from shortcutlm.tokenizers.text import TextTokenizer
-        return TextTokenizer
-    if domain == "midi":
-        from shortcutlm.tokenizers.midi import MidiTokenizer
-        return MidiTokenizer
-    if domain == "acoustic":
-        from shortcutlm.tokenizers.acoustic import AcousticTokenizer
-        return AcousticTokenizer
     if domain == "joint":  # several domains in one vocabulary (made from prepared folders, not settings)
         from shortcutlm.tokenizers.composite import CompositeTokenizer
         return CompositeTokenizer
-    raise ValueError(f"unknown tokenizer domain {domain!r}; expected text, midi or acoustic")
+    return domain_class(domain)
 
 
 def load_tokenizer(folder: str | Path) -> Tokenizer:

@@ -38,6 +38,7 @@ from shortcutlm.artifacts.files import write_json
 from shortcutlm.documents import Document
 from shortcutlm.tokenizers.base import (CONFIG_FILE, Encoded, FingerprintMismatch, LossGroups, Tokenizer,
                                         TokenizerError, TrainRate)
+from shortcutlm.tokenizers.domains import DOMAINS, domain_class, load_domain_tokenizer
 
 DOMAIN = "joint"
 PARTS_FOLDER = "parts"
@@ -154,10 +155,8 @@ class CompositeTokenizer(Tokenizer):
 
     @staticmethod
     def _known_domain_of(suffix: str) -> str | None:
-        from shortcutlm.tokenizers import tokenizer_class
-
-        for name in ("text", "midi", "acoustic"):
-            if suffix in tokenizer_class(name).extensions:
+        for name in DOMAINS:
+            if suffix in domain_class(name).extensions:
                 return name
         return None
 
@@ -333,14 +332,18 @@ class CompositeTokenizer(Tokenizer):
         return self.parts[domain].render(artifact, wav_path, soundfont) if domain else None
 
     @classmethod
+    def read_artifact(cls, path: str | Path) -> Any:
+        """A written artifact as its domain's object (the file's suffix says which domain wrote it)."""
+        found = cls._class_for_artifact(path)
+        return found.read_artifact(path) if found is not None else Path(path).read_bytes()
+
+    @classmethod
     def _class_for_artifact(cls, artifact: str | Path) -> type[Tokenizer] | None:
         """The domain class whose artifacts end like ``artifact`` (a written file says its domain)."""
-        from shortcutlm.tokenizers import tokenizer_class
-
         suffix = Path(artifact).suffix.lower()
-        for name in ("text", "midi", "acoustic"):
-            if suffix in tokenizer_class(name).artifact_suffixes:
-                return tokenizer_class(name)
+        for name in DOMAINS:
+            if suffix in domain_class(name).artifact_suffixes:
+                return domain_class(name)
         return None
 
     @classmethod
@@ -392,14 +395,12 @@ class CompositeTokenizer(Tokenizer):
 
     @classmethod
     def from_saved(cls, folder: Path, body: dict[str, Any]) -> "CompositeTokenizer":
-        from shortcutlm.tokenizers import load_tokenizer
-
         parts: dict[str, Tokenizer] = {}
         for entry in (body.get("config") or {}).get("parts") or []:
             name = str(entry.get("domain"))
             if not name.isidentifier():
                 raise TokenizerError(f"{folder / CONFIG_FILE}: part name {name!r} is not a plain domain name")
-            part = load_tokenizer(folder / PARTS_FOLDER / name)
+            part = load_domain_tokenizer(folder / PARTS_FOLDER / name)
             if part.fingerprint() != entry.get("fingerprint"):
                 raise FingerprintMismatch(f"{folder / PARTS_FOLDER / name}: gives fingerprint {part.fingerprint()}, "
                                           f"but the joint tokenizer was made with {entry.get('fingerprint')}")

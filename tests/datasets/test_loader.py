@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from shortcutlm.artifacts.manifest import MANIFEST
-from shortcutlm.datasets.loader import ShardError, eval_batches, read_manifest, train_batches
+from shortcutlm.datasets.loader import ShardError, read_manifest
+from shortcutlm.datasets.batches import eval_batches, train_batches
 
 from .helpers import EOS, PAD, stream_of, unique_docs, write_shards
 

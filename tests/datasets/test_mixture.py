@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from shortcutlm.artifacts.manifest import ShardManifest
-from shortcutlm.datasets.loader import eval_batches, train_batches
+from shortcutlm.datasets.batches import eval_batches, train_batches
 from shortcutlm.datasets.mixture import MixtureError, MixturePart, build_mixture, domain_folder
 from shortcutlm.datasets.prepare import prepare
 from shortcutlm.tokenizers import load_tokenizer

@@ -14,7 +14,7 @@ import pytest
 from shortcutlm.artifacts.manifest import (part_manifest_path, read_manifest, read_part_manifest,
                                            write_manifest, write_part_manifest)
 from shortcutlm.cli import main as cli_main
-from shortcutlm.datasets.loader import eval_batches
+from shortcutlm.datasets.batches import eval_batches
 from shortcutlm.datasets.parallel import Job, merge
 from shortcutlm.datasets.prepare import prepare, prepare_tokenizer
 from shortcutlm.datasets.shards import read_shard

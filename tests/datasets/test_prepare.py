@@ -10,7 +10,7 @@ import pytest
 
 from shortcutlm.artifacts.manifest import MANIFEST
 from shortcutlm.cli import main as cli_main
-from shortcutlm.datasets.loader import eval_batches, train_batches
+from shortcutlm.datasets.batches import eval_batches, train_batches
 from shortcutlm.datasets.prepare import prepare
 from shortcutlm.datasets.shards import ShardError, ShardWriter, read_shard, sha256_file
 from shortcutlm.datasets.sources import safe_id

@@ -42,7 +42,7 @@ def validation_loss(model: nn.Module, shard_dir: Path, block: int, batch: int, i
                     device: str, dtype: torch.dtype) -> float:
     """Mean next-token loss over every valid target of the exact validation pass (the sum over
     their count, as ``shortcutlm evaluate`` computes it)."""
-    from shortcutlm.datasets.loader import eval_batches
+    from shortcutlm.datasets.batches import eval_batches
     from shortcutlm.models import token_losses
 
     was_training = model.training
@@ -81,7 +81,7 @@ def loss_seed(shard_dir: Path, base: GPTConfig, variants: list[str], steps: int,
               log: Any = None, flash: bool = True) -> dict[str, dict[str, Any]]:
     """One seed: every model ("variant/impl") trained on the batches of one loader, then validated."""
     from shortcutlm.artifacts.manifest import ShardManifest
-    from shortcutlm.datasets.loader import train_batches
+    from shortcutlm.datasets.batches import train_batches
     from shortcutlm.models.lightning import warmup_cosine
 
     manifest = ShardManifest.read(shard_dir)
