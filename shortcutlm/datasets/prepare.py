@@ -80,6 +80,8 @@ from shortcutlm.errors import UserError
 from shortcutlm.tokenizers import Tokenizer, load_tokenizer, tokenizer_class
 
 DEFAULT_SHARD_TOKENS = 1 << 22
+#: The tokenizer spec key of ``--tokenizer-from``: encode with a saved tokenizer (a checkpoint's), no training.
+TOKENIZER_FROM = "from"
 DEFAULT_SHARD_DOCUMENTS = 4096
 
 log = logging.getLogger(__name__)
@@ -272,7 +274,10 @@ def _tokenizer_for(out: Path, domain: str, settings: dict[str, Any], docs: list[
         if tokenizer.domain != domain:
             raise PrepareError(f"{folder} holds a {tokenizer.domain} tokenizer, not {domain}")
         return tokenizer, {}
-    tokenizer = tokenizer_class(domain).from_settings(dict(settings))
+    if TOKENIZER_FROM in settings:  # prepare --tokenizer-from: a saved tokenizer, used as it is (no training)
+        tokenizer = _saved_tokenizer(settings[TOKENIZER_FROM], domain)
+    else:
+        tokenizer = tokenizer_class(domain).from_settings(dict(settings))
     rejected: dict[str, Rejected] = {}
     if tokenizer.needs_training:
         rejected = _train(tokenizer, docs, pool, settings, timeout_s, progress)
@@ -281,6 +286,34 @@ def _tokenizer_for(out: Path, domain: str, settings: dict[str, Any], docs: list[
         tokenizer.check_fingerprint(previous["tokenizer"]["fingerprint"], f"the partial shards in {out}")
     tokenizer.save(folder)
     return tokenizer, rejected
+
+
+def saved_tokenizer_folder(path: str | Path) -> Path:
+    """The saved tokenizer ``--tokenizer-from PATH`` names: PATH itself, or the ``tokenizer/`` folder of a
+    checkpoint or shard folder at PATH."""
+    path = Path(path).expanduser()
+    for folder in (path, path / TOKENIZER_FOLDER):
+        if (folder / "tokenizer.json").is_file():
+            return folder
+    raise PrepareError(f"--tokenizer-from {path}: no saved tokenizer there (no tokenizer.json in it or in its "
+                       f"{TOKENIZER_FOLDER}/); give a checkpoint folder, a prepared shard folder or a tokenizer folder")
+
+
+def tokenizer_from(path: str | Path) -> dict[str, Any]:
+    """The tokenizer spec of ``prepare --tokenizer-from PATH``: the saved tokenizer's domain and where it is."""
+    folder = saved_tokenizer_folder(path)
+    return {"domain": _saved_tokenizer(folder, None).domain, TOKENIZER_FROM: str(folder.resolve())}
+
+
+def _saved_tokenizer(path: str | Path, domain: str | None) -> Tokenizer:
+    folder = saved_tokenizer_folder(path)
+    try:
+        tokenizer = load_tokenizer(folder)
+    except (OSError, ValueError, KeyError) as err:
+        raise PrepareError(f"--tokenizer-from {folder}: unreadable saved tokenizer ({err})") from err
+    if domain is not None and tokenizer.domain != domain:
+        raise PrepareError(f"--tokenizer-from {folder} holds a {tokenizer.domain} tokenizer, not {domain}")
+    return tokenizer
 
 
 def _tokenizer_files(folder: Path) -> list[str]:
@@ -597,6 +630,10 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--option", action="append", default=[], metavar="K=V", help="source option, repeatable")
     parser.add_argument("--tokenizer", metavar="DOMAIN", help="text, midi or acoustic")
     parser.add_argument("--set", action="append", default=[], metavar="K=V", help="tokenizer setting, repeatable")
+    parser.add_argument("--tokenizer-from", metavar="CKPT",
+                        help="encode with the saved tokenizer of a checkpoint (or shard) folder, untrained and "
+                             "unchanged, so the shards fit the checkpoint (for train --init-from); instead of "
+                             "--tokenizer and --set")
     parser.add_argument("--out", help=f"output folder for shards, {MANIFEST} and {TOKENIZER_FOLDER}/")
     parser.add_argument("--workers", type=int, default=None,
                         help="processes that read and encode files (default 2; 0: this process, "
@@ -636,7 +673,11 @@ def spec_from_args(args: argparse.Namespace) -> dict[str, Any]:
         source["path"] = args.path
     source.update(_parse_pairs(args.option, "--option"))
     tokenizer = dict(spec.get("tokenizer") or {})
-    if args.tokenizer:
+    if getattr(args, "tokenizer_from", None):
+        if args.tokenizer or args.set:
+            raise PrepareError("--tokenizer-from uses the saved tokenizer as it is: give it without --tokenizer and --set")
+        tokenizer = tokenizer_from(args.tokenizer_from)
+    elif args.tokenizer:
         tokenizer = {"domain": args.tokenizer} if tokenizer.get("domain") != args.tokenizer else tokenizer
     tokenizer.update(_parse_pairs(args.set, "--set"))
     out = args.out or spec.get("out")
