@@ -30,6 +30,7 @@ from shortcutlm.artifacts.lock import folder_lock
 from shortcutlm.artifacts.manifest import MANIFEST, ShardManifest
 from shortcutlm.artifacts.remote import shard_folder
 from shortcutlm.cleanup import removed_if_failed
+from shortcutlm.compat import lightning_loops
 from shortcutlm.config_schema import ConfigError
 from shortcutlm.datasets.loader import eval_batches, train_batches
 from shortcutlm.devices import accelerator_device
@@ -153,8 +154,7 @@ class FolderWriter(L.Callback):
         # forgets that fetch in its per-epoch counter on restart, but not in the total one that
         # times validation: forget it there too, or validation runs one micro-batch early.
         if trainer.global_step < self.max_steps:
-            total = checkpoint["loops"]["fit_loop"]["epoch_loop.batch_progress"]["total"]
-            total["ready"] = total["completed"]
+            lightning_loops.forget_prefetched_batch(checkpoint)
 
     def _decide(self, trainer: L.Trainer) -> tuple[bool, bool, bool]:
         """(save, stop on request, stop at ``stop_after``), the same on every rank."""
@@ -174,7 +174,7 @@ class FolderWriter(L.Callback):
             return  # inside a step
         # Lightning's logging cadence counts optimiser steps; its restart logic can leave the
         # count one ahead after a save made here, so state the invariant at every step boundary.
-        trainer.fit_loop.epoch_loop._batches_that_stepped = trainer.global_step
+        lightning_loops.set_batches_that_stepped(trainer, trainer.global_step)
         if trainer.global_step == self.saved_step:
             return  # the step this sitting started from, or the one just saved
         save, requested, end = self._decide(trainer)
