@@ -86,3 +86,21 @@ def test_a_legacy_folder_evaluates_and_generates(text_ckpt, tmp_path):
         assert cli_main(["generate", str(folder), "--tokens", "12", "--seed", "3", "--quiet", "--out", str(out)]) == 0
     assert (tmp_path / "a" / "unconditional-seed3.txt").read_text() == \
         (tmp_path / "b" / "unconditional-seed3.txt").read_text()
+
+
+def test_a_legacy_folder_resumes_into_safetensors(tmp_path, text8_shards):
+    """A run saved as model.pt and resumed now ends as the uninterrupted run, in one weights file."""
+    from shortcutlm.recipe import Recipe, from_dict
+    from shortcutlm.training import train
+    from tests.conftest import tiny_recipe_dict
+
+    recipe = from_dict(Recipe, tiny_recipe_dict({"name": "text8", "path": "unused"}, {"domain": "text"}))
+    whole = train(recipe, "baseline", text8_shards, tmp_path / "whole", progress=False)
+    split = train(recipe, "baseline", text8_shards, tmp_path / "split", progress=False, stop_after=2)
+    torch.save(CheckpointFolder(split).read_weights(), split / LEGACY_WEIGHTS)  # as the suite saved it before
+    (split / WEIGHTS).unlink()
+    assert CheckpointFolder(split).weights_path == split / LEGACY_WEIGHTS and load_folder(split).hparams["step"] == 2
+    train(recipe, "baseline", text8_shards, split, progress=False)
+    assert (split / WEIGHTS).is_file() and not (split / LEGACY_WEIGHTS).exists()
+    a, b = CheckpointFolder(whole).read_weights(), CheckpointFolder(split).read_weights()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
