@@ -111,9 +111,17 @@ def _frozen_prefixes(spec: str, n_layer: int) -> list[str]:
         return {"embeddings": ["embeddings.", "position_embedding."]}.get(match.group(1), [match.group(1) + "."])
     first = int(match.group(2))
     last = int(match.group(3)) if match.group(3) is not None else first
-    if not first <= last < n_layer:
+    if first > last:
+        raise ConfigError(f"train.freeze: {spec!r} is an empty range (write blocks.A-B with A <= B)")
+    if last >= n_layer:
         raise ConfigError(f"train.freeze: {spec!r} is outside the model's blocks 0-{n_layer - 1}")
     return [f"blocks.{i}." for i in range(first, last + 1)]
+
+
+def check_freeze(specs: list[str], n_layer: int) -> None:
+    """Refuse a ``train.freeze`` entry that names nothing a model of ``n_layer`` blocks has, before a run starts."""
+    for spec in specs:
+        _frozen_prefixes(spec, n_layer)
 
 
 def freeze(model: torch.nn.Module, specs: list[str], n_layer: int) -> list[str]:

@@ -288,6 +288,7 @@ def train(recipe: Recipe, variant: str, data_dir: str | Path, out: str | Path, p
     start = finetune.starting_point(source, config) if source is not None else None
     if start is not None:
         s = finetune.finetune_settings(s)
+    finetune.check_freeze(s.freeze, config.n_layer)
     run_checks.check_block_fits(recipe, variant, config.block_size, shards)
     run_checks.check_strategy(s.accelerator, s.strategy, torch.cuda.is_available())
     # Only once the new run is known to be valid does it touch the folder; one run at a time writes there
