@@ -80,9 +80,9 @@ from shortcutlm.errors import UserError
 from shortcutlm.tokenizers import Tokenizer, load_tokenizer, tokenizer_class
 
 DEFAULT_SHARD_TOKENS = 1 << 22
+DEFAULT_SHARD_DOCUMENTS = 4096
 #: The tokenizer spec key of ``--tokenizer-from``: encode with a saved tokenizer (a checkpoint's), no training.
 TOKENIZER_FROM = "from"
-DEFAULT_SHARD_DOCUMENTS = 4096
 
 log = logging.getLogger(__name__)
 
