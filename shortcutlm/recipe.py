@@ -61,6 +61,13 @@ class TrainSettings:
     """Data-loading worker processes per device."""
     peak_flops: float | None = None
     """Peak FLOP/s for MFU; ``None`` measures a matrix product on the device at start."""
+    freeze: list[str] = field(default_factory=list)
+    """Parameters left as they are (fine-tuning): ``embeddings`` (token embeddings and a learned position
+    table; tied output heads with them), ``heads``, ``ln_f``, ``shortcut``, ``blocks.N`` or ``blocks.A-B``
+    (inclusive), e.g. ``[embeddings, blocks.0-3]``."""
+    finetune_lr: float | None = None
+    """Peak learning rate of a run that starts from a checkpoint's weights (``train --init-from``);
+    ``None``: a tenth of ``lr`` (``min_lr`` scaled alike), so fine-tuning does not undo what was learned."""
 
     def __post_init__(self) -> None:
         for name in ("max_steps", "batch_size", "accumulate", "val_every", "log_every", "devices", "num_nodes"):
@@ -70,6 +77,10 @@ class TrainSettings:
             raise ConfigError("train.warmup_steps, ckpt_every, ckpt_minutes, num_workers and val_batches must be >= 0")
         if not 0 < self.min_lr <= self.lr:
             raise ConfigError(f"train: need 0 < min_lr <= lr, got min_lr={self.min_lr}, lr={self.lr}")
+        if not isinstance(self.freeze, list) or not all(isinstance(x, str) for x in self.freeze):
+            raise ConfigError(f"train.freeze: expected a list of names like [embeddings, blocks.0-3], got {self.freeze!r}")
+        if self.finetune_lr is not None and not self.finetune_lr > 0:
+            raise ConfigError(f"train.finetune_lr must be > 0 (or null: a tenth of lr), got {self.finetune_lr}")
         if self.precision not in ("32-true", "32", "bf16-mixed", "16-mixed", "bf16-true"):
             raise ConfigError(f"train.precision {self.precision!r}: use 32-true, bf16-mixed, 16-mixed or bf16-true")
 

@@ -22,7 +22,7 @@ import torch
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_only
 
-from shortcutlm import run_checks
+from shortcutlm import finetune, run_checks
 from shortcutlm.artifacts.checkpoint import (LOGS, TENSORBOARD, CheckpointData, CheckpointFolder, check_trainer_state,
                                              save_folder)
 from shortcutlm.artifacts.files import disk_full, is_no_space
@@ -31,6 +31,7 @@ from shortcutlm.artifacts.lock import first_process, folder_lock
 from shortcutlm.artifacts.manifest import MANIFEST, ShardManifest
 from shortcutlm.artifacts.remote import shard_folder
 from shortcutlm.cleanup import removed_if_failed
+from shortcutlm.compat import lightning_loops
 from shortcutlm.config_schema import ConfigError
 from shortcutlm.datasets.batches import eval_batches, train_batches
 from shortcutlm.devices import accelerator_device
@@ -107,8 +108,9 @@ class FolderWriter(L.Callback):
     """
 
     def __init__(self, out: Path, recipe: dict[str, Any], shards: ShardManifest,
-                 settings: TrainSettings, csv_dir: Path, stop: StopRequest, stop_after: int | None) -> None:
-        self.out, self.recipe, self.shards = out, recipe, shards
+                 settings: TrainSettings, csv_dir: Path, stop: StopRequest, stop_after: int | None,
+                 origin: dict[str, Any] | None = None) -> None:
+        self.out, self.recipe, self.shards, self.origin = out, recipe, shards, origin
         self.folder = CheckpointFolder(out)
         self.every_steps, self.every_seconds = settings.ckpt_every, settings.ckpt_minutes * 60
         self.max_steps, self.csv_dir, self.stop, self.stop_after = settings.max_steps, csv_dir, stop, stop_after
@@ -135,7 +137,8 @@ class FolderWriter(L.Callback):
                                  parameters=lit.model.num_params(), flops_per_token=lit.flops_per_token,
                                  peak_flops=lit.peak_flops, world_size=trainer.world_size,
                                  tokens_seen=step * lit.settings["accumulate"] * lit.settings["batch_size"]
-                                 * trainer.world_size * lit.config.block_size)
+                                 * trainer.world_size * lit.config.block_size,
+                                 init_from=self.origin)  # where the weights started (train --init-from)
         save_folder(self.out, lit.model, self.recipe, hparams, self.shards.tokenizer_dir,
                     CheckpointData.from_manifest(self.shards))
         merged = merge_metrics(self.folder.sitting_logs())
@@ -151,8 +154,7 @@ class FolderWriter(L.Callback):
         # forgets that fetch in its per-epoch counter on restart, but not in the total one that
         # times validation: forget it there too, or validation runs one micro-batch early.
         if trainer.global_step < self.max_steps:
-            total = checkpoint["loops"]["fit_loop"]["epoch_loop.batch_progress"]["total"]
-            total["ready"] = total["completed"]
+            lightning_loops.forget_prefetched_batch(checkpoint)
 
     def _decide(self, trainer: L.Trainer) -> tuple[bool, bool, bool]:
         """(save, stop on request, stop at ``stop_after``), the same on every rank."""
@@ -172,7 +174,7 @@ class FolderWriter(L.Callback):
             return  # inside a step
         # Lightning's logging cadence counts optimiser steps; its restart logic can leave the
         # count one ahead after a save made here, so state the invariant at every step boundary.
-        trainer.fit_loop.epoch_loop._batches_that_stepped = trainer.global_step
+        lightning_loops.set_batches_that_stepped(trainer, trainer.global_step)
         if trainer.global_step == self.saved_step:
             return  # the step this sitting started from, or the one just saved
         save, requested, end = self._decide(trainer)
@@ -267,12 +269,13 @@ def start_over_if_partial(out: Path) -> None:
 
 def train(recipe: Recipe, variant: str, data_dir: str | Path, out: str | Path, progress: bool = True,
           stop_after: int | None = None, fresh: bool = False,
-          callbacks: list[L.Callback] | None = None) -> Path:
+          callbacks: list[L.Callback] | None = None, init_from: str | Path | None = None) -> Path:
     """Train ``variant`` of ``recipe`` on the shards in ``data_dir``; return the checkpoint folder.
 
     ``stop_after`` ends the run early at that step (the schedule still spans ``max_steps``), so
     a long run can be split over sittings; ``fresh`` discards an existing checkpoint. Ctrl-C saves
     at the next step boundary and raises :class:`Interrupted`; running again resumes exactly.
+    ``init_from``: start from that checkpoint folder's weights (fine-tuning, see :mod:`shortcutlm.finetune`).
     """
     quiet_training_output()
     data_dir, out = shard_folder(data_dir), Path(out)  # a URL opens as a local view of the served folder
@@ -282,8 +285,14 @@ def train(recipe: Recipe, variant: str, data_dir: str | Path, out: str | Path, p
         ensure_mixture(recipe, data_dir, progress=progress)
     s = recipe.train
     shards = ShardManifest.read(data_dir)
-    run_checks.check_tokenizer_matches(recipe, shards)
+    source = finetune.check_tokenizer(init_from, shards) if init_from is not None else None
+    if source is None:  # a fine-tune's shards hold the checkpoint's tokenizer's ids (same fingerprint)
+        run_checks.check_tokenizer_matches(recipe, shards)
     config = recipe.model_config(variant, shards.vocab_size, shards.tokenizer.n_streams)
+    start = finetune.starting_point(source, config) if source is not None else None
+    if start is not None:
+        s = finetune.finetune_settings(s)
+    finetune.check_freeze(s.freeze, config.n_layer)
     run_checks.check_block_fits(recipe, variant, config.block_size, shards)
     run_checks.check_strategy(s.accelerator, s.strategy, torch.cuda.is_available())
     # Only once the new run is known to be valid does it touch the folder; one run at a time writes there
@@ -294,22 +303,28 @@ def train(recipe: Recipe, variant: str, data_dir: str | Path, out: str | Path, p
             removed = CheckpointFolder(out).clear_run()
             if removed:
                 log.info("%s: --fresh removed the earlier run's %s", out, ", ".join(p.name for p in removed))
+        finetune.check_origin(out, start, s.freeze)
         check_same_run(out, config.to_dict(), s)
         check_same_data(out, shards)
         if CheckpointFolder(out).is_finished(s.max_steps):
             log.info("%s: already trained to step %d; keeping it", out, s.max_steps)
             return out
         start_over_if_partial(out)
-        return _fit(recipe, variant, data_dir, out, s, config, shards, progress, stop_after, callbacks)
+        return _fit(recipe, variant, data_dir, out, s, config, shards, progress, stop_after, callbacks, start)
 
 
 def _fit(recipe: Recipe, variant: str, data_dir: Path, out: Path, s: TrainSettings, config: Any,
          shards: ShardManifest, progress: bool, stop_after: int | None,
-         callbacks: list[L.Callback] | None) -> Path:
+         callbacks: list[L.Callback] | None, start: finetune.StartingPoint | None = None) -> Path:
     """Build the Lightning trainer for a checked run and fit (or resume) it."""
     peak = measured_peak(s, s.accelerator)  # before seeding: a measurement must not move the model's init
     L.seed_everything(s.seed, workers=True, verbose=False)
     lit = LitGPT(config, asdict(s), shards.ignored_ids, peak)
+    if start is not None:  # its weights; the optimiser and step start afresh (a resume restores its own)
+        lit.model.load_state_dict(start.weights)
+    frozen = finetune.freeze(lit.model, s.freeze, config.n_layer)
+    if frozen:
+        log.info("%s: %d parameter tensors frozen (train.freeze %s)", out, len(frozen), s.freeze)
     out.mkdir(parents=True, exist_ok=True)
     sitting = CheckpointFolder(out).sittings  # each resumed sitting logs apart
     csv_logger = CSVLogger(out, name=LOGS, version=sitting)
@@ -318,7 +333,8 @@ def _fit(recipe: Recipe, variant: str, data_dir: Path, out: Path, s: TrainSettin
     record = {**recipe.to_dict(), "variant": variant}
     with StopRequest() as stop:
         writer = FolderWriter(out, record, shards, s, Path(csv_logger.log_dir), stop,
-                              stop_after if stop_after and stop_after < s.max_steps else None)
+                              stop_after if stop_after and stop_after < s.max_steps else None,
+                              start.record() if start is not None else None)
         trainer = L.Trainer(
             max_steps=s.max_steps, max_epochs=-1,
             accelerator=s.accelerator, devices=s.devices, num_nodes=s.num_nodes, strategy=s.strategy,
@@ -355,6 +371,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--fresh", action="store_true",
                         help="discard an earlier run in --out: removes only the files a run writes there, and "
                              "refuses a folder that holds anything else")
+    parser.add_argument("--init-from", metavar="CKPT",
+                        help="fine-tune: start from this checkpoint folder's weights (not its optimiser or step); "
+                             "--data must be prepared with its tokenizer (prepare --tokenizer-from CKPT)")
     parser.add_argument("--no-progress", action="store_true")
 
 
@@ -362,7 +381,7 @@ def run(args: argparse.Namespace) -> int:
     recipe = load_recipe(args.recipe, args.preset, args.overrides)
     variant = args.variant or next(iter(recipe.variants))
     out = train(recipe, variant, args.data, args.out, progress=not args.no_progress,
-                stop_after=args.stop_after, fresh=args.fresh)
+                stop_after=args.stop_after, fresh=args.fresh, init_from=args.init_from)
     if rank_zero_only.rank == 0:  # under DDP every process returns here; one line is enough
         print(f"checkpoint: {out}")
     return 0

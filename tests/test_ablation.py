@@ -11,6 +11,7 @@ import pytest
 import yaml
 
 from shortcutlm import ablation as ab
+from shortcutlm.artifacts.checkpoint import WEIGHTS, CheckpointFolder
 from shortcutlm.config_schema import ConfigError
 from tests.conftest import write_text8
 from tests.pages import html_numbers, markdown_numbers, markdown_tables, read_html
@@ -243,7 +244,7 @@ def test_a_run_is_trained_when_training_finished_its_steps(tmp_path):
     run.folder.mkdir()
     (run.folder / "hparams.json").write_text(json.dumps({"finished": True, "step": 3}))
     assert not ab.is_trained(run)  # no weights
-    (run.folder / "model.pt").write_bytes(b"")
+    CheckpointFolder(run.folder).weights_path.write_bytes(b"")
     assert ab.is_trained(run)
     assert not ab.is_trained(ab.Run("d", "baseline", 0, 1.5, 5, run.folder, 3))  # fewer steps than the run's
     (run.folder / "hparams.json").write_text(json.dumps({"finished": False, "step": 3}))
@@ -356,7 +357,7 @@ def statistics_mean(values):
 def test_a_second_invocation_trains_nothing(micro):
     root, a, _, _ = micro
     runs = ab.plan_runs(a, root / "runs")
-    watched = [r.folder / name for r in runs for name in ("model.pt", ab.EVAL_FILE, "hparams.json")]
+    watched = [r.folder / name for r in runs for name in (WEIGHTS, ab.EVAL_FILE, "hparams.json")]
     before = {p: p.stat().st_mtime_ns for p in watched}
     lines: list[str] = []
     again = ab.run_ablation(ab.load_ablation(root / "ablation.yaml"), root / "runs", root / "docs", progress=False,

@@ -33,7 +33,7 @@ PACKAGE = Path(shortcutlm.__file__).parent
 
 # The files the artifact layer owns; no module outside shortcutlm/artifacts/ may spell them in code
 # (docstrings may describe a layout; messages and help texts use the layer's constants).
-OWNED_NAMES = ("model.pt", "hparams.json", "model_config.json", "data.json", "manifest.json", "last.ckpt",
+OWNED_NAMES = ("model.safetensors", "model.pt", "hparams.json", "model_config.json", "data.json", "manifest.json", "last.ckpt",
                "metrics.csv", "recipe.yaml", "ablation.json", "error.json", "eval.json", "step_timing.json",
                "ablation_cache.json")
 

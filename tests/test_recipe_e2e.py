@@ -12,6 +12,7 @@ import pytest
 import soundfile as sf
 import symusic
 
+from shortcutlm.artifacts.checkpoint import CheckpointFolder
 from shortcutlm.run_layout import RunLayout
 
 pytestmark = pytest.mark.slow
@@ -22,7 +23,7 @@ def check_run(layout: RunLayout) -> dict:
     report = layout.report.read_text()
     for variant in ("baseline", "shortcut_resformer"):
         assert f"| {variant} |" in report
-        assert (layout.checkpoint(variant) / "model.pt").is_file()
+        assert CheckpointFolder(layout.checkpoint(variant)).has_weights
     assert (layout.root / "loss_curves.png").is_file()
     assert (layout.root / "depth_map_shortcut_resformer.png").is_file()
     assert not (layout.root / "depth_map_baseline.png").exists()

@@ -50,7 +50,7 @@ def recipe() -> Recipe:
 
 
 def weights(folder: Path) -> dict[str, torch.Tensor]:
-    return torch.load(folder / "model.pt", weights_only=True)
+    return CheckpointFolder(folder).read_weights()
 
 
 def test_a_served_folder_reads_as_the_local_one(served):

@@ -16,6 +16,7 @@ import pytest
 import torch
 import yaml
 
+from shortcutlm.artifacts.checkpoint import CheckpointFolder
 from shortcutlm.recipe import Recipe, from_dict
 from shortcutlm.stopping import Interrupted
 from shortcutlm.training import train
@@ -31,7 +32,7 @@ def rows(folder: Path) -> list[dict[str, str]]:
 
 
 def assert_same_run(a: Path, b: Path) -> None:
-    wa, wb = (torch.load(f / "model.pt", weights_only=True) for f in (a, b))
+    wa, wb = (CheckpointFolder(f).read_weights() for f in (a, b))
     assert wa.keys() == wb.keys()
     different = [k for k in wa if not torch.equal(wa[k], wb[k])]
     assert not different, f"weights differ: {different}"

@@ -9,7 +9,9 @@ import torch
 import yaml
 
 from shortcutlm.artifacts.manifest import ShardManifest
-from shortcutlm.checkpoint import TRAINER_STATE, WEIGHTS, CheckpointError, check_trainer_state, load_folder
+from shortcutlm.artifacts.weights import write_weights
+from shortcutlm.checkpoint import (LEGACY_WEIGHTS, TRAINER_STATE, WEIGHTS, CheckpointError, check_trainer_state,
+                                 load_folder)
 from shortcutlm.config_schema import ConfigError, from_dict
 from shortcutlm.datasets.loader import read_manifest
 from shortcutlm.recipe import Recipe, load_recipe
@@ -142,6 +144,30 @@ def test_a_good_trainer_state_passes_the_check(partial_run):
 
 def test_unreadable_weights_give_one_line(run_copy):
     weights = run_copy / WEIGHTS
+    good = weights.read_bytes()
+    for name, body in {**corruptions(good), "header only": good[:8]}.items():
+        weights.write_bytes(body)
+        with pytest.raises(CheckpointError) as err:
+            load_folder(run_copy)
+        text = one_line(err)
+        assert text.startswith(f"{weights}: not a shortcutlm weights file, or corrupt ("), name
+        assert f"--out {run_copy} --fresh" in text and "restore" in text, name
+    weights.write_bytes(good)
+    state = load_folder(run_copy).model.state_dict()
+    write_weights(weights, {"unrelated.weight": torch.zeros(3)})
+    with pytest.raises(CheckpointError) as err:
+        load_folder(run_copy)
+    assert f"{weights}: the weights do not fit model_config.json (" in one_line(err)
+    write_weights(weights, state)
+    assert load_folder(run_copy).model.config.block_size == 32
+
+
+def test_unreadable_legacy_weights_give_one_line(run_copy):
+    """A folder saved before safetensors holds model.pt, a torch save: its faults read as one line too."""
+    state = load_folder(run_copy).model.state_dict()
+    (run_copy / WEIGHTS).unlink()
+    weights = run_copy / LEGACY_WEIGHTS
+    torch.save(state, weights)
     good = weights.read_bytes()
     for name, body in corruptions(good).items():
         weights.write_bytes(body)

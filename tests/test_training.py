@@ -11,6 +11,7 @@ import pytest
 import torch
 import yaml
 
+from shortcutlm.artifacts.checkpoint import CheckpointFolder
 from shortcutlm.cli import main as cli_main
 from shortcutlm.config_schema import ConfigError
 from shortcutlm.recipe import from_dict, Recipe, load_recipe
@@ -29,7 +30,7 @@ def curve(folder: Path, key: str = "train/loss") -> dict[float, float]:
 
 
 def weights(folder: Path) -> dict[str, torch.Tensor]:
-    return torch.load(folder / "model.pt", weights_only=True)
+    return CheckpointFolder(folder).read_weights()
 
 
 @pytest.fixture
@@ -56,9 +57,9 @@ def test_resumed_run_equals_uninterrupted_run(tmp_path, text8_shards, text8_reci
 
 def test_finished_run_is_kept(tmp_path, text8_shards, text8_recipe):
     out = train(text8_recipe, "baseline", text8_shards, tmp_path / "run", progress=False)
-    stamp = (out / "model.pt").stat().st_mtime_ns
+    stamp = CheckpointFolder(out).weights_path.stat().st_mtime_ns
     train(text8_recipe, "baseline", text8_shards, out, progress=False)
-    assert (out / "model.pt").stat().st_mtime_ns == stamp
+    assert CheckpointFolder(out).weights_path.stat().st_mtime_ns == stamp
 
 
 def test_a_checkpoint_of_other_settings_is_refused(tmp_path, text8_shards, text8_recipe):

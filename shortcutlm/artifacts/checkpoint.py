@@ -3,7 +3,8 @@
 Layout::
 
     CKPT/
-      model.pt             GPT weights (state dict; tied weights stored once by torch.save)
+      model.safetensors    GPT weights (safetensors; tied weights stored once, see artifacts.weights);
+                           a folder saved before holds model.pt (a torch save), still read
       model_config.json    GPTConfig fields
       recipe.yaml          the resolved recipe (preset and overrides applied) and the variant
       hparams.json         training settings, step, parameter count, FLOPs per token, tokens seen
@@ -24,7 +25,6 @@ import io
 import pickle
 import re
 import shutil
-import struct
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Sequence
@@ -32,15 +32,18 @@ from typing import Any, Iterable, Sequence
 import torch
 import yaml
 
-from shortcutlm.artifacts.files import ArtifactError, read_json, write_json, write_text, write_with
+from shortcutlm.artifacts.files import ArtifactError, read_json, write_json, write_text
 from shortcutlm.artifacts.hparams import TrainingRecord
 from shortcutlm.artifacts.lock import LOCK
 from shortcutlm.artifacts.manifest import MANIFEST, ShardManifest
 from shortcutlm.artifacts.remote import is_remote, remote_location, shard_folder
+from shortcutlm.artifacts.weights import TORCH_LOAD_ERRORS, WEIGHTS_LOAD_ERRORS, read_weights, write_weights
 from shortcutlm.models import GPT, GPTConfig
 from shortcutlm.tokenizers import FingerprintMismatch, Tokenizer, load_tokenizer
 
-WEIGHTS = "model.pt"
+WEIGHTS = "model.safetensors"
+#: The weights file of folders saved before safetensors (a torch save); read, never written.
+LEGACY_WEIGHTS = "model.pt"
 MODEL_CONFIG = "model_config.json"
 RECIPE = "recipe.yaml"
 HPARAMS = "hparams.json"
@@ -53,7 +56,7 @@ TENSORBOARD = "tensorboard"
 
 #: What runs write into a checkpoint folder (training, and the ablation's caches beside it): all that
 #: ``train --fresh`` may remove. Anything else in the folder is the user's, and ``--fresh`` refuses it.
-RUN_WRITES = frozenset({WEIGHTS, MODEL_CONFIG, RECIPE, HPARAMS, DATA, METRICS, TOKENIZER_DIR, TRAINER_STATE.parts[0],
+RUN_WRITES = frozenset({WEIGHTS, LEGACY_WEIGHTS, MODEL_CONFIG, RECIPE, HPARAMS, DATA, METRICS, TOKENIZER_DIR, TRAINER_STATE.parts[0],
                         LOGS, TENSORBOARD, LOCK, "ablation.json", "error.json", "step_timing.json",
                         "ablation_cache.json"})
 _RUN_WRITES_PATTERN = re.compile(r"^eval(_\w+)?\.json$")
@@ -167,7 +170,9 @@ class CheckpointFolder:
     # where things are
     @property
     def weights_path(self) -> Path:
-        return self.path / WEIGHTS
+        """The weights file: ``model.safetensors``, or the ``model.pt`` of a folder saved before it."""
+        legacy = self.path / LEGACY_WEIGHTS
+        return legacy if legacy.is_file() and not (self.path / WEIGHTS).is_file() else self.path / WEIGHTS
 
     @property
     def model_config_path(self) -> Path:
@@ -303,6 +308,17 @@ class CheckpointFolder:
         hparams = self.hparams_or_none()
         return hparams is not None and hparams.finished and (hparams.step or 0) >= max_steps
 
+    def read_weights(self) -> dict[str, torch.Tensor]:
+        """The saved state dict (CPU tensors, tied names restored), either format; one-line errors."""
+        weights = self.weights_path
+        if not weights.is_file():
+            raise CheckpointError(f"{self.path}: {WEIGHTS} is missing (was training interrupted before the first save?)")
+        try:
+            return read_weights(weights)
+        except WEIGHTS_LOAD_ERRORS as err:
+            raise CheckpointError(f"{weights}: not a shortcutlm weights file, or corrupt ({load_problem(err)}); "
+                                  f"{RETRAIN.format(folder=self.path)}") from err
+
     def weights_stamp(self) -> dict[str, Any]:
         """What identifies the weights now there (a cache made under another stamp is stale)."""
         stat = self.weights_path.stat()
@@ -327,7 +343,8 @@ class CheckpointFolder:
 
     def run_traces(self) -> list[Path]:
         """What a run leaves before its first full save: logs and weights (trainer state aside)."""
-        return [p for p in (self.logs_dir, self.tensorboard_dir, self.weights_path) if p.exists()]
+        return [p for p in (self.logs_dir, self.tensorboard_dir, self.path / WEIGHTS, self.path / LEGACY_WEIGHTS)
+                if p.exists()]
 
     def shard_folder(self, override: str | Path | None = None, check: bool = True) -> Path:
         """See :func:`resolve_shard_folder`."""
@@ -371,11 +388,14 @@ class CheckpointFolder:
 
 def save_folder(folder: str | Path, model: GPT, recipe: dict[str, Any], hparams: TrainingRecord,
                 tokenizer_dir: str | Path, data: CheckpointData | dict[str, Any]) -> Path:
-    """Write (or refresh) a checkpoint folder; every file is replaced atomically and durably."""
+    """Write (or refresh) a checkpoint folder; every file is replaced atomically and durably.
+
+    The weights go to ``model.safetensors``; a ``model.pt`` an earlier save left (a run begun before
+    safetensors, resumed now) is removed once the new file is in place, so the folder holds one set."""
     files = CheckpointFolder(Path(folder))
     files.path.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-    write_with(files.weights_path, lambda fh: torch.save(state, fh), durable=True)
+    write_weights(files.path / WEIGHTS, model.state_dict(), durable=True)
+    (files.path / LEGACY_WEIGHTS).unlink(missing_ok=True)
     write_json(files.model_config_path, model.config.to_dict(), durable=True)
     write_text(files.recipe_path, yaml.safe_dump(recipe, sort_keys=False), durable=True)
     write_json(files.hparams_path, hparams.to_dict(), durable=True)
@@ -425,11 +445,8 @@ class Checkpoint:
         return resolve_shard_folder(self.folder, self.trained_on, override, check)
 
 
-# What torch.load raises on a file that is not a torch save of tensors: garbage or truncated
-# bytes (zip errors are RuntimeError, a stray pickle gives KeyError or UnpicklingError), an empty
-# file (EOFError), an unreadable one (OSError), pickled objects other than tensors (UnpicklingError).
-LOAD_ERRORS = (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError, KeyError, TypeError,
-               AttributeError, ImportError, IndexError, MemoryError, struct.error)
+#: What torch.load raises on a file that is not a torch save of tensors (see :mod:`.weights`).
+LOAD_ERRORS = TORCH_LOAD_ERRORS
 
 
 def load_problem(err: BaseException) -> str:
@@ -476,14 +493,8 @@ def load_folder(folder: str | Path, device: str | torch.device = "cpu") -> Check
         raise CheckpointError(f"{folder}: no such checkpoint folder")
     config = files.gpt_config()
     weights = files.weights_path
-    if not files.has_weights:
-        raise CheckpointError(f"{folder}: {WEIGHTS} is missing (was training interrupted before the first save?)")
+    state = files.read_weights()
     model = GPT(config)
-    try:
-        state = torch.load(weights, map_location="cpu", weights_only=True)
-    except LOAD_ERRORS as err:
-        raise CheckpointError(f"{weights}: not a shortcutlm weights file, or corrupt ({load_problem(err)}); "
-                              f"{RETRAIN.format(folder=folder)}") from err
     try:
         model.load_state_dict(state)
     except (RuntimeError, KeyError, ValueError, TypeError, AttributeError) as err:

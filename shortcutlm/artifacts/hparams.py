@@ -32,6 +32,8 @@ class TrainingRecord:
     peak_flops: float | None = None
     world_size: int = 1
     tokens_seen: int | None = None
+    #: the checkpoint a fine-tuning run started from (``train --init-from``): folder, fingerprint, step
+    init_from: dict[str, Any] | None = None
 
     @property
     def precision(self) -> str | None:
@@ -41,9 +43,12 @@ class TrainingRecord:
 
     def to_dict(self) -> dict[str, Any]:
         """The record as written, keys in the order earlier versions wrote them."""
-        return {"train": self.train, "step": self.step, "finished": self.finished, "parameters": self.parameters,
+        body = {"train": self.train, "step": self.step, "finished": self.finished, "parameters": self.parameters,
                 "flops_per_token": self.flops_per_token, "peak_flops": self.peak_flops,
                 "world_size": self.world_size, "tokens_seen": self.tokens_seen}
+        if self.init_from is not None:
+            body["init_from"] = self.init_from
+        return body
 
     @classmethod
     def from_dict(cls, data: Any, source: str) -> "TrainingRecord":
@@ -58,4 +63,5 @@ class TrainingRecord:
                    flops_per_token=field(data, "flops_per_token", NUMBER, source, None, optional=True),
                    peak_flops=field(data, "peak_flops", NUMBER, source, None, optional=True),
                    world_size=field(data, "world_size", int, source, 1),
-                   tokens_seen=field(data, "tokens_seen", int, source, None, optional=True))
+                   tokens_seen=field(data, "tokens_seen", int, source, None, optional=True),
+                   init_from=field(data, "init_from", dict, source, None, optional=True))

@@ -57,6 +57,7 @@ import torch
 from shortcutlm.artifacts.manifest import MANIFEST, ShardError
 from shortcutlm.artifacts.remote import shard_bytes, shard_folder, where_is
 from shortcutlm.artifacts.manifest import read_manifest as _read_manifest
+from shortcutlm.compat import LibraryChanged, webdataset_tar
 from shortcutlm.datasets import shards as shardio
 
 __all__ = ["read_manifest", "TrainBatches", "EvalBatches", "ShardError"]
@@ -116,12 +117,10 @@ class _Split:
 
 
 def _parse(stream: io.BytesIO, path: str) -> list[tuple[str, np.ndarray]]:
-    from webdataset.tariterators import group_by_keys, tar_file_iterator
-
     try:
-        files = ({**f, "__url__": str(path)} for f in tar_file_iterator(stream))
-        return [(key, tokens) for key, tokens, _ in (shardio.decode_sample(s, path) for s in group_by_keys(files))]
-    except ShardError:
+        return [(key, tokens) for key, tokens, _ in (shardio.decode_sample(s, path)
+                                                     for s in webdataset_tar.tar_samples(stream, str(path)))]
+    except (ShardError, LibraryChanged):
         raise
     except Exception as exc:
         raise ShardError(f"shard {path} is not a readable WebDataset tar: {type(exc).__name__}: {exc}") from exc

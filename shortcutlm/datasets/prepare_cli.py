@@ -19,6 +19,7 @@ from shortcutlm.datasets import parallel
 from shortcutlm.datasets.parallel import Job
 from shortcutlm.datasets.prepare_common import DEFAULT_SHARD_DOCUMENTS, DEFAULT_SHARD_TOKENS, PrepareError
 from shortcutlm.datasets.sources import READERS
+from shortcutlm.datasets.tokenizer_fit import tokenizer_from
 
 REPORTED = (ValueError, FileNotFoundError, ModuleNotFoundError, RuntimeError)
 
@@ -41,6 +42,10 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--option", action="append", default=[], metavar="K=V", help="source option, repeatable")
     parser.add_argument("--tokenizer", metavar="DOMAIN", help="text, midi or acoustic")
     parser.add_argument("--set", action="append", default=[], metavar="K=V", help="tokenizer setting, repeatable")
+    parser.add_argument("--tokenizer-from", metavar="CKPT",
+                        help="encode with the saved tokenizer of a checkpoint (or shard) folder, untrained and "
+                             "unchanged, so the shards fit the checkpoint (for train --init-from); instead of "
+                             "--tokenizer and --set")
     parser.add_argument("--out", help=f"output folder for shards, {MANIFEST} and {TOKENIZER_FOLDER}/")
     parser.add_argument("--workers", type=int, default=None,
                         help="processes that read and encode files (default 2; 0: this process, "
@@ -80,7 +85,11 @@ def spec_from_args(args: argparse.Namespace) -> dict[str, Any]:
         source["path"] = args.path
     source.update(_parse_pairs(args.option, "--option"))
     tokenizer = dict(spec.get("tokenizer") or {})
-    if args.tokenizer:
+    if getattr(args, "tokenizer_from", None):
+        if args.tokenizer or args.set:
+            raise PrepareError("--tokenizer-from uses the saved tokenizer as it is: give it without --tokenizer and --set")
+        tokenizer = tokenizer_from(args.tokenizer_from)
+    elif args.tokenizer:
         tokenizer = {"domain": args.tokenizer} if tokenizer.get("domain") != args.tokenizer else tokenizer
     tokenizer.update(_parse_pairs(args.set, "--set"))
     out = args.out or spec.get("out")

@@ -25,6 +25,7 @@ import numpy as np
 from shortcutlm.artifacts.files import disk_full, is_no_space
 from shortcutlm.artifacts.manifest import FORMAT, VERSION, ShardError, ShardManifest, read_manifest
 from shortcutlm.artifacts.remote import shard_bytes, where_is
+from shortcutlm.compat import LibraryChanged, webdataset_tar
 
 __all__ = ["FORMAT", "VERSION", "TMP_SUFFIX", "ShardError", "ShardRecord", "ShardWriter", "read_manifest", "read_shard",
            "verify_shard", "sha256_file", "token_dtype", "shard_name", "first_document", "first_document_and_meta"]
@@ -168,20 +169,17 @@ def decode_sample(sample: dict[str, Any], shard: str | Path) -> tuple[str, np.nd
 def read_shard(path: str | Path) -> Iterator[tuple[str, np.ndarray, dict[str, Any]]]:
     """``(doc_id, tokens, meta)`` for each sample, in the order written.
 
-    Parsing is webdataset's own (``tar_file_iterator`` + ``group_by_keys``); any tar error
+    Parsing is webdataset's own (through :mod:`shortcutlm.compat.webdataset_tar`); any tar error
     is re-raised as a :class:`ShardError` that names the shard.
     """
-    from webdataset.tariterators import group_by_keys, tar_file_iterator
-
     folder, name = Path(path).parent, Path(path).name
     data, path = shard_bytes(folder, name), where_is(folder, name)  # fetched for a folder served from elsewhere
     if data is None:
         raise ShardError(f"shard {path} is missing")
     try:
-        files = ({**f, "__url__": path} for f in tar_file_iterator(io.BytesIO(data)))
-        for sample in group_by_keys(files):
+        for sample in webdataset_tar.tar_samples(io.BytesIO(data), path):
             yield decode_sample(sample, path)
-    except ShardError:
+    except (ShardError, LibraryChanged):
         raise
     except Exception as exc:
         raise ShardError(f"shard {path} is not a readable WebDataset tar: {type(exc).__name__}: {exc}") from exc

@@ -64,6 +64,39 @@ def train_tokenizer(tokenizer: Tokenizer, docs: list[Document], pool: IsolatedPo
     return rejected
 
 
+#: The tokenizer spec key of ``--tokenizer-from``: encode with a saved tokenizer (a checkpoint's), no training.
+TOKENIZER_FROM = "from"
+
+
+def saved_tokenizer_folder(path: str | Path) -> Path:
+    """The saved tokenizer ``--tokenizer-from PATH`` names: PATH itself, or the ``tokenizer/`` folder of a
+    checkpoint or shard folder at PATH."""
+    path = Path(path).expanduser()
+    for folder in (path, path / TOKENIZER_FOLDER):
+        if (folder / "tokenizer.json").is_file():
+            return folder
+    raise PrepareError(f"--tokenizer-from {path}: no saved tokenizer there (no tokenizer.json in it or in its "
+                       f"{TOKENIZER_FOLDER}/); give a checkpoint folder, a prepared shard folder or a tokenizer folder")
+
+
+def tokenizer_from(path: str | Path) -> dict[str, Any]:
+    """The tokenizer spec of ``prepare --tokenizer-from PATH``: the saved tokenizer's domain and where it is."""
+    folder = saved_tokenizer_folder(path)
+    return {"domain": saved_tokenizer(folder, None).domain, TOKENIZER_FROM: str(folder.resolve())}
+
+
+def saved_tokenizer(path: str | Path, domain: str | None) -> Tokenizer:
+    """The tokenizer saved at ``path`` (a checkpoint's, a shard folder's), refused when of another domain."""
+    folder = saved_tokenizer_folder(path)
+    try:
+        tokenizer = load_tokenizer(folder)
+    except (OSError, ValueError, KeyError) as err:
+        raise PrepareError(f"--tokenizer-from {folder}: unreadable saved tokenizer ({err})") from err
+    if domain is not None and tokenizer.domain != domain:
+        raise PrepareError(f"--tokenizer-from {folder} holds a {tokenizer.domain} tokenizer, not {domain}")
+    return tokenizer
+
+
 def tokenizer_for(out: Path, domain: str, settings: dict[str, Any], docs: list[Document],
                    previous: dict[str, Any] | None, pool: IsolatedPool, timeout_s: float | None,
                    progress: bool) -> tuple[Tokenizer, dict[str, Rejected]]:
@@ -76,7 +109,10 @@ def tokenizer_for(out: Path, domain: str, settings: dict[str, Any], docs: list[D
         if tokenizer.domain != domain:
             raise PrepareError(f"{folder} holds a {tokenizer.domain} tokenizer, not {domain}")
         return tokenizer, {}
-    tokenizer = tokenizer_class(domain).from_settings(dict(settings))
+    if TOKENIZER_FROM in settings:  # prepare --tokenizer-from: a saved tokenizer, used as it is (no training)
+        tokenizer = saved_tokenizer(settings[TOKENIZER_FROM], domain)
+    else:
+        tokenizer = tokenizer_class(domain).from_settings(dict(settings))
     rejected: dict[str, Rejected] = {}
     if tokenizer.needs_training:
         # a fit is silent for minutes on a large train split: a line every minute (every few with the

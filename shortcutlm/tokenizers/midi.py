@@ -32,6 +32,7 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
+from shortcutlm.compat import miditok_bpe
 from shortcutlm.documents import Document
 from shortcutlm.tokenizers.base import (Encoded, Tokenizer, TokenizerError, TrainingError, TrainRate, saved_file,
                                         write_config)
@@ -291,7 +292,7 @@ class MidiTokenizer(Tokenizer):
                 if idx < self._base_size:
                     self._expansions[idx] = [self._tok[idx]]
                 else:  # a learned id: its byte string, then the base tokens of those bytes (miditok's tables)
-                    self._expansions[idx] = list(self._tok._vocab_learned_bytes_to_tokens[self._tok._model.id_to_token(idx)])
+                    self._expansions[idx] = miditok_bpe.learned_expansion(self._tok, idx)
             except (KeyError, IndexError, TypeError):
                 self._expansions[idx] = None
         return self._expansions[idx]
@@ -305,7 +306,7 @@ class MidiTokenizer(Tokenizer):
         if not kept:
             log.warning("midi decode: no usable tokens; writing an empty MIDI file")
             return symusic.Score(self._tok.time_division)
-        seq = TokSequence(tokens=kept, ids=self._tok._tokens_to_ids(kept))
+        seq = TokSequence(tokens=kept, ids=miditok_bpe.tokens_to_ids(self._tok, kept))
         return self._tok.decode(seq if self._tok.one_token_stream else [seq])
 
     time_from_content = True
@@ -461,7 +462,7 @@ class MidiTokenizer(Tokenizer):
             raise TokenizerError(f"{doc.describe()}: miditok could not tokenize it ({type(exc).__name__}: {exc})") from exc
         split = self._tok.config.encode_ids_split
         parts = seq.split_per_bars() if split == "bar" else seq.split_per_beats() if split == "beat" else [seq]
-        return [self._tok._ids_to_bytes(part.ids, as_one_str=True) for part in parts if len(part) > 0]
+        return [miditok_bpe.ids_to_bytes(self._tok, part.ids) for part in parts if len(part) > 0]
 
     def fit(self, samples: Sequence[list[str]]) -> None:
         """miditok's BPE trainer on the samples; refuses a vocabulary the samples cannot reach."""
@@ -489,7 +490,7 @@ class MidiTokenizer(Tokenizer):
     def model_files_digest(self) -> str:
         """Digest of the learned BPE model (empty without BPE: the config defines the mapping)."""
         if self._digest is None:
-            self._digest = hashlib.sha256(self._tok._model.to_str().encode()).hexdigest() if self._tok.is_trained else ""
+            self._digest = hashlib.sha256(miditok_bpe.bpe_model_text(self._tok).encode()).hexdigest() if self._tok.is_trained else ""
         return self._digest
 
     def save(self, folder: str | Path) -> Path:

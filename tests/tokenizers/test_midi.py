@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from shortcutlm.compat import miditok_bpe
 from shortcutlm.documents import Document
 from shortcutlm.tokenizers import FingerprintMismatch, TokenizerError, load_tokenizer, tokenizer_class
 from shortcutlm.tokenizers.midi import MidiTokenizer, default_soundfont
@@ -61,7 +62,7 @@ def test_bpe_round_trip_notes(remi, remi_bpe, midi_files, tmp_path):
     base = remi.encode(midi_files["grid"])
     assert len(enc.tokens) < len(base), "BPE should shorten the sequence"
     assert enc.tokens.max() >= len(remi_bpe.miditok.vocab), "some merged ids used"
-    assert remi_bpe.repair(enc.tokens) == remi.miditok._ids_to_tokens(base.tolist())
+    assert remi_bpe.repair(enc.tokens) == miditok_bpe.ids_to_tokens(remi.miditok, base.tolist())
     out = remi_bpe.decode(enc.tokens, tmp_path / "bpe_out.mid")
     assert notes_in_beats(out) == expected(on_grid_notes(0))
 
@@ -139,7 +140,7 @@ def test_generated_ids_are_repaired_never_crash(remi, remi_bpe, tmp_path):
 def test_repair_keeps_real_sequences_intact(remi, chorale_midis):
     for path in chorale_midis[:3]:
         ids = remi.encode(path)
-        assert remi.repair(ids) == remi.miditok._ids_to_tokens(ids.tolist())
+        assert remi.repair(ids) == miditok_bpe.ids_to_tokens(remi.miditok, ids.tolist())
         assert remi.last_repair == {"after_eos": 0, "dropped_ids": 0, "dropped_tokens": 0}
 
 
@@ -236,3 +237,31 @@ def test_midi_sampling_loss_and_artifacts(remi, midi_files, tmp_path):
     assert remi.describe() == {"multitrack": "tracks merged",
                                "decode_dropped": {"ids": 0, "tokens": 0, "of": remi.encode(midi_files["grid"]).size}}
     assert remi.excerpt(out) is None
+
+
+def test_miditoks_private_bpe_tables_are_where_the_adapter_reads_them(remi_bpe):
+    """shortcutlm.compat.miditok_bpe: each learned id expands to base tokens whose bytes are that id's
+    entry in the BPE model; a miditok without those tables fails loudly."""
+    import json
+
+    from shortcutlm.compat import LibraryChanged
+
+    tok = remi_bpe.miditok
+    pieces = {i: piece for piece, i in json.loads(miditok_bpe.bpe_model_text(tok))["model"]["vocab"].items()}
+    base = len(tok.vocab)
+    learned = range(base, remi_bpe.vocab_size)
+    assert len(learned) > 0
+    merges = 0
+    for idx in learned:
+        tokens = miditok_bpe.learned_expansion(tok, idx)
+        if not tokens:  # the BPE model's word-boundary piece ("▁") stands for no token
+            continue
+        merges += 1
+        ids = miditok_bpe.tokens_to_ids(tok, tokens)
+        assert len(tokens) >= 2 and all(i < base for i in ids), idx
+        assert miditok_bpe.ids_to_tokens(tok, ids) == tokens
+        assert pieces[idx].removeprefix("▁") == miditok_bpe.ids_to_bytes(tok, ids)  # "▁": a word's first piece
+    assert merges >= len(learned) - 1
+    with pytest.raises(LibraryChanged, match=r"^miditok \S+: object._model is not where "
+                                             r"miditok 3.1 keeps it"):
+        miditok_bpe.learned_expansion(object(), base)
