@@ -139,7 +139,8 @@ def chorale_audio(seconds: float, cache: str | None) -> Path:
     if target_path.is_file():
         return target_path
     need = int(seconds * 24000)
-    parts, have = [], 0
+    parts: list[np.ndarray] = []
+    have = 0
     for n in (4, 16, 64):
         kept, _ = convert_chorales(limit=n, cache=cache, workers=2)
         parts, have = [], 0

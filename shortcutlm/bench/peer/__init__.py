@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import argparse
 import gc
+import functools
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -178,7 +179,7 @@ def loss_phase(progress: Progress, args: argparse.Namespace, base: GPTConfig, na
 
     per_seed = [progress.once(f"loss_seed_{seed}",
                               f"loss phase seed {seed}: {args.loss_steps} steps × {2 * len(names)} models on {shard_dir}",
-                              lambda seed=seed: one_seed(seed))
+                              functools.partial(one_seed, seed))
                 for seed in range(args.seeds)]
     loss = summarise_losses(shard_dir, per_seed, names)
     loss["shards"] = str(shard_dir)
