@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import math
 import statistics
-from typing import Any
+from typing import Any, Iterable
 
-def mean_std(values: list[float]) -> tuple[float | None, float | None, int]:
-    """Mean, sample standard deviation (None below two values) and count."""
-    values = [v for v in values if v is not None and math.isfinite(v)]
-    if not values:
+def mean_std(values: Iterable[float | None]) -> tuple[float | None, float | None, int]:
+    """Mean, sample standard deviation (None below two values) and count, of the finite values
+    (a missing one, None, is left out)."""
+    finite = [v for v in values if v is not None and math.isfinite(v)]
+    if not finite:
         return None, None, 0
-    return (statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else None, len(values))
+    return (statistics.fmean(finite), statistics.stdev(finite) if len(finite) > 1 else None, len(finite))
 
 
 def compare(variant: dict[int, float], baseline: dict[int, float]) -> dict[str, Any]:

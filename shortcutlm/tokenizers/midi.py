@@ -28,7 +28,7 @@ import inspect
 import logging
 import os
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, Sequence, cast
 
 import numpy as np
 
@@ -330,8 +330,10 @@ class MidiTokenizer(Tokenizer):
         tempos = context.get("tempos")
         if tempos:
             quarter = score.ticks_per_quarter
-            score.tempos = symusic.core.TempoTickList(
-                [symusic.Tempo(int(round(q * quarter)), qpm=float(bpm)) for q, bpm in tempos])
+            # symusic.Tempo's stub answers any of its time units; a tick time makes a TempoTick.
+            ticks = cast("list[symusic.core.TempoTick]",
+                         [symusic.Tempo(int(round(q * quarter)), qpm=float(bpm)) for q, bpm in tempos])
+            score.tempos = symusic.core.TempoTickList(ticks)
         if context.get("end_at_seconds") is not None:
             score = end_at_bar(score, float(context["end_at_seconds"]))
         return score
@@ -365,7 +367,8 @@ class MidiTokenizer(Tokenizer):
         """Seconds until the last note of a ``.mid`` ends (at its own tempo map)."""
         import symusic
 
-        return float(symusic.Score(str(path)).to("second").end())
+        score = cast("symusic.core.ScoreTick", symusic.Score(str(path)))  # a file reads in ticks
+        return float(cast("symusic.core.ScoreSecond", score.to("second")).end())  # the stub's to() says object
 
     def decode(self, tokens: np.ndarray, out_path: str | Path, context: dict[str, Any] | None = None) -> Path:
         """Write a ``.mid``; ill-formed generated ids are repaired (see :meth:`repair`); a prompt's
