@@ -50,7 +50,8 @@ from __future__ import annotations
 import argparse
 import math
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
+from collections.abc import Sequence
 
 import numpy as np
 import torch

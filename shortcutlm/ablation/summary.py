@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import re
 import statistics
-from typing import Any, Iterable
+from typing import Any
+from collections.abc import Iterable
 
 from shortcutlm.ablation.config import AblationConfig, context_length
 from shortcutlm.ablation.markdown import machine_label

@@ -115,8 +115,8 @@ def run(args: argparse.Namespace) -> int:
                     "bf16_over_fp32_tokens_per_second": target(round(speedup, 3), 1.7, ">=")},
     }
     if args.compile:
-        result["compiled_speedup"] = {name: out[f"{name}_compiled"]["tokens_per_second"] / out[name]["tokens_per_second"]
-                                      for name in DTYPES}
+        result["compiled_speedup"] = {
+            name: out[f"{name}_compiled"]["tokens_per_second"] / out[name]["tokens_per_second"] for name in DTYPES}
     if args.new_tokens > 0:
         result["generation"] = generation(config, trainees["fp32"].model, args.device, args.new_tokens,
                                           args.generation_repeats)

@@ -27,7 +27,8 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
+from collections.abc import Callable
 
 import numpy as np
 
@@ -52,7 +53,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--repeats", type=int, default=3, help="timed passes per figure (best is reported)")
     parser.add_argument("--codec-threads", type=int, default=1,
                         help="torch threads EnCodec runs on (the acoustic tokenizer's `threads` setting)")
-    parser.add_argument("--cache", default=None, help="cache folder (default: $SHORTCUTLM_CACHE or ~/.cache/shortcutlm)")
+    parser.add_argument("--cache", default=None,
+                        help="cache folder (default: $SHORTCUTLM_CACHE or ~/.cache/shortcutlm)")
 
 
 @dataclass

@@ -15,7 +15,8 @@ import importlib.util
 import multiprocessing
 import os
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
+from collections.abc import Iterator
 
 from shortcutlm.datasets.splits import assign_splits
 from shortcutlm.documents import Document, Item, Rejected, safe_id

@@ -20,7 +20,8 @@ from __future__ import annotations
 
 import hashlib
 from collections import Counter
-from typing import Iterable, Mapping, Sequence, cast
+from typing import cast
+from collections.abc import Iterable, Mapping, Sequence
 
 SPLITS = ("train", "valid", "test")
 DEFAULT_FRACTIONS = (0.90, 0.05, 0.05)

@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Iterable, Sequence, cast
+from typing import cast
+from collections.abc import Iterable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -194,7 +195,8 @@ class GPT(nn.Module):
         d = config.n_embd
         self.embeddings = nn.ModuleList(nn.Embedding(config.vocab_size, d) for _ in range(config.n_streams))
         self.position_embedding = nn.Embedding(config.block_size, d) if config.positions == "learned" else None
-        self.rotary = Rotary(config.head_dim, config.block_size, config.rope_base) if config.positions == "rope" else None
+        self.rotary = Rotary(config.head_dim, config.block_size, config.rope_base) \
+            if config.positions == "rope" else None
         self.blocks = nn.ModuleList(Block(config, i) for i in range(config.n_layer))
         self.shortcut = DepthShortcut(config) if config.shortcut in AFTER_LAST_BLOCK else None
         self.ln_f = nn.LayerNorm(d, bias=config.bias)

@@ -11,7 +11,8 @@ import math
 import random
 import time
 import warnings
-from typing import TYPE_CHECKING, Any, Callable, cast
+from typing import TYPE_CHECKING, Any, cast
+from collections.abc import Callable
 
 import lightning as L
 import numpy as np
@@ -45,7 +46,8 @@ def rng_state() -> dict[str, Any]:
     # numpy's stubs type the no-argument call as the dict form; it returns the legacy tuple.
     legacy = cast("tuple[str, np.ndarray, int, int, float]", np.random.get_state())
     name, keys, pos, has_gauss, gauss = legacy
-    state = {"python": random.getstate(), "numpy": [name, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, gauss],
+    state = {"python": random.getstate(),
+             "numpy": [name, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, gauss],
              "torch": torch.get_rng_state()}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()

@@ -20,7 +20,8 @@ import logging
 import os
 import re
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any
+from collections.abc import Iterable, Iterator, Sequence
 
 import numpy as np
 
@@ -83,7 +84,7 @@ class TextTokenizer(Tokenizer):
             self._set_model(model_proto, source=str(s["model_file"] or "bytes"))
 
     @classmethod
-    def from_settings(cls, settings: dict[str, Any]) -> "TextTokenizer":
+    def from_settings(cls, settings: dict[str, Any]) -> TextTokenizer:
         return cls(settings)
 
     def _set_model(self, proto: bytes, source: str) -> None:
@@ -354,8 +355,8 @@ class TextTokenizer(Tokenizer):
         self._set_model(buf.getvalue(), source="training")
         got = self._need_model().get_piece_size()
         if got < int(s["vocab_size"]):
-            raise TrainingError(f"text tokenizer: the train split ({sum(sizes):,} bytes) supports at most {got} pieces, "
-                             f"asked for {s['vocab_size']}; lower vocab_size")
+            raise TrainingError(f"text tokenizer: the train split ({sum(sizes):,} bytes) supports at most "
+                                f"{got} pieces, asked for {s['vocab_size']}; lower vocab_size")
         return skipped
 
     # ------------------------------------------------------------------ persistence
@@ -380,7 +381,7 @@ class TextTokenizer(Tokenizer):
                                            "runtime": {k: self.settings[k] for k in ("block_bytes", "num_threads")}})
 
     @classmethod
-    def from_saved(cls, folder: Path, body: dict[str, Any]) -> "TextTokenizer":
+    def from_saved(cls, folder: Path, body: dict[str, Any]) -> TextTokenizer:
         path = saved_file(folder, MODEL_FILE, "SentencePiece model")
         return cls({**body["config"], **body.get("runtime", {})}, model_proto=path.read_bytes())
 
@@ -393,7 +394,8 @@ def _training_failure(message: str, vocab_size: int, n_bytes: int) -> str:
                 f"which needs at least {needed.group(1)} pieces (its characters, byte pieces and specials); "
                 "raise vocab_size")
     text = re.sub(r"^\w+: \S+\(\d+\) \[.*?\]\s*", "", message.strip()).splitlines()
-    return f"text tokenizer: sentencepiece could not train on the train split ({n_bytes:,} bytes): {text[0] if text else message}"
+    why = text[0] if text else message
+    return f"text tokenizer: sentencepiece could not train on the train split ({n_bytes:,} bytes): {why}"
 
 
 def _prompt_end(text: str, prompt: str) -> int:

@@ -4,7 +4,8 @@ the two compute the same thing (``equivalence``)."""
 from __future__ import annotations
 
 import math
-from typing import Any, Iterable, cast
+from typing import Any, cast
+from collections.abc import Iterable
 
 import torch
 from torch import Tensor, nn
@@ -43,7 +44,8 @@ def peer_model(config: GPTConfig, init: str = "gpt2", flash: bool = True) -> nn.
         norm_add_unit_offset=False,                    # LayerNorm gain stored as 1, not as an offset from 1
         attn_dropout=config.dropout, ff_dropout=config.dropout,
         add_value_residual=config.value_residual == "resformer",
-        learned_value_residual_mix=False,              # fixed 0.5/0.5 as the paper; theirs learns a per-token gate by default
+        learned_value_residual_mix=False,              # fixed 0.5/0.5 as the paper; theirs learns a per-token
+                                                       # gate by default
         verbose=False,
     )
     net = TransformerWrapper(
@@ -135,7 +137,8 @@ class PeerTrainee(Trainee):
         # The peer stands where Trainee keeps our GPT; ``step`` asks of it only a forward and parameters.
         self.model = peer_model(config, init, flash).to(device)  # type: ignore[assignment]
         self.forward = self.model
-        self.opt = torch.optim.AdamW(peer_param_groups(self.model, 0.1), lr=3e-4, betas=(0.9, 0.95), fused=device == "cuda")
+        self.opt = torch.optim.AdamW(peer_param_groups(self.model, 0.1), lr=3e-4, betas=(0.9, 0.95),
+                                     fused=device == "cuda")
         self.idx = torch.randint(0, config.vocab_size, (batch, config.block_size + 1), device=device)
         self.device, self.dtype = device, dtype
 
