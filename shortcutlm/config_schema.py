@@ -11,13 +11,16 @@ import re
 import types
 import typing
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 import yaml
 
 from shortcutlm.errors import UserError
 
-T = TypeVar("T")
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
+
+T = TypeVar("T", bound="DataclassInstance")
 
 
 class ConfigError(UserError, ValueError):
@@ -80,8 +83,8 @@ def _check_type(value: Any, hint: Any, where: str) -> Any:
             except ConfigError as err:
                 errors.append(str(err))
         raise ConfigError(errors[0] if len(errors) == 1 else f"{where}: {value!r} does not fit {hint}")
-    if dataclasses.is_dataclass(hint):
-        return from_dict(hint, value, where)
+    if dataclasses.is_dataclass(hint):  # a type hint, so the class (is_dataclass also says yes to instances)
+        return from_dict(cast("type[DataclassInstance]", hint), value, where)
     if origin in (list, tuple):
         if not isinstance(value, (list, tuple)):
             raise ConfigError(f"{where}: expected a list, got {value!r}")

@@ -50,7 +50,8 @@ from __future__ import annotations
 import argparse
 import math
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -389,6 +390,7 @@ def depth_map_for_checkpoint(folder: str | Path, data_dir: str | Path | None, ou
     block = min(max_tokens, ck.model.config.block_size)
     window = validation_window(data_dir or ck.shard_folder(check=False), block)
     weights = shortcut_depth_weights(ck.model, window)
+    assert weights is not None  # the model has a shortcut (checked above)
     ids = window[0, ..., :-1]
     lead = ids if ids.dim() == 1 else ids[0]
     labels = [str(int(t)) for t in lead]

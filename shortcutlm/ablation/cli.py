@@ -62,8 +62,8 @@ def print_plan(ablation: Ablation, out: Path, datasets: list[str] | None = None)
     total = sum(r.steps for r in runs)
     left = sum(r.steps for r in runs if r not in done)
     print(f"{len(runs)} runs ({len(done)} done); {left:,} of {total:,} optimiser steps left")
-    timed = [(r.steps, read_run_record(r.folder).get("wall_s")) for r in done]
-    timed = [(s, w) for s, w in timed if w]
+    recorded = [(r.steps, read_run_record(r.folder).get("wall_s")) for r in done]
+    timed = [(s, w) for s, w in recorded if w]
     if timed and left:
         rate = sum(w for _, w in timed) / sum(s for s, _ in timed)
         print(f"estimated time left at the pace of the finished runs: {clock(left * rate)}")

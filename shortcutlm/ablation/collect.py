@@ -6,7 +6,8 @@ from __future__ import annotations
 import time
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
+from collections.abc import Callable
 
 from shortcutlm.ablation.commands import narrowed_command
 from shortcutlm.ablation.config import Ablation

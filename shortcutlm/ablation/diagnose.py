@@ -3,7 +3,8 @@ one seed's checkpoints, cached in ``<out>/<dataset>/diagnostics/`` while their w
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
+from collections.abc import Callable
 
 from shortcutlm.ablation.config import Ablation
 from shortcutlm.ablation.runs import Run, is_trained, run_folder, shard_folder, short_error, weights_key

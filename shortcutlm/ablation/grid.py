@@ -10,7 +10,8 @@ import json
 import time
 import traceback
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
+from collections.abc import Callable
 
 from shortcutlm.ablation.collect import collect_results, device
 from shortcutlm.ablation.commands import command_line

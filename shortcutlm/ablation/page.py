@@ -1,6 +1,6 @@
 """The results page: ``<docs>/results.md`` (plots under ``<docs>/results/<dataset>/``), the same page as
-``<docs>/results.html``, and ``<docs>/results.json``, rendered from the collected results alone (no run folder is read here,
-except the diagnostics plots it copies next to the page)."""
+``<docs>/results.html``, and ``<docs>/results.json``, rendered from the collected results alone (no run
+folder is read here, except the diagnostics plots it copies next to the page)."""
 from __future__ import annotations
 
 import os
@@ -102,8 +102,8 @@ def _variants_table(section: dict[str, Any], cfg_baseline: str) -> tuple[list[st
     split = section["evaluate"]["split"]
     with_valid = any("valid_loss" in e for e in variants.values())
     metric, heading = _dataset_metric(variants)
-    header = ["variant", "params", f"{split} loss", "Δ vs baseline", "verdict"] + (["valid loss"] if with_valid else []) \
-        + [heading, "step time", "KV cache", "baseline tokens to match"]
+    header = ["variant", "params", f"{split} loss", "Δ vs baseline", "verdict"] \
+        + (["valid loss"] if with_valid else []) + [heading, "step time", "KV cache", "baseline tokens to match"]
     rows = []
     for variant, e in variants.items():
         if e["n"] == 0:
@@ -126,7 +126,8 @@ def _variants_table(section: dict[str, Any], cfg_baseline: str) -> tuple[list[st
 
 
 def _params_cell(e: dict[str, Any], versus_baseline: bool) -> str:
-    return param_count(e["params"]) + (ratio_text(e["params_ratio"], "more", "fewer", 0.0005) if versus_baseline else "")
+    versus = ratio_text(e["params_ratio"], "more", "fewer", 0.0005) if versus_baseline else ""
+    return param_count(e["params"]) + versus
 
 
 def _cost_cells(e: dict[str, Any], versus_baseline: bool) -> list[str]:
@@ -315,7 +316,7 @@ def render_companion(folder: Path, docs: Path) -> list[str]:
     name = companion.get("name") or Path(companion.get("ablation") or "ablation").stem
     link = Path(os.path.relpath(folder / PAGE_MD, docs)).as_posix()
     lines = [f"## Also: {name}", ""]
-    description = " ".join(str((companion.get("description") or "")).split())
+    description = " ".join(str(companion.get("description") or "").split())
     if description:
         lines += [description, ""]
     models = sorted({_model_line(section) for section in companion.get("datasets", {}).values()})

@@ -15,7 +15,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
+from collections.abc import Iterable
 
 from shortcutlm.ablation.config import Ablation
 from shortcutlm.artifacts.ablation import (ERROR_FILE, EVAL_FILE, RUN_FILE, evaluation_cache_path, read_cache,

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import math
 import statistics
-from typing import Any, Callable
+from typing import Any
+from collections.abc import Callable
 
 NEAR_UNIFORM = 0.05  # depth weights this close (relative) to 1/depths read as no preference
 

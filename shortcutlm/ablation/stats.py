@@ -5,13 +5,15 @@ from __future__ import annotations
 import math
 import statistics
 from typing import Any
+from collections.abc import Iterable
 
-def mean_std(values: list[float]) -> tuple[float | None, float | None, int]:
-    """Mean, sample standard deviation (None below two values) and count."""
-    values = [v for v in values if v is not None and math.isfinite(v)]
-    if not values:
+def mean_std(values: Iterable[float | None]) -> tuple[float | None, float | None, int]:
+    """Mean, sample standard deviation (None below two values) and count, of the finite values
+    (a missing one, None, is left out)."""
+    finite = [v for v in values if v is not None and math.isfinite(v)]
+    if not finite:
         return None, None, 0
-    return (statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else None, len(values))
+    return (statistics.fmean(finite), statistics.stdev(finite) if len(finite) > 1 else None, len(finite))
 
 
 def compare(variant: dict[int, float], baseline: dict[int, float]) -> dict[str, Any]:
@@ -70,7 +72,7 @@ def matched_multiple(loss: float | None, curve: list[tuple[float, float]]) -> tu
     the value is None with label ``< 1×`` when the variant is worse than the 1× baseline and
     ``> 1.5×`` (the largest multiple) when it is better than the baseline ever gets.
     """
-    points = sorted((m, l) for m, l in curve if l is not None and math.isfinite(l))
+    points = sorted((m, base) for m, base in curve if base is not None and math.isfinite(base))
     if loss is None or not math.isfinite(loss) or len(points) < 2:
         return None, "pending"
     first_m, first_l = points[0]

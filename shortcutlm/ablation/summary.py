@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import re
 import statistics
-from typing import Any, Iterable
+from typing import Any
+from collections.abc import Iterable
 
 from shortcutlm.ablation.config import AblationConfig, context_length
 from shortcutlm.ablation.markdown import machine_label
@@ -24,7 +25,7 @@ def summarize(dataset: str, recipe: Recipe, records: list[dict[str, Any]], cfg: 
     base_losses = {s: r["loss"] for s, r in by_variant.get(base, {}).items() if r.get("loss") is not None}
 
     # The baseline at each multiple of the steps (seed means), for the matched-loss view.
-    curve_rows = []
+    curve_rows: list[dict[str, Any]] = []
     for multiple in sorted(cfg.baseline_steps):
         rows = [r for r in records if r["variant"] == base and r["multiple"] == multiple and r["status"] == "done"]
         m, s, n = mean_std([r.get("loss") for r in rows])
@@ -36,7 +37,7 @@ def summarize(dataset: str, recipe: Recipe, records: list[dict[str, Any]], cfg: 
     complete_curve = all(c["n"] == len(cfg.seeds) for c in curve_rows)
 
     def median_of(rows: Iterable[dict[str, Any]], key: str) -> float | None:
-        values = [r.get(key) for r in rows if r.get(key) is not None]
+        values: list[float] = [r[key] for r in rows if r.get(key) is not None]
         return statistics.median(values) if values else None
 
     base_rows = list(by_variant.get(base, {}).values())

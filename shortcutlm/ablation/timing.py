@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
+from collections.abc import Callable
 
 from shortcutlm.ablation.config import Ablation
 from shortcutlm.ablation.runs import run_folder

@@ -21,7 +21,7 @@ import torch
 
 from shortcutlm.bench.common import machine, matmul_peak_flops, median, target, timed, write_json
 from shortcutlm.bench.model import Trainee, add_size_arguments, count, default_config, measure_generation, table
-from shortcutlm.models import flops_per_token
+from shortcutlm.models import GPT, flops_per_token
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 #: bf16 autocast MFU against the measured bf16 peak at the default size.
@@ -55,7 +55,7 @@ def summary(result: dict[str, Any]) -> list[str]:
     return lines
 
 
-def generation(config: Any, model: torch.nn.Module, device: str, new_tokens: int,
+def generation(config: Any, model: GPT, device: str, new_tokens: int,
                repeats: int) -> dict[str, dict[str, Any]]:
     """Batch-1 cached tokens/s in fp32, bf16 autocast and bf16 weights, interleaved (medians)."""
     weights_bf16 = copy.deepcopy(model).to(torch.bfloat16).eval()
@@ -115,8 +115,8 @@ def run(args: argparse.Namespace) -> int:
                     "bf16_over_fp32_tokens_per_second": target(round(speedup, 3), 1.7, ">=")},
     }
     if args.compile:
-        result["compiled_speedup"] = {name: out[f"{name}_compiled"]["tokens_per_second"] / out[name]["tokens_per_second"]
-                                      for name in DTYPES}
+        result["compiled_speedup"] = {
+            name: out[f"{name}_compiled"]["tokens_per_second"] / out[name]["tokens_per_second"] for name in DTYPES}
     if args.new_tokens > 0:
         result["generation"] = generation(config, trainees["fp32"].model, args.device, args.new_tokens,
                                           args.generation_repeats)

@@ -27,7 +27,8 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
+from collections.abc import Callable
 
 import numpy as np
 
@@ -52,7 +53,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--repeats", type=int, default=3, help="timed passes per figure (best is reported)")
     parser.add_argument("--codec-threads", type=int, default=1,
                         help="torch threads EnCodec runs on (the acoustic tokenizer's `threads` setting)")
-    parser.add_argument("--cache", default=None, help="cache folder (default: $SHORTCUTLM_CACHE or ~/.cache/shortcutlm)")
+    parser.add_argument("--cache", default=None,
+                        help="cache folder (default: $SHORTCUTLM_CACHE or ~/.cache/shortcutlm)")
 
 
 @dataclass
@@ -139,7 +141,8 @@ def chorale_audio(seconds: float, cache: str | None) -> Path:
     if target_path.is_file():
         return target_path
     need = int(seconds * 24000)
-    parts, have = [], 0
+    parts: list[np.ndarray] = []
+    have = 0
     for n in (4, 16, 64):
         kept, _ = convert_chorales(limit=n, cache=cache, workers=2)
         parts, have = [], 0

@@ -15,7 +15,8 @@ import importlib.util
 import multiprocessing
 import os
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
+from collections.abc import Iterator
 
 from shortcutlm.datasets.splits import assign_splits
 from shortcutlm.documents import Document, Item, Rejected, safe_id
@@ -51,7 +52,7 @@ def chorale_works(limit: int | None = None) -> list[tuple[int, str, Path | None,
 
     composer = {p.resolve() for p in corpus.getComposer("bach")}
     names = list(chorales.Iterator(returnType="filename"))
-    out = []
+    out: list[tuple[int, str, Path | None, str]] = []
     for number, name in enumerate(names[:limit] if limit else names, start=1):
         try:
             found = corpus.getWork(name)
@@ -201,10 +202,11 @@ def chorales_audio(limit: int | None = None, cache: str | Path | None = None, wo
         if isinstance(item, Rejected):
             yield item
             continue
+        assert isinstance(item, Document) and item.path is not None  # bach_chorales' documents are MIDI files
         target = folder / f"{item.doc_id}.wav"
         if not target.is_file():
             try:
-                render_midi(item.path, target, sample_rate)  # type: ignore[arg-type]
+                render_midi(item.path, target, sample_rate)
             except Exception as exc:
                 yield Rejected(str(item.path), f"rendering to audio failed: {type(exc).__name__}: {exc}",
                                item.split, item.doc_id)

@@ -20,7 +20,8 @@ from __future__ import annotations
 
 import hashlib
 from collections import Counter
-from typing import Mapping, Sequence
+from typing import cast
+from collections.abc import Iterable, Mapping, Sequence
 
 SPLITS = ("train", "valid", "test")
 DEFAULT_FRACTIONS = (0.90, 0.05, 0.05)
@@ -39,7 +40,7 @@ def parse_fractions(value: object) -> tuple[float, float, float]:
     if isinstance(value, str):
         parts: Sequence[object] = [p for p in value.replace("/", ",").split(",") if p.strip()]
     else:
-        parts = list(value)  # type: ignore[arg-type]
+        parts = list(cast("Iterable[object]", value))  # a non-iterable still raises in list()
     if len(parts) != 3:
         raise ValueError(f"split fractions {value!r}: give three numbers for train, valid, test")
     numbers = [float(p) for p in parts]  # type: ignore[arg-type]

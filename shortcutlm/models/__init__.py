@@ -1,4 +1,6 @@
 """The shared decoder, its losses and its sampling loop."""
+from __future__ import annotations
+
 from shortcutlm.models.config import GPTConfig
 from shortcutlm.models.gpt import GPT, ForwardOutput, KVCache, flops_per_token, weight_decay_groups
 from shortcutlm.models.losses import stream_losses, token_losses

@@ -9,7 +9,7 @@ once, for both.
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -29,6 +29,9 @@ def _no_decay(p: nn.Parameter) -> nn.Parameter:
 # --------------------------------------------------------------------------------------------
 class Rotary(nn.Module):
     """Rotary position embedding (RoFormer), rotate-half form, precomputed up to ``max_len``."""
+
+    cos: Tensor  # buffers [max_len, dim/2], registered in __init__
+    sin: Tensor
 
     def __init__(self, dim: int, max_len: int, base: float) -> None:
         super().__init__()
@@ -91,12 +94,15 @@ class KVCache:
         _write(self.keys[layer], keys, self.length)
         own = self.values[layer]
         if own is None:
-            return self.keys[layer], self.values[0]
+            shared = self.values[0]
+            assert shared is not None  # layer 1 always owns its values
+            return self.keys[layer], shared
         return self.keys[layer], _write(own, values, self.length)
 
     def store_shortcut(self, keys: Tensor, values: Tensor) -> tuple[Tensor, Tensor]:
         """Write the ``full`` shortcut's per-depth key/value features for the new positions and
         return its whole buffers [B, H, depths, max_len, hd]."""
+        assert self.shortcut_keys is not None and self.shortcut_values is not None  # only the full shortcut calls
         return _write(self.shortcut_keys, keys, self.length), _write(self.shortcut_values, values, self.length)
 
     def attention_nbytes(self) -> int:
@@ -123,11 +129,15 @@ def mix_values(own: Tensor | None, v1: Tensor | None, mode: str, lambdas: Tensor
     V_1 broadcasts against ``own`` (the last-layer shortcut gives it a depth axis of one).
     """
     if mode == "svformer":
+        assert v1 is not None
         return v1
     if mode == "resformer":
+        assert v1 is not None and own is not None
         return 0.5 * v1 + 0.5 * own
     if mode == "learnable":
+        assert v1 is not None and own is not None and lambdas is not None
         return lambdas[0] * v1 + lambdas[1] * own
+    assert own is not None
     return own
 
 

@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Sequence
+from typing import cast
+from collections.abc import Iterable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -178,7 +179,8 @@ def weight_decay_groups(module: nn.Module, weight_decay: float) -> list[dict]:
     """AdamW groups by the one rule (nanoGPT's): decay matrices and embeddings (``dim >= 2``),
     never norms' gains, biases, the learnable λ pairs, or anything marked ``_no_weight_decay``
     (the λ carry that mark, so they stay exempt whatever their shape)."""
-    decay, no_decay = [], []
+    decay: list[nn.Parameter] = []
+    no_decay: list[nn.Parameter] = []
     for p in module.parameters():
         (no_decay if getattr(p, "_no_weight_decay", False) or p.dim() < 2 else decay).append(p)
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
@@ -193,7 +195,8 @@ class GPT(nn.Module):
         d = config.n_embd
         self.embeddings = nn.ModuleList(nn.Embedding(config.vocab_size, d) for _ in range(config.n_streams))
         self.position_embedding = nn.Embedding(config.block_size, d) if config.positions == "learned" else None
-        self.rotary = Rotary(config.head_dim, config.block_size, config.rope_base) if config.positions == "rope" else None
+        self.rotary = Rotary(config.head_dim, config.block_size, config.rope_base) \
+            if config.positions == "rope" else None
         self.blocks = nn.ModuleList(Block(config, i) for i in range(config.n_layer))
         self.shortcut = DepthShortcut(config) if config.shortcut in AFTER_LAST_BLOCK else None
         self.ln_f = nn.LayerNorm(d, bias=config.bias)
@@ -212,9 +215,10 @@ class GPT(nn.Module):
         for module in self.modules():
             if isinstance(module, (nn.Linear, nn.Embedding)):
                 nn.init.normal_(module.weight, 0.0, std)
-                if getattr(module, "bias", None) is not None:
-                    nn.init.zeros_(module.bias)
-        for block in self.blocks:
+                bias = getattr(module, "bias", None)
+                if bias is not None:
+                    nn.init.zeros_(bias)
+        for block in cast("Iterable[Block]", self.blocks):
             for proj in (block.attn.o_proj, block.mlp.down):
                 nn.init.normal_(proj.weight, 0.0, std / math.sqrt(2 * self.config.n_layer))
         if self.depth_reader is not None:
@@ -226,13 +230,15 @@ class GPT(nn.Module):
         block's own attention (``last_layer``); the forward pass keeps what it asks of each depth."""
         if self.shortcut is not None:
             return self.shortcut
-        return self.blocks[-1].attn if self.config.shortcut == "last_layer" else None
+        if self.config.shortcut != "last_layer":
+            return None
+        return cast(LastLayerAttention, cast(Block, self.blocks[-1]).attn)
 
     # ----------------------------------------------------------------------------------------
     def num_params(self, exclude_embeddings: bool = False) -> int:
         n = sum(p.numel() for p in self.parameters())
         if exclude_embeddings:
-            n -= sum(e.weight.numel() for e in self.embeddings)
+            n -= sum(e.weight.numel() for e in cast("Iterable[nn.Embedding]", self.embeddings))
             if self.position_embedding is not None:
                 n -= self.position_embedding.weight.numel()
         return n

@@ -11,7 +11,8 @@ import math
 import random
 import time
 import warnings
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
+from collections.abc import Callable
 
 import lightning as L
 import numpy as np
@@ -22,6 +23,9 @@ from shortcutlm.models.config import GPTConfig
 from shortcutlm.models.gpt import GPT, flops_per_token
 from shortcutlm.models.losses import stream_means
 from shortcutlm.peak import observe_step, precision_dtype
+
+if TYPE_CHECKING:
+    from lightning.pytorch.utilities.types import OptimizerLRSchedulerConfig
 
 # Lightning's own pytree helper trips torch 2.11's LeafSpec deprecation on every fit; it says
 # nothing a user can act on, so keep it out of their terminal (pytest filters it the same way).
@@ -39,8 +43,11 @@ def warmup_cosine(step: int, warmup: int, total: int, lr: float, min_lr: float) 
 
 def rng_state() -> dict[str, Any]:
     """Every generator's state in plain types, so checkpoints load with ``weights_only=True``."""
-    name, keys, pos, has_gauss, gauss = np.random.get_state()
-    state = {"python": random.getstate(), "numpy": [name, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, gauss],
+    # numpy's stubs type the no-argument call as the dict form; it returns the legacy tuple.
+    legacy = cast("tuple[str, np.ndarray, int, int, float]", np.random.get_state())
+    name, keys, pos, has_gauss, gauss = legacy
+    state = {"python": random.getstate(),
+             "numpy": [name, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, gauss],
              "torch": torch.get_rng_state()}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
@@ -59,13 +66,15 @@ def set_rng_state(state: dict[str, Any]) -> None:
 class LitGPT(L.LightningModule):
     """Trains a GPT on packed windows ``[B, (K,) block + 1]``."""
 
+    _resume_rng: dict[str, Any] | None  # set by on_load_checkpoint, consumed by on_train_start
+
     def __init__(self, config: GPTConfig, train: dict[str, Any], ignore_ids: list[int],
                  peak_flops: float | None = None) -> None:
         super().__init__()
         self.save_hyperparameters({"model": config.to_dict(), "train": train, "ignore_ids": ignore_ids})
         self.config, self.settings, self.ignore_ids = config, train, list(ignore_ids)
         self.model = GPT(config)
-        self.forward_fn = self.model
+        self.forward_fn: Callable[..., Any] = self.model  # the compiled model once configure_model runs
         self.flops_per_token = flops_per_token(config, self.model.num_params())
         self.peak_flops = peak_flops
         self.data_batches_done = 0  # micro-batches consumed before this run (set on resume)
@@ -126,7 +135,7 @@ class LitGPT(L.LightningModule):
                 self.log(f"val/loss_stream{k}", value.float(), sync_dist=False)
         self._tick = None  # validation time is not training time
 
-    def configure_optimizers(self) -> dict[str, Any]:
+    def configure_optimizers(self) -> OptimizerLRSchedulerConfig:
         s = self.settings
         fused = self.device.type == "cuda"
         opt = torch.optim.AdamW(self.model.param_groups(s["weight_decay"]), lr=s["lr"],
@@ -151,10 +160,12 @@ class LitGPT(L.LightningModule):
         self.data_batches_done = int(checkpoint.get("data_batches", 0))
         per_rank = checkpoint.get("rng_per_rank")
         same_world = per_rank is not None and len(per_rank) == self.trainer.world_size
-        self._resume_rng = per_rank[self.trainer.global_rank] if same_world else checkpoint.get("rng")
+        self._resume_rng = per_rank[self.trainer.global_rank] if per_rank is not None and same_world \
+            else checkpoint.get("rng")
 
     def on_train_start(self) -> None:
         # Restored here, not at load time, so nothing Lightning does while setting up draws from it.
-        if getattr(self, "_resume_rng", None) is not None:
-            set_rng_state(self._resume_rng)
+        resume = getattr(self, "_resume_rng", None)
+        if resume is not None:
+            set_rng_state(resume)
             self._resume_rng = None

@@ -28,7 +28,8 @@ import inspect
 import logging
 import os
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, cast
+from collections.abc import Iterable, Sequence
 
 import numpy as np
 
@@ -135,13 +136,16 @@ class MidiTokenizer(Tokenizer):
         else:
             self._tok = cls(self._make_config(s))
         if self._tok.is_multi_voc:
-            raise ValueError(f"midi tokenizer: {name} uses several vocabularies; choose a single-vocabulary tokenization")
+            raise ValueError(f"midi tokenizer: {name} uses several vocabularies; "
+                             "choose a single-vocabulary tokenization")
         self.use_programs = bool(self._tok.config.use_programs)
         if self.use_programs and not self._tok.one_token_stream:
-            raise ValueError("midi tokenizer: use_programs needs one_token_stream_for_programs=true (one sequence per file)")
+            raise ValueError("midi tokenizer: use_programs needs one_token_stream_for_programs=true "
+                             "(one sequence per file)")
         missing = [tok for tok in SPECIALS.values() if tok not in self._tok.vocab]
         if missing:
-            raise ValueError(f"midi tokenizer: special tokens {missing} missing (keep PAD, BOS, EOS, MASK in special_tokens)")
+            raise ValueError(f"midi tokenizer: special tokens {missing} missing "
+                             "(keep PAD, BOS, EOS, MASK in special_tokens)")
         self.last_repair: dict[str, int] = {}
         self.last_merged_tracks = 0  # tracks (or drum parts) merged into one by the last load_score
         self.decode_dropped: dict[str, int] | None = None
@@ -174,13 +178,14 @@ class MidiTokenizer(Tokenizer):
         """Cache ids that decode and repair need (after construction or BPE training)."""
         vocab = self._tok.vocab
         self._special = {name: int(vocab[tok]) for name, tok in SPECIALS.items()}
-        self._special_set = np.array(sorted({int(i) for i in self._tok.special_tokens_ids} | set(self._special.values())))
+        specials = {int(i) for i in self._tok.special_tokens_ids} | set(self._special.values())
+        self._special_set = np.array(sorted(specials))
         self._base_size = len(vocab)
         self._expansions: dict[int, list[str] | None] = {}
         self._digest: str | None = None
 
     @classmethod
-    def from_settings(cls, settings: dict[str, Any]) -> "MidiTokenizer":
+    def from_settings(cls, settings: dict[str, Any]) -> MidiTokenizer:
         return cls(settings)
 
     @property
@@ -231,7 +236,8 @@ class MidiTokenizer(Tokenizer):
             self.last_merged_tracks = _note_merged_tracks(score, doc)
             score = merge_tracks(score)
             if score.note_num() == 0:
-                raise TokenizerError(f"{doc.describe()}: MIDI file has only drum notes (dropped when use_programs is false)")
+                raise TokenizerError(f"{doc.describe()}: MIDI file has only drum notes "
+                                     "(dropped when use_programs is false)")
         return score, seconds
 
     def _encode_score(self, score, encode_ids: bool = True):
@@ -244,7 +250,8 @@ class MidiTokenizer(Tokenizer):
         try:
             seq = self._encode_score(score)
         except Exception as exc:  # miditok's preprocessing can trip on odd content
-            raise TokenizerError(f"{doc.describe()}: miditok could not tokenize it ({type(exc).__name__}: {exc})") from exc
+            raise TokenizerError(f"{doc.describe()}: miditok could not tokenize it "
+                                 f"({type(exc).__name__}: {exc})") from exc
         tokens = np.asarray(seq.ids, dtype=np.int64)
         if tokens.size == 0:
             raise TokenizerError(f"{doc.describe()}: no tokens (every note fell outside the tokenizer's pitch range?)")
@@ -331,8 +338,10 @@ class MidiTokenizer(Tokenizer):
         tempos = context.get("tempos")
         if tempos:
             quarter = score.ticks_per_quarter
-            score.tempos = symusic.core.TempoTickList(
-                [symusic.Tempo(int(round(q * quarter)), qpm=float(bpm)) for q, bpm in tempos])
+            # symusic.Tempo's stub answers any of its time units; a tick time makes a TempoTick.
+            ticks = cast("list[symusic.core.TempoTick]",
+                         [symusic.Tempo(int(round(q * quarter)), qpm=float(bpm)) for q, bpm in tempos])
+            score.tempos = symusic.core.TempoTickList(ticks)
         if context.get("end_at_seconds") is not None:
             score = end_at_bar(score, float(context["end_at_seconds"]))
         return score
@@ -366,7 +375,8 @@ class MidiTokenizer(Tokenizer):
         """Seconds until the last note of a ``.mid`` ends (at its own tempo map)."""
         import symusic
 
-        return float(symusic.Score(str(path)).to("second").end())
+        score = cast("symusic.core.ScoreTick", symusic.Score(str(path)))  # a file reads in ticks
+        return float(cast("symusic.core.ScoreSecond", score.to("second")).end())  # the stub's to() says object
 
     def decode(self, tokens: np.ndarray, out_path: str | Path, context: dict[str, Any] | None = None) -> Path:
         """Write a ``.mid``; ill-formed generated ids are repaired (see :meth:`repair`); a prompt's
@@ -459,7 +469,8 @@ class MidiTokenizer(Tokenizer):
         try:
             seq = self._encode_score(score, encode_ids=False)
         except Exception as exc:  # miditok's preprocessing can trip on odd content
-            raise TokenizerError(f"{doc.describe()}: miditok could not tokenize it ({type(exc).__name__}: {exc})") from exc
+            raise TokenizerError(f"{doc.describe()}: miditok could not tokenize it "
+                                 f"({type(exc).__name__}: {exc})") from exc
         split = self._tok.config.encode_ids_split
         parts = seq.split_per_bars() if split == "bar" else seq.split_per_beats() if split == "beat" else [seq]
         return [miditok_bpe.ids_to_bytes(self._tok, part.ids) for part in parts if len(part) > 0]
@@ -490,7 +501,10 @@ class MidiTokenizer(Tokenizer):
     def model_files_digest(self) -> str:
         """Digest of the learned BPE model (empty without BPE: the config defines the mapping)."""
         if self._digest is None:
-            self._digest = hashlib.sha256(miditok_bpe.bpe_model_text(self._tok).encode()).hexdigest() if self._tok.is_trained else ""
+            if self._tok.is_trained:
+                self._digest = hashlib.sha256(miditok_bpe.bpe_model_text(self._tok).encode()).hexdigest()
+            else:
+                self._digest = ""
         return self._digest
 
     def save(self, folder: str | Path) -> Path:
@@ -502,7 +516,7 @@ class MidiTokenizer(Tokenizer):
                                            "multitrack": "program tokens" if self.use_programs else "tracks merged"})
 
     @classmethod
-    def from_saved(cls, folder: Path, body: dict[str, Any]) -> "MidiTokenizer":
+    def from_saved(cls, folder: Path, body: dict[str, Any]) -> MidiTokenizer:
         params = saved_file(folder, MIDITOK_FILE, "miditok config")
         cfg = body["config"]
         return cls({"tokenization": cfg["tokenization"], "vocab_size": cfg["vocab_size"],

@@ -20,7 +20,8 @@ import logging
 import os
 import re
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any
+from collections.abc import Iterable, Iterator, Sequence
 
 import numpy as np
 
@@ -28,6 +29,9 @@ from shortcutlm.artifacts.files import write_bytes
 from shortcutlm.documents import Document
 from shortcutlm.tokenizers.base import Encoded, Tokenizer, TokenizerError, TrainingError, saved_file, write_config
 from shortcutlm.tokenizers.settings import merge_settings
+
+if TYPE_CHECKING:
+    import sentencepiece as spm
 
 log = logging.getLogger(__name__)
 
@@ -69,8 +73,8 @@ class TextTokenizer(Tokenizer):
         if s["errors"] not in ("strict", "replace"):
             raise ValueError(f"text tokenizer: errors must be 'strict' or 'replace', not {s['errors']!r}")
         self.settings = s
-        self._sp = None
-        self._proto: bytes | None = None
+        self._sp: spm.SentencePieceProcessor | None = None
+        self._proto: bytes | None = None  # set with _sp
         if model_proto is None and s["model_file"]:
             path = Path(s["model_file"]).expanduser()
             if not path.is_file():
@@ -80,7 +84,7 @@ class TextTokenizer(Tokenizer):
             self._set_model(model_proto, source=str(s["model_file"] or "bytes"))
 
     @classmethod
-    def from_settings(cls, settings: dict[str, Any]) -> "TextTokenizer":
+    def from_settings(cls, settings: dict[str, Any]) -> TextTokenizer:
         return cls(settings)
 
     def _set_model(self, proto: bytes, source: str) -> None:
@@ -105,7 +109,7 @@ class TextTokenizer(Tokenizer):
         self._strip = np.array([ids["pad"], ids["bos"]])
 
     # ------------------------------------------------------------------ protocol: sizes and ids
-    def _need_model(self):
+    def _need_model(self) -> spm.SentencePieceProcessor:
         if self._sp is None:
             raise RuntimeError("text tokenizer: no SentencePiece model yet; call train(documents) or set model_file")
         return self._sp
@@ -146,6 +150,7 @@ class TextTokenizer(Tokenizer):
                 yield block, len(block.encode("utf-8", errors="surrogatepass"))
             return
         decoder = codecs.getincrementaldecoder("utf-8")(errors=self.settings["errors"])
+        assert doc.path is not None  # a document without text has a file (Document checks)
         try:
             with open(doc.path, "rb") as fh:
                 consumed, stop = _byte_range(fh, doc)
@@ -348,10 +353,10 @@ class TextTokenizer(Tokenizer):
         except RuntimeError as exc:
             raise TrainingError(_training_failure(str(exc), int(s["vocab_size"]), sum(sizes))) from None
         self._set_model(buf.getvalue(), source="training")
-        got = self._sp.get_piece_size()
+        got = self._need_model().get_piece_size()
         if got < int(s["vocab_size"]):
-            raise TrainingError(f"text tokenizer: the train split ({sum(sizes):,} bytes) supports at most {got} pieces, "
-                             f"asked for {s['vocab_size']}; lower vocab_size")
+            raise TrainingError(f"text tokenizer: the train split ({sum(sizes):,} bytes) supports at most "
+                                f"{got} pieces, asked for {s['vocab_size']}; lower vocab_size")
         return skipped
 
     # ------------------------------------------------------------------ persistence
@@ -368,6 +373,7 @@ class TextTokenizer(Tokenizer):
     def save(self, folder: str | Path) -> Path:
         """``tokenizer.json`` plus ``text.model`` (the SentencePiece model proto)."""
         self._need_model()
+        assert self._proto is not None  # set with the model
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
         write_bytes(folder / MODEL_FILE, self._proto)
@@ -375,7 +381,7 @@ class TextTokenizer(Tokenizer):
                                            "runtime": {k: self.settings[k] for k in ("block_bytes", "num_threads")}})
 
     @classmethod
-    def from_saved(cls, folder: Path, body: dict[str, Any]) -> "TextTokenizer":
+    def from_saved(cls, folder: Path, body: dict[str, Any]) -> TextTokenizer:
         path = saved_file(folder, MODEL_FILE, "SentencePiece model")
         return cls({**body["config"], **body.get("runtime", {})}, model_proto=path.read_bytes())
 
@@ -388,7 +394,8 @@ def _training_failure(message: str, vocab_size: int, n_bytes: int) -> str:
                 f"which needs at least {needed.group(1)} pieces (its characters, byte pieces and specials); "
                 "raise vocab_size")
     text = re.sub(r"^\w+: \S+\(\d+\) \[.*?\]\s*", "", message.strip()).splitlines()
-    return f"text tokenizer: sentencepiece could not train on the train split ({n_bytes:,} bytes): {text[0] if text else message}"
+    why = text[0] if text else message
+    return f"text tokenizer: sentencepiece could not train on the train split ({n_bytes:,} bytes): {why}"
 
 
 def _prompt_end(text: str, prompt: str) -> int:

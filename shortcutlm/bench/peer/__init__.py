@@ -35,6 +35,7 @@ The package, one job a module; this module is the command (``configure``, ``run`
 from __future__ import annotations
 
 import argparse
+import functools
 import gc
 from dataclasses import replace
 from pathlib import Path
@@ -95,7 +96,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
                              "(generate(compile=True); compiling takes tens of seconds per model)")
     timing.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32", help="bf16 = autocast")
     timing.add_argument("--device", default=default_device())
-    timing.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated subset of " + ",".join(VARIANTS))
+    timing.add_argument("--variants", default=",".join(VARIANTS),
+                        help="comma-separated subset of " + ",".join(VARIANTS))
     timing.add_argument("--skip-memory", action="store_true", help="no peak-memory subprocesses")
     loss = parser.add_argument_group("validation loss")
     loss.add_argument("--loss-steps", type=int, default=200, help="training steps per model (0 skips the loss phase)")
@@ -109,7 +111,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     loss.add_argument("--chorales", type=int, default=None, help="how many chorales to prepare (default all)")
     loss.add_argument("--midi-vocab", type=int, default=1000, help="MIDI tokenizer vocabulary when preparing")
     parser.add_argument("--resume", action="store_true",
-                        help="reuse the phases and loss seeds a stopped run with the same settings saved in FILE.partial")
+                        help="reuse the phases and loss seeds a stopped run with the same settings saved in "
+                             "FILE.partial")
     parser.add_argument("--peer-attention", choices=["flash", "einsum"], default="flash",
                         help="flash: theirs attends through scaled_dot_product_attention as ours (default); "
                              "einsum: x-transformers' default attention path (attn_flash=False)")
@@ -177,8 +180,9 @@ def loss_phase(progress: Progress, args: argparse.Namespace, base: GPTConfig, na
                          args.lr_warmup, args.weight_decay, args.peer_init, args.device, dtype, log, flash)
 
     per_seed = [progress.once(f"loss_seed_{seed}",
-                              f"loss phase seed {seed}: {args.loss_steps} steps × {2 * len(names)} models on {shard_dir}",
-                              lambda seed=seed: one_seed(seed))
+                              f"loss phase seed {seed}: {args.loss_steps} steps × {2 * len(names)} models "
+                              f"on {shard_dir}",
+                              functools.partial(one_seed, seed))
                 for seed in range(args.seeds)]
     loss = summarise_losses(shard_dir, per_seed, names)
     loss["shards"] = str(shard_dir)

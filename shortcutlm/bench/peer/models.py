@@ -4,7 +4,8 @@ the two compute the same thing (``equivalence``)."""
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, cast
+from collections.abc import Iterable
 
 import torch
 from torch import Tensor, nn
@@ -12,6 +13,7 @@ from torch import Tensor, nn
 from shortcutlm.bench.model import Trainee
 from shortcutlm.bench.peer.config import INITS, VARIANTS
 from shortcutlm.models import GPT, GPTConfig, weight_decay_groups
+from shortcutlm.models.gpt import Block
 
 
 def peer_model(config: GPTConfig, init: str = "gpt2", flash: bool = True) -> nn.Module:
@@ -42,7 +44,8 @@ def peer_model(config: GPTConfig, init: str = "gpt2", flash: bool = True) -> nn.
         norm_add_unit_offset=False,                    # LayerNorm gain stored as 1, not as an offset from 1
         attn_dropout=config.dropout, ff_dropout=config.dropout,
         add_value_residual=config.value_residual == "resformer",
-        learned_value_residual_mix=False,              # fixed 0.5/0.5 as the paper; theirs learns a per-token gate by default
+        learned_value_residual_mix=False,              # fixed 0.5/0.5 as the paper; theirs learns a per-token
+                                                       # gate by default
         verbose=False,
     )
     net = TransformerWrapper(
@@ -55,9 +58,12 @@ def peer_model(config: GPTConfig, init: str = "gpt2", flash: bool = True) -> nn.
     return net
 
 
-def _peer_blocks(net: nn.Module) -> list[tuple[str, nn.Module, nn.Module]]:
-    """(layer type, pre-branch norm, branch) for each attention / feed-forward layer, in order."""
-    layers = net.attn_layers
+def _peer_blocks(net: nn.Module) -> list[tuple[str, Any, Any]]:
+    """(layer type, pre-branch norm, branch) for each attention / feed-forward layer, in order.
+
+    The norm and branch are x-transformers modules reached by their attribute names (``gamma``,
+    ``to_out``, ``ff``), which ``nn.Module`` cannot type: they are ``Any`` to the type checker."""
+    layers: Any = net.attn_layers
     return [(kind, layer[0][0], layer[1]) for kind, layer in zip(layers.layer_types, layers.layers)]
 
 
@@ -69,13 +75,15 @@ def gpt2_init_(net: nn.Module, config: GPTConfig) -> None:
         for module in net.modules():
             if isinstance(module, (nn.Linear, nn.Embedding)):
                 nn.init.normal_(module.weight, 0.0, std)
-                if getattr(module, "bias", None) is not None:
-                    nn.init.zeros_(module.bias)
+                bias = getattr(module, "bias", None)
+                if bias is not None:
+                    nn.init.zeros_(bias)
         for kind, norm, branch in _peer_blocks(net):
             out = branch.to_out if kind == "a" else branch.ff[-1]
             nn.init.normal_(out.weight, 0.0, std / math.sqrt(2 * config.n_layer))
             norm.gamma.fill_(1.0)
-        net.attn_layers.final_norm.gamma.fill_(1.0)
+        layers: Any = net.attn_layers  # x-transformers' Decoder, untyped
+        layers.final_norm.gamma.fill_(1.0)
 
 
 def rotary_permutation(head_dim: int) -> Tensor:
@@ -94,13 +102,16 @@ def copy_weights_(ours: GPT, theirs: nn.Module) -> None:
     def qk(weight: Tensor, heads: int) -> Tensor:
         return weight.view(heads, cfg.head_dim, -1)[:, perm].reshape(weight.shape)
 
-    pairs: list[tuple[Tensor, Tensor]] = [(theirs.token_emb.emb.weight, ours.embeddings[0].weight),
-                                          (theirs.attn_layers.final_norm.gamma, ours.ln_f.weight)]
+    peer: Any = theirs  # x-transformers' TransformerWrapper, reached by its attribute names
+    pairs: list[tuple[Tensor, Tensor]] = [(peer.token_emb.emb.weight, cast(nn.Embedding, ours.embeddings[0]).weight),
+                                          (peer.attn_layers.final_norm.gamma, ours.ln_f.weight)]
     blocks = _peer_blocks(theirs)
-    for i, block in enumerate(ours.blocks):
+    for i, block in enumerate(cast("Iterable[Block]", ours.blocks)):
         (_, attn_norm, attn), (_, ff_norm, ff) = blocks[2 * i], blocks[2 * i + 1]
+        v_proj = block.attn.v_proj
+        assert v_proj is not None  # the peer's variants (none, resformer) give every layer its own values
         pairs += [(attn_norm.gamma, block.ln_1.weight), (attn.to_q.weight, qk(block.attn.q_proj.weight, cfg.n_head)),
-                  (attn.to_k.weight, qk(block.attn.k_proj.weight, cfg.kv_heads)), (attn.to_v.weight, block.attn.v_proj.weight),
+                  (attn.to_k.weight, qk(block.attn.k_proj.weight, cfg.kv_heads)), (attn.to_v.weight, v_proj.weight),
                   (attn.to_out.weight, block.attn.o_proj.weight), (ff_norm.gamma, block.ln_2.weight),
                   (ff.ff[0][0].weight, block.mlp.up.weight), (ff.ff[-1].weight, block.mlp.down.weight)]
     covered = {id(dst) for dst, _ in pairs}
@@ -123,9 +134,11 @@ class PeerTrainee(Trainee):
                  init: str = "gpt2", flash: bool = True) -> None:
         torch.manual_seed(seed)
         self.config = config
-        self.model = peer_model(config, init, flash).to(device)
+        # The peer stands where Trainee keeps our GPT; ``step`` asks of it only a forward and parameters.
+        self.model = peer_model(config, init, flash).to(device)  # type: ignore[assignment]
         self.forward = self.model
-        self.opt = torch.optim.AdamW(peer_param_groups(self.model, 0.1), lr=3e-4, betas=(0.9, 0.95), fused=device == "cuda")
+        self.opt = torch.optim.AdamW(peer_param_groups(self.model, 0.1), lr=3e-4, betas=(0.9, 0.95),
+                                     fused=device == "cuda")
         self.idx = torch.randint(0, config.vocab_size, (batch, config.block_size + 1), device=device)
         self.device, self.dtype = device, dtype
 

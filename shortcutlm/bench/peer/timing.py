@@ -2,7 +2,7 @@
 stepping) and cached generation, gathered into one row per model."""
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -11,6 +11,7 @@ from shortcutlm.bench.common import median, timed
 from shortcutlm.bench.model import Trainee, measure_generation
 from shortcutlm.bench.peer.config import PROMPT_TOKENS, TOP_K
 from shortcutlm.bench.peer.models import num_params
+from shortcutlm.models import GPT
 
 
 def measure_peer_generation(net: nn.Module, new_tokens: int, device: str) -> float:
@@ -19,7 +20,8 @@ def measure_peer_generation(net: nn.Module, new_tokens: int, device: str) -> flo
     from x_transformers import AutoregressiveWrapper
 
     wrapper = AutoregressiveWrapper(net)
-    prompt = torch.randint(0, net.num_tokens, (1, PROMPT_TOKENS), device=device)
+    vocab = cast(int, net.num_tokens)  # x-transformers' attribute, untyped
+    prompt = torch.randint(0, vocab, (1, PROMPT_TOKENS), device=device)
     seconds = timed(lambda: wrapper.generate(prompt, new_tokens, temperature=1.0, filter_logits_fn="top_k",
                                              filter_kwargs={"k": TOP_K}, cache_kv=True), device)
     return new_tokens / seconds
@@ -27,7 +29,7 @@ def measure_peer_generation(net: nn.Module, new_tokens: int, device: str) -> flo
 
 def generation_rate(impl: str, model: nn.Module, new_tokens: int, device: str, compile: bool = False) -> float:
     if impl == "ours":
-        return measure_generation(model, new_tokens, True, device, compile)
+        return measure_generation(cast(GPT, model), new_tokens, True, device, compile)
     return measure_peer_generation(model, new_tokens, device)
 
 
