@@ -101,3 +101,51 @@ def residual_kmeans(samples: Sequence[np.ndarray], books: int, size: int, iters:
         residual = residual - book[nearest(residual, book)]
         out.append(book)
     return torch.stack(out), int(points.shape[0])
+
+
+class FrameReservoir:
+    """At most ``size`` rows of a stream of ``[n, D]`` blocks: all of them while they fit, then a
+    seeded uniform sample (reservoir sampling, Vitter's algorithm R), returned in stream order.
+
+    What the fit of one long file needs: :func:`residual_kmeans` never uses more than ``size``
+    rows, and the reservoir holds ``size`` rows whatever the file's length.
+    """
+
+    def __init__(self, size: int, seed: int) -> None:
+        self.size = max(1, int(size))
+        self.rng = np.random.default_rng(seed)
+        self.blocks: list[np.ndarray] = []  # while everything seen still fits
+        self.rows: np.ndarray | None = None  # the reservoir, once it does not
+        self.index: np.ndarray | None = None  # stream position of each reservoir row
+        self.seen = 0
+
+    def add(self, block: np.ndarray) -> None:
+        block = np.asarray(block, dtype=np.float32)
+        if self.rows is None:
+            if self.seen + block.shape[0] <= self.size:
+                self.blocks.append(block)
+                self.seen += block.shape[0]
+                return
+            first = self.size - self.seen  # rows of this block that still fill the reservoir
+            self.rows = np.concatenate(self.blocks + [block[:first]])
+            self.index = np.arange(self.size)
+            self.blocks = []
+            self.seen = self.size
+            block = block[first:]
+        assert self.index is not None
+        positions = self.seen + np.arange(block.shape[0])
+        slots = self.rng.integers(0, positions + 1)  # row i takes slot j < size with probability size / (i + 1)
+        taken = np.nonzero(slots < self.size)[0]
+        # a slot drawn twice within this block ends with the later row, as one row at a time would
+        reverse_slots, first_from_end = np.unique(slots[taken][::-1], return_index=True)
+        rows = taken[len(taken) - 1 - first_from_end]
+        self.rows[reverse_slots] = block[rows]
+        self.index[reverse_slots] = positions[rows]
+        self.seen += block.shape[0]
+
+    def frames(self) -> np.ndarray:
+        """The rows kept, ``[min(seen, size), D]`` float32, in the order they came."""
+        if self.rows is None:
+            return np.concatenate(self.blocks) if self.blocks else np.zeros((0, 0), np.float32)
+        assert self.index is not None
+        return self.rows[np.argsort(self.index, kind="stable")]
