@@ -364,13 +364,23 @@ class AcousticTokenizer(Tokenizer):
 
     # ------------------------------------------------------------------ protocol: encode / decode
     def encode_document(self, doc: Document) -> Encoded:
-        """Read, resample and encode a block at a time: only the codes grow with the file's length
-        (as int16 until the layout is built), and they equal the whole-file encoding's."""
+        """Read, resample and encode a block at a time: only the ids grow with the file's length, and
+        they equal the whole-file encoding's. ``flatten`` ids are frame-major, so each block's are
+        built as it comes; ``delay`` shifts streams across blocks, so its codes wait (as int16)."""
         audio = self.audio(doc)
+        frames = 0
+        parts = []
         with self._codec_threads():
-            parts = [codes.astype(np.int16) for codes in self._codec.encode_blocks(self._normalised(audio))]
-        codes = np.concatenate(parts, axis=1) if parts else np.zeros((self.n_q, 0), np.int16)
-        return Encoded(self.codes_to_tokens(codes), {"seconds": audio.seconds, "frames": int(codes.shape[1])})
+            for codes in self._codec.encode_blocks(self._normalised(audio)):
+                frames += codes.shape[1]
+                parts.append(self.codes_to_tokens(codes) if self.layout == "flatten" else codes.astype(np.int16))
+        if self.layout == "flatten":
+            tokens = np.concatenate(parts) if parts else np.zeros(0, np.int64)
+        else:
+            codes = np.concatenate(parts, axis=1) if parts else np.zeros((self.n_q, 0), np.int16)
+            del parts
+            tokens = self.codes_to_tokens(codes)
+        return Encoded(tokens, {"seconds": audio.seconds, "frames": frames})
 
     def _strip_specials(self, tokens: np.ndarray) -> np.ndarray:
         """Cut at the first EOS and drop PAD/BOS positions (whole steps for ``delay``)."""

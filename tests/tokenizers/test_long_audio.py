@@ -167,6 +167,9 @@ def test_mel_codes_read_in_blocks_equal_the_whole_file_codes(small_mel, long_fil
         assert enc.meta["frames"] == frames and enc.tokens.shape == (2 * frames,)  # 150 tokens per second exactly
         assert np.array_equal(enc.tokens, small_mel.codes_to_tokens(reference)), read_seconds
         assert enc.meta["seconds"] == info.frames / info.samplerate
+    delay = with_settings(small_mel, read_seconds=SMALL_READ, layout="delay").encode_document(doc(path))
+    assert delay.meta["frames"] == frames and delay.tokens.shape == (2, frames + 1)  # 75 steps per second
+    assert np.array_equal(delay.tokens, with_settings(small_mel, layout="delay").codes_to_tokens(reference))
 
 
 def test_encodec_codes_read_in_blocks_equal_the_whole_file_codes(codec_folder, audio_files):
