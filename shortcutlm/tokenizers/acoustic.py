@@ -485,7 +485,8 @@ class AcousticTokenizer(Tokenizer):
         extra = {"weights_source": self.weights_source, "random_init": self.weights_kind == "random_kmeans",
                  "codec": self.codec_name, "published_codec": self.weights_kind not in FITTED_KINDS,
                  "n_codebooks": self.n_q,
-                 "frames_per_second": self.frames_per_second, "tokens_per_second": self.tokens_per_second}
+                 "frames_per_second": self.frames_per_second, "tokens_per_second": self.tokens_per_second,
+                 "read_seconds": self.read_seconds}  # kept for prepare's workers; not the mapping's
         if self.weights_kind != "pretrained":
             state = self._inference_state()
             write_with(folder / CODEC_FILE, lambda fh: torch.save(state, fh))
@@ -494,7 +495,7 @@ class AcousticTokenizer(Tokenizer):
 
     @classmethod
     def from_saved(cls, folder: Path, body: dict[str, Any]) -> "AcousticTokenizer":
-        settings = dict(body["config"])
+        settings = {**body["config"], "read_seconds": float(body.get("read_seconds", DEFAULTS["read_seconds"]))}
         state_dict = None
         if settings["weights"] != "pretrained":
             path = saved_file(folder, CODEC_FILE, "codec weights")

@@ -189,6 +189,15 @@ def test_encodec_codes_read_in_blocks_equal_the_whole_file_codes(codec_folder, a
     assert small.fingerprint() == base.fingerprint()  # how a file is read is not part of the mapping
 
 
+def test_a_saved_tokenizer_keeps_its_read_size_outside_the_fingerprint(small_mel, tmp_path):
+    """prepare's workers load the saved tokenizer: they read as the settings said."""
+    from shortcutlm.tokenizers import load_tokenizer
+
+    small = with_settings(small_mel, read_seconds=SMALL_READ)
+    loaded = load_tokenizer(small.save(tmp_path / "tok").parent)
+    assert loaded.read_seconds == SMALL_READ and loaded.fingerprint() == small_mel.fingerprint()
+
+
 def test_a_part_of_a_file_reads_in_blocks_as_whole(small_mel, long_files):
     path, span = long_files["stereo_44k"], (0.31, 0.77)
     part = Document("part", "train", "t", path=path, span=span)
