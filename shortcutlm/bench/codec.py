@@ -1,6 +1,6 @@
 """``shortcutlm bench codec``: does the offline codec carry the audio, and how fast is the audio path?
 
-Four parts, all on the embedded chorales (rendered at 24 kHz with pretty_midi's soundfont):
+Five parts, the first four on the embedded chorales (rendered at 24 kHz with pretty_midi's soundfont):
 
 * **identity**: both offline codecs (``mel_kmeans``, and the random-init EnCodec with k-means
   codebooks it replaced) are fitted on the same train audio; the ``valid`` split is cut into
@@ -284,12 +284,28 @@ def command_line(args: argparse.Namespace) -> str:
     return shlex.join(["shortcutlm", "bench", "codec", *options])
 
 
+def memory_choices(args: argparse.Namespace) -> tuple[list[float], list[str]]:
+    """The memory part's file lengths and codecs, checked before anything is written."""
+    try:
+        minutes = [float(m) for m in args.memory_minutes.split(",") if m.strip()]
+    except ValueError:
+        minutes = []
+    if not minutes or min(minutes) <= 0:
+        raise SystemExit(f"bench codec: --memory-minutes must be positive numbers, e.g. 10,60 (got {args.memory_minutes!r})")
+    weights = [w.strip() for w in args.memory_weights.split(",") if w.strip()]
+    if not weights or set(weights) - {"mel_kmeans", "random_kmeans"}:
+        raise SystemExit(f"bench codec: --memory-weights takes mel_kmeans and/or random_kmeans, the codecs fitted "
+                         f"offline (got {args.memory_weights!r})")
+    return minutes, weights
+
+
 def run(args: argparse.Namespace) -> int:
     logging.getLogger("shortcutlm.tokenizers.acoustic").setLevel(logging.ERROR)  # the codec warnings, once per fit
     parts = {p.strip() for p in args.parts.split(",") if p.strip()}
     unknown = parts - set(PARTS)
     if unknown:
         raise SystemExit(f"bench codec: unknown part(s) {', '.join(sorted(unknown))}")
+    memory = memory_choices(args) if "memory" in parts else None
     docs = chorale_documents(args.limit, args.cache) if parts & {"identity", "prepare", "codec"} else []
     result: dict[str, Any] = {"benchmark": "codec", "command": command_line(args), "machine": machine(),
                               "load_average": os.getloadavg()[0], "targets": {}}
@@ -306,9 +322,8 @@ def run(args: argparse.Namespace) -> int:
         result["codec"] = bench_codec_speed(docs, args.bandwidth)
     if "generation" in parts:
         result["generation"] = bench_generation(args.generate_seconds)
-    if "memory" in parts:
-        minutes = [float(m) for m in args.memory_minutes.split(",") if m.strip()]
-        weights = [w.strip() for w in args.memory_weights.split(",") if w.strip()]
+    if memory is not None:
+        minutes, weights = memory
         result["memory"] = long_audio.bench_long_audio(minutes, weights, args.memory_bandwidth, work=args.work)
         result["targets"].update(long_audio.ratios(result["memory"]))
     write_json(result, args.json, summary(result))

@@ -44,3 +44,15 @@ def test_memory_part_measures_each_length_in_a_fresh_process(tmp_path, capsys):
         if r["phase"] == "encode":  # 1.5 kbps flatten: 150 ids a second, exactly
             assert r["audio_seconds"] == pytest.approx(60 * r["minutes"]) and r["tokens"] == 150 * 60 * r["minutes"]
     assert list(tmp_path.iterdir()) == [out]  # the WAVs and tokenizers were temporary
+
+
+@pytest.mark.parametrize("option,value,message", [("--memory-minutes", "10,x", "must be positive numbers"),
+                                                  ("--memory-minutes", "0", "must be positive numbers"),
+                                                  ("--memory-weights", "pretrained", "mel_kmeans and/or random_kmeans")])
+def test_bad_memory_choices_are_one_line_before_any_work(option, value, message, tmp_path):
+    parser = argparse.ArgumentParser()
+    codec.configure(parser)
+    args = parser.parse_args(["--parts", "identity,memory", option, value, "--work", str(tmp_path)])
+    with pytest.raises(SystemExit, match=message):
+        codec.run(args)
+    assert list(tmp_path.iterdir()) == []
