@@ -84,7 +84,8 @@ def probe(folder: str, wav: str, phase: str) -> dict[str, Any]:
                "audio_seconds": encoded.meta["seconds"]}
     else:
         sample = tok.training_sample(doc)
-        out = {"sample_rows": int(sample.shape[0]), "sample_mb": sample.nbytes / 2**20}
+        out = {"sample_rows": int(sample.rows.shape[0]), "sample_of_frames": sample.total,
+               "sample_mb": sample.rows.nbytes / 2**20}
     peak = _status_kib("VmHWM")
     out.update(wall_s=time.perf_counter() - started, loaded_rss_mb=loaded / 1024, phase_peak_rss_mb=peak / 1024,
                phase_peak_growth_mb=(peak - loaded) / 1024)

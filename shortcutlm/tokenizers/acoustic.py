@@ -55,7 +55,7 @@ from shortcutlm.tokenizers.audio_blocks import CodecAudio, unit_rms_scale
 from shortcutlm.tokenizers.base import (Encoded, LossGroups, Tokenizer, TokenizerError, TrainingError, TrainRate,
                                         saved_file, write_config)
 from shortcutlm.tokenizers.encodec_codec import BANDWIDTHS, PRETRAINED_NAMES, EncodecCodec, read_state_dict
-from shortcutlm.tokenizers.kmeans import FrameReservoir
+from shortcutlm.tokenizers.kmeans import FrameReservoir, FrameSample
 from shortcutlm.tokenizers.mel_codec import MelCodec
 from shortcutlm.tokenizers.settings import merge_settings
 
@@ -424,19 +424,20 @@ class AcousticTokenizer(Tokenizer):
             return {}
         return super().train(documents)
 
-    def training_sample(self, doc: Document) -> np.ndarray:
-        """What the codebooks are fitted on for one file, ``[frames, D]`` float32: its log-mel frames
-        (``mel_kmeans``) or the encoder's latents (``random_kmeans``), in time order. A file of more
-        than ``kmeans_max_frames`` frames gives a seeded uniform subset of that many (the fit never
-        uses more), chosen as the file streams through, so a sample's size is bounded too."""
+    def training_sample(self, doc: Document) -> FrameSample:
+        """What the codebooks are fitted on for one file: its log-mel frames (``mel_kmeans``) or the
+        encoder's latents (``random_kmeans``), ``[frames, D]`` float32 in time order, with their
+        count. A file of more than ``kmeans_max_frames`` frames keeps a seeded uniform subset of
+        that many (the fit never uses more), chosen as the file streams through, so a sample's
+        size is bounded too; the fit still draws from each file by its whole length."""
         audio = self.audio(doc)
         keep = FrameReservoir(self.kmeans_max_frames, self.seed)
         with self._codec_threads():
             for frames in self._codec.feature_blocks(self._normalised(audio)):
                 keep.add(frames)
-        return keep.frames()
+        return keep.sample()
 
-    def fit(self, samples: Sequence[np.ndarray]) -> None:
+    def fit(self, samples: Sequence[np.ndarray | FrameSample]) -> None:
         """k-means per residual codebook on the train files' frames, residual by residual."""
         if self.weights_kind not in FITTED_KINDS:
             return

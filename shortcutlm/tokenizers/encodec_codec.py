@@ -31,7 +31,7 @@ import torch
 
 from shortcutlm.tokenizers.audio_blocks import rechunk
 from shortcutlm.tokenizers.encodec_fast import FastELU, one_thread_enter, one_thread_exit, sconv1d_forward
-from shortcutlm.tokenizers.kmeans import residual_kmeans
+from shortcutlm.tokenizers.kmeans import FrameSample, residual_kmeans
 
 CARD = 1024
 BANDWIDTHS = {24000: (1.5, 3.0, 6.0, 12.0, 24.0), 48000: (3.0, 6.0, 12.0, 24.0)}
@@ -135,7 +135,7 @@ class EncodecCodec:
     def training_sample(self, wave: np.ndarray) -> np.ndarray:
         return self.latents(wave)
 
-    def fit(self, samples: Sequence[np.ndarray], seed: int, iters: int, max_frames: int) -> int:
+    def fit(self, samples: Sequence[np.ndarray | FrameSample], seed: int, iters: int, max_frames: int) -> int:
         """Each residual-VQ codebook by k-means on the train files' latents, residual by residual."""
         books, used = residual_kmeans(samples, self.n_q, CARD, iters, seed, max_frames)
         with torch.no_grad():

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from shortcutlm.tokenizers.audio_blocks import rechunk
-from shortcutlm.tokenizers.kmeans import ROWS_PER_BLOCK, nearest, residual_kmeans
+from shortcutlm.tokenizers.kmeans import ROWS_PER_BLOCK, FrameSample, nearest, residual_kmeans
 
 CARD = 1024            # entries per codebook, as EnCodec's
 SAMPLE_RATE = 24000
@@ -206,7 +206,7 @@ class MelCodec:
         for block in self.log_mel_blocks(pieces):
             yield block.numpy()
 
-    def fit(self, samples: Sequence[np.ndarray], seed: int, iters: int, max_frames: int) -> int:
+    def fit(self, samples: Sequence[np.ndarray | FrameSample], seed: int, iters: int, max_frames: int) -> int:
         """Fit the codebooks on log-mel frames (:meth:`log_mel` of the train files); returns frames used."""
         books, used = residual_kmeans(samples, self.n_q, CARD, iters, seed, max_frames)
         self.codebooks = books.to(self.device)

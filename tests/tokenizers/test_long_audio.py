@@ -18,7 +18,7 @@ from shortcutlm.documents import Document
 from shortcutlm.tokenizers import kmeans, mel_codec
 from shortcutlm.tokenizers.acoustic import AcousticTokenizer
 from shortcutlm.tokenizers.audio_blocks import BlockResampler, CodecAudio, rechunk, resampled_length
-from shortcutlm.tokenizers.kmeans import FrameReservoir
+from shortcutlm.tokenizers.kmeans import FrameReservoir, FrameSample, fitting_points
 
 from .conftest import doc, tones
 
@@ -213,11 +213,26 @@ def test_training_sample_is_bounded_and_does_not_depend_on_the_read(small_mel, l
     path = long_files["stereo_44k"]  # 548 frames
     capped = [with_settings(small_mel, kmeans_max_frames=200, read_seconds=r).training_sample(doc(path))
               for r in (SMALL_READ, 600.0)]
-    assert capped[0].shape == (200, 80) and np.array_equal(capped[0], capped[1])
+    assert capped[0].rows.shape == (200, 80) and capped[0].total == 548
+    assert np.array_equal(capped[0].rows, capped[1].rows)
     everything = small_mel._codec.log_mel(whole_file_wave(path, 24000, 1)).numpy()
-    assert np.array_equal(with_settings(small_mel, read_seconds=SMALL_READ).training_sample(doc(path)), everything)
+    whole = with_settings(small_mel, read_seconds=SMALL_READ).training_sample(doc(path))
+    assert whole.total == 548 and np.array_equal(whole.rows, everything)
     rows = {row.tobytes(): i for i, row in enumerate(everything)}
-    assert sorted(rows[r.tobytes()] for r in capped[0]) == [rows[r.tobytes()] for r in capped[0]]  # time order
+    assert sorted(rows[r.tobytes()] for r in capped[0].rows) == [rows[r.tobytes()] for r in capped[0].rows]
+
+
+def test_the_fit_draws_from_each_file_by_its_length_not_by_the_rows_it_kept():
+    """A long file capped to 1,000 rows of its 90,000 still gives ~90% of a 1,000-point draw beside
+    a whole 10,000-frame file; with every file whole the draw is the old one, row for row."""
+    long = FrameSample(np.full((1000, 2), 1.0, np.float32), 90_000)
+    short = np.zeros((10_000, 2), np.float32)
+    points = fitting_points([long, short], 1000, seed=0)
+    assert points.shape == (1000, 2) and 860 < (points[:, 0] == 1.0).sum() < 940
+    whole = [np.arange(40, dtype=np.float32).reshape(20, 2), np.arange(40, 80, dtype=np.float32).reshape(20, 2)]
+    old = np.concatenate(whole)[np.sort(np.random.default_rng(3).choice(40, 25, replace=False))]
+    assert np.array_equal(fitting_points([FrameSample(whole[0], 20), whole[1]], 25, seed=3), old)
+    assert np.array_equal(fitting_points(whole, 100, seed=3), np.concatenate(whole))
 
 
 def test_48khz_normalisation_reads_the_file_twice_and_gives_the_same_codes(audio_files):
