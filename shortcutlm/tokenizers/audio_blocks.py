@@ -11,12 +11,15 @@ Resampling is ``torchaudio.functional.resample`` with its defaults (windowed sin
 filters (``o / n`` the rates over their gcd), so output block ``j`` (``n`` samples) depends on
 input samples ``[j·o − w, j·o + o + w)`` only. Blocks are computed once their input has
 arrived, with the same kernel and arithmetic, so the samples equal the whole-file call's bit
-for bit. A single row (mono) is convolved as two equal rows: torch (2.11, CPU) computes a
-one-row conv1d by kernels whose rounding depends on the call's length (a one-block call, or
-every call of a 48 or 96 kHz to 24 kHz filter, whose n is 1), and two rows take the same
-path at any length. For those two rates a mono file's samples differ from torchaudio's own
-one-row call in the last bit, and from nothing else. One deliberate difference: the length is ``ceil(n·N / o)`` in integers, where torchaudio
-computes it through a float32 tensor, which can be a few samples off for files of hours.
+for bit, whatever the block sizes.
+
+Two deliberate differences from ``resample`` itself. A single row (mono) is convolved as two
+equal rows: torch (2.11, CPU) computes a one-row conv1d by kernels whose rounding depends on
+the call's length (a one-block call, and any call of the 48 or 96 kHz to 24 kHz filters,
+whose n is 1), while two rows take one path at any length; so for those two rates a mono
+file's samples differ from torchaudio's one-row call in the last bit. And the length is
+``ceil(n·N / o)`` in integers, where torchaudio computes it through a float32 tensor, which
+can be a few samples off for files of hours.
 """
 from __future__ import annotations
 
