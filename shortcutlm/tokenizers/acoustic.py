@@ -364,22 +364,27 @@ class AcousticTokenizer(Tokenizer):
 
     # ------------------------------------------------------------------ protocol: encode / decode
     def encode_document(self, doc: Document) -> Encoded:
-        """Read, resample and encode a block at a time: only the ids grow with the file's length, and
-        they equal the whole-file encoding's. ``flatten`` ids are frame-major, so each block's are
-        built as it comes; ``delay`` shifts streams across blocks, so its codes wait (as int16)."""
+        """Read, resample and encode a block at a time, each block's codes written into one array
+        sized from the header: only that array grows with the file's length, and the ids equal
+        the whole-file encoding's. ``flatten`` ids are frame-major, so they are built block by
+        block; ``delay`` shifts streams across blocks, so its codes wait whole (as int16)."""
         audio = self.audio(doc)
+        k, capacity = self.n_q, -(-audio.samples // self.hop_length)
+        flat = self.layout == "flatten"
+        out = np.empty(capacity * k, np.int64) if flat else np.empty((k, capacity), np.int16)
         frames = 0
-        parts = []
         with self._codec_threads():
             for codes in self._codec.encode_blocks(self._normalised(audio)):
-                frames += codes.shape[1]
-                parts.append(self.codes_to_tokens(codes) if self.layout == "flatten" else codes.astype(np.int16))
-        if self.layout == "flatten":
-            tokens = np.concatenate(parts) if parts else np.zeros(0, np.int64)
-        else:
-            codes = np.concatenate(parts, axis=1) if parts else np.zeros((self.n_q, 0), np.int16)
-            del parts
-            tokens = self.codes_to_tokens(codes)
+                n = codes.shape[1]
+                if frames + n > capacity:  # a read never gives more samples than the header: a bug if so
+                    raise TokenizerError(f"{doc.describe()}: the codec gave more than the {capacity} frames "
+                                         "the file's header implies")
+                if flat:
+                    out[frames * k:(frames + n) * k] = self.codes_to_tokens(codes)
+                else:
+                    out[:, frames:frames + n] = codes
+                frames += n
+        tokens = out[: frames * k] if flat else self.codes_to_tokens(out[:, :frames])
         return Encoded(tokens, {"seconds": audio.seconds, "frames": frames})
 
     def _strip_specials(self, tokens: np.ndarray) -> np.ndarray:

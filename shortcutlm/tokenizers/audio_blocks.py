@@ -203,6 +203,12 @@ class CodecAudio:
         self.frames_read = 0  # input frames the last full pass read (the header may promise more)
 
     @property
+    def samples(self) -> int:
+        """Samples at the codec's rate a full read gives, by the header (a short file gives fewer)."""
+        span = self.span
+        return span.frames if span.rate == self.codec_rate else resampled_length(span.frames, span.rate, self.codec_rate)
+
+    @property
     def seconds(self) -> float:
         """Length of what was read, in seconds (after a full pass)."""
         return self.frames_read / self.span.rate
