@@ -133,6 +133,20 @@ def test_frame_reservoir_keeps_short_streams_and_samples_long_ones_uniformly():
     assert np.array_equal(again.frames(), kept[1])  # seeded: the same subset again
 
 
+
+def test_frame_reservoir_keeps_each_row_with_equal_chance_within_one_block():
+    """Reservoir of one row, ten rows in one block: each row survives 1 time in 10 (a slot drawn
+    twice in a block must end with the later row, or the second row would survive half the time)."""
+    rows = np.arange(10, dtype=np.float32)[:, None]
+    kept = []
+    for seed in range(4000):
+        reservoir = FrameReservoir(1, seed)
+        reservoir.add(rows)
+        kept.append(int(reservoir.frames()[0, 0]))
+    counts = np.bincount(kept, minlength=10)
+    assert counts.min() > 320 and counts.max() < 480, counts
+
+
 # ------------------------------------------------------------------------------------ audio
 
 def test_blocks_are_bounded_and_add_up_to_the_whole_file(small_mel, long_files):
