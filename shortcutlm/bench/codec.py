@@ -1,6 +1,6 @@
 """``shortcutlm bench codec``: does the offline codec carry the audio, and how fast is the audio path?
 
-Four parts, all on the embedded chorales (rendered at 24 kHz with pretty_midi's soundfont):
+Five parts, the first four on the embedded chorales (rendered at 24 kHz with pretty_midi's soundfont):
 
 * **identity**: both offline codecs (``mel_kmeans``, and the random-init EnCodec with k-means
   codebooks it replaced) are fitted on the same train audio; the ``valid`` split is cut into
@@ -13,7 +13,12 @@ Four parts, all on the embedded chorales (rendered at 24 kHz with pretty_midi's 
 * **encode / decode** of one file, and encoding on a GPU when one is present;
 * **generation**: seconds of audio per wall second, batch 1 with the KV cache, delay layout with
   4 codebooks, at the audio recipe's tiny and default model sizes (weights untrained: the
-  speed does not depend on them), codec decoding timed apart.
+  speed does not depend on them), codec decoding timed apart;
+* **memory**: peak RSS of encoding one long file (``--memory-minutes``, 10 and 60 by default,
+  synthesized 44.1 kHz stereo WAVs) side by side, each in a fresh process, for encoding and
+  for the codebook-fitting sample (:mod:`shortcutlm.bench.long_audio`); the target is that
+  the longest file's peak while encoding, less its larger token array, stays within 1.05
+  times the shortest's.
 
 The log-mel measure is the codec's own analysis (80 Slaney bands, hop 320, magnitude floor
 1e-3), the same for both codecs.
@@ -23,6 +28,8 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import shlex
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -31,9 +38,11 @@ from typing import Any
 import numpy as np
 import torch
 
+from shortcutlm.bench import long_audio
 from shortcutlm.bench.common import machine, target, timed, write_json
 
 TARGETS = {"identity": 0.95, "prepare_real_time_factor": 20.0}
+PARTS = ("identity", "prepare", "codec", "generation", "memory")
 CLIP_SECONDS = 2.0
 RATE = 24000
 GENERATION_SIZES = {"tiny": {"n_layer": 4, "n_head": 4, "n_embd": 128, "block_size": 256},
@@ -50,8 +59,15 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--prepare-bandwidths", default="1.5,6.0", help="kbps values the prepare timing runs at")
     parser.add_argument("--workers", type=int, default=2, help="prepare's worker processes")
     parser.add_argument("--generate-seconds", type=float, default=2.0, help="seconds of audio generated per timing")
-    parser.add_argument("--parts", default="identity,prepare,codec,generation",
-                        help="comma-separated subset of identity,prepare,codec,generation")
+    parser.add_argument("--parts", default=",".join(PARTS), help="comma-separated subset of " + ",".join(PARTS))
+    parser.add_argument("--memory-minutes", default="10,60", help="lengths of the long files the memory part encodes")
+    parser.add_argument("--memory-weights", default="mel_kmeans",
+                        help="codecs the memory part measures: mel_kmeans and/or random_kmeans (EnCodec's "
+                             "encoder, about 8x real time on one thread: an hour takes minutes)")
+    parser.add_argument("--memory-bandwidth", type=float, default=6.0,
+                        help="kbps for the memory part (6: 8 codebooks, the largest token array of the usual settings)")
+    parser.add_argument("--work", default=None, help="folder for the memory part's temporary WAVs (default: the "
+                                                     "system's temporary folder; an hour is 600 MB)")
     parser.add_argument("--cache", default=None, help="cache folder (default: $SHORTCUTLM_CACHE or ~/.cache/shortcutlm)")
 
 
@@ -249,6 +265,8 @@ def summary(result: dict[str, Any]) -> list[str]:
     if codec:
         lines.append(f"mel codec, one thread: encode {codec['encode_real_time_factor']:.0f}x, "
                      f"decode {codec['decode_real_time_factor']:.1f}x real time; GPU: {codec['gpu']}")
+    if result.get("memory"):
+        lines += long_audio.summary(result["memory"])
     gen = result.get("generation")
     if gen:
         for name in GENERATION_SIZES:
@@ -258,15 +276,40 @@ def summary(result: dict[str, Any]) -> list[str]:
     return lines
 
 
+def command_line(args: argparse.Namespace) -> str:
+    """The command that gave these figures: the CLI's own words, else every setting spelt out."""
+    if sys.argv[1:3] == ["bench", "codec"]:
+        return shlex.join(["shortcutlm", *sys.argv[1:]])
+    options = [f"--{k.replace('_', '-')}={v}" for k, v in sorted(vars(args).items())
+               if isinstance(v, (str, int, float)) and k not in ("command", "benchmark")]
+    return shlex.join(["shortcutlm", "bench", "codec", *options])
+
+
+def memory_choices(args: argparse.Namespace) -> tuple[list[float], list[str]]:
+    """The memory part's file lengths and codecs, checked before anything is written."""
+    try:
+        minutes = [float(m) for m in args.memory_minutes.split(",") if m.strip()]
+    except ValueError:
+        minutes = []
+    if not minutes or min(minutes) <= 0:
+        raise SystemExit(f"bench codec: --memory-minutes must be positive numbers, e.g. 10,60 (got {args.memory_minutes!r})")
+    weights = [w.strip() for w in args.memory_weights.split(",") if w.strip()]
+    if not weights or set(weights) - {"mel_kmeans", "random_kmeans"}:
+        raise SystemExit(f"bench codec: --memory-weights takes mel_kmeans and/or random_kmeans, the codecs fitted "
+                         f"offline (got {args.memory_weights!r})")
+    return minutes, weights
+
+
 def run(args: argparse.Namespace) -> int:
     logging.getLogger("shortcutlm.tokenizers.acoustic").setLevel(logging.ERROR)  # the codec warnings, once per fit
     parts = {p.strip() for p in args.parts.split(",") if p.strip()}
-    unknown = parts - {"identity", "prepare", "codec", "generation"}
+    unknown = parts - set(PARTS)
     if unknown:
         raise SystemExit(f"bench codec: unknown part(s) {', '.join(sorted(unknown))}")
-    docs = chorale_documents(args.limit, args.cache) if parts - {"generation"} else []
-    result: dict[str, Any] = {"benchmark": "codec", "machine": machine(), "load_average": os.getloadavg()[0],
-                              "targets": {}}
+    memory = memory_choices(args) if "memory" in parts else None
+    docs = chorale_documents(args.limit, args.cache) if parts & {"identity", "prepare", "codec"} else []
+    result: dict[str, Any] = {"benchmark": "codec", "command": command_line(args), "machine": machine(),
+                              "load_average": os.getloadavg()[0], "targets": {}}
     if "identity" in parts:
         result["identity"] = bench_identity(docs, args.bandwidth, args.fit_seconds)
         result["targets"]["identity"] = target(result["identity"]["mel_kmeans"]["identity"], TARGETS["identity"], ">=")
@@ -280,5 +323,9 @@ def run(args: argparse.Namespace) -> int:
         result["codec"] = bench_codec_speed(docs, args.bandwidth)
     if "generation" in parts:
         result["generation"] = bench_generation(args.generate_seconds)
+    if memory is not None:
+        minutes, weights = memory
+        result["memory"] = long_audio.bench_long_audio(minutes, weights, args.memory_bandwidth, work=args.work)
+        result["targets"].update(long_audio.ratios(result["memory"]))
     write_json(result, args.json, summary(result))
     return 0

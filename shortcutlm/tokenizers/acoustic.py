@@ -1,9 +1,12 @@
 """Acoustic tokens: codec codes laid out as token ids (``flatten`` or ``delay``, see codebooks.py).
 
 Audio of any sample rate / channel count is read with ``soundfile`` (torchaudio's loaders need
-torchcodec, which is absent), downmixed, resampled with ``torchaudio.functional.resample`` and
-encoded by a codec at a chosen bandwidth (K codebooks of 1024 entries, 75 frames per second at
-24 kHz). Setting ``weights`` picks the codec:
+torchcodec, which is absent), downmixed, resampled with ``torchaudio.functional.resample``'s
+filter and encoded by a codec at a chosen bandwidth (K codebooks of 1024 entries, 75 frames per
+second at 24 kHz). All of it runs ``read_seconds`` (30 s) at a time (:mod:`.audio_blocks`), so a
+prepare's memory does not grow with a file's length (a 60-minute WAV read whole took 3.3 GB);
+only the codes do, and they equal the whole-file encoding's (``shortcutlm bench codec --parts
+memory`` measures the peak for 10- and 60-minute files). Setting ``weights`` picks the codec:
 
 * ``pretrained`` (default): the published EnCodec, through encodec's own download (needs a
   network once; then torch.hub's cache);
@@ -36,7 +39,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import logging
-import math
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
@@ -49,9 +51,11 @@ from shortcutlm.documents import Document
 from shortcutlm.environment import check_torch_pair
 from shortcutlm.tokenizers.codebooks import (CARD, LAYOUTS, build_delay, build_flatten, delay_valid_mask,
                                              revert_delay, revert_flatten)
-from shortcutlm.tokenizers.base import (Encoded, LossGroups, Waveform, Tokenizer, TokenizerError, TrainingError, TrainRate,
+from shortcutlm.tokenizers.audio_blocks import CodecAudio, unit_rms_scale
+from shortcutlm.tokenizers.base import (Encoded, LossGroups, Tokenizer, TokenizerError, TrainingError, TrainRate, Waveform,
                                         saved_file, write_config)
 from shortcutlm.tokenizers.encodec_codec import BANDWIDTHS, PRETRAINED_NAMES, EncodecCodec, read_state_dict
+from shortcutlm.tokenizers.kmeans import FrameReservoir, FrameSample
 from shortcutlm.tokenizers.mel_codec import MelCodec
 from shortcutlm.tokenizers.settings import merge_settings
 
@@ -60,8 +64,6 @@ _WARNED_OFFLINE: set[tuple[str, int, bool]] = set()
 
 CODEC_FILE = "codec.pt"
 FITTED_KINDS = ("mel_kmeans", "random_kmeans")  # offline codecs whose codebooks are fitted on the train audio
-MIN_SAMPLE_RATE = 1000  # a header claiming 1 Hz turns 0.3 s of samples into hours at the codec's rate
-MAX_RESAMPLE_TAPS = 1 << 22  # a 16 MB filter; 11025, 22050, 44100, 8000, 16000, 32000, 96000 Hz need < 50k
 
 DEFAULTS: dict[str, Any] = {
     "sample_rate": 24000,      # which EnCodec: 24000 (mono, causal) or 48000 (stereo)
@@ -79,6 +81,9 @@ DEFAULTS: dict[str, Any] = {
     "fast_elu": True,          # EnCodec: ELU as max(x, exp(min(x, 0)) - 1): see FastELU
     "threads": 1,              # torch threads the codec runs on (ids depend on it; see module docstring)
     "device": "cpu",           # where encoding runs: cpu | cuda | auto (cuda when present)
+    # seconds of audio read, resampled and encoded at a time: bounds memory, never changes an id
+    # (so it is not part of the mapping); 30 s of 44.1 kHz stereo is 10 MB of float32
+    "read_seconds": 30.0,
 }
 MEL_KEYS = ("n_mels", "griffin_lim_iters")
 ENCODEC_KEYS = ("chunk_seconds", "fast_elu")
@@ -113,11 +118,14 @@ class AcousticTokenizer(Tokenizer):
         self.chunk_seconds = float(s["chunk_seconds"])
         self.fast_elu = bool(s["fast_elu"])
         self.threads = int(s["threads"])
+        self.read_seconds = float(s["read_seconds"])
         self.device = resolve_device(str(s["device"]))
         if self.threads < 1:
             raise ValueError("acoustic tokenizer: threads must be at least 1")
         if self.chunk_seconds <= 0:
             raise ValueError("acoustic tokenizer: chunk_seconds must be positive")
+        if not self.read_seconds > 0:
+            raise ValueError("acoustic tokenizer: read_seconds must be positive")
         weights = str(s["weights"])
         self.weights_source = weights_source or weights
         if weights not in ("pretrained",) + FITTED_KINDS and state_dict is None:
@@ -327,57 +335,27 @@ class AcousticTokenizer(Tokenizer):
                 "codec": self.codec_name}
 
     # ------------------------------------------------------------------ audio in
+    def audio(self, doc: Document) -> CodecAudio:
+        """The document's audio at the codec's rate and channel count, read ``read_seconds`` at a time
+        (iterate it for ``[C, n]`` float32 blocks); the header is checked here, naming the file."""
+        return CodecAudio(doc, self.sample_rate, self._codec.channels, self.read_seconds)
+
     def read_audio(self, doc: Document) -> tuple[np.ndarray, float]:
-        """Read, downmix and resample one file to the codec's rate: ``(wave[C, N] float32, seconds)``."""
-        import soundfile as sf
+        """Read, downmix and resample one whole file to the codec's rate: ``(wave[C, N] float32, seconds)``.
 
-        if doc.path is None:
-            raise TokenizerError(f"{doc.describe()}: acoustic documents must be audio files, not in-memory text")
-        try:
-            start, stop = doc.bounds(sf.info(str(doc.path)).frames) if doc.span else (0, None)
-            data, rate = sf.read(str(doc.path), start=start, stop=stop, dtype="float32", always_2d=True)
-        except Exception as exc:  # soundfile raises LibsndfileError / RuntimeError / OSError
-            detail = str(exc).replace(f"Error opening {str(doc.path)!r}: ", "")  # the file is named once, in front
-            raise TokenizerError(f"{doc.describe()}: cannot read audio ({detail})") from exc
-        if data.shape[0] == 0:
-            raise TokenizerError(f"{doc.describe()}: audio is empty (0 samples)")
-        problem = self._rate_problem(int(rate))
-        if problem:
-            raise TokenizerError(f"{doc.describe()}: {problem}")
-        if not np.isfinite(data).all():
-            raise TokenizerError(f"{doc.describe()}: audio holds NaN or infinite samples")
-        seconds = data.shape[0] / rate
-        return self._prepare_wave(data.T, rate), seconds
-
-    def _rate_problem(self, rate: int) -> str:
-        """Why a file's sample rate cannot be resampled to the codec's, or "".
-
-        The resampling filter has (codec rate / g) x (file rate / g) taps, g their gcd: a
-        header with an odd rate (44101 Hz) would ask for billions, so such rates are refused.
+        For short files (prompts, clips); encoding and training read a block at a time instead.
         """
-        if rate < MIN_SAMPLE_RATE:
-            return f"sample rate {rate} Hz is below {MIN_SAMPLE_RATE} Hz (a corrupt header? it would make hours of audio)"
-        g = math.gcd(rate, self.sample_rate)
-        taps = (rate // g) * (self.sample_rate // g)
-        if taps > MAX_RESAMPLE_TAPS:
-            return (f"sample rate {rate} Hz has no small ratio to the codec's {self.sample_rate} Hz "
-                    f"(resampling would need a {taps:,}-tap filter)")
-        return ""
+        audio = self.audio(doc)
+        wave = np.concatenate(list(self._normalised(audio)), axis=1)
+        return wave, audio.seconds
 
-    def _prepare_wave(self, wave: np.ndarray, rate: int) -> np.ndarray:
-        import torchaudio.functional as AF
-
-        channels = self._codec.channels
-        mono = wave.mean(axis=0, keepdims=True) if (channels == 1 or wave.shape[0] > 2) else wave
-        x = torch.from_numpy(np.ascontiguousarray(mono, dtype=np.float32))
-        if rate != self.sample_rate:
-            x = AF.resample(x, int(rate), self.sample_rate)
-        if channels == 2 and x.shape[0] == 1:
-            x = x.expand(2, -1)
-        if self.sample_rate == 48000:
-            rms = float(x.mean(0).pow(2).mean().sqrt())
-            x = x / (rms + 1e-8) if rms > 1e-6 else x
-        return x.contiguous().numpy()
+    def _normalised(self, audio: CodecAudio) -> Iterable[np.ndarray]:
+        """The blocks, scaled to unit RMS over the whole file for the 48 kHz model (a first pass
+        over the file measures it) and as they are for the 24 kHz one."""
+        if self.sample_rate != 48000:
+            return audio
+        scale = unit_rms_scale(audio, self._codec.chunk_samples)
+        return audio if scale is None else (block / np.float32(scale) for block in audio)
 
     # ------------------------------------------------------------------ codec
     @contextlib.contextmanager
@@ -403,9 +381,28 @@ class AcousticTokenizer(Tokenizer):
 
     # ------------------------------------------------------------------ protocol: encode / decode
     def encode_document(self, doc: Document) -> Encoded:
-        wave, seconds = self.read_audio(doc)
-        codes = self.encode_wave(wave)
-        return Encoded(self.codes_to_tokens(codes), {"seconds": seconds, "frames": int(codes.shape[1])})
+        """Read, resample and encode a block at a time, each block's codes written into one array
+        sized from the header: only that array grows with the file's length, and the ids equal
+        the whole-file encoding's. ``flatten`` ids are frame-major, so they are built block by
+        block; ``delay`` shifts streams across blocks, so its codes wait whole (as int16)."""
+        audio = self.audio(doc)
+        k, capacity = self.n_q, -(-audio.samples // self.hop_length)
+        flat = self.layout == "flatten"
+        out = np.empty(capacity * k, np.int64) if flat else np.empty((k, capacity), np.int16)
+        frames = 0
+        with self._codec_threads():
+            for codes in self._codec.encode_blocks(self._normalised(audio)):
+                n = codes.shape[1]
+                if frames + n > capacity:  # a read never gives more samples than the header: a bug if so
+                    raise TokenizerError(f"{doc.describe()}: the codec gave more than the {capacity} frames "
+                                         "the file's header implies")
+                if flat:
+                    out[frames * k:(frames + n) * k] = self.codes_to_tokens(codes)
+                else:
+                    out[:, frames:frames + n] = codes
+                frames += n
+        tokens = out[: frames * k] if flat else self.codes_to_tokens(out[:, :frames])
+        return Encoded(tokens, {"seconds": audio.seconds, "frames": frames})
 
     def _strip_specials(self, tokens: np.ndarray) -> np.ndarray:
         """Cut at the first EOS and drop PAD/BOS positions (whole steps for ``delay``)."""
@@ -449,14 +446,20 @@ class AcousticTokenizer(Tokenizer):
             return {}
         return super().train(documents)
 
-    def training_sample(self, doc: Document) -> np.ndarray:
-        """What the codebooks are fitted on for one file, ``[frames, D]`` float32: its log-mel frames
-        (``mel_kmeans``) or the encoder's latents (``random_kmeans``)."""
-        wave, _ = self.read_audio(doc)
+    def training_sample(self, doc: Document) -> FrameSample:
+        """What the codebooks are fitted on for one file: its log-mel frames (``mel_kmeans``) or the
+        encoder's latents (``random_kmeans``), ``[frames, D]`` float32 in time order, with their
+        count. A file of more than ``kmeans_max_frames`` frames keeps a seeded uniform subset of
+        that many (the fit never uses more), chosen as the file streams through, so a sample's
+        size is bounded too; the fit still draws from each file by its whole length."""
+        audio = self.audio(doc)
+        keep = FrameReservoir(self.kmeans_max_frames, self.seed)
         with self._codec_threads():
-            return self._codec.training_sample(wave)
+            for frames in self._codec.feature_blocks(self._normalised(audio)):
+                keep.add(frames)
+        return keep.sample()
 
-    def fit(self, samples: Sequence[np.ndarray]) -> None:
+    def fit(self, samples: Sequence[np.ndarray | FrameSample]) -> None:
         """k-means per residual codebook on the train files' frames, residual by residual."""
         if self.weights_kind not in FITTED_KINDS:
             return
@@ -505,7 +508,8 @@ class AcousticTokenizer(Tokenizer):
         extra = {"weights_source": self.weights_source, "random_init": self.weights_kind == "random_kmeans",
                  "codec": self.codec_name, "published_codec": self.weights_kind not in FITTED_KINDS,
                  "n_codebooks": self.n_q,
-                 "frames_per_second": self.frames_per_second, "tokens_per_second": self.tokens_per_second}
+                 "frames_per_second": self.frames_per_second, "tokens_per_second": self.tokens_per_second,
+                 "read_seconds": self.read_seconds}  # kept for prepare's workers; not the mapping's
         if self.weights_kind != "pretrained":
             state = self._inference_state()
             write_with(folder / CODEC_FILE, lambda fh: torch.save(state, fh))
@@ -514,7 +518,7 @@ class AcousticTokenizer(Tokenizer):
 
     @classmethod
     def from_saved(cls, folder: Path, body: dict[str, Any]) -> "AcousticTokenizer":
-        settings = dict(body["config"])
+        settings = {**body["config"], "read_seconds": float(body.get("read_seconds", DEFAULTS["read_seconds"]))}
         state_dict = None
         if settings["weights"] != "pretrained":
             path = saved_file(folder, CODEC_FILE, "codec weights")

@@ -1,11 +1,14 @@
 """EnCodec as the acoustic tokenizer's codec: published, local or random-init weights.
 
 Audio is encoded in chunks of ``chunk_seconds`` (5 s, a whole number of hops): each chunk is
-encoded as if it were a file of its own. Short chunks keep every activation under glibc's
-mmap threshold: with 30 s chunks a third of the encode time went to the kernel zeroing fresh
-pages. Whole chunks of a file are encoded as one batch (the same numbers as one by one: a
-batch row is computed on its own), the file's shorter last chunk alone. Chunking is part of
-the mapping and of the fingerprint.
+encoded as if it were a file of its own, one chunk at a time, so a long file streams through
+(:meth:`EncodecCodec.encode_blocks`) and memory holds one chunk's activations whatever the
+file's length. Short chunks keep every activation under glibc's mmap threshold: with 30 s
+chunks a third of the encode time went to the kernel zeroing fresh pages. Chunks are not
+batched: a batch row's latents differ from the same chunk's alone by up to 4e-8 (torch 2.11,
+one thread), which would make a chunk's codes depend on how many others its file has, and
+one chunk at a time was also the fastest (12 chunks: 3.7 s one by one, 4.8 s as one batch).
+Chunking is part of the mapping and of the fingerprint.
 
 For CPU speed the codec's ELUs are computed through ``exp`` rather than torch's scalar
 ``expm1`` (``fast_elu``, see :class:`FastELU`) and its LSTM runs on one thread.
@@ -21,14 +24,15 @@ import sys
 import types
 import warnings
 from pathlib import Path
-from typing import Sequence
+from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 import torch
 
 from shortcutlm.errors import UserError
+from shortcutlm.tokenizers.audio_blocks import rechunk
 from shortcutlm.tokenizers.encodec_fast import FastELU, one_thread_enter, one_thread_exit, sconv1d_forward
-from shortcutlm.tokenizers.kmeans import residual_kmeans
+from shortcutlm.tokenizers.kmeans import FrameSample, residual_kmeans
 
 CARD = 1024
 BANDWIDTHS = {24000: (1.5, 3.0, 6.0, 12.0, 24.0), 48000: (3.0, 6.0, 12.0, 24.0)}
@@ -81,32 +85,34 @@ class EncodecCodec:
         hops = max(1, round(self.chunk_seconds * self.sample_rate / self.hop_length))
         return hops * self.hop_length
 
-    def _chunks(self, wave: np.ndarray):
-        """``(batch[B, C, chunk], None)`` for the whole chunks, then ``(last[1, C, n], None)`` if any is left."""
-        x = torch.from_numpy(np.ascontiguousarray(wave, dtype=np.float32)).to(self.device)
-        size = self.chunk_samples
-        whole = x.shape[-1] // size
-        if whole:
-            yield x[:, : whole * size].reshape(x.shape[0], whole, size).transpose(0, 1)
-        if x.shape[-1] > whole * size:
-            yield x[None, :, whole * size:]
+    def _chunks(self, pieces: Iterable[np.ndarray]) -> Iterator[torch.Tensor]:
+        """The concatenation of ``pieces`` (``[C, n]`` each) as ``[1, C, chunk]`` tensors on the device,
+        the last one shorter: the same chunks however the pieces were cut."""
+        for chunk in rechunk(pieces, self.chunk_samples):
+            yield torch.from_numpy(np.ascontiguousarray(chunk, dtype=np.float32))[None].to(self.device)
+
+    def feature_blocks(self, pieces: Iterable[np.ndarray]) -> Iterator[np.ndarray]:
+        """The encoder's output ``[frames, D]`` float32, a chunk at a time."""
+        for chunk in self._chunks(pieces):
+            yield self.model.encoder(chunk)[0].T.cpu().numpy().astype(np.float32)
 
     def latents(self, wave: np.ndarray) -> np.ndarray:
         """The encoder's output for ``wave[C, N]``, ``[frames, D]`` float32, chunk by chunk as encoding goes."""
-        parts = [self.model.encoder(batch).transpose(1, 2).reshape(-1, self.model.encoder.dimension)
-                 for batch in self._chunks(wave)]
-        return torch.cat(parts).cpu().numpy().astype(np.float32)
+        parts = list(self.feature_blocks([wave]))
+        return np.concatenate(parts) if parts else np.zeros((0, self.model.encoder.dimension), np.float32)
+
+    def encode_blocks(self, pieces: Iterable[np.ndarray]) -> Iterator[np.ndarray]:
+        """Codes ``[K, n]`` (int64) of the concatenation of ``pieces``, a chunk at a time, in time order."""
+        if not self.fitted:
+            raise RuntimeError("acoustic tokenizer: random_kmeans codebooks are not fitted; call train(documents) first")
+        for chunk in self._chunks(pieces):
+            codes = self.model.quantizer.encode(self.model.encoder(chunk), self.model.frame_rate, self.bandwidth)
+            yield codes[:, 0].cpu().numpy().astype(np.int64)  # [K, 1, T] -> [K, T]
 
     def encode(self, wave: np.ndarray) -> np.ndarray:
         """``wave[C, N]`` → ``codes[K, ceil(N / hop)]`` int64."""
-        if not self.fitted:
-            raise RuntimeError("acoustic tokenizer: random_kmeans codebooks are not fitted; call train(documents) first")
-        parts = []
-        for batch in self._chunks(wave):
-            codes = self.model.quantizer.encode(self.model.encoder(batch), self.model.frame_rate,
-                                                self.bandwidth)  # [K, B, T]
-            parts.append(codes.reshape(codes.shape[0], -1))  # chunk-major: the frames in time order
-        return torch.cat(parts, dim=1).cpu().numpy().astype(np.int64)
+        parts = list(self.encode_blocks([wave]))
+        return np.concatenate(parts, axis=1) if parts else np.zeros((self.n_q, 0), np.int64)
 
     def decode(self, codes: np.ndarray) -> np.ndarray:
         """``codes[K, T]`` → ``wave[C, T * hop]`` float32 (decoder output trimmed to whole frames).
@@ -136,7 +142,7 @@ class EncodecCodec:
     def training_sample(self, wave: np.ndarray) -> np.ndarray:
         return self.latents(wave)
 
-    def fit(self, samples: Sequence[np.ndarray], seed: int, iters: int, max_frames: int) -> int:
+    def fit(self, samples: Sequence[np.ndarray | FrameSample], seed: int, iters: int, max_frames: int) -> int:
         """Each residual-VQ codebook by k-means on the train files' latents, residual by residual."""
         books, used = residual_kmeans(samples, self.n_q, CARD, iters, seed, max_frames)
         with torch.no_grad():

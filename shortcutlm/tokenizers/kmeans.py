@@ -8,6 +8,7 @@ in a row, so this is what lets an offline prepare stay many times faster than re
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
@@ -82,18 +83,47 @@ def fit_codebook(points: torch.Tensor, size: int, iters: int, seed: int) -> torc
     return centres + mean
 
 
-def residual_kmeans(samples: Sequence[np.ndarray], books: int, size: int, iters: int, seed: int,
+@dataclass
+class FrameSample:
+    """One file's frames for fitting: ``rows`` ``[n, D]``, all of its ``total`` frames or a uniform
+    subset of them (a long file's, see :class:`FrameReservoir`)."""
+
+    rows: np.ndarray
+    total: int
+
+
+def fitting_points(samples: Sequence[np.ndarray | FrameSample], max_points: int, seed: int) -> np.ndarray:
+    """At most ``max_points`` rows of the samples, a seeded uniform subset of all the files' frames, in order.
+
+    When every sample is whole, a subset of their concatenation, as always. When some file gave
+    only a subset of its frames, each file's share of the draw is what a uniform draw from all
+    the frames would give it (multivariate hypergeometric over the files' totals), taken from
+    its rows: a long file weighs by its length, not by the rows it kept.
+    """
+    rows = [np.asarray(s.rows if isinstance(s, FrameSample) else s, dtype=np.float32) for s in samples]
+    totals = [s.total if isinstance(s, FrameSample) else r.shape[0] for s, r in zip(samples, rows)]
+    rng = np.random.default_rng(seed)
+    if all(total == r.shape[0] for total, r in zip(totals, rows)):
+        points = np.concatenate(rows)
+        if points.shape[0] > max_points:
+            points = points[np.sort(rng.choice(points.shape[0], max_points, replace=False))]
+        return points
+    counts = rng.multivariate_hypergeometric(np.asarray(totals, dtype=np.int64), min(max_points, sum(totals)))
+    if any(count > r.shape[0] for count, r in zip(counts, rows)):
+        raise ValueError("k-means: a file kept fewer frames than the draw asks of it (its sample's cap is below max_points)")
+    return np.concatenate([r[np.sort(rng.choice(r.shape[0], int(count), replace=False))]
+                           for r, count in zip(rows, counts)])
+
+
+def residual_kmeans(samples: Sequence[np.ndarray | FrameSample], books: int, size: int, iters: int, seed: int,
                     max_points: int) -> tuple[torch.Tensor, int]:
     """``books`` codebooks ``[books, size, D]``, each fitted on what the previous ones leave.
 
-    ``samples`` are ``[rows, D]`` arrays (one per training file), fitted as one set. At most
-    ``max_points`` rows (a seeded random subset, kept in order) enter the fit; returns the
+    ``samples`` are ``[rows, D]`` arrays or :class:`FrameSample` (one per training file), fitted
+    as one set. At most ``max_points`` rows (:func:`fitting_points`) enter the fit; returns the
     codebooks and the number of rows used.
     """
-    points = np.concatenate([np.asarray(s, dtype=np.float32) for s in samples])
-    if points.shape[0] > max_points:
-        rng = np.random.default_rng(seed)
-        points = points[np.sort(rng.choice(points.shape[0], max_points, replace=False))]
+    points = fitting_points(samples, max_points, seed)
     residual = torch.from_numpy(np.ascontiguousarray(points))
     out = []
     for k in range(books):
@@ -101,3 +131,55 @@ def residual_kmeans(samples: Sequence[np.ndarray], books: int, size: int, iters:
         residual = residual - book[nearest(residual, book)]
         out.append(book)
     return torch.stack(out), int(points.shape[0])
+
+
+class FrameReservoir:
+    """At most ``size`` rows of a stream of ``[n, D]`` blocks: all of them while they fit, then a
+    seeded uniform sample (reservoir sampling, Vitter's algorithm R), returned in stream order.
+
+    What the fit of one long file needs: :func:`residual_kmeans` never uses more than ``size``
+    rows, and the reservoir holds ``size`` rows whatever the file's length.
+    """
+
+    def __init__(self, size: int, seed: int) -> None:
+        self.size = max(1, int(size))
+        self.rng = np.random.default_rng(seed)
+        self.blocks: list[np.ndarray] = []  # while everything seen still fits
+        self.rows: np.ndarray | None = None  # the reservoir, once it does not
+        self.index: np.ndarray | None = None  # stream position of each reservoir row
+        self.seen = 0
+
+    def add(self, block: np.ndarray) -> None:
+        block = np.asarray(block, dtype=np.float32)
+        if self.rows is None:
+            if self.seen + block.shape[0] <= self.size:
+                self.blocks.append(block)
+                self.seen += block.shape[0]
+                return
+            first = self.size - self.seen  # rows of this block that still fill the reservoir
+            self.rows = np.concatenate(self.blocks + [block[:first]])
+            self.index = np.arange(self.size)
+            self.blocks = []
+            self.seen = self.size
+            block = block[first:]
+        assert self.index is not None
+        positions = self.seen + np.arange(block.shape[0])
+        slots = self.rng.integers(0, positions + 1)  # row i takes slot j < size with probability size / (i + 1)
+        taken = np.nonzero(slots < self.size)[0]
+        # a slot drawn twice within this block ends with the later row, as one row at a time would
+        reverse_slots, first_from_end = np.unique(slots[taken][::-1], return_index=True)
+        rows = taken[len(taken) - 1 - first_from_end]
+        self.rows[reverse_slots] = block[rows]
+        self.index[reverse_slots] = positions[rows]
+        self.seen += block.shape[0]
+
+    def sample(self) -> FrameSample:
+        """The rows kept and how many the stream held."""
+        return FrameSample(self.frames(), self.seen)
+
+    def frames(self) -> np.ndarray:
+        """The rows kept, ``[min(seen, size), D]`` float32, in the order they came."""
+        if self.rows is None:
+            return np.concatenate(self.blocks) if self.blocks else np.zeros((0, 0), np.float32)
+        assert self.index is not None
+        return self.rows[np.argsort(self.index, kind="stable")]

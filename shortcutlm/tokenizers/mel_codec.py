@@ -11,18 +11,22 @@ every downstream step are unchanged. Frame t is the STFT window centred on sampl
 file reflected at its ends), and a wave of N samples has ceil(N / 320) frames, as EnCodec gives.
 
 Encoding: log-mel frame → nearest entry of codebook 0 → its residual → codebook 1, and so on.
+Long files stream through (:meth:`MelCodec.encode_blocks`): frames are analysed and quantized in
+groups counted from the file's start, so a file's codes do not depend on how it was read and
+memory does not grow with its length.
 Decoding: the sum of the chosen entries is a log-mel frame; its magnitudes map back to a linear
 spectrogram by non-negative least squares through the mel filterbank, and Griffin-Lim
 (torchaudio) finds a phase. Both are deterministic given the codebooks.
 """
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 import torch
 
-from shortcutlm.tokenizers.kmeans import nearest, residual_kmeans
+from shortcutlm.tokenizers.audio_blocks import rechunk
+from shortcutlm.tokenizers.kmeans import ROWS_PER_BLOCK, FrameSample, nearest, residual_kmeans
 
 CARD = 1024            # entries per codebook, as EnCodec's
 SAMPLE_RATE = 24000
@@ -30,6 +34,9 @@ HOP = 320              # samples per frame at 24 kHz: 75 frames per second
 N_FFT = 1024
 LOG_FLOOR = 1e-3       # mel magnitudes below this count as silence: ~66 dB under a 0.1-amplitude tone
 FRAMES_PER_BLOCK = 4500  # one minute of frames analysed or synthesised at a time (bounds memory)
+# frames quantized at a time: a whole number of the nearest-entry search's row blocks, so a long
+# file's rows meet the same matrix products as a whole-file quantize gives them
+QUANTIZE_ROWS = 4 * ROWS_PER_BLOCK
 NNLS_STEPS = 30
 
 
@@ -63,25 +70,56 @@ class MelCodec:
 
     # ------------------------------------------------------------------ analysis
     def log_mel(self, wave: np.ndarray | torch.Tensor) -> torch.Tensor:
-        """``wave[1, N]`` (or ``[N]``) at 24 kHz → ``[ceil(N / hop), n_mels]`` log-mel (on the CPU).
+        """``wave[1, N]`` (or ``[N]``) at 24 kHz → ``[ceil(N / hop), n_mels]`` log-mel (on the CPU)."""
+        blocks = list(self.log_mel_blocks([wave]))
+        return torch.cat(blocks) if blocks else torch.zeros(0, self.n_mels)
 
-        Analysed a minute at a time from the end-reflected wave, so the frames equal one
-        whole-file centred STFT's whatever the file's length.
+    def log_mel_blocks(self, pieces: Iterable[np.ndarray | torch.Tensor]) -> Iterator[torch.Tensor]:
+        """Log-mel frames of the concatenation of ``pieces`` (``[1, n]`` or ``[n]`` each), a block of
+        ``FRAMES_PER_BLOCK`` frames at a time, on the CPU: what :meth:`log_mel` gives for the whole wave.
+
+        The wave is reflected at its ends (centred frames; zero-padded when it has no more samples
+        than half a window, as torch.stft does not reflect those) and analysed in blocks of
+        frames counted from the file's start, so the blocks, and the numbers, are the same
+        however the pieces were cut; at most a block's samples are held.
         """
-        x = torch.as_tensor(np.asarray(wave, dtype=np.float32)).reshape(-1).to(self.device)
-        frames = -(-x.shape[0] // HOP)
-        if frames == 0:
-            return torch.zeros(0, self.n_mels)
         half = N_FFT // 2
-        mode = "reflect" if x.shape[0] > half else "constant"  # reflection needs more samples than the pad
-        padded = torch.nn.functional.pad(x[None, None], (half, half), mode=mode)[0, 0]
-        blocks = []
-        for first in range(0, frames, FRAMES_PER_BLOCK):
-            last = min(frames, first + FRAMES_PER_BLOCK)
-            piece = padded[first * HOP: (last - 1) * HOP + N_FFT]  # frame f's window starts at f * hop
-            spec = torch.stft(piece, N_FFT, HOP, window=self.window, center=False, return_complex=True).abs()
-            blocks.append((spec.T @ self.filterbank).clamp_min(LOG_FLOOR).log())
-        return torch.cat(blocks).cpu()
+        head: list[torch.Tensor] = []  # the first samples, until the left reflection has them all
+        held: torch.Tensor | None = None  # the reflected wave from frame `done`'s window on
+        done = total = 0
+        for piece in pieces:
+            x = torch.as_tensor(np.asarray(piece, dtype=np.float32)).reshape(-1).to(self.device)
+            total += x.shape[0]
+            if held is None:
+                head.append(x)
+                if total <= half:
+                    continue
+                x = torch.cat(head)
+                held = torch.cat([x[1:half + 1].flip(0), x])
+            else:
+                held = torch.cat([held, x])
+            while held.shape[0] >= (FRAMES_PER_BLOCK - 1) * HOP + N_FFT:  # a whole block's windows
+                yield self._analyse(held, FRAMES_PER_BLOCK)
+                held = held[FRAMES_PER_BLOCK * HOP:]
+                done += FRAMES_PER_BLOCK
+        frames = -(-total // HOP)
+        if held is None:  # no more than half a window of samples
+            if total:
+                x = torch.cat(head)
+                yield self._analyse(torch.nn.functional.pad(x, (half, half)), frames)
+            return
+        held = torch.cat([held, held[-half - 1:-1].flip(0)])  # the right reflection
+        while done < frames:
+            count = min(FRAMES_PER_BLOCK, frames - done)
+            yield self._analyse(held, count)
+            held = held[count * HOP:]
+            done += count
+
+    def _analyse(self, padded: torch.Tensor, frames: int) -> torch.Tensor:
+        """Log-mel of the first ``frames`` windows of ``padded`` (window f starts at sample f·hop)."""
+        piece = padded[: (frames - 1) * HOP + N_FFT]
+        spec = torch.stft(piece, N_FFT, HOP, window=self.window, center=False, return_complex=True).abs()
+        return (spec.T @ self.filterbank).clamp_min(LOG_FLOOR).log().cpu()
 
     # ------------------------------------------------------------------ codes
     def quantize(self, frames: torch.Tensor) -> torch.Tensor:
@@ -103,9 +141,17 @@ class MelCodec:
 
     def encode(self, wave: np.ndarray) -> np.ndarray:
         """``wave[1, N]`` → ``codes[K, ceil(N / hop)]`` int64."""
+        parts = list(self.encode_blocks([wave]))
+        return np.concatenate(parts, axis=1) if parts else np.zeros((self.n_q, 0), np.int64)
+
+    def encode_blocks(self, pieces: Iterable[np.ndarray]) -> Iterator[np.ndarray]:
+        """Codes ``[K, n]`` (int64) of the concatenation of ``pieces``, in time order, a block at a
+        time. Frames are quantized in groups of ``QUANTIZE_ROWS`` counted from the file's start,
+        so the codes are the same however the pieces were cut."""
         if not self.fitted:
             raise RuntimeError("acoustic tokenizer: mel_kmeans codebooks are not fitted; call train(documents) first")
-        return self.quantize(self.log_mel(wave)).numpy()
+        for frames in rechunk((block.numpy().T for block in self.log_mel_blocks(pieces)), QUANTIZE_ROWS):
+            yield self.quantize(torch.from_numpy(np.ascontiguousarray(frames.T))).numpy()
 
     # ------------------------------------------------------------------ synthesis
     def decode(self, codes: np.ndarray) -> np.ndarray:
@@ -155,7 +201,12 @@ class MelCodec:
         """What the codebooks are fitted on: the file's log-mel frames ``[frames, n_mels]``."""
         return self.log_mel(wave).numpy()
 
-    def fit(self, samples: Sequence[np.ndarray], seed: int, iters: int, max_frames: int) -> int:
+    def feature_blocks(self, pieces: Iterable[np.ndarray]) -> Iterator[np.ndarray]:
+        """:meth:`training_sample` a block at a time: ``[n, n_mels]`` float32 log-mel frames."""
+        for block in self.log_mel_blocks(pieces):
+            yield block.numpy()
+
+    def fit(self, samples: Sequence[np.ndarray | FrameSample], seed: int, iters: int, max_frames: int) -> int:
         """Fit the codebooks on log-mel frames (:meth:`log_mel` of the train files); returns frames used."""
         books, used = residual_kmeans(samples, self.n_q, CARD, iters, seed, max_frames)
         self.codebooks = books.to(self.device)
