@@ -84,7 +84,7 @@ NAME_ATTACKS = {
     "shards[].name": lambda m, evil: m["shards"][0].update(name=evil),
     "splits.train.shards[]": lambda m, evil: m["splits"]["train"]["shards"].append(evil),
 }
-EVIL_NAMES = ["../../../../x", "tokenizer/../../../escape", "/tmp/shortcutlm-evil/text.model", "C:/evil",
+EVIL_NAMES = ["../../../../x", "tokenizer/../../../escape", "/etc/shortcutlm-evil/text.model", "C:/evil",
               "http://elsewhere/x", "a\\..\\..\\b", "", "x\x00y"]
 
 
@@ -101,7 +101,7 @@ def test_every_name_field_refuses_paths_that_leave_the_folder(hostile, recipe_fi
         (folder / MANIFEST).write_text(pristine)
     grown = {p for p in everything(tmp_path) - before if p != cache and cache not in p.parents}
     assert not grown, sorted(grown)[:5]
-    assert not Path("/tmp/shortcutlm-evil").exists() and not (tmp_path / "run").exists()
+    assert not Path("/etc/shortcutlm-evil").exists() and not (tmp_path / "run").exists()
 
 
 def test_a_local_manifest_is_held_to_the_same_rule(tmp_path, text8_shards):

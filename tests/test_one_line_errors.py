@@ -11,7 +11,7 @@ REPO_RECIPE = "recipes/bach_chorales.yaml"
 
 SPECS = {
     "malformed": "source: {name: text8, path: [unclosed\ntokenizer: {domain: text}\n",
-    "python tag": "source: !!python/object/apply:os.system ['touch /tmp/shortcutlm-pwned']\ntokenizer: {domain: text}\n",
+    "python tag": "source: !!python/object/apply:os.system ['id']\ntokenizer: {domain: text}\n",
     "a list": "- source\n- tokenizer\n",
 }
 

@@ -28,6 +28,7 @@ DOMAIN_SPECIFIC = {
     "bench/codec.py": "benchmarks the offline acoustic codec itself: its encoder, decoder and threads",
     "bench/tokenizers.py": "benchmarks each domain's tokenizer on that domain's own files",
     "bench/data.py": "benchmarks prepare and the loader on one dataset of each domain",
+    "compat/miditok_bpe.py": "the adapter over miditok's private tables: its `tok` is miditok's tokenizer, not ours",
     "datasets/mixture.py": "a joint model's data is one prepared folder per domain: the mixture keys its parts, "
                            "rates and checks by domain name (it never behaves differently for one domain)",
 }
@@ -50,6 +51,8 @@ ALLOWED: dict[tuple[str, str], str] = {
         "a resumed prepare checks that the saved tokenizer is of the domain asked for, and stops if not",
     ("datasets/tokenizer_fit.py", "if tok.domain != domain:"):
         "the same check for the tokenizer that the tokenizer-only step saved",
+    ("datasets/tokenizer_fit.py", "if domain is not None and tokenizer.domain != domain:"):
+        "prepare --tokenizer-from checks the saved tokenizer is of the domain asked for",
 }
 #: ``(path, attribute)`` read on something named ``tokenizer`` that is not a Tokenizer -> what it is.
 NOT_A_TOKENIZER = {
