@@ -9,7 +9,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Union
+from typing import Any
+from collections.abc import Callable, Iterable
 
 
 @dataclass
@@ -93,7 +94,7 @@ class Found:
         return f"{self.source} in {self.where}: {self.what}"
 
 
-Item = Union[Document, Rejected, Found]
+Item = Document | Rejected | Found
 Reader = Callable[..., Iterable[Item]]
 
 

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import sys
 import time
-from typing import Any, Callable
+from typing import Any
+from collections.abc import Callable
 
 
 def duration(seconds: float) -> str:
@@ -38,7 +39,7 @@ class Heartbeat:
         while not self._stop.wait(self.every_s):
             self.say(f"{self.what}: still working ({duration(time.perf_counter() - self._start)} so far)")
 
-    def __enter__(self) -> "Heartbeat":
+    def __enter__(self) -> Heartbeat:
         self._start = time.perf_counter()
         self._thread.start()
         return self

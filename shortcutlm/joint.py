@@ -31,7 +31,6 @@ import torch
 
 from shortcutlm.artifacts.checkpoint import Checkpoint, load_folder
 from shortcutlm.artifacts.manifest import ShardManifest
-from shortcutlm.config_schema import ConfigError
 from shortcutlm.datasets.mixture import PARTS, MixturePart, build_mixture, domain_folder
 from shortcutlm.recipe import Recipe
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import csv
 import zlib
 from pathlib import Path
-from typing import Iterable, Mapping
+from collections.abc import Iterable, Mapping
 
 import matplotlib
 
@@ -64,7 +64,7 @@ def variant_colours(names: Iterable[str], variants: Mapping[str, str] | None = N
     return colours
 
 
-def _save(fig: "plt.Figure", out: Path) -> Path:
+def _save(fig: plt.Figure, out: Path) -> Path:
     """Lay out, write as PNG (creating the folder) and free the figure."""
     fig.tight_layout()
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -96,7 +96,7 @@ def smooth(values: np.ndarray, weight: float = 0.8) -> np.ndarray:
     return out
 
 
-def loss_curves_figure(runs: dict[str, Path], title: str = "") -> "plt.Figure | None":
+def loss_curves_figure(runs: dict[str, Path], title: str = "") -> plt.Figure | None:
     """Train (smoothed) and validation loss of several runs (keyed by variant) on one figure;
     None when no run has a curve."""
     fig, ax = plt.subplots(figsize=(7, 4.2))
@@ -132,7 +132,7 @@ def plot_loss_curves(runs: dict[str, Path], out: Path, title: str = "") -> Path 
 
 
 def heatmap_figure(matrix: np.ndarray, title: str, xlabel: str, ylabel: str, colorbar_label: str,
-                   xticklabels: list[str] | None = None, yticklabels: list[str] | None = None) -> "plt.Figure":
+                   xticklabels: list[str] | None = None, yticklabels: list[str] | None = None) -> plt.Figure:
     """A rows × columns heat map (e.g. token × depth attention of the shortcut) with a labelled colour bar."""
     rows, cols = matrix.shape
     fig, ax = plt.subplots(figsize=(max(5.5, min(12, 2 + 0.5 * cols)), min(14, 2 + 0.12 * rows)))
@@ -174,7 +174,7 @@ def plot_layer_panels(panels: list[dict], out: Path, title: str = "",
     return _save(layer_panels_figure(panels, title, variants), Path(out))
 
 
-def layer_panels_figure(panels: list[dict], title: str = "", variants: Mapping[str, str] | None = None) -> "plt.Figure":
+def layer_panels_figure(panels: list[dict], title: str = "", variants: Mapping[str, str] | None = None) -> plt.Figure:
     """Side-by-side panels of per-layer (or per-depth) lines, one colour per model throughout: its
     variant's colour (``variants[model]``, default the model's name; see :func:`variant_colours`).
 

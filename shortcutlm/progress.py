@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import sys
 import time
-from typing import Any, Callable
+from typing import Any
+from collections.abc import Callable
 
 import lightning as L
 
@@ -62,7 +63,7 @@ class TrainingProgress(L.Callback):
     def on_train_batch_end(self, trainer: L.Trainer, lit: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
         if self._start is None or not trainer.is_global_zero:
             return
-        now, (t0, s0) = self.clock(), self._start
+        now, t0 = self.clock(), self._start[0]
         step, done = trainer.global_step, trainer.global_step - self._start[1]
         if done <= 0:
             return

@@ -10,14 +10,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 
 from shortcutlm.artifacts.checkpoint import CheckpointFolder
 from shortcutlm.artifacts.files import read_json_or_none, write_text
 from shortcutlm.artifacts.manifest import ShardManifest
 from shortcutlm.artifacts.results import read_markdown, read_results_or_none
 from shortcutlm.artifacts.sidecar import Sample, samples_in
-from shortcutlm.datasets.shards import first_document, first_document_and_meta
+from shortcutlm.datasets.shards import first_document_and_meta
 from shortcutlm.models import SamplingSettings
 from shortcutlm.plots import plot_loss_curves, read_curves
 from shortcutlm.recipe import Recipe

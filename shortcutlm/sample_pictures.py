@@ -16,7 +16,7 @@ JOIN_COLOUR = "#d62728"  # on white (piano roll)
 JOIN_ON_DARK = "#00e5ff"  # on the spectrogram's dark colour map
 
 
-def _mark_prompt(ax: "plt.Axes", prompt_seconds: float | None, shade: bool, colour: str = JOIN_COLOUR) -> None:
+def _mark_prompt(ax: plt.Axes, prompt_seconds: float | None, shade: bool, colour: str = JOIN_COLOUR) -> None:
     """Shade (or only mark the end of) the prompt's span and label both sides of the join."""
     if prompt_seconds is None or prompt_seconds <= 0:
         return
@@ -31,7 +31,7 @@ def _mark_prompt(ax: "plt.Axes", prompt_seconds: float | None, shade: bool, colo
 
 
 def piano_roll_figure(starts: np.ndarray, durations: np.ndarray, pitches: np.ndarray,
-                      prompt_seconds: float | None = None, title: str = "") -> "plt.Figure":
+                      prompt_seconds: float | None = None, title: str = "") -> plt.Figure:
     """Notes as bars (time in seconds × MIDI pitch); notes of the prompt grey, the continuation's blue."""
     fig, ax = plt.subplots(figsize=(7, 3.2))
     starts, durations, pitches = (np.asarray(a, dtype=float) for a in (starts, durations, pitches))
@@ -59,7 +59,7 @@ def plot_piano_roll(starts: np.ndarray, durations: np.ndarray, pitches: np.ndarr
 
 
 def spectrogram_figure(wave: np.ndarray, rate: int, join_seconds: float | None = None, title: str = "",
-                       dynamic_range_db: float = 80.0) -> "plt.Figure":
+                       dynamic_range_db: float = 80.0) -> plt.Figure:
     """Power spectrogram in dB (time in seconds × kHz, the top ``dynamic_range_db`` shown) of a
     wave (channels averaged), the prompt's end marked."""
     from matplotlib import mlab

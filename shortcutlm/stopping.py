@@ -43,7 +43,7 @@ class StopRequest:
         print("\nCtrl-C: saving at the end of this step, then stopping "
               "(press Ctrl-C again to stop at once and keep the last saved state)", file=sys.stderr, flush=True)
 
-    def __enter__(self) -> "StopRequest":
+    def __enter__(self) -> StopRequest:
         # Signal handlers can only be set from the main thread; elsewhere Ctrl-C keeps its default.
         if threading.current_thread() is threading.main_thread():
             self._previous = signal.signal(signal.SIGINT, self._handle)

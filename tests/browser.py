@@ -134,7 +134,7 @@ class Browser:
             except subprocess.TimeoutExpired:
                 self.driver.kill()
 
-    def __enter__(self) -> "Browser":
+    def __enter__(self) -> Browser:
         return self
 
     def __exit__(self, *exc: object) -> None:

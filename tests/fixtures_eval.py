@@ -7,7 +7,8 @@ fixtures by name; each is session-scoped and built once, on one torch thread.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
+from collections.abc import Callable
 
 import numpy as np
 import pytest

@@ -157,7 +157,7 @@ class Plain(Tokenizer):
         return {"pad": 5, "bos": 6, "eos": 7}
 
     @classmethod
-    def from_settings(cls, settings: dict[str, Any]) -> "Plain":
+    def from_settings(cls, settings: dict[str, Any]) -> Plain:
         return cls()
 
     def encode_document(self, doc) -> Encoded:
@@ -173,7 +173,7 @@ class Plain(Tokenizer):
         return Path(folder)
 
     @classmethod
-    def from_saved(cls, folder, body) -> "Plain":
+    def from_saved(cls, folder, body) -> Plain:
         return cls()
 
 

@@ -96,5 +96,5 @@ def test_sync_dist_warning_filtered_only_for_our_reduced_metrics():
         quiet.quiet_training_output()
         for name in ("val/loss", "val/loss_stream1", "opt_step", "train/other"):
             warnings.warn(f"It is recommended to use `self.log({name!r}, ..., sync_dist=True)` when logging on "
-                          "epoch level in distributed setting to accumulate the metric across devices.")
+                          "epoch level in distributed setting to accumulate the metric across devices.", stacklevel=1)
     assert [str(w.message).split("'")[1] for w in caught] == ["train/other"]

@@ -15,7 +15,8 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import IO, Any, Callable
+from typing import IO, Any
+from collections.abc import Callable
 
 from shortcutlm.errors import UserError
 

@@ -51,7 +51,7 @@ class TrainingRecord:
         return body
 
     @classmethod
-    def from_dict(cls, data: Any, source: str) -> "TrainingRecord":
+    def from_dict(cls, data: Any, source: str) -> TrainingRecord:
         """The record read from ``source``; an ArtifactError naming it and the field when one is wrong.
         A field an older folder lacks takes the default above."""
         data = mapping(data, source, "the training record")

@@ -12,7 +12,8 @@ newer than it knows refuses it by name rather than misreading it.
 """
 from __future__ import annotations
 
-from typing import Any, Mapping
+from typing import Any
+from collections.abc import Mapping
 
 from shortcutlm.artifacts.files import ArtifactError
 

@@ -17,7 +17,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field as dataclass_field, replace
 from pathlib import Path
-from typing import Any, ClassVar, Mapping
+from typing import Any, ClassVar
+from collections.abc import Mapping
 
 from shortcutlm.artifacts.files import read_json, write_json, write_text
 from shortcutlm.artifacts.records import NUMBER, check_schema, field, mapping
@@ -48,7 +49,7 @@ class LossStats:
         return out
 
     @classmethod
-    def from_dict(cls, data: Any, source: str) -> "LossStats":
+    def from_dict(cls, data: Any, source: str) -> LossStats:
         data = mapping(data, source, "a loss group")
         tokens = field(data, "tokens", int, source, 0)
         loss = field(data, "loss_nats", NUMBER, source, None, optional=True)
@@ -70,7 +71,7 @@ class EosStats:
         return {"tokens": self.tokens, "loss_nats": self.loss_nats}
 
     @classmethod
-    def from_dict(cls, data: Any, source: str) -> "EosStats":
+    def from_dict(cls, data: Any, source: str) -> EosStats:
         data = mapping(data, source, "the EOS figures")
         return cls(field(data, "tokens", int, source, 0), field(data, "loss_nats", NUMBER, source, None, optional=True))
 
@@ -158,11 +159,11 @@ class EvaluationRecord:
             out[f"per_{self.group_kind}"] = {name: stats.to_dict() for name, stats in self.groups.items()}
         return out
 
-    def with_name(self, name: str) -> "EvaluationRecord":
+    def with_name(self, name: str) -> EvaluationRecord:
         return replace(self, name=name)
 
     @classmethod
-    def from_dict(cls, data: Any, source: str) -> "EvaluationRecord":
+    def from_dict(cls, data: Any, source: str) -> EvaluationRecord:
         """A row read back from ``source``; an ArtifactError naming it and the field when one is wrong."""
         data = mapping(data, source, "an evaluation record")
         check_schema(data, cls.SCHEMA, source)
@@ -226,7 +227,7 @@ class EvaluationResults:
                 "checkpoints": [record.to_dict() for record in self.checkpoints]}
 
     @classmethod
-    def from_dict(cls, data: Any, source: str) -> "EvaluationResults":
+    def from_dict(cls, data: Any, source: str) -> EvaluationResults:
         data = mapping(data, source, "evaluation results")
         check_schema(data, cls.SCHEMA, source)
         rows = field(data, "checkpoints", list, source, [])

@@ -96,7 +96,7 @@ class SampleRecord:
         return out
 
     @classmethod
-    def from_dict(cls, data: Any, source: str) -> "SampleRecord":
+    def from_dict(cls, data: Any, source: str) -> SampleRecord:
         """The sidecar read from ``source``; an ArtifactError naming it and the field when one is wrong.
         Keys this record does not name are the length's when written between ``sample_index`` and
         ``max_new_tokens`` (where the writer puts them), the tokenizer's otherwise."""

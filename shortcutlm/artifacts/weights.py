@@ -16,7 +16,8 @@ import json
 import pickle
 import struct
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
+from collections.abc import Mapping
 
 import torch
 from safetensors import SafetensorError, safe_open

@@ -27,7 +27,8 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
+from collections.abc import Callable
 
 import torch
 
@@ -76,7 +77,7 @@ TINY = Size(layers=2, width=64, heads=2, context=64, vocab=256, batch=2, steps=1
 @dataclass
 class Section:
     name: str
-    run: Callable[["Check"], dict[str, Any]]
+    run: Callable[[Check], dict[str, Any]]
     timeout_s: int
     needs_cuda: bool = False
 

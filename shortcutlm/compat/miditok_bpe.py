@@ -6,7 +6,8 @@ is made of, or to read the learned model for a digest. Those reads are here, che
 """
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any
+from collections.abc import Sequence
 
 from shortcutlm.compat import changed
 

@@ -6,7 +6,8 @@ uses webdataset's own tar reader and sample grouping from ``webdataset.tariterat
 """
 from __future__ import annotations
 
-from typing import IO, Any, Iterator
+from typing import IO, Any
+from collections.abc import Iterator
 
 from shortcutlm.compat import changed
 

@@ -8,7 +8,7 @@ prints that line and keeps it in the manifest, so a run never reads a folder nob
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Callable
+from collections.abc import Callable
 
 from shortcutlm.documents import Found
 from shortcutlm.errors import UserError

@@ -24,7 +24,8 @@ import time
 from collections import deque
 from dataclasses import dataclass
 from multiprocessing.reduction import ForkingPickler
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any
+from collections.abc import Callable, Iterator, Sequence
 
 #: How many tasks may run ahead of the oldest unfinished one (bounds the results held for ordering).
 AHEAD_PER_WORKER = 4
@@ -119,7 +120,7 @@ class IsolatedPool:
         self._setup: tuple[Callable[..., Any], tuple] | None = None
         self._pool: list[_Worker] = []
 
-    def __enter__(self) -> "IsolatedPool":
+    def __enter__(self) -> IsolatedPool:
         return self
 
     def __exit__(self, *exc: Any) -> None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Iterator
+from collections.abc import Iterator
 
 from shortcutlm.datasets.found import Found, SourceError, here_or_one_down, need_path
 from shortcutlm.documents import Document, Item, Rejected, safe_id

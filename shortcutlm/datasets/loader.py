@@ -49,7 +49,8 @@ import io
 import math
 import signal
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
+from collections.abc import Iterator
 
 import numpy as np
 import torch

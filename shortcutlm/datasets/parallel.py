@@ -27,7 +27,8 @@ import time
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
+from collections.abc import Sequence
 
 from shortcutlm.artifacts.manifest import (manifest_path, part_manifests, read_manifest, read_part_manifest,
                                            write_manifest)

@@ -11,7 +11,8 @@ import argparse
 import sys
 from collections import Counter
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
+from collections.abc import Iterable
 
 from shortcutlm.artifacts.manifest import MANIFEST, TOKENIZER_FOLDER
 from shortcutlm.config_schema import yaml_file, yaml_text

@@ -10,7 +10,8 @@ import json
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
+from collections.abc import Callable
 
 from shortcutlm.artifacts.manifest import (has_manifest, manifest_path, part_manifest_path, read_manifest,
                                            read_part_manifest, write_manifest, write_part_manifest)

@@ -19,7 +19,8 @@ import os
 import re
 from collections import Counter
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any
+from collections.abc import Iterable, Iterator
 
 from shortcutlm.datasets.found import Found, SourceError, here_or_one_down, need_path
 from shortcutlm.datasets.librispeech import librispeech

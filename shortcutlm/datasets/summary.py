@@ -5,7 +5,8 @@ must sum their shards the same way.
 """
 from __future__ import annotations
 
-from typing import Any, Mapping
+from typing import Any
+from collections.abc import Mapping
 
 SPLIT_ORDER = ("train", "valid", "test")
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Iterable, Iterator
+from collections.abc import Iterable, Iterator
 
 from shortcutlm.datasets.found import Found, SourceError, need_path
 from shortcutlm.documents import Document, Item, Rejected

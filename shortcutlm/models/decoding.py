@@ -11,7 +11,7 @@ with dynamic shapes so that the growing cache length is a symbol, not a recompil
 from __future__ import annotations
 
 import weakref
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from torch import Tensor
@@ -20,7 +20,7 @@ from shortcutlm.models.gpt import GPT, KVCache
 
 #: Calls of one generation loop that run with Dynamo's guards checked before the rest skip them.
 GUARDED_CALLS = 2
-_COMPILED: "weakref.WeakKeyDictionary[GPT, Callable[..., Tensor]]" = weakref.WeakKeyDictionary()
+_COMPILED: weakref.WeakKeyDictionary[GPT, Callable[..., Tensor]] = weakref.WeakKeyDictionary()
 
 
 def compiled_step(model: GPT) -> Callable[..., Tensor]:

@@ -23,7 +23,7 @@ only, and the cache still holds one value tensor (and per-depth keys for the fin
 """
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F

@@ -40,7 +40,8 @@ import contextlib
 import hashlib
 import logging
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any
+from collections.abc import Iterable, Sequence
 
 import numpy as np
 import torch
@@ -174,7 +175,7 @@ class AcousticTokenizer(Tokenizer):
                     "quality", what)
 
     @classmethod
-    def from_settings(cls, settings: dict[str, Any]) -> "AcousticTokenizer":
+    def from_settings(cls, settings: dict[str, Any]) -> AcousticTokenizer:
         return cls(settings)
 
     # ------------------------------------------------------------------ protocol: sizes and ids
@@ -517,7 +518,7 @@ class AcousticTokenizer(Tokenizer):
         return write_config(folder, self, extra)
 
     @classmethod
-    def from_saved(cls, folder: Path, body: dict[str, Any]) -> "AcousticTokenizer":
+    def from_saved(cls, folder: Path, body: dict[str, Any]) -> AcousticTokenizer:
         settings = {**body["config"], "read_seconds": float(body.get("read_seconds", DEFAULTS["read_seconds"]))}
         state_dict = None
         if settings["weights"] != "pretrained":

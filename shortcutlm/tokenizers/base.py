@@ -38,7 +38,8 @@ import logging
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, ClassVar, Iterable, Mapping, NamedTuple, Sequence
+from typing import Any, ClassVar, NamedTuple
+from collections.abc import Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 
@@ -159,7 +160,7 @@ class Tokenizer(ABC):
 
     @classmethod
     @abstractmethod
-    def from_settings(cls, settings: dict[str, Any]) -> "Tokenizer":
+    def from_settings(cls, settings: dict[str, Any]) -> Tokenizer:
         """Build from a recipe's tokenizer settings (unknown keys are an error naming them)."""
 
     @property
@@ -189,7 +190,7 @@ class Tokenizer(ABC):
         """Fit the learned parts on the samples of the readable train documents."""
         raise NotImplementedError(f"{self.domain} tokenizer: training does not go document by document")
 
-    def train(self, documents: "Iterable[Document]") -> dict[str, str]:
+    def train(self, documents: Iterable[Document]) -> dict[str, str]:
         """Fit learned parts (SentencePiece model, MIDI BPE, offline codec codebooks) on train documents.
 
         A document that cannot be read is skipped, not fatal: returns ``{doc_id: reason}`` of
@@ -242,12 +243,12 @@ class Tokenizer(ABC):
         return None
 
     # ------------------------------------------------------------------ domains
-    def domain_views(self) -> dict[str, "Tokenizer"]:
+    def domain_views(self) -> dict[str, Tokenizer]:
         """Domain -> the tokenizer that answers for it. One domain: itself. A joint vocabulary
         (:mod:`shortcutlm.tokenizers.composite`): one view per domain, so evaluation reports each."""
         return {self.domain: self}
 
-    def for_sample(self, prompt: str | Path | None, domain: str | None) -> "Tokenizer":
+    def for_sample(self, prompt: str | Path | None, domain: str | None) -> Tokenizer:
         """The tokenizer a sample of ``prompt`` (or, without one, of ``domain``) answers to: itself
         for one domain (a ``domain`` other than its own is a TokenizerError); a joint vocabulary
         picks its view by the prompt file's type."""
@@ -381,7 +382,7 @@ class Tokenizer(ABC):
         """Write ``tokenizer.json`` (with ``domain``, ``config`` and ``fingerprint``) and model files."""
 
     @classmethod
-    def load(cls, folder: str | Path) -> "Tokenizer":
+    def load(cls, folder: str | Path) -> Tokenizer:
         """Rebuild what :meth:`save` wrote (:meth:`from_saved`) and refuse it when its fingerprint is
         not the one saved: the files beside ``tokenizer.json`` changed, so ids would mean other things."""
         folder = Path(folder)
@@ -395,7 +396,7 @@ class Tokenizer(ABC):
 
     @classmethod
     @abstractmethod
-    def from_saved(cls, folder: Path, body: dict[str, Any]) -> "Tokenizer":
+    def from_saved(cls, folder: Path, body: dict[str, Any]) -> Tokenizer:
         """The tokenizer :meth:`save` wrote to ``folder``; ``body`` is its ``tokenizer.json``."""
 
     def model_files_digest(self) -> str:

@@ -30,7 +30,8 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -115,7 +116,7 @@ class CompositeTokenizer(Tokenizer):
     def domains(self) -> list[str]:
         return list(self.parts)
 
-    def with_domain(self, domain: str) -> "CompositeTokenizer":
+    def with_domain(self, domain: str) -> CompositeTokenizer:
         """The same mapping answering for ``domain`` (a TokenizerError naming the parts if absent)."""
         if domain not in self.parts:
             raise TokenizerError(f"this joint model was trained on {', '.join(self.parts)}, not on {domain}")
@@ -202,7 +203,7 @@ class CompositeTokenizer(Tokenizer):
 
     # ------------------------------------------------------------------ building
     @classmethod
-    def from_settings(cls, settings: dict[str, Any]) -> "CompositeTokenizer":
+    def from_settings(cls, settings: dict[str, Any]) -> CompositeTokenizer:
         raise TokenizerError("a joint tokenizer is made from prepared folders (a recipe's data.mixture), "
                              "not from tokenizer settings")
 
@@ -394,7 +395,7 @@ class CompositeTokenizer(Tokenizer):
         return write_json(folder / CONFIG_FILE, body)
 
     @classmethod
-    def from_saved(cls, folder: Path, body: dict[str, Any]) -> "CompositeTokenizer":
+    def from_saved(cls, folder: Path, body: dict[str, Any]) -> CompositeTokenizer:
         parts: dict[str, Tokenizer] = {}
         for entry in (body.get("config") or {}).get("parts") or []:
             name = str(entry.get("domain"))

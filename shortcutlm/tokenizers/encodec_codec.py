@@ -24,7 +24,7 @@ import sys
 import types
 import warnings
 from pathlib import Path
-from typing import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 
 import numpy as np
 import torch

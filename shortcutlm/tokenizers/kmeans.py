@@ -9,7 +9,7 @@ in a row, so this is what lets an offline prepare stay many times faster than re
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import torch

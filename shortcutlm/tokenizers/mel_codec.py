@@ -20,7 +20,7 @@ spectrogram by non-negative least squares through the mel filterbank, and Griffi
 """
 from __future__ import annotations
 
-from typing import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 
 import numpy as np
 import torch

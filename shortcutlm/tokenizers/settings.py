@@ -8,7 +8,8 @@ from __future__ import annotations
 import difflib
 import hashlib
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any
+from collections.abc import Iterable, Mapping
 
 
 def merge_settings(domain: str, defaults: Mapping[str, Any], given: Mapping[str, Any] | None,

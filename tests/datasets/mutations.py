@@ -8,7 +8,7 @@ beyond the file, zero or odd sample rates and channel counts, zero time division
 from __future__ import annotations
 
 import struct
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 

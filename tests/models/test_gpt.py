@@ -124,7 +124,8 @@ def test_value_residual_equals_formula(mode):
     with torch.no_grad():
         out = model(idx, return_internals=True)
     b, t = idx.shape
-    as_heads = lambda v: v.view(b, t, cfg.kv_heads, cfg.head_dim).transpose(1, 2)
+    def as_heads(v):
+        return v.view(b, t, cfg.kv_heads, cfg.head_dim).transpose(1, 2)
     v1 = as_heads(raw[0])
     torch.testing.assert_close(out.values[0], v1, atol=0, rtol=0)
     for n in range(1, cfg.n_layer):
@@ -153,11 +154,11 @@ def test_learnable_lambdas_train_and_are_not_decayed():
     model = make(tiny(value_residual="learnable"))
     lambdas = [b.attn.lambdas for b in model.blocks[1:]]
     no_decay = model.param_groups(0.1)[1]["params"]
-    assert all(any(l is p for p in no_decay) for l in lambdas)
-    assert all(torch.equal(l.detach(), torch.tensor([0.5, 0.5])) for l in lambdas)
+    assert all(any(lam is p for p in no_decay) for lam in lambdas)
+    assert all(torch.equal(lam.detach(), torch.tensor([0.5, 0.5])) for lam in lambdas)
     idx = tokens(model.config, 2, 12)
     stream_losses(model(idx[:, :-1]), idx[:, 1:]).mean().backward()
-    assert all(l.grad is not None and l.grad.abs().sum() > 0 for l in lambdas)
+    assert all(lam.grad is not None and lam.grad.abs().sum() > 0 for lam in lambdas)
 
 
 def test_norms_and_biases_are_not_decayed():

@@ -16,7 +16,7 @@ is set to random values, so a reading that mixes up depths, heads or positions c
 from __future__ import annotations
 
 import math
-from typing import Callable
+from collections.abc import Callable
 
 import pytest
 import torch

@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
+from collections.abc import Callable
 
 from shortcutlm.artifacts.files import read_json, write_json
 from shortcutlm.bench.peer.report import log
