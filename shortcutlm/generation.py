@@ -82,7 +82,7 @@ from shortcutlm.artifacts.sidecar import SampleRecord, read_sidecar, sidecar_pat
 from shortcutlm.devices import resolve_device
 from shortcutlm.documents import Document
 from shortcutlm.errors import UserError
-from shortcutlm.models import SamplingSettings, generate, trim_at_stop
+from shortcutlm.models import GPT, SamplingSettings, generate, trim_at_stop
 from shortcutlm.tokenizers import Tokenizer, TokenizerError
 
 __all__ = ["GenerationError", "PromptError", "generate_from_checkpoint", "configure", "run"]
@@ -174,7 +174,7 @@ def _lasts(tok: Tokenizer, row: np.ndarray, context: dict[str, Any]) -> float:
     return float(tok.seconds_of(row[1:], context) or 0.0)  # row[0] is the packing EOS
 
 
-def _extend_to(model: torch.nn.Module, seq: torch.Tensor, head: np.ndarray, target: float, chunk: int,
+def _extend_to(model: GPT, seq: torch.Tensor, head: np.ndarray, target: float, chunk: int,
                settings: SamplingSettings, banned: Any, tok: Tokenizer,
                context: dict[str, Any]) -> tuple[torch.Tensor, int]:
     """Generate more, ``chunk`` steps at a time, until every row lasts ``target`` seconds.
@@ -187,6 +187,7 @@ def _extend_to(model: torch.nn.Module, seq: torch.Tensor, head: np.ndarray, targ
         return min(_lasts(tok, r, context) for r in rows)
 
     rounds = 1
+    assert settings.seed is not None  # generate_from_checkpoint always draws one
     while rounds < MAX_ROUNDS and shortest() < target:
         more = SamplingSettings(settings.temperature, settings.top_k, settings.top_p, settings.seed + rounds)
         seq = generate(model, seq, chunk, more, banned=banned)
@@ -343,8 +344,9 @@ def generate_from_checkpoint(folder: str | Path, out: str | Path, prompt: str | 
                        on_step=shown)
         timed = seconds is not None and tok.time_from_content and not stop_at_eos
         if timed:  # MIDI: go on until every sample lasts the prompt plus the requested seconds
-            prompt_seconds = tok.seconds_of(full[1:], context) if tokens is not None else 0.0
-            target = prompt_seconds + float(seconds)
+            assert seconds is not None  # timed implies seconds
+            prompt_lasts = (tok.seconds_of(full[1:], context) or 0.0) if tokens is not None else 0.0
+            target = prompt_lasts + float(seconds)
             seq, rounds = _extend_to(model, seq, head, target, n_new, settings, banned, tok, context)
             budget.update(target_seconds=target, generation_rounds=rounds)
     if device.type == "cuda":
@@ -373,7 +375,8 @@ def generate_from_checkpoint(folder: str | Path, out: str | Path, prompt: str | 
         prompt_seconds = (tok.seconds_of(full[1:], context) if tokens is not None and tok.time_from_content
                           else meta.get("seconds"))  # as written (its own tempo kept); the source's is below
         written_seconds = _seconds(tok.artifact_seconds, path)
-        both = isinstance(written_seconds, float) and isinstance(prompt_seconds, float)
+        continuation = (written_seconds - prompt_seconds
+                        if isinstance(written_seconds, float) and isinstance(prompt_seconds, float) else None)
         sidecar = SampleRecord(
             checkpoint=str(ckpt.folder), checkpoint_name=ckpt.name, domain=tok.domain,
             prompt=str(prompt) if prompt is not None else None, prompt_tokens=int(prompt_len - 1),
@@ -388,7 +391,7 @@ def generate_from_checkpoint(folder: str | Path, out: str | Path, prompt: str | 
             context=cfg.block_size, slid_window=bool(tail.shape[-1] + n_new > cfg.block_size),
             device=str(device), artifact=str(path), tokenizer=dict(tok.describe()),
             prompt_frames=meta.get("frames"),  # what the prompt's encoding measured (audio: EnCodec frames)
-            continuation_seconds=written_seconds - prompt_seconds if both else None,
+            continuation_seconds=continuation,
             rendering=str(rendering) if rendering is not None else None,
             rendering_seconds=_seconds(_wav_seconds, Path(rendering)) if rendering is not None else None,
             total_s=time.perf_counter() - clock,

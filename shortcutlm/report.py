@@ -48,7 +48,8 @@ def generate_samples(recipe: Recipe, folder: Path, data_dir: Path, out_dir: Path
     g = recipe.generate
     settings = SamplingSettings(temperature=g.temperature, top_k=g.top_k, top_p=g.top_p, seed=g.seed)
     prompt = prompt_file(recipe, data_dir, out_dir.parent / "prompt")
-    return generate_from_checkpoint(folder, out_dir, prompt=prompt, max_new_tokens=None if g.seconds else g.max_new_tokens,
+    return generate_from_checkpoint(folder, out_dir, prompt=prompt,
+                                    max_new_tokens=None if g.seconds else g.max_new_tokens,
                                     seconds=g.seconds, settings=settings, samples=g.samples,
                                     overwrite=True)  # the run's own samples folder: a re-run replaces them
 
@@ -155,11 +156,11 @@ def _evaluation_reading(layout: RunLayout) -> str | None:
     """One sentence: each checkpoint's loss against the baseline's, and which is lowest."""
     results = read_results_or_none(layout.evaluation)
     rows = [r for r in (results.checkpoints if results else []) if r.loss_nats is not None]
-    if not rows:
+    if not rows or results is None:
         return None
     by_domain: dict[str, dict[str, float]] = {}  # a joint model's rows: one reading per domain
     for r in rows:
-        by_domain.setdefault(str(r.domain), {})[str(r.name)] = float(r.loss_nats)
+        by_domain.setdefault(str(r.domain), {})[str(r.name)] = float(r.loss_nats or 0.0)  # rows with a loss only
     readings = []
     for domain, losses in by_domain.items():
         best = min(losses, key=losses.__getitem__)
@@ -284,7 +285,7 @@ def run_description(layout: RunLayout, variants: list[str]) -> str:
     if trained:
         folder = CheckpointFolder(layout.checkpoint(trained[0]))
         cfg, h = folder.model_config(), folder.hparams()
-        steps = sorted({CheckpointFolder(layout.checkpoint(v)).hparams().step for v in trained})
+        steps = sorted({CheckpointFolder(layout.checkpoint(v)).hparams().step or 0 for v in trained})
         step_text = f"{steps[0]:,}" if len(steps) == 1 else f"{steps[0]:,}-{steps[-1]:,}"
         parts.append(f"Models: {cfg['n_layer']} layers, width {cfg['n_embd']}, {cfg['n_head']} heads, context "
                      f"{cfg['block_size']:,}; {len(trained)} variant(s) trained {step_text} steps at "

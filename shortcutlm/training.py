@@ -15,8 +15,8 @@ import time
 from contextlib import nullcontext
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
 from collections.abc import Callable, Iterable, Iterator
+from typing import Any, cast
 
 import lightning as L
 import torch
@@ -73,10 +73,12 @@ class ShardData(L.LightningDataModule):
     def __init__(self, data_dir: Path, block_size: int, settings: TrainSettings, lit: LitGPT,
                  has_valid: bool) -> None:
         super().__init__()
-        self.data_dir, self.block, self.settings, self.lit, self.has_valid = data_dir, block_size, settings, lit, has_valid
+        self.data_dir, self.block, self.settings = data_dir, block_size, settings
+        self.lit, self.has_valid = lit, has_valid
 
     def train_dataloader(self) -> Any:
         s, t = self.settings, self.trainer
+        assert t is not None  # Lightning attaches the trainer before it asks for data
         start = {"batches": self.lit.data_batches_done}
         return FromPosition(lambda: train_batches(self.data_dir, self.block, s.batch_size, s.seed, rank=t.global_rank,
                                                   world_size=t.world_size, num_workers=s.num_workers, state=start))
@@ -85,6 +87,7 @@ class ShardData(L.LightningDataModule):
         if not self.has_valid:
             return []
         t = self.trainer
+        assert t is not None
         return eval_batches(self.data_dir, "valid", self.block, self.settings.batch_size, t.global_rank, t.world_size)
 
 
@@ -146,10 +149,10 @@ class FolderWriter(L.Callback):
         if merged is not None:
             self.folder.write_metrics(*merged)
 
-    def on_train_start(self, trainer: L.Trainer, lit: LitGPT) -> None:
+    def on_train_start(self, trainer: L.Trainer, lit: Any) -> None:
         self.saved_step, self.saved_at = trainer.global_step, time.monotonic()
 
-    def on_save_checkpoint(self, trainer: L.Trainer, lit: LitGPT, checkpoint: dict[str, Any]) -> None:
+    def on_save_checkpoint(self, trainer: L.Trainer, lit: Any, checkpoint: dict[str, Any]) -> None:
         # Lightning's restart logic expects saves at the end of a batch. Ours come after the next
         # batch was fetched but before it ran; the loader fetches it again on resume. Lightning
         # forgets that fetch in its per-epoch counter on restart, but not in the total one that
@@ -170,7 +173,7 @@ class FolderWriter(L.Callback):
         requested, due, end = (bool(v) for v in flags.tolist())
         return requested or due or end, requested, end
 
-    def on_train_batch_start(self, trainer: L.Trainer, lit: LitGPT, batch: Any, batch_idx: int) -> None:
+    def on_train_batch_start(self, trainer: L.Trainer, lit: Any, batch: Any, batch_idx: int) -> None:
         if batch_idx % lit.settings["accumulate"]:
             return  # inside a step
         # Lightning's logging cadence counts optimiser steps; its restart logic can leave the
@@ -184,10 +187,10 @@ class FolderWriter(L.Callback):
         if requested or end:
             raise StepBoundaryStop(trainer.global_step, interrupted=requested)
 
-    def on_train_end(self, trainer: L.Trainer, lit: LitGPT) -> None:
+    def on_train_end(self, trainer: L.Trainer, lit: Any) -> None:
         self.write(trainer, lit)
 
-    def on_exception(self, trainer: L.Trainer, lit: LitGPT, exception: BaseException) -> None:
+    def on_exception(self, trainer: L.Trainer, lit: Any, exception: BaseException) -> None:
         if isinstance(exception, KeyboardInterrupt) and trainer.is_global_zero:
             # A second Ctrl-C lands mid-step, where state does not resume exactly: keep the last save.
             log.warning("stopped at once at step %d; %s keeps the state saved at step %d",
@@ -280,7 +283,8 @@ def train(recipe: Recipe, variant: str, data_dir: str | Path, out: str | Path, p
     """
     quiet_training_output()
     data_dir, out = shard_folder(data_dir), Path(out)  # a URL opens as a local view of the served folder
-    if recipe.mixture and rank_zero_only.rank == 0:  # a joint model: its parts prepared and mixed into data_dir
+    # a joint model: its parts prepared and mixed into data_dir (by the first process)
+    if recipe.mixture and getattr(rank_zero_only, "rank", 0) == 0:
         from shortcutlm.joint import ensure_mixture
 
         ensure_mixture(recipe, data_dir, progress=progress)
@@ -339,7 +343,7 @@ def _fit(recipe: Recipe, variant: str, data_dir: Path, out: Path, s: TrainSettin
         trainer = L.Trainer(
             max_steps=s.max_steps, max_epochs=-1,
             accelerator=s.accelerator, devices=s.devices, num_nodes=s.num_nodes, strategy=s.strategy,
-            precision=s.precision, accumulate_grad_batches=s.accumulate,
+            precision=cast(Any, s.precision), accumulate_grad_batches=s.accumulate,
             gradient_clip_val=s.grad_clip or None, val_check_interval=s.val_every * s.accumulate,
             check_val_every_n_epoch=None, limit_val_batches=s.val_batches if has_valid else 0,
             num_sanity_val_steps=0, log_every_n_steps=s.log_every, logger=loggers,
@@ -383,6 +387,6 @@ def run(args: argparse.Namespace) -> int:
     variant = args.variant or next(iter(recipe.variants))
     out = train(recipe, variant, args.data, args.out, progress=not args.no_progress,
                 stop_after=args.stop_after, fresh=args.fresh, init_from=args.init_from)
-    if rank_zero_only.rank == 0:  # under DDP every process returns here; one line is enough
+    if getattr(rank_zero_only, "rank", 0) == 0:  # under DDP every process returns here; one line is enough
         print(f"checkpoint: {out}")
     return 0

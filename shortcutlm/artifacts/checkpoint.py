@@ -57,9 +57,9 @@ TENSORBOARD = "tensorboard"
 
 #: What runs write into a checkpoint folder (training, and the ablation's caches beside it): all that
 #: ``train --fresh`` may remove. Anything else in the folder is the user's, and ``--fresh`` refuses it.
-RUN_WRITES = frozenset({WEIGHTS, LEGACY_WEIGHTS, MODEL_CONFIG, RECIPE, HPARAMS, DATA, METRICS, TOKENIZER_DIR, TRAINER_STATE.parts[0],
-                        LOGS, TENSORBOARD, LOCK, "ablation.json", "error.json", "step_timing.json",
-                        "ablation_cache.json"})
+RUN_WRITES = frozenset({WEIGHTS, LEGACY_WEIGHTS, MODEL_CONFIG, RECIPE, HPARAMS, DATA, METRICS, TOKENIZER_DIR,
+                        TRAINER_STATE.parts[0], LOGS, TENSORBOARD, LOCK, "ablation.json", "error.json",
+                        "step_timing.json", "ablation_cache.json"})
 _RUN_WRITES_PATTERN = re.compile(r"^eval(_\w+)?\.json$")
 
 RETRAIN = "re-train it (shortcutlm train ... --out {folder} --fresh) or restore the folder from a copy"
@@ -247,7 +247,8 @@ class CheckpointFolder:
         except ArtifactError as err:
             raise CheckpointError(str(err)) from err
         if not isinstance(body, dict):
-            raise CheckpointError(f"{path}: not a {what} (a JSON object was expected); {RETRAIN.format(folder=self.path)}")
+            raise CheckpointError(f"{path}: not a {what} (a JSON object was expected); "
+                                  f"{RETRAIN.format(folder=self.path)}")
         return body
 
     def hparams(self) -> TrainingRecord:
@@ -313,7 +314,8 @@ class CheckpointFolder:
         """The saved state dict (CPU tensors, tied names restored), either format; one-line errors."""
         weights = self.weights_path
         if not weights.is_file():
-            raise CheckpointError(f"{self.path}: {WEIGHTS} is missing (was training interrupted before the first save?)")
+            raise CheckpointError(f"{self.path}: {WEIGHTS} is missing "
+                                  "(was training interrupted before the first save?)")
         try:
             return read_weights(weights)
         except WEIGHTS_LOAD_ERRORS as err:
@@ -516,9 +518,10 @@ def checkpoint_labels(names: Sequence[str], folders: Sequence[str | Path]) -> li
     ``baseline (run_a)``; by their whole folder path where folder names repeat too; and by a
     number where one folder is given twice.
     """
-    names, folders = [str(n) for n in names], [Path(f) for f in folders]
-    labels = [f"{n} ({f.name})" if names.count(n) > 1 else n for n, f in zip(names, folders)]
-    labels = [f"{n} ({f})" if labels.count(label) > 1 else label for n, f, label in zip(names, folders, labels)]
+    names = [str(n) for n in names]
+    paths = [Path(f) for f in folders]
+    labels = [f"{n} ({f.name})" if names.count(n) > 1 else n for n, f in zip(names, paths)]
+    labels = [f"{n} ({f})" if labels.count(label) > 1 else label for n, f, label in zip(names, paths, labels)]
     seen: dict[str, int] = {}
     numbered = []
     for label in labels:

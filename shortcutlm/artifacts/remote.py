@@ -200,7 +200,8 @@ def open_view(location: str) -> Path:
                          "prepare it again, or copy the folder and pass its local path")
     view.mkdir(parents=True, exist_ok=True)
     _fetch_tokenizer(location, where, tokenizer, view)
-    write_with(view / MANIFEST, lambda fh: fh.write(data), shared=True)  # last: a view with a manifest has its tokenizer
+    # last: a view with a manifest has its tokenizer
+    write_with(view / MANIFEST, lambda fh: fh.write(data), shared=True)
     if read_json_or_none(view / REMOTE_RECORD) != {"location": location}:
         record = json.dumps({"location": location}).encode("utf-8")
         write_with(view / REMOTE_RECORD, lambda fh: fh.write(record), shared=True)
@@ -214,11 +215,13 @@ def _fetch_tokenizer(location: str, where: str, tokenizer: dict[str, Any], view:
     renames file by file, so the last rename wins whole. A file whose cached copy already has the
     manifest's sha256 is not fetched again."""
     folder = tokenizer.get("folder") or TOKENIZER_FOLDER
-    digests = tokenizer.get("sha256") if isinstance(tokenizer.get("sha256"), dict) else {}
+    listed = tokenizer.get("sha256")
+    digests: dict[str, str] = listed if isinstance(listed, dict) else {}
 
     def cached(name: str) -> bool:
         expected = digests.get(name)
-        return bool(expected) and _sha256_or_none(inside(view, f"{folder}/{name}", "tokenizer.files[]", where)) == expected
+        there = inside(view, f"{folder}/{name}", "tokenizer.files[]", where)
+        return bool(expected) and _sha256_or_none(there) == expected
 
     wanted = [name for name in tokenizer["files"] if not cached(name)]
     if not wanted:
@@ -236,7 +239,7 @@ def _fetch_tokenizer(location: str, where: str, tokenizer: dict[str, Any], view:
         if not digests:  # a manifest from before the digests: the tokenizer's own fingerprint checks its files
             from shortcutlm.tokenizers import load_tokenizer
 
-            load_tokenizer(staging / folder).check_fingerprint(tokenizer.get("fingerprint"), where)
+            load_tokenizer(staging / folder).check_fingerprint(str(tokenizer.get("fingerprint")), where)
         for name in wanted:
             target = inside(view, f"{folder}/{name}", "tokenizer.files[]", where)
             target.parent.mkdir(parents=True, exist_ok=True)
@@ -277,7 +280,7 @@ def remote_location(folder: str | Path) -> str | None:
 
 def shard_folder(location: str | Path) -> Path:
     """The folder to read shards from: ``location`` itself, or the local view of a remote one."""
-    return open_view(location) if is_remote(location) else Path(location).expanduser()
+    return open_view(str(location)) if is_remote(location) else Path(location).expanduser()
 
 
 def where_is(folder: str | Path, name: str) -> str:

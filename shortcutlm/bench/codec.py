@@ -45,13 +45,14 @@ TARGETS = {"identity": 0.95, "prepare_real_time_factor": 20.0}
 PARTS = ("identity", "prepare", "codec", "generation", "memory")
 CLIP_SECONDS = 2.0
 RATE = 24000
-GENERATION_SIZES = {"tiny": {"n_layer": 4, "n_head": 4, "n_embd": 128, "block_size": 256},
+GENERATION_SIZES: dict[str, dict[str, Any]] = {"tiny": {"n_layer": 4, "n_head": 4, "n_embd": 128, "block_size": 256},
                     "default": {"n_layer": 6, "n_head": 6, "n_embd": 384, "block_size": 750}}
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", metavar="FILE", help="write the figures here as JSON")
-    parser.add_argument("--limit", type=int, default=200, help="chorales in the corpus (the valid split is cut into clips)")
+    parser.add_argument("--limit", type=int, default=200,
+                        help="chorales in the corpus (the valid split is cut into clips)")
     parser.add_argument("--bandwidth", type=float, default=1.5, help="kbps for the identity test (the audio recipe's)")
     parser.add_argument("--fit-seconds", type=float, default=600.0,
                         help="seconds of train audio both codecs are fitted on in the identity test")
@@ -68,7 +69,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="kbps for the memory part (6: 8 codebooks, the largest token array of the usual settings)")
     parser.add_argument("--work", default=None, help="folder for the memory part's temporary WAVs (default: the "
                                                      "system's temporary folder; an hour is 600 MB)")
-    parser.add_argument("--cache", default=None, help="cache folder (default: $SHORTCUTLM_CACHE or ~/.cache/shortcutlm)")
+    parser.add_argument("--cache", default=None,
+                        help="cache folder (default: $SHORTCUTLM_CACHE or ~/.cache/shortcutlm)")
 
 
 # ------------------------------------------------------------------------------------- corpus
@@ -110,7 +112,8 @@ def valid_clips(docs: list, analysis) -> tuple[list[np.ndarray], torch.Tensor, i
             continue
         wave, _ = sf.read(str(doc.path), dtype="float32")
         clips += [wave[s:s + size] for s in range(0, wave.shape[0] - size + 1, size)]
-    kept, mels = [], []
+    kept: list[np.ndarray] = []
+    mels: list[torch.Tensor] = []
     for clip in clips:
         mel = analysis.log_mel(clip)
         if all(float((mel - other).abs().mean()) > 1e-6 for other in mels):
@@ -257,7 +260,8 @@ def summary(result: dict[str, Any]) -> list[str]:
             r = ident[weights]
             lines.append(f"  {weights:<14} identity {r['identity']:.3f}  round-trip log-mel L1 "
                          f"{r['round_trip_log_mel_l1']:.3f} (other clips {r['other_clips_log_mel_l1']:.3f})  "
-                         f"corr(random, zero codes) {r['decode_correlation_random_vs_zero_codes']:.3f}  fit {r['fit_s']:.1f} s")
+                         f"corr(random, zero codes) {r['decode_correlation_random_vs_zero_codes']:.3f}  "
+                         f"fit {r['fit_s']:.1f} s")
     for p in result.get("prepare", []):
         lines.append(f"prepare {p['audio_seconds']:.0f} s at {p['bandwidth_kbps']:g} kbps, {p['workers']} workers: "
                      f"{p['wall_s']:.1f} s = {p['real_time_factor']:.1f}x real time (fit {p['fit_s']:.1f} s)")
@@ -292,7 +296,8 @@ def memory_choices(args: argparse.Namespace) -> tuple[list[float], list[str]]:
     except ValueError:
         minutes = []
     if not minutes or min(minutes) <= 0:
-        raise SystemExit(f"bench codec: --memory-minutes must be positive numbers, e.g. 10,60 (got {args.memory_minutes!r})")
+        raise SystemExit("bench codec: --memory-minutes must be positive numbers, e.g. 10,60 "
+                         f"(got {args.memory_minutes!r})")
     weights = [w.strip() for w in args.memory_weights.split(",") if w.strip()]
     if not weights or set(weights) - {"mel_kmeans", "random_kmeans"}:
         raise SystemExit(f"bench codec: --memory-weights takes mel_kmeans and/or random_kmeans, the codecs fitted "

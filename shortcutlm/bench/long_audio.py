@@ -152,7 +152,7 @@ def ratios(result: dict[str, Any]) -> dict[str, dict[str, Any]]:
     the shortest file's, over the shortest file's phase peak; the raw ratio beside it."""
     from shortcutlm.bench.common import target
 
-    out = {}
+    out: dict[str, Any] = {}
     lengths = sorted({r["minutes"] for r in result["runs"]})
     if len(lengths) < 2:
         return out

@@ -124,7 +124,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     add_size_arguments(parser)
     parser.add_argument("--new-tokens", type=int, default=STATED["new_tokens"])
     parser.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32", help="bf16 = autocast")
-    parser.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated subset of " + ",".join(VARIANTS))
+    parser.add_argument("--variants", default=",".join(VARIANTS),
+                        help="comma-separated subset of " + ",".join(VARIANTS))
     parser.add_argument("--joint-vocab", type=int, default=None, metavar="V",
                         help="also step the baseline at a joint model's vocabulary V (e.g. 3557 for the tiny "
                              "multimodal recipe) and report it beside the single-domain one")
@@ -207,7 +208,7 @@ def _joint_figures(trainees: dict[str, Trainee], times: dict[str, list[float]], 
     """The joint configuration beside the single-domain baseline: the same decoder with a larger
     embedding and output layer, so its step should cost what the baseline's does plus those."""
     single, joint = trainees["baseline"], trainees[JOINT]
-    figures = {"single_vocab": single.config.vocab_size, "joint_vocab": joint.config.vocab_size,
+    figures: dict[str, Any] = {"single_vocab": single.config.vocab_size, "joint_vocab": joint.config.vocab_size,
                "single_parameters": single.model.num_params(), "joint_parameters": joint.model.num_params(),
                "single_step_seconds_median": median(times["baseline"]),
                "joint_step_seconds_median": median(times[JOINT]),
@@ -290,7 +291,8 @@ def run(args: argparse.Namespace) -> int:
             L = base.n_layer
             measured = out["svformer"]["kv_cache_bytes_full_context"] / b["kv_cache_bytes_full_context"]
             targets["svformer_cache_fraction"] = target(measured, (L + 1) / (2 * L), "==")
-            targets["svformer_cache_fraction"]["exact"] = math.isclose(measured, (L + 1) / (2 * L), rel_tol=0, abs_tol=0)
+            exact = math.isclose(measured, (L + 1) / (2 * L), rel_tol=0, abs_tol=0)
+            targets["svformer_cache_fraction"]["exact"] = exact
             # (L+1)/(2L) is the design's fraction at every depth: judged at any size.
         for n, v in out.items():
             targets[f"{n}_cache_speedup"] = sized(target(round(v["cache_speedup"], 2), 5.0, ">="))

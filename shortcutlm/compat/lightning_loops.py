@@ -19,7 +19,7 @@ def set_batches_that_stepped(trainer: Any, steps: int) -> None:
     loop = getattr(getattr(trainer, "fit_loop", None), "epoch_loop", None)
     if not isinstance(getattr(loop, "_batches_that_stepped", None), int):
         raise changed(PACKAGE, TESTED, "trainer.fit_loop.epoch_loop._batches_that_stepped")
-    loop._batches_that_stepped = steps
+    setattr(loop, "_batches_that_stepped", steps)  # noqa: B010 - a private attribute, checked just above
 
 
 def forget_prefetched_batch(checkpoint: dict[str, Any]) -> None:

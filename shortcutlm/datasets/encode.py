@@ -10,7 +10,7 @@ import os
 import sys
 from pathlib import Path
 from typing import Any
-from collections.abc import Iterator
+from collections.abc import Generator
 
 import numpy as np
 
@@ -25,7 +25,8 @@ _WORKER: dict[str, Tokenizer] = {}
 
 def setup_worker(domain: str, settings: dict[str, Any] | None, folder: str | None, threads: int) -> None:
     """Worker set-up: the saved tokenizer from ``folder``, or (for training) a fresh one from settings."""
-    _WORKER["tokenizer"] = load_tokenizer(folder) if folder else tokenizer_class(domain).from_settings(dict(settings or {}))
+    _WORKER["tokenizer"] = (load_tokenizer(folder) if folder
+                            else tokenizer_class(domain).from_settings(dict(settings or {})))
     if threads and "torch" in sys.modules:  # keep workers on shared cores from oversubscribing
         sys.modules["torch"].set_num_threads(threads)
 
@@ -95,7 +96,7 @@ def worker_threads(workers: int) -> int:
 
 
 def encoded_stream(docs: list[Document], pool: IsolatedPool, folder: Path, domain: str,
-                    timeout_s: float | None) -> Iterator[tuple[Document, np.ndarray | None, Any]]:
+                    timeout_s: float | None) -> Generator[tuple[Document, np.ndarray | None, Any], None, None]:
     """Encoded documents in input order, so shard contents are reproducible; a document whose
     worker crashed comes back with the crash as its reason."""
     if not docs:

@@ -25,7 +25,7 @@ from collections import deque
 from dataclasses import dataclass
 from multiprocessing.reduction import ForkingPickler
 from typing import Any
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterator, Sequence
 
 #: How many tasks may run ahead of the oldest unfinished one (bounds the results held for ordering).
 AHEAD_PER_WORKER = 4
@@ -144,7 +144,7 @@ class IsolatedPool:
             self._finish_setup(worker)
 
     def imap(self, fn: Callable[[Any], Any], items: Sequence[Any],
-             timeout_s: float | None = None) -> Iterator[tuple[Any, Any]]:
+             timeout_s: float | None = None) -> Generator[tuple[Any, Any], None, None]:
         """``(item, fn(item))`` in input order; ``fn(item)`` is a :class:`Crashed` when the worker died
         (or ran past ``timeout_s``) on that item. An exception in ``fn`` ends the run as a WorkerError,
         so ``fn`` should turn bad input into a value itself."""

@@ -42,7 +42,7 @@ import bisect
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 from collections.abc import Iterator
 
 import numpy as np
@@ -171,7 +171,7 @@ def build_mixture(parts: list[MixturePart], out: str | Path, temperature: float 
     tokenizers: dict[str, Tokenizer] = {}
     first: dict[str, Path] = {}
     rates: dict[str, float] = {}
-    for part, (manifest, tok) in zip(parts, read):
+    for part, (part_manifest, tok) in zip(parts, read):
         domain = tok.domain
         if domain in tokenizers and tokenizers[domain].fingerprint() != tok.fingerprint():
             raise MixtureError(f"mixture part {part.folder}: a second {domain} folder made with another tokenizer "
@@ -179,8 +179,8 @@ def build_mixture(parts: list[MixturePart], out: str | Path, temperature: float 
                                f"{tokenizers[domain].fingerprint()}): one domain is one vocabulary")
         tokenizers.setdefault(domain, tok)
         first.setdefault(domain, part.folder)
-        if manifest.train_tokens_per_second and domain not in rates:
-            rates[domain] = manifest.train_tokens_per_second
+        if part_manifest.train_tokens_per_second and domain not in rates:
+            rates[domain] = part_manifest.train_tokens_per_second
     train_tokens = [m.split("train").tokens for m, _ in read]
     probs = _probabilities(parts, train_tokens, temperature)
     joint = CompositeTokenizer(tokenizers, rates=rates)
@@ -231,7 +231,7 @@ def _open_parts(shard_dir: str | Path, split: str) -> tuple[CompositeTokenizer, 
     folder = Path(shard_dir)
     manifest = read_manifest(folder)
     parts = mixture_parts(manifest, folder / MANIFEST)
-    tokenizer = load_tokenizer(folder / manifest["tokenizer"].get("folder", TOKENIZER))
+    tokenizer = cast(CompositeTokenizer, load_tokenizer(folder / manifest["tokenizer"].get("folder", TOKENIZER)))
     opened = []
     for record in parts:
         part_manifest = read_manifest(record["folder"])
@@ -390,13 +390,15 @@ class MixtureTrainBatches(TrainBatches):
         if len(parts) != len(mixture_parts(manifest, shard_dir)):
             raise ValueError(f"{shard_dir}: not every part of the mixture has a {split!r} split")
         probabilities = [float(record["probability"]) for record, _ in parts]
-        self.data = _MixedSplit(tokenizer.pad_id, sum(s.n_docs for _, s in parts),
-                                sum(s.total_tokens for _, s in parts))  # the sizes benchmarks read
+        # duck-typed: the sizes and pad id TrainBatches and the benchmarks read of their data
+        self.data = cast(Any, _MixedSplit(tokenizer.pad_id, sum(s.n_docs for _, s in parts),
+                                          sum(s.total_tokens for _, s in parts)))
         self.config = {"seed": int(seed), "rank": rank, "world_size": world_size, "num_workers": num_workers,
                        "block_size": block_size, "batch_size": batch_size, "split": split,
                        "shuffle_shards": shuffle_shards, "fingerprint": manifest["tokenizer"]["fingerprint"],
                        "mixture": [[record["folder"], record["probability"]] for record, _ in parts]}
-        self.plan = _MixedPlan(tokenizer, parts, probabilities, seed, world_size * max(1, num_workers), shuffle_shards)
+        self.plan = cast(Any, _MixedPlan(tokenizer, parts, probabilities, seed, world_size * max(1, num_workers),
+                                         shuffle_shards))  # the plan interface TrainBatches uses
         self.pin_memory = pin_memory
         self.batches = 0
         if state is not None:
@@ -426,7 +428,7 @@ class MixtureEvalBatches(EvalBatches):
         self.tokenizer, self.parts = _open_parts(shard_dir, split)
         n_docs = sum(s.n_docs for _, s in self.parts)
         tokens = sum(s.total_tokens for _, s in self.parts)
-        self.data = _MixedSplit(self.tokenizer.pad_id, n_docs, tokens)
+        self.data = cast(Any, _MixedSplit(self.tokenizer.pad_id, n_docs, tokens))  # what EvalBatches reads
         self.block, self.batch, self.rank, self.world = block_size, batch_size, rank, world_size
         stream_length = 1 + tokens + 2 * n_docs
         self.targets = tokens + n_docs

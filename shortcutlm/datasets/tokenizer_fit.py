@@ -54,7 +54,8 @@ def train_tokenizer(tokenizer: Tokenizer, docs: list[Document], pool: IsolatedPo
     if not tokenizer.trains_on_samples:  # text: read in this process by Python code, no native parser
         by_id = {d.doc_id: d for d in train}
         skipped = tokenizer.train(train)
-        return {k: Rejected(by_id[k].describe(), rejection_reason(by_id[k], why), "train", k) for k, why in skipped.items()}
+        return {k: Rejected(by_id[k].describe(), rejection_reason(by_id[k], why), "train", k)
+                for k, why in skipped.items()}
     samples, rejected = _training_samples(tokenizer, train, pool, settings, timeout_s)
     if not samples:
         example = next(iter(rejected.values()))

@@ -53,15 +53,15 @@ from shortcutlm.environment import check_torch_pair
 from shortcutlm.tokenizers.codebooks import (CARD, LAYOUTS, build_delay, build_flatten, delay_valid_mask,
                                              revert_delay, revert_flatten)
 from shortcutlm.tokenizers.audio_blocks import CodecAudio, unit_rms_scale
-from shortcutlm.tokenizers.base import (Encoded, LossGroups, Tokenizer, TokenizerError, TrainingError, TrainRate, Waveform,
-                                        saved_file, write_config)
+from shortcutlm.tokenizers.base import (Encoded, LossGroups, Tokenizer, TokenizerError, TrainingError, TrainRate,
+                                        Waveform, saved_file, write_config)
 from shortcutlm.tokenizers.encodec_codec import BANDWIDTHS, PRETRAINED_NAMES, EncodecCodec, read_state_dict
 from shortcutlm.tokenizers.kmeans import FrameReservoir, FrameSample
 from shortcutlm.tokenizers.mel_codec import MelCodec
 from shortcutlm.tokenizers.settings import merge_settings
 
 log = logging.getLogger(__name__)
-_WARNED_OFFLINE: set[tuple[str, int, bool]] = set()
+_WARNED_OFFLINE: set[tuple[str, int]] = set()
 
 CODEC_FILE = "codec.pt"
 FITTED_KINDS = ("mel_kmeans", "random_kmeans")  # offline codecs whose codebooks are fitted on the train audio
@@ -355,6 +355,7 @@ class AcousticTokenizer(Tokenizer):
         over the file measures it) and as they are for the 24 kHz one."""
         if self.sample_rate != 48000:
             return audio
+        assert isinstance(self._codec, EncodecCodec)  # only EnCodec has a 48 kHz model
         scale = unit_rms_scale(audio, self._codec.chunk_samples)
         return audio if scale is None else (block / np.float32(scale) for block in audio)
 

@@ -85,17 +85,17 @@ class CompositeTokenizer(Tokenizer):
         self._joint = {name: at + i for i, name in enumerate(JOINT_SPECIALS)}
         self.markers = {name: at + len(JOINT_SPECIALS) + i for i, name in enumerate(self.parts)}
         self._vocab = at + len(JOINT_SPECIALS) + len(self.parts)
-        if active is not None:  # the view takes its part's class-level answers
+        # The class-level facts of the protocol, answered per instance: a view takes its part's, the
+        # whole joint tokenizer reads every part's files.
+        if active is not None:
             part = self.parts[active]
-            self.domain = part.domain
-            self.extensions = part.extensions
-            self.artifact_suffixes = part.artifact_suffixes
-            self.rendering_suffix = part.rendering_suffix
-            self.time_from_content = part.time_from_content
-            self.artifact_is_sound = part.artifact_is_sound
+            facts = {"domain": part.domain, "extensions": part.extensions, "artifact_suffixes": part.artifact_suffixes,
+                     "rendering_suffix": part.rendering_suffix, "time_from_content": part.time_from_content,
+                     "artifact_is_sound": part.artifact_is_sound}
         else:
-            self.extensions = tuple(s for p in self.parts.values() for s in p.extensions)
-            self.artifact_suffixes = tuple(s for p in self.parts.values() for s in p.artifact_suffixes)
+            facts = {"extensions": tuple(s for p in self.parts.values() for s in p.extensions),
+                     "artifact_suffixes": tuple(s for p in self.parts.values() for s in p.artifact_suffixes)}
+        vars(self).update(facts)
 
     # ------------------------------------------------------------------ the mapping
     @property
