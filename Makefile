@@ -8,7 +8,7 @@ LOCK := requirements.lock
 # the machine it runs on); the version is pinned so that `make lock` itself is reproducible.
 UV_VERSION := 0.13.9
 
-.PHONY: venv lock test test-fast demo bench gpu-check gpu-check-dry clean
+.PHONY: venv lock lint test test-fast demo bench gpu-check gpu-check-dry clean
 
 venv: $(STAMP)
 
@@ -28,7 +28,13 @@ lock:
 	$(BIN)/uv pip compile pyproject.toml --extra dev --extra bench --universal \
 		--python-version 3.11 --generate-hashes --quiet -o $(LOCK)
 
-test: $(STAMP)
+# The linter and the type checker the field's codebases hold themselves to (settings in pyproject.toml);
+# mypy is pointed at the environment so it sees the installed packages' types.
+lint: $(STAMP)
+	$(BIN)/ruff check shortcutlm tests
+	$(BIN)/mypy --python-executable $(BIN)/python
+
+test: lint
 	$(BIN)/python -m pytest -q
 
 # The quick loop while editing: everything but the end-to-end tests (marked slow).

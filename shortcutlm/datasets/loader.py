@@ -281,16 +281,21 @@ class _SlotBatches(torch.utils.data.IterableDataset):
         return self.slot_batches((info.id + self.batches_done) % self.workers)
 
 
+def check_batching(block_size: int, batch_size: int, rank: int, world_size: int) -> None:
+    """What every loader (one folder's or a mixture's) refuses before it reads anything."""
+    if block_size < 1 or batch_size < 1:
+        raise ValueError("block_size and batch_size must be positive")
+    if not 0 <= rank < world_size:
+        raise ValueError(f"rank {rank} is outside world size {world_size}")
+
+
 class TrainBatches:
     """Infinite, resumable iterable of training batches (see the module docstring)."""
 
     def __init__(self, shard_dir: str | Path, block_size: int, batch_size: int, seed: int, rank: int = 0,
                  world_size: int = 1, num_workers: int = 0, state: dict[str, Any] | None = None,
                  split: str = "train", shuffle_shards: int = 4, pin_memory: bool = False) -> None:
-        if block_size < 1 or batch_size < 1:
-            raise ValueError("block_size and batch_size must be positive")
-        if not 0 <= rank < world_size:
-            raise ValueError(f"rank {rank} is outside world size {world_size}")
+        check_batching(block_size, batch_size, rank, world_size)
         self.data = _Split(shard_dir, split)
         if self.data.total_tokens == 0:
             raise ValueError(f"{shard_dir}: split {split!r} holds no tokens")
@@ -367,10 +372,7 @@ class EvalBatches:
 
     def __init__(self, shard_dir: str | Path, split: str, block_size: int, batch_size: int,
                  rank: int = 0, world_size: int = 1) -> None:
-        if block_size < 1 or batch_size < 1:
-            raise ValueError("block_size and batch_size must be positive")
-        if not 0 <= rank < world_size:
-            raise ValueError(f"rank {rank} is outside world size {world_size}")
+        check_batching(block_size, batch_size, rank, world_size)
         self.data = _Split(shard_dir, split)
         self.block, self.batch, self.rank, self.world = block_size, batch_size, rank, world_size
         stream_length = 1 + self.data.total_tokens + self.data.n_docs

@@ -49,7 +49,7 @@ import numpy as np
 
 from shortcutlm.artifacts.files import read_json_or_none, write_json
 from shortcutlm.artifacts.manifest import FORMAT, MANIFEST, VERSION, ShardError, ShardManifest, read_manifest
-from shortcutlm.datasets.loader import EvalBatches, TrainBatches, _Plan, _Split
+from shortcutlm.datasets.loader import EvalBatches, TrainBatches, _Plan, _Split, check_batching
 from shortcutlm.errors import UserError
 from shortcutlm.tokenizers import Tokenizer, load_tokenizer
 from shortcutlm.tokenizers.composite import CompositeTokenizer
@@ -381,10 +381,7 @@ class MixtureTrainBatches(TrainBatches):
     def __init__(self, shard_dir: str | Path, block_size: int, batch_size: int, seed: int, rank: int = 0,
                  world_size: int = 1, num_workers: int = 0, state: dict[str, Any] | None = None,
                  split: str = "train", shuffle_shards: int = 4, pin_memory: bool = False) -> None:
-        if block_size < 1 or batch_size < 1:
-            raise ValueError("block_size and batch_size must be positive")
-        if not 0 <= rank < world_size:
-            raise ValueError(f"rank {rank} is outside world size {world_size}")
+        check_batching(block_size, batch_size, rank, world_size)
         manifest = read_manifest(shard_dir)
         tokenizer, parts = _open_parts(shard_dir, split)
         if len(parts) != len(mixture_parts(manifest, shard_dir)):
@@ -421,10 +418,7 @@ class MixtureEvalBatches(EvalBatches):
 
     def __init__(self, shard_dir: str | Path, split: str, block_size: int, batch_size: int,
                  rank: int = 0, world_size: int = 1) -> None:
-        if block_size < 1 or batch_size < 1:
-            raise ValueError("block_size and batch_size must be positive")
-        if not 0 <= rank < world_size:
-            raise ValueError(f"rank {rank} is outside world size {world_size}")
+        check_batching(block_size, batch_size, rank, world_size)
         self.tokenizer, self.parts = _open_parts(shard_dir, split)
         n_docs = sum(s.n_docs for _, s in self.parts)
         tokens = sum(s.total_tokens for _, s in self.parts)
