@@ -242,17 +242,18 @@ def _hand_loss(ckpt_folder: Path, mix: Path, part: Path, domain: str) -> tuple[f
 def test_each_domain_is_evaluated_on_its_own_test_split(joint_run, parts):
     mix, ckpt = joint_run
     results = evaluate_checkpoints([ckpt], split="test", batch_size=3, progress=False)
-    records = {r["domain"]: r for r in results["checkpoints"]}
+    records = {r.domain: r for r in results.checkpoints}
     assert set(records) == {"text", "midi", "acoustic"}
     for domain, record in records.items():
         loss, count = _hand_loss(ckpt, mix, parts[domain], domain)
         split = ShardManifest.read(parts[domain]).split("test")
-        assert record["tokens"] == count == split.tokens + split.documents  # what a single-domain pass scores
-        assert record["loss_nats"] == pytest.approx(loss, rel=1e-5)
-        assert record["complete"] and record["documents"] == split.documents
-    assert records["text"]["bits_per_byte"] > 0 and records["midi"]["bits_per_second"] > 0
-    assert set(records["acoustic"]["per_codebook"]) >= {"codebook_0", "codebook_1"}
-    assert records["acoustic"]["layout"] == "flatten" and "Pitch" in records["midi"]["per_family"]
+        assert record.tokens == count == split.tokens + split.documents  # what a single-domain pass scores
+        assert record.loss_nats == pytest.approx(loss, rel=1e-5)
+        assert record.complete and record.documents == split.documents
+    assert records["text"].bits_per_byte > 0 and records["midi"].bits_per_second > 0
+    assert records["acoustic"].group_kind == "codebook" and set(records["acoustic"].groups) >= {"codebook_0", "codebook_1"}
+    assert records["acoustic"].tokenizer["layout"] == "flatten"
+    assert records["midi"].group_kind == "family" and "Pitch" in records["midi"].groups
 
 
 def test_joint_and_single_domain_checkpoints_line_up_by_domain(joint_run, parts, tmp_path):
@@ -265,10 +266,10 @@ def test_joint_and_single_domain_checkpoints_line_up_by_domain(joint_run, parts,
                                           "val_batches": 1, "accelerator": "cpu", "lr": 3e-3, "min_lr": 3e-4}})
     separate = train(single, "separate", parts["midi"], tmp_path / "separate", progress=False)
     results = evaluate_checkpoints([joint, separate], split="test", batch_size=4, progress=False)
-    rows = [(r["domain"], r["name"]) for r in results["checkpoints"]]
+    rows = [(r.domain, r.name) for r in results.checkpoints]
     assert rows == [("acoustic", "baseline"), ("midi", "baseline"), ("midi", "separate"), ("text", "baseline")]
-    midi = [r for r in results["checkpoints"] if r["domain"] == "midi"]
-    assert midi[0]["tokens"] == midi[1]["tokens"]  # the same targets, so the losses compare
+    midi = [r for r in results.checkpoints if r.domain == "midi"]
+    assert midi[0].tokens == midi[1].tokens  # the same targets, so the losses compare
 
 
 def test_one_checkpoint_samples_every_domain(joint_run, parts, tmp_path):
@@ -288,7 +289,7 @@ def test_one_checkpoint_samples_every_domain(joint_run, parts, tmp_path):
         [path] = generate_from_checkpoint(ckpt, tmp_path / "out" / domain, prompt=prompt, max_new_tokens=12,
                                           settings=settings, render=False)
         sidecar = read_sidecar(path)
-        assert sidecar["domain"] == domain and sidecar["tokens_generated"] == 12
+        assert sidecar.domain == domain and sidecar.tokens_generated == 12
         outputs[domain] = path
     assert outputs["text"].suffix == ".txt" and outputs["text"].read_text().startswith(
         prompts["text"].read_text()[:20])
@@ -297,7 +298,7 @@ def test_one_checkpoint_samples_every_domain(joint_run, parts, tmp_path):
     # No prompt: the domain's marker alone starts the sample.
     [path] = generate_from_checkpoint(ckpt, tmp_path / "free", domain="midi", max_new_tokens=16, settings=settings,
                                       render=False)
-    assert path.suffix == ".mid" and read_sidecar(path)["domain"] == "midi"
+    assert path.suffix == ".mid" and read_sidecar(path).domain == "midi"
 
 
 def test_a_prompt_of_a_domain_it_was_not_trained_on_is_one_line(parts, tmp_path):
@@ -320,10 +321,10 @@ def test_the_recipe_writes_a_text_a_midi_and_an_audio_continuation_from_one_chec
     recipe = joint_recipe(parts, max_steps=2)
     recipe.generate.prompt_tokens, recipe.generate.max_new_tokens, recipe.generate.seconds = 16, 16, 0.5
     layout = run_recipe(recipe, tmp_path / "run", progress=False)
-    samples = {read_sidecar(p)["domain"]: read_sidecar(p) for p in sorted(layout.samples("baseline").glob("*.json"))}
+    samples = {read_sidecar(p).domain: read_sidecar(p) for p in sorted(layout.samples("baseline").glob("*.json"))}
     assert set(samples) == {"text", "midi", "acoustic"}
-    assert {s["checkpoint"] for s in samples.values()} == {str(layout.checkpoint("baseline"))}
-    assert Path(samples["midi"]["rendering"]).is_file()  # the MIDI sample is heard through its rendering
+    assert {s.checkpoint for s in samples.values()} == {str(layout.checkpoint("baseline"))}
+    assert Path(str(samples["midi"].rendering)).is_file()  # the MIDI sample is heard through its rendering
     report = layout.report.read_text()
     listening = report[report.index("## Samples"):]
     for name in ("prompt-text-seed0.txt", "prompt-midi-seed0.mid", "prompt-acoustic-seed0.wav"):

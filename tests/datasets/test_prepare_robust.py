@@ -107,7 +107,8 @@ def test_a_train_split_with_no_readable_file_is_one_clear_error(tmp_path):
 # ------------------------------------------------------------------------------ 3. crashing readers
 
 CRASH_HOOK = '''
-"""Test-only: soundfile.read dies for real (inside C) on files named segfault*/abort*, and hangs on sleep*."""
+"""Test-only: reading audio dies for real (inside C) on files named segfault*/abort*, and hangs on
+sleep*, whether a file is read whole (soundfile.read) or opened to be read in blocks (SoundFile)."""
 import ctypes
 import os
 import time
@@ -115,9 +116,10 @@ import time
 import soundfile
 
 _read = soundfile.read
+_open = soundfile.SoundFile.__init__
 
 
-def read(file, *args, **kwargs):
+def _trouble(file):
     name = os.path.basename(str(file))
     if name.startswith("segfault"):
         ctypes.string_at(0)  # reads address 0: SIGSEGV in C code
@@ -125,10 +127,20 @@ def read(file, *args, **kwargs):
         os.abort()
     if name.startswith("sleep"):
         time.sleep(600)
+
+
+def read(file, *args, **kwargs):
+    _trouble(file)
     return _read(file, *args, **kwargs)
 
 
+def open_file(self, file, *args, **kwargs):
+    _trouble(file)
+    return _open(self, file, *args, **kwargs)
+
+
 soundfile.read = read
+soundfile.SoundFile.__init__ = open_file
 '''
 
 
