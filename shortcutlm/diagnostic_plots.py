@@ -44,7 +44,8 @@ def write_plots(results: dict[str, dict[str, Any]], out_dir: str | Path) -> dict
     plots: dict[str, Path] = {}
     plots["entropy"] = draw([
         {"series": series("entropy"), "ylabel": "token-importance entropy (nats)",
-         "title": "entropy of attention received per token", "references": refs("entropy_uniform_causal", "uniform causal")},
+         "title": "entropy of attention received per token",
+         "references": refs("entropy_uniform_causal", "uniform causal")},
         {"series": series("entropy_normalised"), "ylabel": "entropy / uniform-causal entropy",
          "title": "normalised by uniform causal attention", "references": {"uniform causal": 1.0}},
     ], out / "entropy.png", "attention concentration (lower = more concentrated)")

@@ -387,7 +387,8 @@ def render_markdown(results: EvaluationResults) -> str:
             for r in group:
                 names += [n for n in r.groups if n not in names]
             lines += ["", f"## {title} — {domain}", "",
-                      "nats per target (targets in brackets); the count-weighted mean over columns is the overall loss.",
+                      ("nats per target (targets in brackets); the count-weighted mean over columns "
+                       "is the overall loss."),
                       ""]
             rows = []
             for r in group:

@@ -44,7 +44,8 @@ DDP_BANNER = re.compile(r"-{100}\ndistributed_backend=(\S+)\n"
 # Warned under DDP for metrics logged at epoch level without sync_dist. Ours need no sync: the
 # validation sums are reduced across ranks (strategy.reduce) before val/loss and
 # val/loss_stream<k> are logged, and opt_step (the global step) is the same on every rank.
-SYNC_DIST_WARNING = r"It is recommended to use `self\.log\('(val/loss(_stream\d+)?|opt_step)', \.\.\., sync_dist=True\)`"
+SYNC_DIST_WARNING = (r"It is recommended to use "
+                     r"`self\.log\('(val/loss(_stream\d+)?|opt_step)', \.\.\., sync_dist=True\)`")
 
 
 class DropMessages(logging.Filter):

@@ -78,7 +78,8 @@ class TrainSettings:
         if not 0 < self.min_lr <= self.lr:
             raise ConfigError(f"train: need 0 < min_lr <= lr, got min_lr={self.min_lr}, lr={self.lr}")
         if not isinstance(self.freeze, list) or not all(isinstance(x, str) for x in self.freeze):
-            raise ConfigError(f"train.freeze: expected a list of names like [embeddings, blocks.0-3], got {self.freeze!r}")
+            raise ConfigError("train.freeze: expected a list of names like [embeddings, blocks.0-3], "
+                              f"got {self.freeze!r}")
         if self.finetune_lr is not None and not self.finetune_lr > 0:
             raise ConfigError(f"train.finetune_lr must be > 0 (or null: a tenth of lr), got {self.finetune_lr}")
         if self.precision not in ("32-true", "32", "bf16-mixed", "16-mixed", "bf16-true"):

@@ -174,7 +174,8 @@ def listen_section(layout: RunLayout, variants: list[str]) -> str:
     for v in variants:
         lines.append(f'<section class="variant" id="variant-{esc(v)}" data-variant="{esc(v)}" '
                      f'style="border-top-color: {variant_colour(v)}"><h3>{esc(v)}</h3>'
-                     f'<p class="muted">{esc(_variant_summary(layout, v, losses, results.split if results else "test"))}</p>')
+                     '<p class="muted">'
+                     f'{esc(_variant_summary(layout, v, losses, results.split if results else "test"))}</p>')
         lines += [_sample_html(s, v, root, prompts) for s in found[v]] or ["<p>No sample.</p>"]
         lines.append("</section>")
     return "".join(lines) + "</div></section>"

@@ -206,7 +206,8 @@ def test_the_deep_ablation_has_its_own_page_and_runs(tmp_path, monkeypatch):
     assert len(runs) == 90 == 3 * (8 * 3 + 2 * 3) and sum(r.steps for r in runs) == 38_700
     for recipe in deep.recipes.values():
         assert recipe.model["n_layer"] >= 8 and recipe.train.precision == "bf16-mixed"
-        assert recipe.train.accelerator == "cpu" and recipe.model_config("shortcut_last_layer", 10, 1).shortcut == "last_layer"
+        assert (recipe.train.accelerator == "cpu"
+                and recipe.model_config("shortcut_last_layer", 10, 1).shortcut == "last_layer")
     lrs = {r.variant: ab.run_recipe_for(deep.recipes[r.dataset], r).train.lr for r in runs}
     assert lrs["baseline_lr1e-3"] == lrs["svformer_lr1e-3"] == lrs["baseline"] / 2 == lrs["svformer"] / 2
     seen = {}

@@ -33,9 +33,9 @@ PACKAGE = Path(shortcutlm.__file__).parent
 
 # The files the artifact layer owns; no module outside shortcutlm/artifacts/ may spell them in code
 # (docstrings may describe a layout; messages and help texts use the layer's constants).
-OWNED_NAMES = ("model.safetensors", "model.pt", "hparams.json", "model_config.json", "data.json", "manifest.json", "last.ckpt",
-               "metrics.csv", "recipe.yaml", "ablation.json", "error.json", "eval.json", "step_timing.json",
-               "ablation_cache.json")
+OWNED_NAMES = ("model.safetensors", "model.pt", "hparams.json", "model_config.json", "data.json", "manifest.json",
+               "last.ckpt", "metrics.csv", "recipe.yaml", "ablation.json", "error.json", "eval.json",
+               "step_timing.json", "ablation_cache.json")
 
 # Writes that rename a temporary file themselves, and why they are not artifacts.
 OWN_WRITERS = {
@@ -178,7 +178,8 @@ def test_checkpoint_folder_accessors(run, text8_shards):
     hparams = folder.hparams()
     assert hparams.step == folder.step == 3 and hparams.finished
     assert hparams.parameters == load_folder(run).model.num_params() and hparams.world_size == 1
-    assert hparams.tokens_seen == 3 * hparams.train["batch_size"] * hparams.train["accumulate"] * folder.gpt_config().block_size
+    assert hparams.tokens_seen == (3 * hparams.train["batch_size"] * hparams.train["accumulate"]
+                                   * folder.gpt_config().block_size)
     assert folder.train_settings()["max_steps"] == 3
     assert folder.is_finished(3) and not folder.is_finished(4)
     assert folder.model_config()["n_layer"] == 2 and folder.gpt_config().n_embd == 32

@@ -74,8 +74,8 @@ def test_lightning_keeps_the_loop_counters_the_resume_states(fitted):
 
 
 def test_a_lightning_without_them_fails_loudly():
-    with pytest.raises(LibraryChanged, match=r"^lightning \S+: trainer.fit_loop.epoch_loop._batches_that_stepped is not "
-                                             r"where lightning 2.6 keeps it.*install lightning==2.6.\*$"):
+    with pytest.raises(LibraryChanged, match=r"^lightning \S+: trainer.fit_loop.epoch_loop._batches_that_stepped "
+                                             r"is not where lightning 2.6 keeps it.*install lightning==2.6.\*$"):
         lightning_loops.set_batches_that_stepped(object(), 1)
     with pytest.raises(LibraryChanged, match=r"the checkpoint's loops"):
         lightning_loops.forget_prefetched_batch({"loops": {"fit_loop": {}}})

@@ -142,7 +142,8 @@ def test_svformer_value_norms_repeat_layer_one(sv_ckpt):
 
 @pytest.mark.parametrize("which", ["depth", "full", "last_layer"])
 def test_shortcut_depth_map_rows_sum_to_one(which, request):
-    folder = request.getfixturevalue({"depth": "text_ckpt_b", "full": "full_ckpt", "last_layer": "last_layer_ckpt"}[which])
+    folder = request.getfixturevalue({"depth": "text_ckpt_b", "full": "full_ckpt",
+                                      "last_layer": "last_layer_ckpt"}[which])
     got = diagnose_checkpoint(folder, windows=2, tokens=24)
     sc = got["shortcut"]
     cfg = load_folder(folder).model.config
@@ -179,7 +180,8 @@ def test_windows_skip_padding_and_stop_at_the_split(text_data):
     windows, split = validation_windows(text_data, 64, 2, "nonexistent", pad_id=pad)
     assert split == "test" and windows.shape == (2, 65)
     assert not (windows[:, :-1] == pad).any()
-    one, _ = validation_windows(text_data, 1000, 3, "valid", pad_id=pad)  # no full window: the first, cut before its padding (EOS doc EOS = 460 inputs)
+    # no full window: the first, cut before its padding (EOS doc EOS = 460 inputs)
+    one, _ = validation_windows(text_data, 1000, 3, "valid", pad_id=pad)
     assert one.shape[0] == 1 and one.shape[-1] == 461 and not (one[:, :-1] == pad).any()
 
 

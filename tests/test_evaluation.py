@@ -100,7 +100,8 @@ def test_delay_audio_per_codebook_masks_empty(audio_delay_ckpt, audio_delay_data
     loss, tokens = recombine(codebooks)
     assert tokens == count == result.tokens
     assert loss == pytest.approx(result.loss_nats, rel=1e-9)
-    assert result.tokenizer["layout"] == "delay" and result.tokenizer["n_codebooks"] == 2 and result.group_kind == "codebook"
+    assert (result.tokenizer["layout"] == "delay" and result.tokenizer["n_codebooks"] == 2
+            and result.group_kind == "codebook")
 
 
 def test_flatten_audio_per_codebook_by_id_family(audio_flatten_ckpt, audio_flatten_data):

@@ -71,7 +71,8 @@ def other_shards(tmp_path_factory, source) -> Path:
 
 def first_loss(folder: Path) -> float:
     with (folder / "metrics.csv").open() as fh:
-        return next(float(r["train/loss"]) for r in csv.DictReader(fh) if r.get("train/loss") and float(r["opt_step"]) == 0)
+        return next(float(r["train/loss"]) for r in csv.DictReader(fh)
+                    if r.get("train/loss") and float(r["opt_step"]) == 0)
 
 
 def test_prepare_with_a_checkpoints_tokenizer_keeps_its_ids(source, other_shards):

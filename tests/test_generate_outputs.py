@@ -90,7 +90,8 @@ def test_long_generation_shows_progress_unless_quiet(text_ckpt, tmp_path, capsys
     assert cli_main(["generate", str(text_ckpt), "--tokens", "40", "--seed", "2", "--quiet",
                      "--out", str(tmp_path / "b")]) == 0
     assert "generating" not in capsys.readouterr().err
-    assert (tmp_path / "a" / "unconditional-seed2.txt").read_text() == (tmp_path / "b" / "unconditional-seed2.txt").read_text()
+    assert ((tmp_path / "a" / "unconditional-seed2.txt").read_text()
+            == (tmp_path / "b" / "unconditional-seed2.txt").read_text())
 
 
 @pytest.mark.parametrize("value", ["nan", "inf", "-1"])

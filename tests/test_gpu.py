@@ -69,7 +69,8 @@ def test_compiled_training_step_matches_eager_on_the_gpu(variant):
         with torch.autocast("cuda", dtype=torch.bfloat16):
             loss = stream_losses(forward(idx[:, :-1]), idx[:, 1:]).mean()
         loss.backward()
-        grads.append((float(loss.detach()), torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None])))
+        grads.append((float(loss.detach()),
+                      torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None])))
     assert grads[1][0] == pytest.approx(grads[0][0], abs=2e-2)
     assert torch.nn.functional.cosine_similarity(grads[0][1], grads[1][1], dim=0) > 0.99
 

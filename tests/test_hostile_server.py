@@ -110,7 +110,8 @@ def test_a_local_manifest_is_held_to_the_same_rule(tmp_path, text8_shards):
     secret = tmp_path / "secret.tar"
     shutil.copy(next(folder.glob("valid-*.tar")), secret)
     rewrite(folder, lambda m: [r.update(name=str(secret)) for r in m["shards"] if r["split"] == "valid"])
-    with pytest.raises(ShardError, match=r"shards\[\]\.name .*not a plain relative path inside the folder \(an absolute path\)"):
+    with pytest.raises(ShardError, match=r"shards\[\]\.name .*not a plain relative path inside the folder "
+                                         r"\(an absolute path\)"):
         read_manifest(folder)
     # a symbolic link that leads out of the folder is not followed either
     rewrite(folder, lambda m: [r.update(name="link.tar") for r in m["shards"] if r["split"] == "valid"])

@@ -23,16 +23,16 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     # What every stage shares and that knows no stage: errors, the atomic writer and lock, device and
     # environment facts, config parsing, clean-up and stop signals, and drawing helpers (matplotlib
     # figures from arrays; tokenizers draw their pictures with them, reports their plots).
-    ("shared", ("artifacts", "errors", "quiet", "environment", "devices", "config_schema", "peak", "cleanup", "stopping",
-                "artifacts.files", "artifacts.lock", "artifacts.names", "artifacts.records", "heartbeat", "compat", "plots",
-                "diagnostic_plots", "sample_pictures")),
+    ("shared", ("artifacts", "errors", "quiet", "environment", "devices", "config_schema", "peak", "cleanup",
+                "stopping", "artifacts.files", "artifacts.lock", "artifacts.names", "artifacts.records", "heartbeat",
+                "compat", "plots", "diagnostic_plots", "sample_pictures")),
     ("source", ("documents",)),
     ("tokenizer", ("tokenizers",)),
     ("shards", ("datasets", "artifacts.manifest", "artifacts.remote")),
     ("model", ("models",)),
-    ("run", ("recipe", "joint", "finetune", "run_checks", "run_layout", "training", "evaluation", "generation", "diagnostics",
-             "checkpoint", "artifacts.checkpoint", "artifacts.weights", "artifacts.hparams", "artifacts.results", "artifacts.sidecar",
-             "artifacts.ablation")),
+    ("run", ("recipe", "joint", "finetune", "run_checks", "run_layout", "training", "evaluation", "generation",
+             "diagnostics", "checkpoint", "artifacts.checkpoint", "artifacts.weights", "artifacts.hparams",
+             "artifacts.results", "artifacts.sidecar", "artifacts.ablation")),
     ("report", ("report", "report_html", "html_page")),
     ("drivers", ("stages", "progress", "cli", "api", "bench", "ablation")),
 ]

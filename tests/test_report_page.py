@@ -141,7 +141,8 @@ def test_the_ablation_page_loads_every_figure_in_a_browser(browser, tmp_path, do
 # ------------------------------------------------------------------------------------ the pictures
 
 def test_the_piano_roll_shades_the_prompt_and_draws_every_note():
-    starts, durations, pitches = np.array([0.0, 1.0, 3.0, 4.5]), np.array([1.0, 0.5, 1.0, 0.5]), np.array([60, 64, 67, 72])
+    starts, durations, pitches = (np.array([0.0, 1.0, 3.0, 4.5]), np.array([1.0, 0.5, 1.0, 0.5]),
+                                  np.array([60, 64, 67, 72]))
     fig = piano_roll_figure(starts, durations, pitches, prompt_seconds=2.0, title="x")
     ax = fig.axes[0]
     bars = [p for p in ax.patches if p.get_height() == pytest.approx(0.8)]

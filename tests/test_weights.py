@@ -61,7 +61,8 @@ def test_a_checkpoint_is_written_as_safetensors(text_ckpt):
 
 
 def test_legacy_and_safetensors_folders_give_the_same_logits(text_ckpt, tmp_path):
-    ids = torch.randint(0, load_folder(text_ckpt).model.config.vocab_size, (2, 16), generator=torch.Generator().manual_seed(1))
+    ids = torch.randint(0, load_folder(text_ckpt).model.config.vocab_size, (2, 16),
+                        generator=torch.Generator().manual_seed(1))
     legacy = legacy_copy(text_ckpt, tmp_path / "legacy")
     assert CheckpointFolder(legacy).weights_path == legacy / LEGACY_WEIGHTS
     assert torch.equal(logits(text_ckpt, ids), logits(legacy, ids))

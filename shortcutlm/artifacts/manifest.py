@@ -14,8 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from shortcutlm.artifacts.files import ArtifactError, read_json, write_json
-from shortcutlm.artifacts.names import (MAX_DOCUMENTS, MAX_MANIFEST_BYTES, MAX_SHARD_BYTES, MAX_SHARDS, MAX_TOKENIZER_FILES, UnsafeName,
-                                        bounded_count, plain_name)
+from shortcutlm.artifacts.names import (MAX_DOCUMENTS, MAX_MANIFEST_BYTES, MAX_SHARD_BYTES, MAX_SHARDS,
+                                        MAX_TOKENIZER_FILES, UnsafeName, bounded_count, plain_name)
 from shortcutlm.tokenizers.base import ignored_ids
 
 MANIFEST = "manifest.json"
@@ -88,7 +88,8 @@ def check_names(manifest: dict[str, Any], where: str | Path) -> None:
                 raise UnsafeName(f"{where}: shard {record['name']} gives size {size!r}, not a whole number of bytes "
                                  f"up to {MAX_SHARD_BYTES:,}")
         if documents > MAX_DOCUMENTS:
-            raise UnsafeName(f"{where}: its shards list {documents:,} documents, more than the {MAX_DOCUMENTS:,} allowed")
+            raise UnsafeName(f"{where}: its shards list {documents:,} documents, "
+                             f"more than the {MAX_DOCUMENTS:,} allowed")
         splits = manifest.get("splits") or {}
         for split, entry in (splits.items() if isinstance(splits, dict) else ()):
             listed = entry.get("shards") if isinstance(entry, dict) else None

@@ -41,7 +41,7 @@ DRY_RUN_NOTE = "dry run: tiny sizes on the CPU; GPU targets are judged on a GPU 
 OUT_OF_TIME = "skipped: the check's time budget was spent"
 #: The repository (the tests and recipes/ the check runs); subprocesses start here.
 ROOT = Path(__file__).resolve().parents[2]
-#: The GPU targets the check judges: MFU with compile at the paper size, decoding against the HBM read bound, loader feeding.
+#: The GPU targets judged: MFU with compile at the paper size, decoding against the HBM read bound, loader feeding.
 MFU_TARGET = 0.5
 DECODE_TARGET = 0.6
 LOADER_TARGET = 2.0
@@ -153,7 +153,8 @@ def section_mfu(check: Check) -> dict[str, Any]:
     s = check.size
     argv = ["bench", "mfu", *s.args(), "--steps", str(s.steps), "--warmup", "2", "--device", check.device,
             "--json", str(check.json("mfu")), "--new-tokens", str(s.new_tokens)]
-    argv += ["--peak-size", "256", "--generation-repeats", "1"] if check.dry_run else ["--compile", "--peak-size", "8192"]
+    argv += (["--peak-size", "256", "--generation-repeats", "1"] if check.dry_run
+             else ["--compile", "--peak-size", "8192"])
     return figures(check, "mfu", check.command(argv, check.limit("mfu")),
                    lambda r: {"results": r["results"], "targets": r.get("targets", {}),
                               "compiled_speedup": r.get("compiled_speedup")})

@@ -194,7 +194,8 @@ class IsolatedPool:
         except (EOFError, OSError):
             worker.stop(force=True)
             self._pool.remove(worker)
-            raise WorkerError(f"a worker process died while setting up ({Crashed(worker.process.exitcode).reason()})") from None
+            raise WorkerError("a worker process died while setting up "
+                              f"({Crashed(worker.process.exitcode).reason()})") from None
         worker.job = None
         if not ok:
             raise WorkerError(f"worker set-up failed: {detail}")

@@ -35,8 +35,8 @@ padded with all-pad windows to the same number of batches.
 
 Shards are read with webdataset's tar parser (see :func:`shards.read_shard`), from the folder or,
 for the local view of a folder served from elsewhere, from its URL
-(:mod:`shortcutlm.artifacts.remote`); every shard is checked against the manifest's sha256 when loaded, and a bad one raises a
-:class:`~shortcutlm.datasets.shards.ShardError` naming it. Splitting and shuffling are
+(:mod:`shortcutlm.artifacts.remote`); every shard is checked against the manifest's sha256 when loaded, and a
+bad one raises a :class:`~shortcutlm.datasets.shards.ShardError` naming it. Splitting and shuffling are
 hand-written rather than webdataset's ``split_by_node``/``split_by_worker``/``shuffle``
 stages because those cannot fall back below one shard per slot, nor seek to an exact
 resume position; no webdataset pipeline (and so no default node splitter) is involved.
@@ -85,7 +85,8 @@ class _Split:
         self.records = sorted((r for r in manifest["shards"] if r["split"] == split), key=lambda r: r["name"])
         if not self.records:
             known = sorted({r["split"] for r in manifest["shards"]})
-            raise ValueError(f"{self.folder}: no shards for split {split!r} (splits here: {', '.join(known) or 'none'})")
+            raise ValueError(f"{self.folder}: no shards for split {split!r} "
+                             f"(splits here: {', '.join(known) or 'none'})")
         self.split = split
         self.doc_tokens = [np.asarray(r["doc_tokens"], dtype=np.int64) for r in self.records]
         self.flat_tokens = np.concatenate(self.doc_tokens)  # per-document lengths, shard after shard
@@ -322,7 +323,8 @@ class TrainBatches:
         for w in range(workers):
             slot = self.config["rank"] * workers + w
             stride = self.plan.slots if self.plan.mode == "windows" else 1
-            window = (slot if self.plan.mode == "windows" else 0) + source._consumed(w) * self.config["batch_size"] * stride
+            window = ((slot if self.plan.mode == "windows" else 0)
+                      + source._consumed(w) * self.config["batch_size"] * stride)
             position = window * self.config["block_size"]
             epochs.append(self.plan.locate(self.plan.stream_of(slot), position - 1)[0] if position else 0)
         return {**self.config, "batches": self.batches, "windows": self.batches * self.config["batch_size"],

@@ -88,7 +88,8 @@ def spec_from_args(args: argparse.Namespace) -> dict[str, Any]:
     tokenizer = dict(spec.get("tokenizer") or {})
     if getattr(args, "tokenizer_from", None):
         if args.tokenizer or args.set:
-            raise PrepareError("--tokenizer-from uses the saved tokenizer as it is: give it without --tokenizer and --set")
+            raise PrepareError("--tokenizer-from uses the saved tokenizer as it is: "
+                               "give it without --tokenizer and --set")
         tokenizer = tokenizer_from(args.tokenizer_from)
     elif args.tokenizer:
         tokenizer = {"domain": args.tokenizer} if tokenizer.get("domain") != args.tokenizer else tokenizer
@@ -133,7 +134,8 @@ def say_result(args: argparse.Namespace, manifest: dict[str, Any], where: Path, 
     for split, entry in manifest["splits"].items():
         extra = "".join(f", {k} {entry[k]:,.6g}" if isinstance(entry[k], float) else f", {k} {entry[k]:,}"
                         for k in entry if k not in ("documents", "tokens", "shards"))
-        print(f"{split}: {entry['documents']:,} documents, {entry['tokens']:,} tokens in {len(entry['shards'])} shard(s){extra}")
+        print(f"{split}: {entry['documents']:,} documents, {entry['tokens']:,} tokens "
+              f"in {len(entry['shards'])} shard(s){extra}")
     skipped = [r for r in manifest["rejected"] if r.get("skipped")]
     failed = [r for r in manifest["rejected"] if not r.get("skipped")]
     print(f"{len(failed)} rejected of {manifest['inputs']['total']} inputs"

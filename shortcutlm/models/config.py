@@ -74,7 +74,8 @@ class GPTConfig:
     def _shortcut_sizes(self) -> tuple[int, int, int]:
         """(heads, width, φ hidden width): the given sizes, or the documented defaults."""
         heads = self.shortcut_heads or self.n_head
-        return heads, self.shortcut_dim or max(heads, self.n_embd // 4), self.shortcut_hidden or max(1, self.n_embd // 8)
+        return (heads, self.shortcut_dim or max(heads, self.n_embd // 4),
+                self.shortcut_hidden or max(1, self.n_embd // 8))
 
     # Derived sizes -------------------------------------------------------------------------
     @property
@@ -109,7 +110,8 @@ class GPTConfig:
             if not cond:
                 raise ValueError(f"GPTConfig: {msg}")
 
-        need(self.value_residual in VALUE_RESIDUALS, f"value_residual={self.value_residual!r}, expected one of {VALUE_RESIDUALS}")
+        need(self.value_residual in VALUE_RESIDUALS,
+             f"value_residual={self.value_residual!r}, expected one of {VALUE_RESIDUALS}")
         need(self.shortcut in SHORTCUTS, f"shortcut={self.shortcut!r}, expected one of {SHORTCUTS}")
         need(self.positions in POSITIONS, f"positions={self.positions!r}, expected one of {POSITIONS}")
         need(self.mlp in MLPS, f"mlp={self.mlp!r}, expected one of {MLPS}")
@@ -123,7 +125,8 @@ class GPTConfig:
             bad = [d for d in self.depths if not 0 <= d < self.n_layer]
             need(not bad, f"shortcut_layers {bad} out of range: depths are 0 (embeddings) .. {self.n_layer - 1}")
             need(len(self.depths) >= 1, "shortcut_layers selects no depth")
-            need(self.shortcut not in AFTER_LAST_BLOCK or self.sc_dim % self.sc_heads == 0, f"shortcut_dim={self.sc_dim} is not divisible by shortcut_heads={self.sc_heads}")
+            need(self.shortcut not in AFTER_LAST_BLOCK or self.sc_dim % self.sc_heads == 0,
+                 f"shortcut_dim={self.sc_dim} is not divisible by shortcut_heads={self.sc_heads}")
             need(self.shortcut != "last_layer" or (self.shortcut_heads is None and self.shortcut_dim is None),
                  "the last_layer shortcut uses the final block's own heads and width: leave shortcut_heads "
                  "and shortcut_dim unset")

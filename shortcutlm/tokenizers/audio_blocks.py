@@ -206,7 +206,8 @@ class CodecAudio:
     def samples(self) -> int:
         """Samples at the codec's rate a full read gives, by the header (a short file gives fewer)."""
         span = self.span
-        return span.frames if span.rate == self.codec_rate else resampled_length(span.frames, span.rate, self.codec_rate)
+        return (span.frames if span.rate == self.codec_rate
+                else resampled_length(span.frames, span.rate, self.codec_rate))
 
     @property
     def seconds(self) -> float:

@@ -223,7 +223,8 @@ class Tokenizer(ABC):
 
     def encode(self, path: str | Path) -> np.ndarray:
         path = Path(path)
-        return self.encode_document(Document(doc_id=path.stem.replace(".", "_"), split="", source="file", path=path)).tokens
+        return self.encode_document(Document(doc_id=path.stem.replace(".", "_"), split="", source="file",
+                                             path=path)).tokens
 
     @abstractmethod
     def decode(self, tokens: np.ndarray, out_path: str | Path, context: dict[str, Any] | None = None) -> Path:
@@ -414,7 +415,8 @@ class Tokenizer(ABC):
         if expected != self.fingerprint():
             raise FingerprintMismatch(
                 f"{what} was made with tokenizer fingerprint {expected}, but this tokenizer's is "
-                f"{self.fingerprint()}: the ids would mean different things. Re-run prepare, or use the matching tokenizer.")
+                f"{self.fingerprint()}: the ids would mean different things. "
+                "Re-run prepare, or use the matching tokenizer.")
 
 
 def write_config(folder: str | Path, tokenizer: Tokenizer, extra: dict[str, Any] | None = None) -> Path:

@@ -104,7 +104,8 @@ class EncodecCodec:
     def encode_blocks(self, pieces: Iterable[np.ndarray]) -> Iterator[np.ndarray]:
         """Codes ``[K, n]`` (int64) of the concatenation of ``pieces``, a chunk at a time, in time order."""
         if not self.fitted:
-            raise RuntimeError("acoustic tokenizer: random_kmeans codebooks are not fitted; call train(documents) first")
+            raise RuntimeError("acoustic tokenizer: random_kmeans codebooks are not fitted; "
+                               "call train(documents) first")
         for chunk in self._chunks(pieces):
             codes = self.model.quantizer.encode(self.model.encoder(chunk), self.model.frame_rate, self.bandwidth)
             yield codes[:, 0].cpu().numpy().astype(np.int64)  # [K, 1, T] -> [K, T]

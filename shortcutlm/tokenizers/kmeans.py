@@ -110,7 +110,8 @@ def fitting_points(samples: Sequence[np.ndarray | FrameSample], max_points: int,
         return points
     counts = rng.multivariate_hypergeometric(np.asarray(totals, dtype=np.int64), min(max_points, sum(totals)))
     if any(count > r.shape[0] for count, r in zip(counts, rows)):
-        raise ValueError("k-means: a file kept fewer frames than the draw asks of it (its sample's cap is below max_points)")
+        raise ValueError("k-means: a file kept fewer frames than the draw asks of it "
+                         "(its sample's cap is below max_points)")
     return np.concatenate([r[np.sort(rng.choice(r.shape[0], int(count), replace=False))]
                            for r, count in zip(rows, counts)])
 

@@ -65,7 +65,8 @@ class MelCodec:
         self.fitted = codebooks is not None
         books = torch.zeros(self.n_q, CARD, self.n_mels) if codebooks is None else codebooks.float()
         if tuple(books.shape) != (self.n_q, CARD, self.n_mels):
-            raise ValueError(f"mel codec: codebooks must be [{self.n_q}, {CARD}, {self.n_mels}], not {list(books.shape)}")
+            raise ValueError(f"mel codec: codebooks must be [{self.n_q}, {CARD}, {self.n_mels}], "
+                             f"not {list(books.shape)}")
         self.codebooks = books.to(self.device)
 
     # ------------------------------------------------------------------ analysis

@@ -47,7 +47,8 @@ def timing_problem(score) -> str | None:
         return f"time division of {score.ticks_per_quarter} ticks per quarter note"
     for tempo in score.tempos:
         if tempo.mspq <= 0 or 60e6 / tempo.mspq > MAX_BPM:
-            return f"a tempo of {tempo.mspq} microseconds per quarter note at tick {tempo.time} (over {MAX_BPM:,.0f} bpm)"
+            return (f"a tempo of {tempo.mspq} microseconds per quarter note at tick {tempo.time} "
+                    f"(over {MAX_BPM:,.0f} bpm)")
     gap, start = longest_silence(score.to("second"))
     if gap > MAX_SILENCE_S:
         return f"{gap / 60:,.0f} minutes without a sounding note from {start:,.0f} s on (a corrupt time stamp?)"

@@ -48,7 +48,8 @@ def test_memory_part_measures_each_length_in_a_fresh_process(tmp_path, capsys):
 
 @pytest.mark.parametrize("option,value,message", [("--memory-minutes", "10,x", "must be positive numbers"),
                                                   ("--memory-minutes", "0", "must be positive numbers"),
-                                                  ("--memory-weights", "pretrained", "mel_kmeans and/or random_kmeans")])
+                                                  ("--memory-weights", "pretrained",
+                                                   "mel_kmeans and/or random_kmeans")])
 def test_bad_memory_choices_are_one_line_before_any_work(option, value, message, tmp_path):
     parser = argparse.ArgumentParser()
     codec.configure(parser)

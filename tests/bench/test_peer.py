@@ -9,7 +9,8 @@ from dataclasses import replace
 import pytest
 import torch
 
-pytest.importorskip("x_transformers", reason="x-transformers (the bench extra) is not installed: pip install -e '.[bench]'")
+pytest.importorskip("x_transformers",
+                    reason="x-transformers (the bench extra) is not installed: pip install -e '.[bench]'")
 
 from shortcutlm.bench import peer  # noqa: E402
 from shortcutlm.bench.model import measure_training  # noqa: E402

@@ -121,7 +121,8 @@ def test_training_streams_every_token_each_epoch(folder):
     assert len(starts) == len(docs)  # each document whole and contiguous
 
 
-@pytest.mark.parametrize("world,workers,mode", [(2, 0, "shards"), (5, 2, "documents"), (4, 2, "shards"), (2, 2, "shards")])
+@pytest.mark.parametrize("world,workers,mode",
+                         [(2, 0, "shards"), (5, 2, "documents"), (4, 2, "shards"), (2, 2, "shards")])
 def test_ranks_and_workers_see_disjoint_documents(folder, world, workers, mode):
     path, splits = folder
     docs = splits["train"]

@@ -59,8 +59,8 @@ def test_files_the_tokenizer_does_not_read_are_listed_as_skipped(tmp_path, capsy
     (src / "lost.flac").symlink_to(tmp_path / "moved-away.flac")
     out = tmp_path / "out"
     assert cli_main(["prepare", "--source", "folder", "--path", str(src), "--tokenizer", "acoustic",
-                     "--set", "weights=mel_kmeans", "--set", "bandwidth=1.5", "--set", "kmeans_iters=2", "--out", str(out), "--workers", "1",
-                     "--quiet"]) == 0
+                     "--set", "weights=mel_kmeans", "--set", "bandwidth=1.5", "--set", "kmeans_iters=2",
+                     "--out", str(out), "--workers", "1", "--quiet"]) == 0
     printed = capsys.readouterr().out
     assert "0 rejected of 4 inputs, 3 file(s) skipped" in printed
     manifest = json.loads((out / "manifest.json").read_text())

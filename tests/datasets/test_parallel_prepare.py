@@ -116,7 +116,8 @@ def error_line(capsys, *args) -> str:
 
 
 def cli_args(source, out, *more) -> list[str]:
-    return [str(a) for a in ["--source", "folder", "--path", source["path"], "--option", f"fractions={source['fractions']}",
+    return [str(a) for a in ["--source", "folder", "--path", source["path"],
+            "--option", f"fractions={source['fractions']}",
             "--tokenizer", "text", "--set", f"vocab_size={TEXT['vocab_size']}", "--out", out, "--workers", "1",
             "--quiet", *more]]
 

@@ -134,7 +134,8 @@ def test_killed_run_resumes_without_duplicates(text_run, tmp_path, monkeypatch):
     with pytest.raises(ShardError, match="incomplete|did not finish"):
         eval_batches(target, "valid", 16, 2)
     done_before = {p.name: p.stat().st_mtime_ns for p in target.glob("*.tar")}
-    manifest = prepare({"name": "folder", "path": str(root)}, TEXT, target, workers=1, shard_tokens=3000, progress=False)
+    manifest = prepare({"name": "folder", "path": str(root)}, TEXT, target, workers=1, shard_tokens=3000,
+                       progress=False)
     assert manifest["complete"] and shard_table(target) == shard_table(out)
     assert all((target / n).stat().st_mtime_ns == t for n, t in done_before.items())  # finished shards kept
     assert not list(target.glob("*.tmp"))

@@ -43,7 +43,8 @@ def write_wav(path, seconds=0.4, rate=24000, seed=0):
 
 def shard_docs(out) -> dict[str, tuple[np.ndarray, dict]]:
     manifest = json.loads((out / MANIFEST).read_text())
-    return {key: (tokens, meta) for record in manifest["shards"] for key, tokens, meta in read_shard(out / record["name"])}
+    return {key: (tokens, meta) for record in manifest["shards"]
+            for key, tokens, meta in read_shard(out / record["name"])}
 
 
 def one_line(text: str) -> str:
@@ -260,7 +261,8 @@ def test_the_only_large_file_is_cut_so_train_gets_its_share():
     assert assign_splits(list(sizes))["big.txt"] != "train"
     plan = plan_splits(sizes)
     assert plan["big.txt"] == [("train", 0.0, pytest.approx(0.9 * 300_011 / 300_000)),
-                               ("valid", pytest.approx(0.9 * 300_011 / 300_000), pytest.approx(0.95 * 300_011 / 300_000)),
+                               ("valid", pytest.approx(0.9 * 300_011 / 300_000),
+                                pytest.approx(0.95 * 300_011 / 300_000)),
                                ("test", pytest.approx(0.95 * 300_011 / 300_000), 1.0)]
     assert plan["s1.txt"] == [("test", 0.0, 1.0)] and plan["s2.txt"] == [("test", 0.0, 1.0)]
     # The large file in train and two 5-byte files as valid and test is no split either.
@@ -284,7 +286,8 @@ def test_two_text_files_give_three_splits_whose_parts_decode_to_the_file(tmp_pat
     tok = load_tokenizer(tmp_path / "out" / "tokenizer")
     parts = [written[k] for k in ("b_txt__train", "b_txt__valid", "b_txt__test")]
     assert "".join(tok.decode_text(tokens) for tokens, _ in parts) == (folder / "b.txt").read_text()
-    assert [meta["info"]["part"][0] for _, meta in parts] == [0.0, pytest.approx(0.8, abs=0.01), pytest.approx(0.9, abs=0.01)]
+    assert [meta["info"]["part"][0] for _, meta in parts] == [0.0, pytest.approx(0.8, abs=0.01),
+                                                              pytest.approx(0.9, abs=0.01)]
     total = sum(e["bytes"] for e in manifest["splits"].values())
     assert total == sum(p.stat().st_size for p in folder.iterdir())
     assert manifest["splits"]["train"]["bytes"] == pytest.approx(0.9 * total, abs=200)  # cut at a word start

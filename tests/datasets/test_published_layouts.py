@@ -50,7 +50,8 @@ def test_librispeech_found_from_each_level(tmp_path):
     assert Counter(d.split for d in docs) == {"train": 5, "valid": 2, "test": 2}
     assert {r.input.rsplit("/", 1)[1] for r in rejected} == {"103-1240-0003.flac", "1034-121119-0002.flac",
                                                              "84-121123-0002.flac", "1089-134686-0002.flac"}
-    with pytest.raises(FileNotFoundError, match=r"train-clean-360 not found .* \(it holds train-clean-100, dev-clean, test-clean\)"):
+    with pytest.raises(FileNotFoundError, match=r"train-clean-360 not found .* "
+                                                r"\(it holds train-clean-100, dev-clean, test-clean\)"):
         list(read_source({"name": "librispeech", "path": str(tmp_path), "subsets": ["train-clean-360"]}))
     with pytest.raises(FileNotFoundError, match="no train-\\*/dev-\\*/test-\\* subset folders"):
         list(read_source({"name": "librispeech", "path": str(root / "dev-clean" / "84")}))
@@ -84,7 +85,8 @@ def test_librispeech_through_prepare(tmp_path):
     assert "flac is missing" in rejected["103-1240-0003"]["reason"]
     assert rejected["1034-121119-0001"]["input"].endswith("1034-121119-0001.flac")
     assert "flac is missing" not in rejected["1034-121119-0001"]["reason"]
-    assert manifest["inputs"]["total"] == 13 and manifest["found"][0].startswith(f"librispeech in {tmp_path / 'LibriSpeech'}: subsets")
+    assert (manifest["inputs"]["total"] == 13
+            and manifest["found"][0].startswith(f"librispeech in {tmp_path / 'LibriSpeech'}: subsets"))
     assert manifest["splits"]["valid"]["seconds"] == pytest.approx(2.0, abs=0.05)
 
 

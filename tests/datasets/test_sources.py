@@ -55,7 +55,8 @@ def write_flac(path, seconds=0.1, rate=16000):
 
 
 def make_librispeech(root):
-    layout = {"train-clean-100": [("19", "198", 3)], "dev-clean": [("84", "121123", 2)], "test-other": [("1688", "142285", 1)]}
+    layout = {"train-clean-100": [("19", "198", 3)], "dev-clean": [("84", "121123", 2)],
+              "test-other": [("1688", "142285", 1)]}
     for subset, chapters in layout.items():
         for speaker, chapter, n in chapters:
             folder = root / "LibriSpeech" / subset / speaker / chapter

@@ -219,8 +219,8 @@ def test_pretrained_download_failure_is_clear(monkeypatch):
         raise OSError("no network")
 
     monkeypatch.setattr(torch.hub, "load_state_dict_from_url", offline)
-    with pytest.raises(RuntimeError, match=r"the offline codec \(tokenizer setting weights=mel_kmeans.* a local weights "
-                                           r"file \(weights=/path/to/encodec_24khz-d7cc33bc.th"):
+    with pytest.raises(RuntimeError, match=r"the offline codec \(tokenizer setting weights=mel_kmeans.* a local "
+                                           r"weights file \(weights=/path/to/encodec_24khz-d7cc33bc.th"):
         AcousticTokenizer({"weights": "pretrained"})
 
 

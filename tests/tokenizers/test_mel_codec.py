@@ -147,7 +147,8 @@ def test_gpu_encoding_gives_the_cpu_ids(mel_tokenizer, files, tmp_path):
 def test_kmeans_finds_separated_clusters_and_pads_small_sets():
     rng = np.random.default_rng(0)
     centres = np.array([[0.0, 0.0], [10.0, 0.0], [0.0, 10.0]], np.float32)
-    points = torch.from_numpy(np.concatenate([c + 0.1 * rng.standard_normal((50, 2)) for c in centres]).astype(np.float32))
+    points = torch.from_numpy(np.concatenate([c + 0.1 * rng.standard_normal((50, 2))
+                                              for c in centres]).astype(np.float32))
     book = fit_codebook(points, 3, 20, seed=0)
     found = sorted(map(tuple, book.round().numpy().tolist()))
     assert found == sorted(map(tuple, centres.tolist()))

@@ -25,7 +25,8 @@ def test_repairs_are_said_once_per_written_sample(tmp_path, caplog):
         assert not caplog.records
         tok.decode(ids, tmp_path / "sample.mid")
     lines = [r.getMessage() for r in caplog.records]
-    assert len(lines) == 1 and lines[0].startswith(f"midi decode: {tmp_path.name}/sample.mid: repaired 300 ids: dropped ")
+    assert len(lines) == 1 and lines[0].startswith(f"midi decode: {tmp_path.name}/sample.mid: "
+                                                   "repaired 300 ids: dropped ")
     dropped = tok.describe()["decode_dropped"]
     assert dropped["of"] == 300 and dropped["ids"] == tok.last_repair["dropped_ids"] > 0
 

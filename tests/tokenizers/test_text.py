@@ -139,7 +139,8 @@ def test_fingerprint_changes_with_settings_and_model(text_files, text_tok):
     b.train([doc(text_files["corpus"])])
     assert a.fingerprint() == text_tok.fingerprint()  # same settings, same data: same model
     assert a.fingerprint() != b.fingerprint()
-    assert TextTokenizer({"vocab_size": 600, "errors": "replace"}).fingerprint() != TextTokenizer(SETTINGS).fingerprint()
+    assert (TextTokenizer({"vocab_size": 600, "errors": "replace"}).fingerprint()
+            != TextTokenizer(SETTINGS).fingerprint())
 
 
 def test_unknown_setting_is_named():

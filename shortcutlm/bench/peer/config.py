@@ -71,13 +71,15 @@ def differences(init: str, flash: bool = True) -> list[dict[str, str]]:
          "handled": "norm_add_unit_offset=False; both are a bias-free LayerNorm with eps 1e-5"},
         {"aspect": "tied output scale", "ours": "logits = h · E^T",
          "theirs": "default logits = h · E^T · dim**-0.5",
-         "handled": "tie_embedding_scale=1.0" + (" (kept at dim**-0.5 under --peer-init theirs)" if init == "theirs" else "")},
+         "handled": "tie_embedding_scale=1.0" + (" (kept at dim**-0.5 under --peer-init theirs)"
+                                                 if init == "theirs" else "")},
         {"aspect": "positions", "ours": "RoPE only", "theirs": "absolute position embedding by default",
          "handled": "use_abs_pos_emb=False (also implied by rotary_pos_emb)"},
         {"aspect": "MLP", "ours": "Linear(d, 4d) → exact GELU → Linear(4d, d), no bias",
          "theirs": "same layers, biases by default", "handled": "ff_mult=4, ff_no_bias=True"},
         {"aspect": "attention kernel", "ours": "F.scaled_dot_product_attention",
-         "theirs": "einsum attention unless attn_flash", "handled": "attn_flash=True (scaled_dot_product_attention)" if flash else
+         "theirs": "einsum attention unless attn_flash",
+         "handled": "attn_flash=True (scaled_dot_product_attention)" if flash else
          "not matched (--peer-attention einsum): theirs keeps its default einsum attention, as out of the box"},
         {"aspect": "initialisation", "ours": "GPT-2: N(0, 0.02), residual output projections / sqrt(2L)",
          "theirs": "nn.Linear default (kaiming-uniform), kaiming-normal embedding", "handled": init_row},

@@ -90,8 +90,8 @@ def loss_seed(shard_dir: Path, base: GPTConfig, variants: list[str], steps: int,
     trainees: dict[str, Trainee] = {}
     for variant in variants:
         for impl in IMPLEMENTATIONS:
-            trainee = make_trainee(impl, replace(config, value_residual=VARIANTS[variant]), batch, device, dtype, seed, init,
-                                   flash)
+            trainee = make_trainee(impl, replace(config, value_residual=VARIANTS[variant]), batch, device, dtype, seed,
+                                   init, flash)
             for group in trainee.opt.param_groups:
                 group["weight_decay"] = weight_decay if group["weight_decay"] else 0.0
             trainees[f"{variant}/{impl}"] = trainee

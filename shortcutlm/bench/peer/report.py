@@ -43,10 +43,12 @@ def compare(names: list[str], models: dict[str, dict[str, Any]], equal: dict[str
         r: dict[str, Any] = {
             "parameters_relative_difference": abs(ours["parameters"] - theirs["parameters"]) / theirs["parameters"],
             "step_time_ours_over_theirs": ours["train_step_seconds_median"] / theirs["train_step_seconds_median"],
-            "generation_ours_over_theirs": ours["generate_tokens_per_second_cached"] / theirs["generate_tokens_per_second_cached"],
+            "generation_ours_over_theirs": (ours["generate_tokens_per_second_cached"]
+                                            / theirs["generate_tokens_per_second_cached"]),
         }
         if "peak_memory_bytes" in ours:
-            r["peak_memory_ours_over_theirs"] = {p: ours["peak_memory_bytes"][p] / max(1, theirs["peak_memory_bytes"][p])
+            r["peak_memory_ours_over_theirs"] = {p: ours["peak_memory_bytes"][p]
+                                                    / max(1, theirs["peak_memory_bytes"][p])
                                                  for p in ("train", "generate")}
         r.update(attainable(ours, theirs, floor))
         if "generate_tokens_per_second_cached_compiled" in ours:
@@ -75,7 +77,8 @@ def compare(names: list[str], models: dict[str, dict[str, Any]], equal: dict[str
             r["loss_phase_step_time_ours_over_theirs"] = lo["step_seconds_median"] / lt["step_seconds_median"]
             r["val_loss_ours_minus_theirs"] = lo["val_loss_mean"] - lt["val_loss_mean"]
             r["val_loss_seed_spread"] = spread
-            targets[f"{v}_val_loss_no_worse"] = target(round(r["val_loss_ours_minus_theirs"], 4), round(spread, 4), "<=")
+            targets[f"{v}_val_loss_no_worse"] = target(round(r["val_loss_ours_minus_theirs"], 4),
+                                                       round(spread, 4), "<=")
         models[v]["equivalence"] = equal[v]
         ratios[v] = r
     return ratios, targets
@@ -103,10 +106,13 @@ def result(args: argparse.Namespace, base: GPTConfig, flash: bool, models: dict[
                       "steps": args.loss_steps, "seeds": args.seeds, "batch": args.batch, "context": base.block_size,
                       "vocab": loss["vocab"], "shards": loss["shards"], "train_tokens": loss["train_tokens"],
                       "valid_tokens": loss["valid_tokens"], "lr": args.lr, "min_lr": args.min_lr,
-                      "lr_warmup": args.lr_warmup, "schedule": "linear warmup then cosine (models.lightning.warmup_cosine)",
+                      "lr_warmup": args.lr_warmup,
+                      "schedule": "linear warmup then cosine (models.lightning.warmup_cosine)",
                       "weight_decay": args.weight_decay, "betas": [0.9, 0.95], "clip": 1.0,
-                      "batches": "one train_batches loader per seed (seed = the seed) feeds the same batch to every model",
-                      "validation": "exact pass over the valid split (eval_batches), pad targets masked, token-weighted mean",
+                      "batches": "one train_batches loader per seed (seed = the seed) "
+                                 "feeds the same batch to every model",
+                      "validation": "exact pass over the valid split (eval_batches), pad targets masked, "
+                                    "token-weighted mean",
                       "spread": "sample std over seeds; ours passes when mean(ours) - mean(theirs) <= the larger std"},
                   "torch_threads": torch.get_num_threads()},
         "floors": {**floor, "meaning": FLOORS_MEANING},
@@ -125,7 +131,8 @@ def summary(result: dict[str, Any]) -> list[str]:
         ours = result["models"][v]["ours"]
         rows.append([v, count(ours["parameters"]), f"{r['step_time_ours_over_theirs']:.3f}",
                      f"{r['generation_ours_over_theirs']:.3f}",
-                     f"{r['peak_memory_ours_over_theirs']['train']:.3f}" if "peak_memory_ours_over_theirs" in r else "-",
+                     (f"{r['peak_memory_ours_over_theirs']['train']:.3f}" if "peak_memory_ours_over_theirs" in r
+                      else "-"),
                      f"{r['val_loss_ours_minus_theirs']:+.4f}" if "val_loss_ours_minus_theirs" in r else "-"])
     return [f"bench peer: ours against {peer['package']} {peer['version']}, {s['layers']} layers x {s['width']} "
             f"({s['heads']} heads), context {s['context']}, vocab {s['vocab']}, batch {s['batch']}, "
