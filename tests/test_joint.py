@@ -251,7 +251,8 @@ def test_each_domain_is_evaluated_on_its_own_test_split(joint_run, parts):
         assert record.loss_nats == pytest.approx(loss, rel=1e-5)
         assert record.complete and record.documents == split.documents
     assert records["text"].bits_per_byte > 0 and records["midi"].bits_per_second > 0
-    assert records["acoustic"].group_kind == "codebook" and set(records["acoustic"].groups) >= {"codebook_0", "codebook_1"}
+    acoustic = records["acoustic"]
+    assert acoustic.group_kind == "codebook" and set(acoustic.groups) >= {"codebook_0", "codebook_1"}
     assert records["acoustic"].tokenizer["layout"] == "flatten"
     assert records["midi"].group_kind == "family" and "Pitch" in records["midi"].groups
 

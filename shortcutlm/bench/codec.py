@@ -306,7 +306,18 @@ def memory_choices(args: argparse.Namespace) -> tuple[list[float], list[str]]:
 
 
 def run(args: argparse.Namespace) -> int:
-    logging.getLogger("shortcutlm.tokenizers.acoustic").setLevel(logging.ERROR)  # the codec warnings, once per fit
+    # The codec warnings (once per fit) are silenced while the benchmark runs, and only then: a caller
+    # in the same process (a test, a script) gets its logger back as it was.
+    logger = logging.getLogger("shortcutlm.tokenizers.acoustic")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        return _run(args)
+    finally:
+        logger.setLevel(level)
+
+
+def _run(args: argparse.Namespace) -> int:
     parts = {p.strip() for p in args.parts.split(",") if p.strip()}
     unknown = parts - set(PARTS)
     if unknown:
