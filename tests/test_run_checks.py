@@ -142,16 +142,21 @@ def test_a_good_trainer_state_passes_the_check(partial_run):
     check_trainer_state(partial_run / TRAINER_STATE)  # loads with weights_only=True
 
 
-def test_unreadable_weights_give_one_line(run_copy):
-    weights = run_copy / WEIGHTS
-    good = weights.read_bytes()
-    for name, body in {**corruptions(good), "header only": good[:8]}.items():
+def each_is_one_line(run_copy: Path, weights: Path, bodies: dict[str, bytes]) -> None:
+    """Each corrupt body of the weights file makes loading the folder one line naming the file and the fix."""
+    for name, body in bodies.items():
         weights.write_bytes(body)
         with pytest.raises(CheckpointError) as err:
             load_folder(run_copy)
         text = one_line(err)
         assert text.startswith(f"{weights}: not a shortcutlm weights file, or corrupt ("), name
         assert f"--out {run_copy} --fresh" in text and "restore" in text, name
+
+
+def test_unreadable_weights_give_one_line(run_copy):
+    weights = run_copy / WEIGHTS
+    good = weights.read_bytes()
+    each_is_one_line(run_copy, weights, {**corruptions(good), "header only": good[:8]})
     weights.write_bytes(good)
     state = load_folder(run_copy).model.state_dict()
     write_weights(weights, {"unrelated.weight": torch.zeros(3)})
@@ -169,13 +174,7 @@ def test_unreadable_legacy_weights_give_one_line(run_copy):
     weights = run_copy / LEGACY_WEIGHTS
     torch.save(state, weights)
     good = weights.read_bytes()
-    for name, body in corruptions(good).items():
-        weights.write_bytes(body)
-        with pytest.raises(CheckpointError) as err:
-            load_folder(run_copy)
-        text = one_line(err)
-        assert text.startswith(f"{weights}: not a shortcutlm weights file, or corrupt ("), name
-        assert f"--out {run_copy} --fresh" in text and "restore" in text, name
+    each_is_one_line(run_copy, weights, corruptions(good))
     torch.save({"model": NotATensor()}, weights)
     with pytest.raises(CheckpointError) as err:
         load_folder(run_copy)
