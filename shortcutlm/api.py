@@ -28,7 +28,7 @@ import torch
 
 from shortcutlm.artifacts.checkpoint import Checkpoint, load_folder
 from shortcutlm.artifacts.sidecar import SampleRecord, read_sidecar
-from shortcutlm.devices import resolve_device
+from shortcutlm.core.devices import resolve_device
 from shortcutlm.models import SamplingSettings
 from shortcutlm.tokenizers import Tokenizer
 
@@ -72,7 +72,7 @@ class Model:
 
         The settings are ``shortcutlm generate``'s, with its defaults. ``out`` (a file or folder)
         keeps the files as the command writes them; without it nothing is left on disk."""
-        from shortcutlm.generation import generate_from_checkpoint
+        from shortcutlm.run.generation import generate_from_checkpoint
 
         settings = SamplingSettings(temperature, top_k, top_p, seed)
 
@@ -94,7 +94,7 @@ class Model:
                  max_batches: int | None = None) -> Any:
         """Next-token loss on a split of ``data`` (default: the shards the checkpoint was trained on);
         the record ``shortcutlm evaluate`` writes for one checkpoint (an ``EvaluationRecord``)."""
-        from shortcutlm.evaluation import evaluate_checkpoint
+        from shortcutlm.run.evaluation import evaluate_checkpoint
 
         return evaluate_checkpoint(self.folder, data, split, batch_size, max_batches, self.device, progress=False,
                                    checkpoint=self.checkpoint)
@@ -118,8 +118,8 @@ def train(recipe: str | Path, data: str | Path, out: str | Path, variant: str | 
           preset: str | None = None, overrides: Sequence[str] = (), **settings: Any) -> Path:
     """``shortcutlm train``: one variant of a recipe file on prepared shards; the checkpoint folder.
     ``overrides`` are ``--set`` strings (``"train.max_steps=100"``)."""
-    from shortcutlm.recipe import load_recipe
-    from shortcutlm.training import train as run
+    from shortcutlm.run.recipe import load_recipe
+    from shortcutlm.run.training import train as run
 
     loaded = load_recipe(recipe, preset, list(overrides))
     return run(loaded, variant or next(iter(loaded.variants)), data, out, **settings)

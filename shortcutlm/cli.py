@@ -12,16 +12,16 @@ import os
 import sys
 
 from shortcutlm.artifacts.files import disk_full, is_no_space
-from shortcutlm.errors import UserError
-from shortcutlm.stopping import Interrupted
+from shortcutlm.core.errors import UserError
+from shortcutlm.core.stopping import Interrupted
 
 COMMANDS: dict[str, tuple[str, str]] = {
     "prepare": ("shortcutlm.datasets.prepare", "turn a dataset into token shards and their manifest"),
-    "train": ("shortcutlm.training", "train a model from a recipe"),
-    "evaluate": ("shortcutlm.evaluation", "next-token loss per domain for one or more checkpoints"),
-    "generate": ("shortcutlm.generation", "continue a prompt file or sample from a checkpoint"),
+    "train": ("shortcutlm.run.training", "train a model from a recipe"),
+    "evaluate": ("shortcutlm.run.evaluation", "next-token loss per domain for one or more checkpoints"),
+    "generate": ("shortcutlm.run.generation", "continue a prompt file or sample from a checkpoint"),
     "recipe": ("shortcutlm.stages", "run a recipe's stages: prepare, train, evaluate, generate, report"),
-    "diagnose": ("shortcutlm.diagnostics", "attention-concentration and shortcut-depth maps for a checkpoint"),
+    "diagnose": ("shortcutlm.run.diagnostics", "attention-concentration and shortcut-depth maps for a checkpoint"),
     "ablate": ("shortcutlm.ablation", "train every variant × seed on each embedded dataset; write docs/results.md"),
 }
 

@@ -4,7 +4,7 @@ Each stage resumes what exists, so a run stopped by Ctrl-C goes on from its last
 skips finished shards and finished variants and says so (evaluation, samples and the report are
 made again: they are quick, and a re-run may have changed their settings). Training names each
 variant, estimates the run's length from its first steps and, with ``--no-progress``, prints a
-plain line every few minutes (:mod:`shortcutlm.progress`).
+plain line every few minutes (:mod:`shortcutlm.core.progress`).
 """
 from __future__ import annotations
 
@@ -15,16 +15,17 @@ from pathlib import Path
 from shortcutlm.artifacts.checkpoint import CheckpointFolder
 from shortcutlm.artifacts.lock import folder_lock
 from shortcutlm.artifacts.manifest import read_manifest_or_none
-from shortcutlm.cleanup import removed_if_failed
-from shortcutlm.config_schema import ConfigError
+from shortcutlm.core.cleanup import removed_if_failed
+from shortcutlm.core.config_schema import ConfigError
 from shortcutlm.datasets.prepare import prepare
-from shortcutlm.evaluation import evaluate_checkpoints, write_report
-from shortcutlm.joint import ensure_mixture, generate_joint_samples
-from shortcutlm.progress import TrainingProgress
-from shortcutlm.recipe import Recipe, load_recipe
-from shortcutlm.report import generate_samples, write_run_report
-from shortcutlm.run_layout import RunLayout
-from shortcutlm.training import train
+from shortcutlm.run.evaluation import evaluate_checkpoints, write_report
+from shortcutlm.run.joint import ensure_mixture, generate_joint_samples
+from shortcutlm.core.progress import TrainingProgress
+from shortcutlm.run.recipe import Recipe, load_recipe
+from shortcutlm.report.recipe_report import write_run_report
+from shortcutlm.run.recipe_samples import generate_samples
+from shortcutlm.run.layout import RunLayout
+from shortcutlm.run.training import train
 
 STAGES = ("prepare", "train", "evaluate", "generate", "report")
 

@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from shortcutlm.artifacts.hparams import TrainingRecord
-from shortcutlm.checkpoint import save_folder
+from shortcutlm.artifacts.checkpoint import save_folder
 from shortcutlm.datasets.loader import read_manifest
 from shortcutlm.datasets.batches import eval_batches
 from shortcutlm.datasets.prepare import prepare

@@ -12,9 +12,9 @@ from typing import Any
 import pytest
 import soundfile as sf
 
-from shortcutlm.config_schema import from_dict
-from shortcutlm.recipe import Recipe
-from shortcutlm.run_layout import RunLayout
+from shortcutlm.core.config_schema import from_dict
+from shortcutlm.run.recipe import Recipe
+from shortcutlm.run.layout import RunLayout
 from shortcutlm.stages import run_recipe
 from tests.conftest import tiny_recipe_dict, write_text8
 from tests.fixtures_eval import tone

@@ -12,7 +12,7 @@ import yaml
 
 from shortcutlm import ablation as ab
 from shortcutlm.artifacts.checkpoint import WEIGHTS, CheckpointFolder
-from shortcutlm.config_schema import ConfigError
+from shortcutlm.core.config_schema import ConfigError
 from tests.conftest import write_text8
 from tests.pages import html_numbers, markdown_numbers, markdown_tables, read_html
 
@@ -394,7 +394,7 @@ def test_a_page_rebuilt_without_the_run_folders_keeps_its_sections(micro, tmp_pa
 
 
 def test_a_failing_run_is_recorded_and_the_others_go_on(micro, tmp_path, monkeypatch):
-    from shortcutlm import training
+    from shortcutlm.run import training
 
     root, _, _, _ = micro
     out = tmp_path / "runs"

@@ -10,7 +10,7 @@ from shortcutlm import ablation as ab
 from shortcutlm.ablation.findings import compute_findings, render_findings
 from shortcutlm.ablation.page import render_companion
 from shortcutlm.artifacts.ablation import write_page
-from shortcutlm.config_schema import ConfigError
+from shortcutlm.core.config_schema import ConfigError
 
 LOSSES = {  # per dataset, variant -> seed -> test loss
     "music": {"baseline": {0: 2.00, 1: 2.10, 2: 2.05}, "svformer": {0: 1.90, 1: 2.01, 2: 1.94},

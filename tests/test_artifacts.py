@@ -21,10 +21,10 @@ from shortcutlm.artifacts.checkpoint import (DATA, HPARAMS, METRICS, MODEL_CONFI
                                              load_folder, save_folder)
 from shortcutlm.artifacts.manifest import (MANIFEST, ShardError, ShardManifest, read_manifest, read_manifest_or_none,
                                            write_manifest)
-from shortcutlm.config_schema import from_dict
-from shortcutlm.recipe import Recipe
+from shortcutlm.core.config_schema import from_dict
+from shortcutlm.run.recipe import Recipe
 from shortcutlm.tokenizers import FingerprintMismatch
-from shortcutlm.training import train
+from shortcutlm.run.training import train
 from tests.conftest import tiny_recipe_dict
 
 PACKAGE = Path(shortcutlm.__file__).parent

@@ -8,7 +8,7 @@ import pytest
 import yaml
 
 from shortcutlm.cli import main
-from shortcutlm.recipe import load_recipe
+from shortcutlm.run.recipe import load_recipe
 from tests.conftest import tiny_recipe_dict
 
 

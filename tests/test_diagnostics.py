@@ -11,10 +11,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from shortcutlm.checkpoint import load_folder
+from shortcutlm.artifacts.checkpoint import load_folder
 from shortcutlm.cli import main as cli_main
 from shortcutlm.datasets.batches import eval_batches
-from shortcutlm.diagnostics import (DEPTH_MAP_COLORBAR, compare_checkpoints, depth_map_for_checkpoint,
+from shortcutlm.run.diagnostics import (DEPTH_MAP_COLORBAR, compare_checkpoints, depth_map_for_checkpoint,
                                     diagnose_checkpoint, diagnose_model, token_importance_entropy, token_similarity,
                                     uniform_causal_entropy, uniform_causal_first_attention, validation_windows)
 from shortcutlm.models import GPT, GPTConfig
@@ -222,7 +222,7 @@ def test_cli_and_report_entry_point(tmp_path, text_ckpt, text_ckpt_b, capsys):
 
 def same_variant_copies(src, root, variant="baseline", folders=("run_a", "run_b")) -> list:
     """Copies of a checkpoint whose recipes all name one variant (two runs of one recipe variant)."""
-    from shortcutlm.checkpoint import save_folder
+    from shortcutlm.artifacts.checkpoint import save_folder
 
     ck = load_folder(src)
     return [save_folder(root / name, ck.model, {"variant": variant}, ck.hparams, ck.folder / "tokenizer", ck.data)
@@ -230,7 +230,7 @@ def same_variant_copies(src, root, variant="baseline", folders=("run_a", "run_b"
 
 
 def test_checkpoint_labels_rule():
-    from shortcutlm.evaluation import checkpoint_labels
+    from shortcutlm.run.evaluation import checkpoint_labels
 
     assert checkpoint_labels(["baseline", "svformer"], ["x/run_a", "x/run_b"]) == ["baseline", "svformer"]
     assert checkpoint_labels(["baseline", "baseline", "svformer"], ["x/run_a", "y/run_b", "z/run_c"]) == \
@@ -240,9 +240,9 @@ def test_checkpoint_labels_rule():
 
 
 def test_diagnose_labels_checkpoints_as_evaluation_does(tmp_path, text_ckpt, text_ckpt_b, capsys, monkeypatch):
-    from shortcutlm import plots
-    from shortcutlm.evaluation import evaluate_checkpoints
-    from shortcutlm.plots import variant_colour
+    from shortcutlm.drawing import plots
+    from shortcutlm.run.evaluation import evaluate_checkpoints
+    from shortcutlm.drawing.plots import variant_colour
 
     run_a, run_b = same_variant_copies(text_ckpt_b, tmp_path)
     figures = []
@@ -274,7 +274,7 @@ def test_diagnose_labels_checkpoints_as_evaluation_does(tmp_path, text_ckpt, tex
 
 
 def test_report_depth_map_has_a_labelled_colour_bar(tmp_path, text_ckpt_b, monkeypatch):
-    from shortcutlm import plots
+    from shortcutlm.drawing import plots
 
     figures = []
     real_save = plots._save

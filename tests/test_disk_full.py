@@ -14,8 +14,8 @@ import lightning as L
 from shortcutlm.artifacts.checkpoint import CheckpointFolder, load_folder
 from shortcutlm.artifacts.files import DiskFull
 from shortcutlm.cli import main as cli_main
-from shortcutlm.recipe import Recipe, from_dict
-from shortcutlm.training import train
+from shortcutlm.run.recipe import Recipe, from_dict
+from shortcutlm.run.training import train
 from tests.conftest import tiny_recipe_dict, write_text8
 
 

@@ -7,7 +7,7 @@ import textwrap
 
 import pytest
 
-from shortcutlm.environment import EnvironmentProblem, check_torch_pair
+from shortcutlm.core.environment import EnvironmentProblem, check_torch_pair
 
 
 def test_torch_and_torchaudio_compiled_parts_load_together():
@@ -32,7 +32,7 @@ def test_a_broken_pair_is_one_actionable_line(tmp_path):
     script = textwrap.dedent(f"""
         import sys
         sys.path.insert(0, {str(tmp_path)!r})
-        from shortcutlm.environment import check_torch_pair, EnvironmentProblem
+        from shortcutlm.core.environment import check_torch_pair, EnvironmentProblem
         try:
             check_torch_pair()
         except EnvironmentProblem as err:
@@ -51,7 +51,7 @@ def test_the_lock_installs_the_pair_that_pyproject_and_the_message_name():
     import tomllib
     from pathlib import Path
 
-    from shortcutlm.environment import PINNED_PAIR
+    from shortcutlm.core.environment import PINNED_PAIR
 
     deps = tomllib.loads(Path("pyproject.toml").read_text())["project"]["dependencies"]
     pinned = sorted(d for d in deps if re.match(r"torch(audio)?==", d))

@@ -8,12 +8,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from shortcutlm.checkpoint import load_folder
+from shortcutlm.artifacts.checkpoint import load_folder
 from shortcutlm.cli import main as cli_main
 from shortcutlm.datasets.loader import read_manifest
 from shortcutlm.datasets.batches import eval_batches
 from shortcutlm.artifacts.results import EvaluationResults
-from shortcutlm.evaluation import EvaluationError, evaluate_checkpoint, evaluate_checkpoints, write_report
+from shortcutlm.run.evaluation import EvaluationError, evaluate_checkpoint, evaluate_checkpoints, write_report
 from shortcutlm.tokenizers import FingerprintMismatch
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -173,10 +173,10 @@ def test_missing_split_or_shards_are_clear_errors(text_ckpt, tmp_path):
 def test_results_and_run_report_name_the_split(text_ckpt, text_data, tmp_path):
     import shutil
 
-    from shortcutlm.config_schema import from_dict
-    from shortcutlm.recipe import Recipe
-    from shortcutlm.run_layout import RunLayout
-    from shortcutlm.report import write_run_report
+    from shortcutlm.core.config_schema import from_dict
+    from shortcutlm.run.recipe import Recipe
+    from shortcutlm.run.layout import RunLayout
+    from shortcutlm.report.recipe_report import write_run_report
     from tests.conftest import tiny_recipe_dict
 
     layout = RunLayout(tmp_path / "run")
@@ -191,7 +191,7 @@ def test_results_and_run_report_name_the_split(text_ckpt, text_data, tmp_path):
 
 
 def test_two_runs_of_one_variant_are_told_apart_by_folder(text_ckpt, tmp_path):
-    from shortcutlm.checkpoint import save_folder
+    from shortcutlm.artifacts.checkpoint import save_folder
 
     ck = load_folder(text_ckpt)
     folders = [save_folder(tmp_path / name, ck.model, {"variant": "baseline"}, ck.hparams, ck.folder / "tokenizer",
@@ -251,7 +251,7 @@ def test_results_json_keeps_its_layout_and_names_a_wrong_field(text_ckpt, tmp_pa
 
 
 def test_token_losses_mask_and_match_cross_entropy():
-    from shortcutlm.evaluation import token_losses
+    from shortcutlm.run.evaluation import token_losses
 
     torch.manual_seed(0)
     logits, targets = torch.randn(2, 5, 7), torch.randint(0, 7, (2, 5))

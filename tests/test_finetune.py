@@ -15,8 +15,8 @@ from shortcutlm.artifacts.manifest import ShardManifest
 from shortcutlm.datasets.batches import train_batches
 from shortcutlm.models.losses import stream_losses
 from shortcutlm.tokenizers.base import ignored_ids
-from shortcutlm.recipe import Recipe, from_dict
-from shortcutlm.training import train
+from shortcutlm.run.recipe import Recipe, from_dict
+from shortcutlm.run.training import train
 from tests.cli_lines import one_line
 from tests.conftest import tiny_recipe_dict, write_text8
 

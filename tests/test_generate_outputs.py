@@ -11,7 +11,7 @@ import soundfile as sf
 
 from shortcutlm.cli import main as cli_main
 from tests.cli_lines import one_line
-from shortcutlm.generation import GenerationError, generate_from_checkpoint
+from shortcutlm.run.generation import GenerationError, generate_from_checkpoint
 from tests.fixtures_eval import AUDIO_RATE, tone
 
 pytestmark = pytest.mark.usefixtures("one_thread")

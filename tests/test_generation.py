@@ -9,10 +9,10 @@ import soundfile as sf
 import torch
 
 from shortcutlm.artifacts.sidecar import read_sidecar
-from shortcutlm.checkpoint import load_folder
+from shortcutlm.artifacts.checkpoint import load_folder
 from shortcutlm.cli import main as cli_main
 from shortcutlm.datasets.loader import read_manifest
-from shortcutlm.generation import GenerationError, PromptError, generate_from_checkpoint
+from shortcutlm.run.generation import GenerationError, PromptError, generate_from_checkpoint
 from shortcutlm.models import SamplingSettings, generate
 from tests.fixtures_eval import AUDIO_RATE, BLOCK, WORDS, tone
 

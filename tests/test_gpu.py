@@ -11,8 +11,8 @@ import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from shortcutlm.models import GPT, GPTConfig, SamplingSettings, generate, stream_losses
-from shortcutlm.recipe import Recipe, from_dict
-from shortcutlm.training import train
+from shortcutlm.run.recipe import Recipe, from_dict
+from shortcutlm.run.training import train
 from tests.conftest import tiny_recipe_dict
 
 pytestmark = [pytest.mark.gpu,

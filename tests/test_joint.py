@@ -17,18 +17,18 @@ import yaml
 
 from shortcutlm.artifacts.manifest import ShardManifest
 from shortcutlm.artifacts.sidecar import read_sidecar
-from shortcutlm.config_schema import ConfigError, from_dict
+from shortcutlm.core.config_schema import ConfigError, from_dict
 from shortcutlm.datasets.batches import train_batches
 from shortcutlm.datasets.mixture import MixtureError, MixturePart, build_mixture
 from shortcutlm.datasets.prepare import prepare
 from shortcutlm.datasets.shards import read_shard
-from shortcutlm.evaluation import evaluate_checkpoints
-from shortcutlm.generation import PromptError, generate_from_checkpoint
+from shortcutlm.run.evaluation import evaluate_checkpoints
+from shortcutlm.run.generation import PromptError, generate_from_checkpoint
 from shortcutlm.models import SamplingSettings
 from shortcutlm.artifacts.checkpoint import load_folder
-from shortcutlm.recipe import Recipe, load_recipe
+from shortcutlm.run.recipe import Recipe, load_recipe
 from shortcutlm.tokenizers import load_tokenizer
-from shortcutlm.training import train
+from shortcutlm.run.training import train
 
 pytestmark = pytest.mark.slow  # each test needs the three prepared parts (about a minute once)
 
@@ -56,7 +56,7 @@ def joint_recipe(folders: dict[str, Path], max_steps: int = 4, **mixture) -> Rec
             "variants": {"baseline": {}},
             "train": {"max_steps": max_steps, "batch_size": 4, "warmup_steps": 1, "val_every": 2, "val_batches": 1,
                       "log_every": 1, "lr": 3e-3, "min_lr": 3e-4, "accelerator": "cpu"}}
-    from shortcutlm.recipe import check_mixture_recipe
+    from shortcutlm.run.recipe import check_mixture_recipe
 
     recipe = from_dict(Recipe, data)
     check_mixture_recipe(recipe)

@@ -11,8 +11,8 @@ import lightning as L
 import pytest
 import torch
 
-from shortcutlm.recipe import Recipe, from_dict
-from shortcutlm.training import train
+from shortcutlm.run.recipe import Recipe, from_dict
+from shortcutlm.run.training import train
 from tests.conftest import tiny_recipe_dict
 
 pytestmark = pytest.mark.usefixtures("one_thread")

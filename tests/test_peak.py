@@ -7,10 +7,10 @@ import json
 import pytest
 import torch
 
-from shortcutlm import peak
-from shortcutlm.config_schema import from_dict
-from shortcutlm.recipe import Recipe
-from shortcutlm.training import train
+from shortcutlm.core import peak
+from shortcutlm.core.config_schema import from_dict
+from shortcutlm.run.recipe import Recipe
+from shortcutlm.run.training import train
 from tests.conftest import tiny_recipe_dict
 
 

@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 from matplotlib.colors import to_hex
 
-from shortcutlm import plots
-from shortcutlm.plots import (OTHER_COLOURS, VARIANT_COLOURS, heatmap_figure, layer_panels_figure,
+from shortcutlm.drawing import plots
+from shortcutlm.drawing.plots import (OTHER_COLOURS, VARIANT_COLOURS, heatmap_figure, layer_panels_figure,
                               loss_curves_figure, plt, variant_colour, variant_colours)
 
 SUITE = ["baseline", "resformer", "learnable", "svformer", "shortcut_depth", "shortcut_full", "shortcut_resformer"]
@@ -34,7 +34,7 @@ def test_other_names_hash_stably_and_never_take_a_suite_colour():
     names = [f"run{i}" for i in range(40)]
     assert all(variant_colour(n) in OTHER_COLOURS for n in names)
     assert not set(OTHER_COLOURS) & set(VARIANT_COLOURS.values())
-    code = "from shortcutlm.plots import variant_colour; print(variant_colour('my_variant'))"
+    code = "from shortcutlm.drawing.plots import variant_colour; print(variant_colour('my_variant'))"
     other_process = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                                    cwd=Path.cwd(), env={"PYTHONHASHSEED": "123", "PATH": ""}).stdout.strip()
     assert other_process == variant_colour("my_variant")

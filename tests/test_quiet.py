@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from shortcutlm import quiet
+from shortcutlm.core import quiet
 from tests.conftest import tiny_recipe_dict
 
 NOISE = ("`weights_only` was not set", "litlogger", "Tip:", "sync_dist", "GPU available: False",

@@ -13,7 +13,7 @@ import soundfile as sf
 import symusic
 
 from shortcutlm.artifacts.checkpoint import CheckpointFolder
-from shortcutlm.run_layout import RunLayout
+from shortcutlm.run.layout import RunLayout
 
 pytestmark = pytest.mark.slow
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import re
 
-from shortcutlm import progress
-from shortcutlm.config_schema import from_dict
-from shortcutlm.heartbeat import duration
-from shortcutlm.recipe import Recipe
+from shortcutlm.core import progress
+from shortcutlm.core.config_schema import from_dict
+from shortcutlm.core.heartbeat import duration
+from shortcutlm.run.recipe import Recipe
 from shortcutlm.stages import run_recipe
 from tests.conftest import tiny_recipe_dict, write_text8
 
@@ -42,7 +42,7 @@ def test_training_progress_and_rerun(tmp_path, capsys, monkeypatch):
 def test_heartbeat_says_long_work_goes_on():
     import time
 
-    from shortcutlm.heartbeat import Heartbeat
+    from shortcutlm.core.heartbeat import Heartbeat
 
     lines: list[str] = []
     with Heartbeat("training the text tokenizer", every_s=0.05, say=lines.append):
@@ -63,7 +63,7 @@ def test_heartbeat_says_long_work_goes_on():
 
 
 def test_plain_counter_for_batch_logs():
-    from shortcutlm.heartbeat import PlainCounter
+    from shortcutlm.core.heartbeat import PlainCounter
 
     lines: list[str] = []
     counter = PlainCounter("prepare librispeech", 4, every_s=0.0, say=lines.append)

@@ -9,7 +9,7 @@ import json
 import pytest
 
 from shortcutlm.cli import main as cli_main
-from shortcutlm.run_layout import RunLayout
+from shortcutlm.run.layout import RunLayout
 from tests.datasets.published import make_librispeech, make_maestro, make_text8, make_wikitext
 
 pytestmark = pytest.mark.slow

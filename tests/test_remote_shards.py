@@ -17,9 +17,9 @@ from shortcutlm.artifacts.manifest import MANIFEST, ShardManifest
 from shortcutlm.artifacts.remote import open_view, remote_location
 from shortcutlm.cli import main as cli_main
 from shortcutlm.datasets.batches import eval_batches, train_batches
-from shortcutlm.evaluation import evaluate_checkpoint
-from shortcutlm.recipe import Recipe, from_dict
-from shortcutlm.training import train
+from shortcutlm.run.evaluation import evaluate_checkpoint
+from shortcutlm.run.recipe import Recipe, from_dict
+from shortcutlm.run.training import train
 from tests.conftest import tiny_recipe_dict
 
 

@@ -15,7 +15,7 @@ import pytest
 import soundfile as sf
 
 from shortcutlm.artifacts.ablation import PAGE_HTML, PAGE_MD
-from shortcutlm.sample_pictures import piano_roll_figure, spectrogram_figure
+from shortcutlm.drawing.sample_pictures import piano_roll_figure, spectrogram_figure
 from shortcutlm.tokenizers import tokenizer_class
 from tests.browser import Browser, find_browser
 from tests.conftest import tiny_recipe_dict

@@ -17,9 +17,9 @@ import torch
 import yaml
 
 from shortcutlm.artifacts.checkpoint import CheckpointFolder
-from shortcutlm.recipe import Recipe, from_dict
-from shortcutlm.stopping import Interrupted
-from shortcutlm.training import train
+from shortcutlm.run.recipe import Recipe, from_dict
+from shortcutlm.core.stopping import Interrupted
+from shortcutlm.run.training import train
 from tests.conftest import shipped_recipes, tiny_recipe_dict
 
 TIMING = {"train/tokens_per_s", "train/mfu"}  # wall-clock figures differ between any two runs
@@ -136,7 +136,7 @@ def test_a_partial_run_without_trainer_state_says_so_and_starts_again(tmp_path, 
 
 
 def test_every_shipped_recipe_saves_by_time_by_default():
-    from shortcutlm.recipe import load_recipe
+    from shortcutlm.run.recipe import load_recipe
 
     checked = []
     for path in shipped_recipes():

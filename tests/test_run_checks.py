@@ -10,13 +10,13 @@ import yaml
 
 from shortcutlm.artifacts.manifest import ShardManifest
 from shortcutlm.artifacts.weights import write_weights
-from shortcutlm.checkpoint import (LEGACY_WEIGHTS, TRAINER_STATE, WEIGHTS, CheckpointError, check_trainer_state,
-                                 load_folder)
-from shortcutlm.config_schema import ConfigError, from_dict
+from shortcutlm.artifacts.checkpoint import (LEGACY_WEIGHTS, TRAINER_STATE, WEIGHTS, CheckpointError,
+                                             check_trainer_state, load_folder)
+from shortcutlm.core.config_schema import ConfigError, from_dict
 from shortcutlm.datasets.loader import read_manifest
-from shortcutlm.recipe import Recipe, load_recipe
-from shortcutlm.run_checks import check_block_fits, check_tokenizer_matches
-from shortcutlm.training import train
+from shortcutlm.run.recipe import Recipe, load_recipe
+from shortcutlm.run.checks import check_block_fits, check_tokenizer_matches
+from shortcutlm.run.training import train
 from tests.conftest import tiny_recipe_dict
 
 

@@ -13,9 +13,9 @@ import yaml
 
 from shortcutlm.artifacts.checkpoint import CheckpointFolder
 from shortcutlm.cli import main as cli_main
-from shortcutlm.config_schema import ConfigError
-from shortcutlm.recipe import from_dict, Recipe, load_recipe
-from shortcutlm.training import train
+from shortcutlm.core.config_schema import ConfigError
+from shortcutlm.run.recipe import from_dict, Recipe, load_recipe
+from shortcutlm.run.training import train
 from tests.conftest import shipped_recipes, tiny_recipe_dict
 
 
@@ -73,7 +73,7 @@ def test_a_checkpoint_of_other_settings_is_refused(tmp_path, text8_shards, text8
 
 
 def test_checkpoint_folder_describes_itself(tmp_path, text8_shards, text8_recipe):
-    from shortcutlm.checkpoint import load_folder
+    from shortcutlm.artifacts.checkpoint import load_folder
 
     out = train(text8_recipe, "shortcut_resformer", text8_shards, tmp_path / "run", progress=False)
     ck = load_folder(out)
@@ -230,7 +230,7 @@ def test_fsdp_trains_every_variant_and_its_checkpoint_loads(tmp_path, text8_shar
     """FSDP on the GPU with every variant (the full shortcut's per-depth cache, SVFormer's layers
     without value projections): it trains to the single-device losses, and the checkpoint it saves
     is read by ``evaluate`` and ``generate`` like any other."""
-    from shortcutlm.evaluation import evaluate_checkpoint
+    from shortcutlm.run.evaluation import evaluate_checkpoint
 
     data = tiny_recipe_dict({"name": "text8", "path": "unused"}, {"domain": "text"}, max_steps=3, val_every=3,
                             accelerator="gpu", devices=1, precision="32-true")

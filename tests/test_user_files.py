@@ -18,8 +18,8 @@ import yaml
 from shortcutlm.artifacts.lock import LOCK, FolderBusy, folder_lock
 from tests.cli_lines import one_line
 from shortcutlm.datasets.prepare import prepare
-from shortcutlm.recipe import Recipe, from_dict
-from shortcutlm.training import train
+from shortcutlm.run.recipe import Recipe, from_dict
+from shortcutlm.run.training import train
 from tests.conftest import tiny_recipe_dict, write_text8
 
 REPO = Path(__file__).resolve().parents[1]

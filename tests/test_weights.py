@@ -11,7 +11,7 @@ from safetensors import safe_open
 from shortcutlm.artifacts.checkpoint import LEGACY_WEIGHTS, WEIGHTS, CheckpointFolder, load_folder, save_folder
 from shortcutlm.artifacts.weights import read_weights, write_weights
 from shortcutlm.cli import main as cli_main
-from shortcutlm.evaluation import evaluate_checkpoint
+from shortcutlm.run.evaluation import evaluate_checkpoint
 from shortcutlm.models import GPT, GPTConfig
 
 
@@ -90,8 +90,8 @@ def test_a_legacy_folder_evaluates_and_generates(text_ckpt, tmp_path):
 
 def test_a_legacy_folder_resumes_into_safetensors(tmp_path, text8_shards):
     """A run saved as model.pt and resumed now ends as the uninterrupted run, in one weights file."""
-    from shortcutlm.recipe import Recipe, from_dict
-    from shortcutlm.training import train
+    from shortcutlm.run.recipe import Recipe, from_dict
+    from shortcutlm.run.training import train
     from tests.conftest import tiny_recipe_dict
 
     recipe = from_dict(Recipe, tiny_recipe_dict({"name": "text8", "path": "unused"}, {"domain": "text"}))

@@ -66,7 +66,7 @@ from shortcutlm.ablation.records import kv_cache_bytes, median_step_seconds, run
 from shortcutlm.ablation.runs import (ERROR_FILE, EVAL_FILE, EVAL_VERSION, RUN_FILE, Run, cached_evaluation,
                                       check_settings, evaluate_run, evaluation_key, is_trained, plan_runs,
                                       run_recipe_for, steps_for, validation_row)
-from shortcutlm.ablation.sentences import NEAR_UNIFORM, diagnostic_sentences
+from shortcutlm.report.diagnostic_sentences import NEAR_UNIFORM, diagnostic_sentences
 from shortcutlm.ablation.stats import VERDICT_RULE, compare, matched_multiple, mean_std, verdict
 from shortcutlm.ablation.summary import summarize
 from shortcutlm.ablation.timing import (STEP_TIMING_FILE, STEP_TIMING_STEPS, STEP_TIMING_WARMUP, apply_step_timing,

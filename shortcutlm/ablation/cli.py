@@ -10,7 +10,7 @@ from shortcutlm.ablation.config import DEFAULT_RECIPE, Ablation, load_ablation
 from shortcutlm.ablation.grid import clock, run_ablation
 from shortcutlm.ablation.runs import is_trained, plan_runs
 from shortcutlm.artifacts.ablation import PAGE_JSON, PAGE_MD, has_run_error, read_run_record
-from shortcutlm.config_schema import ConfigError
+from shortcutlm.core.config_schema import ConfigError
 
 
 def configure(parser: argparse.ArgumentParser) -> None:

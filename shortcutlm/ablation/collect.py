@@ -21,8 +21,8 @@ from shortcutlm.ablation.summary import summarize
 from shortcutlm.ablation.timing import apply_step_timing, side_by_side_timing
 from shortcutlm.artifacts.ablation import read_run_error
 from shortcutlm.artifacts.manifest import ShardManifest
-from shortcutlm.devices import accelerator_device
-from shortcutlm.recipe import Recipe
+from shortcutlm.core.devices import accelerator_device
+from shortcutlm.run.recipe import Recipe
 from shortcutlm.tokenizers.base import read_config
 
 

@@ -11,8 +11,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from shortcutlm.config_schema import ConfigError, deep_merge, from_dict, load_config
-from shortcutlm.recipe import Recipe, TrainSettings, load_recipe
+from shortcutlm.core.config_schema import ConfigError, deep_merge, from_dict, load_config
+from shortcutlm.run.recipe import Recipe, TrainSettings, load_recipe
 
 DEFAULT_RECIPE = "recipes/ablation.yaml"
 #: Training settings every run of a dataset shares whatever its variant: a per-variant ``train``

@@ -14,7 +14,7 @@ from shortcutlm.artifacts.checkpoint import CheckpointFolder
 def finished_curves(runs: list[Run], metric: str) -> dict[str, dict[int, tuple[Any, Any]]]:
     """``{variant: {seed: (steps, values)}}`` of ``metric`` from every finished run at the variants' steps
     (the baseline's longer runs left out), where it was logged at least twice."""
-    from shortcutlm.plots import read_curves
+    from shortcutlm.drawing.plots import read_curves
 
     curves: dict[str, dict[int, tuple[Any, Any]]] = {}
     for run in runs:
@@ -32,7 +32,7 @@ def relative_training_loss(runs: list[Run], cfg: AblationConfig) -> dict[str, An
     averaged over the seeds both have finished, on the baseline's logged steps."""
     import numpy as np
 
-    from shortcutlm.plots import smooth
+    from shortcutlm.drawing.plots import smooth
 
     curves = {variant: {seed: (x, smooth(y)) for seed, (x, y) in seeds.items()}
               for variant, seeds in finished_curves(runs, "train/loss").items()}
@@ -102,7 +102,7 @@ def plot_validation_loss(curves: dict[str, Any], path: Path, title: str) -> Path
 
 def _plot_variant_lines(lines: dict[str, tuple[list, list, int]], path: Path, title: str, ylabel: str,
                         zero_line: bool) -> Path:
-    from shortcutlm.plots import plt, variant_colours
+    from shortcutlm.drawing.plots import plt, variant_colours
 
     fig, ax = plt.subplots(figsize=(7, 4))
     colours = variant_colours(lines)  # each variant in its colour of every plot

@@ -1,4 +1,4 @@
-"""The diagnostics section's numbers and plots: ``shortcutlm.diagnostics.compare_checkpoints`` on
+"""The diagnostics section's numbers and plots: ``shortcutlm.run.diagnostics.compare_checkpoints`` on
 one seed's checkpoints, cached in ``<out>/<dataset>/diagnostics/`` while their weights are unchanged."""
 from __future__ import annotations
 
@@ -8,20 +8,20 @@ from collections.abc import Callable
 
 from shortcutlm.ablation.config import Ablation
 from shortcutlm.ablation.runs import Run, is_trained, run_folder, shard_folder, short_error, weights_key
-from shortcutlm.ablation.sentences import diagnostic_sentences
+from shortcutlm.report.diagnostic_sentences import diagnostic_sentences
 from shortcutlm.artifacts.ablation import diagnostics_cache_path, read_cache, write_cache
 from shortcutlm.artifacts.files import jsonable
 
 def run_diagnostics(ablation: Ablation, out: Path, dataset: str,
                     echo: Callable[[str], None]) -> dict[str, Any]:
     """``diagnostics.compare_checkpoints`` on the diagnosed seed's checkpoints (cached by their weights)."""
-    from shortcutlm import diagnostics as diag
+    from shortcutlm.run import diagnostics as diag
 
     cfg = ablation.config
     wanted = [v for v in cfg.diagnostics.variants if v in cfg.variants]
     if not hasattr(diag, "compare_checkpoints"):
         return {"status": "unavailable",
-                "note": "this version of shortcutlm.diagnostics has no compare_checkpoints; section skipped"}
+                "note": "this version of shortcutlm.run.diagnostics has no compare_checkpoints; section skipped"}
     if cfg.baseline not in wanted or len(wanted) < 2:
         return {"status": "disabled", "note": f"`diagnostics.variants` names {wanted or 'no variant'} of this "
                                               "ablation; it needs the baseline and another"}

@@ -23,7 +23,7 @@ from shortcutlm.ablation.kept import keep_previous_sections
 from shortcutlm.artifacts.ablation import clear_run_error, read_previous_results, write_run_error, write_run_record
 from shortcutlm.artifacts.checkpoint import CheckpointFolder
 from shortcutlm.artifacts.manifest import ShardManifest
-from shortcutlm.recipe import Recipe
+from shortcutlm.run.recipe import Recipe
 
 
 class Progress:
@@ -87,7 +87,7 @@ def _quiet_lightning() -> None:
 
 def _train(run: Run, recipe: Recipe, data_dir: Path, progress: bool) -> float:
     """Train one run to its last step and record the sitting in ``ablation.json``; returns its wall seconds."""
-    from shortcutlm import training
+    from shortcutlm.run import training
     from shortcutlm.bench.common import machine
 
     started = time.monotonic()

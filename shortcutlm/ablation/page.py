@@ -14,7 +14,7 @@ from shortcutlm.ablation.markdown import (bold_verdict, display_path, fmt, fmt_p
 from shortcutlm.ablation.findings import render_findings
 from shortcutlm.artifacts.ablation import PAGE_JSON, PAGE_MD, read_previous_results, write_page
 from shortcutlm.artifacts.checkpoint import METRICS
-from shortcutlm.html_page import markdown_page
+from shortcutlm.report.html_page import markdown_page
 
 NOISY_IQR = 0.3
 
@@ -258,7 +258,7 @@ def render_diagnostics(name: str, diag: dict[str, Any] | None, command: str, doc
                         f"variant (missing: {', '.join(diag.get('missing', [])) or '–'}).", ""]
     if status == "failed":
         return lines + [f"Failed: {diag['error']}", ""]
-    lines += [f"Produced by: `{command}` — `shortcutlm.diagnostics.compare_checkpoints` on the seed-{diag['seed']} "
+    lines += [f"Produced by: `{command}` — `shortcutlm.run.diagnostics.compare_checkpoints` on the seed-{diag['seed']} "
               f"checkpoints of {', '.join(diag['labels'])}"
               + (f" (not yet trained: {', '.join(diag['missing'])})" if diag.get("missing") else "") + ".", ""]
     sentences = dict(diag.get("sentences") or {})

@@ -16,7 +16,7 @@ from shortcutlm.ablation.runs import Run
 from shortcutlm.artifacts.ablation import read_run_record
 from shortcutlm.artifacts.checkpoint import CheckpointFolder
 from shortcutlm.artifacts.hparams import TrainingRecord
-from shortcutlm.recipe import Recipe
+from shortcutlm.run.recipe import Recipe
 
 
 def _logged_rates(folder: Path) -> list[float] | None:

@@ -23,7 +23,7 @@ from shortcutlm.artifacts.ablation import (ERROR_FILE, EVAL_FILE, RUN_FILE, eval
                                            write_cache)
 from shortcutlm.artifacts.checkpoint import CheckpointFolder
 from shortcutlm.artifacts.manifest import ShardManifest
-from shortcutlm.recipe import Recipe
+from shortcutlm.run.recipe import Recipe
 
 __all__ = ["EVAL_FILE", "RUN_FILE", "ERROR_FILE", "EVAL_VERSION", "Run", "shard_folder", "run_folder", "steps_for",
            "plan_runs", "run_recipe_for", "is_trained", "short_error", "check_settings", "weights_key",
@@ -110,7 +110,7 @@ def short_error(exc: BaseException) -> str:
 
 def check_settings(run: Run, recipe: Recipe, data_dir: Path) -> None:
     """Raise (training's ValueError) when the run's checkpoint was trained with other model or training settings."""
-    from shortcutlm.training import check_same_run
+    from shortcutlm.run.training import check_same_run
 
     manifest = ShardManifest.read_or_none(data_dir)
     if manifest is None or not CheckpointFolder(run.folder).has_model_config:
@@ -147,7 +147,7 @@ def evaluate_run(run: Run, recipe: Recipe, data_dir: Path, device: str, split: s
     row = cached_evaluation(run, recipe, split)
     if row is not None:
         return row
-    from shortcutlm.evaluation import evaluate_checkpoints
+    from shortcutlm.run.evaluation import evaluate_checkpoints
 
     e = recipe.evaluate
     results = evaluate_checkpoints([run.folder], data_dir, split=split or e.split, batch_size=e.batch_size,

@@ -11,7 +11,7 @@ from shortcutlm.ablation.config import AblationConfig, context_length
 from shortcutlm.ablation.markdown import machine_label
 from shortcutlm.ablation.runs import steps_for
 from shortcutlm.ablation.stats import compare, matched_multiple, mean_std
-from shortcutlm.recipe import Recipe
+from shortcutlm.run.recipe import Recipe
 
 
 def summarize(dataset: str, recipe: Recipe, records: list[dict[str, Any]], cfg: AblationConfig) -> dict[str, Any]:

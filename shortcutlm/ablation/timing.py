@@ -32,7 +32,7 @@ def side_by_side_timing(ablation: Ablation, out: Path, dataset: str,
     from shortcutlm.bench.common import machine, median
     from shortcutlm.bench.model import interleaved_step_seconds
     from shortcutlm.models import GPTConfig
-    from shortcutlm.peak import precision_dtype
+    from shortcutlm.core.peak import precision_dtype
 
     cfg = ablation.config
     configs: dict[str, dict[str, Any]] = {}

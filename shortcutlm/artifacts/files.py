@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import IO, Any
 from collections.abc import Callable
 
-from shortcutlm.errors import UserError
+from shortcutlm.core.errors import UserError
 
 
 class ArtifactError(UserError):

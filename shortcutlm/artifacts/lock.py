@@ -23,7 +23,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from collections.abc import Iterator
 
-from shortcutlm.errors import UserError
+from shortcutlm.core.errors import UserError
 
 LOCK = ".shortcutlm.lock"
 

@@ -3,7 +3,7 @@
 ``shortcutlm evaluate --out DIR`` and the recipe's evaluate stage write them; the run report and
 scripts read them back through here. The JSON is ``{"split", "created", "checkpoints": [record,
 ...]}`` (:class:`EvaluationResults`), one :class:`EvaluationRecord` per checkpoint as
-:func:`shortcutlm.evaluation.evaluate_checkpoint` builds it.
+:func:`shortcutlm.run.evaluation.evaluate_checkpoint` builds it.
 
 Non-finite numbers: JSON has none, so the one sanitiser (:func:`~shortcutlm.artifacts.files.jsonable`)
 writes NaN and ±inf as ``null``. A NaN means "no targets" (a loss group the split never hit) and

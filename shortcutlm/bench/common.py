@@ -1,6 +1,6 @@
 """Shared pieces of the benchmarks: machine description, matmul peak, timing and JSON output.
 
-The peak itself is measured by :mod:`shortcutlm.peak`, which training uses too.
+The peak itself is measured by :mod:`shortcutlm.core.peak`, which training uses too.
 """
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterable
 import torch
 
 from shortcutlm.artifacts import files
-from shortcutlm.peak import measure_peak_flops, sync
+from shortcutlm.core.peak import measure_peak_flops, sync
 
 
 def machine() -> dict[str, Any]:
@@ -31,7 +31,7 @@ def machine() -> dict[str, Any]:
 def matmul_peak_flops(device: str = "cpu", dtype: torch.dtype = torch.float32, size: int = 2048,
                       repeats: int = 5) -> float:
     """A fresh matmul peak (FLOP/s) at one size: the best of ``repeats`` timed products (no cache;
-    see :func:`shortcutlm.peak.measure_peak_flops`)."""
+    see :func:`shortcutlm.core.peak.measure_peak_flops`)."""
     return measure_peak_flops(device, dtype, sizes=(size,), trials=repeats)
 
 

@@ -13,7 +13,7 @@ from typing import Any
 import torch
 
 from shortcutlm.bench.common import machine, matmul_peak_flops, median, target, timed, write_json
-from shortcutlm.devices import default_device
+from shortcutlm.core.devices import default_device
 from shortcutlm.models import GPT, GPTConfig, SamplingSettings, flops_per_token, generate, stream_losses
 
 VARIANTS: dict[str, dict[str, Any]] = {

@@ -11,7 +11,7 @@ from pathlib import Path
 from collections.abc import Callable
 
 from shortcutlm.documents import Found
-from shortcutlm.errors import UserError
+from shortcutlm.core.errors import UserError
 
 __all__ = ["Found", "SourceError", "here_or_one_down", "need_path"]
 

@@ -50,7 +50,7 @@ import numpy as np
 from shortcutlm.artifacts.files import read_json_or_none, write_json
 from shortcutlm.artifacts.manifest import FORMAT, MANIFEST, VERSION, ShardError, ShardManifest, read_manifest
 from shortcutlm.datasets.loader import EvalBatches, TrainBatches, _Plan, _Split, check_batching
-from shortcutlm.errors import UserError
+from shortcutlm.core.errors import UserError
 from shortcutlm.tokenizers import Tokenizer, load_tokenizer
 from shortcutlm.tokenizers.composite import CompositeTokenizer
 

@@ -33,7 +33,7 @@ from collections.abc import Sequence
 from shortcutlm.artifacts.manifest import (manifest_path, part_manifests, read_manifest, read_part_manifest,
                                            write_manifest)
 from shortcutlm.datasets.summary import split_warnings, summarise
-from shortcutlm.errors import UserError
+from shortcutlm.core.errors import UserError
 
 PLAN = "plan"
 

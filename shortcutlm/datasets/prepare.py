@@ -69,7 +69,7 @@ from typing import Any
 from shortcutlm.artifacts.lock import LOCK, folder_lock
 from shortcutlm.artifacts.manifest import (FORMAT, TOKENIZER_FOLDER, VERSION, manifest_path, part_manifest_path,
                                            write_manifest)
-from shortcutlm.cleanup import removed_if_failed
+from shortcutlm.core.cleanup import removed_if_failed
 from shortcutlm.datasets import parallel, prepare_cli
 from shortcutlm.datasets.isolation import IsolatedPool
 from shortcutlm.datasets.parallel import Job

@@ -15,7 +15,7 @@ from typing import Any
 from collections.abc import Iterable
 
 from shortcutlm.artifacts.manifest import MANIFEST, TOKENIZER_FOLDER
-from shortcutlm.config_schema import yaml_file, yaml_text
+from shortcutlm.core.config_schema import yaml_file, yaml_text
 from shortcutlm.datasets import parallel
 from shortcutlm.datasets.parallel import Job
 from shortcutlm.datasets.prepare_common import DEFAULT_SHARD_DOCUMENTS, DEFAULT_SHARD_TOKENS, PrepareError

@@ -2,7 +2,7 @@
 with the bars off."""
 from __future__ import annotations
 
-from shortcutlm.errors import UserError
+from shortcutlm.core.errors import UserError
 
 DEFAULT_SHARD_TOKENS = 1 << 22
 DEFAULT_SHARD_DOCUMENTS = 4096

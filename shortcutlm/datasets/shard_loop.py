@@ -22,7 +22,7 @@ from shortcutlm.datasets.shards import ShardRecord, ShardWriter, token_dtype
 from shortcutlm.datasets.sources import Rejected
 from shortcutlm.datasets.summary import summarise
 from shortcutlm.documents import Document
-from shortcutlm.heartbeat import PlainCounter
+from shortcutlm.core.heartbeat import PlainCounter
 from shortcutlm.tokenizers import Tokenizer
 
 

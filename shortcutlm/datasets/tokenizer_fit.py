@@ -15,7 +15,7 @@ from shortcutlm.datasets.isolation import Crashed, IsolatedPool
 from shortcutlm.datasets.prepare_common import PrepareError
 from shortcutlm.datasets.sources import Rejected
 from shortcutlm.documents import Document
-from shortcutlm.heartbeat import Heartbeat
+from shortcutlm.core.heartbeat import Heartbeat
 from shortcutlm.tokenizers import Tokenizer, load_tokenizer, tokenizer_class
 
 

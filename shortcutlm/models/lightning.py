@@ -22,7 +22,7 @@ from torch import Tensor
 from shortcutlm.models.config import GPTConfig
 from shortcutlm.models.gpt import GPT, flops_per_token
 from shortcutlm.models.losses import stream_means
-from shortcutlm.peak import observe_step, precision_dtype
+from shortcutlm.core.peak import observe_step, precision_dtype
 
 if TYPE_CHECKING:
     from lightning.pytorch.utilities.types import OptimizerLRSchedulerConfig

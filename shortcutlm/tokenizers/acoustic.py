@@ -47,9 +47,9 @@ import numpy as np
 import torch
 
 from shortcutlm.artifacts.files import write_with
-from shortcutlm.devices import AUTO, resolve_device as shared_device_rule
+from shortcutlm.core.devices import AUTO, resolve_device as shared_device_rule
 from shortcutlm.documents import Document
-from shortcutlm.environment import check_torch_pair
+from shortcutlm.core.environment import check_torch_pair
 from shortcutlm.tokenizers.codebooks import (CARD, LAYOUTS, build_delay, build_flatten, delay_valid_mask,
                                              revert_delay, revert_flatten)
 from shortcutlm.tokenizers.audio_blocks import CodecAudio, unit_rms_scale
@@ -326,7 +326,7 @@ class AcousticTokenizer(Tokenizer):
         """A spectrogram of the ``.wav``, the end of the prompt marked."""
         import soundfile as sf
 
-        from shortcutlm.sample_pictures import plot_spectrogram
+        from shortcutlm.drawing.sample_pictures import plot_spectrogram
 
         wave, rate = sf.read(str(artifact), dtype="float32", always_2d=False)
         return plot_spectrogram(wave, int(rate), Path(out_png), prompt_seconds, title)
@@ -534,7 +534,7 @@ class AcousticTokenizer(Tokenizer):
 
 def resolve_device(name: str) -> torch.device:
     """``cpu``, ``cuda`` (an error when torch sees none) or ``auto`` (the project's one rule:
-    :func:`shortcutlm.devices.resolve_device`)."""
+    :func:`shortcutlm.core.devices.resolve_device`)."""
     if name == AUTO:
         return torch.device(shared_device_rule(name))
     if name not in ("cpu", "cuda"):

@@ -45,7 +45,7 @@ import numpy as np
 
 from shortcutlm.artifacts.files import write_json
 from shortcutlm.documents import Document
-from shortcutlm.errors import UserError
+from shortcutlm.core.errors import UserError
 
 log = logging.getLogger(__name__)
 

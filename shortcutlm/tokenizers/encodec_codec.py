@@ -29,7 +29,7 @@ from collections.abc import Iterable, Iterator, Sequence
 import numpy as np
 import torch
 
-from shortcutlm.errors import UserError
+from shortcutlm.core.errors import UserError
 from shortcutlm.tokenizers.audio_blocks import rechunk
 from shortcutlm.tokenizers.encodec_fast import FastELU, one_thread_enter, one_thread_exit, sconv1d_forward
 from shortcutlm.tokenizers.kmeans import FrameSample, residual_kmeans

@@ -440,7 +440,7 @@ class MidiTokenizer(Tokenizer):
     def picture(cls, artifact: str | Path, out_png: str | Path, prompt_seconds: float | None = None,
                 title: str = "") -> Path | None:
         """A piano roll of every note of the ``.mid`` (seconds at its own tempo map), the prompt shaded."""
-        from shortcutlm.sample_pictures import plot_piano_roll
+        from shortcutlm.drawing.sample_pictures import plot_piano_roll
 
         score = read_midi(Path(artifact)).to("second")
         notes = [(n.start, n.duration, n.pitch) for track in score.tracks for n in track.notes]

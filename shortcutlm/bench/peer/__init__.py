@@ -57,7 +57,7 @@ from shortcutlm.bench.peer.models import (PeerTrainee, copy_weights_, equivalenc
 from shortcutlm.bench.peer.report import compare, log, result, summary
 from shortcutlm.bench.peer.resume import Progress
 from shortcutlm.bench.peer.timing import generation_rate, measure_generations, measure_peer_generation, timing_rows
-from shortcutlm.devices import default_device
+from shortcutlm.core.devices import default_device
 from shortcutlm.models import GPTConfig, flops_per_token
 
 # What this module offers: the command, and (for tests and older imports) the jobs' names.

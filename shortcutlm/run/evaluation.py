@@ -41,7 +41,7 @@ losses is the overall loss exactly. With ``max_batches`` the pass is partial (``
 false``): per-byte and per-second figures then scale the split's bytes/seconds by the share
 of targets seen, and are marked approximate (``≈`` in the table).
 
-A joint checkpoint (one decoder over several domains, :mod:`shortcutlm.joint`) gives one record per
+A joint checkpoint (one decoder over several domains, :mod:`shortcutlm.run.joint`) gives one record per
 domain, each on that domain's own split through the tokenizer's view of it, with the same figures;
 with several checkpoints the rows are lined up by domain, so joint and separate models read side by side.
 
@@ -75,9 +75,9 @@ from shortcutlm.artifacts.manifest import ShardManifest
 from shortcutlm.artifacts.remote import remote_location
 from shortcutlm.artifacts.results import EosStats, EvaluationRecord, EvaluationResults, LossStats, write_results
 from shortcutlm.datasets.batches import eval_batches
-from shortcutlm.devices import resolve_device
-from shortcutlm.errors import UserError
-from shortcutlm.joint import evaluation_targets
+from shortcutlm.core.devices import resolve_device
+from shortcutlm.core.errors import UserError
+from shortcutlm.run.joint import evaluation_targets
 from shortcutlm.models import token_losses
 from shortcutlm.tokenizers import FingerprintMismatch
 

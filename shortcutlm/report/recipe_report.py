@@ -3,7 +3,7 @@
 Every figure in ``report.md`` is read from files the earlier stages wrote (manifest,
 checkpoint folders, ``eval/results.json``, sample sidecars); nothing is typed in. The same
 sections, with players and pictures for the samples, make ``report.html``
-(:mod:`shortcutlm.report_html`). Each plot comes with a sentence that reads it.
+(:mod:`shortcutlm.report.recipe_html`). Each plot comes with a sentence that reads it.
 """
 from __future__ import annotations
 
@@ -16,42 +16,9 @@ from shortcutlm.artifacts.files import read_json_or_none, write_text
 from shortcutlm.artifacts.manifest import ShardManifest
 from shortcutlm.artifacts.results import read_markdown, read_results_or_none
 from shortcutlm.artifacts.sidecar import Sample, samples_in
-from shortcutlm.datasets.shards import first_document_and_meta
-from shortcutlm.models import SamplingSettings
-from shortcutlm.plots import plot_loss_curves, read_curves
-from shortcutlm.recipe import Recipe
-from shortcutlm.run_layout import RunLayout
-
-
-def prompt_file(recipe: Recipe, data_dir: Path, out_dir: Path) -> Path | None:
-    """The recipe's prompt file, or the head of the first test document decoded to a file."""
-    g = recipe.generate
-    if g.prompt:
-        return Path(g.prompt)
-    if g.prompt_tokens <= 0:
-        return None
-    found = first_document_and_meta(data_dir)
-    if found is None:
-        return None
-    from shortcutlm.tokenizers import load_tokenizer
-
-    tokenizer = load_tokenizer(ShardManifest.read(data_dir).tokenizer_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    tokens, info = found
-    return tokenizer.write_prompt(tokens, g.prompt_tokens, out_dir / f"prompt{tokenizer.artifact_suffix}", info)
-
-
-def generate_samples(recipe: Recipe, folder: Path, data_dir: Path, out_dir: Path) -> list[Path]:
-    """The recipe's generation stage for one checkpoint."""
-    from shortcutlm.generation import generate_from_checkpoint
-
-    g = recipe.generate
-    settings = SamplingSettings(temperature=g.temperature, top_k=g.top_k, top_p=g.top_p, seed=g.seed)
-    prompt = prompt_file(recipe, data_dir, out_dir.parent / "prompt")
-    return generate_from_checkpoint(folder, out_dir, prompt=prompt,
-                                    max_new_tokens=None if g.seconds else g.max_new_tokens,
-                                    seconds=g.seconds, settings=settings, samples=g.samples,
-                                    overwrite=True)  # the run's own samples folder: a re-run replaces them
+from shortcutlm.drawing.plots import plot_loss_curves, read_curves
+from shortcutlm.run.recipe import Recipe
+from shortcutlm.run.layout import RunLayout
 
 
 def _rel(path: Path, root: Path) -> str:
@@ -204,8 +171,8 @@ def _excerpt(sample: Sample) -> str | None:
 
 
 def _depth_maps(layout: RunLayout, variants: list[str], data_dir: Path) -> list[str]:
-    from shortcutlm.ablation.sentences import depth_map_sentence
-    from shortcutlm.diagnostics import depth_map_for_checkpoint
+    from shortcutlm.report.diagnostic_sentences import depth_map_sentence
+    from shortcutlm.run.diagnostics import depth_map_for_checkpoint
 
     lines: list[str] = []
     for v in variants:
@@ -234,8 +201,8 @@ DIAGNOSTICS_SHOWN = ("entropy", "first_token_value_norm", "first_token_attention
 
 def _diagnostics_section(layout: RunLayout, variants: list[str]) -> list[str]:
     """The ablation page's diagnostics for this run's checkpoints: a plot per measure, each with its reading."""
-    from shortcutlm.ablation.sentences import diagnostic_sentences
-    from shortcutlm.diagnostics import compare_checkpoints
+    from shortcutlm.report.diagnostic_sentences import diagnostic_sentences
+    from shortcutlm.run.diagnostics import compare_checkpoints
 
     trained = [v for v in variants if CheckpointFolder(layout.checkpoint(v)).has_weights]
     if not trained:
@@ -248,7 +215,7 @@ def _diagnostics_section(layout: RunLayout, variants: list[str]) -> list[str]:
         return heading + [f"Not measured: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}", ""]
     base = baseline_of(trained)
     readings = diagnostic_sentences(got["results"], trained, base)
-    lines = heading + [f"`shortcutlm.diagnostics.compare_checkpoints` on validation windows of "
+    lines = heading + [f"`shortcutlm.run.diagnostics.compare_checkpoints` on validation windows of "
                        f"{', '.join(trained)}; each reading compares a variant with {base}.", ""]
     for name in DIAGNOSTICS_SHOWN:
         png = got["plots"].get(name)
@@ -295,7 +262,7 @@ def run_description(layout: RunLayout, variants: list[str]) -> str:
 
 def write_run_report(recipe: Recipe, layout: RunLayout, variants: list[str]) -> Path:
     """Write ``report.md`` and ``report.html`` (and their PNGs) for a recipe run; returns ``report.md``."""
-    from shortcutlm.report_html import write_html_report
+    from shortcutlm.report.recipe_html import write_html_report
 
     title = recipe.name + (f" ({recipe.preset} preset)" if recipe.preset else "")
     description = run_description(layout, variants)

@@ -16,7 +16,7 @@ from collections.abc import Callable
 
 import lightning as L
 
-from shortcutlm.heartbeat import duration
+from shortcutlm.core.heartbeat import duration
 
 #: Steps timed before the first estimate (the very first steps also build caches and compile).
 ESTIMATE_AFTER_STEPS = 10

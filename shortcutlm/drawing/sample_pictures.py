@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from shortcutlm.plots import _save, plt
+from shortcutlm.drawing.plots import _save, plt
 
 PROMPT_SHADE = "#9e9e9e"
 JOIN_COLOUR = "#d62728"  # on white (piano roll)

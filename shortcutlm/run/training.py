@@ -23,7 +23,9 @@ import torch
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_only
 
-from shortcutlm import finetune, run_checks
+from shortcutlm.run import finetune
+
+from shortcutlm.run import checks as run_checks
 from shortcutlm.artifacts.checkpoint import (LOGS, TENSORBOARD, CheckpointData, CheckpointFolder, check_trainer_state,
                                              save_folder)
 from shortcutlm.artifacts.files import disk_full, is_no_space
@@ -31,23 +33,23 @@ from shortcutlm.artifacts.hparams import TrainingRecord
 from shortcutlm.artifacts.lock import first_process, folder_lock
 from shortcutlm.artifacts.manifest import MANIFEST, ShardManifest
 from shortcutlm.artifacts.remote import shard_folder
-from shortcutlm.cleanup import removed_if_failed
+from shortcutlm.core.cleanup import removed_if_failed
 from shortcutlm.compat import lightning_loops
-from shortcutlm.config_schema import ConfigError
+from shortcutlm.core.config_schema import ConfigError
 from shortcutlm.datasets.batches import eval_batches, train_batches
-from shortcutlm.devices import accelerator_device
+from shortcutlm.core.devices import accelerator_device
 from shortcutlm.models.lightning import LitGPT
-from shortcutlm.peak import machine_peak_flops, precision_dtype
-from shortcutlm.quiet import quiet_training_output
-from shortcutlm.recipe import Recipe, TrainSettings, load_recipe
-from shortcutlm.stopping import Interrupted, StopRequest
+from shortcutlm.core.peak import machine_peak_flops, precision_dtype
+from shortcutlm.core.quiet import quiet_training_output
+from shortcutlm.run.recipe import Recipe, TrainSettings, load_recipe
+from shortcutlm.core.stopping import Interrupted, StopRequest
 
 log = logging.getLogger(__name__)
 
 
 def measured_peak(settings: TrainSettings, accelerator: str) -> float:
     """The matmul peak of the training device in the training precision (the MFU denominator),
-    measured and cached per machine by :mod:`shortcutlm.peak`."""
+    measured and cached per machine by :mod:`shortcutlm.core.peak`."""
     if settings.peak_flops:
         return settings.peak_flops
     return machine_peak_flops(accelerator_device(accelerator), precision_dtype(settings.precision))
@@ -279,13 +281,13 @@ def train(recipe: Recipe, variant: str, data_dir: str | Path, out: str | Path, p
     ``stop_after`` ends the run early at that step (the schedule still spans ``max_steps``), so
     a long run can be split over sittings; ``fresh`` discards an existing checkpoint. Ctrl-C saves
     at the next step boundary and raises :class:`Interrupted`; running again resumes exactly.
-    ``init_from``: start from that checkpoint folder's weights (fine-tuning, see :mod:`shortcutlm.finetune`).
+    ``init_from``: start from that checkpoint folder's weights (fine-tuning, see :mod:`shortcutlm.run.finetune`).
     """
     quiet_training_output()
     data_dir, out = shard_folder(data_dir), Path(out)  # a URL opens as a local view of the served folder
     # a joint model: its parts prepared and mixed into data_dir (by the first process)
     if recipe.mixture and getattr(rank_zero_only, "rank", 0) == 0:
-        from shortcutlm.joint import ensure_mixture
+        from shortcutlm.run.joint import ensure_mixture
 
         ensure_mixture(recipe, data_dir, progress=progress)
     s = recipe.train

@@ -60,11 +60,11 @@ from shortcutlm.artifacts.files import jsonable, write_json
 from shortcutlm.artifacts.checkpoint import DATA, Checkpoint, checkpoint_labels, load_folder
 from shortcutlm.artifacts.manifest import ShardManifest
 from shortcutlm.datasets.batches import eval_batches
-from shortcutlm.devices import resolve_device
-from shortcutlm.errors import UserError
+from shortcutlm.core.devices import resolve_device
+from shortcutlm.core.errors import UserError
 from shortcutlm.models import GPT
-from shortcutlm.diagnostic_plots import DEPTH_MAP_COLORBAR, write_plots
-from shortcutlm.plots import plot_heatmap
+from shortcutlm.drawing.diagnostic_plots import DEPTH_MAP_COLORBAR, write_plots
+from shortcutlm.drawing.plots import plot_heatmap
 
 DIAGNOSTICS_JSON = "diagnostics.json"
 MAX_TOKENS = 512
@@ -354,7 +354,7 @@ def compare_checkpoints(folders: Sequence[str | Path] | str | Path, out_dir: str
 
     Returns ``{"json": path, "plots": {name: path}, "results": {label: result}}``. Labels
     default to the checkpoints' names as evaluation gives them
-    (:func:`shortcutlm.evaluation.checkpoint_labels`: the variant, with the folder's name when
+    (:func:`shortcutlm.run.evaluation.checkpoint_labels`: the variant, with the folder's name when
     two checkpoints share a variant).
     """
     if isinstance(folders, (str, Path)):

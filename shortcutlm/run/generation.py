@@ -79,9 +79,9 @@ from shortcutlm.artifacts.checkpoint import Checkpoint, load_folder
 from shortcutlm.artifacts.files import ArtifactError
 from shortcutlm.artifacts.manifest import ShardManifest
 from shortcutlm.artifacts.sidecar import SampleRecord, read_sidecar, sidecar_path, write_sidecar
-from shortcutlm.devices import resolve_device
+from shortcutlm.core.devices import resolve_device
 from shortcutlm.documents import Document
-from shortcutlm.errors import UserError
+from shortcutlm.core.errors import UserError
 from shortcutlm.models import GPT, SamplingSettings, generate, trim_at_stop
 from shortcutlm.tokenizers import Tokenizer, TokenizerError
 

@@ -3,7 +3,7 @@ look at them (piano roll, spectrogram, text with the prompt set apart), then rea
 
 The page sits in the run folder and links only to files inside it by relative path, so it works
 opened from disk with no network and no server, and keeps working when the folder is copied. The
-tables, plots and readings are those of ``report.md`` (:func:`shortcutlm.report.report_sections`),
+tables, plots and readings are those of ``report.md`` (:func:`shortcutlm.report.recipe_report.report_sections`),
 converted from its Markdown; only the samples are drawn here. What differs between domains (which
 picture, whether a file is sound, how a text splits at its prompt) is asked of the tokenizer.
 """
@@ -18,9 +18,9 @@ from shortcutlm.artifacts.files import write_text
 from shortcutlm.artifacts.manifest import ShardManifest
 from shortcutlm.artifacts.results import read_results_or_none
 from shortcutlm.artifacts.sidecar import Sample, SampleRecord, samples_in
-from shortcutlm.html_page import document, esc, markdown_html
-from shortcutlm.plots import variant_colour
-from shortcutlm.run_layout import RunLayout
+from shortcutlm.report.html_page import document, esc, markdown_html
+from shortcutlm.drawing.plots import variant_colour
+from shortcutlm.run.layout import RunLayout
 from shortcutlm.tokenizers import Tokenizer, load_tokenizer, tokenizer_class
 
 #: The page's sections after the samples: (Markdown section of the report, anchor, link text).

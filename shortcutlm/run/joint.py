@@ -32,7 +32,7 @@ import torch
 from shortcutlm.artifacts.checkpoint import Checkpoint, load_folder
 from shortcutlm.artifacts.manifest import ShardManifest
 from shortcutlm.datasets.mixture import PARTS, MixturePart, build_mixture, domain_folder
-from shortcutlm.recipe import Recipe
+from shortcutlm.run.recipe import Recipe
 
 __all__ = ["ensure_mixture", "evaluation_targets", "generate_joint_samples"]
 
@@ -72,7 +72,7 @@ def evaluation_targets(folder: str | Path, shard_dir: str | Path | None,
 def generate_joint_samples(recipe: Recipe, folder: Path, data_dir: Path, out_dir: Path) -> list[Path]:
     """The recipe's generation stage for a joint checkpoint: one continuation per domain, each of
     the head of that domain's first test document (``prompt-<domain>.<ext>``), from one checkpoint."""
-    from shortcutlm.generation import generate_from_checkpoint
+    from shortcutlm.run.generation import generate_from_checkpoint
     from shortcutlm.models import SamplingSettings
     from shortcutlm.datasets.shards import first_document
     from shortcutlm.tokenizers import load_tokenizer

@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from shortcutlm.config_schema import ConfigError, closest, from_dict, load_config
+from shortcutlm.core.config_schema import ConfigError, closest, from_dict, load_config
 from shortcutlm.models import GPTConfig
 from shortcutlm.tokenizers import tokenizer_class
 
@@ -120,7 +120,7 @@ class Recipe:
     mixture: dict[str, Any] = field(default_factory=dict)
     """Several prepared folders as one joint model's data, instead of ``source`` and ``tokenizer``:
     ``parts`` (name -> ``data`` folder, or ``source`` and ``tokenizer`` to prepare, and ``weight``)
-    and ``temperature`` (see :mod:`shortcutlm.joint`)."""
+    and ``temperature`` (see :mod:`shortcutlm.run.joint`)."""
     description: str = ""
     model: dict[str, Any] = field(default_factory=dict)
     """GPTConfig fields shared by all variants (vocab_size and n_streams come from the tokenizer)."""

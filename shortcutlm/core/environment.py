@@ -10,7 +10,7 @@ from __future__ import annotations
 import importlib
 from importlib import metadata
 
-from shortcutlm.errors import UserError
+from shortcutlm.core.errors import UserError
 
 PINNED_PAIR = "torch==2.11.0 torchaudio==2.11.0"
 

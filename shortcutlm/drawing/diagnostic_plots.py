@@ -1,6 +1,6 @@
 """The diagnostics' pictures: one PNG per measure, every checkpoint side by side in its variant's colour.
 
-Kept apart from :mod:`shortcutlm.diagnostics`, which measures; this only draws what it measured.
+Kept apart from :mod:`shortcutlm.run.diagnostics`, which measures; this only draws what it measured.
 """
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from shortcutlm.plots import plot_heatmap, plot_layer_panels
+from shortcutlm.drawing.plots import plot_heatmap, plot_layer_panels
 
 DEPTH_MAP_COLORBAR = "shortcut attention weight (mean over heads; each row sums to 1)"
 

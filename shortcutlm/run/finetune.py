@@ -18,9 +18,9 @@ import torch
 
 from shortcutlm.artifacts.checkpoint import CheckpointError, CheckpointFolder
 from shortcutlm.artifacts.manifest import ShardManifest
-from shortcutlm.config_schema import ConfigError
+from shortcutlm.core.config_schema import ConfigError
 from shortcutlm.models import GPTConfig
-from shortcutlm.recipe import TrainSettings
+from shortcutlm.run.recipe import TrainSettings
 from shortcutlm.tokenizers import FingerprintMismatch
 
 #: ``hparams.json``'s record of the checkpoint a run started from.

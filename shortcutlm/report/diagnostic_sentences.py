@@ -54,7 +54,7 @@ def _get(key: str, slice_: slice | None = None) -> Callable[[dict[str, Any]], An
 def diagnostic_sentences(results: dict[str, Any] | None, labels: list[str], baseline: str) -> dict[str, str]:
     """One sentence per diagnostics plot, generated from ``compare_checkpoints``' numbers.
 
-    Keys are the plot names of :func:`shortcutlm.diagnostic_plots.write_plots` (``entropy``,
+    Keys are the plot names of :func:`shortcutlm.drawing.diagnostic_plots.write_plots` (``entropy``,
     ``first_token_value_norm``, ``first_token_attention``, ``hidden_norm``, ``token_similarity``,
     ``depth_weights``, ``depth_map_<label>``); a number the diagnostics lack gives no sentence.
     """

@@ -2,7 +2,7 @@
 their exact text at the logger (or warning) that emits them. Everything else Lightning says still
 shows; nothing is silenced wholesale.
 
-:func:`quiet_training_output` is called once where training starts (:func:`shortcutlm.training.train`);
+:func:`quiet_training_output` is called once where training starts (:func:`shortcutlm.run.training.train`);
 DDP's worker processes run that function too, so the filters hold on every rank. Calling it again
 adds nothing.
 """

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 import yaml
 
-from shortcutlm.errors import UserError
+from shortcutlm.core.errors import UserError
 
 if TYPE_CHECKING:
     from _typeshed import DataclassInstance

@@ -11,8 +11,8 @@ from pathlib import Path
 from typing import Any
 
 from shortcutlm.artifacts.manifest import ShardManifest
-from shortcutlm.config_schema import ConfigError
-from shortcutlm.recipe import Recipe
+from shortcutlm.core.config_schema import ConfigError
+from shortcutlm.run.recipe import Recipe
 from shortcutlm.tokenizers.base import read_config
 
 FIX_TOKENIZER = "prepare with the recipe's tokenizer (into another folder) or pick the matching recipe"
@@ -109,7 +109,7 @@ def check_strategy(accelerator: str, strategy: str, cuda_available: bool) -> Non
     """Refuse a strategy the accelerator cannot run before Lightning starts (and fails deep inside)."""
     if strategy not in STRATEGIES:
         raise ConfigError(f"train.strategy {strategy!r}: use one of {', '.join(STRATEGIES)}")
-    on_gpu = accelerator != "cpu" and cuda_available  # the device rule of shortcutlm.devices
+    on_gpu = accelerator != "cpu" and cuda_available  # the device rule of shortcutlm.core.devices
     if accelerator in ("gpu", "cuda") and not cuda_available:
         raise ConfigError(f"train.accelerator {accelerator!r}: no CUDA device is visible on this machine; "
                           "use accelerator: cpu (or auto)")
