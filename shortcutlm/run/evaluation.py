@@ -61,7 +61,7 @@ import math
 import sys
 import time
 from contextlib import nullcontext
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from itertools import islice
 from pathlib import Path
 from typing import Any
@@ -181,46 +181,35 @@ def _autocast(precision: str, device: torch.device, ckpt: Checkpoint):
 
 # ------------------------------------------------------------------------------------ the pass
 
-@torch.no_grad()
-def evaluate_checkpoint(folder: str | Path, shard_dir: str | Path | None = None, split: str = "test",
-                        batch_size: int = 8, max_batches: int | None = None, device: str | torch.device = "cpu",
-                        precision: str = "auto", progress: bool = True,
-                        checkpoint: Checkpoint | None = None) -> EvaluationRecord:
-    """Evaluate one checkpoint folder on one split; returns its result record (see the module docstring)."""
+@dataclass
+class _Sums:
+    """Nats and target counts per loss group, and over the end-of-document targets, as a pass adds them."""
+    nats: torch.Tensor
+    counts: torch.Tensor
+    eos_nats: torch.Tensor
+    eos_count: torch.Tensor
+
+    @classmethod
+    def zeros(cls, groups: int, device: torch.device) -> _Sums:
+        def zero(*shape: int) -> torch.Tensor:
+            return torch.zeros(shape, dtype=torch.float64, device=device)
+        return cls(zero(groups), zero(groups), zero(), zero())
+
+
+def _score(ckpt: Checkpoint, batches: Iterable[torch.Tensor], n_run: int, device: torch.device, precision: str,
+           label: str, progress: bool) -> tuple[_Sums, str | None, list[str], str, float]:
+    """One pass over ``n_run`` batches: the sums, the group kind and names, the compute dtype, seconds."""
     from tqdm import tqdm
 
-    if batch_size < 1:
-        raise EvaluationError(f"batch_size must be >= 1, got {batch_size}")
-    if max_batches is not None and max_batches < 1:
-        raise EvaluationError(f"max_batches must be >= 1, got {max_batches}")
-    device = torch.device(device)
-    ckpt = checkpoint or load_folder(folder, device)
-    model = ckpt.model.to(device).eval()
-    tok = ckpt.tokenizer
-    data_dir = resolve_shard_dir(ckpt, shard_dir)
-    manifest = _check_data(ckpt, data_dir, split)
-
-    cfg = model.config
-    batches = eval_batches(data_dir, split, cfg.block_size, batch_size)
-    n_total = len(batches)
-    n_run = n_total if max_batches is None else min(n_total, max_batches)
+    model, tok = ckpt.model, ckpt.tokenizer
     kind, names, lookup = _groups(ckpt)
     if lookup is not None:
         lookup = lookup.to(device)
-    n_groups = max(1, len(names))
+    sums = _Sums.zeros(max(1, len(names)), device)
     masked = torch.tensor(tok.ignored_ids(), device=device)
-    eos = tok.eos_id
     context, compute = _autocast(precision, device, ckpt)
-
-    nats = torch.zeros(n_groups, dtype=torch.float64, device=device)
-    counts = torch.zeros(n_groups, dtype=torch.float64, device=device)
-    eos_nats = torch.zeros((), dtype=torch.float64, device=device)
-    eos_count = torch.zeros((), dtype=torch.float64, device=device)
-    label = ckpt.name
     start = time.perf_counter()
-    bar = tqdm(total=n_run, desc=f"evaluate {label} [{split}]", unit="batch", disable=not progress,
-               mininterval=1.0, file=sys.stderr)
-    try:
+    with tqdm(total=n_run, desc=label, unit="batch", disable=not progress, mininterval=1.0, file=sys.stderr) as bar:
         for batch in islice(batches, n_run):
             batch = batch.to(device, non_blocking=True)
             inputs, targets = batch[..., :-1], batch[..., 1:]
@@ -235,19 +224,40 @@ def evaluate_checkpoint(folder: str | Path, shard_dir: str | Path | None = None,
                 group = torch.arange(k, device=device).view(1, k, 1).expand(b, k, t)
             else:
                 group = torch.zeros_like(targets)
-            nats.index_add_(0, group[valid], token_nats[valid])
-            counts.index_add_(0, group[valid], torch.ones_like(token_nats[valid]))
-            is_eos = valid & (targets == eos)
-            eos_nats += token_nats[is_eos].sum()
-            eos_count += is_eos.sum()
+            sums.nats.index_add_(0, group[valid], token_nats[valid])
+            sums.counts.index_add_(0, group[valid], torch.ones_like(token_nats[valid]))
+            is_eos = valid & (targets == tok.eos_id)
+            sums.eos_nats += token_nats[is_eos].sum()
+            sums.eos_count += is_eos.sum()
             bar.update(1)
-    finally:
-        bar.close()
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-    elapsed = time.perf_counter() - start
+    return sums, kind, names, compute, time.perf_counter() - start
 
-    nats_l, counts_l = nats.tolist(), [int(c) for c in counts.tolist()]
+
+@torch.no_grad()
+def evaluate_checkpoint(folder: str | Path, shard_dir: str | Path | None = None, split: str = "test",
+                        batch_size: int = 8, max_batches: int | None = None, device: str | torch.device = "cpu",
+                        precision: str = "auto", progress: bool = True,
+                        checkpoint: Checkpoint | None = None) -> EvaluationRecord:
+    """Evaluate one checkpoint folder on one split; returns its result record (see the module docstring)."""
+    if batch_size < 1:
+        raise EvaluationError(f"batch_size must be >= 1, got {batch_size}")
+    if max_batches is not None and max_batches < 1:
+        raise EvaluationError(f"max_batches must be >= 1, got {max_batches}")
+    device = torch.device(device)
+    ckpt = checkpoint or load_folder(folder, device)
+    model = ckpt.model.to(device).eval()
+    tok, cfg = ckpt.tokenizer, model.config
+    data_dir = resolve_shard_dir(ckpt, shard_dir)
+    manifest = _check_data(ckpt, data_dir, split)
+    batches = eval_batches(data_dir, split, cfg.block_size, batch_size)
+    n_total = len(batches)
+    n_run = n_total if max_batches is None else min(n_total, max_batches)
+    sums, kind, names, compute, elapsed = _score(ckpt, batches, n_run, device, precision,
+                                                 f"evaluate {ckpt.name} [{split}]", progress)
+
+    nats_l, counts_l = sums.nats.tolist(), [int(c) for c in sums.counts.tolist()]
     total_nats, total_count = float(sum(nats_l)), int(sum(counts_l))
     if total_count == 0:
         raise EvaluationError(f"{data_dir}: split {split!r} gave no targets to score")
@@ -257,22 +267,22 @@ def evaluate_checkpoint(folder: str | Path, shard_dir: str | Path | None = None,
     all_targets = _split_targets(batches, ckpt) if not complete else total_count
     share = total_count / all_targets if all_targets else 1.0
 
-    n_eos = int(eos_count.item())
+    n_eos, eos_nats = int(sums.eos_count.item()), float(sums.eos_nats.item())
     n_bytes = float(split_info.bytes) * share if split_info.bytes else None
     seconds = split_info.seconds * share if split_info.seconds else None
     return EvaluationRecord(
-        name=label, folder=str(ckpt.folder), shard_dir=remote_location(data_dir) or str(data_dir), split=split,
+        name=ckpt.name, folder=str(ckpt.folder), shard_dir=remote_location(data_dir) or str(data_dir), split=split,
         domain=tok.domain, fingerprint=tok.fingerprint(),
         params=int(model.num_params()), block_size=cfg.block_size, n_streams=cfg.n_streams,
         batch_size=batch_size, batches=n_run, batches_total=n_total, complete=complete,
         documents=split_info.documents, loss=_stats(total_nats, total_count),
-        eos=EosStats(n_eos, float(eos_nats.item()) / max(1, n_eos)),
+        eos=EosStats(n_eos, eos_nats / max(1, n_eos)),
         device=str(device), compute_dtype=compute,
         elapsed_s=elapsed, tokens_per_s=total_count / elapsed if elapsed > 0 else None,
         tokenizer=dict(tok.describe()),
         bytes=split_info.bytes or None,
         bits_per_byte=total_nats / LN2 / n_bytes if n_bytes else None,
-        bits_per_byte_excl_eos=(total_nats - float(eos_nats.item())) / LN2 / n_bytes if n_bytes else None,
+        bits_per_byte_excl_eos=(total_nats - eos_nats) / LN2 / n_bytes if n_bytes else None,
         seconds=split_info.seconds or None,
         bits_per_second=total_nats / LN2 / seconds if seconds else None,
         approximate=not complete, group_kind=kind,

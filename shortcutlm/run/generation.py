@@ -67,7 +67,7 @@ import random
 import sys
 import time
 from contextlib import contextmanager
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 from collections.abc import Callable, Iterator
@@ -278,6 +278,142 @@ def _progress(steps: int, samples: int, shown: bool) -> Iterator[Callable[[int],
         yield lambda done: bar.update(done - bar.n)
 
 
+@dataclass(frozen=True)
+class _Prompt:
+    """A prompt as the model's positions. ``full`` [(K,) 1 + T] starts with the packing EOS, as
+    training packs documents; ``head`` is what falls outside the context, ``tail`` what the model
+    sees first; ``forced`` holds the ids the first steps must take (the delay layout's corners)."""
+    path: Path | None
+    tokens: np.ndarray | None
+    meta: dict[str, Any]
+    context: dict[str, Any]
+    full: np.ndarray
+    head: np.ndarray
+    tail: np.ndarray
+    forced: np.ndarray | None
+
+    @property
+    def length(self) -> int:
+        return int(self.full.shape[-1])
+
+    def seconds(self, tok: Tokenizer) -> float | None:
+        """How long the prompt lasts as written (its own tempo kept), else what its source measured."""
+        if self.tokens is not None and tok.time_from_content:
+            return tok.seconds_of(self.full[1:], self.context)
+        return self.meta.get("seconds")
+
+
+def _prompt_positions(tok: Tokenizer, prompt: str | Path | None, folder: Path, block_size: int) -> _Prompt:
+    tokens, meta = (None, {}) if prompt is None else _read_prompt(tok, prompt, folder)
+    context = tok.prompt_context(prompt) if prompt is not None else {}
+    steps, forced = tok.prompt_steps(tokens)  # [(K,) T] and the ids the first steps must take
+    packing = np.full((*steps.shape[:-1], 1), tok.eos_id, dtype=np.int64)
+    full = np.concatenate([packing, steps], axis=-1).astype(np.int64)  # [(K,) 1 + T]
+    head, tail = full[..., : max(0, full.shape[-1] - block_size)], full[..., -block_size:]
+    return _Prompt(None if prompt is None else Path(prompt), tokens, meta, context, full, head, tail, forced)
+
+
+@dataclass(frozen=True)
+class _Job:
+    """One call's fixed facts: what every sample's file and sidecar are made from."""
+    ckpt: Checkpoint
+    tok: Tokenizer
+    prompt: _Prompt
+    settings: SamplingSettings
+    samples: int
+    n_new: int
+    budget: dict[str, Any]
+    device: torch.device
+    stop_at_eos: bool
+    clock: float
+
+
+@dataclass(frozen=True)
+class _Sampled:
+    seq: torch.Tensor  # [samples, (K,) positions] on the CPU, the prompt's tail included
+    elapsed: float
+    steps: int  # positions computed for each sample
+    timed: bool  # MIDI asked for in seconds: each sample is cut where it lasts the target
+
+
+def _sample(job: _Job, compile: bool, progress: bool, seconds: float | None) -> _Sampled:
+    """Sample every row at once; MIDI asked for in seconds goes on until each row lasts them."""
+    model, tok, start, device = job.ckpt.model, job.tok, job.prompt, job.device
+    x = torch.from_numpy(np.ascontiguousarray(start.tail)).to(device).unsqueeze(0)
+    x = x.expand(job.samples, *x.shape[1:]).contiguous()
+    forced = None
+    if start.forced is not None:
+        forced = torch.from_numpy(start.forced)[None].expand(job.samples, -1, -1).to(device)
+    # Samples reach the requested length unless asked to stop at EOS (audio never stops, and
+    # samples no special id at all): the tokenizer says which ids.
+    banned, stops = tok.banned_ids(job.stop_at_eos), tok.stop_ids(job.stop_at_eos)
+    timed = seconds is not None and tok.time_from_content and not job.stop_at_eos
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    clock = time.perf_counter()
+    with _progress(job.n_new, job.samples, progress) as shown:
+        seq = generate(model, x, job.n_new, job.settings, stop_tokens=stops, forced=forced, banned=banned,
+                       compile=compile, on_step=shown)
+        if timed:  # MIDI: go on until every sample lasts the prompt plus the requested seconds
+            assert seconds is not None  # timed implies seconds
+            prompt_lasts = (tok.seconds_of(start.full[1:], start.context) or 0.0) if start.tokens is not None else 0.0
+            target = prompt_lasts + float(seconds)
+            seq, rounds = _extend_to(model, seq, start.head, target, job.n_new, job.settings, banned, tok,
+                                     start.context)
+            job.budget.update(target_seconds=target, generation_rounds=rounds)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return _Sampled(seq.cpu(), time.perf_counter() - clock, seq.shape[-1] - x.shape[-1], timed)
+
+
+def _write_sample(job: _Job, sampled: _Sampled, index: int, path: Path, soundfont: str | Path | None,
+                  render: bool) -> Path:
+    """Decode row ``index`` into ``path`` (and its rendering), with the sidecar that describes it."""
+    tok, start, cfg = job.tok, job.prompt, job.ckpt.model.config
+    head = torch.from_numpy(start.head)
+    row = torch.cat([head, sampled.seq[index]], dim=-1) if head.shape[-1] else sampled.seq[index]
+    stops = tok.stop_ids(job.stop_at_eos)
+    stopped = False
+    if stops:
+        trimmed = trim_at_stop(row, stops, start=start.length)
+        stopped = trimmed.shape[-1] < row.shape[-1]
+        row = trimmed
+    ending = start.context
+    if sampled.timed:  # the notes that reach the requested length, then the rest of their bar
+        target = job.budget["target_seconds"]
+        row = row[: _shortest_lasting(row.numpy(), start.length, target, tok, start.context)]
+        ending = {**start.context, "end_at_seconds": target}
+    ids = row[..., 1:].numpy()  # the leading EOS is packing, not content (decode would cut there)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tok.decode(ids, path, ending)
+    rendering = tok.render(path, path.with_suffix(".wav"), soundfont=soundfont) if render else None
+    prompt_seconds = start.seconds(tok)
+    written_seconds = _seconds(tok.artifact_seconds, path)
+    continuation = (written_seconds - prompt_seconds
+                    if isinstance(written_seconds, float) and isinstance(prompt_seconds, float) else None)
+    elapsed = sampled.elapsed
+    write_sidecar(path, SampleRecord(
+        checkpoint=str(job.ckpt.folder), checkpoint_name=job.ckpt.name, domain=tok.domain,
+        prompt=str(start.path) if start.path is not None else None, prompt_tokens=start.length - 1,
+        prompt_seconds=prompt_seconds, prompt_file_seconds=start.meta.get("seconds"), prompt_context=start.context,
+        prompt_kept_in_context=int(start.tail.shape[-1]),
+        settings=asdict(job.settings), seed=job.settings.seed, samples=job.samples, sample_index=index,
+        length=dict(job.budget), max_new_tokens=job.n_new,
+        tokens_generated=int(row.shape[-1] - start.length), stopped_at_eos=stopped,
+        stop_reason="end-of-sequence (--stop-at-eos)" if stopped else "requested length",
+        seconds=written_seconds,
+        elapsed_s=elapsed, tokens_per_s=(sampled.steps * job.samples / elapsed) if elapsed > 0 else None,
+        context=cfg.block_size, slid_window=bool(start.tail.shape[-1] + job.n_new > cfg.block_size),
+        device=str(job.device), artifact=str(path), tokenizer=dict(tok.describe()),
+        prompt_frames=start.meta.get("frames"),  # what the prompt's encoding measured (audio: EnCodec frames)
+        continuation_seconds=continuation,
+        rendering=str(rendering) if rendering is not None else None,
+        rendering_seconds=_seconds(_wav_seconds, Path(rendering)) if rendering is not None else None,
+        total_s=time.perf_counter() - job.clock,
+    ))
+    return path
+
+
 @torch.no_grad()
 def generate_from_checkpoint(folder: str | Path, out: str | Path, prompt: str | Path | None = None,
                              max_new_tokens: int | None = None, seconds: float | None = None,
@@ -305,100 +441,23 @@ def generate_from_checkpoint(folder: str | Path, out: str | Path, prompt: str | 
     clock = time.perf_counter()
     device = torch.device(device)
     ckpt = checkpoint or load_folder(folder, device)
-    model, tok, cfg = ckpt.model.to(device).eval(), ckpt.tokenizer, ckpt.model.config
+    ckpt.model.to(device).eval()
+    tok, cfg = ckpt.tokenizer, ckpt.model.config
     if cfg.n_streams != tok.n_streams:
         raise GenerationError(f"checkpoint {ckpt.folder}: the model has {cfg.n_streams} stream(s) but its "
                               f"tokenizer {tok.n_streams}")
-
     try:  # a joint checkpoint samples in the prompt's domain (its file type), or in ``domain``
         tok = tok.for_sample(prompt, domain)
     except TokenizerError as exc:
         raise PromptError(f"checkpoint {ckpt.folder}: {exc}") from exc
-    tokens, meta = (None, {}) if prompt is None else _read_prompt(tok, prompt, ckpt.folder)
-    context = tok.prompt_context(prompt) if prompt is not None else {}
+    start = _prompt_positions(tok, prompt, ckpt.folder, cfg.block_size)
     n_new, budget = _budget(ckpt, tok, max_new_tokens, seconds)
     base = (Path(prompt).stem if prompt is not None else "unconditional") + f"-seed{seed}"
     paths = _out_paths(out, tok, base, samples)
     _claim_outputs(paths, prompt, tok, render, overwrite)
-
-    steps, forced_np = tok.prompt_steps(tokens)  # [(K,) T] and the ids the first steps must take
-    packing = np.full((*steps.shape[:-1], 1), tok.eos_id, dtype=np.int64)
-    full = np.concatenate([packing, steps], axis=-1).astype(np.int64)  # [(K,) 1 + T]
-    forced = None
-    if forced_np is not None:
-        forced = torch.from_numpy(forced_np)[None].expand(samples, -1, -1).to(device)
-    prompt_len = full.shape[-1]
-    head, tail = full[..., : max(0, prompt_len - cfg.block_size)], full[..., -cfg.block_size:]
-    x = torch.from_numpy(np.ascontiguousarray(tail)).to(device).unsqueeze(0)
-    x = x.expand(samples, *x.shape[1:]).contiguous()
-
-    # Samples reach the requested length unless asked to stop at EOS (audio never stops, and
-    # samples no special id at all): the tokenizer says which ids.
-    banned, stops = tok.banned_ids(stop_at_eos), tok.stop_ids(stop_at_eos)
-
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    start = time.perf_counter()
-    with _progress(n_new, samples, progress) as shown:
-        seq = generate(model, x, n_new, settings, stop_tokens=stops, forced=forced, banned=banned, compile=compile,
-                       on_step=shown)
-        timed = seconds is not None and tok.time_from_content and not stop_at_eos
-        if timed:  # MIDI: go on until every sample lasts the prompt plus the requested seconds
-            assert seconds is not None  # timed implies seconds
-            prompt_lasts = (tok.seconds_of(full[1:], context) or 0.0) if tokens is not None else 0.0
-            target = prompt_lasts + float(seconds)
-            seq, rounds = _extend_to(model, seq, head, target, n_new, settings, banned, tok, context)
-            budget.update(target_seconds=target, generation_rounds=rounds)
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    elapsed = time.perf_counter() - start
-    computed_steps = seq.shape[-1] - x.shape[-1]
-    seq = seq.cpu()
-
-    written = []
-    for index, path in enumerate(paths):
-        row = torch.cat([torch.from_numpy(head), seq[index]], dim=-1) if head.shape[-1] else seq[index]
-        stopped = False
-        if stops:
-            trimmed = trim_at_stop(row, stops, start=prompt_len)
-            stopped = trimmed.shape[-1] < row.shape[-1]
-            row = trimmed
-        ending = context
-        if timed:  # the notes that reach the requested length, then the rest of their bar
-            row = row[: _shortest_lasting(row.numpy(), prompt_len, budget["target_seconds"], tok, context)]
-            ending = {**context, "end_at_seconds": budget["target_seconds"]}
-        ids = row[..., 1:].numpy()  # the leading EOS is packing, not content (decode would cut there)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tok.decode(ids, path, ending)
-        rendering = tok.render(path, path.with_suffix(".wav"), soundfont=soundfont) if render else None
-        generated = int(row.shape[-1] - prompt_len)
-        prompt_seconds = (tok.seconds_of(full[1:], context) if tokens is not None and tok.time_from_content
-                          else meta.get("seconds"))  # as written (its own tempo kept); the source's is below
-        written_seconds = _seconds(tok.artifact_seconds, path)
-        continuation = (written_seconds - prompt_seconds
-                        if isinstance(written_seconds, float) and isinstance(prompt_seconds, float) else None)
-        sidecar = SampleRecord(
-            checkpoint=str(ckpt.folder), checkpoint_name=ckpt.name, domain=tok.domain,
-            prompt=str(prompt) if prompt is not None else None, prompt_tokens=int(prompt_len - 1),
-            prompt_seconds=prompt_seconds, prompt_file_seconds=meta.get("seconds"), prompt_context=context,
-            prompt_kept_in_context=int(tail.shape[-1]),
-            settings=asdict(settings), seed=seed, samples=samples, sample_index=index,
-            length=dict(budget), max_new_tokens=n_new,
-            tokens_generated=generated, stopped_at_eos=stopped,
-            stop_reason="end-of-sequence (--stop-at-eos)" if stopped else "requested length",
-            seconds=written_seconds,
-            elapsed_s=elapsed, tokens_per_s=(computed_steps * samples / elapsed) if elapsed > 0 else None,
-            context=cfg.block_size, slid_window=bool(tail.shape[-1] + n_new > cfg.block_size),
-            device=str(device), artifact=str(path), tokenizer=dict(tok.describe()),
-            prompt_frames=meta.get("frames"),  # what the prompt's encoding measured (audio: EnCodec frames)
-            continuation_seconds=continuation,
-            rendering=str(rendering) if rendering is not None else None,
-            rendering_seconds=_seconds(_wav_seconds, Path(rendering)) if rendering is not None else None,
-            total_s=time.perf_counter() - clock,
-        )
-        write_sidecar(path, sidecar)
-        written.append(path)
-    return written
+    job = _Job(ckpt, tok, start, settings, samples, n_new, budget, device, stop_at_eos, clock)
+    sampled = _sample(job, compile, progress, seconds)
+    return [_write_sample(job, sampled, index, path, soundfont, render) for index, path in enumerate(paths)]
 
 
 # ------------------------------------------------------------------------------------ CLI
