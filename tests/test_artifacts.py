@@ -14,6 +14,7 @@ import torch
 
 import shortcutlm
 from shortcutlm.artifacts import files
+from shortcutlm.artifacts.files import ArtifactError
 from shortcutlm.artifacts.ablation import (evaluation_cache_path, read_cache, read_run_error, read_run_record,
                                            write_cache, write_run_error, write_run_record)
 from shortcutlm.artifacts.checkpoint import (DATA, HPARAMS, METRICS, MODEL_CONFIG, TRAINER_STATE, WEIGHTS,
@@ -299,6 +300,30 @@ def test_manifest_accessors(text8_shards):
     assert train.bytes and train.seconds is None and manifest.train_tokens_per_second is None  # text has no seconds
     assert manifest.split("nope").tokens == 0 and not manifest.has_split("nope") and manifest.has_split("train")
     assert manifest.split_sizes()["train"] == {k: v for k, v in raw["splits"]["train"].items() if k != "shards"}
+
+
+def test_shard_records_round_trip_and_name_a_wrong_field(tmp_path, text8_shards):
+    """Every shard entry prepare wrote reads as a typed record that writes back the same dictionary;
+    a wrong field is refused in one line naming the file, the entry and the field."""
+    raw = read_manifest(text8_shards)
+    manifest = ShardManifest.read(text8_shards)
+    assert [r.to_dict() for r in manifest.shards] == raw["shards"]
+    train = manifest.shards_of("train")
+    assert [r.name for r in train] == sorted(raw["splits"]["train"]["shards"])
+    assert sum(r.documents for r in train) == manifest.split("train").documents
+    assert all(len(r.doc_ids) == len(r.doc_tokens) == r.documents and sum(r.doc_tokens) == r.tokens for r in train)
+    for change, field_name in [(lambda e: e.update(tokens="many"), "tokens"),
+                               (lambda e: e.update(sha256=None), "sha256"),
+                               (lambda e: e.pop("split"), "split"),
+                               (lambda e: e.update(doc_tokens=e["doc_tokens"][:-1] or [1, 2]), "doc_tokens")]:
+        broken = read_manifest(text8_shards)
+        change(broken["shards"][1])
+        write_manifest(tmp_path, broken)
+        with pytest.raises(ArtifactError) as err:
+            ShardManifest.read(tmp_path).shards
+        message = str(err.value)
+        assert "\n" not in message and str(tmp_path / MANIFEST) in message and "shards[1]" in message
+        assert field_name in message
 
 
 def test_tokens_per_second_of_timed_splits(tmp_path, text8_shards):

@@ -68,7 +68,8 @@ def held_to_the_protocol() -> list[str]:
 
 def test_the_scan_covers_the_package():
     held = held_to_the_protocol()
-    for path in ("run/generation.py", "run/evaluation.py", "run/diagnostics.py", "report/recipe_report.py", "ablation/page.py", "models/gpt.py"):
+    for path in ("run/generation.py", "run/evaluation.py", "run/diagnostics.py", "report/recipe_report.py",
+                 "ablation/page.py", "models/gpt.py"):
         assert path in held
     assert not [p for p in held if p.startswith("tokenizers/")]
     assert all((PACKAGE / p).is_file() for p in DOMAIN_SPECIFIC), "a named exception no longer exists"

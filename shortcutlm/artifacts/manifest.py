@@ -1,10 +1,30 @@
 """The shard manifest: ``manifest.json`` beside a folder of prepared shards.
 
-``prepare`` writes it (through :func:`write_manifest`, durably: a resumed prepare trusts it);
-everything else reads it through :func:`read_manifest` (the raw dictionary, schema in
-:mod:`shortcutlm.datasets.prepare`) or :class:`ShardManifest` (typed accessors: splits and their
-sizes, the tokenizer's fingerprint, domain, vocabulary and special ids, the ids no loss is taken
-on, tokens per second of a split).
+``prepare`` writes it (through :func:`write_manifest`, durably after every shard: a resumed
+prepare trusts it); everything else reads it through :class:`ShardManifest`. Its layout::
+
+    format, version          "shortcutlm-shards", 1
+    complete                 false until prepare (or the merge of its jobs) finished
+    created, updated         local times
+    source                   the source settings prepare was given (name, path, options)
+    tokenizer_settings       the tokenizer settings prepare was given
+    tokenizer                TokenizerInfo: domain, fingerprint, vocab_size, n_streams, special_ids,
+                             folder, files and their sha256 (a served folder's files are checked)
+    dtype                    the shards' integer type
+    splits                   {split: SplitInfo: documents, tokens, shard names, sums of the meta}
+    shards                   [ShardRecord: name, split, sha256, size, documents, tokens, doc_ids,
+                              doc_tokens, sums]
+    rejected                 [{input, reason, split, doc_id, skipped?}]: every input not in a shard
+    inputs                   {total, documents, rejected, skipped}
+    warnings, notes, found   lines prepare logged (split sizes, the tokenizer's notes, what a
+                             published layout's reader found)
+    last_run, plan, job      timings of the last sitting; a prepare across jobs' plan and slice
+    mixture                  a joint folder's parts, weights and fingerprints (datasets/mixture.py)
+
+The records (:class:`ShardRecord`, :class:`SplitInfo`, :class:`TokenizerInfo`) are frozen and
+typed; the manifest as a whole stays a dictionary while prepare builds it, because prepare
+rewrites it after every shard and keeps every key it does not own (a newer field survives a
+resume).
 """
 from __future__ import annotations
 
@@ -14,6 +34,8 @@ from pathlib import Path
 from typing import Any
 
 from shortcutlm.artifacts.files import ArtifactError, read_json, write_json
+from shortcutlm.artifacts.records import NUMBER, mapping
+from shortcutlm.artifacts.records import field as checked
 from shortcutlm.artifacts.names import (MAX_DOCUMENTS, MAX_MANIFEST_BYTES, MAX_SHARD_BYTES, MAX_SHARDS,
                                         MAX_TOKENIZER_FILES, UnsafeName, bounded_count, plain_name)
 from shortcutlm.tokenizers.base import ignored_ids
@@ -149,6 +171,46 @@ def read_part_manifest(path: str | Path) -> dict[str, Any]:
 def write_part_manifest(folder: str | Path, index: int, count: int, manifest: dict[str, Any]) -> Path:
     """Write job ``index`` of ``count``'s manifest atomically and durably (the job resumes from it)."""
     return write_json(part_manifest_path(folder, index, count), manifest, durable=True, sort_keys=False)
+
+
+@dataclass(frozen=True)
+class ShardRecord:
+    """One finished shard as the manifest lists it: its file, checksum and size, and the documents it
+    holds in order (their ids and lengths in positions), with the sums of their meta."""
+
+    name: str
+    split: str
+    sha256: str
+    documents: int
+    tokens: int
+    size: int
+    doc_ids: tuple[str, ...] = ()
+    doc_tokens: tuple[int, ...] = ()
+    sums: dict[str, float] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The entry as written (keys in the order prepare has always written them)."""
+        return {"name": self.name, "split": self.split, "sha256": self.sha256, "documents": self.documents,
+                "tokens": self.tokens, "size": self.size, "doc_ids": list(self.doc_ids),
+                "doc_tokens": list(self.doc_tokens), "sums": dict(self.sums)}
+
+    @classmethod
+    def from_dict(cls, data: Any, source: str) -> ShardRecord:
+        """Read an entry, refusing one whose fields have the wrong type or disagree in length."""
+        entry = mapping(data, source, "a shards[] entry")
+        doc_ids = checked(entry, "doc_ids", list, source, [])
+        doc_tokens = checked(entry, "doc_tokens", list, source, [])
+        if not all(isinstance(d, str) for d in doc_ids) or not all(
+                isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in doc_tokens):
+            raise ArtifactError(f"{source}: doc_ids must be strings and doc_tokens whole numbers")
+        if doc_tokens and len(doc_tokens) != len(doc_ids):
+            raise ArtifactError(f"{source}: {len(doc_ids)} doc_ids but {len(doc_tokens)} doc_tokens")
+        sums = checked(entry, "sums", dict, source, {})
+        return cls(checked(entry, "name", str, source), checked(entry, "split", str, source),
+                   checked(entry, "sha256", str, source), checked(entry, "documents", int, source),
+                   checked(entry, "tokens", int, source), checked(entry, "size", int, source, 0),
+                   tuple(doc_ids), tuple(doc_tokens),
+                   {k: v for k, v in sums.items() if isinstance(v, NUMBER) and not isinstance(v, bool)})
 
 
 @dataclass(frozen=True)
@@ -295,6 +357,16 @@ class ShardManifest:
     def train_tokens_per_second(self) -> float | None:
         """Tokens per second of the train split's audio or music (None for text or without seconds)."""
         return self.split("train").tokens_per_second
+
+    @property
+    def shards(self) -> tuple[ShardRecord, ...]:
+        """Every shard the manifest lists, in its order."""
+        return tuple(ShardRecord.from_dict(entry, f"{self.path}: shards[{index}]")
+                     for index, entry in enumerate(self.raw.get("shards") or []))
+
+    def shards_of(self, split: str) -> list[ShardRecord]:
+        """The shards of ``split`` in name order (the order the loader reads them)."""
+        return sorted((r for r in self.shards if r.split == split), key=lambda r: r.name)
 
     @property
     def rejected(self) -> list[dict[str, Any]]:

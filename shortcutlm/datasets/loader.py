@@ -55,7 +55,7 @@ from collections.abc import Iterator
 import numpy as np
 import torch
 
-from shortcutlm.artifacts.manifest import MANIFEST, ShardError
+from shortcutlm.artifacts.manifest import MANIFEST, ShardError, ShardManifest
 from shortcutlm.artifacts.remote import shard_bytes, shard_folder, where_is
 from shortcutlm.artifacts.manifest import read_manifest as _read_manifest
 from shortcutlm.compat import LibraryChanged, webdataset_tar
@@ -76,19 +76,18 @@ class _Split:
 
     def __init__(self, shard_dir: str | Path, split: str) -> None:
         self.folder = shard_folder(shard_dir)  # a URL opens as the local view of the served folder
-        manifest = read_manifest(self.folder)
-        tok = manifest["tokenizer"]
-        self.n_streams = int(tok["n_streams"])
-        self.eos = int(tok["special_ids"]["eos"])
-        self.pad = int(tok["special_ids"]["pad"])
-        self.fingerprint = tok["fingerprint"]
-        self.records = sorted((r for r in manifest["shards"] if r["split"] == split), key=lambda r: r["name"])
+        manifest = ShardManifest.read(self.folder)
+        tok = manifest.tokenizer
+        self.n_streams = tok.n_streams
+        self.eos, self.pad = tok.special_ids["eos"], tok.special_ids["pad"]
+        self.fingerprint = tok.fingerprint
+        self.records = manifest.shards_of(split)
         if not self.records:
-            known = sorted({r["split"] for r in manifest["shards"]})
+            known = sorted({r.split for r in manifest.shards})
             raise ValueError(f"{self.folder}: no shards for split {split!r} "
                              f"(splits here: {', '.join(known) or 'none'})")
         self.split = split
-        self.doc_tokens = [np.asarray(r["doc_tokens"], dtype=np.int64) for r in self.records]
+        self.doc_tokens = [np.asarray(r.doc_tokens, dtype=np.int64) for r in self.records]
         self.flat_tokens = np.concatenate(self.doc_tokens)  # per-document lengths, shard after shard
         self.shard_offset = np.concatenate([[0], np.cumsum([len(d) for d in self.doc_tokens])[:-1]]).astype(np.int64)
         self.n_docs = sum(len(d) for d in self.doc_tokens)
@@ -97,19 +96,19 @@ class _Split:
     def load(self, index: int) -> list[np.ndarray]:
         """Every document of shard ``index``, after checking its checksum and its contents."""
         record = self.records[index]
-        path = where_is(self.folder, record["name"])  # a URL for a folder served from elsewhere
-        data = shard_bytes(self.folder, record["name"], record.get("size"))
+        path = where_is(self.folder, record.name)  # a URL for a folder served from elsewhere
+        data = shard_bytes(self.folder, record.name, record.size)
         if data is None:
             raise ShardError(f"shard {path} is missing (listed in the manifest)")
-        if hashlib.sha256(data).hexdigest() != record["sha256"]:
+        if hashlib.sha256(data).hexdigest() != record.sha256:
             raise ShardError(f"shard {path} fails its checksum against {where_is(self.folder, MANIFEST)}; "
                              f"the file is corrupt or was changed — re-run prepare")
         docs = _parse(io.BytesIO(data), path)
         keys = [k for k, _ in docs]
-        if keys != record["doc_ids"]:
+        if keys != list(record.doc_ids):
             raise ShardError(f"shard {path}: its samples do not match the manifest's document list")
         arrays = [a for _, a in docs]
-        for array, n in zip(arrays, record["doc_tokens"]):
+        for array, n in zip(arrays, record.doc_tokens):
             if array.shape[-1] != n or (self.n_streams > 1 and (array.ndim != 2 or array.shape[0] != self.n_streams)):
                 raise ShardError(f"shard {path}: a document's shape {array.shape} disagrees with the manifest")
         return arrays
@@ -300,9 +299,10 @@ class TrainBatches:
         self.data = _Split(shard_dir, split)
         if self.data.total_tokens == 0:
             raise ValueError(f"{shard_dir}: split {split!r} holds no tokens")
-        self.config = {"seed": int(seed), "rank": rank, "world_size": world_size, "num_workers": num_workers,
-                       "block_size": block_size, "batch_size": batch_size, "split": split,
-                       "shuffle_shards": shuffle_shards, "fingerprint": self.data.fingerprint}
+        self.config: dict[str, Any] = {
+            "seed": int(seed), "rank": rank, "world_size": world_size, "num_workers": num_workers,
+            "block_size": block_size, "batch_size": batch_size, "split": split,
+            "shuffle_shards": shuffle_shards, "fingerprint": self.data.fingerprint}
         self.plan = _Plan(self.data, seed, world_size * max(1, num_workers), shuffle_shards)
         self.pin_memory = pin_memory
         self.batches = 0

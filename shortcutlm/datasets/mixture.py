@@ -234,12 +234,11 @@ def _open_parts(shard_dir: str | Path, split: str) -> tuple[CompositeTokenizer, 
     tokenizer = cast(CompositeTokenizer, load_tokenizer(folder / manifest["tokenizer"].get("folder", TOKENIZER)))
     opened = []
     for record in parts:
-        part_manifest = read_manifest(record["folder"])
-        if part_manifest["tokenizer"]["fingerprint"] != record["fingerprint"]:
+        part_manifest = ShardManifest.read(record["folder"])
+        if part_manifest.fingerprint != record["fingerprint"]:
             raise ShardError(f"mixture {folder}: part {record['folder']} now holds tokens of fingerprint "
-                             f"{part_manifest['tokenizer']['fingerprint']}, not {record['fingerprint']}; "
-                             "rebuild the mixture")
-        if any(r["split"] == split for r in part_manifest["shards"]):
+                             f"{part_manifest.fingerprint}, not {record['fingerprint']}; rebuild the mixture")
+        if part_manifest.shards_of(split):
             opened.append((record, _Split(record["folder"], split)))
     if not opened:
         raise ValueError(f"{folder}: no part has shards for split {split!r}")

@@ -30,8 +30,8 @@ from pathlib import Path
 from typing import Any
 from collections.abc import Sequence
 
-from shortcutlm.artifacts.manifest import (manifest_path, part_manifests, read_manifest, read_part_manifest,
-                                           write_manifest)
+from shortcutlm.artifacts.manifest import (ShardRecord, manifest_path, part_manifests, read_manifest,
+                                           read_part_manifest, write_manifest)
 from shortcutlm.datasets.summary import split_warnings, summarise
 from shortcutlm.core.errors import UserError
 
@@ -135,9 +135,10 @@ def _finished_parts(out: Path, step: dict[str, Any]) -> list[tuple[Job, dict[str
                                        f"step's {step[PLAN]['fingerprint']}; re-run that job")
         if not part.get("complete"):
             raise ParallelPrepareError(f"{job} did not finish ({path}); re-run it with the same arguments to resume")
-        for record in part["shards"]:
-            shard = out / record["name"]
-            if not shard.is_file() or shard.stat().st_size != record["size"]:
+        for index, entry in enumerate(part["shards"]):
+            record = ShardRecord.from_dict(entry, f"{path}: shards[{index}]")
+            shard = out / record.name
+            if not shard.is_file() or shard.stat().st_size != record.size:
                 raise ParallelPrepareError(f"shard {shard} of {job} is missing or changed; re-run that job")
         parts.append((job, part))
     return parts

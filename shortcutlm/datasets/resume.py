@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 from collections.abc import Callable
 
-from shortcutlm.artifacts.manifest import (has_manifest, manifest_path, part_manifest_path, read_manifest,
+from shortcutlm.artifacts.manifest import (ShardRecord, has_manifest, manifest_path, part_manifest_path, read_manifest,
                                            read_part_manifest, write_manifest, write_part_manifest)
 from shortcutlm.datasets import parallel
 from shortcutlm.datasets.parallel import Job
@@ -48,12 +48,13 @@ def keep_finished_shards(out: Path, previous: dict[str, Any], progress: bool, pa
     for stale in out.glob(f"*-{part}-*.tar{TMP_SUFFIX}" if part else f"*.tar{TMP_SUFFIX}"):
         stale.unlink()
     kept = []
-    for record in previous.get("shards", []):
-        path = out / record["name"]
-        if path.is_file() and sha256_file(path) == record["sha256"]:
-            kept.append(record)
+    for index, entry in enumerate(previous.get("shards", [])):
+        record = ShardRecord.from_dict(entry, f"{manifest_path(out)}: shards[{index}]")
+        path = out / record.name
+        if path.is_file() and sha256_file(path) == record.sha256:
+            kept.append(record.to_dict())
         elif progress:
-            print(f"shard {record['name']} is missing or changed; its documents will be encoded again", file=sys.stderr)
+            print(f"shard {record.name} is missing or changed; its documents will be encoded again", file=sys.stderr)
     return kept
 
 

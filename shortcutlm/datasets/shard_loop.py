@@ -7,6 +7,7 @@ a document twice (:mod:`~shortcutlm.datasets.resume` says what an earlier sittin
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
@@ -18,7 +19,8 @@ from shortcutlm.datasets import prepare_common
 from shortcutlm.datasets.encode import encoded_stream, rejection_reason
 from shortcutlm.datasets.isolation import IsolatedPool
 from shortcutlm.datasets.resume import Scope, keep_finished_shards
-from shortcutlm.datasets.shards import ShardRecord, ShardWriter, token_dtype
+from shortcutlm.artifacts.manifest import ShardRecord
+from shortcutlm.datasets.shards import ShardWriter, token_dtype
 from shortcutlm.datasets.sources import Rejected
 from shortcutlm.datasets.summary import summarise
 from shortcutlm.documents import Document
@@ -82,7 +84,7 @@ class ScopeEncoder:
         if self.writer is None:
             return
         record: ShardRecord = self.writer.finish()
-        self.manifest["shards"].append({**record.as_dict(), "sums": self.sums})
+        self.manifest["shards"].append(replace(record, sums=self.sums).to_dict())
         self.next_index[record.split] += 1
         self.writer, self.sums = None, {}
         self.flush()

@@ -16,7 +16,6 @@ import io
 import json
 import os
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from collections.abc import Iterator
@@ -24,7 +23,7 @@ from collections.abc import Iterator
 import numpy as np
 
 from shortcutlm.artifacts.files import disk_full, is_no_space
-from shortcutlm.artifacts.manifest import FORMAT, VERSION, ShardError, ShardManifest, read_manifest
+from shortcutlm.artifacts.manifest import FORMAT, VERSION, ShardError, ShardManifest, ShardRecord, read_manifest
 from shortcutlm.artifacts.remote import shard_bytes, where_is
 from shortcutlm.compat import LibraryChanged, webdataset_tar
 
@@ -57,24 +56,6 @@ def npy_bytes(array: np.ndarray) -> bytes:
     stream = io.BytesIO()
     np.lib.format.write_array(stream, np.ascontiguousarray(array), allow_pickle=False)
     return stream.getvalue()
-
-
-@dataclass
-class ShardRecord:
-    """What the manifest says about one finished shard."""
-
-    name: str
-    split: str
-    sha256: str
-    documents: int
-    tokens: int
-    size: int
-    doc_ids: list[str] = field(default_factory=list)
-    doc_tokens: list[int] = field(default_factory=list)
-
-    def as_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "split": self.split, "sha256": self.sha256, "documents": self.documents,
-                "tokens": self.tokens, "size": self.size, "doc_ids": self.doc_ids, "doc_tokens": self.doc_tokens}
 
 
 class ShardWriter:
@@ -130,7 +111,7 @@ class ShardWriter:
         size = self.tmp.stat().st_size
         self.tmp.replace(self.path)
         return ShardRecord(self.path.name, self.split, digest, len(self.doc_ids), self.tokens, size,
-                           self.doc_ids, self.doc_tokens)
+                           tuple(self.doc_ids), tuple(self.doc_tokens))
 
     def abort(self) -> None:
         """Drop the unfinished shard (closing may fail again, e.g. on a full disk: it is discarded anyway)."""

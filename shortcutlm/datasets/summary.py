@@ -8,18 +8,21 @@ from __future__ import annotations
 from typing import Any
 from collections.abc import Mapping
 
+from shortcutlm.artifacts.manifest import ShardRecord
+
 SPLIT_ORDER = ("train", "valid", "test")
 
 
 def summarise(manifest: dict[str, Any], n_inputs: int) -> None:
     """Fill ``manifest["splits"]`` and ``manifest["inputs"]`` from its shards and rejections."""
     splits: dict[str, dict[str, Any]] = {}
-    for record in manifest["shards"]:
-        entry = splits.setdefault(record["split"], {"documents": 0, "tokens": 0, "shards": []})
-        entry["documents"] += record["documents"]
-        entry["tokens"] += record["tokens"]
-        entry["shards"].append(record["name"])
-        for key, value in record.get("sums", {}).items():
+    for index, listed in enumerate(manifest["shards"]):
+        record = ShardRecord.from_dict(listed, f"shards[{index}]")
+        entry = splits.setdefault(record.split, {"documents": 0, "tokens": 0, "shards": []})
+        entry["documents"] += record.documents
+        entry["tokens"] += record.tokens
+        entry["shards"].append(record.name)
+        for key, value in record.sums.items():
             entry[key] = entry.get(key, 0) + value
     order = {s: i for i, s in enumerate(SPLIT_ORDER)}
     manifest["splits"] = dict(sorted(splits.items(), key=lambda kv: (order.get(kv[0], 9), kv[0])))

@@ -37,7 +37,7 @@ def write_shards(folder: Path, splits: dict[str, list[np.ndarray]], docs_per_sha
             writer = ShardWriter(folder, split, index, np.dtype(np.uint16))
             for j, doc in enumerate(docs[start:start + docs_per_shard]):
                 writer.add(f"{split}-{start + j:05d}", doc, {"split": split})
-            records.append({**writer.finish().as_dict(), "sums": {}})
+            records.append(writer.finish().to_dict())
     manifest = {"format": FORMAT, "version": VERSION, "complete": True, "source": {}, "tokenizer_settings": {},
                 "tokenizer": {"domain": "test", "fingerprint": "f" * 16, "vocab_size": VOCAB, "n_streams": n_streams,
                               "special_ids": {"pad": PAD, "bos": 2, "eos": EOS}, "folder": "tokenizer"},

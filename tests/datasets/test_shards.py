@@ -29,7 +29,7 @@ def test_round_trip_and_webdataset_layout(tmp_path):
     record = write(tmp_path, docs).finish()
     path = tmp_path / record.name
     assert record.name == "train-000000.tar" and record.documents == 2 and record.tokens == 10 + 13
-    assert record.doc_tokens == [10, 13] and record.sha256 == sha256_file(path)
+    assert record.doc_tokens == (10, 13) and record.sha256 == sha256_file(path)
     with tarfile.open(path) as tar:
         assert tar.getnames() == ["doc-0.meta.json", "doc-0.tokens.npy", "doc-1.meta.json", "doc-1.tokens.npy"]
     got = list(read_shard(path))
