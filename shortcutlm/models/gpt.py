@@ -97,17 +97,21 @@ class DepthShortcut(nn.Module):
         self.w1 = nn.Parameter(torch.empty(n_depths, d, m))
         self.b1 = _no_decay(nn.Parameter(torch.zeros(n_depths, 1, m)))
         self.w2 = nn.Parameter(torch.empty(n_depths, m, 2 * ds))
-        self.depth_embedding = nn.Parameter(torch.empty(n_depths, 1, 2 * ds))
+        # A per-depth offset, as in the last_layer reading: zero at the start, never decayed.
+        self.depth_embedding = _no_decay(nn.Parameter(torch.zeros(n_depths, 1, 2 * ds)))
         self.o_proj = nn.Linear(ds, d, bias=False)
         self.rotary = (Rotary(self.head_dim, config.block_size, config.rope_base)
                        if self.mode == "full" and config.positions == "rope" else None)
 
     def reset_shortcut(self, std: float) -> None:
-        """The feature maps and depth embeddings drawn like the model's weights; the output projection
-        zero, so a fresh model is the plain GPT."""
-        for p in (self.w1, self.w2, self.depth_embedding):
+        """The feature maps drawn like the model's weights; the depth embeddings and biases zero and the
+        output projection zero, so a fresh model is the plain GPT. The parts every reading shares (the
+        first layer of φ, its bias, the depth embedding) start and are decayed as ``last_layer``'s do,
+        so a comparison between readings compares the readings."""
+        for p in (self.w1, self.w2):
             nn.init.normal_(p, 0.0, std)
-        nn.init.zeros_(self.b1)
+        for p in (self.b1, self.depth_embedding):
+            nn.init.zeros_(p)
         nn.init.zeros_(self.o_proj.weight)
 
     def keep(self, normed: Tensor, depth: int) -> Tensor:
