@@ -320,7 +320,7 @@ def test_shard_records_round_trip_and_name_a_wrong_field(tmp_path, text8_shards)
         change(broken["shards"][1])
         write_manifest(tmp_path, broken)
         with pytest.raises(ArtifactError) as err:
-            ShardManifest.read(tmp_path).shards
+            ShardManifest.read(tmp_path).shards_of("train")
         message = str(err.value)
         assert "\n" not in message and str(tmp_path / MANIFEST) in message and "shards[1]" in message
         assert field_name in message
