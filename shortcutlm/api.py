@@ -30,9 +30,13 @@ from shortcutlm.artifacts.checkpoint import Checkpoint, load_folder
 from shortcutlm.artifacts.sidecar import SampleRecord, read_sidecar
 from shortcutlm.core.devices import resolve_device
 from shortcutlm.models import SamplingSettings
+from shortcutlm.run.recipe import GenerateSettings
 from shortcutlm.tokenizers import Tokenizer
 
 __all__ = ["Model", "Sample", "load", "prepare", "train"]
+
+#: The sampling defaults, read from the one place the CLI and recipes read them.
+_SAMPLING = GenerateSettings()
 
 
 @dataclass(frozen=True)
@@ -65,16 +69,21 @@ class Model:
                 f"{self.checkpoint.model.num_params():,} parameters, on {self.device})")
 
     def generate(self, prompt: str | Path | None = None, tokens: int | None = None, seconds: float | None = None,
-                 temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None,
-                 seed: int | None = None, samples: int = 1, out: str | Path | None = None,
+                 temperature: float = _SAMPLING.temperature, top_k: int | None = _SAMPLING.top_k,
+                 top_p: float | None = _SAMPLING.top_p, seed: int | None = _SAMPLING.seed,
+                 samples: int = _SAMPLING.samples, out: str | Path | None = None,
                  overwrite: bool = False, stop_at_eos: bool = False) -> Sample | list[Sample]:
         """Continue ``prompt`` (a file) or sample from nothing; one :class:`Sample`, or a list for ``samples > 1``.
 
-        The settings are ``shortcutlm generate``'s, with its defaults. ``out`` (a file or folder)
-        keeps the files as the command writes them; without it nothing is left on disk."""
+        The settings and their defaults are ``shortcutlm generate``'s and a recipe's (one source:
+        ``GenerateSettings``); without ``tokens`` or ``seconds``, its ``max_new_tokens``. ``seed=None``
+        draws a random seed (recorded in the sample). ``out`` (a file or folder) keeps the files as the
+        command writes them; without it nothing is left on disk."""
         from shortcutlm.run.generation import generate_from_checkpoint
 
         settings = SamplingSettings(temperature, top_k, top_p, seed)
+        if tokens is None and seconds is None:
+            tokens = _SAMPLING.max_new_tokens
 
         def run(where: Path | str) -> list[Sample]:
             paths = generate_from_checkpoint(self.folder, where, prompt, tokens, seconds, settings, samples,

@@ -2,7 +2,9 @@
 
 Each command lives in its own module exposing ``configure(parser)`` and ``run(args) -> int``;
 modules are imported only when their command runs, so ``shortcutlm --help`` stays fast and a
-broken optional dependency only breaks the command that needs it.
+broken optional dependency only breaks the command that needs it. Every command also takes
+``--config FILE``: a YAML file of its options (:mod:`shortcutlm.core.options`), which the command
+line overrides.
 """
 from __future__ import annotations
 
@@ -13,6 +15,7 @@ import sys
 
 from shortcutlm.artifacts.files import disk_full, is_no_space
 from shortcutlm.core.errors import UserError
+from shortcutlm.core.options import CONFIG_OPTION, apply_config, config_path
 from shortcutlm.core.stopping import Interrupted
 
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -36,12 +39,19 @@ BENCHMARKS: dict[str, tuple[str, str]] = {
 }
 
 
-def _add_lazy(sub: argparse._SubParsersAction, name: str, module: str, help_text: str, argv: list[str]) -> None:
+def _add_lazy(sub: argparse._SubParsersAction, name: str, module: str, help_text: str, chosen_name: list[str],
+              argv: list[str]) -> None:
     parser = sub.add_parser(name, help=help_text, description=help_text)
     parser.set_defaults(_module=module)
     # Only the chosen command's module is imported (to build its options).
-    if name in argv:
+    if name in chosen_name:
         importlib.import_module(module).configure(parser)
+        parser.add_argument(CONFIG_OPTION, metavar="FILE",
+                            help="a YAML file of this command's options (names as on the command line, e.g. "
+                                 "top-k: 40); options given on the command line win")
+        chosen = config_path(argv)
+        if chosen is not None:
+            apply_config(parser, chosen)
 
 
 def build_parser(argv: list[str]) -> argparse.ArgumentParser:
@@ -50,11 +60,11 @@ def build_parser(argv: list[str]) -> argparse.ArgumentParser:
                                             "(or set SHORTCUTLM_DEBUG=1) for the traceback.")
     sub = parser.add_subparsers(dest="command", required=True)
     for name, (module, help_text) in COMMANDS.items():
-        _add_lazy(sub, name, module, help_text, argv[:1])
+        _add_lazy(sub, name, module, help_text, argv[:1], argv)
     bench = sub.add_parser("bench", help="benchmarks with JSON output", description="benchmarks with JSON output")
     bench_sub = bench.add_subparsers(dest="benchmark", required=True)
     for name, (module, help_text) in BENCHMARKS.items():
-        _add_lazy(bench_sub, name, module, help_text, argv[1:2] if argv[:1] == ["bench"] else [])
+        _add_lazy(bench_sub, name, module, help_text, argv[1:2] if argv[:1] == ["bench"] else [], argv)
     return parser
 
 
@@ -72,9 +82,9 @@ def main(argv: list[str] | None = None) -> int:
             stream.reconfigure(errors="backslashreplace")
     debug = "--debug" in argv or os.environ.get("SHORTCUTLM_DEBUG", "") not in ("", "0")
     argv = [a for a in argv if a != "--debug"]
-    args = build_parser(argv).parse_args(argv)
-    command = " ".join(filter(None, [args.command, getattr(args, "benchmark", None)]))
+    command = " ".join(argv[:2] if argv[:1] == ["bench"] else argv[:1])
     try:
+        args = build_parser(argv).parse_args(argv)
         return int(importlib.import_module(args._module).run(args) or 0)
     except Interrupted as stopped:  # Ctrl-C in training: state saved, nothing to trace back
         if stopped.primary:

@@ -77,6 +77,8 @@ from shortcutlm.artifacts.results import EosStats, EvaluationRecord, EvaluationR
 from shortcutlm.datasets.batches import eval_batches
 from shortcutlm.core.devices import resolve_device
 from shortcutlm.core.errors import UserError
+from shortcutlm.core.options import add_fields
+from shortcutlm.run.recipe import EvaluateSettings
 from shortcutlm.run.joint import evaluation_targets
 from shortcutlm.models import token_losses
 from shortcutlm.tokenizers import FingerprintMismatch
@@ -423,10 +425,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("checkpoints", nargs="+", metavar="CKPT", help="checkpoint folder(s), evaluated side by side")
     parser.add_argument("--data", default=None, metavar="SHARD_DIR",
                         help=f"shard folder or its URL (default: each checkpoint's own, from its {DATA})")
-    parser.add_argument("--split", default="test", help="split to evaluate (default: test)")
-    parser.add_argument("--batch-size", type=int, default=8, help="windows per batch (default: 8)")
-    parser.add_argument("--max-batches", type=int, default=None,
-                        help="stop after N batches (a partial pass; per-byte figures become estimates)")
+    add_fields(parser, EvaluateSettings, ["split", "batch_size", "max_batches"])  # a recipe's evaluate defaults
     parser.add_argument("--device", default="auto", help="auto (cuda when available), cpu, cuda, cuda:1, ...")
     parser.add_argument("--precision", default="auto", choices=PRECISIONS,
                         help="auto: bf16 autocast on GPU when the checkpoint trained in bf16, else fp32")

@@ -82,7 +82,9 @@ from shortcutlm.artifacts.sidecar import SampleRecord, read_sidecar, sidecar_pat
 from shortcutlm.core.devices import resolve_device
 from shortcutlm.documents import Document
 from shortcutlm.core.errors import UserError
+from shortcutlm.core.options import add_fields
 from shortcutlm.models import GPT, SamplingSettings, generate, trim_at_stop
+from shortcutlm.run.recipe import GenerateSettings
 from shortcutlm.tokenizers import Tokenizer, TokenizerError
 
 __all__ = ["GenerationError", "PromptError", "generate_from_checkpoint", "configure", "run"]
@@ -466,14 +468,10 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("checkpoint", metavar="CKPT", help="checkpoint folder")
     parser.add_argument("--prompt", default=None, metavar="FILE",
                         help="prompt file to continue (.wav/.flac, .mid, .txt); default: sample unconditionally")
-    length = parser.add_mutually_exclusive_group()
-    length.add_argument("--tokens", type=int, default=None, help="positions to generate (default: one context)")
-    length.add_argument("--seconds", type=float, default=None, help="seconds to generate (audio and MIDI)")
-    parser.add_argument("--temperature", type=float, default=1.0, help="0 = greedy (default: 1.0)")
-    parser.add_argument("--top-k", type=int, default=None)
-    parser.add_argument("--top-p", type=float, default=None)
-    parser.add_argument("--seed", type=int, default=None, help="default: a random seed, recorded in the sidecar")
-    parser.add_argument("--samples", type=int, default=1, help="samples to draw (one batch)")
+    # The length and sampling settings, with a recipe's generate stage's own defaults (one source).
+    add_fields(parser.add_mutually_exclusive_group(), GenerateSettings, ["max_new_tokens", "seconds"],
+               flags={"max_new_tokens": "--tokens"})
+    add_fields(parser, GenerateSettings, ["temperature", "top_k", "top_p", "seed", "samples"])
     parser.add_argument("--device", default="auto", help="auto (cuda when available), cpu, cuda, ...")
     parser.add_argument("--soundfont", default=None, help="soundfont for MIDI renderings (default: General MIDI)")
     parser.add_argument("--no-render", action="store_true", help="MIDI: skip the .wav rendering")
@@ -498,7 +496,8 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as exc:  # the model package validates its own fields (it raises no UserError)
         raise GenerationError(str(exc)) from exc
     # Other mistakes (checkpoint, prompt, length) are UserErrors: the command line prints them in one line.
-    paths = generate_from_checkpoint(args.checkpoint, args.out, args.prompt, args.tokens, args.seconds,
+    tokens = None if args.seconds is not None else args.max_new_tokens  # seconds, when given, set the length
+    paths = generate_from_checkpoint(args.checkpoint, args.out, args.prompt, tokens, args.seconds,
                                      settings, args.samples, device, args.soundfont, not args.no_render,
                                      stop_at_eos=args.stop_at_eos, compile=args.compile, overwrite=args.overwrite,
                                      progress=not args.quiet, domain=args.domain)

@@ -88,26 +88,38 @@ class TrainSettings:
 
 @dataclass
 class EvaluateSettings:
+    """How checkpoints are scored: a recipe's ``evaluate`` stage and ``shortcutlm evaluate``'s options."""
     split: str = "test"
+    """The split to evaluate."""
     batch_size: int = 8
+    """Windows per batch."""
     max_batches: int | None = None
-    """Cap on batches (None: the exact full pass)."""
+    """Stop after this many batches: a partial pass, whose per-byte figures are estimates (none: the
+    exact full pass)."""
 
 
 @dataclass
 class GenerateSettings:
+    """How samples are drawn: a recipe's ``generate`` stage, ``shortcutlm generate``'s options and
+    :meth:`shortcutlm.api.Model.generate`'s defaults all read them from here."""
     prompt: str | None = None
     """A prompt file (.wav/.flac, .mid, .txt); ``None`` takes the first document of the test split."""
     prompt_tokens: int = 64
     """Tokens of the test document used as prompt when ``prompt`` is None (0: unconditional)."""
     max_new_tokens: int | None = 256
+    """Positions to generate (time steps)."""
     seconds: float | None = None
     """Length in seconds instead of tokens (audio and MIDI)."""
     temperature: float = 1.0
+    """Softmax temperature; 0 samples greedily."""
     top_k: int | None = 50
+    """Sample among the k most likely ids (none: all)."""
     top_p: float | None = None
+    """Sample among the most likely ids whose probabilities sum to p (none: all)."""
     seed: int = 0
+    """Seed of the sampling; recorded in each sample's sidecar."""
     samples: int = 1
+    """Samples to draw, as one batch."""
 
 
 @dataclass
