@@ -256,6 +256,8 @@ def run(args: argparse.Namespace) -> int:
             "mfu": tps * flops_per_token(cfg, n_params) / peak,
             "kv_cache_bytes_full_context": cache.attention_nbytes(),
             "kv_cache_bytes_with_shortcut_features": cache.nbytes(),
+            # The closed form (GPTConfig.kv_cache_bytes) beside the measurement: a user plans with it.
+            "kv_cache_bytes_formula": sum(cfg.kv_cache_bytes(1, cfg.block_size, cache.keys[0].element_size())),
             "generate_tokens_per_second_cached": cached,
             "generate_tokens_per_second_uncached": uncached,
             "cache_speedup": cached / uncached,

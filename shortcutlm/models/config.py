@@ -86,6 +86,27 @@ class GPTConfig:
     def head_dim(self) -> int:
         return self.n_embd // self.n_head
 
+    def kv_cache_bytes(self, batch: int, context: int, bytes_per_value: int) -> tuple[int, int]:
+        """``(attention, shortcut)`` bytes a decoding cache of ``context`` positions holds, in closed form.
+
+        With w = kv_heads·head_dim, D selected depths and L layers, per sequence and position:
+        keys L·w, values L·w (``svformer``: w, every later layer reading layer 1's); the
+        ``last_layer`` reading's final layer keeps keys and values for each of its D depths, so it
+        adds (D−1)·w to each; the ``full`` shortcut caches its own per-depth keys and values,
+        2·D·d_s (d_s = ``shortcut_dim``). ``depth`` caches nothing: it reads depths at the current
+        position only. ``bench model`` checks these against the cache's tensors."""
+        w = self.kv_heads * self.head_dim
+        last_slots = len(self.depths) if self.shortcut == "last_layer" else 1
+        key_slots = self.n_layer - 1 + last_slots
+        if self.value_residual == "svformer":
+            value_slots = last_slots if self.n_layer == 1 else 1
+        else:
+            value_slots = key_slots
+        per_position = bytes_per_value * batch * context
+        attention = per_position * w * (key_slots + value_slots)
+        shortcut = per_position * 2 * len(self.depths) * self.sc_dim if self.shortcut == "full" else 0
+        return attention, shortcut
+
     @property
     def depths(self) -> list[int]:
         """The depths the shortcut reads, sorted."""

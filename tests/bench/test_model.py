@@ -41,6 +41,8 @@ def test_tiny_bench_model_prints_a_short_table_and_writes_the_json(tmp_path, cap
     assert result["targets"]["baseline_cache_speedup"]["pass"] is None
     # The cache fraction (L+1)/(2L) holds at every depth, so it is judged at any size.
     assert result["targets"]["svformer_cache_fraction"]["pass"] is True
+    for name, figures in result["variants"].items():  # the closed form is what the cache tensors hold
+        assert figures["kv_cache_bytes_formula"] == figures["kv_cache_bytes_with_shortcut_features"], name
     assert any("not judged [1]" in line for line in lines) and any(model.NOT_JUDGED in line for line in lines)
 
 
