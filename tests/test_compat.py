@@ -92,3 +92,25 @@ def test_webdataset_reads_back_a_tar_its_writer_made():
     assert [s["__key__"] for s in samples] == ["doc-a", "doc-b"]
     assert samples[1]["tokens.npy"] == b"\x03" and samples[1]["meta.json"] == b"{\"n\": 1}"
     assert {s["__url__"] for s in samples} == {"mem://x.tar"}
+
+
+def test_torch_memory_tracker_counts_a_training_step():
+    """The tracker still gives a peak with its parts: the weights, their gradients and AdamW's two
+    moments of a linear layer are all in it, and activations grow the peak with the batch."""
+    from shortcutlm.compat import torch_memory
+
+    layer = torch.nn.Linear(256, 256)
+    opt = torch.optim.AdamW(layer.parameters())
+    weights = sum(p.numel() * 4 for p in layer.parameters())
+
+    def step(batch: int) -> dict[str, int]:
+        def one() -> None:
+            opt.zero_grad(set_to_none=True)
+            layer(torch.ones(batch, 256)).square().sum().backward()
+            opt.step()
+        return torch_memory.peak_step_bytes(one, layer, opt)
+
+    small, large = step(8), step(4096)
+    assert small["Parameter"] == weights and small["Optstate"] >= 2 * weights and small["Gradient"] >= weights
+    assert small["Total"] >= 4 * weights
+    assert large["Total"] - small["Total"] >= (4096 - 8) * 256 * 4  # at least one activation of the batch

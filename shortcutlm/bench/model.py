@@ -13,6 +13,7 @@ from typing import Any
 import torch
 
 from shortcutlm.bench.common import machine, matmul_peak_flops, median, target, timed, write_json
+from shortcutlm.compat.torch_memory import peak_step_bytes
 from shortcutlm.core.devices import default_device
 from shortcutlm.models import GPT, GPTConfig, SamplingSettings, flops_per_token, generate, stream_losses
 
@@ -168,14 +169,16 @@ def summary(result: dict[str, Any]) -> list[str]:
         extra = v["kv_cache_bytes_with_shortcut_features"] - v["kv_cache_bytes_full_context"]
         rows.append([name, count(v["parameters"]), f"{v['train_step_seconds_median'] * 1000:.1f}",
                      f"{ratios[name]:.3f}" if name in ratios else "-", count(v["tokens_per_second"]),
-                     f"{v['mfu']:.1%}", cache + (f" +{nbytes(extra)}" if extra else ""),
+                     f"{v['mfu']:.1%}", nbytes(v["peak_train_step_bytes"]),
+                     cache + (f" +{nbytes(extra)}" if extra else ""),
                      f"{v['generate_tokens_per_second_cached']:.0f}", f"{v['generate_tokens_per_second_uncached']:.0f}",
                      f"{v['cache_speedup']:.1f}x"])
     head = (f"bench model: {s['layers']} layers x {s['width']} ({s['heads']} heads), context {s['context']}, "
             f"vocab {s['vocab']}, batch {s['batch']}, {s['dtype']} on {s['device']}; "
             f"median of {s['timed_steps']} steps, {s['new_tokens']} generated tokens")
-    return [head, *table(["variant", "params", "step ms", "x baseline", "tokens/s", "MFU", "KV cache",
+    return [head, *table(["variant", "params", "step ms", "x baseline", "tokens/s", "MFU", "peak step", "KV cache",
                           "gen tok/s cached", "uncached", "cache gain"], rows),
+            "peak step: the memory one training step holds (weights, gradients, AdamW state, activations); "
             "KV cache: keys and values at full context, batch 1 (+ the shortcut's cached depth features)",
             *_joint_lines(result.get("joint"))]
 
@@ -183,8 +186,7 @@ def summary(result: dict[str, Any]) -> list[str]:
 def _joint_lines(j: dict[str, Any] | None) -> list[str]:
     if not j:
         return []
-    peak = (f", peak step memory {nbytes(j['joint_peak_step_bytes'])} against {nbytes(j['single_peak_step_bytes'])}"
-            if j["joint_peak_step_bytes"] is not None else "")
+    peak = f", peak step memory {nbytes(j['joint_peak_step_bytes'])} against {nbytes(j['single_peak_step_bytes'])}"
     return [f"joint vocabulary {j['joint_vocab']} against {j['single_vocab']}: {count(j['joint_parameters'])} "
             f"against {count(j['single_parameters'])} parameters, step {j['joint_step_seconds_median'] * 1000:.1f} "
             f"against {j['single_step_seconds_median'] * 1000:.1f} ms ({j['step_time_ratio']:.3f}x){peak}"]
@@ -193,10 +195,11 @@ def _joint_lines(j: dict[str, Any] | None) -> list[str]:
 JOINT = "joint_baseline"
 
 
-def _peak_step_bytes(trainee: Trainee) -> int | None:
-    """Peak accelerator memory of one training step (None on a CPU, which keeps no such count)."""
+def _peak_step_bytes(trainee: Trainee) -> int:
+    """Peak memory of one training step: the allocator's count on a GPU; on a CPU, which keeps none,
+    torch's memory tracker (every tensor the step holds: weights, gradients, AdamW state, activations)."""
     if torch.device(trainee.device).type != "cuda":
-        return None
+        return peak_step_bytes(trainee.step, trainee.model, trainee.opt)["Total"]
     torch.cuda.synchronize(trainee.device)
     torch.cuda.reset_peak_memory_stats(trainee.device)
     trainee.step()
@@ -254,6 +257,7 @@ def run(args: argparse.Namespace) -> int:
             "train_step_seconds_all": times[name],
             "tokens_per_second": tps,
             "mfu": tps * flops_per_token(cfg, n_params) / peak,
+            "peak_train_step_bytes": _peak_step_bytes(trainee),
             "kv_cache_bytes_full_context": cache.attention_nbytes(),
             "kv_cache_bytes_with_shortcut_features": cache.nbytes(),
             # The closed form (GPTConfig.kv_cache_bytes) beside the measurement: a user plans with it.

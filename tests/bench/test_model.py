@@ -41,8 +41,12 @@ def test_tiny_bench_model_prints_a_short_table_and_writes_the_json(tmp_path, cap
     assert result["targets"]["baseline_cache_speedup"]["pass"] is None
     # The cache fraction (L+1)/(2L) holds at every depth, so it is judged at any size.
     assert result["targets"]["svformer_cache_fraction"]["pass"] is True
+    params = {name: figures["parameters"] for name, figures in result["variants"].items()}
     for name, figures in result["variants"].items():  # the closed form is what the cache tensors hold
         assert figures["kv_cache_bytes_formula"] == figures["kv_cache_bytes_with_shortcut_features"], name
+        # A step holds at least the fp32 weights, their gradients and AdamW's two moments.
+        assert figures["peak_train_step_bytes"] >= 4 * 4 * params[name], name
+    assert "peak step" in lines[header]
     assert any("not judged [1]" in line for line in lines) and any(model.NOT_JUDGED in line for line in lines)
 
 
@@ -122,6 +126,8 @@ def test_the_joint_vocabulary_is_stepped_beside_the_single_domain_baseline(tmp_p
     # Only the embedding and the (tied) output layer grow: 32 more rows of width 32.
     assert joint["joint_parameters"] - joint["single_parameters"] == 32 * 32
     assert joint["step_time_ratio"] == joint["joint_step_seconds_median"] / joint["single_step_seconds_median"] > 0
-    assert len(joint["joint_step_seconds_all"]) == 2 and joint["joint_peak_step_bytes"] is None  # a CPU keeps no peak
+    assert len(joint["joint_step_seconds_all"]) == 2
+    # The larger embedding (and its gradient and AdamW state) is in the joint step's peak.
+    assert joint["joint_peak_step_bytes"] - joint["single_peak_step_bytes"] >= 4 * 4 * 32 * 32
     assert set(json.loads(out.read_text())["variants"]) == {"baseline"}  # the joint row is not a variant
     assert any(line.startswith("joint vocabulary 96 against 64") for line in capsys.readouterr().out.splitlines())
