@@ -5,11 +5,11 @@ import math
 from pathlib import Path
 from typing import Any
 
+from shortcutlm.core.formatting import markdown_table as table
+from shortcutlm.core.formatting import nbytes, param_count
 
-def table(header: list[str], rows: list[list[str]]) -> list[str]:
-    """A Markdown table (``|`` inside a cell escaped)."""
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    return lines + ["| " + " | ".join(c.replace("|", "\\|") for c in row) + " |" for row in rows]
+__all__ = ["table", "nbytes", "param_count", "display_path", "machine_label", "fmt", "fmt_pm", "ratio_text",
+           "bold_verdict"]
 
 
 def display_path(path: Path) -> str:
@@ -38,21 +38,6 @@ def fmt_pm(mean: float | None, std: float | None, digits: int = 4, signed: bool 
         return "–"
     text = f"{mean:+.{digits}f}" if signed else f"{mean:.{digits}f}"
     return text + (f" ± {std:.{digits}f}" if std is not None else "")
-
-
-def param_count(n: float | None) -> str:
-    if n is None:
-        return "–"
-    return f"{n / 1e6:.3f}M" if n >= 1e5 else f"{n / 1e3:.1f}k"
-
-
-def nbytes(n: float | None) -> str:
-    if n is None:
-        return "–"
-    for unit, scale in (("GiB", 2 ** 30), ("MiB", 2 ** 20), ("KiB", 2 ** 10)):
-        if n >= scale:
-            return f"{n / scale:.2f} {unit}"
-    return f"{int(n)} B"
 
 
 def ratio_text(ratio: float | None, higher: str, lower: str, tolerance: float = 0.05) -> str:

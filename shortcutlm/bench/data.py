@@ -98,7 +98,8 @@ def training_rate(steps: int) -> tuple[float | None, str]:
 
 def summary(result: dict[str, Any]) -> list[str]:
     """The terminal's view: prepare per domain, the loader per worker count, and the comparison."""
-    from shortcutlm.bench.model import count, table
+    from shortcutlm.core.formatting import count
+    from shortcutlm.core.formatting import text_table as table
 
     rows = [[domain, "-", "-", "-", "-", "-", r["error"]] if "error" in r else
             [domain, str(r["documents"]), count(r["tokens"]), f"{r['encode_s']:.2f}", count(r["documents_per_s"]),

@@ -20,7 +20,9 @@ from typing import Any
 import torch
 
 from shortcutlm.bench.common import machine, matmul_peak_flops, median, target, timed, write_json
-from shortcutlm.bench.model import Trainee, add_size_arguments, count, default_config, measure_generation, table
+from shortcutlm.bench.model import Trainee, add_size_arguments, default_config, measure_generation
+from shortcutlm.core.formatting import count
+from shortcutlm.core.formatting import text_table as table
 from shortcutlm.models import GPT, flops_per_token
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}

@@ -14,6 +14,8 @@ import torch
 
 from shortcutlm.bench.common import machine, matmul_peak_flops, median, target, timed, write_json
 from shortcutlm.compat.torch_memory import peak_step_bytes
+from shortcutlm.core.formatting import count, nbytes, param_count
+from shortcutlm.core.formatting import text_table as table
 from shortcutlm.core.devices import default_device
 from shortcutlm.models import GPT, GPTConfig, SamplingSettings, flops_per_token, generate, stream_losses
 
@@ -137,28 +139,6 @@ def at_stated_size(args: argparse.Namespace) -> bool:
     return all(getattr(args, name) == value for name, value in STATED.items())
 
 
-def count(n: float) -> str:
-    """3 significant figures with k/M/G: 10.7M."""
-    for div, unit in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
-        if abs(n) >= div:
-            return f"{n / div:.3g}{unit}"
-    return f"{n:.3g}"
-
-
-def nbytes(n: float) -> str:
-    for div, unit in ((2 ** 30, "GiB"), (2 ** 20, "MiB"), (2 ** 10, "KiB")):
-        if n >= div:
-            return f"{n / div:.3g} {unit}"
-    return f"{int(n)} B"
-
-
-def table(headers: list[str], rows: list[list[str]]) -> list[str]:
-    """Aligned text columns: the first left-aligned, the rest right-aligned."""
-    widths = [max(len(r[i]) for r in [headers, *rows]) for i in range(len(headers))]
-    return ["  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths))).rstrip()
-            for r in [headers, *rows]]
-
-
 def summary(result: dict[str, Any]) -> list[str]:
     """The terminal's view of a result: the setup in one line, one row per variant."""
     s, out = result["setup"], result["variants"]
@@ -167,7 +147,7 @@ def summary(result: dict[str, Any]) -> list[str]:
     for name, v in out.items():
         cache = nbytes(v["kv_cache_bytes_full_context"])
         extra = v["kv_cache_bytes_with_shortcut_features"] - v["kv_cache_bytes_full_context"]
-        rows.append([name, count(v["parameters"]), f"{v['train_step_seconds_median'] * 1000:.1f}",
+        rows.append([name, param_count(v["parameters"]), f"{v['train_step_seconds_median'] * 1000:.1f}",
                      f"{ratios[name]:.3f}" if name in ratios else "-", count(v["tokens_per_second"]),
                      f"{v['mfu']:.1%}", nbytes(v["peak_train_step_bytes"]),
                      cache + (f" +{nbytes(extra)}" if extra else ""),
@@ -187,9 +167,10 @@ def _joint_lines(j: dict[str, Any] | None) -> list[str]:
     if not j:
         return []
     peak = f", peak step memory {nbytes(j['joint_peak_step_bytes'])} against {nbytes(j['single_peak_step_bytes'])}"
-    return [f"joint vocabulary {j['joint_vocab']} against {j['single_vocab']}: {count(j['joint_parameters'])} "
-            f"against {count(j['single_parameters'])} parameters, step {j['joint_step_seconds_median'] * 1000:.1f} "
-            f"against {j['single_step_seconds_median'] * 1000:.1f} ms ({j['step_time_ratio']:.3f}x){peak}"]
+    joint_ms, single_ms = j["joint_step_seconds_median"] * 1000, j["single_step_seconds_median"] * 1000
+    return [f"joint vocabulary {j['joint_vocab']} against {j['single_vocab']}: {param_count(j['joint_parameters'])} "
+            f"against {param_count(j['single_parameters'])} parameters, step {joint_ms:.1f} against "
+            f"{single_ms:.1f} ms ({j['step_time_ratio']:.3f}x){peak}"]
 
 
 JOINT = "joint_baseline"

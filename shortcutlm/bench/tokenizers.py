@@ -244,7 +244,8 @@ def bench_text(max_mb: float | None, repeats: int) -> dict[str, Any]:
 
 def summary(result: dict[str, Any]) -> list[str]:
     """The terminal's view: one row per tokenizer timed."""
-    from shortcutlm.bench.model import count, table
+    from shortcutlm.core.formatting import count
+    from shortcutlm.core.formatting import text_table as table
 
     rows: list[list[str]] = []
     for domain in ("midi", "audio", "text"):

@@ -77,6 +77,7 @@ from shortcutlm.artifacts.results import EosStats, EvaluationRecord, EvaluationR
 from shortcutlm.datasets.batches import eval_batches
 from shortcutlm.core.devices import resolve_device
 from shortcutlm.core.errors import UserError
+from shortcutlm.core.formatting import markdown_table, param_count
 from shortcutlm.core.options import add_fields
 from shortcutlm.run.recipe import EvaluateSettings
 from shortcutlm.run.joint import evaluation_targets
@@ -346,16 +347,6 @@ def _fmt(value: Any, digits: int = 4, approx: bool = False) -> str:
     return str(value)
 
 
-def _params(n: int) -> str:
-    return f"{n / 1e6:.2f}M" if n >= 1e5 else f"{n / 1e3:.1f}k"
-
-
-def _table(header: list[str], rows: Iterable[list[str]]) -> list[str]:
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    lines += ["| " + " | ".join(cell.replace("|", "\\|") for cell in row) + " |" for row in rows]
-    return lines
-
-
 def render_markdown(results: EvaluationResults) -> str:
     """The report: one row per checkpoint for the shared metrics, then per-codebook / per-family tables."""
     records = results.checkpoints
@@ -375,9 +366,9 @@ def render_markdown(results: EvaluationResults) -> str:
             row.append(_fmt(r.bits_per_byte, approx=approx))
         if has_bps:
             row.append(_fmt(r.bits_per_second, 1, approx=approx))
-        row += [_params(r.params), _fmt(r.tokens_per_s, 0)]
+        row += [param_count(r.params, 2), _fmt(r.tokens_per_s, 0)]
         rows.append(row)
-    lines += _table(header, rows)
+    lines += markdown_table(header, rows)
     notes = ["Loss = sum of token losses / count of valid targets over one exact pass (pad and delay "
              "`empty` targets masked); the EOS closing each document is a target."]
     if has_bpb:
@@ -409,7 +400,7 @@ def render_markdown(results: EvaluationResults) -> str:
                     s = r.groups.get(name)
                     row.append("–" if s is None or not s.tokens else f"{_fmt(s.loss_nats)} ({s.tokens})")
                 rows.append(row)
-            lines += _table(["checkpoint"] + names, rows)
+            lines += markdown_table(["checkpoint"] + names, rows)
     return "\n".join(lines) + "\n"
 
 

@@ -9,7 +9,8 @@ from typing import Any
 import torch
 
 from shortcutlm.bench.common import machine, target
-from shortcutlm.bench.model import count, table
+from shortcutlm.core.formatting import count
+from shortcutlm.core.formatting import text_table as table
 from shortcutlm.bench.peer.bounds import MEANING as FLOORS_MEANING, attainable
 from shortcutlm.bench.peer.config import (GENERATION_RATIO_TARGET, PROMPT_TOKENS, STEP_RATIO_TARGET, TOP_K,
                                           differences, peer_version)
