@@ -1,0 +1,241 @@
+"""The sharing experiment's page: ``<docs>/results.md`` (and ``results.html``) with ``results.json``,
+rendered from :func:`~shortcutlm.ablation.sharing_grid.collect_sharing`'s dictionary alone."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from shortcutlm.ablation.grid import clock
+from shortcutlm.ablation.markdown import bold_verdict, fmt_pm, param_count, table
+from shortcutlm.artifacts.ablation import PAGE_JSON, write_page
+
+ARM_LABELS = {"joint": "joint", "domain_tokens": "separate, same domain tokens",
+              "total_tokens": "separate, same total tokens"}
+METRIC_LABELS = {"bits_per_byte": "bits/byte", "bits_per_second": "bits/second"}
+METRIC_DECIMALS = {"bits_per_byte": 3, "bits_per_second": 1}
+
+
+def _loss_cell(stat: dict[str, Any], of: int) -> str:
+    if not stat["n"]:
+        return "pending"
+    return fmt_pm(stat["mean"], stat["std"]) + ("" if stat["n"] == of else f" (n={stat['n']}/{of})")
+
+
+def _delta_cell(found: dict[str, Any] | None) -> str:
+    if not found or found["delta"] is None:
+        return "–"
+    text = fmt_pm(found["delta"], found["spread"], 3, signed=True) + " " + bold_verdict(found["verdict"])
+    return text + (" (unpaired)" if found["method"] == "unpaired" else "")
+
+
+def _verdict_word(found: dict[str, Any] | None) -> str:
+    """The verdict read as sharing's effect (``better`` for the joint model is sharing helping)."""
+    if not found or found["delta"] is None:
+        return "pending"
+    v = found["verdict"]
+    return {"better": "helps", "worse": "hurts"}.get(v.split(" ")[0], "no clear effect") + (
+        " (one seed)" if "one seed" in v else "")
+
+
+def render_summary(results: dict[str, Any]) -> list[str]:
+    """Per domain and variant: the joint model's loss minus each single-domain arm's, with its verdict."""
+    of = len(results["seeds"])
+    lines = ["## Summary: joint minus separate", "",
+             "Test loss of the joint model minus the single-domain model's, nats per token on the domain's own test "
+             f"split, mean ± spread over seeds paired by seed (n={of}); negative: the joint model is better, i.e. "
+             "sharing the decoder helped that domain. **better**/**worse** refer to the joint model.", ""]
+    rows = []
+    for part, section in results["domains"].items():
+        for variant, v in section["variants"].items():
+            rows.append([f"{part} ({section['domain']})", variant,
+                         _loss_cell(v["arms"]["joint"]["loss"], of),
+                         _loss_cell(v["arms"]["domain_tokens"]["loss"], of),
+                         _delta_cell(v["joint_vs"].get("domain_tokens")),
+                         _loss_cell(v["arms"]["total_tokens"]["loss"], of) if v["arms"]["total_tokens"]["runs"]
+                         else "not run",
+                         _delta_cell(v["joint_vs"].get("total_tokens"))])
+    lines += table(["domain", "variant", "joint", "separate, same domain tokens", "joint − separate",
+                    "separate, same total tokens", "joint − separate"], rows) + [""]
+    return lines + _reading(results) + [""]
+
+
+def _reading(results: dict[str, Any]) -> list[str]:
+    """One sentence per domain, generated from the verdicts."""
+    lines = []
+    for part, section in results["domains"].items():
+        parts = []
+        for variant, v in section["variants"].items():
+            same = _verdict_word(v["joint_vs"].get("domain_tokens"))
+            total = _verdict_word(v["joint_vs"].get("total_tokens")) if "total_tokens" in v["joint_vs"] else None
+            parts.append(f"{variant}: sharing {same} against the same domain tokens"
+                         + (f", {total} against the same total tokens" if total else ""))
+        lines.append(f"- {part}: " + "; ".join(parts) + ".")
+    return lines
+
+
+def render_gains(results: dict[str, Any]) -> list[str]:
+    """Does a variant's gain over the baseline grow when one decoder serves every domain?"""
+    base = results["baseline"]
+    lines = ["## Does a final layer that reads every depth matter more in the joint model?", "",
+             f"Each variant's test loss minus the {base}'s, in the joint model and in the single-domain models trained "
+             f"on the same domain tokens (paired by seed), and the difference of the two (joint gain minus separate "
+             "gain, per seed): negative means the variant helps the joint model more than it helps a single-domain "
+             "one.", ""]
+    rows = []
+    for part, section in results["domains"].items():
+        for variant, g in section["variant_gains"].items():
+            rows.append([part, variant, _delta_cell(g["joint"]), _delta_cell(g["separate"]),
+                         _delta_cell(g["joint_minus_separate"])])
+    if not rows:
+        return []
+    return lines + table(["domain", "variant", f"joint: variant − {base}", f"separate: variant − {base}",
+                          "joint gain − separate gain"], rows) + [""]
+
+
+def render_domain(part: str, section: dict[str, Any], results: dict[str, Any]) -> list[str]:
+    """One domain: its data, and per variant and arm the steps, tokens, loss and the domain's own measure."""
+    of = len(results["seeds"])
+    metric = section["metric"]
+    lines = [f"## {part} ({section['domain']})", ""]
+    data = section.get("data")
+    if data:
+        splits = ", ".join(f"{k} {v.get('tokens', 0):,} tokens / {v.get('documents', 0):,} docs"
+                           for k, v in data["splits"].items())
+        lines += [f"Data: source `{(data.get('source') or {}).get('name')}`, its own tokenizer (vocabulary "
+                  f"{data.get('vocab_size')}" + (f", codes from the {data['codec']}" if data.get("codec") else "")
+                  + f"); {splits}. Mixture probability {section['probability']:.3f} (p ∝ train tokens^"
+                  f"{results['mixture']['temperature']}).", ""]
+    seen = section["joint_tokens_by_seed"]
+    if seen:
+        lines += ["Tokens of this domain the joint model trained on (targets: its ids and the EOS closing each "
+                  "document; the markers apart), counted from the joint run's batches: "
+                  + "; ".join(f"seed {s}: {c['tokens']:,} of {c['of']:,} ({c['tokens'] / c['of']:.1%}), "
+                              f"{c['markers']:,} markers" for s, c in seen.items()) + ".", ""]
+    header = ["variant", "model", "steps", "tokens", "test loss (nats/token)", "joint − this"]
+    if metric:
+        header.insert(5, METRIC_LABELS[metric])
+    rows = []
+    for variant, v in section["variants"].items():
+        for arm, e in v["arms"].items():
+            if not e["runs"]:
+                continue
+            row = [variant, ARM_LABELS[arm], "/".join(str(st) for st in e["steps"]),
+                   "/".join(f"{t:,}" for t in e["tokens"]), _loss_cell(e["loss"], of)]
+            if metric:
+                m = e.get(metric) or {"n": 0}
+                row.append(fmt_pm(m["mean"], m["std"], METRIC_DECIMALS[metric]) if m["n"] else "–")
+            row.append("reference" if arm == "joint" else _delta_cell(v["joint_vs"].get(arm)))
+            rows.append(row)
+    lines += table(header, rows) + [""]
+    failed = [f for v in section["variants"].values() for e in v["arms"].values() for f in e["failed"]]
+    lines += [f"- failed: `{f['run']}` — {f['error']}" for f in failed] + ([""] if failed else [])
+    return lines
+
+
+def render_cost(results: dict[str, Any]) -> list[str]:
+    cost = results["cost"]
+    rows = [[ARM_LABELS.get(arm, "all runs"), str(c["runs"]), f"{c['steps']:,}", f"{c['tokens']:,}",
+             clock(c["train_wall_s"]), clock(c["eval_s"])] for arm, c in cost.items()]
+    lines = ["## Cost and machine", "",
+             "Finished runs only; wall time is each run's own training sitting (`ablation.json`), evaluation the "
+             "test-split passes.", ""]
+    lines += table(["arm", "runs", "optimiser steps", "tokens trained on", "training wall time", "evaluation"], rows)
+    lines += [""]
+    load = results.get("load")
+    params = sorted({(r["arm"], r["part"], r["params"]) for r in results["runs"] if r["status"] == "done"},
+                    key=lambda x: (x[0] != "joint", str(x[1])))
+    sizes: dict[str, set[int]] = {}
+    for arm, part, n in params:
+        sizes.setdefault("joint model" if arm == "joint" else f"{part} model", set()).add(n)
+    if sizes:
+        lines += ["Parameters (the joint model's larger embedding and output layer hold every domain's ids): "
+                  + "; ".join(f"{k} {'/'.join(param_count(n) for n in sorted(v))}" for k, v in sizes.items())
+                  + " (the variants differ by their own few parameters).", ""]
+    if load:
+        lines += [f"Machine: {results['machine']}. Every run trained in one process on "
+                  f"{'/'.join(str(t) for t in load['threads'])} thread(s), one run at a time, on a machine of "
+                  f"{'/'.join(str(c) for c in load['cpu_count'])} cores shared with other work: the 1-minute load "
+                  f"average read before and after each of the {load['runs']} runs ranged {load['min']:.2f}–"
+                  f"{load['max']:.2f} (median {load['median']:.2f}). Wall times and step speeds are therefore "
+                  "those of a busy machine; the losses do not depend on it."
+                  + (f" Runs finished {results['trained_between'][0].replace('T', ' ')} – "
+                     f"{results['trained_between'][1].replace('T', ' ')}." if results.get("trained_between") else ""),
+                  ""]
+    return lines
+
+
+def render_method(results: dict[str, Any]) -> list[str]:
+    model, train, ev = results["model"], results["train"], results["evaluate"]
+    checks = results["joint_count_checks"]
+    ok = checks and all(c["equal"] for c in checks)
+    lines = ["## The experiment", "",
+             f"- model (every arm, every variant): {model.get('n_layer')} layers, width {model.get('n_embd')}, "
+             f"{model.get('n_head')} heads, context {model.get('block_size')}; batch {train['batch_size']}, lr "
+             f"{train['lr']:g} → {train['min_lr']:g}, warm-up {train['warmup_steps']} steps, {train['precision']}. "
+             f"The joint model trains {train['max_steps']} steps.",
+             "- arms: " + "; ".join(f"`{k}` {v}" for k, v in results["arms"].items()) + ".",
+             "- how the joint model's tokens are counted: its training batches are replayed (the mixed loader is "
+             "deterministic per seed) and each target attributed to the domain its id belongs to; the joint EOS "
+             "counts for the document it closes, as in a single-domain stream, and the domain markers are counted "
+             "apart. A `domain_tokens` model gets that count divided by the tokens per step, rounded, as its steps."
+             + (f" The replayed totals equal the `tokens_seen` of all {len(checks)} joint checkpoints."
+                if ok else (" Replayed totals and checkpoints disagree: " + ", ".join(
+                    f"{c['run']} {c['counted']} vs {c['tokens_seen']}" for c in checks if not c["equal"])
+                    if checks else "")),
+             "- seeds: " + ", ".join(str(s) for s in results["seeds"]) + ". Seed s sets every arm's initialisation "
+             "and data order; the verdicts pair the joint model and a single-domain model of the same seed. "
+             f"Verdict: {results['verdict_rule']}",
+             f"- evaluation: nats per token on each domain's own `{ev['split']}` split"
+             + (f" (at most {ev['max_batches']} batches of {ev['batch_size']})" if ev.get("max_batches") else "")
+             + ", with the domain's own measure (bits per byte for text, bits per second of music for MIDI and "
+             "audio) where its split records bytes or seconds.",
+             "- how joint and separate losses are made comparable: the joint vocabulary keeps each domain's ids as "
+             "its part's tokenizer makes them, moved by an offset, so a domain's test documents are the same token "
+             "sequences for both models. The joint model's loss on a domain is measured on that domain's test split "
+             "alone, over the same targets as the single-domain model's (every document token and one EOS per "
+             "document; the domain marker that opens each document in the joint stream is context, never a "
+             "target). The joint model's softmax runs over the whole joint vocabulary, so any probability it puts "
+             "on other domains' ids is a loss it pays: that is part of what sharing costs, and it is counted. "
+             "The windows differ by the one marker per document, so a position's context is shifted by at most "
+             "one token per document.", ""]
+    complete = [r["domains"] for r in results["runs"] if r["status"] == "done"]
+    partial = sorted({p for d in complete for p, e in d.items() if e.get("complete") is False})
+    if partial:
+        lines[-1:-1] = [f"- evaluation of {', '.join(partial)} covered part of the split (its batch cap)."]
+    return lines
+
+
+def render_markdown(results: dict[str, Any]) -> str:
+    pending = [r["run"] for r in results["runs"] if r["status"] == "pending"]
+    failed = [r for r in results["runs"] if r["status"] == "failed"]
+    lines = ["# One decoder, three domains: does sharing help?", "",
+             "Every number on this page was produced by `shortcutlm ablate` from its own runs; nothing is typed in by "
+             "hand. Re-running the command keeps finished runs and cached evaluations, trains what is missing and "
+             "rewrites this page.", "",
+             f"- command: `{results['command']}`",
+             f"- written: {results['created']} on {results['machine']}",
+             "- variants: " + "; ".join(f"`{k}` ({', '.join(f'{a}={b}' for a, b in (v or {}).items()) or 'plain GPT'})"
+                                         for k, v in results["variants"].items()),
+             f"- raw numbers: `{PAGE_JSON}` beside this page.", ""]
+    if results.get("same_total") is not None:
+        lines += [f"- the same-total-tokens arm was run for {', '.join(results['same_total'])} only "
+                  "(`--set same_total=[...]`: the costliest arm, narrowed to fit the time the grid had).", ""]
+    if pending:
+        lines += [f"- pending ({len(pending)} of {len(results['runs'])} runs): "
+                  + ", ".join(f"`{p}`" for p in pending[:10]) + (" …" if len(pending) > 10 else "")
+                  + ". Run the command again to train them.", ""]
+    lines += [f"- failed: `{r['run']}` — {r.get('error')}" for r in failed] + ([""] if failed else [])
+    lines += render_summary(results) + render_gains(results) + render_method(results)
+    for part, section in results["domains"].items():
+        lines += render_domain(part, section, results)
+    lines += render_cost(results)
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def write_sharing_page(results: dict[str, Any], docs: Path) -> tuple[Path, Path]:
+    """``<docs>/results.md``, ``results.html`` (the same Markdown) and ``results.json``."""
+    from shortcutlm.html_page import markdown_page
+
+    docs.mkdir(parents=True, exist_ok=True)
+    text = render_markdown(results)
+    return write_page(docs, text, results, markdown_page(text, "One decoder, three domains: does sharing help?"))
