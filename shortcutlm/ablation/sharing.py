@@ -111,7 +111,7 @@ def load_sharing(path: str | Path, preset: str | None = None, overrides: list[st
             recipe_overrides.append(item)
             continue
         parsed = yaml_text(value, f"--set {item}")
-        integers = all(isinstance(v, int) and not isinstance(v, bool) for v in parsed or [])
+        integers = isinstance(parsed, list) and all(isinstance(v, int) and not isinstance(v, bool) for v in parsed)
         if not isinstance(parsed, list) or not parsed or (key.strip() == "seeds" and not integers):
             raise ConfigError(f"--set {item}: give a non-empty list, e.g. {key.strip()}=[0, 1]")
         if key.strip() == "seeds":
