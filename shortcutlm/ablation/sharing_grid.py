@@ -140,6 +140,18 @@ def _by_seed(records: list[dict[str, Any]], arm: str, part: str, variant: str, k
     return found
 
 
+def _per_codebook(records: list[dict[str, Any]], arm: str, part: str, variant: str) -> dict[str, Any]:
+    """The loss of each codebook (acoustic tokens), mean over seeds; empty where the tokens have none."""
+    found: dict[str, dict[int, float]] = {}
+    for r in records:
+        if r["status"] != "done" or r["arm"] != arm or r["variant"] != variant or (arm != JOINT and r["part"] != part):
+            continue
+        for name, loss in ((r["domains"].get(part) or {}).get("per_codebook") or {}).items():
+            if loss is not None:
+                found.setdefault(name, {})[r["seed"]] = loss
+    return {name: _stat(values) for name, values in sorted(found.items())}
+
+
 def _stat(values: dict[int, float]) -> dict[str, Any]:
     m, s, n = mean_std(list(values.values()))
     return {"mean": m, "std": s, "n": n, "by_seed": {str(k): v for k, v in sorted(values.items())}}
@@ -171,6 +183,9 @@ def _part_section(sharing: Sharing, part: str, record: dict[str, Any], records: 
                      "failed": [{"run": r["run"], "error": r.get("error")} for r in mine if r["status"] == "failed"]}
             if metric:
                 entry[metric] = _stat(_by_seed(records, arm, part, variant, metric))
+            codebooks = _per_codebook(records, arm, part, variant)
+            if codebooks:
+                entry["per_codebook"] = codebooks
             arms[arm] = entry
         joint = _by_seed(records, JOINT, part, variant)
         versus = {}

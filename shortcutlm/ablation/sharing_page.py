@@ -111,9 +111,10 @@ def render_domain(part: str, section: dict[str, Any], results: dict[str, Any]) -
                   "document; the markers apart), counted from the joint run's batches: "
                   + "; ".join(f"seed {s}: {c['tokens']:,} of {c['of']:,} ({c['tokens'] / c['of']:.1%}), "
                               f"{c['markers']:,} markers" for s, c in seen.items()) + ".", ""]
-    header = ["variant", "model", "steps", "tokens", "test loss (nats/token)", "joint − this"]
-    if metric:
-        header.insert(5, METRIC_LABELS[metric])
+    codebooks = any(e.get("per_codebook") for v in section["variants"].values() for e in v["arms"].values())
+    header = ["variant", "model", "steps", "tokens", "test loss (nats/token)"] + (
+        [METRIC_LABELS[metric]] if metric else []) + (["loss per codebook (nats)"] if codebooks else []) + [
+        "joint − this"]
     rows = []
     for variant, v in section["variants"].items():
         for arm, e in v["arms"].items():
@@ -124,6 +125,9 @@ def render_domain(part: str, section: dict[str, Any], results: dict[str, Any]) -
             if metric:
                 m = e.get(metric) or {"n": 0}
                 row.append(fmt_pm(m["mean"], m["std"], METRIC_DECIMALS[metric]) if m["n"] else "–")
+            if codebooks:
+                row.append(" · ".join(f"{name.replace('codebook_', 'cb')} {st['mean']:.3f}"
+                                      for name, st in (e.get("per_codebook") or {}).items() if st["n"]) or "–")
             row.append("reference" if arm == "joint" else _delta_cell(v["joint_vs"].get(arm)))
             rows.append(row)
     lines += table(header, rows) + [""]
