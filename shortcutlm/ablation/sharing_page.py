@@ -112,7 +112,7 @@ def render_domain(part: str, section: dict[str, Any], results: dict[str, Any]) -
                   + "; ".join(f"seed {s}: {c['tokens']:,} of {c['of']:,} ({c['tokens'] / c['of']:.1%}), "
                               f"{c['markers']:,} markers" for s, c in seen.items()) + ".", ""]
     codebooks = any(e.get("per_codebook") for v in section["variants"].values() for e in v["arms"].values())
-    header = ["variant", "model", "steps", "tokens", "test loss (nats/token)"] + (
+    header = ["variant", "model", "steps", "tokens", "passes over its train split", "test loss (nats/token)"] + (
         [METRIC_LABELS[metric]] if metric else []) + (["loss per codebook (nats)"] if codebooks else []) + [
         "joint − this"]
     rows = []
@@ -121,7 +121,7 @@ def render_domain(part: str, section: dict[str, Any], results: dict[str, Any]) -
             if not e["runs"]:
                 continue
             row = [variant, ARM_LABELS[arm], "/".join(str(st) for st in e["steps"]),
-                   "/".join(f"{t:,}" for t in e["tokens"]), _loss_cell(e["loss"], of)]
+                   "/".join(f"{t:,}" for t in e["tokens"]), _passes(arm, e, section), _loss_cell(e["loss"], of)]
             if metric:
                 m = e.get(metric) or {"n": 0}
                 row.append(fmt_pm(m["mean"], m["std"], METRIC_DECIMALS[metric]) if m["n"] else "–")
@@ -134,6 +134,18 @@ def render_domain(part: str, section: dict[str, Any], results: dict[str, Any]) -
     failed = [f for v in section["variants"].values() for e in v["arms"].values() for f in e["failed"]]
     lines += [f"- failed: `{f['run']}` — {f['error']}" for f in failed] + ([""] if failed else [])
     return lines
+
+
+def _passes(arm: str, entry: dict[str, Any], section: dict[str, Any]) -> str:
+    """How many times the run read its domain's train split: the joint model's counted tokens of the
+    domain (its mean over seeds), a single-domain model's tokens, over the split's tokens."""
+    train = section.get("train_tokens")
+    if not train:
+        return "–"
+    if arm == "joint":
+        seen = [c["tokens"] for c in section["joint_tokens_by_seed"].values()]
+        return f"{sum(seen) / len(seen) / train:.1f} (this domain's share)" if seen else "–"
+    return "/".join(f"{t / train:.1f}" for t in entry["tokens"])
 
 
 def render_cost(results: dict[str, Any]) -> list[str]:
