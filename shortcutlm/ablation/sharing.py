@@ -58,7 +58,7 @@ JOINT = "joint"
 ARMS = {"joint": "the joint model (one decoder on the mixture)",
         "domain_tokens": "single-domain, trained on as many of that domain's tokens as the joint model read",
         "total_tokens": "single-domain, trained on as many tokens as the joint model read in all"}
-COUNT_VERSION = 1
+COUNT_VERSION = 2
 #: ``--set`` keys that belong to the experiment, not to the recipe.
 EXPERIMENT_KEYS = ("seeds", "same_total")
 
@@ -211,6 +211,8 @@ def count_domain_tokens(mixture_dir: Path, recipe: Recipe, seed: int, cache: Pat
     batches = train_batches(mixture_dir, block, s.batch_size, seed, num_workers=s.num_workers)
     tokens = np.zeros(len(domains), dtype=np.int64)
     markers = np.zeros(len(domains), dtype=np.int64)
+    late = np.zeros(len(domains), dtype=np.int64)  # the last quarter's tokens: when in training a domain came
+    late_markers = np.zeros(len(domains), dtype=np.int64)
     other = 0
     seen = 0
     for batch in batches:
@@ -220,12 +222,16 @@ def count_domain_tokens(mixture_dir: Path, recipe: Recipe, seed: int, cache: Pat
         x = np.asarray(batch[0] if isinstance(batch, (tuple, list)) else batch, dtype=np.int64)
         for window in x.reshape(-1, x.shape[-1]):
             other += count_window(window, owner, marker_ids, tokens, markers)
+            if seen > n_batches * 3 // 4:
+                count_window(window, owner, marker_ids, late, late_markers)
     if seen < n_batches:
         raise RuntimeError(f"{mixture_dir}: the mixed loader ended after {seen} of {n_batches} batches")
     total = int(tokens.sum() + markers.sum() + other)
     count = {"batches": seen, "block_size": block, "batch_size": s.batch_size, "targets": total,
              "unattributed": other,
-             "domains": {d: {"tokens": int(tokens[i]), "markers": int(markers[i])} for i, d in enumerate(domains)}}
+             "last_quarter_batches": n_batches - n_batches * 3 // 4,
+             "domains": {d: {"tokens": int(tokens[i]), "markers": int(markers[i]), "last_quarter": int(late[i])}
+                         for i, d in enumerate(domains)}}
     if cache is not None:
         write_cache(cache, key, "count", count)
     return count

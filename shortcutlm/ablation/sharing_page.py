@@ -107,10 +107,20 @@ def render_domain(part: str, section: dict[str, Any], results: dict[str, Any]) -
                   f"{results['mixture']['temperature']}).", ""]
     seen = section["joint_tokens_by_seed"]
     if seen:
+        targets = next(iter(seen.values()))["of"]
         lines += ["Tokens of this domain the joint model trained on (targets: its ids and the EOS closing each "
                   "document; the markers apart), counted from the joint run's batches: "
-                  + "; ".join(f"seed {s}: {c['tokens']:,} of {c['of']:,} ({c['tokens'] / c['of']:.1%}), "
-                              f"{c['markers']:,} markers" for s, c in seen.items()) + ".", ""]
+                  + "; ".join(f"seed {s}: {c['tokens']:,} of {c['of']:,} ({c['tokens'] / c['of']:.1%}; "
+                              f"{c['markers']:,} markers; {c.get('last_quarter', 0):,} in the last quarter of "
+                              "the steps)" for s, c in seen.items())
+                  + f". The mixture probability alone would give {section['probability'] * targets:,.0f}."]
+        if data and data["splits"].get("train", {}).get("documents"):
+            train = data["splits"]["train"]
+            lines[-1] += (f" The mixed loader draws whole documents, and this train split is {train['documents']:,} "
+                          f"document(s) of {train['tokens'] / train['documents']:,.0f} tokens on average, so the "
+                          "joint model reads the domain in stretches about that long and the count moves by about "
+                          "that much from seed to seed.")
+        lines += [""]
     codebooks = any(e.get("per_codebook") for v in section["variants"].values() for e in v["arms"].values())
     header = ["variant", "model", "steps", "tokens", "passes over its train split", "test loss (nats/token)"] + (
         [METRIC_LABELS[metric]] if metric else []) + (["loss per codebook (nats)"] if codebooks else []) + [
