@@ -115,7 +115,7 @@ def test_the_mode_trains_the_grid_and_writes_the_page_from_the_runs(tmp_path, mo
         "name": "toymix", "description": "three domains, toy size",
         "mixture": {"temperature": 0.5, "parts": {
             "chorales": {"source": {"name": "bach_chorales", "limit": 8}, "tokenizer": {"domain": "midi"}},
-            "chorales_audio": {"source": {"name": "chorales_audio", "limit": 5},
+            "chorales_audio": {"source": {"name": "chorales_audio", "limit": 6},
                                "tokenizer": {"domain": "acoustic", "bandwidth": 1.5, "layout": "flatten",
                                              "weights": "mel_kmeans", "kmeans_iters": 3}},
             "shakespeare": {"source": {"name": "shakespeare", "limit": 3},
@@ -157,6 +157,8 @@ def test_the_mode_trains_the_grid_and_writes_the_page_from_the_runs(tmp_path, mo
             assert r["matched"] == matched and r["steps"] == max(1, round(matched / per_step))
         if r["arm"] == "joint":
             assert set(r["domains"]) == set(domain_of)
+            # the part of the loss that is probability on other domains' ids: positive, and part of the loss
+            assert all(0 < e["off_domain"] < e["loss"] for e in r["domains"].values())
     shakespeare = results["domains"]["shakespeare"]["variants"]["baseline"]
     joint = shakespeare["arms"]["joint"]["loss"]["by_seed"]
     separate = shakespeare["arms"]["domain_tokens"]["loss"]["by_seed"]

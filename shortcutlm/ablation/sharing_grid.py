@@ -18,12 +18,12 @@ from shortcutlm.ablation.collect import _data_summary, device
 from shortcutlm.ablation.grid import Progress, _quiet_lightning, _record_failure, _train, clock
 from shortcutlm.ablation.markdown import machine_label
 from shortcutlm.ablation.records import run_record
-from shortcutlm.ablation.runs import (check_settings, evaluate_rows, evaluate_run, is_trained, run_recipe_for,
-                                      short_error)
+from shortcutlm.ablation.runs import (Run, check_settings, evaluate_rows, evaluate_run, is_trained, run_recipe_for,
+                                      short_error, weights_key)
 from shortcutlm.ablation.sharing import (ARMS, JOINT, Sharing, SharingRun, count_domain_tokens, count_file,
                                          data_folder, part_domains, part_recipe, plan_sharing)
 from shortcutlm.ablation.stats import VERDICT_RULE, compare, mean_std
-from shortcutlm.artifacts.ablation import clear_run_error, read_run_error, read_run_record
+from shortcutlm.artifacts.ablation import clear_run_error, read_cache, read_run_error, read_run_record, write_cache
 from shortcutlm.recipe import Recipe
 
 __all__ = ["run_sharing", "collect_sharing", "run_recipe", "run_data"]
@@ -85,6 +85,62 @@ def _evaluate(item: SharingRun, recipe: Recipe, data_dir: Path) -> list[dict[str
     return [evaluate_run(item.run, recipe, data_dir, device(recipe))]
 
 
+# ------------------------------------------------------------------------------ off-domain probability
+
+OFF_DOMAIN_FILE = "off_domain.json"
+OFF_DOMAIN_VERSION = 1
+
+
+def off_domain_nats(run: Run, recipe: Recipe, data_dir: Path) -> dict[str, float | None]:
+    """Per domain: how much of the joint model's test loss is probability put on other domains' ids.
+
+    Over the same windows and targets as the domain's evaluation, the mean of −log P(this domain's
+    ids or the EOS): 0 when the model never strays from the domain, and at most its loss. The rest
+    of the loss is how well it ranks the domain's own ids. Cached in the run folder.
+    """
+    import torch
+
+    from shortcutlm.artifacts.checkpoint import load_folder
+    from shortcutlm.datasets.batches import eval_batches
+    from shortcutlm.datasets.mixture import domain_folder
+    from shortcutlm.tokenizers.composite import CompositeTokenizer
+
+    e = recipe.evaluate
+    key = {"version": OFF_DOMAIN_VERSION, "weights": weights_key(run.folder), "split": e.split,
+           "batch_size": e.batch_size, "max_batches": e.max_batches}
+    path = run.folder / OFF_DOMAIN_FILE
+    found = read_cache(path, key, "nats")
+    if found is not None:
+        return found
+    ckpt = load_folder(run.folder, torch.device("cpu"))
+    joint = ckpt.tokenizer
+    if not isinstance(joint, CompositeTokenizer):
+        return {}
+    model = ckpt.model.eval()
+    result: dict[str, float | None] = {}
+    for domain in joint.parts:
+        view = joint.with_domain(domain)
+        start, stop = joint.part_range(domain)
+        allowed = torch.tensor(list(range(start, stop)) + [joint.eos_id])
+        ignored = torch.tensor(view.ignored_ids())
+        batches = eval_batches(domain_folder(data_dir, domain), e.split, model.config.block_size, e.batch_size)
+        total, count = 0.0, 0
+        with torch.no_grad():
+            for index, batch in enumerate(batches):
+                if e.max_batches is not None and index >= e.max_batches:
+                    break
+                batch = torch.as_tensor(batch)
+                inputs, targets = batch[..., :-1], batch[..., 1:]
+                logits = model(inputs).float()
+                inside = torch.log_softmax(logits, -1)[..., allowed].logsumexp(-1)
+                valid = ~torch.isin(targets, ignored)
+                total += float(-inside[valid].sum())
+                count += int(valid.sum())
+        result[domain] = total / count if count else None
+    write_cache(path, key, "nats", result)
+    return result
+
+
 # ------------------------------------------------------------------------------ collecting
 
 def _record(sharing: Sharing, out: Path, item: SharingRun, domains: dict[str, str],
@@ -119,6 +175,10 @@ def _record(sharing: Sharing, out: Path, item: SharingRun, domains: dict[str, st
         if row.get("per_codebook"):
             entry["per_codebook"] = {k: s.get("loss_nats") for k, s in row["per_codebook"].items() if s.get("tokens")}
         losses[part] = entry
+    if item.arm == JOINT:
+        for domain, nats in off_domain_nats(run, recipe, data_dir).items():
+            if domains.get(domain) in losses and nats is not None:
+                losses[domains[domain]]["off_domain"] = nats
     return {**base, "status": "done", "params": record["params"], "tokens_seen": record["tokens_seen"],
             "sec_per_step": record["sec_per_step"], "train_wall_s": record["train_wall_s"],
             "trained_at": record["trained_at"], "machine": machine_label(machine) if machine else None,
@@ -183,6 +243,8 @@ def _part_section(sharing: Sharing, part: str, record: dict[str, Any], records: 
                      "failed": [{"run": r["run"], "error": r.get("error")} for r in mine if r["status"] == "failed"]}
             if metric:
                 entry[metric] = _stat(_by_seed(records, arm, part, variant, metric))
+            if arm == JOINT:
+                entry["off_domain"] = _stat(_by_seed(records, arm, part, variant, "off_domain"))
             codebooks = _per_codebook(records, arm, part, variant)
             if codebooks:
                 entry["per_codebook"] = codebooks

@@ -43,18 +43,24 @@ def render_summary(results: dict[str, Any]) -> list[str]:
     lines = ["## Summary: joint minus separate", "",
              "Test loss of the joint model minus the single-domain model's, nats per token on the domain's own test "
              f"split, mean ± spread over seeds paired by seed (n={of}); negative: the joint model is better, i.e. "
-             "sharing the decoder helped that domain. **better**/**worse** refer to the joint model.", ""]
+             "sharing the decoder helped that domain. **better**/**worse** refer to the joint model. \"Of which "
+             "off-domain\": the part of the joint model's loss that is probability it puts on other domains' ids "
+             "(−log P(this domain's ids or EOS), mean over the same targets); the rest is how it ranks the domain's "
+             "own ids.", ""]
     rows = []
     for part, section in results["domains"].items():
         for variant, v in section["variants"].items():
+            off = v["arms"]["joint"].get("off_domain") or {"n": 0}
             rows.append([f"{part} ({section['domain']})", variant,
                          _loss_cell(v["arms"]["joint"]["loss"], of),
+                         fmt_pm(off["mean"], off["std"], 3) if off["n"] else "–",
                          _loss_cell(v["arms"]["domain_tokens"]["loss"], of),
                          _delta_cell(v["joint_vs"].get("domain_tokens")),
                          _loss_cell(v["arms"]["total_tokens"]["loss"], of) if v["arms"]["total_tokens"]["runs"]
                          else "not run",
                          _delta_cell(v["joint_vs"].get("total_tokens"))])
-    lines += table(["domain", "variant", "joint", "separate, same domain tokens", "joint − separate",
+    lines += table(["domain", "variant", "joint", "of which off-domain", "separate, same domain tokens",
+                    "joint − separate",
                     "separate, same total tokens", "joint − separate"], rows) + [""]
     return lines + _reading(results) + [""]
 
