@@ -68,6 +68,14 @@ def render_summary(results: dict[str, Any]) -> list[str]:
 def _reading(results: dict[str, Any]) -> list[str]:
     """One sentence per domain, generated from the verdicts."""
     lines = []
+    for arm, label in (("domain_tokens", "the same tokens of their domain"), ("total_tokens", "the same total tokens")):
+        words = [_verdict_word(v["joint_vs"].get(arm)).split(" (")[0] for section in results["domains"].values()
+                 for v in section["variants"].values() if arm in v["joint_vs"]]
+        if words:
+            tally = ", ".join(f"{words.count(w)} {w}" for w in ("helps", "hurts", "no clear effect", "pending")
+                              if words.count(w))
+            lines.append(f"- against single-domain models trained on {label}, over {len(words)} domain × variant "
+                         f"comparisons, sharing: {tally}.")
     for part, section in results["domains"].items():
         parts = []
         for variant, v in section["variants"].items():
