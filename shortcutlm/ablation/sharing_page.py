@@ -87,6 +87,46 @@ def _reading(results: dict[str, Any]) -> list[str]:
     return lines
 
 
+FIGURE = "results/sharing/test_loss.png"
+
+
+def plot_sharing(results: dict[str, Any], path: Path) -> Path:
+    """One panel per domain: each variant's test loss under each arm, a dot per seed and a bar for the mean."""
+    from shortcutlm.plots import plt
+
+    domains = results["domains"]
+    fig, axes = plt.subplots(1, len(domains), figsize=(4.2 * len(domains), 3.8), squeeze=False)
+    arms = list(ARM_LABELS)
+    colours = {"joint": "tab:red", "domain_tokens": "tab:blue", "total_tokens": "tab:green"}
+    width = 0.8 / len(arms)
+    for ax, (part, section) in zip(axes[0], domains.items()):
+        variants = list(section["variants"])
+        for j, arm in enumerate(arms):
+            for i, variant in enumerate(variants):
+                stat = section["variants"][variant]["arms"][arm]["loss"]
+                if not stat["n"]:
+                    continue
+                x = i + (j - (len(arms) - 1) / 2) * width
+                ax.bar(x, stat["mean"], width * 0.9, color=colours[arm], alpha=0.35,
+                       label=ARM_LABELS[arm] if i == 0 else None)
+                seeds = list(stat["by_seed"].values())
+                ax.plot([x] * len(seeds), seeds, "o", color=colours[arm], markersize=3)
+        ax.set_xticks(range(len(variants)), variants, fontsize=8)
+        ax.set_title(f"{part} ({section['domain']})", fontsize=10)
+        ax.set_ylabel("test loss (nats per token)")
+        values = [v for e in section["variants"].values() for a in e["arms"].values()
+                  for v in a["loss"]["by_seed"].values()]
+        if values:
+            ax.set_ylim(min(values) - 0.5, max(values) + 0.3)
+        ax.grid(alpha=0.3, axis="y")
+    axes[0][0].legend(fontsize=7, loc="lower left")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
 def render_gains(results: dict[str, Any]) -> list[str]:
     """Does a variant's gain over the baseline grow when one decoder serves every domain?"""
     base = results["baseline"]
@@ -245,7 +285,8 @@ def render_method(results: dict[str, Any]) -> list[str]:
     return lines
 
 
-def render_markdown(results: dict[str, Any]) -> str:
+def render_markdown(results: dict[str, Any], docs: Path | None = None) -> str:
+    """The page; with ``docs``, its figure is drawn under ``docs`` too."""
     pending = [r["run"] for r in results["runs"] if r["status"] == "pending"]
     failed = [r for r in results["runs"] if r["status"] == "failed"]
     lines = ["# One decoder, three domains: does sharing help?", "",
@@ -265,7 +306,14 @@ def render_markdown(results: dict[str, Any]) -> str:
                   + ", ".join(f"`{p}`" for p in pending[:10]) + (" …" if len(pending) > 10 else "")
                   + ". Run the command again to train them.", ""]
     lines += [f"- failed: `{r['run']}` — {r.get('error')}" for r in failed] + ([""] if failed else [])
-    lines += render_summary(results) + render_gains(results) + render_method(results)
+    lines += render_summary(results)
+    if docs is not None and any(a["loss"]["n"] for sec in results["domains"].values()
+                                for v in sec["variants"].values() for a in v["arms"].values()):
+        plot_sharing(results, docs / FIGURE)
+        lines += [f"![test loss of every run, by domain, variant and arm]({FIGURE})", "",
+                  "Each domain's test loss: a dot per seed, a bar at the mean; red the joint model, blue the "
+                  "single-domain model on the same domain tokens, green on the same total tokens.", ""]
+    lines += render_gains(results) + render_method(results)
     for part, section in results["domains"].items():
         lines += render_domain(part, section, results)
     lines += render_cost(results)
@@ -277,5 +325,5 @@ def write_sharing_page(results: dict[str, Any], docs: Path) -> tuple[Path, Path]
     from shortcutlm.html_page import markdown_page
 
     docs.mkdir(parents=True, exist_ok=True)
-    text = render_markdown(results)
+    text = render_markdown(results, docs)
     return write_page(docs, text, results, markdown_page(text, "One decoder, three domains: does sharing help?"))
