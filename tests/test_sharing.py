@@ -165,6 +165,7 @@ def test_the_mode_trains_the_grid_and_writes_the_page_from_the_runs(tmp_path, mo
     paired = shakespeare["joint_vs"]["domain_tokens"]
     diffs = [joint[s] - separate[s] for s in ("0", "1")]
     assert paired["method"] == "paired" and paired["delta"] == pytest.approx(sum(diffs) / 2)
+    assert (tmp_path / "docs" / "toymix" / "results" / "sharing" / "test_loss.png").read_bytes()[:4] == b"\x89PNG"
     assert "## Summary: joint minus separate" in page and "bits/byte" in page and "bits/second" in page
     assert f"{shakespeare['arms']['joint']['loss']['mean']:.4f}" in page
     assert "shortcutlm ablate toymix.yaml --set 'seeds=[0,1]' --set 'same_total=[baseline]'" in page
