@@ -31,6 +31,10 @@ DOMAIN_SPECIFIC = {
     "compat/miditok_bpe.py": "the adapter over miditok's private tables: its `tok` is miditok's tokenizer, not ours",
     "datasets/mixture.py": "a joint model's data is one prepared folder per domain: the mixture keys its parts, "
                            "rates and checks by domain name (it never behaves differently for one domain)",
+    "ablation/sharing.py": "the sharing experiment counts a joint run's tokens per domain: its tallies are keyed by "
+                           "domain name (it never behaves differently for one domain)",
+    "ablation/sharing_grid.py": "the sharing experiment collects each domain's losses, joint and separate: its "
+                                "tables are keyed by domain name (no domain is treated apart)",
 }
 
 #: What a domain branch or a probe looks like. Printing the domain name in a message

@@ -121,7 +121,8 @@ def test_the_recipe_command_names_the_html_report_last(midi_run, capsys, tmp_pat
     assert str(midi_run.report_html) in last and "report.html" in last
 
 
-ABLATION_PAGES = pytest.mark.parametrize("docs", [DOCS, DOCS / "deep"], ids=["ablation", "deep"])
+ABLATION_PAGES = pytest.mark.parametrize("docs", [DOCS, DOCS / "deep", DOCS / "multimodal"],
+                                         ids=["ablation", "deep", "sharing"])
 
 
 @ABLATION_PAGES

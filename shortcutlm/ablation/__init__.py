@@ -49,6 +49,15 @@ The modules, in the order the data flows through them:
     markdown   table and cell formatting of the page
     commands   the command lines the page quotes
     cli        ``configure`` / ``run`` and ``--plan``
+
+Given a recipe with a ``mixture`` instead of an ablation file, ``ablate`` runs the experiment
+"does sharing help?" (``shortcutlm ablate recipes/multimodal.yaml --preset tiny``): the joint
+model against single-domain models matched to its tokens, per domain, on the same training and
+evaluation code as the grid above:
+
+    sharing       the experiment's settings, the joint run's token count per domain, the plan
+    sharing_grid  training and evaluating its runs, and collecting them into results.json
+    sharing_page  its results.md from that dictionary
 """
 from __future__ import annotations
 

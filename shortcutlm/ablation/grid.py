@@ -7,6 +7,7 @@ several sittings; runs are ordered seed by seed, so a partial grid is balanced.
 from __future__ import annotations
 
 import json
+import os
 import time
 import traceback
 from pathlib import Path
@@ -58,6 +59,14 @@ class Progress:
                   f"— elapsed {elapsed}, ETA {self.eta()}")
 
 
+def load_average() -> list[float] | None:
+    """The machine's 1/5/15-minute load averages (None where the system has none)."""
+    try:
+        return [round(v, 2) for v in os.getloadavg()]
+    except (OSError, AttributeError):
+        return None
+
+
 def clock(seconds: float) -> str:
     seconds = int(round(seconds))
     return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
@@ -90,12 +99,15 @@ def _train(run: Run, recipe: Recipe, data_dir: Path, progress: bool) -> float:
     from shortcutlm.run import training
     from shortcutlm.bench.common import machine
 
+    load_before = load_average()
     started = time.monotonic()
     training.train(recipe, run.variant, data_dir, run.folder, progress=progress)
     seconds = time.monotonic() - started
     if not is_trained(run):
         raise RuntimeError(f"training stopped at step {CheckpointFolder(run.folder).step} of {run.steps}")
-    write_run_record(run.folder, seconds, machine(), time.strftime("%Y-%m-%dT%H:%M:%S"), run.steps, run.seed)
+    # the machine's load while it trained: a shared machine's figures are read with it
+    info = {**machine(), "load_avg_before": load_before, "load_avg_after": load_average()}
+    write_run_record(run.folder, seconds, info, time.strftime("%Y-%m-%dT%H:%M:%S"), run.steps, run.seed)
     return seconds
 
 

@@ -27,7 +27,7 @@ from shortcutlm.run.recipe import Recipe
 
 __all__ = ["EVAL_FILE", "RUN_FILE", "ERROR_FILE", "EVAL_VERSION", "Run", "shard_folder", "run_folder", "steps_for",
            "plan_runs", "run_recipe_for", "is_trained", "short_error", "check_settings", "weights_key",
-           "evaluation_key", "cached_evaluation", "evaluate_run", "validation_row"]
+           "evaluation_key", "cached_evaluation", "evaluate_run", "evaluate_rows", "validation_row"]
 
 EVAL_VERSION = 1
 
@@ -155,6 +155,23 @@ def evaluate_run(run: Run, recipe: Recipe, data_dir: Path, device: str, split: s
     row = results.checkpoints[0].to_dict()  # the ablation's cache and page keep the row as written
     write_cache(_evaluation_file(run, recipe, split), evaluation_key(run.folder, recipe, split), "row", row)
     return row
+
+
+def evaluate_rows(run: Run, recipe: Recipe, data_dir: Path, device: str) -> list[dict[str, Any]]:
+    """Every evaluation row of the run on the recipe's split: one per domain for a joint checkpoint
+    (each on its own test split), cached like :func:`evaluate_run`'s row (field ``rows``)."""
+    path, key = _evaluation_file(run, recipe, None), evaluation_key(run.folder, recipe)
+    rows = read_cache(path, key, "rows")
+    if rows is not None:
+        return rows
+    from shortcutlm.run.evaluation import evaluate_checkpoints
+
+    e = recipe.evaluate
+    results = evaluate_checkpoints([run.folder], data_dir, split=e.split, batch_size=e.batch_size,
+                                   max_batches=e.max_batches, device=device, progress=False)
+    rows = [record.to_dict() for record in results.checkpoints]
+    write_cache(path, key, "rows", rows)
+    return rows
 
 
 def validation_row(run: Run, recipe: Recipe, data_dir: Path, device: str) -> dict[str, Any] | None:

@@ -27,6 +27,10 @@ RUN_FILE = "ablation.json"
 ERROR_FILE = "error.json"
 EVAL_FILE = "eval.json"
 STEP_TIMING_FILE = "step_timing.json"
+#: The sharing experiment's caches: what of a joint run's loss falls on other domains' ids, and the
+#: replayed count of each domain's tokens in the joint run of one seed.
+OFF_DOMAIN_FILE = "off_domain.json"
+DOMAIN_TOKENS_FILE = "domain_tokens-s{seed}.json"
 DIAGNOSTICS_CACHE_FILE = "ablation_cache.json"
 PAGE_MD = "results.md"
 PAGE_JSON = "results.json"
