@@ -36,54 +36,9 @@ def summarize(dataset: str, recipe: Recipe, records: list[dict[str, Any]], cfg: 
     curve = [(c["actual_multiple"], c["loss_mean"]) for c in curve_rows if c["loss_mean"] is not None]
     complete_curve = all(c["n"] == len(cfg.seeds) for c in curve_rows)
 
-    def median_of(rows: Iterable[dict[str, Any]], key: str) -> float | None:
-        values: list[float] = [r[key] for r in rows if r.get(key) is not None]
-        return statistics.median(values) if values else None
-
     base_rows = list(by_variant.get(base, {}).values())
-    base_step = median_of(base_rows, "sec_per_step")
-    base_kv = median_of(base_rows, "kv_attention_bytes")
-    base_params = median_of(base_rows, "params")
-    variants = {}
-    for variant in cfg.variants:
-        rows = list(by_variant.get(variant, {}).values())
-        failed = [r for r in main if r["variant"] == variant and r["status"] == "failed"]
-        losses = {r["seed"]: r["loss"] for r in rows if r.get("loss") is not None}
-        m, s, n = mean_std(list(losses.values()))
-        entry: dict[str, Any] = {
-            "n": n, "of": len(cfg.seeds), "loss_mean": m, "loss_std": s,
-            "losses": {str(k): v for k, v in sorted(losses.items())},
-            "failed": [{"run": r["run"], "error": r.get("error")} for r in failed],
-            "params": median_of(rows, "params"), "sec_per_step": median_of(rows, "sec_per_step"),
-            "kv_attention_bytes": median_of(rows, "kv_attention_bytes"),
-            "kv_total_bytes": median_of(rows, "kv_total_bytes"),
-        }
-        for key in ("valid_loss", "bits_per_byte", "bits_per_second"):
-            bm, bs, bn = mean_std([r.get(key) for r in rows])
-            if bn:
-                entry[key] = {"mean": bm, "std": bs, "n": bn}
-        for key in ("per_codebook", "per_family"):
-            names = sorted({name for r in rows for name in r.get(key, {})}, key=_natural)
-            if names:
-                entry[key] = {}
-                for name in names:
-                    gm, gs, gn = mean_std([r.get(key, {}).get(name) for r in rows])
-                    entry[key][name] = {"mean": gm, "std": gs, "n": gn}
-        entry["step_time_ratio"] = _ratio(entry["sec_per_step"], base_step)
-        entry["kv_ratio"] = _ratio(entry["kv_attention_bytes"], base_kv)
-        entry["params_ratio"] = _ratio(entry["params"], base_params)
-        if variant != base:
-            cmp_ = compare(losses, base_losses)
-            entry.update({"delta": cmp_["delta"], "delta_spread": cmp_["spread"], "delta_n": cmp_["n"],
-                          "delta_method": cmp_["method"], "verdict": cmp_["verdict"]})
-            value, label = matched_multiple(m, curve)
-            if len(cfg.baseline_steps) < 2:
-                label = "not run (one baseline multiple)"
-            entry["baseline_tokens_to_match"] = {"multiple": value, "label": label, "complete": complete_curve}
-        else:
-            entry.update({"verdict": "reference", "baseline_tokens_to_match": {"multiple": 1.0, "label": "1×",
-                                                                                "complete": complete_curve}})
-        variants[variant] = entry
+    variants = {variant: _variant_entry(variant, cfg, main, by_variant.get(variant, {}), base_losses, base_rows,
+                                        curve, complete_curve) for variant in cfg.variants}
     train = recipe.train
     block = context_length(recipe, base)
     return {
@@ -99,6 +54,57 @@ def summarize(dataset: str, recipe: Recipe, records: list[dict[str, Any]], cfg: 
         "trained_between": [min(dates), max(dates)] if (dates := [r["trained_at"] for r in records
                                                                  if r.get("trained_at")]) else None,
     }
+
+
+def _median_of(rows: Iterable[dict[str, Any]], key: str) -> float | None:
+    values: list[float] = [r[key] for r in rows if r.get(key) is not None]
+    return statistics.median(values) if values else None
+
+
+def _variant_entry(variant: str, cfg: AblationConfig, main: list[dict[str, Any]], by_seed: dict[int, dict[str, Any]],
+                   base_losses: dict[int, float], base_rows: list[dict[str, Any]],
+                   curve: list[tuple[float, float]], complete_curve: bool) -> dict[str, Any]:
+    """One variant's row of the summary: its losses over seeds, costs and, against the baseline, its
+    seed-paired difference, verdict and the baseline tokens that match its loss."""
+    base = cfg.baseline
+    rows = list(by_seed.values())
+    failed = [r for r in main if r["variant"] == variant and r["status"] == "failed"]
+    losses = {r["seed"]: r["loss"] for r in rows if r.get("loss") is not None}
+    m, s, n = mean_std(list(losses.values()))
+    entry: dict[str, Any] = {
+        "n": n, "of": len(cfg.seeds), "loss_mean": m, "loss_std": s,
+        "losses": {str(k): v for k, v in sorted(losses.items())},
+        "failed": [{"run": r["run"], "error": r.get("error")} for r in failed],
+        "params": _median_of(rows, "params"), "sec_per_step": _median_of(rows, "sec_per_step"),
+        "kv_attention_bytes": _median_of(rows, "kv_attention_bytes"),
+        "kv_total_bytes": _median_of(rows, "kv_total_bytes"),
+    }
+    for key in ("valid_loss", "bits_per_byte", "bits_per_second"):
+        bm, bs, bn = mean_std([r.get(key) for r in rows])
+        if bn:
+            entry[key] = {"mean": bm, "std": bs, "n": bn}
+    for key in ("per_codebook", "per_family"):
+        names = sorted({name for r in rows for name in r.get(key, {})}, key=_natural)
+        if names:
+            entry[key] = {}
+            for name in names:
+                gm, gs, gn = mean_std([r.get(key, {}).get(name) for r in rows])
+                entry[key][name] = {"mean": gm, "std": gs, "n": gn}
+    entry["step_time_ratio"] = _ratio(entry["sec_per_step"], _median_of(base_rows, "sec_per_step"))
+    entry["kv_ratio"] = _ratio(entry["kv_attention_bytes"], _median_of(base_rows, "kv_attention_bytes"))
+    entry["params_ratio"] = _ratio(entry["params"], _median_of(base_rows, "params"))
+    if variant != base:
+        cmp_ = compare(losses, base_losses)
+        entry.update({"delta": cmp_["delta"], "delta_spread": cmp_["spread"], "delta_n": cmp_["n"],
+                      "delta_method": cmp_["method"], "verdict": cmp_["verdict"]})
+        value, label = matched_multiple(m, curve)
+        if len(cfg.baseline_steps) < 2:
+            label = "not run (one baseline multiple)"
+        entry["baseline_tokens_to_match"] = {"multiple": value, "label": label, "complete": complete_curve}
+    else:
+        entry.update({"verdict": "reference", "baseline_tokens_to_match": {"multiple": 1.0, "label": "1×",
+                                                                            "complete": complete_curve}})
+    return entry
 
 
 def _natural(name: str) -> tuple:
