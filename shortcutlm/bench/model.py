@@ -202,6 +202,63 @@ def _joint_figures(trainees: dict[str, Trainee], times: dict[str, list[float]], 
     return figures
 
 
+def _variant_figures(trainee: Trainee, times: list[float], args: argparse.Namespace, dtype: torch.dtype,
+                     peak: float, tokens_per_step: int) -> dict[str, Any]:
+    """One variant's row: step time, MFU, peak step memory, its cache (measured and in closed form) and
+    generation speed with and without the cache."""
+    memory = _peak_step_bytes(trainee)
+    model, cfg = trainee.model.eval(), trainee.config
+    step = median(times)
+    n_params = model.num_params()
+    cache = model.new_cache(1)
+    with torch.autocast(torch.device(args.device).type, dtype=dtype, enabled=dtype != torch.float32):
+        cached = measure_generation(model, args.new_tokens, True, args.device)
+        uncached = measure_generation(model, args.new_tokens, False, args.device)
+    trainee.model.train()
+    tps = tokens_per_step / step
+    return {
+        "config": {k: v for k, v in cfg.to_dict().items() if k in ("value_residual", "shortcut")},
+        "parameters": n_params,
+        "train_step_seconds_median": step,
+        "train_step_seconds_all": times,
+        "tokens_per_second": tps,
+        "mfu": tps * flops_per_token(cfg, n_params) / peak,
+        "peak_train_step_bytes": memory,
+        "kv_cache_bytes_full_context": cache.attention_nbytes(),
+        "kv_cache_bytes_with_shortcut_features": cache.nbytes(),
+        # The closed form (GPTConfig.kv_cache_bytes) beside the measurement: a user plans with it.
+        "kv_cache_bytes_formula": sum(cfg.kv_cache_bytes(1, cfg.block_size, cache.keys[0].element_size())),
+        "generate_tokens_per_second_cached": cached,
+        "generate_tokens_per_second_uncached": uncached,
+        "cache_speedup": cached / uncached,
+    }
+
+
+def _targets(out: dict[str, Any], n_layer: int, stated: bool) -> tuple[dict[str, float], dict[str, Any]]:
+    """Step-time ratios to the baseline and the targets judged on them (speed at the stated size only)."""
+    b = out["baseline"]
+    ratios = {n: v["train_step_seconds_median"] / b["train_step_seconds_median"] for n, v in out.items()}
+    targets: dict[str, Any] = {}
+
+    def sized(t: dict[str, Any]) -> dict[str, Any]:
+        """Speed targets hold at the stated sizes only; elsewhere they are shown, not judged."""
+        return t if stated else {**t, "pass": None, "note": NOT_JUDGED}
+
+    for n, bound in (("resformer", 1.03), ("learnable", 1.03), ("shortcut_depth", 1.05)):
+        if n in ratios:
+            targets[f"{n}_step_ratio"] = sized(target(round(ratios[n], 4), bound, "<="))
+    if "svformer" in out:
+        L = n_layer
+        measured = out["svformer"]["kv_cache_bytes_full_context"] / b["kv_cache_bytes_full_context"]
+        targets["svformer_cache_fraction"] = target(measured, (L + 1) / (2 * L), "==")
+        exact = math.isclose(measured, (L + 1) / (2 * L), rel_tol=0, abs_tol=0)
+        targets["svformer_cache_fraction"]["exact"] = exact
+        # (L+1)/(2L) is the design's fraction at every depth: judged at any size.
+    for n, v in out.items():
+        targets[f"{n}_cache_speedup"] = sized(target(round(v["cache_speedup"], 2), 5.0, ">="))
+    return ratios, targets
+
+
 def run(args: argparse.Namespace) -> int:
     names = [v.strip() for v in args.variants.split(",") if v.strip()]
     unknown = [n for n in names if n not in VARIANTS]
@@ -221,33 +278,8 @@ def run(args: argparse.Namespace) -> int:
     trainees.pop(JOINT, None)
     peak = matmul_peak_flops(args.device, dtype)
     tokens_per_step = args.batch * base.block_size
-    out: dict[str, Any] = {}
-    for name, trainee in trainees.items():
-        model, cfg = trainee.model.eval(), trainee.config
-        step = median(times[name])
-        n_params = model.num_params()
-        cache = model.new_cache(1)
-        with torch.autocast(torch.device(args.device).type, dtype=dtype, enabled=dtype != torch.float32):
-            cached = measure_generation(model, args.new_tokens, True, args.device)
-            uncached = measure_generation(model, args.new_tokens, False, args.device)
-        tps = tokens_per_step / step
-        out[name] = {
-            "config": {k: v for k, v in cfg.to_dict().items() if k in ("value_residual", "shortcut")},
-            "parameters": n_params,
-            "train_step_seconds_median": step,
-            "train_step_seconds_all": times[name],
-            "tokens_per_second": tps,
-            "mfu": tps * flops_per_token(cfg, n_params) / peak,
-            "peak_train_step_bytes": _peak_step_bytes(trainee),
-            "kv_cache_bytes_full_context": cache.attention_nbytes(),
-            "kv_cache_bytes_with_shortcut_features": cache.nbytes(),
-            # The closed form (GPTConfig.kv_cache_bytes) beside the measurement: a user plans with it.
-            "kv_cache_bytes_formula": sum(cfg.kv_cache_bytes(1, cfg.block_size, cache.keys[0].element_size())),
-            "generate_tokens_per_second_cached": cached,
-            "generate_tokens_per_second_uncached": uncached,
-            "cache_speedup": cached / uncached,
-        }
-        trainee.model.train()
+    out = {name: _variant_figures(trainee, times[name], args, dtype, peak, tokens_per_step)
+           for name, trainee in trainees.items()}
     result: dict[str, Any] = {
         "benchmark": "model",
         "machine": machine(),
@@ -261,28 +293,6 @@ def run(args: argparse.Namespace) -> int:
     if joint_figures is not None:
         result["joint"] = joint_figures
     if "baseline" in out:
-        b = out["baseline"]
-        ratios = {n: v["train_step_seconds_median"] / b["train_step_seconds_median"] for n, v in out.items()}
-        result["step_time_ratio_to_baseline"] = ratios
-        targets: dict[str, Any] = {}
-        stated = at_stated_size(args)
-
-        def sized(t: dict[str, Any]) -> dict[str, Any]:
-            """Speed targets hold at the stated sizes only; elsewhere they are shown, not judged."""
-            return t if stated else {**t, "pass": None, "note": NOT_JUDGED}
-
-        for n, bound in (("resformer", 1.03), ("learnable", 1.03), ("shortcut_depth", 1.05)):
-            if n in ratios:
-                targets[f"{n}_step_ratio"] = sized(target(round(ratios[n], 4), bound, "<="))
-        if "svformer" in out:
-            L = base.n_layer
-            measured = out["svformer"]["kv_cache_bytes_full_context"] / b["kv_cache_bytes_full_context"]
-            targets["svformer_cache_fraction"] = target(measured, (L + 1) / (2 * L), "==")
-            exact = math.isclose(measured, (L + 1) / (2 * L), rel_tol=0, abs_tol=0)
-            targets["svformer_cache_fraction"]["exact"] = exact
-            # (L+1)/(2L) is the design's fraction at every depth: judged at any size.
-        for n, v in out.items():
-            targets[f"{n}_cache_speedup"] = sized(target(round(v["cache_speedup"], 2), 5.0, ">="))
-        result["targets"] = targets
+        result["step_time_ratio_to_baseline"], result["targets"] = _targets(out, base.n_layer, at_stated_size(args))
     write_json(result, args.json, summary(result))
     return 0
