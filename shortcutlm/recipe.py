@@ -57,6 +57,8 @@ class TrainSettings:
     num_nodes: int = 1
     strategy: str = "auto"
     """Lightning strategy: ``auto``, ``ddp``, ``ddp_spawn``, ``fsdp``."""
+    target_only: bool = False
+    """Paired data (``shortcutlm.pairs``): take the loss on each pair's target only, not its source."""
     num_workers: int = 0
     """Data-loading worker processes per device."""
     peak_flops: float | None = None

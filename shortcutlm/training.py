@@ -324,7 +324,12 @@ def _fit(recipe: Recipe, variant: str, data_dir: Path, out: Path, s: TrainSettin
     """Build the Lightning trainer for a checked run and fit (or resume) it."""
     peak = measured_peak(s, s.accelerator)  # before seeding: a measurement must not move the model's init
     L.seed_everything(s.seed, workers=True, verbose=False)
-    lit = LitGPT(config, asdict(s), shards.ignored_ids, peak)
+    spans = None
+    if s.target_only:
+        from shortcutlm.pairs.sequences import target_spans
+
+        spans = target_spans(shards.special_ids)
+    lit = LitGPT(config, asdict(s), shards.ignored_ids, peak, spans)
     if start is not None:  # its weights; the optimiser and step start afresh (a resume restores its own)
         lit.model.load_state_dict(start.weights)
     frozen = finetune.freeze(lit.model, s.freeze, config.n_layer)

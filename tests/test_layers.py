@@ -32,7 +32,9 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("model", ("models",)),
     ("run", ("recipe", "joint", "finetune", "run_checks", "run_layout", "training", "evaluation", "generation",
              "diagnostics", "checkpoint", "artifacts.checkpoint", "artifacts.weights", "artifacts.hparams",
-             "artifacts.results", "artifacts.sidecar", "artifacts.ablation")),
+             "artifacts.results", "artifacts.sidecar", "artifacts.ablation",
+             # paired documents across domains: collected, prepared, trained, evaluated and sampled as a run
+             "pairs")),
     ("report", ("report", "report_html", "html_page")),
     ("drivers", ("stages", "progress", "cli", "api", "bench", "ablation")),
 ]

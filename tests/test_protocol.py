@@ -31,6 +31,10 @@ DOMAIN_SPECIFIC = {
     "compat/miditok_bpe.py": "the adapter over miditok's private tables: its `tok` is miditok's tokenizer, not ours",
     "datasets/mixture.py": "a joint model's data is one prepared folder per domain: the mixture keys its parts, "
                            "rates and checks by domain name (it never behaves differently for one domain)",
+    "pairs/records.py": "a pair is two halves of named domains (a score and its rendering, a transcript and its "
+                        "speech): a half is found by its domain's name",
+    "pairs/collect.py": "collects files of named domains into pairs and checks that their lengths agree (audio "
+                        "against its score's seconds or its transcript's characters)",
 }
 
 #: What a domain branch or a probe looks like. Printing the domain name in a message

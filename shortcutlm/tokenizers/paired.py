@@ -1,0 +1,51 @@
+"""Paired documents over a joint vocabulary: ``<source marker> source <task marker> target``.
+
+A composite tokenizer made with ``tasks`` has one marker per task after its domain markers
+(:mod:`shortcutlm.tokenizers.composite`). A pair of a source and a target document (each in its own
+part's ids) becomes one document of joint ids; the same target without its source is
+``<task marker> target``. Kept here, beside the mapping, so the modules that build, score and
+sample pairs (:mod:`shortcutlm.pairs`) never read the mapping's offsets themselves.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from shortcutlm.tokenizers.base import TokenizerError
+from shortcutlm.tokenizers.composite import CompositeTokenizer
+
+
+def _task(tok: CompositeTokenizer, task: str) -> int:
+    if task not in tok.task_markers:
+        known = ", ".join(tok.tasks) or "none (it was not trained on pairs)"
+        raise TokenizerError(f"this model was not trained on the task {task}; its tasks: {known}")
+    return tok.task_markers[task]
+
+
+def paired(tok: CompositeTokenizer, task: str, source_domain: str, source: np.ndarray, target_domain: str,
+           target: np.ndarray) -> np.ndarray:
+    """The document of one pair for ``task``: the source's part ids and the target's, moved to joint ids."""
+    src = np.asarray(source, dtype=np.int64).reshape(-1) + tok.offsets[source_domain]
+    return np.concatenate([[tok.markers[source_domain]], src, target_alone(tok, task, target_domain, target)])
+
+
+def target_alone(tok: CompositeTokenizer, task: str, target_domain: str, target: np.ndarray) -> np.ndarray:
+    """The target with its source removed: ``<task marker> target``."""
+    tgt = np.asarray(target, dtype=np.int64).reshape(-1) + tok.offsets[target_domain]
+    return np.concatenate([[_task(tok, task)], tgt]).astype(np.int64)
+
+
+def prompt_for(tok: CompositeTokenizer, task: str, source_domain: str, source: np.ndarray) -> np.ndarray:
+    """What a model continues to write the target of ``source``: the pair up to its task marker."""
+    src = np.asarray(source, dtype=np.int64).reshape(-1) + tok.offsets[source_domain]
+    return np.concatenate([[tok.markers[source_domain]], src, [_task(tok, task)]]).astype(np.int64)
+
+
+def split_document(tok: CompositeTokenizer, doc: np.ndarray) -> tuple[str, np.ndarray, np.ndarray]:
+    """A stored paired document as ``(task, the ids before the task marker, the target's joint ids)``."""
+    flat = np.asarray(doc, dtype=np.int64).reshape(-1)
+    by_id = {i: name for name, i in tok.task_markers.items()}
+    where = [k for k, v in enumerate(flat.tolist()) if v in by_id]
+    if len(where) != 1:
+        raise TokenizerError(f"a paired document holds one task marker; this one holds {len(where)}")
+    at = where[0]
+    return by_id[int(flat[at])], flat[:at], flat[at + 1:]
