@@ -8,6 +8,8 @@ sample pairs (:mod:`shortcutlm.pairs`) never read the mapping's offsets themselv
 """
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 
 from shortcutlm.tokenizers.base import TokenizerError
@@ -49,3 +51,31 @@ def split_document(tok: CompositeTokenizer, doc: np.ndarray) -> tuple[str, np.nd
         raise TokenizerError(f"a paired document holds one task marker; this one holds {len(where)}")
     at = where[0]
     return by_id[int(flat[at])], flat[:at], flat[at + 1:]
+
+
+def tasks_of(tok: object) -> tuple[str, ...]:
+    """The tasks a tokenizer's vocabulary has markers for (none for a tokenizer made without pairs)."""
+    return tuple(tok.tasks) if isinstance(tok, CompositeTokenizer) else ()
+
+
+def encode_source(tok: CompositeTokenizer, task: str, source_domain: str, path: str | Path) -> np.ndarray:
+    """A source file as its part's ids; a file of another type than the task reads is a TokenizerError
+    naming the file, the task and the types it reads."""
+    from shortcutlm.documents import Document
+
+    part = tok.parts.get(source_domain)
+    if part is None:
+        raise TokenizerError(f"this model has no {source_domain} part, which the task {task} reads")
+    suffix = Path(path).suffix.lower()
+    if suffix not in part.extensions:
+        raise TokenizerError(f"prompt file {path}: the task {task} reads {source_domain} "
+                             f"({', '.join(part.extensions)}), not a {suffix or 'suffix-less'} file")
+    if not Path(path).is_file():
+        raise TokenizerError(f"prompt file {path}: no such file")
+    return np.asarray(part.encode_document(Document("prompt", "test", "prompt", path=Path(path))).tokens,
+                      dtype=np.int64).reshape(-1)
+
+
+def source_seconds(tok: CompositeTokenizer, source_domain: str, path: str | Path) -> float | None:
+    """How long the source file lasts, where its domain knows (audio, MIDI); None for text."""
+    return tok.parts[source_domain].artifact_seconds(path)
