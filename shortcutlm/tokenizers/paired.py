@@ -79,3 +79,12 @@ def encode_source(tok: CompositeTokenizer, task: str, source_domain: str, path: 
 def source_seconds(tok: CompositeTokenizer, source_domain: str, path: str | Path) -> float | None:
     """How long the source file lasts, where its domain knows (audio, MIDI); None for text."""
     return tok.parts[source_domain].artifact_seconds(path)
+
+
+def round_trip(tok: CompositeTokenizer, domain: str, path: str | Path, out_path: str | Path) -> Path:
+    """``path`` through its domain's part and back to a file: what the vocabulary can hold of it (a ceiling)."""
+    from shortcutlm.documents import Document
+
+    part = tok.parts[domain]
+    ids = part.encode_document(Document("reference", "test", "reference", path=Path(path))).tokens
+    return part.decode(np.asarray(ids), out_path)
