@@ -19,7 +19,7 @@ from __future__ import annotations
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 from shortcutlm.datasets.embedded import bach_chorales, cache_root, render_midi
 from shortcutlm.datasets.librispeech import librispeech
@@ -42,7 +42,8 @@ CHARS_PER_SECOND = (0.5, 40.0)
 def midi_seconds(path: Path) -> float:
     import symusic
 
-    return float(symusic.Score(str(path)).to("second").end())
+    score: Any = symusic.Score(str(path))
+    return float(score.to("second").end())
 
 
 def audio_seconds(path: Path) -> float:
@@ -113,7 +114,8 @@ def chorale_pairs(limit: int | None = None, cache: str | Path | None = None, wor
     import symusic
 
     if int(segment_quarters) < 1:
-        raise PairError(f"chorales: segment_quarters must be a positive number of quarter notes, not {segment_quarters}")
+        raise PairError(f"chorales: segment_quarters must be a positive number of quarter notes, "
+                        f"not {segment_quarters}")
     folder = cache_root(cache) / f"chorale_pairs_{int(sample_rate)}_q{int(segment_quarters)}"
     folder.mkdir(parents=True, exist_ok=True)
     for item in bach_chorales(limit, cache, workers):
@@ -122,7 +124,7 @@ def chorale_pairs(limit: int | None = None, cache: str | Path | None = None, wor
             continue
         if not isinstance(item, Document) or item.path is None:
             continue
-        score = symusic.Score(str(item.path))
+        score: Any = symusic.Score(str(item.path))
         step = int(segment_quarters) * score.ticks_per_quarter
         end = score.end()
         starts = list(range(0, max(end, 1), step))[: segments]
@@ -214,10 +216,12 @@ def folder_pairs(path: str | Path | None = None) -> Iterator[PairItem]:
                    {"relative_stem": key})
 
 
-COLLECTORS = {"chorales": (chorale_pairs, ("limit", "cache", "workers", "segment_quarters", "segments",
-                                           "sample_rate")),
-              "librispeech": (librispeech_pairs, ("path", "subsets", "limit")),
-              "folder": (folder_pairs, ("path",))}
+Collector = Callable[..., Iterator[PairItem]]
+COLLECTORS: dict[str, tuple[Collector, tuple[str, ...]]] = {
+    "chorales": (chorale_pairs, ("limit", "cache", "workers", "segment_quarters", "segments", "sample_rate")),
+    "librispeech": (librispeech_pairs, ("path", "subsets", "limit")),
+    "folder": (folder_pairs, ("path",)),
+}
 
 
 def collect_pairs(spec: dict[str, Any], found: list[str] | None = None) -> Iterator[PairItem]:

@@ -20,12 +20,29 @@ import numpy as np
 import torch
 
 from shortcutlm.artifacts.checkpoint import Checkpoint, load_folder
-from shortcutlm.artifacts.sidecar import SampleRecord, write_sidecar
-from shortcutlm.generation import PromptError, _claim_outputs, _out_paths
+from shortcutlm.artifacts.sidecar import SampleRecord, sidecar_path, write_sidecar
 from shortcutlm.models import SamplingSettings, generate, trim_at_stop
 from shortcutlm.pairs.tasks import PairError, task_named
-from shortcutlm.tokenizers import TokenizerError
-from shortcutlm.tokenizers.paired import encode_source, prompt_for, source_seconds, tasks_of
+from shortcutlm.tokenizers import Tokenizer, TokenizerError
+from shortcutlm.tokenizers.paired import encode_source, prompt_for, source_seconds, target_view, tasks_of
+
+
+def output_path(out: str | Path, view: Tokenizer, base: str, prompt: str | Path, render: bool,
+                overwrite: bool) -> Path:
+    """Where the target goes: ``out`` itself when it ends like the target's kind, else ``out/<base><ext>``;
+    never the prompt, and an existing file (or its sidecar or rendering) only with ``overwrite``."""
+    out = Path(out)
+    path = out if out.suffix.lower() in view.artifact_suffixes else out / f"{base}{view.artifact_suffix}"
+    beside = [path, sidecar_path(path)]
+    if render and view.rendering_suffix:
+        beside.append(path.with_suffix(view.rendering_suffix))
+    if any(p.resolve() == Path(prompt).resolve() for p in beside):
+        raise PairError(f"--out {path} is the prompt file {prompt}: generate never writes over its prompt")
+    taken = [p for p in beside if p.exists() or p.is_symlink()]
+    if taken and not overwrite:
+        raise PairError(f"{taken[0]} already exists; generate replaces a file only when asked: pass --overwrite, "
+                        "or give another --out")
+    return path
 
 
 def generate_task(checkpoint: str | Path | Checkpoint, task: str, prompt: str | Path, out: str | Path,
@@ -41,21 +58,20 @@ def generate_task(checkpoint: str | Path | Checkpoint, task: str, prompt: str | 
         raise PairError(f"checkpoint {ckpt.folder} was not trained on the task {task} (its tasks: {known})")
     try:
         source = encode_source(joint, task, job.source, prompt)
-        view = joint.with_domain(job.target)
+        view = target_view(joint, job.target)
     except TokenizerError as exc:
-        raise PromptError(str(exc)) from exc
+        raise PairError(str(exc)) from exc
     settings = settings or SamplingSettings()
     seed = settings.seed if settings.seed is not None else random.SystemRandom().randrange(2**31)
     settings = SamplingSettings(settings.temperature, settings.top_k, settings.top_p, seed)
-    [path] = _out_paths(out, view, f"{Path(prompt).stem}-{task}-seed{seed}", 1)
-    _claim_outputs([path], prompt, view, render, overwrite)
+    path = output_path(out, view, f"{Path(prompt).stem}-{task}-seed{seed}", prompt, render, overwrite)
 
     model = ckpt.model.to(device).eval()
     block = model.config.block_size
     ids = np.concatenate([[joint.eos_id], prompt_for(joint, task, job.source, source)])
     room = block - len(ids)
     if room < 1:
-        raise PromptError(f"prompt file {prompt}: {len(ids)} ids with its markers, more than the model's context "
+        raise PairError(f"prompt file {prompt}: {len(ids)} ids with its markers, more than the model's context "
                           f"({block}); give a shorter source")
     seconds = source_seconds(joint, job.source, prompt) if view.artifact_is_sound else None
     steps = None

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -30,7 +31,8 @@ def midi_notes(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
     import mir_eval
     import symusic
 
-    score = symusic.Score(str(path)).to("second")
+    score: Any = symusic.Score(str(path))
+    score = score.to("second")
     rows = [(n.start, n.start + max(n.duration, 1e-3), n.pitch) for track in score.tracks for n in track.notes]
     if not rows:
         return np.zeros((0, 2)), np.zeros(0)

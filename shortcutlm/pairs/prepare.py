@@ -77,7 +77,10 @@ def prepare_pairs(source: dict[str, Any], tokenizers: dict[str, dict[str, Any]],
     pairs: list[Pair] = []
     leftovers: list[Leftover] = []
     for item in collect_pairs(source, found):
-        (pairs if isinstance(item, Pair) else leftovers).append(item)
+        if isinstance(item, Pair):
+            pairs.append(item)
+        else:
+            leftovers.append(item)
     if not pairs:
         reasons = "; ".join(left.line() for left in leftovers[:3])
         raise PairError(f"pair source {source.get('name')!r} gave no pairs ({len(leftovers)} left over: {reasons})")
@@ -102,7 +105,7 @@ def prepare_pairs(source: dict[str, Any], tokenizers: dict[str, dict[str, Any]],
     writers: dict[str, ShardWriter] = {}
     counts: dict[str, int] = {}
     for entry, pair in zip(index["pairs"], pairs):
-        ids = {}
+        ids: dict[str, np.ndarray] = {}
         for half in pair.halves:
             tokens, rejected = parts[half.domain]
             key = doc_key(entry["files"][half.domain])
@@ -122,12 +125,14 @@ def prepare_pairs(source: dict[str, Any], tokenizers: dict[str, dict[str, Any]],
         if writer is None:
             writer = writers[pair.split] = ShardWriter(out, pair.split, 0, dtype)
         for task in (t for t in wanted if {t.source, t.target} <= set(ids)):
+            src_ids, tgt_ids = ids[task.source], ids[task.target]
             meta = {"pair_id": pair.pair_id, "task": task.name, "split": pair.split, "index": entry["index"],
                     "source_file": entry["files"][task.source], "target_file": entry["files"][task.target],
-                    "source_tokens": int(ids[task.source].shape[-1]), "target_tokens": int(ids[task.target].shape[-1])}
-            writer.add(f"{pair.pair_id}-{task.name}", paired(joint, task.name, task.source, ids[task.source], task.target, ids[task.target]), meta)
+                    "source_tokens": int(src_ids.shape[-1]), "target_tokens": int(tgt_ids.shape[-1])}
+            document = paired(joint, task.name, task.source, src_ids, task.target, tgt_ids)
+            writer.add(f"{pair.pair_id}-{task.name}", document, meta)
             if alone and pair.split == "train":
-                writer.add(f"{pair.pair_id}-{task.name}-alone", target_alone(joint, task.name, task.target, ids[task.target]),
+                writer.add(f"{pair.pair_id}-{task.name}-alone", target_alone(joint, task.name, task.target, tgt_ids),
                            {**meta, "source_tokens": 0, "alone": True})
     shards = [w.finish().as_dict() for w in writers.values()]
 

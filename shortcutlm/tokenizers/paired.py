@@ -12,40 +12,53 @@ from pathlib import Path
 
 import numpy as np
 
-from shortcutlm.tokenizers.base import TokenizerError
+from shortcutlm.tokenizers.base import Tokenizer, TokenizerError
 from shortcutlm.tokenizers.composite import CompositeTokenizer
 
 
-def _task(tok: CompositeTokenizer, task: str) -> int:
-    if task not in tok.task_markers:
-        known = ", ".join(tok.tasks) or "none (it was not trained on pairs)"
+def vocabulary(tok: Tokenizer) -> CompositeTokenizer:
+    """``tok`` as the joint vocabulary pairs are written in; a TokenizerError for any other tokenizer."""
+    if not isinstance(tok, CompositeTokenizer):
+        raise TokenizerError(f"a {tok.domain} tokenizer has no paired vocabulary (no task markers)")
+    return tok
+
+
+def target_view(tok: Tokenizer, target_domain: str) -> Tokenizer:
+    """The joint vocabulary answering for the target's domain (what sampling a target bans and decodes)."""
+    return vocabulary(tok).with_domain(target_domain)
+
+
+def _task(tok: Tokenizer, task: str) -> int:
+    if task not in vocabulary(tok).task_markers:
+        known = ", ".join(vocabulary(tok).tasks) or "none (it was not trained on pairs)"
         raise TokenizerError(f"this model was not trained on the task {task}; its tasks: {known}")
-    return tok.task_markers[task]
+    return vocabulary(tok).task_markers[task]
 
 
-def paired(tok: CompositeTokenizer, task: str, source_domain: str, source: np.ndarray, target_domain: str,
+def paired(tok: Tokenizer, task: str, source_domain: str, source: np.ndarray, target_domain: str,
            target: np.ndarray) -> np.ndarray:
     """The document of one pair for ``task``: the source's part ids and the target's, moved to joint ids."""
-    src = np.asarray(source, dtype=np.int64).reshape(-1) + tok.offsets[source_domain]
-    return np.concatenate([[tok.markers[source_domain]], src, target_alone(tok, task, target_domain, target)])
+    joint = vocabulary(tok)
+    src = np.asarray(source, dtype=np.int64).reshape(-1) + joint.offsets[source_domain]
+    return np.concatenate([[joint.markers[source_domain]], src, target_alone(tok, task, target_domain, target)])
 
 
-def target_alone(tok: CompositeTokenizer, task: str, target_domain: str, target: np.ndarray) -> np.ndarray:
+def target_alone(tok: Tokenizer, task: str, target_domain: str, target: np.ndarray) -> np.ndarray:
     """The target with its source removed: ``<task marker> target``."""
-    tgt = np.asarray(target, dtype=np.int64).reshape(-1) + tok.offsets[target_domain]
+    tgt = np.asarray(target, dtype=np.int64).reshape(-1) + vocabulary(tok).offsets[target_domain]
     return np.concatenate([[_task(tok, task)], tgt]).astype(np.int64)
 
 
-def prompt_for(tok: CompositeTokenizer, task: str, source_domain: str, source: np.ndarray) -> np.ndarray:
+def prompt_for(tok: Tokenizer, task: str, source_domain: str, source: np.ndarray) -> np.ndarray:
     """What a model continues to write the target of ``source``: the pair up to its task marker."""
-    src = np.asarray(source, dtype=np.int64).reshape(-1) + tok.offsets[source_domain]
-    return np.concatenate([[tok.markers[source_domain]], src, [_task(tok, task)]]).astype(np.int64)
+    src = np.asarray(source, dtype=np.int64).reshape(-1) + vocabulary(tok).offsets[source_domain]
+    return np.concatenate([[vocabulary(tok).markers[source_domain]], src, [_task(tok, task)]]).astype(np.int64)
 
 
-def split_document(tok: CompositeTokenizer, doc: np.ndarray) -> tuple[str, np.ndarray, np.ndarray]:
+def split_document(tok: Tokenizer, doc: np.ndarray) -> tuple[str, np.ndarray, np.ndarray]:
     """A stored paired document as ``(task, the ids before the task marker, the target's joint ids)``."""
     flat = np.asarray(doc, dtype=np.int64).reshape(-1)
-    by_id = {i: name for name, i in tok.task_markers.items()}
+    by_id = {i: name for name, i in vocabulary(tok).task_markers.items()}
     where = [k for k, v in enumerate(flat.tolist()) if v in by_id]
     if len(where) != 1:
         raise TokenizerError(f"a paired document holds one task marker; this one holds {len(where)}")
@@ -58,12 +71,12 @@ def tasks_of(tok: object) -> tuple[str, ...]:
     return tuple(tok.tasks) if isinstance(tok, CompositeTokenizer) else ()
 
 
-def encode_source(tok: CompositeTokenizer, task: str, source_domain: str, path: str | Path) -> np.ndarray:
+def encode_source(tok: Tokenizer, task: str, source_domain: str, path: str | Path) -> np.ndarray:
     """A source file as its part's ids; a file of another type than the task reads is a TokenizerError
     naming the file, the task and the types it reads."""
     from shortcutlm.documents import Document
 
-    part = tok.parts.get(source_domain)
+    part = vocabulary(tok).parts.get(source_domain)
     if part is None:
         raise TokenizerError(f"this model has no {source_domain} part, which the task {task} reads")
     suffix = Path(path).suffix.lower()
@@ -76,15 +89,15 @@ def encode_source(tok: CompositeTokenizer, task: str, source_domain: str, path: 
                       dtype=np.int64).reshape(-1)
 
 
-def source_seconds(tok: CompositeTokenizer, source_domain: str, path: str | Path) -> float | None:
+def source_seconds(tok: Tokenizer, source_domain: str, path: str | Path) -> float | None:
     """How long the source file lasts, where its domain knows (audio, MIDI); None for text."""
-    return tok.parts[source_domain].artifact_seconds(path)
+    return vocabulary(tok).parts[source_domain].artifact_seconds(path)
 
 
-def round_trip(tok: CompositeTokenizer, domain: str, path: str | Path, out_path: str | Path) -> Path:
+def round_trip(tok: Tokenizer, domain: str, path: str | Path, out_path: str | Path) -> Path:
     """``path`` through its domain's part and back to a file: what the vocabulary can hold of it (a ceiling)."""
     from shortcutlm.documents import Document
 
-    part = tok.parts[domain]
+    part = vocabulary(tok).parts[domain]
     ids = part.encode_document(Document("reference", "test", "reference", path=Path(path))).tokens
     return part.decode(np.asarray(ids), out_path)
