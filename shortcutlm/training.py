@@ -288,6 +288,10 @@ def train(recipe: Recipe, variant: str, data_dir: str | Path, out: str | Path, p
         from shortcutlm.joint import ensure_mixture
 
         ensure_mixture(recipe, data_dir, progress=progress)
+    if recipe.pairs and getattr(rank_zero_only, "rank", 0) == 0:  # paired documents (shortcutlm.pairs)
+        from shortcutlm.pairs.run import ensure_pairs
+
+        ensure_pairs(recipe, data_dir, progress=progress)
     s = recipe.train
     shards = ShardManifest.read(data_dir)
     source = finetune.check_tokenizer(init_from, shards) if init_from is not None else None

@@ -263,3 +263,34 @@ def test_each_task_is_scored_beside_chance_and_its_ceiling(chorale_model, speech
     assert words["ceiling"] == {"wer": 0.0, "cer": 0.0}  # SentencePiece gives the transcript back whole
     assert words["chance"]["wer"] > 0
     assert set(speech["speak"].means()) >= {"chance", "ceiling"}
+
+
+# ------------------------------------------------------------------------------ the recipe
+
+def test_the_recipe_runs_end_to_end_and_reports_each_task(tmp_path, capsys):
+    from shortcutlm.cli import main as cli
+    from shortcutlm.run_layout import RunLayout
+
+    argv = ["recipe", "recipes/chorales_pairs.yaml", "--preset", "tiny", "--out", str(tmp_path / "run"),
+            "--no-progress", "--variant", "baseline"]
+    for item in ("pairs.source.limit=4", "pairs.source.segments=2", "pairs.per_task=2",
+                 "pairs.tokenizers.acoustic.kmeans_iters=2", "pairs.tokenizers.midi.vocab_size=600",
+                 "train.max_steps=2", "train.val_every=2", "train.val_batches=1", "train.batch_size=2",
+                 "evaluate.max_batches=2"):
+        argv += ["--set", item]
+    assert cli(argv) == 0
+    layout = RunLayout(tmp_path / "run")
+    results = json.loads((layout.root / "pairs.json").read_text())["baseline"]
+    assert set(results["worth"]) == set(results["scores"]) == {"synthesize", "transcribe"}
+    assert all(w["target_tokens"] > 0 for w in results["worth"].values())
+    transcribe = results["scores"]["transcribe"]["means"]
+    assert transcribe["ceiling"]["onset_f1"] == pytest.approx(1.0) and "chance" in transcribe
+    tasks = {read_sidecar(p).tokenizer.get("task") for p in layout.samples("baseline").glob("*.json")}
+    assert tasks == {"synthesize", "transcribe"}
+    report = layout.report.read_text()
+    pairs = report[report.index("## Pairs: source → target"):]
+    for words in ("what the source is worth", "| note F1 (onset) |", "| log-mel cosine |", "| pair | source | "
+                  "generated | reference |"):
+        assert words in pairs
+    # a second run keeps the prepared pairs
+    assert cli([*argv, "--stage", "prepare"]) == 0

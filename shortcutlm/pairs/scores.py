@@ -28,6 +28,9 @@ from shortcutlm.pairs.tasks import PairError, task_named
 from shortcutlm.tokenizers.paired import round_trip, tasks_of
 
 
+CEILING = "ceiling"
+
+
 @dataclass
 class TaskScores:
     """One task's scores: per pair, and their means for the model, chance and the ceiling."""
@@ -60,8 +63,9 @@ def _documents(folder: Path, split: str) -> list[dict[str, Any]]:
 def score_tasks(checkpoint: str | Path | Checkpoint, out_dir: str | Path, data_dir: str | Path | None = None,
                 split: str = "test", per_task: int = 4, settings: SamplingSettings | None = None,
                 device: str = "cpu") -> dict[str, TaskScores]:
-    """Every task the checkpoint knows, scored on up to ``per_task`` pairs of ``split``; targets,
-    chance and ceilings are written under ``out_dir/<task>/``."""
+    """Every task the checkpoint knows, scored on up to ``per_task`` pairs of ``split``; the targets are
+    written into ``out_dir`` (``<source stem>-<task>-seed<seed>.<ext>`` with sidecars), the references
+    through their tokenizer under ``out_dir/ceiling/<task>/``."""
     ckpt = checkpoint if isinstance(checkpoint, Checkpoint) else load_folder(checkpoint, torch.device(device))
     folder = ckpt.shard_folder(data_dir)
     settings = settings or SamplingSettings(temperature=1.0, top_k=20, seed=0)
@@ -73,14 +77,14 @@ def score_tasks(checkpoint: str | Path | Checkpoint, out_dir: str | Path, data_d
         if not chosen:
             continue
         scores = results[name] = TaskScores(name, task.metric)
-        where = Path(out_dir) / name
+        where = Path(out_dir)
         for number, meta in enumerate(chosen[:per_task]):
             source, reference = folder / meta["source_file"], folder / meta["target_file"]
             other = folder / chosen[(number + 1) % len(chosen)]["target_file"] if len(chosen) > 1 else None
             row: dict[str, Any] = {"pair_id": meta["pair_id"], "source": str(source), "reference": str(reference)}
             try:
-                generated = generate_task(ckpt, name, source, where / "generated", settings, device=device,
-                                          render=False, overwrite=True)
+                generated = generate_task(ckpt, name, source, where, settings, device=device,
+                                          overwrite=True)
                 row["generated"] = str(generated)
                 row["model"] = score_files(task.metric, reference, generated)
             except PairError as exc:  # e.g. the model ended the target at once: scored as nothing written
@@ -89,7 +93,7 @@ def score_tasks(checkpoint: str | Path | Checkpoint, out_dir: str | Path, data_d
                 row["chance"] = score_files(task.metric, reference, other)
                 row["chance_reference"] = str(other)
             ceiling = round_trip(ckpt.tokenizer, task.target, reference,
-                                 where / "ceiling" / f"{meta['pair_id']}{reference.suffix}")
+                                 where / CEILING / name / f"{meta['pair_id']}{reference.suffix}")
             row["ceiling"] = score_files(task.metric, reference, ceiling)
             scores.rows.append(row)
     return results
