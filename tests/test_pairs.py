@@ -136,6 +136,9 @@ def test_chorale_pairs_keep_their_splits_and_hold_both_directions(chorales):
 
 def test_librispeech_pairs_list_leftovers_and_skip_bad_pairs(speech):
     root, folder = speech
+    with pytest.raises(PairError, match="holds the pairs of another source"):  # never mixed with other pairs
+        prepare_pairs({"name": "librispeech", "path": str(root), "limit": 1}, {"text": TEXT, "acoustic": AUDIO},
+                      folder, workers=0, progress=False)
     manifest = ShardManifest.read(folder)
     pairs = manifest.raw["pairs"]
     assert pairs["tasks"] == ["speak", "transcribe-speech"]
@@ -292,5 +295,6 @@ def test_the_recipe_runs_end_to_end_and_reports_each_task(tmp_path, capsys):
     for words in ("what the source is worth", "| note F1 (onset) |", "| log-mel cosine |", "| pair | source | "
                   "generated | reference |"):
         assert words in pairs
+    assert 'id="pairs"' in layout.report_html.read_text()  # the page shows the section too
     # a second run keeps the prepared pairs
     assert cli([*argv, "--stage", "prepare"]) == 0

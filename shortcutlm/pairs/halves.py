@@ -31,10 +31,19 @@ def doc_key(file: str) -> str:
     return safe_id("/".join(file.split("/")[2:]).replace("/", "__"))
 
 
-def write_halves(pairs: list[Pair], out: Path) -> dict[str, Any]:
+def check_same_source(out: Path, source: dict[str, Any]) -> None:
+    """A pairs folder holds the pairs of one source: another source's halves would mix with its own
+    (and the parts' prepare would resume over them), so it is refused in one line."""
+    body = read_json_or_none(out / HALVES / INDEX)
+    if isinstance(body, dict) and body.get("source") != source:
+        raise PairError(f"{out} holds the pairs of another source ({body.get('source')}); prepare these pairs "
+                        f"({source}) into a new folder")
+
+
+def write_halves(pairs: list[Pair], out: Path, source: dict[str, Any]) -> dict[str, Any]:
     """Lay the halves out under ``out/halves`` (kept where they are already) and return the index."""
     root = out / HALVES
-    index: dict[str, Any] = {"pairs": []}
+    index: dict[str, Any] = {"source": source, "pairs": []}
     for number, pair in enumerate(pairs):
         files = {}
         for half in pair.halves:
@@ -45,13 +54,13 @@ def write_halves(pairs: list[Pair], out: Path) -> dict[str, Any]:
                     write_text(target, half.text)
             else:
                 assert half.path is not None
-                source = half.path.resolve()
-                if target.is_symlink() and Path(os.readlink(target)) != source:
+                original = half.path.resolve()
+                if target.is_symlink() and Path(os.readlink(target)) != original:
                     target.unlink()  # a link this step made, to an earlier run's file
                 if not target.is_symlink():
                     if target.exists():
                         raise PairError(f"{target}: a file this step did not write; prepare pairs into a new folder")
-                    target.symlink_to(source)
+                    target.symlink_to(original)
             files[half.domain] = target.relative_to(out).as_posix()
         index["pairs"].append({"index": number, "pair_id": pair.pair_id, "split": pair.split, "files": files,
                                "sources": {h.domain: h.describe() for h in pair.halves}, "meta": pair.meta})

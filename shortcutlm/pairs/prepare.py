@@ -17,6 +17,8 @@ Splits are the pairs' own: both halves and every document made from a pair share
 """
 from __future__ import annotations
 
+import json
+import logging
 import time
 from pathlib import Path
 from typing import Any
@@ -29,8 +31,8 @@ from shortcutlm.datasets.shards import ShardWriter, read_shard, sha256_file, tok
 from shortcutlm.datasets.summary import summarise
 from shortcutlm.datasets.tokenizer_fit import tokenizer_files
 from shortcutlm.pairs.collect import collect_pairs
-from shortcutlm.pairs.halves import HALVES, doc_key, write_halves
-from shortcutlm.pairs.records import UNPAIRED, Leftover, Pair
+from shortcutlm.pairs.halves import HALVES, check_same_source, doc_key, write_halves
+from shortcutlm.pairs.records import BAD_PAIR, UNPAIRED, Leftover, Pair
 from shortcutlm.pairs.tasks import TASKS, PairError, Task, task_named, tasks_between
 from shortcutlm.tokenizers import load_tokenizer
 from shortcutlm.tokenizers.composite import CompositeTokenizer
@@ -38,6 +40,8 @@ from shortcutlm.tokenizers.paired import paired, target_alone
 from shortcutlm.tokenizers.domains import DOMAINS
 
 PARTS = "parts"
+
+log = logging.getLogger(__name__)
 
 
 def _part_tokens(folder: Path) -> tuple[dict[str, np.ndarray], dict[str, str]]:
@@ -72,6 +76,8 @@ def prepare_pairs(source: dict[str, Any], tokenizers: dict[str, dict[str, Any]],
     out = Path(out)
     if out.exists() and any(out.iterdir()) and not (out / HALVES).is_dir():
         raise PairError(f"{out} is not empty and not a pairs folder; prepare pairs into a new folder")
+    source = json.loads(json.dumps(source, default=str))  # as the index records it
+    check_same_source(out, source)
     clock = time.perf_counter()
     found: list[str] = []
     pairs: list[Pair] = []
@@ -89,7 +95,7 @@ def prepare_pairs(source: dict[str, Any], tokenizers: dict[str, dict[str, Any]],
     missing = sorted(d for d in domains if d not in tokenizers)
     if missing:
         raise PairError(f"pairs need a tokenizer for {', '.join(missing)}: give its settings (pairs.tokenizers)")
-    index = write_halves(pairs, out)
+    index = write_halves(pairs, out, source)
 
     parts: dict[str, Any] = {}
     for name in (d for d in DOMAINS if d in domains):  # the joint vocabulary's parts in a fixed order
@@ -153,6 +159,10 @@ def prepare_pairs(source: dict[str, Any], tokenizers: dict[str, dict[str, Any]],
         "last_run": {"seconds": time.perf_counter() - clock},
     }
     summarise(manifest, len(pairs))
+    bad = [left for left in leftovers if left.kind == BAD_PAIR]
+    if bad:  # one line for the batch; each pair and its reason are in the manifest
+        log.warning("pairs: %d bad pair(s) skipped (e.g. %s); every one is listed in %s (pairs.leftovers)",
+                    len(bad), bad[0].line(), out / "manifest.json")
     for split in ("train", "valid", "test"):
         if not counts.get(split):
             manifest["warnings"].append(f"the {split} split holds no pairs")
