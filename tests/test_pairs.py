@@ -298,3 +298,30 @@ def test_the_recipe_runs_end_to_end_and_reports_each_task(tmp_path, capsys):
     assert 'id="pairs"' in layout.report_html.read_text()  # the page shows the section too
     # a second run keeps the prepared pairs
     assert cli([*argv, "--stage", "prepare"]) == 0
+
+
+def test_the_librispeech_pairs_recipe_reads_the_published_layout_from_path(tmp_path, capsys):
+    from shortcutlm.cli import main as cli
+    from shortcutlm.run_layout import RunLayout
+
+    make_librispeech(tmp_path / "data", {"train-clean-100": [("19", "198", 6)], "dev-clean": [("84", "121", 2)],
+                                         "test-clean": [("61", "70968", 2)]}, seconds=3.0)
+    argv = ["recipe", "recipes/librispeech_pairs.yaml", "--preset", "tiny", "--path", str(tmp_path / "data"),
+            "--out", str(tmp_path / "run"), "--no-progress", "--variant", "baseline"]
+    for item in ("pairs.per_task=1", "pairs.tokenizers.text.vocab_size=300", "pairs.tokenizers.acoustic.kmeans_iters=2",
+                 "model.block_size=1024", "train.max_steps=2", "train.val_every=2", "train.val_batches=1",
+                 "evaluate.max_batches=2"):
+        argv += ["--set", item]
+    assert cli(argv) == 0
+    layout = RunLayout(tmp_path / "run")
+    manifest = json.loads((layout.data / "manifest.json").read_text())
+    assert manifest["pairs"]["pairs_per_split"] == {"train": 6, "valid": 2, "test": 2}
+    assert sum(x["kind"] == BAD_PAIR for x in manifest["pairs"]["leftovers"]) == 3  # each chapter's line without audio
+    results = json.loads((layout.root / "pairs.json").read_text())["baseline"]
+    words = results["scores"]["transcribe-speech"]["means"]
+    assert words["ceiling"] == {"wer": 0.0, "cer": 0.0} and words["chance"]["wer"] > 0
+    assert "WER (lower is better)" in layout.report.read_text()
+    capsys.readouterr()  # what the run printed
+    line = one_line(capsys, ["recipe", "recipes/chorales_pairs.yaml", "--preset", "tiny", "--path", str(tmp_path),
+                             "--out", str(tmp_path / "other")])
+    assert "pair source 'chorales' reads no path" in line
