@@ -325,3 +325,15 @@ def test_the_librispeech_pairs_recipe_reads_the_published_layout_from_path(tmp_p
     line = one_line(capsys, ["recipe", "recipes/chorales_pairs.yaml", "--preset", "tiny", "--path", str(tmp_path),
                              "--out", str(tmp_path / "other")])
     assert "pair source 'chorales' reads no path" in line
+
+
+def test_the_gpu_check_runs_the_paired_recipe_and_keeps_its_figures(tmp_path):
+    """``bench gpu``'s pairs section (CUDA only in the check itself), here at its dry-run sizes on the CPU."""
+    from shortcutlm.bench import gpu
+
+    check = gpu.Check(tmp_path, dry_run=True, device="cpu", size=gpu.TINY)
+    result = gpu.section_pairs(check)
+    assert result["status"] == "ok", result["output_tail"]
+    assert set(result["results"]["source_worth_nats_per_token"]) == {"synthesize", "transcribe"}
+    assert result["results"]["scores"]["transcribe"]["ceiling"]["onset_f1"] == pytest.approx(1.0)
+    assert "pairs" in {s.name for s in gpu.SECTIONS if s.needs_cuda}
