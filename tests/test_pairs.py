@@ -211,6 +211,16 @@ def test_the_source_worth_is_computed_from_the_same_target_with_and_without_its_
             ckpt.folder, ckpt.model, ckpt.tokenizer.parts["midi"], ckpt.recipe, ckpt.hparams, ckpt.data))
 
 
+def test_evaluate_reports_the_source_worth_of_a_paired_checkpoint(chorale_model, tmp_path, capsys):
+    from shortcutlm.cli import main as cli
+
+    assert cli(["evaluate", str(chorale_model), "--out", str(tmp_path / "eval"), "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert "### ckpt: what the source is worth" in out and "| synthesize |" in out and "| transcribe |" in out
+    worth = json.loads((tmp_path / "eval" / "pairs.json").read_text())["ckpt"]["worth"]
+    assert worth["transcribe"]["target_tokens"] == source_worth(chorale_model)["transcribe"].target_tokens
+
+
 # ------------------------------------------------------------------------------ generation and scores
 
 def _source(folder: Path, task: str) -> Path:

@@ -55,7 +55,8 @@ def read_results(root: str | Path) -> dict[str, Any]:
     return body if isinstance(body, dict) else {}
 
 
-def record_worth(root: str | Path, variants: dict[str, Path], data_dir: Path, split: str = "test") -> dict[str, Any]:
+def record_worth(root: str | Path, variants: dict[str, Path], data_dir: Path | None,
+                 split: str = "test") -> dict[str, Any]:
     """Each variant's source worth per task, kept in ``<root>/pairs.json``."""
     results = read_results(root)
     for name, folder in variants.items():
@@ -63,6 +64,27 @@ def record_worth(root: str | Path, variants: dict[str, Path], data_dir: Path, sp
         results.setdefault(name, {})["worth"] = {task: w.as_dict() for task, w in worth.items()}
     write_json(results_path(root), results)
     return results
+
+
+def worth_of_paired(checkpoints: list[str | Path], data_dir: str | Path | None, split: str,
+                    out: str | Path) -> list[str]:
+    """``shortcutlm evaluate``'s addition for paired checkpoints: their source worth in ``<out>/pairs.json``
+    and the report's lines for it (nothing when no checkpoint was trained on pairs)."""
+    from shortcutlm.artifacts.checkpoint import CheckpointFolder
+    from shortcutlm.tokenizers import load_tokenizer
+    from shortcutlm.tokenizers.paired import tasks_of
+
+    paired = {}
+    for folder in checkpoints:
+        tokenizer_dir = CheckpointFolder(Path(folder)).tokenizer_dir
+        if tokenizer_dir.is_dir() and tasks_of(load_tokenizer(tokenizer_dir)):
+            paired[Path(folder).name] = Path(folder)
+    if not paired:
+        return []
+    record_worth(out, paired, Path(data_dir) if data_dir else None, split)
+    from shortcutlm.pairs.page import pairs_section
+
+    return pairs_section(out)
 
 
 def record_scores(recipe: Recipe, root: str | Path, variants: dict[str, Path], samples: dict[str, Path],
