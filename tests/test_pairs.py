@@ -306,8 +306,11 @@ def test_the_recipe_runs_end_to_end_and_reports_each_task(tmp_path, capsys):
                   "generated | reference |"):
         assert words in pairs
     assert 'id="pairs"' in layout.report_html.read_text()  # the page shows the section too
-    # a second run keeps the prepared pairs
+    # a second run keeps the prepared pairs; one with other tokenizer settings is refused in one line
     assert cli([*argv, "--stage", "prepare"]) == 0
+    capsys.readouterr()
+    line = one_line(capsys, [*argv, "--stage", "prepare", "--set", "pairs.tokenizers.midi.vocab_size=700"])
+    assert "vocab_size" in line and str(tmp_path / "run") in line
 
 
 def test_the_librispeech_pairs_recipe_reads_the_published_layout_from_path(tmp_path, capsys):

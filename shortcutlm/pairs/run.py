@@ -33,14 +33,22 @@ RESULTS = "pairs.json"
 
 
 def ensure_pairs(recipe: Recipe, data_dir: str | Path, progress: bool = True) -> Path:
-    """Prepare the recipe's pairs into ``data_dir`` unless it holds them already (same source and tasks)."""
+    """Prepare the recipe's pairs into ``data_dir`` unless it holds them already (same source, tokenizers,
+    tasks and ``alone``); with other settings, preparing again refuses in one line what cannot change."""
     data_dir = Path(data_dir)
     spec = recipe.pairs
     manifest = read_manifest_or_none(data_dir, require_complete=True)
-    same = json.dumps(spec["source"], sort_keys=True, default=str)
-    if manifest and json.dumps((manifest.get("source") or {}).get("pairs"), sort_keys=True, default=str) == same \
-            and (not spec.get("tasks") or manifest.get("pairs", {}).get("tasks") == list(spec["tasks"])):
-        return data_dir
+
+    def same(a: Any, b: Any) -> bool:
+        return json.dumps(a, sort_keys=True, default=str) == json.dumps(b, sort_keys=True, default=str)
+
+    if manifest:
+        made = manifest.get("pairs") or {}
+        if same((manifest.get("source") or {}).get("pairs"), spec["source"]) \
+                and same(made.get("tokenizers"), spec["tokenizers"]) \
+                and made.get("alone") == bool(spec.get("alone", True)) \
+                and (not spec.get("tasks") or made.get("tasks") == list(spec["tasks"])):
+            return data_dir
     prepare_pairs(dict(spec["source"]), dict(spec["tokenizers"]), data_dir, spec.get("tasks"),
                   alone=bool(spec.get("alone", True)), workers=2, progress=progress)
     return data_dir
