@@ -7,7 +7,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from shortcutlm.pairs.run import read_results
+from shortcutlm.pairs.results import read_results
 
 #: metric key -> what a reader should know about it (higher is better unless said)
 LABELS = {"onset_f1": "note F1 (onset)", "onset_offset_f1": "note F1 (onset + offset)",

@@ -21,15 +21,14 @@ import json
 from pathlib import Path
 from typing import Any
 
-from shortcutlm.artifacts.files import read_json_or_none, write_json
+from shortcutlm.artifacts.files import write_json
 from shortcutlm.artifacts.manifest import read_manifest_or_none
 from shortcutlm.models import SamplingSettings
 from shortcutlm.pairs.prepare import prepare_pairs
+from shortcutlm.pairs.results import read_results, results_path
 from shortcutlm.pairs.scores import score_tasks
 from shortcutlm.pairs.worth import source_worth
 from shortcutlm.recipe import Recipe
-
-RESULTS = "pairs.json"
 
 
 def ensure_pairs(recipe: Recipe, data_dir: str | Path, progress: bool = True) -> Path:
@@ -52,15 +51,6 @@ def ensure_pairs(recipe: Recipe, data_dir: str | Path, progress: bool = True) ->
     prepare_pairs(dict(spec["source"]), dict(spec["tokenizers"]), data_dir, spec.get("tasks"),
                   alone=bool(spec.get("alone", True)), workers=2, progress=progress)
     return data_dir
-
-
-def results_path(root: str | Path) -> Path:
-    return Path(root) / RESULTS
-
-
-def read_results(root: str | Path) -> dict[str, Any]:
-    body = read_json_or_none(results_path(root))
-    return body if isinstance(body, dict) else {}
 
 
 def record_worth(root: str | Path, variants: dict[str, Path], data_dir: Path | None,
