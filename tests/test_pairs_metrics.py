@@ -8,16 +8,13 @@ import soundfile as sf
 import symusic
 import torch
 
-mir_eval = pytest.importorskip("mir_eval")
-pytest.importorskip("jiwer")
-
-from shortcutlm.datasets.embedded import render_midi  # noqa: E402
-from shortcutlm.models.losses import IGNORE, in_target_spans, targets_only  # noqa: E402
-from shortcutlm.pairs.collect import collect_pairs  # noqa: E402
-from shortcutlm.pairs.metrics import note_scores, spectral_similarity, word_errors  # noqa: E402
-from shortcutlm.pairs.records import BAD_PAIR, UNPAIRED, Leftover, Pair  # noqa: E402
-from shortcutlm.pairs.sequences import target_spans  # noqa: E402
-from shortcutlm.pairs.tasks import PairError  # noqa: E402
+from shortcutlm.datasets.embedded import render_midi
+from shortcutlm.models.losses import IGNORE, in_target_spans, targets_only
+from shortcutlm.pairs.collect import collect_pairs
+from shortcutlm.pairs.metrics import note_scores, spectral_similarity, word_errors
+from shortcutlm.pairs.records import BAD_PAIR, UNPAIRED, Leftover, Pair
+from shortcutlm.pairs.sequences import target_spans
+from shortcutlm.pairs.tasks import PairError
 
 #: (onset s, offset s, MIDI pitch): four notes of a C major chord, arpeggiated, then held.
 NOTES = [(0.0, 0.5, 60), (0.5, 1.0, 64), (1.0, 1.5, 67), (1.5, 2.5, 72)]
@@ -37,6 +34,7 @@ def write_midi(path, notes, qpm=120.0):
 
 
 def test_an_identical_transcription_scores_f1_one_and_a_shifted_one_what_mir_eval_says(tmp_path):
+    mir_eval = pytest.importorskip("mir_eval")
     reference = write_midi(tmp_path / "ref.mid", NOTES)
     assert set(note_scores(reference, reference).values()) == {1.0}
     # Every onset 30 ms late: inside mir_eval's 50 ms tolerance, so onsets all match.
@@ -64,6 +62,7 @@ def test_an_identical_transcription_scores_f1_one_and_a_shifted_one_what_mir_eva
 
 
 def test_word_and_character_error_rates_are_jiwers_on_normalised_text():
+    pytest.importorskip("jiwer")
     assert word_errors("THE CAT SAT", "the cat sat.") == {"wer": 0.0, "cer": 0.0}
     assert word_errors("THE CAT SAT", "THE CAT SAT DOWN")["wer"] == pytest.approx(1 / 3)
     assert word_errors("ABC", "ABD")["cer"] == pytest.approx(1 / 3)
