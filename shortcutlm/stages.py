@@ -20,6 +20,7 @@ from shortcutlm.core.config_schema import ConfigError
 from shortcutlm.datasets.prepare import prepare
 from shortcutlm.run.evaluation import evaluate_checkpoints, write_report
 from shortcutlm.run.joint import ensure_mixture, generate_joint_samples
+from shortcutlm.pairs.run import ensure_pairs, record_scores, record_worth
 from shortcutlm.core.progress import TrainingProgress
 from shortcutlm.run.recipe import Recipe, load_recipe
 from shortcutlm.report.recipe_report import write_run_report
@@ -36,7 +37,9 @@ def run_recipe(recipe: Recipe, out: str | Path, stages: tuple[str, ...] = STAGES
     layout = RunLayout(Path(out))
     layout.root.mkdir(parents=True, exist_ok=True)
     chosen = variants or list(recipe.variants)
-    if "prepare" in stages and recipe.mixture:  # a joint model: each part prepared, then mixed
+    if "prepare" in stages and recipe.pairs:  # paired documents across domains
+        ensure_pairs(recipe, layout.data, progress=progress)
+    elif "prepare" in stages and recipe.mixture:  # a joint model: each part prepared, then mixed
         ensure_mixture(recipe, layout.data, workers=2, progress=progress)
     elif "prepare" in stages:
         done = prepared_already(recipe, layout.data)
@@ -63,7 +66,12 @@ def run_recipe(recipe: Recipe, out: str | Path, stages: tuple[str, ...] = STAGES
                                        batch_size=recipe.evaluate.batch_size, max_batches=recipe.evaluate.max_batches,
                                        progress=progress)
         write_report(results, layout.evaluation)
-    if "generate" in stages:
+        if recipe.pairs:  # what each task's source is worth to its target
+            record_worth(layout.root, dict(zip(chosen, folders)), layout.data, recipe.evaluate.split)
+    if "generate" in stages and recipe.pairs:  # each task's targets of held-out sources, scored
+        record_scores(recipe, layout.root, dict(zip(chosen, folders)), {v: layout.samples(v) for v in chosen},
+                      layout.data)
+    elif "generate" in stages:
         sample = generate_joint_samples if recipe.mixture else generate_samples
         for variant, folder in zip(chosen, folders):
             sample(recipe, folder, layout.data, layout.samples(variant))
@@ -115,6 +123,20 @@ def point_source(recipe: Recipe, path: str | None, preparing: bool) -> None:
     with a line that names the flag (a recipe's default path is relative and rarely where the data is)."""
     from shortcutlm.datasets.sources import READERS
 
+    if recipe.pairs:  # --path points the pair source (librispeech, folder) at the data
+        from shortcutlm.pairs.collect import COLLECTORS
+
+        source = recipe.pairs["source"]
+        if path is not None:
+            if "path" not in COLLECTORS.get(source.get("name"), (None, ()))[1]:
+                raise ConfigError(f"recipe {recipe.name}: its pair source {source.get('name')!r} reads no path; "
+                                  "leave out --path")
+            source["path"] = str(Path(path).expanduser())
+        given = source.get("path")
+        if preparing and given is not None and not Path(str(given)).expanduser().exists():
+            raise ConfigError(f"recipe {recipe.name}: {given} does not exist (its pairs.source.path); point the "
+                              "recipe at your copy of the dataset with --path /where/it/lies")
+        return
     name = recipe.source.get("name")
     takes_path = name in READERS and "path" in READERS[name][1]
     if path is not None:

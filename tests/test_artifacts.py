@@ -46,6 +46,9 @@ OWN_WRITERS = {
     # Renders the package's corpora (music21 writes the MIDI to a path) into a cache of inputs for
     # prepare, with a marker for a chorale that failed: inputs, not what a run produced.
     "shortcutlm/datasets/embedded.py",
+    # Cuts the embedded chorales into windows (symusic writes a window's MIDI only to a path) and
+    # renders each: a cache of pair inputs beside embedded.py's, not what a run produced.
+    "shortcutlm/pairs/collect.py",
     # Writes /proc/self/clear_refs (a kernel control, not a file) to reset the peak RSS counter.
     "shortcutlm/bench/peer/memory.py",
     # The same kernel control, before the long-audio memory probe's step.

@@ -30,7 +30,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("tokenizer", ("tokenizers",)),
     ("shards", ("datasets", "artifacts.manifest", "artifacts.remote")),
     ("model", ("models",)),
-    ("run", ("run", "artifacts.checkpoint", "artifacts.weights", "artifacts.hparams", "artifacts.results",
+    ("run", ("run", "pairs", "artifacts.checkpoint", "artifacts.weights", "artifacts.hparams", "artifacts.results",
              "artifacts.sidecar", "artifacts.ablation")),
     ("report", ("report",)),
     ("drivers", ("stages", "cli", "api", "bench", "ablation")),

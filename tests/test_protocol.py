@@ -35,6 +35,10 @@ DOMAIN_SPECIFIC = {
                            "domain name (it never behaves differently for one domain)",
     "ablation/sharing_grid.py": "the sharing experiment collects each domain's losses, joint and separate: its "
                                 "tables are keyed by domain name (no domain is treated apart)",
+    "pairs/records.py": "a pair is two halves of named domains (a score and its rendering, a transcript and its "
+                        "speech): a half is found by its domain's name",
+    "pairs/collect.py": "collects files of named domains into pairs and checks that their lengths agree (audio "
+                        "against its score's seconds or its transcript's characters)",
 }
 
 #: What a domain branch or a probe looks like. Printing the domain name in a message

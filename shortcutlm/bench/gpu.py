@@ -259,6 +259,31 @@ def section_ablation(check: Check) -> dict[str, Any]:
             **({"results": str(page.relative_to(check.out))} if page.exists() else {})}
 
 
+#: The paired recipe at tiny sizes (a dry run's, or a test's): seconds on a CPU.
+PAIRS_DRY_SETS = ("pairs.source.limit=4", "pairs.source.segments=2", "pairs.per_task=1",
+                  "pairs.tokenizers.acoustic.kmeans_iters=2", "pairs.tokenizers.midi.vocab_size=600",
+                  "train.max_steps=2", "train.val_every=2", "train.val_batches=1", "evaluate.max_batches=2")
+
+
+def section_pairs(check: Check) -> dict[str, Any]:
+    """The paired recipe (score ↔ audio, recipes/chorales_pairs.yaml) end to end at its tiny preset:
+    what the source is worth to each task, and each task's scores beside chance and the ceiling."""
+    work = check.out / "work" / "pairs"
+    argv = ["recipe", str(ROOT / "recipes" / "chorales_pairs.yaml"), "--preset", "tiny", "--variant", "baseline",
+            "--out", str(work), "--no-progress"]
+    for item in PAIRS_DRY_SETS if check.dry_run else ():
+        argv += ["--set", item]
+    ran = check.command(argv, check.limit("pairs"))
+    figures: dict[str, Any] = {}
+    found = work / "pairs.json"
+    if found.is_file():
+        body = (read_json(found, "pairs results") or {}).get("baseline", {})
+        figures = {"source_worth_nats_per_token": {t: w["source_worth_nats_per_token"]
+                                                   for t, w in (body.get("worth") or {}).items()},
+                   "scores": {t: s["means"] for t, s in (body.get("scores") or {}).items()}}
+    return {**ran, "status": "ok" if ran["returncode"] == 0 else "failed", "results": figures}
+
+
 #: In order of what matters most, since a section that would start after the budget is skipped.
 SECTIONS = [
     Section("tests", section_tests, 150, needs_cuda=True),
@@ -268,6 +293,7 @@ SECTIONS = [
     Section("loader", section_loader, 45),
     Section("model", section_model, 60),
     Section("ablation", section_ablation, 150, needs_cuda=True),
+    Section("pairs", section_pairs, 150, needs_cuda=True),
 ]
 SECTIONS_BY_NAME = {s.name: s for s in SECTIONS}
 

@@ -21,7 +21,7 @@ from torch import Tensor
 
 from shortcutlm.models.config import GPTConfig
 from shortcutlm.models.gpt import GPT, flops_per_token
-from shortcutlm.models.losses import stream_means
+from shortcutlm.models.losses import stream_means, targets_only
 from shortcutlm.core.peak import observe_step, precision_dtype
 
 if TYPE_CHECKING:
@@ -69,10 +69,12 @@ class LitGPT(L.LightningModule):
     _resume_rng: dict[str, Any] | None  # set by on_load_checkpoint, consumed by on_train_start
 
     def __init__(self, config: GPTConfig, train: dict[str, Any], ignore_ids: list[int],
-                 peak_flops: float | None = None) -> None:
+                 peak_flops: float | None = None, target_spans: tuple[list[int], list[int]] | None = None) -> None:
         super().__init__()
         self.save_hyperparameters({"model": config.to_dict(), "train": train, "ignore_ids": ignore_ids})
         self.config, self.settings, self.ignore_ids = config, train, list(ignore_ids)
+        #: paired documents with a loss on targets only: (ids opening a target, ids closing one)
+        self.target_spans = target_spans
         self.model = GPT(config)
         self.forward_fn: Callable[..., Any] = self.model  # the compiled model once configure_model runs
         self.flops_per_token = flops_per_token(config, self.model.num_params())
@@ -87,7 +89,8 @@ class LitGPT(L.LightningModule):
 
     def _losses(self, batch: Tensor) -> tuple[Tensor, Tensor]:
         """(per-stream summed NLL [K], per-stream valid-target counts [K])."""
-        means, counts = stream_means(self.forward_fn(batch[..., :-1]), batch[..., 1:], self.ignore_ids)
+        targets = batch[..., 1:] if self.target_spans is None else targets_only(batch, *self.target_spans)
+        means, counts = stream_means(self.forward_fn(batch[..., :-1]), targets, self.ignore_ids)
         return means * counts, counts
 
     def training_step(self, batch: Tensor, batch_idx: int) -> Tensor:

@@ -64,3 +64,25 @@ def token_losses(logits: Tensor, targets: Tensor, ignored: Ignored = ()) -> tupl
     """
     nats, valid = token_nats(logits, targets, ignored)
     return nats.double(), valid
+
+
+def in_target_spans(ids: Tensor, opens: Ignored, closes: Ignored) -> Tensor:
+    """For packed rows of ids ``[B, T]``: True at the positions whose next id is a target of a paired
+    document, i.e. the last of ``opens`` (a task marker) seen at or before the position comes after
+    the last of ``closes`` (EOS, a domain marker). A row that starts inside a target counts from its
+    next task marker on (what came before is not known to be a target)."""
+    index = torch.arange(ids.shape[-1], device=ids.device).expand_as(ids)
+    none = torch.full_like(index, -1)
+    last_open = torch.where(torch.isin(ids, torch.as_tensor(opens, dtype=ids.dtype, device=ids.device)), index,
+                            none).cummax(-1).values
+    last_close = torch.where(torch.isin(ids, torch.as_tensor(closes, dtype=ids.dtype, device=ids.device)), index,
+                             none).cummax(-1).values
+    return last_open > last_close
+
+
+def targets_only(batch: Tensor, opens: Ignored, closes: Ignored) -> Tensor:
+    """The targets of ``batch`` ``[B, T + 1]`` with every target outside a paired document's target set to
+    ``IGNORE`` (the loss on targets only; the sources are read, never predicted)."""
+    targets = batch[..., 1:].clone()
+    targets[~in_target_spans(batch[..., :-1], opens, closes)] = IGNORE
+    return targets

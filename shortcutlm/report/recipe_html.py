@@ -24,9 +24,9 @@ from shortcutlm.run.layout import RunLayout
 from shortcutlm.tokenizers import Tokenizer, load_tokenizer, tokenizer_class
 
 #: The page's sections after the samples: (Markdown section of the report, anchor, link text).
-SECTIONS = (("evaluation", "evaluation", "Evaluation"), ("training", "training", "Training"),
-            ("depth", "depth", "Shortcut depth"), ("diagnostics", "diagnostics", "Diagnostics"),
-            ("data", "data", "Data"))
+SECTIONS = (("evaluation", "evaluation", "Evaluation"), ("pairs", "pairs", "Pairs"),
+            ("training", "training", "Training"), ("depth", "depth", "Shortcut depth"),
+            ("diagnostics", "diagnostics", "Diagnostics"), ("data", "data", "Data"))
 
 
 def _href(path: Path, root: Path) -> str:

@@ -233,8 +233,16 @@ def report_sections(recipe: Recipe, layout: RunLayout, variants: list[str]) -> d
             "training": _training_section(layout, variants),
             "evaluation": _evaluation_section(layout),
             "samples": _samples_section(layout, variants),
+            "pairs": _pairs_section(layout),
             "depth": _depth_maps(layout, variants, layout.data),
             "diagnostics": _diagnostics_section(layout, variants)}
+
+
+def _pairs_section(layout: RunLayout) -> list[str]:
+    """A paired recipe's tasks: source worth and metrics beside chance and ceiling (shortcutlm.pairs.page)."""
+    from shortcutlm.pairs.page import pairs_section
+
+    return pairs_section(layout.root)
 
 
 def run_description(layout: RunLayout, variants: list[str]) -> str:

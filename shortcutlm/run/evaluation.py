@@ -431,4 +431,10 @@ def run(args: argparse.Namespace) -> int:
     md, js = write_report(results, args.out)
     print(md.read_text(encoding="utf-8"))
     print(f"wrote {md} and {js}")
+    from shortcutlm.pairs.run import worth_of_paired  # paired checkpoints: what each task's source is worth
+
+    worth = worth_of_paired(args.checkpoints, args.data, args.split, args.out)
+    if worth:
+        print("\n".join(worth))
+        print(f"wrote {Path(args.out) / 'pairs.json'}")
     return 0

@@ -483,6 +483,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--domain", default=None,
                         help="a joint checkpoint (several domains): the domain to sample in without a prompt "
                              "(with --prompt, the prompt's file type picks it)")
+    parser.add_argument("--task", default=None, choices=("synthesize", "transcribe", "speak", "transcribe-speech"),
+                        help="a paired checkpoint (shortcutlm.pairs): write the target of --prompt for this task "
+                             "(.wav from a score or a text, .mid from audio, .txt from speech)")
     parser.add_argument("--out", required=True, metavar="PATH_OR_DIR", help="artifact path or folder")
     parser.add_argument("--overwrite", action="store_true",
                         help="replace existing files at the output paths (never the prompt; default: refuse)")
@@ -495,6 +498,16 @@ def run(args: argparse.Namespace) -> int:
         settings = SamplingSettings(args.temperature, args.top_k, args.top_p, args.seed)
     except ValueError as exc:  # the model package validates its own fields (it raises no UserError)
         raise GenerationError(str(exc)) from exc
+    if args.task:  # across domains: the target of the prompt file (shortcutlm.pairs.generate)
+        from shortcutlm.pairs.generate import generate_task
+
+        if not args.prompt:
+            raise PromptError(f"--task {args.task} writes the target of a source file: give it with --prompt")
+        path = generate_task(args.checkpoint, args.task, args.prompt, args.out, settings, args.tokens, str(device),
+                             not args.no_render, args.overwrite)
+        print(path)
+        print(f"  beside it: {sidecar_path(path)}", file=sys.stderr)
+        return 0
     # Other mistakes (checkpoint, prompt, length) are UserErrors: the command line prints them in one line.
     tokens = None if args.seconds is not None else args.max_new_tokens  # seconds, when given, set the length
     paths = generate_from_checkpoint(args.checkpoint, args.out, args.prompt, tokens, args.seconds,

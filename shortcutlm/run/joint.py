@@ -61,9 +61,11 @@ def evaluation_targets(folder: str | Path, shard_dir: str | Path | None,
     """What evaluating checkpoint ``folder`` means: ``[(checkpoint, shard folder)]`` once for a
     one-domain checkpoint; for a joint one, once per domain, its tokenizer the domain's view and
     the shards that domain's test split (the mixture folder's ``domains/<domain>``)."""
+    from shortcutlm.tokenizers.paired import tasks_of
+
     ckpt = load_folder(folder, torch.device(device))
     views = ckpt.tokenizer.domain_views()
-    if list(views.values()) == [ckpt.tokenizer]:
+    if list(views.values()) == [ckpt.tokenizer] or tasks_of(ckpt.tokenizer):  # pairs: one folder of sequences
         return [(ckpt, shard_dir)]
     mixture = ckpt.shard_folder(shard_dir, check=False)
     return [(replace(ckpt, tokenizer=view), domain_folder(mixture, name)) for name, view in views.items()]

@@ -57,6 +57,8 @@ class TrainSettings:
     num_nodes: int = 1
     strategy: str = "auto"
     """Lightning strategy: ``auto``, ``ddp``, ``ddp_spawn``, ``fsdp``."""
+    target_only: bool = False
+    """Paired data (``shortcutlm.pairs``): take the loss on each pair's target only, not its source."""
     num_workers: int = 0
     """Data-loading worker processes per device."""
     peak_flops: float | None = None
@@ -133,6 +135,10 @@ class Recipe:
     """Several prepared folders as one joint model's data, instead of ``source`` and ``tokenizer``:
     ``parts`` (name -> ``data`` folder, or ``source`` and ``tokenizer`` to prepare, and ``weight``)
     and ``temperature`` (see :mod:`shortcutlm.run.joint`)."""
+    pairs: dict[str, Any] = field(default_factory=dict)
+    """Paired documents across domains instead of ``source`` and ``tokenizer``: ``source`` (a pair source:
+    chorales, librispeech or folder), ``tokenizers`` (each domain's settings), ``tasks``, ``alone``,
+    ``per_task`` (pairs scored per task); see :mod:`shortcutlm.pairs.run`."""
     description: str = ""
     model: dict[str, Any] = field(default_factory=dict)
     """GPTConfig fields shared by all variants (vocab_size and n_streams come from the tokenizer)."""
@@ -218,12 +224,42 @@ def check_mixture_recipe(recipe: Recipe) -> None:
     recipe.source, recipe.tokenizer = {"name": "mixture"}, {"domain": "joint"}
 
 
+PAIRS_KEYS = {"source", "tokenizers", "tasks", "alone", "per_task"}
+
+
+def check_pairs_recipe(recipe: Recipe) -> None:
+    """A paired recipe's ``pairs`` is well formed (one line naming the key otherwise); it takes the place
+    of ``source`` and ``tokenizer``, which become ``pairs`` and ``joint``."""
+    pairs = recipe.pairs
+    unknown = sorted(set(pairs) - PAIRS_KEYS)
+    if unknown:
+        raise ConfigError(f"pairs: unknown key(s) {unknown} (known keys: {sorted(PAIRS_KEYS)})")
+    named_data = recipe.source not in ({}, {"name": "pairs"}) or recipe.tokenizer not in ({}, {"domain": "joint"})
+    if recipe.mixture or named_data:
+        raise ConfigError("a recipe with pairs names its data in pairs.source; remove source, tokenizer and mixture")
+    if not isinstance(pairs.get("source"), dict) or not pairs["source"].get("name"):
+        raise ConfigError("pairs.source: give a pair source, e.g. {name: chorales} (chorales, librispeech or folder)")
+    tokenizers = pairs.get("tokenizers")
+    if not isinstance(tokenizers, dict) or not all(isinstance(v, dict) for v in tokenizers.values()):
+        raise ConfigError("pairs.tokenizers: give each domain's tokenizer settings, e.g. "
+                          "{midi: {...}, acoustic: {...}}")
+    for name, settings in tokenizers.items():
+        check_tokenizer_domain({"domain": name, **settings})
+    tasks = pairs.get("tasks")
+    if tasks is not None and (not isinstance(tasks, list) or not all(isinstance(t, str) for t in tasks)):
+        raise ConfigError("pairs.tasks: give a list of task names")
+    recipe.source, recipe.tokenizer = {"name": "pairs"}, {"domain": "joint"}
+
+
 def _build_recipe(raw: dict[str, Any]) -> Recipe:
     recipe = from_dict(Recipe, raw)
     for name in recipe.variants:
         if not re.fullmatch(r"[A-Za-z0-9_-]+", name):
             raise ConfigError(f"variant name {name!r}: use letters, digits, '-' and '_' only")
         recipe.model_config(name, vocab_size=2, n_streams=1)  # validates fields early
+    if recipe.pairs:
+        check_pairs_recipe(recipe)
+        return recipe
     if recipe.mixture:
         check_mixture_recipe(recipe)
         return recipe

@@ -290,6 +290,10 @@ def train(recipe: Recipe, variant: str, data_dir: str | Path, out: str | Path, p
         from shortcutlm.run.joint import ensure_mixture
 
         ensure_mixture(recipe, data_dir, progress=progress)
+    if recipe.pairs and getattr(rank_zero_only, "rank", 0) == 0:  # paired documents (shortcutlm.pairs)
+        from shortcutlm.pairs.run import ensure_pairs
+
+        ensure_pairs(recipe, data_dir, progress=progress)
     s = recipe.train
     shards = ShardManifest.read(data_dir)
     source = finetune.check_tokenizer(init_from, shards) if init_from is not None else None
@@ -326,7 +330,12 @@ def _fit(recipe: Recipe, variant: str, data_dir: Path, out: Path, s: TrainSettin
     """Build the Lightning trainer for a checked run and fit (or resume) it."""
     peak = measured_peak(s, s.accelerator)  # before seeding: a measurement must not move the model's init
     L.seed_everything(s.seed, workers=True, verbose=False)
-    lit = LitGPT(config, asdict(s), shards.ignored_ids, peak)
+    spans = None
+    if s.target_only:
+        from shortcutlm.pairs.sequences import target_spans
+
+        spans = target_spans(shards.special_ids)
+    lit = LitGPT(config, asdict(s), shards.ignored_ids, peak, spans)
     if start is not None:  # its weights; the optimiser and step start afresh (a resume restores its own)
         lit.model.load_state_dict(start.weights)
     frozen = finetune.freeze(lit.model, s.freeze, config.n_layer)

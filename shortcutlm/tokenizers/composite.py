@@ -50,6 +50,10 @@ def marker_name(domain: str) -> str:
     return f"marker_{domain}"
 
 
+def task_marker_name(task: str) -> str:
+    return f"task_{task}"
+
+
 class CompositeTokenizer(Tokenizer):
     """Several domain tokenizers as one vocabulary (see the module docstring).
 
@@ -62,7 +66,7 @@ class CompositeTokenizer(Tokenizer):
     saved_files = "the parts' saved tokenizers (tokenizer/parts/*)"
 
     def __init__(self, parts: dict[str, Tokenizer], active: str | None = None,
-                 rates: dict[str, float] | None = None) -> None:
+                 rates: dict[str, float] | None = None, tasks: Sequence[str] = ()) -> None:
         if not parts:
             raise TokenizerError("a joint tokenizer needs at least one part")
         for name, part in parts.items():
@@ -84,7 +88,12 @@ class CompositeTokenizer(Tokenizer):
             at += part.vocab_size
         self._joint = {name: at + i for i, name in enumerate(JOINT_SPECIALS)}
         self.markers = {name: at + len(JOINT_SPECIALS) + i for i, name in enumerate(self.parts)}
-        self._vocab = at + len(JOINT_SPECIALS) + len(self.parts)
+        # Paired documents (shortcutlm.pairs): one marker per task, after the domain markers, saying
+        # that a source has ended and which target follows (``<marker_src> src <task_t> tgt``).
+        self.tasks = tuple(tasks)
+        first_task = at + len(JOINT_SPECIALS) + len(self.parts)
+        self.task_markers = {name: first_task + i for i, name in enumerate(self.tasks)}
+        self._vocab = first_task + len(self.tasks)
         # The class-level facts of the protocol, answered per instance: a view takes its part's, the
         # whole joint tokenizer reads every part's files.
         if active is not None:
@@ -106,6 +115,7 @@ class CompositeTokenizer(Tokenizer):
     def special_ids(self) -> dict[str, int]:
         ids = dict(self._joint)
         ids.update({marker_name(name): i for name, i in self.markers.items()})
+        ids.update({task_marker_name(name): i for name, i in self.task_markers.items()})
         if self.active is not None:
             own = self.parts[self.active].special_ids
             if "empty" in own:  # not reached for one-stream parts, kept for what the protocol says
@@ -120,7 +130,7 @@ class CompositeTokenizer(Tokenizer):
         """The same mapping answering for ``domain`` (a TokenizerError naming the parts if absent)."""
         if domain not in self.parts:
             raise TokenizerError(f"this joint model was trained on {', '.join(self.parts)}, not on {domain}")
-        return CompositeTokenizer(self.parts, domain, self.rates)
+        return CompositeTokenizer(self.parts, domain, self.rates, self.tasks)
 
     def domain_views(self) -> dict[str, Tokenizer]:
         if self.active is not None:
@@ -190,7 +200,7 @@ class CompositeTokenizer(Tokenizer):
         an id of another domain is a TokenizerError naming it."""
         part = self.parts[domain]
         flat = np.asarray(tokens, dtype=np.int64).reshape(-1)
-        flat = flat[~np.isin(flat, list(self.markers.values()))]
+        flat = flat[~np.isin(flat, [*self.markers.values(), *self.task_markers.values()])]
         out = flat - self.offsets[domain]
         for name, joint_id in self._joint.items():
             out[flat == joint_id] = part.special_ids[name]
@@ -279,7 +289,7 @@ class CompositeTokenizer(Tokenizer):
         has no such target, so a domain's loss counts the same targets either way)."""
         ignored = {self._joint["pad"]}
         if self.active is not None:
-            ignored |= set(self.markers.values())
+            ignored |= set(self.markers.values()) | set(self.task_markers.values())
             own = self.parts[self.active]
             ignored |= {i + self.offsets[self.active] for i in own.ignored_ids() if i != own.pad_id}
         return sorted(ignored)
@@ -366,7 +376,7 @@ class CompositeTokenizer(Tokenizer):
 
     def describe(self) -> dict[str, Any]:
         joint = {"joint_domains": list(self.parts), "joint_fingerprint": self.fingerprint(),
-                 "joint_vocab_size": self._vocab}
+                 "joint_vocab_size": self._vocab, **({"joint_tasks": list(self.tasks)} if self.tasks else {})}
         if self.active is None:
             return joint
         return {**self.parts[self.active].describe(), **joint, "marker_id": self.markers[self.active],
@@ -374,8 +384,12 @@ class CompositeTokenizer(Tokenizer):
 
     # ------------------------------------------------------------------ saving
     def config(self) -> dict[str, Any]:
-        return {"parts": [{"domain": name, "fingerprint": part.fingerprint(), "vocab_size": part.vocab_size,
-                           "offset": self.offsets[name]} for name, part in self.parts.items()]}
+        body: dict[str, Any] = {"parts": [{"domain": name, "fingerprint": part.fingerprint(),
+                                           "vocab_size": part.vocab_size, "offset": self.offsets[name]}
+                                          for name, part in self.parts.items()]}
+        if self.tasks:  # only paired vocabularies carry tasks (a mixture's fingerprint stays as it was)
+            body["tasks"] = list(self.tasks)
+        return body
 
     def fingerprint(self) -> str:
         """Of the mapping alone: the parts' fingerprints in order (a view shares it)."""
@@ -407,4 +421,5 @@ class CompositeTokenizer(Tokenizer):
                                           f"but the joint tokenizer was made with {entry.get('fingerprint')}")
             parts[name] = part
         rates = {str(k): float(v) for k, v in (body.get("rates") or {}).items() if v}
-        return cls(parts, body.get("active"), rates)
+        tasks = [str(t) for t in (body.get("config") or {}).get("tasks") or []]
+        return cls(parts, body.get("active"), rates, tasks)
