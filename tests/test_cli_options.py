@@ -30,8 +30,9 @@ def parsed(argv: list[str]):
 
 def test_generate_evaluate_and_the_api_share_the_recipe_defaults():
     generate = parsed(["generate", "CKPT", "--out", "x"])
-    for name in SAMPLING + ["max_new_tokens", "seconds"]:
+    for name in SAMPLING + ["seconds"]:
         assert getattr(generate, name) == getattr(GenerateSettings(), name), name
+    assert generate.max_new_tokens is None  # the length is resolved when the command runs (see the next test)
     evaluate = parsed(["evaluate", "CKPT", "--out", "x"])
     for field in dataclasses.fields(EvaluateSettings):
         assert getattr(evaluate, field.name) == getattr(EvaluateSettings(), field.name), field.name
@@ -100,3 +101,7 @@ def test_generate_runs_from_a_config_file(text_ckpt, tmp_path, capsys):
     record = read_sidecar(sample)
     assert (record.seed, record.max_new_tokens) == (5, 12)
     assert record.settings["top_k"] == 9 and record.settings["temperature"] == 0.8
+    # Without a length, the settings' own: what a recipe's generate stage would draw.
+    assert cli_main(["generate", str(text_ckpt), "--out", str(tmp_path / "default"), "--quiet"]) == 0
+    (sample,) = sorted((tmp_path / "default").glob("*.txt"))
+    assert read_sidecar(sample).max_new_tokens == GenerateSettings().max_new_tokens

@@ -470,7 +470,11 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="prompt file to continue (.wav/.flac, .mid, .txt); default: sample unconditionally")
     # The length and sampling settings, with a recipe's generate stage's own defaults (one source).
     add_fields(parser.add_mutually_exclusive_group(), GenerateSettings, ["max_new_tokens", "seconds"],
-               flags={"max_new_tokens": "--tokens"})
+               flags={"max_new_tokens": "--tokens"},
+               helps={"max_new_tokens": "Positions to generate (time steps); with --task, unset, as long as the "
+                                        "source asks."})
+    # Unset, the length is the settings' max_new_tokens, or with --task as long as the source asks.
+    parser.set_defaults(max_new_tokens=None)
     add_fields(parser, GenerateSettings, ["temperature", "top_k", "top_p", "seed", "samples"])
     parser.add_argument("--device", default="auto", help="auto (cuda when available), cpu, cuda, ...")
     parser.add_argument("--soundfont", default=None, help="soundfont for MIDI renderings (default: General MIDI)")
@@ -503,13 +507,15 @@ def run(args: argparse.Namespace) -> int:
 
         if not args.prompt:
             raise PromptError(f"--task {args.task} writes the target of a source file: give it with --prompt")
-        path = generate_task(args.checkpoint, args.task, args.prompt, args.out, settings, args.tokens, str(device),
-                             not args.no_render, args.overwrite)
+        path = generate_task(args.checkpoint, args.task, args.prompt, args.out, settings, args.max_new_tokens,
+                             str(device), not args.no_render, args.overwrite)
         print(path)
         print(f"  beside it: {sidecar_path(path)}", file=sys.stderr)
         return 0
     # Other mistakes (checkpoint, prompt, length) are UserErrors: the command line prints them in one line.
-    tokens = None if args.seconds is not None else args.max_new_tokens  # seconds, when given, set the length
+    tokens = args.max_new_tokens
+    if tokens is None and args.seconds is None:
+        tokens = GenerateSettings().max_new_tokens
     paths = generate_from_checkpoint(args.checkpoint, args.out, args.prompt, tokens, args.seconds,
                                      settings, args.samples, device, args.soundfont, not args.no_render,
                                      stop_at_eos=args.stop_at_eos, compile=args.compile, overwrite=args.overwrite,
