@@ -67,20 +67,20 @@ from pathlib import Path
 from typing import Any
 
 from shortcutlm.artifacts.lock import LOCK, folder_lock
-from shortcutlm.artifacts.manifest import (FORMAT, TOKENIZER_FOLDER, VERSION, manifest_path, part_manifest_path,
+from shortcutlm.artifacts.manifest import (TOKENIZER_FOLDER, manifest_path, part_manifest_path,
                                            write_manifest)
 from shortcutlm.core.cleanup import removed_if_failed
 from shortcutlm.datasets import parallel, prepare_cli
 from shortcutlm.datasets.isolation import IsolatedPool
+from shortcutlm.datasets.new_manifest import new_manifest
 from shortcutlm.datasets.parallel import Job
 from shortcutlm.datasets.prepare_cli import configure  # the command's arguments (cli.COMMANDS finds them here)
 from shortcutlm.datasets.prepare_common import DEFAULT_SHARD_DOCUMENTS, DEFAULT_SHARD_TOKENS, PrepareError
 from shortcutlm.datasets.resume import job_scope, one_job_scope, previous_manifest
 from shortcutlm.datasets.shard_loop import encode_scope
-from shortcutlm.datasets.shards import sha256_file, token_dtype
 from shortcutlm.datasets.sources import READERS, Rejected, read_source
 from shortcutlm.datasets.summary import SPLIT_ORDER, split_warnings, summarise
-from shortcutlm.datasets.tokenizer_fit import job_tokenizer, tokenizer_files, tokenizer_for
+from shortcutlm.datasets.tokenizer_fit import job_tokenizer, tokenizer_for
 from shortcutlm.documents import Document, Found
 from shortcutlm.tokenizers import Tokenizer, tokenizer_class
 
@@ -140,22 +140,6 @@ def _say_found(found: list[str], progress: bool) -> None:
             print(f"found {line}", file=sys.stderr)
 
 
-def _empty_manifest(source: dict[str, Any], tokenizer_spec: dict[str, Any], tokenizer: Tokenizer,
-                    folder: Path) -> dict[str, Any]:
-    now = time.strftime("%Y-%m-%dT%H:%M:%S")
-    return {
-        "format": FORMAT, "version": VERSION, "complete": False, "created": now, "updated": now,
-        "source": source, "tokenizer_settings": tokenizer_spec,
-        "tokenizer": {"domain": tokenizer.domain, "fingerprint": tokenizer.fingerprint(),
-                      "vocab_size": int(tokenizer.vocab_size), "n_streams": int(tokenizer.n_streams),
-                      "special_ids": {k: int(v) for k, v in tokenizer.special_ids.items()},
-                      "folder": TOKENIZER_FOLDER, "files": tokenizer_files(folder),
-                      "sha256": {name: sha256_file(folder / name) for name in tokenizer_files(folder)}},
-        "dtype": token_dtype(tokenizer.vocab_size).name,
-        "splits": {}, "shards": [], "rejected": [], "inputs": {},
-    }
-
-
 def prepare(source: dict[str, Any], tokenizer: dict[str, Any], out_dir: str | Path, workers: int = 2,
             shard_tokens: int = DEFAULT_SHARD_TOKENS, shard_documents: int = DEFAULT_SHARD_DOCUMENTS,
             progress: bool = True, file_timeout_s: float | None = None, job: Job | None = None) -> dict[str, Any]:
@@ -211,7 +195,7 @@ def _prepare_tokenizer(source: dict[str, Any], tokenizer_spec: dict[str, Any], d
     if previous is not None and not training:  # the tokenizer was kept: so were its rejections
         ids = {d.doc_id for d in docs}
         training_rejected = [r for r in previous.get("rejected", []) if r.get("doc_id") in ids]
-    manifest = _empty_manifest(source, tokenizer_spec, tok, out / TOKENIZER_FOLDER)
+    manifest = new_manifest(source, tokenizer_spec, tok, out / TOKENIZER_FOLDER)
     manifest["found"] = found
     manifest["rejected"] = [r.as_dict() for r in source_rejected] + training_rejected
     manifest[parallel.PLAN] = parallel.make_plan(tok.fingerprint(), [d.split for d in docs],
@@ -244,7 +228,7 @@ def _prepare(source: dict[str, Any], tokenizer: dict[str, Any], out: Path, pool:
         tok = job_tokenizer(out, domain, plan)
         scope = job_scope(out, job, docs, plan, source, tokenizer_spec)
     timings["tokenizer_s"] = time.perf_counter() - clock
-    manifest = _empty_manifest(source, tokenizer_spec, tok, out / TOKENIZER_FOLDER)
+    manifest = new_manifest(source, tokenizer_spec, tok, out / TOKENIZER_FOLDER)
     manifest["found"] = found
     if job is not None:
         manifest["job"] = {"index": job.index, "count": job.count, "documents": list(job.bounds(len(docs)))}

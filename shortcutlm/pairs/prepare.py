@@ -25,12 +25,12 @@ from typing import Any
 
 import numpy as np
 
-from shortcutlm.artifacts.manifest import (FORMAT, TOKENIZER_FOLDER, VERSION, ShardManifest, manifest_path,
+from shortcutlm.artifacts.manifest import (TOKENIZER_FOLDER, ShardManifest, manifest_path,
                                            write_manifest)
+from shortcutlm.datasets.new_manifest import new_manifest
 from shortcutlm.datasets.prepare import prepare
-from shortcutlm.datasets.shards import ShardWriter, read_shard, sha256_file, token_dtype
+from shortcutlm.datasets.shards import ShardWriter, read_shard, token_dtype
 from shortcutlm.datasets.summary import summarise
-from shortcutlm.datasets.tokenizer_fit import tokenizer_files
 from shortcutlm.pairs.collect import collect_pairs
 from shortcutlm.pairs.halves import HALVES, check_same_source, doc_key, write_halves
 from shortcutlm.pairs.records import BAD_PAIR, UNPAIRED, Leftover, Pair
@@ -66,6 +66,49 @@ def _wanted_tasks(names: list[str] | None, domains: set[str]) -> list[Task]:
     if not tasks:
         raise PairError(f"no task pairs {', '.join(sorted(domains))}")
     return tasks
+
+
+def _write_sequences(out: Path, pairs: list[Pair], index: dict[str, Any], parts: dict[str, Any],
+                     joint: CompositeTokenizer, wanted: list[Task], alone: bool,
+                     leftovers: list[Leftover]) -> tuple[list[dict[str, Any]], dict[str, int]]:
+    """One shard per split of ``<source> source <task> target`` sequences for every pair whose halves were
+    both encoded (and, in train, each target alone); a pair with a rejected half joins ``leftovers``.
+    Returns the shard records and the pairs written per split."""
+    dtype = token_dtype(joint.vocab_size)
+    writers: dict[str, ShardWriter] = {}
+    counts: dict[str, int] = {}
+    for entry, pair in zip(index["pairs"], pairs):
+        ids: dict[str, np.ndarray] = {}
+        for half in pair.halves:
+            tokens, rejected = parts[half.domain]
+            key = doc_key(entry["files"][half.domain])
+            if key in tokens:
+                ids[half.domain] = tokens[key]
+            else:
+                why = rejected.get(key, "no document was written for it")
+                ids = {}
+                leftovers.append(Leftover(" + ".join(h.describe() for h in pair.halves),
+                                          f"its {half.domain} half was rejected: {why}", UNPAIRED, pair.split,
+                                          pair.pair_id))
+                break
+        if not ids:
+            continue
+        counts[pair.split] = counts.get(pair.split, 0) + 1
+        writer = writers.get(pair.split)
+        if writer is None:
+            writer = writers[pair.split] = ShardWriter(out, pair.split, 0, dtype)
+        for task in (t for t in wanted if {t.source, t.target} <= set(ids)):
+            src_ids, tgt_ids = ids[task.source], ids[task.target]
+            meta = {"pair_id": pair.pair_id, "task": task.name, "split": pair.split, "index": entry["index"],
+                    "source_file": entry["files"][task.source], "target_file": entry["files"][task.target],
+                    "source_tokens": int(src_ids.shape[-1]), "target_tokens": int(tgt_ids.shape[-1])}
+            document = paired(joint, task.name, task.source, src_ids, task.target, tgt_ids)
+            writer.add(f"{pair.pair_id}-{task.name}", document, meta)
+            if alone and pair.split == "train":
+                writer.add(f"{pair.pair_id}-{task.name}-alone", target_alone(joint, task.name, task.target, tgt_ids),
+                           {**meta, "source_tokens": 0, "alone": True})
+    shards = [w.finish().to_dict() for w in writers.values()]
+    return shards, counts
 
 
 def prepare_pairs(source: dict[str, Any], tokenizers: dict[str, dict[str, Any]], out: str | Path,
@@ -108,58 +151,18 @@ def prepare_pairs(source: dict[str, Any], tokenizers: dict[str, dict[str, Any]],
                                tasks=[t.name for t in TASKS.values() if t in wanted])
     joint.save(out / TOKENIZER_FOLDER)
 
-    dtype = token_dtype(joint.vocab_size)
-    writers: dict[str, ShardWriter] = {}
-    counts: dict[str, int] = {}
-    for entry, pair in zip(index["pairs"], pairs):
-        ids: dict[str, np.ndarray] = {}
-        for half in pair.halves:
-            tokens, rejected = parts[half.domain]
-            key = doc_key(entry["files"][half.domain])
-            if key in tokens:
-                ids[half.domain] = tokens[key]
-            else:
-                why = rejected.get(key, "no document was written for it")
-                ids = {}
-                leftovers.append(Leftover(" + ".join(h.describe() for h in pair.halves),
-                                          f"its {half.domain} half was rejected: {why}", UNPAIRED, pair.split,
-                                          pair.pair_id))
-                break
-        if not ids:
-            continue
-        counts[pair.split] = counts.get(pair.split, 0) + 1
-        writer = writers.get(pair.split)
-        if writer is None:
-            writer = writers[pair.split] = ShardWriter(out, pair.split, 0, dtype)
-        for task in (t for t in wanted if {t.source, t.target} <= set(ids)):
-            src_ids, tgt_ids = ids[task.source], ids[task.target]
-            meta = {"pair_id": pair.pair_id, "task": task.name, "split": pair.split, "index": entry["index"],
-                    "source_file": entry["files"][task.source], "target_file": entry["files"][task.target],
-                    "source_tokens": int(src_ids.shape[-1]), "target_tokens": int(tgt_ids.shape[-1])}
-            document = paired(joint, task.name, task.source, src_ids, task.target, tgt_ids)
-            writer.add(f"{pair.pair_id}-{task.name}", document, meta)
-            if alone and pair.split == "train":
-                writer.add(f"{pair.pair_id}-{task.name}-alone", target_alone(joint, task.name, task.target, tgt_ids),
-                           {**meta, "source_tokens": 0, "alone": True})
-    shards = [w.finish().to_dict() for w in writers.values()]
+    shards, counts = _write_sequences(out, pairs, index, parts, joint, wanted, alone, leftovers)
 
-    now = time.strftime("%Y-%m-%dT%H:%M:%S")
-    folder = out / TOKENIZER_FOLDER
-    manifest: dict[str, Any] = {
-        "format": FORMAT, "version": VERSION, "complete": True, "created": now, "updated": now,
-        "source": {"name": "pairs", "pairs": dict(source)}, "tokenizer_settings": {"domain": joint.domain},
-        "tokenizer": {"domain": joint.domain, "fingerprint": joint.fingerprint(), "vocab_size": joint.vocab_size,
-                      "n_streams": 1, "special_ids": dict(joint.special_ids), "folder": TOKENIZER_FOLDER,
-                      "files": tokenizer_files(folder),
-                      "sha256": {name: sha256_file(folder / name) for name in tokenizer_files(folder)}},
-        "dtype": dtype.name, "splits": {}, "shards": shards, "rejected": [], "warnings": [], "notes": [],
-        "found": found,
+    manifest = new_manifest({"name": "pairs", "pairs": dict(source)}, {"domain": joint.domain}, joint,
+                            out / TOKENIZER_FOLDER)
+    manifest.update({
+        "complete": True, "shards": shards, "warnings": [], "notes": [], "found": found,
         "pairs": {"tasks": [t.name for t in wanted], "alone": bool(alone), "pairs_per_split": counts,
                   "tokenizers": json.loads(json.dumps(tokenizers, default=str)),
                   "parts": {name: f"{PARTS}/{name}" for name in parts},
                   "leftovers": [left.as_dict() for left in leftovers]},
         "last_run": {"seconds": time.perf_counter() - clock},
-    }
+    })
     summarise(manifest, len(pairs))
     bad = [left for left in leftovers if left.kind == BAD_PAIR]
     if bad:  # one line for the batch; each pair and its reason are in the manifest

@@ -83,8 +83,9 @@ from shortcutlm.core.devices import resolve_device
 from shortcutlm.documents import Document
 from shortcutlm.core.errors import UserError
 from shortcutlm.core.options import add_fields
-from shortcutlm.models import GPT, SamplingSettings, generate, trim_at_stop
+from shortcutlm.models import SamplingSettings, generate, trim_at_stop
 from shortcutlm.run.recipe import GenerateSettings
+from shortcutlm.run.sample_length import extend_to, shortest_lasting
 from shortcutlm.tokenizers import Tokenizer, TokenizerError
 
 __all__ = ["GenerationError", "PromptError", "generate_from_checkpoint", "configure", "run"]
@@ -164,53 +165,6 @@ def _budget(ckpt: Checkpoint, tok: Tokenizer, max_new_tokens: int | None,
     except TokenizerError as exc:
         raise GenerationError(f"checkpoint {ckpt.folder}: {exc}") from exc
     return int(steps), {"seconds_requested": float(seconds), **info}
-
-
-# ------------------------------------------------------------------------------------ length in seconds
-
-#: Rounds of generation (each of the first estimate's length) before a too-short sample is kept as is.
-MAX_ROUNDS = 8
-
-
-def _lasts(tok: Tokenizer, row: np.ndarray, context: dict[str, Any]) -> float:
-    return float(tok.seconds_of(row[1:], context) or 0.0)  # row[0] is the packing EOS
-
-
-def _extend_to(model: GPT, seq: torch.Tensor, head: np.ndarray, target: float, chunk: int,
-               settings: SamplingSettings, banned: Any, tok: Tokenizer,
-               context: dict[str, Any]) -> tuple[torch.Tensor, int]:
-    """Generate more, ``chunk`` steps at a time, until every row lasts ``target`` seconds.
-
-    Tokens per second of music vary with the notes, so the first estimate can fall short; the
-    duration is measured on the decoded ids, never guessed. Returns the rows and the rounds used.
-    """
-    def shortest() -> float:
-        rows = [np.concatenate([head, r]) for r in seq.cpu().numpy()]
-        return min(_lasts(tok, r, context) for r in rows)
-
-    rounds = 1
-    assert settings.seed is not None  # generate_from_checkpoint always draws one
-    while rounds < MAX_ROUNDS and shortest() < target:
-        more = SamplingSettings(settings.temperature, settings.top_k, settings.top_p, settings.seed + rounds)
-        seq = generate(model, seq, chunk, more, banned=banned)
-        rounds += 1
-    return seq, rounds
-
-
-def _shortest_lasting(row: np.ndarray, prompt_len: int, target: float, tok: Tokenizer,
-                      context: dict[str, Any]) -> int:
-    """The shortest length of ``row`` (prompt kept whole) that lasts ``target`` seconds: the
-    continuation ends with the note that reaches the requested length (or all of it if short)."""
-    low, high = prompt_len, row.shape[-1]
-    if _lasts(tok, row, context) < target:
-        return high
-    while low < high:  # duration grows with the ids kept: bisect on it
-        mid = (low + high) // 2
-        if _lasts(tok, row[:mid], context) >= target:
-            high = mid
-        else:
-            low = mid + 1
-    return low
 
 
 # ------------------------------------------------------------------------------------ output
@@ -360,7 +314,7 @@ def _sample(job: _Job, compile: bool, progress: bool, seconds: float | None) -> 
             assert seconds is not None  # timed implies seconds
             prompt_lasts = (tok.seconds_of(start.full[1:], start.context) or 0.0) if start.tokens is not None else 0.0
             target = prompt_lasts + float(seconds)
-            seq, rounds = _extend_to(model, seq, start.head, target, job.n_new, job.settings, banned, tok,
+            seq, rounds = extend_to(model, seq, start.head, target, job.n_new, job.settings, banned, tok,
                                      start.context)
             job.budget.update(target_seconds=target, generation_rounds=rounds)
     if device.type == "cuda":
@@ -383,7 +337,7 @@ def _write_sample(job: _Job, sampled: _Sampled, index: int, path: Path, soundfon
     ending = start.context
     if sampled.timed:  # the notes that reach the requested length, then the rest of their bar
         target = job.budget["target_seconds"]
-        row = row[: _shortest_lasting(row.numpy(), start.length, target, tok, start.context)]
+        row = row[: shortest_lasting(row.numpy(), start.length, target, tok, start.context)]
         ending = {**start.context, "end_at_seconds": target}
     ids = row[..., 1:].numpy()  # the leading EOS is packing, not content (decode would cut there)
     path.parent.mkdir(parents=True, exist_ok=True)
