@@ -12,6 +12,7 @@ from collections.abc import Callable
 from shortcutlm.ablation.commands import narrowed_command
 from shortcutlm.ablation.config import Ablation
 from shortcutlm.ablation.curves import relative_training_loss, validation_curves
+from shortcutlm.ablation.depth import depth_series
 from shortcutlm.ablation.diagnose import run_diagnostics
 from shortcutlm.ablation.records import run_record
 from shortcutlm.ablation.runs import (check_settings, evaluate_run, is_trained, plan_runs, run_recipe_for,
@@ -77,6 +78,9 @@ def collect_results(ablation: Ablation, out: Path, command: str, failures: dict[
         section["command"] = narrowed_command(command, dataset)
         section["relative_loss"] = relative_training_loss(runs, cfg)
         section["validation_curves"] = validation_curves(runs, cfg)
+        by_depth = depth_series(cfg.variants, cfg.baseline, section["model"], section["variants"])
+        if by_depth is not None:
+            section["by_depth"] = by_depth
         apply_step_timing(section, side_by_side_timing(ablation, out, dataset, echo) if diagnostics else None)
         if not cfg.diagnostics.enabled:
             section["diagnostics"] = {"status": "disabled"}

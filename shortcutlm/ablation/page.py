@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from shortcutlm.ablation.curves import plot_relative_loss, plot_validation_loss, still_falling
+from shortcutlm.ablation.depth import plot_by_depth
 from shortcutlm.ablation.markdown import (bold_verdict, display_path, fmt, fmt_pm, machine_label, nbytes,
                                           param_count, ratio_text, table)
 from shortcutlm.ablation.findings import render_findings
@@ -57,6 +58,7 @@ def render_dataset(name: str, section: dict[str, Any], cfg_baseline: str, docs: 
     notes = _variant_notes(section, cfg_baseline)
     lines += [f"- {n}" for n in notes] + ([""] if notes else [])
     lines += _matched_loss_lines(name, section, cfg_baseline)
+    lines += _by_depth_lines(name, section, docs, assets)
     lines += _relative_loss_lines(name, section, docs, assets)
     lines += render_validation_curves(name, section, cfg_baseline, docs, assets)
     lines += render_diagnostics(name, section.get("diagnostics"), section["command"], docs, assets)
@@ -200,6 +202,26 @@ def _matched_loss_lines(name: str, section: dict[str, Any], cfg_baseline: str) -
     if section["variants"].get(cfg_baseline, {}).get("n", 0) and not all(c["n"] for c in curve):
         lines += ["- the matched-loss view is partial until every baseline multiple has finished.", ""]
     return lines
+
+
+def _by_depth_lines(name: str, section: dict[str, Any], docs: Path, assets: Path) -> list[str]:
+    """Each reading's seed-paired difference from the baseline of its own depth, by depth, in a table and
+    a plot (a grid whose variants differ in their number of layers)."""
+    series = section.get("by_depth")
+    if not series:
+        return []
+    depths = sorted({p["depth"] for points in series.values() for p in points})
+    rows = []
+    for reading, points in series.items():
+        at = {p["depth"]: p for p in points}
+        rows.append([reading] + [f"{fmt_pm(at[d]['delta'], at[d]['spread'], 3, signed=True)} ({at[d]['verdict']}, "
+                                 f"n={at[d]['n']})" if d in at else "–" for d in depths])
+    png = plot_by_depth(series, assets / "delta_by_depth.png", f"{name}: difference from the baseline by depth")
+    return ([f"### {name}: the difference from the baseline by depth", "",
+             "Test loss minus the plain GPT's of the same depth (nats per token, mean ± std of the per-seed "
+             "differences): does the gain grow with depth?", ""]
+            + table(["reading"] + [f"{d} layers" for d in depths], rows)
+            + ["", f"![difference by depth]({png.relative_to(docs).as_posix()})", ""])
 
 
 def _relative_loss_lines(name: str, section: dict[str, Any], docs: Path, assets: Path) -> list[str]:
