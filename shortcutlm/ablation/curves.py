@@ -102,21 +102,10 @@ def plot_validation_loss(curves: dict[str, Any], path: Path, title: str) -> Path
 
 def _plot_variant_lines(lines: dict[str, tuple[list, list, int]], path: Path, title: str, ylabel: str,
                         zero_line: bool) -> Path:
-    from shortcutlm.drawing.plots import plt, variant_colours
+    from shortcutlm.drawing.plots import finish_line_plot, plt, variant_colours
 
     fig, ax = plt.subplots(figsize=(7, 4))
     colours = variant_colours(lines)  # each variant in its colour of every plot
     for variant, (xs, ys, n) in lines.items():
         ax.plot(xs, ys, color=colours[variant], label=f"{variant} (mean of {n} seed{'s' * (n > 1)})")
-    if zero_line:
-        ax.axhline(0.0, color="0.3", linewidth=1, linestyle=":")
-    ax.set_xlabel("optimiser step")
-    ax.set_ylabel(ylabel)
-    ax.set_title(title)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return finish_line_plot(fig, ax, path, title, "optimiser step", ylabel, zero_line)

@@ -48,24 +48,15 @@ def depth_series(variants: dict[str, dict[str, Any]], baseline: str, model: dict
 
 def plot_by_depth(series: dict[str, list[dict[str, Any]]], path: Path, title: str) -> Path:
     """Each reading's difference from its depth's baseline against depth, with the seed spread as bars."""
-    from shortcutlm.drawing.plots import plt
+    from shortcutlm.drawing.plots import finish_line_plot, plt
 
     fig, ax = plt.subplots(figsize=(6, 4))
     for reading, points in series.items():
         shown = [p for p in points if p["delta"] is not None]
         ax.errorbar([p["depth"] for p in shown], [p["delta"] for p in shown],
                     yerr=[p["spread"] or 0.0 for p in shown], marker="o", capsize=4, label=reading)
-    ax.axhline(0.0, color="0.3", linewidth=1, linestyle=":")
     depths = sorted({p["depth"] for points in series.values() for p in points})
     ax.set_xscale("log", base=2)
     ax.set_xticks(depths, [str(d) for d in depths])
-    ax.set_xlabel("layers")
-    ax.set_ylabel("test loss − baseline's of the same depth (nats)")
-    ax.set_title(title)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return finish_line_plot(fig, ax, path, title, "layers", "test loss − baseline's of the same depth (nats)",
+                            zero_line=True)

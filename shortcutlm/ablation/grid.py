@@ -111,8 +111,14 @@ def _train(run: Run, recipe: Recipe, data_dir: Path, progress: bool) -> float:
     return seconds
 
 
-def _record_failure(run: Run, exc: BaseException) -> None:
-    """``error.json`` in the run's folder (called while ``exc`` is being handled, for its traceback)."""
+def record_failure(run: Run, exc: BaseException, failures: dict[str, str], bar: Progress,
+                   echo: Callable[[str], None], where: str) -> None:
+    """A run that failed, and the grid goes on: its one-line reason kept for the page, said on the
+    terminal after ``where`` (``[3/27]``), and ``error.json`` written in its folder (called while
+    ``exc`` is being handled, for its traceback)."""
+    failures[str(run.folder)] = short_error(exc)
+    bar.skipped(run)
+    echo(f"{where} {run.dataset} {run.name}: FAILED — {short_error(exc)}")
     try:
         write_run_error(run.folder, short_error(exc), traceback.format_exc(limit=8), time.strftime("%Y-%m-%dT%H:%M:%S"))
     except OSError:
@@ -172,10 +178,7 @@ def run_ablation(ablation: Ablation, out: str | Path, docs: str | Path | None = 
                     evaluate_run(run, recipe, data_dir, device(recipe))
                     clear_run_error(run.folder)
                 except Exception as exc:  # noqa: BLE001 - a failed run is recorded and the grid goes on
-                    failures[str(run.folder)] = short_error(exc)
-                    bar.skipped(run)
-                    echo(f"[{index}/{len(runs)}] {run.dataset} {run.name}: FAILED — {short_error(exc)}")
-                    _record_failure(run, exc)
+                    record_failure(run, exc, failures, bar, echo, f"[{index}/{len(runs)}]")
         except BaseException:  # Ctrl-C / SystemExit: write what is there, then stop
             echo("interrupted: writing the page from the finished runs; run the same command again to go on")
             if docs is not None:

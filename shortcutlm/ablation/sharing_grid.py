@@ -15,7 +15,7 @@ from typing import Any
 from collections.abc import Callable
 
 from shortcutlm.ablation.collect import _data_summary, device
-from shortcutlm.ablation.grid import Progress, _quiet_lightning, _record_failure, _train, clock
+from shortcutlm.ablation.grid import Progress, _quiet_lightning, _train, clock, record_failure
 from shortcutlm.ablation.markdown import machine_label
 from shortcutlm.ablation.records import run_record
 from shortcutlm.ablation.runs import (Run, check_settings, evaluate_rows, evaluate_run, is_trained, run_recipe_for,
@@ -73,10 +73,7 @@ def run_sharing(sharing: Sharing, out: str | Path, progress: bool = True, report
                 _evaluate(item, recipe, data_dir)
                 clear_run_error(run.folder)
             except Exception as exc:  # noqa: BLE001 - a failed run is recorded and the grid goes on
-                failures[str(run.folder)] = short_error(exc)
-                bar.skipped(run)
-                echo(f"[{index}/{len(plan)}] {run.dataset} {run.name}: FAILED — {short_error(exc)}")
-                _record_failure(run, exc)
+                record_failure(run, exc, failures, bar, echo, f"[{index}/{len(plan)}]")
     return collect_sharing(sharing, out, command, failures)
 
 

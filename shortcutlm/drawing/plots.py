@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import zlib
 from pathlib import Path
+from typing import Any
 from collections.abc import Iterable, Mapping
 
 import matplotlib
@@ -62,6 +63,24 @@ def variant_colours(names: Iterable[str], variants: Mapping[str, str] | None = N
             colour = free[0] if free else colour
         colours[name] = colour
     return colours
+
+
+def finish_line_plot(fig: plt.Figure, ax: Any, path: Path, title: str, xlabel: str, ylabel: str,
+                     zero_line: bool) -> Path:
+    """Label, grid and legend a plot of lines (a dotted zero line when differences are drawn) and write
+    it as PNG: the look every ablation plot shares."""
+    if zero_line:
+        ax.axhline(0.0, color="0.3", linewidth=1, linestyle=":")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
 
 
 def _save(fig: plt.Figure, out: Path) -> Path:
