@@ -305,12 +305,41 @@ def test_the_recipe_runs_end_to_end_and_reports_each_task(tmp_path, capsys):
     for words in ("what the source is worth", "| note F1 (onset) |", "| log-mel cosine |", "| pair | source | "
                   "generated | reference |"):
         assert words in pairs
-    assert 'id="pairs"' in layout.report_html.read_text()  # the page shows the section too
+    assert_pairs_heard_and_seen(layout)
     # a second run keeps the prepared pairs; one with other tokenizer settings is refused in one line
     assert cli([*argv, "--stage", "prepare"]) == 0
     capsys.readouterr()
     line = one_line(capsys, [*argv, "--stage", "prepare", "--set", "pairs.tokenizers.midi.vocab_size=700"])
     assert "vocab_size" in line and str(tmp_path / "run") in line
+
+
+def assert_pairs_heard_and_seen(layout) -> None:
+    """The page shows each task's pairs side by side: source, generated target and reference, each a
+    player and a picture of a file inside the run folder, with the pair's scores."""
+    from html.parser import HTMLParser
+
+    page = layout.report_html.read_text()
+    assert 'id="pairs"' in page
+    for task in ("synthesize", "transcribe"):
+        assert f"baseline: {task}, heard and seen" in page
+
+    class Media(HTMLParser):
+        def __init__(self) -> None:
+            super().__init__()
+            self.sources: list[str] = []
+
+        def handle_starttag(self, tag, attrs):
+            if tag in ("audio", "img"):
+                self.sources.append(dict(attrs)["src"])
+
+    table = page[page.index("heard and seen"):]
+    parser = Media()
+    parser.feed(table)
+    assert len([s for s in parser.sources if s.endswith(".wav")]) >= 2 * 2 * 3  # 2 tasks x 2 pairs x 3 roles
+    assert any(s.endswith(".png") for s in parser.sources)
+    for src in parser.sources:
+        assert (layout.root / src).is_file() and (layout.root / src).resolve().is_relative_to(layout.root.resolve())
+    assert "note F1 (onset): <strong>" in table and "(chance " in table
 
 
 def test_the_librispeech_pairs_recipe_reads_the_published_layout_from_path(tmp_path, capsys):

@@ -37,6 +37,8 @@ DOMAIN_SPECIFIC = {
                                 "tables are keyed by domain name (no domain is treated apart)",
     "pairs/records.py": "a pair is two halves of named domains (a score and its rendering, a transcript and its "
                         "speech): a half is found by its domain's name",
+    "pairs/unpaired.py": "mixes one named domain's documents into pairs: it finds the task whose target is that "
+                         "domain, so their loss is counted as a target's",
     "pairs/collect.py": "collects files of named domains into pairs and checks that their lengths agree (audio "
                         "against its score's seconds or its transcript's characters)",
 }

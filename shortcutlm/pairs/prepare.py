@@ -10,9 +10,14 @@
    (:mod:`~shortcutlm.pairs.sequences`), in shards beside a ``manifest.json`` of the usual format.
    ``alone``: each train pair's target also appears once without its source, so the model has seen
    a target unconditioned and "the target without its source" is a question it was trained on.
+   Shards close at ``prepare``'s sizes (:mod:`~shortcutlm.pairs.shards`); the largest part is read a
+   shard at a time. ``max_tokens``: a pair too long for the context is left over, not cut.
+4. ``unpaired``: single-domain sources join the train split, encoded with the pairs' tokenizers
+   (:mod:`~shortcutlm.pairs.unpaired`).
 
 The manifest's ``pairs`` entry records the tasks, how many pairs went to each split, and every
-leftover with its reason (``unpaired``: no partner; ``bad pair``: halves that disagree, skipped).
+leftover with its reason (``unpaired``: no partner; ``bad pair``: halves that disagree, skipped;
+``too long``: longer than ``max_tokens``), and what each unpaired source gave.
 Splits are the pairs' own: both halves and every document made from a pair share its split.
 """
 from __future__ import annotations
@@ -22,19 +27,22 @@ import logging
 import time
 from pathlib import Path
 from typing import Any
+from collections.abc import Iterator
 
 import numpy as np
 
-from shortcutlm.artifacts.manifest import (TOKENIZER_FOLDER, ShardManifest, manifest_path,
+from shortcutlm.artifacts.manifest import (TOKENIZER_FOLDER, ShardManifest, manifest_path, read_manifest_or_none,
                                            write_manifest)
 from shortcutlm.datasets.new_manifest import new_manifest
 from shortcutlm.datasets.prepare import prepare
-from shortcutlm.datasets.shards import ShardWriter, read_shard, token_dtype
+from shortcutlm.datasets.shards import read_shard, token_dtype
 from shortcutlm.datasets.summary import summarise
 from shortcutlm.pairs.collect import collect_pairs
 from shortcutlm.pairs.halves import HALVES, check_same_source, doc_key, write_halves
-from shortcutlm.pairs.records import BAD_PAIR, UNPAIRED, Leftover, Pair
+from shortcutlm.pairs.records import BAD_PAIR, TOO_LONG, UNPAIRED, Leftover, Pair
+from shortcutlm.pairs.shards import SplitShards
 from shortcutlm.pairs.tasks import TASKS, PairError, Task, task_named, tasks_between
+from shortcutlm.pairs.unpaired import UnpairedPart, check_unpaired, unpaired_documents
 from shortcutlm.tokenizers import load_tokenizer
 from shortcutlm.tokenizers.composite import CompositeTokenizer
 from shortcutlm.tokenizers.paired import paired, target_alone
@@ -45,16 +53,21 @@ PARTS = "parts"
 log = logging.getLogger(__name__)
 
 
-def _part_tokens(folder: Path) -> tuple[dict[str, np.ndarray], dict[str, str]]:
-    """A prepared part's documents by id, and its rejected documents' reasons by id."""
+def _documents(folder: Path) -> Iterator[tuple[str, np.ndarray]]:
+    """A prepared part's documents, shard by shard (one shard in memory at a time)."""
     manifest = ShardManifest.read(folder)
-    tokens: dict[str, np.ndarray] = {}
-    for split in manifest.splits.values():
-        for shard in split.shards:
-            for key, ids, _meta in read_shard(folder / shard):
-                tokens[key] = ids
-    rejected = {str(r.get("doc_id")): str(r.get("reason")) for r in manifest.rejected if r.get("doc_id")}
-    return tokens, rejected
+    for record in manifest.shards:
+        for key, ids, _meta in read_shard(folder / record.name):
+            yield key, ids
+
+
+def _rejections(folder: Path) -> dict[str, str]:
+    """A prepared part's rejected documents' reasons by id."""
+    return {str(r.get("doc_id")): str(r.get("reason")) for r in ShardManifest.read(folder).rejected if r.get("doc_id")}
+
+
+def _tokens(folder: Path) -> int:
+    return sum(r.tokens for r in ShardManifest.read(folder).shards)
 
 
 def _wanted_tasks(names: list[str] | None, domains: set[str]) -> list[Task]:
@@ -68,55 +81,96 @@ def _wanted_tasks(names: list[str] | None, domains: set[str]) -> list[Task]:
     return tasks
 
 
-def _write_sequences(out: Path, pairs: list[Pair], index: dict[str, Any], parts: dict[str, Any],
-                     joint: CompositeTokenizer, wanted: list[Task], alone: bool,
-                     leftovers: list[Leftover]) -> tuple[list[dict[str, Any]], dict[str, int]]:
-    """One shard per split of ``<source> source <task> target`` sequences for every pair whose halves were
-    both encoded (and, in train, each target alone); a pair with a rejected half joins ``leftovers``.
-    Returns the shard records and the pairs written per split."""
-    dtype = token_dtype(joint.vocab_size)
-    writers: dict[str, ShardWriter] = {}
-    counts: dict[str, int] = {}
-    for entry, pair in zip(index["pairs"], pairs):
-        ids: dict[str, np.ndarray] = {}
-        for half in pair.halves:
-            tokens, rejected = parts[half.domain]
-            key = doc_key(entry["files"][half.domain])
-            if key in tokens:
-                ids[half.domain] = tokens[key]
-            else:
-                why = rejected.get(key, "no document was written for it")
-                ids = {}
-                leftovers.append(Leftover(" + ".join(h.describe() for h in pair.halves),
-                                          f"its {half.domain} half was rejected: {why}", UNPAIRED, pair.split,
-                                          pair.pair_id))
-                break
-        if not ids:
-            continue
-        counts[pair.split] = counts.get(pair.split, 0) + 1
-        writer = writers.get(pair.split)
-        if writer is None:
-            writer = writers[pair.split] = ShardWriter(out, pair.split, 0, dtype)
-        for task in (t for t in wanted if {t.source, t.target} <= set(ids)):
+class _Sequences:
+    """Writes each pair's documents (every task it serves, both directions; in train each target alone too)
+    and keeps the tallies: pairs per split, and the pairs that became leftovers."""
+
+    def __init__(self, shards: SplitShards, joint: CompositeTokenizer, wanted: list[Task], alone: bool,
+                 max_tokens: int | None, leftovers: list[Leftover]) -> None:
+        self.shards, self.joint, self.wanted, self.alone = shards, joint, wanted, alone
+        self.max_tokens, self.leftovers = max_tokens, leftovers
+        self.counts: dict[str, int] = {}
+        self.longest = 0
+
+    def write(self, entry: dict[str, Any], pair: Pair, ids: dict[str, np.ndarray]) -> None:
+        where = " + ".join(h.describe() for h in pair.halves)
+        length = sum(int(v.shape[-1]) for v in ids.values()) + 3  # two markers and the EOS that ends it
+        if self.max_tokens is not None and length > self.max_tokens:
+            self.leftovers.append(Leftover(where, f"{length} tokens as one sequence, more than pairs.max_tokens "
+                                                  f"({self.max_tokens}): too long for the context", TOO_LONG,
+                                           pair.split, pair.pair_id))
+            return
+        self.longest = max(self.longest, length)
+        self.counts[pair.split] = self.counts.get(pair.split, 0) + 1
+        for task in (t for t in self.wanted if {t.source, t.target} <= set(ids)):
             src_ids, tgt_ids = ids[task.source], ids[task.target]
             meta = {"pair_id": pair.pair_id, "task": task.name, "split": pair.split, "index": entry["index"],
                     "source_file": entry["files"][task.source], "target_file": entry["files"][task.target],
                     "source_tokens": int(src_ids.shape[-1]), "target_tokens": int(tgt_ids.shape[-1])}
-            document = paired(joint, task.name, task.source, src_ids, task.target, tgt_ids)
-            writer.add(f"{pair.pair_id}-{task.name}", document, meta)
-            if alone and pair.split == "train":
-                writer.add(f"{pair.pair_id}-{task.name}-alone", target_alone(joint, task.name, task.target, tgt_ids),
-                           {**meta, "source_tokens": 0, "alone": True})
-    shards = [w.finish().to_dict() for w in writers.values()]
-    return shards, counts
+            document = paired(self.joint, task.name, task.source, src_ids, task.target, tgt_ids)
+            self.shards.add(pair.split, f"{pair.pair_id}-{task.name}", document, meta)
+            if self.alone and pair.split == "train":
+                self.shards.add(pair.split, f"{pair.pair_id}-{task.name}-alone",
+                                target_alone(self.joint, task.name, task.target, tgt_ids),
+                                {**meta, "source_tokens": 0, "alone": True})
+
+
+def _write_pairs(pairs: list[Pair], index: dict[str, Any], folders: dict[str, Path], sequences: _Sequences) -> None:
+    """Every pair whose halves were both encoded, through ``sequences``; a pair with a rejected half joins
+    the leftovers. The largest part is read shard by shard and its partners looked up in the smaller
+    parts, held in memory (LibriSpeech's transcripts are a few percent of its audio's ids)."""
+    streamed = max(folders, key=lambda d: _tokens(folders[d]))
+    held = {d: dict(_documents(f)) for d, f in folders.items() if d != streamed}
+    entries = list(zip(index["pairs"], pairs))
+    by_key = {doc_key(e["files"][streamed]): k for k, (e, _p) in enumerate(entries) if streamed in e["files"]}
+    done: set[int] = set()
+    seen: set[str] = set()
+    rejections = {d: _rejections(f) for d, f in folders.items()}
+
+    def halves(number: int, first: dict[str, np.ndarray]) -> dict[str, np.ndarray] | None:
+        entry, pair = entries[number]
+        ids = dict(first)
+        for half in pair.halves:
+            if half.domain not in ids:
+                part = held[half.domain] if half.domain in held else {}
+                found = part.get(doc_key(entry["files"][half.domain]))
+                if found is None:
+                    return None
+                ids[half.domain] = found
+        return ids
+
+    for key, tokens in _documents(folders[streamed]):
+        seen.add(key)
+        number = by_key.get(key)
+        if number is not None and (ids := halves(number, {streamed: tokens})) is not None:
+            done.add(number)
+            sequences.write(*entries[number], ids)
+    for number, (entry, pair) in enumerate(entries):
+        if number in done:
+            continue
+        if streamed not in entry["files"] and (ids := halves(number, {})) is not None:
+            sequences.write(entry, pair, ids)
+            continue
+        for half in pair.halves:  # the first half no document was written for, and why
+            key = doc_key(entry["files"][half.domain])
+            if key in seen or any(key in part for part in held.values()):
+                continue
+            why = rejections[half.domain].get(key, "no document was written for it")
+            sequences.leftovers.append(Leftover(" + ".join(h.describe() for h in pair.halves),
+                                                f"its {half.domain} half was rejected: {why}", UNPAIRED,
+                                                pair.split, pair.pair_id))
+            break
 
 
 def prepare_pairs(source: dict[str, Any], tokenizers: dict[str, dict[str, Any]], out: str | Path,
                   tasks: list[str] | None = None, alone: bool = True, workers: int = 2,
-                  progress: bool = True) -> dict[str, Any]:
+                  progress: bool = True, max_tokens: int | None = None,
+                  unpaired: list[dict[str, Any]] | None = None) -> dict[str, Any]:
     """Prepare paired sequences from ``source`` (``{"name": chorales|librispeech|folder, ...}``) into
     ``out``; ``tokenizers``: the settings of each domain's tokenizer (``{"midi": {...}, "acoustic": {...}}``);
-    ``tasks``: the task names to write (default: every task the pairs serve). Returns the manifest."""
+    ``tasks``: the task names to write (default: every task the pairs serve); ``max_tokens``: a pair
+    whose sequence is longer is left over (too long for the context); ``unpaired``: single-domain
+    sources mixed into train (:mod:`~shortcutlm.pairs.unpaired`). Returns the manifest."""
     out = Path(out)
     if out.exists() and any(out.iterdir()) and not (out / HALVES).is_dir():
         raise PairError(f"{out} is not empty and not a pairs folder; prepare pairs into a new folder")
@@ -139,27 +193,46 @@ def prepare_pairs(source: dict[str, Any], tokenizers: dict[str, dict[str, Any]],
     missing = sorted(d for d in domains if d not in tokenizers)
     if missing:
         raise PairError(f"pairs need a tokenizer for {', '.join(missing)}: give its settings (pairs.tokenizers)")
+    mixed_in = check_unpaired(unpaired, domains, wanted)
+    if max_tokens is not None and (isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 4):
+        raise PairError(f"pairs.max_tokens: give the longest sequence to keep, in tokens (4 or more), "
+                        f"not {max_tokens!r}")
     index = write_halves(pairs, out, source)
 
-    parts: dict[str, Any] = {}
+    folders: dict[str, Path] = {}
     for name in (d for d in DOMAINS if d in domains):  # the joint vocabulary's parts in a fixed order
         settings = {k: v for k, v in tokenizers[name].items() if k != "domain"}
         prepare({"name": "folder", "path": str(out / HALVES / name), "splits": "names"}, {"domain": name, **settings},
                 out / PARTS / name, workers=workers, progress=progress)
-        parts[name] = _part_tokens(out / PARTS / name)
-    joint = CompositeTokenizer({name: load_tokenizer(out / PARTS / name / TOKENIZER_FOLDER) for name in parts},
+        folders[name] = out / PARTS / name
+    joint = CompositeTokenizer({name: load_tokenizer(folder / TOKENIZER_FOLDER) for name, folder in folders.items()},
                                tasks=[t.name for t in TASKS.values() if t in wanted])
     joint.save(out / TOKENIZER_FOLDER)
 
-    shards, counts = _write_sequences(out, pairs, index, parts, joint, wanted, alone, leftovers)
+    earlier = {str(r.get("name")) for r in (read_manifest_or_none(out) or {}).get("shards") or []}
+    shards = SplitShards(out, token_dtype(joint.vocab_size))
+    sequences = _Sequences(shards, joint, wanted, alone, max_tokens, leftovers)
+    reports: list[UnpairedPart] = []
+    try:
+        _write_pairs(pairs, index, folders, sequences)
+        for key, document, meta in unpaired_documents(mixed_in, out, joint, pairs, out / PARTS, workers, progress,
+                                                      reports):
+            shards.add("train", key, document, meta)
+        records = shards.finish()
+    except BaseException:
+        shards.abort()
+        raise
+    counts = sequences.counts
 
     manifest = new_manifest({"name": "pairs", "pairs": dict(source)}, {"domain": joint.domain}, joint,
                             out / TOKENIZER_FOLDER)
     manifest.update({
-        "complete": True, "shards": shards, "warnings": [], "notes": [], "found": found,
+        "complete": True, "shards": records, "warnings": [], "notes": [], "found": found,
         "pairs": {"tasks": [t.name for t in wanted], "alone": bool(alone), "pairs_per_split": counts,
                   "tokenizers": json.loads(json.dumps(tokenizers, default=str)),
-                  "parts": {name: f"{PARTS}/{name}" for name in parts},
+                  "parts": {name: f"{PARTS}/{name}" for name in folders},
+                  "max_tokens": max_tokens, "longest_sequence": sequences.longest,
+                  "unpaired": [r.as_dict() for r in reports],
                   "leftovers": [left.as_dict() for left in leftovers]},
         "last_run": {"seconds": time.perf_counter() - clock},
     })
@@ -172,4 +245,6 @@ def prepare_pairs(source: dict[str, Any], tokenizers: dict[str, dict[str, Any]],
         if not counts.get(split):
             manifest["warnings"].append(f"the {split} split holds no pairs")
     write_manifest(out, manifest)
+    for name in earlier - {r["name"] for r in records}:  # an earlier prepare's shards this one did not rewrite
+        (out / name).unlink(missing_ok=True)
     return manifest

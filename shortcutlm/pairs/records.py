@@ -5,8 +5,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-#: The kinds of leftover: an input with no partner, and a pair whose halves disagree.
-UNPAIRED, BAD_PAIR = "unpaired", "bad pair"
+#: The kinds of leftover: an input with no partner, a pair whose halves disagree, a pair longer than the
+#: context it is prepared for.
+UNPAIRED, BAD_PAIR, TOO_LONG = "unpaired", "bad pair", "too long"
 
 
 @dataclass(frozen=True)
@@ -40,7 +41,7 @@ class Pair:
 
 @dataclass(frozen=True)
 class Leftover:
-    """An input that became no pair: ``kind`` is :data:`UNPAIRED` or :data:`BAD_PAIR`."""
+    """An input that became no pair: ``kind`` is :data:`UNPAIRED`, :data:`BAD_PAIR` or :data:`TOO_LONG`."""
 
     input: str
     reason: str

@@ -7,6 +7,8 @@ A recipe trains on pairs by naming ``pairs`` instead of a ``source`` and ``token
       tokenizers: {midi: {...}, acoustic: {layout: flatten, ...}}
       tasks: [synthesize, transcribe]                        # default: every task the pairs serve
       per_task: 8                                            # held-out pairs generated and scored per task
+      max_tokens: 1024                                       # optional: longer pairs are left over
+      unpaired: [{domain: midi, source: {name: bach_chorales}}]  # optional: single-domain train documents
 
 ``prepare`` writes the pairs folder (:mod:`~shortcutlm.pairs.prepare`); training reads it as any
 prepared folder (``train.target_only`` takes the loss on the targets). The evaluation stage adds, per
@@ -18,6 +20,7 @@ which the report's pairs section reads.
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -30,27 +33,50 @@ from shortcutlm.pairs.scores import score_tasks
 from shortcutlm.pairs.worth import source_worth
 from shortcutlm.run.recipe import Recipe
 
+log = logging.getLogger(__name__)
+
 
 def ensure_pairs(recipe: Recipe, data_dir: str | Path, progress: bool = True) -> Path:
     """Prepare the recipe's pairs into ``data_dir`` unless it holds them already (same source, tokenizers,
-    tasks and ``alone``); with other settings, preparing again refuses in one line what cannot change."""
+    tasks, ``alone``, ``max_tokens`` and unpaired sources); with other settings, preparing again refuses
+    in one line what cannot change."""
     data_dir = Path(data_dir)
     spec = recipe.pairs
     manifest = read_manifest_or_none(data_dir, require_complete=True)
-
-    def same(a: Any, b: Any) -> bool:
-        return json.dumps(a, sort_keys=True, default=str) == json.dumps(b, sort_keys=True, default=str)
-
-    if manifest:
-        made = manifest.get("pairs") or {}
-        if same((manifest.get("source") or {}).get("pairs"), spec["source"]) \
-                and same(made.get("tokenizers"), spec["tokenizers"]) \
-                and made.get("alone") == bool(spec.get("alone", True)) \
-                and (not spec.get("tasks") or made.get("tasks") == list(spec["tasks"])):
-            return data_dir
-    prepare_pairs(dict(spec["source"]), dict(spec["tokenizers"]), data_dir, spec.get("tasks"),
-                  alone=bool(spec.get("alone", True)), workers=2, progress=progress)
+    if not manifest or not holds_pairs(manifest, spec):
+        prepare_pairs(dict(spec["source"]), dict(spec["tokenizers"]), data_dir, spec.get("tasks"),
+                      alone=bool(spec.get("alone", True)), workers=2, progress=progress,
+                      max_tokens=spec.get("max_tokens"), unpaired=spec.get("unpaired"))
+        manifest = read_manifest_or_none(data_dir, require_complete=True) or {}
+    warn_if_longer_than_context(recipe, manifest)
     return data_dir
+
+
+def _same(a: Any, b: Any) -> bool:
+    return json.dumps(a, sort_keys=True, default=str) == json.dumps(b, sort_keys=True, default=str)
+
+
+def holds_pairs(manifest: dict[str, Any], spec: dict[str, Any]) -> bool:
+    """The prepared folder holds the pairs ``spec`` asks for (its source, tokenizers, tasks and options)."""
+    made = manifest.get("pairs") or {}
+    return (_same((manifest.get("source") or {}).get("pairs"), spec["source"])
+            and _same(made.get("tokenizers"), spec["tokenizers"])
+            and made.get("alone") == bool(spec.get("alone", True))
+            and made.get("max_tokens") == spec.get("max_tokens")
+            and _same([u.get("source") for u in made.get("unpaired") or []],
+                      [u.get("source") for u in spec.get("unpaired") or []])
+            and (not spec.get("tasks") or made.get("tasks") == list(spec["tasks"])))
+
+
+def warn_if_longer_than_context(recipe: Recipe, manifest: dict[str, Any]) -> None:
+    """One line when some pairs do not fit the model's context (their target would be cut from its source)."""
+    longest = int((manifest.get("pairs") or {}).get("longest_sequence") or 0)
+    blocks = {int({**recipe.model, **(fields or {})}.get("block_size") or 0) for fields in recipe.variants.values()}
+    block = min(blocks) if blocks else 0
+    if block and longest > block + 1:
+        log.warning("pairs: the longest pair is %d tokens as one sequence, more than the context (%d); its target "
+                    "is then read without all of its source. Set pairs.max_tokens to leave such pairs out.",
+                    longest, block + 1)
 
 
 def record_worth(root: str | Path, variants: dict[str, Path], data_dir: Path | None,

@@ -19,6 +19,7 @@ from shortcutlm.artifacts.manifest import ShardManifest
 from shortcutlm.artifacts.results import read_results_or_none
 from shortcutlm.artifacts.sidecar import Sample, SampleRecord, samples_in
 from shortcutlm.report.html_page import document, esc, markdown_html
+from shortcutlm.report.pairs_html import pairs_media
 from shortcutlm.drawing.plots import variant_colour
 from shortcutlm.run.layout import RunLayout
 from shortcutlm.tokenizers import Tokenizer, load_tokenizer, tokenizer_class
@@ -191,6 +192,6 @@ def write_html_report(layout: RunLayout, title: str, description: str | None, se
             f"<p>{esc(description.strip())}</p>" if description else "",
             f'<nav>{nav} | <a href="{esc(layout.report.name)}">Markdown version</a></nav></header>',
             listen_section(layout, variants)]
-    body += [f'<section id="{anchor}">{markdown_html(chr(10).join(sections[key]))}</section>'
-             for key, anchor, _ in shown]
+    body += [f'<section id="{anchor}">{markdown_html(chr(10).join(sections[key]))}'
+             f'{pairs_media(layout) if key == "pairs" else ""}</section>' for key, anchor, _ in shown]
     return write_text(layout.report_html, document(title, "\n".join(body)))

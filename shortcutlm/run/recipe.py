@@ -138,7 +138,8 @@ class Recipe:
     pairs: dict[str, Any] = field(default_factory=dict)
     """Paired documents across domains instead of ``source`` and ``tokenizer``: ``source`` (a pair source:
     chorales, librispeech or folder), ``tokenizers`` (each domain's settings), ``tasks``, ``alone``,
-    ``per_task`` (pairs scored per task); see :mod:`shortcutlm.pairs.run`."""
+    ``per_task`` (pairs scored per task), ``max_tokens`` (longer pairs left over) and ``unpaired``
+    (single-domain train sources); see :mod:`shortcutlm.pairs.run`."""
     description: str = ""
     model: dict[str, Any] = field(default_factory=dict)
     """GPTConfig fields shared by all variants (vocab_size and n_streams come from the tokenizer)."""
@@ -224,7 +225,7 @@ def check_mixture_recipe(recipe: Recipe) -> None:
     recipe.source, recipe.tokenizer = {"name": "mixture"}, {"domain": "joint"}
 
 
-PAIRS_KEYS = {"source", "tokenizers", "tasks", "alone", "per_task"}
+PAIRS_KEYS = {"source", "tokenizers", "tasks", "alone", "per_task", "max_tokens", "unpaired"}
 
 
 def check_pairs_recipe(recipe: Recipe) -> None:

@@ -345,11 +345,11 @@ class CompositeTokenizer(Tokenizer):
     @classmethod
     def read_artifact(cls, path: str | Path) -> Any:
         """A written artifact as its domain's object (the file's suffix says which domain wrote it)."""
-        found = cls._class_for_artifact(path)
+        found = cls.class_for_artifact(path)
         return found.read_artifact(path) if found is not None else Path(path).read_bytes()
 
     @classmethod
-    def _class_for_artifact(cls, artifact: str | Path) -> type[Tokenizer] | None:
+    def class_for_artifact(cls, artifact: str | Path) -> type[Tokenizer] | None:
         """The domain class whose artifacts end like ``artifact`` (a written file says its domain)."""
         suffix = Path(artifact).suffix.lower()
         for name in DOMAINS:
@@ -359,19 +359,19 @@ class CompositeTokenizer(Tokenizer):
 
     @classmethod
     def excerpt(cls, artifact: str | Path, chars: int = 600) -> str | None:
-        found = cls._class_for_artifact(artifact)
+        found = cls.class_for_artifact(artifact)
         return found.excerpt(artifact, chars) if found else None
 
     @classmethod
     def picture(cls, artifact: str | Path, out_png: str | Path, prompt_seconds: float | None = None,
                 title: str = "") -> Path | None:
-        found = cls._class_for_artifact(artifact)
+        found = cls.class_for_artifact(artifact)
         return found.picture(artifact, out_png, prompt_seconds, title) if found else None
 
     @classmethod
     def text_parts(cls, artifact: str | Path, prompt: str | Path | None = None,
                    chars: int = 4000) -> tuple[str, str] | None:
-        found = cls._class_for_artifact(artifact)
+        found = cls.class_for_artifact(artifact)
         return found.text_parts(artifact, prompt, chars) if found else None
 
     def describe(self) -> dict[str, Any]:
