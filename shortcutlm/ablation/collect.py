@@ -12,6 +12,7 @@ from collections.abc import Callable
 from shortcutlm.ablation.commands import narrowed_command
 from shortcutlm.ablation.config import Ablation
 from shortcutlm.ablation.curves import relative_training_loss, validation_curves
+from shortcutlm.ablation.gap import validation_gap
 from shortcutlm.ablation.depth import depth_series
 from shortcutlm.ablation.diagnose import run_diagnostics
 from shortcutlm.ablation.records import run_record
@@ -78,6 +79,8 @@ def collect_results(ablation: Ablation, out: Path, command: str, failures: dict[
         section["command"] = narrowed_command(command, dataset)
         section["relative_loss"] = relative_training_loss(runs, cfg)
         section["validation_curves"] = validation_curves(runs, cfg)
+        if cfg.gap_over_training:
+            section["validation_gap"] = validation_gap(runs, cfg)
         by_depth = depth_series(cfg.variants, cfg.baseline, section["model"], section["variants"])
         if by_depth is not None:
             section["by_depth"] = by_depth

@@ -98,6 +98,9 @@ class AblationConfig:
     diagnostics: DiagnosticsSettings = field(default_factory=DiagnosticsSettings)
     findings: list[Finding] = field(default_factory=list)
     """Claims from the papers, each checked on every dataset (the page's "Findings")."""
+    gap_over_training: bool = False
+    """The page also shows each variant's seed-paired gap in validation loss at every validation step and
+    whether it widens, holds or closes (:mod:`shortcutlm.ablation.gap`): for a grid that trains longer."""
     see_also: list[str] = field(default_factory=list)
     """Docs folders of other ablations (their ``results.json``) whose summary and findings this page
     shows in a section of its own, e.g. a deeper grid beside this one."""

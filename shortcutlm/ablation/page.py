@@ -10,6 +10,7 @@ from typing import Any
 
 from shortcutlm.ablation.curves import plot_relative_loss, plot_validation_loss, still_falling
 from shortcutlm.ablation.depth import plot_by_depth
+from shortcutlm.ablation.gap import plot_gap
 from shortcutlm.ablation.markdown import (bold_verdict, display_path, fmt, fmt_pm, machine_label, nbytes,
                                           param_count, ratio_text, table)
 from shortcutlm.ablation.findings import render_findings
@@ -61,6 +62,7 @@ def render_dataset(name: str, section: dict[str, Any], cfg_baseline: str, docs: 
     lines += _by_depth_lines(name, section, docs, assets)
     lines += _relative_loss_lines(name, section, docs, assets)
     lines += render_validation_curves(name, section, cfg_baseline, docs, assets)
+    lines += _gap_lines(name, section, docs, assets)
     lines += render_diagnostics(name, section.get("diagnostics"), section["command"], docs, assets)
     return lines
 
@@ -262,6 +264,37 @@ def render_validation_curves(name: str, section: dict[str, Any], cfg_baseline: s
                   f"nats from step {f['from_step']} to step {f['from_step'] + quarter} and {f['last_quarter']:.3f} "
                   f"over the last {quarter} steps, ending at {f['final']:.3f}: {trend}.", ""]
     return lines
+
+
+def _gap_lines(name: str, section: dict[str, Any], docs: Path, assets: Path) -> list[str]:
+    """Each variant's seed-paired gap in validation loss at every validation step, its plot, and whether
+    it widens, holds or closes from a quarter of the way in to the end."""
+    gaps = section.get("validation_gap")
+    if not gaps:
+        return []
+    steps = sorted({p["step"] for entry in gaps.values() for p in entry["points"]})
+    at = {v: {p["step"]: p for p in entry["points"]} for v, entry in gaps.items()}
+
+    def cell(point: dict[str, Any] | None) -> str:
+        return ("–" if point is None
+                else f"{fmt_pm(point['delta'], point['spread'], signed=True)} {bold_verdict(point['verdict'])}")
+
+    rows = [[str(step)] + [cell(at[v].get(step)) for v in gaps] for step in steps]
+    png = plot_gap(gaps, assets / "validation_gap.png", f"{name}: the gap in validation loss over training")
+    lines = [f"### {name}: the gap over training", "",
+             "Validation loss minus the baseline's at each validation step (nats per token, mean ± std of the "
+             f"per-seed differences, with the verdict rule above). Produced by: `{section['command']}`.", ""]
+    lines += table(["step"] + list(gaps), rows)
+    lines += ["", f"![the gap over training]({png.relative_to(docs).as_posix()})", ""]
+    for variant, entry in gaps.items():
+        t = entry["trend"]
+        if t["change"] is None:
+            lines.append(f"- **{variant}**: too few seeds to read a trend.")
+            continue
+        lines.append(f"- **{variant}**: the gap **{t['reading']}** from step {t['from_step']} to step {t['to_step']} "
+                     f"(its change, seed by seed: {fmt_pm(t['change'], t['spread'], signed=True)} nats, "
+                     f"n={t['n']}; widens or closes only when the change is larger than its spread).")
+    return lines + [""]
 
 
 def render_diagnostics(name: str, diag: dict[str, Any] | None, command: str, docs: Path,
