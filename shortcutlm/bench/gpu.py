@@ -163,11 +163,12 @@ def section_mfu(check: Check) -> dict[str, Any]:
 def section_model(check: Check) -> dict[str, Any]:
     s = check.size
     argv = ["bench", "model", *s.args(), "--steps", str(s.steps), "--warmup", "1", "--device", check.device,
-            "--new-tokens", str(s.new_tokens), "--json", str(check.json("model"))]
+            "--new-tokens", str(s.new_tokens), "--paired", "--json", str(check.json("model"))]
     if not check.dry_run:
         argv += ["--dtype", "bf16"]
     return figures(check, "model", check.command(argv, check.limit("model")),
                    lambda r: {"step_time_ratio_to_baseline": r.get("step_time_ratio_to_baseline"),
+                              "paired_step_time_ratio": (r.get("paired") or {}).get("step_time_ratio"),
                               "targets": r.get("targets", {})})
 
 

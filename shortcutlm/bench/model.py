@@ -68,6 +68,30 @@ class Trainee:
         return float(loss.detach())
 
 
+class PairedTrainee(Trainee):
+    """The baseline on paired sequences (``train.target_only``): each row a source, a task marker at half the
+    context, then the target, with the loss on the target only (the mask training builds from the ids)."""
+
+    def __init__(self, config: GPTConfig, batch: int, device: str, dtype: torch.dtype, seed: int = 0) -> None:
+        super().__init__(config, batch, device, dtype, seed)
+        marker, end = config.vocab_size - 1, config.vocab_size - 2  # a task marker opens a target, EOS closes it
+        self.idx[self.idx >= end] = 0
+        self.idx[..., config.block_size // 2] = marker
+        self.spans = ([marker], [end])
+
+    def step(self) -> float:
+        from shortcutlm.models.losses import targets_only
+
+        self.opt.zero_grad(set_to_none=True)
+        with torch.autocast(torch.device(self.device).type, dtype=self.dtype, enabled=self.dtype != torch.float32):
+            targets = targets_only(self.idx, *self.spans)
+            loss = stream_losses(self.forward(self.idx[..., :-1]), targets).mean()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
+        self.opt.step()
+        return float(loss.detach())
+
+
 def measure_training(trainees: dict[str, Trainee], steps: int, warmup: int) -> dict[str, list[float]]:
     """Interleaved step times per variant (seconds)."""
     for _ in range(warmup):
@@ -92,10 +116,11 @@ def interleaved_step_seconds(configs: dict[str, GPTConfig], batch: int, steps: i
     return measure_training(trainees, steps, warmup)
 
 
-def measure_generation(model: GPT, new_tokens: int, use_cache: bool, device: str, compile: bool = False) -> float:
-    """Generated tokens per second from a 16-token prompt (batch 1); ``compile``: the compiled
-    single-token step (``generate(compile=True)``)."""
-    prompt = torch.randint(0, model.config.vocab_size, (1, 16), device=device)
+def measure_generation(model: GPT, new_tokens: int, use_cache: bool, device: str, compile: bool = False,
+                       prompt_tokens: int = 16) -> float:
+    """Generated tokens per second from a ``prompt_tokens`` prompt (batch 1; the prompt's prefill counted in
+    the time); ``compile``: the compiled single-token step (``generate(compile=True)``)."""
+    prompt = torch.randint(0, model.config.vocab_size, (1, prompt_tokens), device=device)
     settings = SamplingSettings(temperature=1.0, top_k=50, seed=0)
     seconds = timed(lambda: generate(model, prompt, new_tokens, settings, use_cache=use_cache, compile=compile),
                     device)
@@ -132,6 +157,10 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--joint-vocab", type=int, default=None, metavar="V",
                         help="also step the baseline at a joint model's vocabulary V (e.g. 3557 for the tiny "
                              "multimodal recipe) and report it beside the single-domain one")
+    parser.add_argument("--paired", action="store_true",
+                        help="also step the baseline on paired sequences (a source, a task marker at half the "
+                             "context, the target; loss on the target only) and generate a target after a "
+                             "source of half the context, beside the single-domain baseline")
 
 
 def at_stated_size(args: argparse.Namespace) -> bool:
@@ -160,7 +189,7 @@ def summary(result: dict[str, Any]) -> list[str]:
                           "gen tok/s cached", "uncached", "cache gain"], rows),
             "peak step: the memory one training step holds (weights, gradients, AdamW state, activations); "
             "KV cache: keys and values at full context, batch 1 (+ the shortcut's cached depth features)",
-            *_joint_lines(result.get("joint"))]
+            *_joint_lines(result.get("joint")), *_paired_lines(result.get("paired"))]
 
 
 def _joint_lines(j: dict[str, Any] | None) -> list[str]:
@@ -170,10 +199,21 @@ def _joint_lines(j: dict[str, Any] | None) -> list[str]:
     joint_ms, single_ms = j["joint_step_seconds_median"] * 1000, j["single_step_seconds_median"] * 1000
     return [f"joint vocabulary {j['joint_vocab']} against {j['single_vocab']}: {param_count(j['joint_parameters'])} "
             f"against {param_count(j['single_parameters'])} parameters, step {joint_ms:.1f} against "
-            f"{single_ms:.1f} ms ({j['step_time_ratio']:.3f}x){peak}"]
+            f"{single_ms:.1f} ms ({j['step_time_ratio']:.3f}x){peak}, generation "
+            f"{j['joint_generate_tokens_per_second']:.0f} tokens/s"]
+
+
+def _paired_lines(p: dict[str, Any] | None) -> list[str]:
+    if not p:
+        return []
+    return [f"paired (loss on targets, a source of {p['source_tokens']} tokens): step "
+            f"{p['paired_step_seconds_median'] * 1000:.1f} against {p['single_step_seconds_median'] * 1000:.1f} ms "
+            f"({p['step_time_ratio']:.3f}x), peak step memory {nbytes(p['paired_peak_step_bytes'])}; a target after "
+            f"its source {p['generate_tokens_per_second_after_source']:.0f} tokens/s (prefill counted)"]
 
 
 JOINT = "joint_baseline"
+PAIRED = "paired_baseline"
 
 
 def _peak_step_bytes(trainee: Trainee) -> int:
@@ -188,7 +228,7 @@ def _peak_step_bytes(trainee: Trainee) -> int:
     return int(torch.cuda.max_memory_allocated(trainee.device))
 
 
-def _joint_figures(trainees: dict[str, Trainee], times: dict[str, list[float]], device: str) -> dict[str, Any]:
+def _joint_figures(trainees: dict[str, Trainee], times: dict[str, list[float]], new_tokens: int) -> dict[str, Any]:
     """The joint configuration beside the single-domain baseline: the same decoder with a larger
     embedding and output layer, so its step should cost what the baseline's does plus those."""
     single, joint = trainees["baseline"], trainees[JOINT]
@@ -199,6 +239,29 @@ def _joint_figures(trainees: dict[str, Trainee], times: dict[str, list[float]], 
                "joint_step_seconds_all": times[JOINT],
                "single_peak_step_bytes": _peak_step_bytes(single), "joint_peak_step_bytes": _peak_step_bytes(joint)}
     figures["step_time_ratio"] = figures["joint_step_seconds_median"] / figures["single_step_seconds_median"]
+    figures["joint_generate_tokens_per_second"] = _generation(joint, new_tokens, 16)
+    return figures
+
+
+def _generation(trainee: Trainee, new_tokens: int, prompt_tokens: int) -> float:
+    model = trainee.model.eval()
+    with torch.autocast(torch.device(trainee.device).type, dtype=trainee.dtype, enabled=trainee.dtype != torch.float32):
+        rate = measure_generation(model, new_tokens, True, trainee.device, prompt_tokens=prompt_tokens)
+    model.train()
+    return rate
+
+
+def _paired_figures(trainees: dict[str, Trainee], times: dict[str, list[float]], new_tokens: int) -> dict[str, Any]:
+    """The paired configuration beside the single-domain baseline: the same model, its loss on the targets
+    only, and a target generated after a source of half the context (what ``generate --task`` does)."""
+    paired = trainees[PAIRED]
+    source = paired.config.block_size // 2
+    figures: dict[str, Any] = {
+        "source_tokens": source, "single_step_seconds_median": median(times["baseline"]),
+        "paired_step_seconds_median": median(times[PAIRED]), "paired_step_seconds_all": times[PAIRED],
+        "paired_peak_step_bytes": _peak_step_bytes(paired),
+        "generate_tokens_per_second_after_source": _generation(paired, min(new_tokens, source - 1), source)}
+    figures["step_time_ratio"] = figures["paired_step_seconds_median"] / figures["single_step_seconds_median"]
     return figures
 
 
@@ -273,9 +336,15 @@ def run(args: argparse.Namespace) -> int:
             raise SystemExit("--joint-vocab compares with the baseline variant; include it in --variants")
         joint = Trainee(replace(base, vocab_size=args.joint_vocab), args.batch, args.device, dtype)
         trainees[JOINT] = joint
+    if args.paired:  # the baseline on paired sequences, loss on targets: stepped in turn with the others
+        if "baseline" not in trainees:
+            raise SystemExit("--paired compares with the baseline variant; include it in --variants")
+        trainees[PAIRED] = PairedTrainee(base, args.batch, args.device, dtype)
     times = measure_training(trainees, args.steps, args.warmup)
-    joint_figures = _joint_figures(trainees, times, args.device) if joint is not None else None
+    joint_figures = _joint_figures(trainees, times, args.new_tokens) if joint is not None else None
+    paired_figures = _paired_figures(trainees, times, args.new_tokens) if args.paired else None
     trainees.pop(JOINT, None)
+    trainees.pop(PAIRED, None)
     peak = matmul_peak_flops(args.device, dtype)
     tokens_per_step = args.batch * base.block_size
     out = {name: _variant_figures(trainee, times[name], args, dtype, peak, tokens_per_step)
@@ -292,6 +361,8 @@ def run(args: argparse.Namespace) -> int:
     }
     if joint_figures is not None:
         result["joint"] = joint_figures
+    if paired_figures is not None:
+        result["paired"] = paired_figures
     if "baseline" in out:
         result["step_time_ratio_to_baseline"], result["targets"] = _targets(out, base.n_layer, at_stated_size(args))
     write_json(result, args.json, summary(result))

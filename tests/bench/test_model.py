@@ -131,3 +131,26 @@ def test_the_joint_vocabulary_is_stepped_beside_the_single_domain_baseline(tmp_p
     assert joint["joint_peak_step_bytes"] - joint["single_peak_step_bytes"] >= 4 * 4 * 32 * 32
     assert set(json.loads(out.read_text())["variants"]) == {"baseline"}  # the joint row is not a variant
     assert any(line.startswith("joint vocabulary 96 against 64") for line in capsys.readouterr().out.splitlines())
+
+
+def test_the_paired_configuration_takes_its_loss_on_targets_and_generates_after_a_source(tmp_path, capsys):
+    import torch
+
+    from shortcutlm.models.losses import IGNORE, targets_only
+
+    out = tmp_path / "paired.json"
+    argv = TINY + ["--new-tokens", "4", "--variants", "baseline", "--paired", "--joint-vocab", "96", "--json", str(out)]
+    assert model.run(parse(model.configure, argv)) == 0
+    result = json.loads(out.read_text())
+    paired = result["paired"]
+    assert paired["source_tokens"] == 16  # half the context of 32
+    assert paired["step_time_ratio"] == paired["paired_step_seconds_median"] / paired["single_step_seconds_median"]
+    assert paired["paired_peak_step_bytes"] > 0 and paired["generate_tokens_per_second_after_source"] > 0
+    assert result["joint"]["joint_generate_tokens_per_second"] > 0
+    assert set(result["variants"]) == {"baseline"}
+    # the paired rows' loss is on the target only: the positions after the task marker at half the context
+    trainee = model.PairedTrainee(model.default_config(parse(model.configure, TINY)), 2, "cpu", torch.float32)
+    counted = targets_only(trainee.idx, *trainee.spans) != IGNORE
+    assert counted[:, :16].sum() == 0 and bool(counted[:, 16:].all())
+    assert any(line.startswith("paired (loss on targets, a source of 16 tokens)")
+               for line in capsys.readouterr().out.splitlines())
