@@ -125,7 +125,8 @@ def test_the_shipped_ablations_state_their_claims():
     root = Path(__file__).resolve().parents[1]
     first = ab.load_ablation(root / "recipes" / "ablation.yaml", datasets=["shakespeare"]).config
     deep = ab.load_ablation(root / "recipes" / "ablation_deep.yaml", datasets=["shakespeare"]).config
-    assert first.see_also == ["docs/deep"]  # the deeper grid has a section on docs/results.md
+    # the deeper grid, the grid over depth and the longer training each have a section on docs/results.md
+    assert first.see_also == ["docs/deep", "docs/depth", "docs/length"]
     pairs = {(f.variant, f.against) for f in deep.findings}
     assert [f.beside for f in deep.findings if f.variant == "svformer_lr1e-3"] == ["svformer"]
     assert {("svformer", None), ("svformer_lr1e-3", "baseline_lr1e-3"), ("shortcut_last_layer", None),
