@@ -158,3 +158,22 @@ def test_prepare_tokenizer_from_a_folder_without_one_is_one_line(tmp_path, capsy
     line = one_line(capsys, ["prepare", "--source", "text8", "--path", str(tmp_path / "text8"), "--tokenizer", "text",
                              "--tokenizer-from", str(tmp_path), "--out", str(tmp_path / "out")])
     assert "without --tokenizer and --set" in line
+
+
+def test_a_saved_midi_tokenizer_is_never_trained_again_even_in_worker_processes(tmp_path):
+    """A MIDI vocabulary whose BPE target is below its base vocabulary learns nothing and keeps saying it
+    could: encoding other MIDI with it (``--tokenizer-from``, here through real worker processes) uses it
+    as saved, never trains it again."""
+    from shortcutlm.datasets.prepare import prepare
+    from shortcutlm.datasets.tokenizer_fit import tokenizer_from
+    from shortcutlm.tokenizers import load_tokenizer
+
+    cache = str(tmp_path / "cache")
+    first = prepare({"name": "bach_chorales", "limit": 6, "cache": cache}, {"domain": "midi", "vocab_size": 100},
+                    tmp_path / "first", workers=0, progress=False)
+    saved = load_tokenizer(tmp_path / "first" / "tokenizer")
+    assert saved.needs_training  # the state this test is about
+    again = prepare({"name": "bach_chorales", "limit": 9, "cache": cache}, tokenizer_from(tmp_path / "first"),
+                    tmp_path / "again", workers=1, progress=False)
+    assert again["tokenizer"]["fingerprint"] == first["tokenizer"]["fingerprint"] == saved.fingerprint()
+    assert sum(s["documents"] for s in again["splits"].values()) > 0

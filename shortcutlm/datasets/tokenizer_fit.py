@@ -115,7 +115,10 @@ def tokenizer_for(out: Path, domain: str, settings: dict[str, Any], docs: list[D
     else:
         tokenizer = tokenizer_class(domain).from_settings(dict(settings))
     rejected: dict[str, Rejected] = {}
-    if tokenizer.needs_training:
+    # A saved tokenizer is used as it is, even one that still reports it could learn more (a MIDI
+    # vocabulary whose BPE target is below its base vocabulary never trains): training it again would
+    # change the ids its checkpoint was trained on.
+    if tokenizer.needs_training and TOKENIZER_FROM not in settings:
         # a fit is silent for minutes on a large train split: a line every minute (every few with the
         # bars off, as in a batch log) says it goes on
         every_s = 60.0 if progress else prepare_common.PLAIN_EVERY_S
