@@ -3,7 +3,7 @@ target and reference side by side (a player, a piano roll or spectrogram, or the
 pair's scores beside chance and the ceiling.
 
 The page links only to files inside the run folder: a source or reference that lies elsewhere (the
-prepared halves link to the render cache) is copied under ``samples/pairs/<variant>/<task>/``, and
+prepared halves link to the render cache) is copied under ``pairs/<variant>/<task>/``, and
 a score is rendered to sound there once. Which picture and whether a file is sound is asked of the
 joint tokenizer, which answers by the file's kind.
 """
@@ -28,8 +28,7 @@ class _Media:
     """A file of a pair as the page shows it: inside the run folder, audible, drawn or read."""
 
     def __init__(self, layout: RunLayout) -> None:
-        self.root = layout.root.resolve()
-        self.folder = layout.root / "samples" / "pairs"
+        self.root, self.data = layout.root.resolve(), layout.data
         self._renderer: CompositeTokenizer | None | bool = False
 
     def _render(self, artifact: Path, wav: Path) -> Path | None:
@@ -37,7 +36,7 @@ class _Media:
             from shortcutlm.artifacts.manifest import ShardManifest
             from shortcutlm.tokenizers import load_tokenizer
 
-            folder = ShardManifest.read_or_none(self.root / "data")
+            folder = ShardManifest.read_or_none(self.data)
             loaded = load_tokenizer(folder.tokenizer_dir) if folder is not None else None
             self._renderer = loaded if isinstance(loaded, CompositeTokenizer) else None
         renderer = self._renderer
@@ -101,7 +100,7 @@ def pairs_media(layout: RunLayout) -> str:
                 continue
             out.append(f'<h3>{esc(variant)}: {esc(task)}, heard and seen</h3><table class="pairs"><tr><th>pair</th>'
                        + "".join(f"<th>{label}</th>" for _, label in ROLES) + "<th>scores</th></tr>")
-            where = media.folder / variant / task
+            where = layout.pair_media(variant, task)
             for row in rows:
                 cells = [media.cell(row.get(key), where, f"{row['pair_id']}-{key}", f"{variant} {task}: {key}")
                          for key, _ in ROLES]

@@ -25,6 +25,10 @@ class RunLayout:
     def samples(self, variant: str) -> Path:
         return self.root / "samples" / variant
 
+    def pair_media(self, variant: str, task: str) -> Path:
+        """The report's copies of a paired task's sources and references that lie outside the run folder."""
+        return self.root / "pairs" / variant / task
+
     @property
     def report(self) -> Path:
         return self.root / "report.md"
