@@ -27,7 +27,6 @@ import logging
 import time
 from pathlib import Path
 from typing import Any
-from collections.abc import Iterator
 
 import numpy as np
 
@@ -35,12 +34,12 @@ from shortcutlm.artifacts.manifest import (TOKENIZER_FOLDER, ShardManifest, mani
                                            write_manifest)
 from shortcutlm.datasets.new_manifest import new_manifest
 from shortcutlm.datasets.prepare import prepare
-from shortcutlm.datasets.shards import read_shard, token_dtype
+from shortcutlm.datasets.shards import token_dtype
 from shortcutlm.datasets.summary import summarise
 from shortcutlm.pairs.collect import collect_pairs
 from shortcutlm.pairs.halves import HALVES, check_same_source, doc_key, write_halves
 from shortcutlm.pairs.records import BAD_PAIR, TOO_LONG, UNPAIRED, Leftover, Pair
-from shortcutlm.pairs.shards import SplitShards
+from shortcutlm.pairs.shards import SplitShards, folder_documents
 from shortcutlm.pairs.tasks import TASKS, PairError, Task, task_named, tasks_between
 from shortcutlm.pairs.unpaired import UnpairedPart, check_unpaired, unpaired_documents
 from shortcutlm.tokenizers import load_tokenizer
@@ -51,14 +50,6 @@ from shortcutlm.tokenizers.domains import DOMAINS
 PARTS = "parts"
 
 log = logging.getLogger(__name__)
-
-
-def _documents(folder: Path) -> Iterator[tuple[str, np.ndarray]]:
-    """A prepared part's documents, shard by shard (one shard in memory at a time)."""
-    manifest = ShardManifest.read(folder)
-    for record in manifest.shards:
-        for key, ids, _meta in read_shard(folder / record.name):
-            yield key, ids
 
 
 def _rejections(folder: Path) -> dict[str, str]:
@@ -120,7 +111,7 @@ def _write_pairs(pairs: list[Pair], index: dict[str, Any], folders: dict[str, Pa
     the leftovers. The largest part is read shard by shard and its partners looked up in the smaller
     parts, held in memory (LibriSpeech's transcripts are a few percent of its audio's ids)."""
     streamed = max(folders, key=lambda d: _tokens(folders[d]))
-    held = {d: dict(_documents(f)) for d, f in folders.items() if d != streamed}
+    held = {d: dict(folder_documents(f)) for d, f in folders.items() if d != streamed}
     entries = list(zip(index["pairs"], pairs))
     by_key = {doc_key(e["files"][streamed]): k for k, (e, _p) in enumerate(entries) if streamed in e["files"]}
     done: set[int] = set()
@@ -139,7 +130,7 @@ def _write_pairs(pairs: list[Pair], index: dict[str, Any], folders: dict[str, Pa
                 ids[half.domain] = found
         return ids
 
-    for key, tokens in _documents(folders[streamed]):
+    for key, tokens in folder_documents(folders[streamed]):
         seen.add(key)
         number = by_key.get(key)
         if number is not None and (ids := halves(number, {streamed: tokens})) is not None:

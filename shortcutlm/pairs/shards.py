@@ -8,13 +8,23 @@ them over workers and ranks and no single file grows without bound.
 """
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from shortcutlm.artifacts.manifest import ShardManifest
 from shortcutlm.datasets.prepare_common import DEFAULT_SHARD_DOCUMENTS, DEFAULT_SHARD_TOKENS
-from shortcutlm.datasets.shards import ShardWriter
+from shortcutlm.datasets.shards import ShardWriter, read_shard
+
+
+def folder_documents(folder: Path, split: str | None = None) -> Iterator[tuple[str, np.ndarray]]:
+    """``(key, ids)`` of a prepared folder's documents (of ``split``, or all), a shard at a time."""
+    manifest = ShardManifest.read(folder)
+    for record in manifest.shards_of(split) if split else manifest.shards:
+        for key, ids, _meta in read_shard(folder / record.name):
+            yield key, ids
 
 
 class SplitShards:

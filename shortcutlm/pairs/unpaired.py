@@ -27,12 +27,12 @@ from typing import Any
 
 import numpy as np
 
-from shortcutlm.artifacts.manifest import TOKENIZER_FOLDER, ShardManifest
+from shortcutlm.artifacts.manifest import TOKENIZER_FOLDER
 from shortcutlm.datasets.prepare import prepare
-from shortcutlm.datasets.shards import read_shard
 from shortcutlm.datasets.tokenizer_fit import tokenizer_from
 from shortcutlm.documents import safe_id
 from shortcutlm.pairs.records import Pair
+from shortcutlm.pairs.shards import folder_documents
 from shortcutlm.pairs.tasks import PairError, Task
 from shortcutlm.tokenizers.paired import target_alone
 from shortcutlm.tokenizers.composite import CompositeTokenizer
@@ -89,13 +89,6 @@ def check_unpaired(entries: Any, domains: set[str], wanted: list[Task]) -> list[
     return checked
 
 
-def _train_documents(folder: Path) -> Iterator[tuple[str, np.ndarray]]:
-    manifest = ShardManifest.read(folder)
-    for record in manifest.shards_of("train"):
-        for key, ids, _meta in read_shard(folder / record.name):
-            yield key, ids
-
-
 def unpaired_documents(entries: list[tuple[dict[str, Any], Task]], out: Path, joint: CompositeTokenizer,
                        pairs: list[Pair], parts: Path, workers: int, progress: bool,
                        reports: list[UnpairedPart]) -> Iterator[tuple[str, np.ndarray, dict[str, Any]]]:
@@ -110,7 +103,7 @@ def unpaired_documents(entries: list[tuple[dict[str, Any], Task]], out: Path, jo
         report = UnpairedPart(domain, source, task.name, folder.relative_to(out).as_posix(),
                               rejected=len(manifest.get("rejected") or []))
         reports.append(report)
-        for key, ids in _train_documents(folder):
+        for key, ids in folder_documents(folder, "train"):
             if key in held_out:
                 report.held_out.append(key)
                 continue
