@@ -58,10 +58,14 @@ class Trainee:
         self.idx = torch.randint(0, config.vocab_size, shape, device=device)
         self.device, self.dtype = device, dtype
 
+    def targets(self) -> torch.Tensor:
+        """What the loss predicts: every next id."""
+        return self.idx[..., 1:]
+
     def step(self) -> float:
         self.opt.zero_grad(set_to_none=True)
         with torch.autocast(torch.device(self.device).type, dtype=self.dtype, enabled=self.dtype != torch.float32):
-            loss = stream_losses(self.forward(self.idx[..., :-1]), self.idx[..., 1:]).mean()
+            loss = stream_losses(self.forward(self.idx[..., :-1]), self.targets()).mean()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
         self.opt.step()
@@ -79,17 +83,11 @@ class PairedTrainee(Trainee):
         self.idx[..., config.block_size // 2] = marker
         self.spans = ([marker], [end])
 
-    def step(self) -> float:
+    def targets(self) -> torch.Tensor:
+        """The next ids after a task marker only (computed each step, as training does from its batch)."""
         from shortcutlm.models.losses import targets_only
 
-        self.opt.zero_grad(set_to_none=True)
-        with torch.autocast(torch.device(self.device).type, dtype=self.dtype, enabled=self.dtype != torch.float32):
-            targets = targets_only(self.idx, *self.spans)
-            loss = stream_losses(self.forward(self.idx[..., :-1]), targets).mean()
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
-        self.opt.step()
-        return float(loss.detach())
+        return targets_only(self.idx, *self.spans)
 
 
 def measure_training(trainees: dict[str, Trainee], steps: int, warmup: int) -> dict[str, list[float]]:
@@ -239,14 +237,15 @@ def _joint_figures(trainees: dict[str, Trainee], times: dict[str, list[float]], 
                "joint_step_seconds_all": times[JOINT],
                "single_peak_step_bytes": _peak_step_bytes(single), "joint_peak_step_bytes": _peak_step_bytes(joint)}
     figures["step_time_ratio"] = figures["joint_step_seconds_median"] / figures["single_step_seconds_median"]
-    figures["joint_generate_tokens_per_second"] = _generation(joint, new_tokens, 16)
+    figures["joint_generate_tokens_per_second"] = _generation(joint, new_tokens)
     return figures
 
 
-def _generation(trainee: Trainee, new_tokens: int, prompt_tokens: int) -> float:
+def _generation(trainee: Trainee, new_tokens: int, prompt_tokens: int = 16, use_cache: bool = True) -> float:
+    """Tokens per second ``trainee``'s model generates, in eval mode under the trainee's autocast."""
     model = trainee.model.eval()
     with torch.autocast(torch.device(trainee.device).type, dtype=trainee.dtype, enabled=trainee.dtype != torch.float32):
-        rate = measure_generation(model, new_tokens, True, trainee.device, prompt_tokens=prompt_tokens)
+        rate = measure_generation(model, new_tokens, use_cache, trainee.device, prompt_tokens=prompt_tokens)
     model.train()
     return rate
 
@@ -265,19 +264,17 @@ def _paired_figures(trainees: dict[str, Trainee], times: dict[str, list[float]],
     return figures
 
 
-def _variant_figures(trainee: Trainee, times: list[float], args: argparse.Namespace, dtype: torch.dtype,
-                     peak: float, tokens_per_step: int) -> dict[str, Any]:
+def _variant_figures(trainee: Trainee, times: list[float], args: argparse.Namespace, peak: float,
+                     tokens_per_step: int) -> dict[str, Any]:
     """One variant's row: step time, MFU, peak step memory, its cache (measured and in closed form) and
     generation speed with and without the cache."""
     memory = _peak_step_bytes(trainee)
-    model, cfg = trainee.model.eval(), trainee.config
+    model, cfg = trainee.model, trainee.config
     step = median(times)
     n_params = model.num_params()
     cache = model.new_cache(1)
-    with torch.autocast(torch.device(args.device).type, dtype=dtype, enabled=dtype != torch.float32):
-        cached = measure_generation(model, args.new_tokens, True, args.device)
-        uncached = measure_generation(model, args.new_tokens, False, args.device)
-    trainee.model.train()
+    cached = _generation(trainee, args.new_tokens)
+    uncached = _generation(trainee, args.new_tokens, use_cache=False)
     tps = tokens_per_step / step
     return {
         "config": {k: v for k, v in cfg.to_dict().items() if k in ("value_residual", "shortcut")},
@@ -347,7 +344,7 @@ def run(args: argparse.Namespace) -> int:
     trainees.pop(PAIRED, None)
     peak = matmul_peak_flops(args.device, dtype)
     tokens_per_step = args.batch * base.block_size
-    out = {name: _variant_figures(trainee, times[name], args, dtype, peak, tokens_per_step)
+    out = {name: _variant_figures(trainee, times[name], args, peak, tokens_per_step)
            for name, trainee in trainees.items()}
     result: dict[str, Any] = {
         "benchmark": "model",

@@ -44,10 +44,9 @@ def ensure_pairs(recipe: Recipe, data_dir: str | Path, progress: bool = True) ->
     spec = recipe.pairs
     manifest = read_manifest_or_none(data_dir, require_complete=True)
     if not manifest or not holds_pairs(manifest, spec):
-        prepare_pairs(dict(spec["source"]), dict(spec["tokenizers"]), data_dir, spec.get("tasks"),
-                      alone=bool(spec.get("alone", True)), workers=2, progress=progress,
-                      max_tokens=spec.get("max_tokens"), unpaired=spec.get("unpaired"))
-        manifest = read_manifest_or_none(data_dir, require_complete=True) or {}
+        manifest = prepare_pairs(dict(spec["source"]), dict(spec["tokenizers"]), data_dir, spec.get("tasks"),
+                                 alone=bool(spec.get("alone", True)), workers=2, progress=progress,
+                                 max_tokens=spec.get("max_tokens"), unpaired=spec.get("unpaired"))
     warn_if_longer_than_context(recipe, manifest)
     return data_dir
 

@@ -21,7 +21,7 @@ from shortcutlm.tokenizers.composite import CompositeTokenizer
 
 #: Pairs shown per variant and task (every scored pair is in the tables; a page of players stays short).
 SHOWN = 4
-ROLES = (("source", "source"), ("generated", "generated"), ("reference", "reference"))
+ROLES = ("source", "generated", "reference")
 
 
 class _Media:
@@ -99,11 +99,11 @@ def pairs_media(layout: RunLayout) -> str:
             if not rows:
                 continue
             out.append(f'<h3>{esc(variant)}: {esc(task)}, heard and seen</h3><table class="pairs"><tr><th>pair</th>'
-                       + "".join(f"<th>{label}</th>" for _, label in ROLES) + "<th>scores</th></tr>")
+                       + "".join(f"<th>{role}</th>" for role in ROLES) + "<th>scores</th></tr>")
             where = layout.pair_media(variant, task)
             for row in rows:
                 cells = [media.cell(row.get(key), where, f"{row['pair_id']}-{key}", f"{variant} {task}: {key}")
-                         for key, _ in ROLES]
+                         for key in ROLES]
                 out.append(f"<tr><td>{esc(row['pair_id'])}</td>{''.join(cells)}{_scores(row)}</tr>")
             out.append("</table>")
     return "".join(out)
