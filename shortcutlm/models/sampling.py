@@ -5,6 +5,7 @@ each row is sampled independently from its own head.
 """
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 from collections.abc import Callable, Iterable
@@ -12,8 +13,8 @@ from collections.abc import Callable, Iterable
 import torch
 from torch import Tensor
 
-from shortcutlm.models.decoding import decode_steps
-from shortcutlm.models.gpt import GPT
+from shortcutlm.models.decoding import CHUNK, compiled_chunk, guarded_calls
+from shortcutlm.models.gpt import GPT, KVCache
 
 
 @dataclass
@@ -48,23 +49,59 @@ def filter_logits(logits: Tensor, top_k: int | None, top_p: float | None) -> Ten
     return logits
 
 
-def sample_next(logits: Tensor, settings: SamplingSettings, generator: torch.Generator | None) -> Tensor:
-    """Sample one id per row (and stream) from logits [..., V]."""
-    if settings.temperature == 0:
-        return logits.argmax(dim=-1)
+def _distribution(logits: Tensor, settings: SamplingSettings) -> tuple[Tensor, Tensor | None]:
+    """The probabilities to draw from [..., C] and, when top-k narrows them to C = k candidates,
+    the ids of those candidates."""
     logits = logits.float() / settings.temperature
     k = settings.top_k
     if k is not None and k < logits.shape[-1]:
         # Draw among the k best only: the distribution of masking the rest to -inf (up to ties
-        # at the k-th logit), without a softmax and a multinomial over the whole vocabulary
+        # at the k-th logit), without a softmax over the whole vocabulary
         # (on CPU at vocabulary 2048: 30 µs a token instead of 69 µs).
         values, ids = torch.topk(logits, k, dim=-1)
-        probs = filter_logits(values, None, settings.top_p).softmax(dim=-1)
-        pick = torch.multinomial(probs.reshape(-1, k), 1, generator=generator)
-        return ids.reshape(-1, k).gather(-1, pick).view(logits.shape[:-1])
-    probs = filter_logits(logits, None, settings.top_p).softmax(dim=-1)
-    flat = torch.multinomial(probs.reshape(-1, probs.shape[-1]), 1, generator=generator)
-    return flat.view(probs.shape[:-1])
+        return filter_logits(values, None, settings.top_p).softmax(dim=-1), ids
+    return filter_logits(logits, None, settings.top_p).softmax(dim=-1), None
+
+
+def choose(logits: Tensor, noise: Tensor | None, settings: SamplingSettings) -> Tensor:
+    """One id per row (and stream) from logits [..., V], given this step's ``sampling_noise``
+    (None when greedy).
+
+    The draw is the one ``torch.multinomial`` makes for a single sample: the argmax of the
+    probabilities over exponential noise (an exponential race, the Gumbel-max trick with the
+    logarithms removed). Written out so that the noise can be drawn outside a compiled chunk of
+    steps (``models.decoding``) and a seed still gives the ids ``torch.multinomial`` gives
+    (tested: ``tests/models/test_gpt.py``).
+    """
+    if settings.temperature == 0:
+        return logits.argmax(dim=-1)
+    assert noise is not None  # sampled settings always draw noise
+    probs, ids = _distribution(logits, settings)
+    pick = (probs / noise).argmax(dim=-1, keepdim=True)
+    return pick.squeeze(-1) if ids is None else ids.gather(-1, pick).squeeze(-1)
+
+
+def noise_shape(rows: tuple[int, ...], vocab: int, settings: SamplingSettings) -> tuple[int, ...] | None:
+    """The shape of one step's noise for logits [*rows, vocab]; None when greedy."""
+    if settings.temperature == 0:
+        return None
+    k = settings.top_k
+    return (*rows, k if k is not None and k < vocab else vocab)
+
+
+def sampling_noise(shape: tuple[int, ...], generator: torch.Generator | None, device: torch.device,
+                   out: Tensor | None = None) -> Tensor:
+    """One step's exponential noise, drawn as ``torch.multinomial`` draws it (one ``exponential_``
+    over a float tensor of the candidates' shape), into ``out`` when given (a chunk's slot)."""
+    target = torch.empty(shape, device=device) if out is None else out
+    return target.exponential_(1.0, generator=generator)
+
+
+def sample_next(logits: Tensor, settings: SamplingSettings, generator: torch.Generator | None) -> Tensor:
+    """Sample one id per row (and stream) from logits [..., V]."""
+    shape = noise_shape(tuple(logits.shape[:-1]), logits.shape[-1], settings)
+    noise = None if shape is None else sampling_noise(shape, generator, logits.device)
+    return choose(logits, noise, settings)
 
 
 @torch.no_grad()
@@ -81,9 +118,9 @@ def generate(model: GPT, prompt: Tensor, max_new_tokens: int, settings: Sampling
     ``forced`` ([B, F] or [B, K, F]) fixes the first F generated steps wherever it is >= 0
     (-1 = sample): the delay layout uses it to keep the prompt's known codes in the streams
     that lag behind. ``banned`` ids are never sampled (e.g. audio's special ids, which would
-    cut the decoded waveform short). ``compile`` runs the single-token steps through
-    ``torch.compile`` (``models.decoding.decode_steps``: the first call compiles, tens of seconds
-    on a CPU; worth it for long or repeated generation). ``on_step`` is called with the steps done
+    cut the decoded waveform short). ``compile`` decodes ``models.decoding.CHUNK``
+    tokens per call of a ``torch.compile``d chunk (the first call compiles, about a minute on a
+    CPU; worth it for long or repeated generation), the same ids as without. ``on_step`` is called with the steps done
     after each one (a progress display). Returns prompt and continuation together.
     """
     settings = settings or SamplingSettings()
@@ -103,38 +140,85 @@ def generate(model: GPT, prompt: Tensor, max_new_tokens: int, settings: Sampling
     keep = slide_keep or max(1, (3 * cfg.block_size) // 4)
     seq = prompt
     cache = model.new_cache(prompt.shape[0]) if use_cache else None
+    chunk = _Chunk(model, settings, generator, tuple(prompt.shape[:-1]), never, forced) \
+        if compile and cache is not None else None
 
     def prefill(n: int) -> Tensor:
         if cache is not None:
             cache.reset()
         return model(seq[..., -n:], cache=cache, last_only=True)
 
-    step_fn = decode_steps(model, compile and cache is not None)
-    logits = prefill(min(seq.shape[-1], cfg.block_size))
-    for step in range(max_new_tokens):
-        last = logits[..., -1, :]
-        if never.numel():
-            last = last.index_fill(-1, never, float("-inf"))
-        nxt = sample_next(last, settings, generator)  # [B] or [B, K]
-        if forced is not None and step < forced.shape[-1]:
-            fixed = forced[..., step]
-            nxt = torch.where(fixed >= 0, fixed, nxt)
-        seq = torch.cat([seq, nxt.unsqueeze(-1)], dim=-1)
-        if on_step is not None:
-            on_step(step + 1)
-        if stops.numel():
-            lead = nxt if nxt.dim() == 1 else nxt[:, 0]
-            finished |= torch.isin(lead, stops)
-            if bool(finished.all()):
-                break
-        if cache is None:
-            logits = prefill(min(seq.shape[-1], cfg.block_size))
-        elif cache.length + 1 > cfg.block_size:  # context full: slide the window
-            logits = prefill(min(keep, seq.shape[-1]))
-        else:
-            logits = step_fn(nxt.unsqueeze(-1), cache=cache, last_only=True)
+    logits: Tensor | None = prefill(min(seq.shape[-1], cfg.block_size))
+    step = 0
+    while step < max_new_tokens:
+        if logits is None:  # the last token is not fed yet
+            if chunk is not None and cache is not None and chunk.fits(step, max_new_tokens, cache):
+                new = chunk(seq[..., -1:], cache, step)
+            elif cache is None:
+                logits = prefill(min(seq.shape[-1], cfg.block_size))
+            elif cache.length + 1 > cfg.block_size:  # context full: slide the window
+                logits = prefill(min(keep, seq.shape[-1]))
+            else:
+                logits = model(seq[..., -1:], cache=cache, last_only=True)
+        if logits is not None:
+            last = logits[..., -1, :]
+            if never.numel():
+                last = last.index_fill(-1, never, float("-inf"))
+            nxt = sample_next(last, settings, generator)  # [B] or [B, K]
+            if forced is not None and step < forced.shape[-1]:
+                fixed = forced[..., step]
+                nxt = torch.where(fixed >= 0, fixed, nxt)
+            new, logits = nxt.unsqueeze(-1), None
+        taken = new.shape[-1]
+        if stops.numel():  # keep the new tokens up to the one after which every row has stopped
+            lead = new if new.dim() == 2 else new[:, 0]
+            hits = torch.isin(lead, stops).cumsum(dim=-1) > 0
+            done = (finished[:, None] | hits).all(dim=0).nonzero()
+            taken = int(done[0]) + 1 if done.numel() else taken
+            finished |= hits[:, taken - 1]
+        seq = torch.cat([seq, new[..., :taken]], dim=-1)
+        for _ in range(taken):
+            step += 1
+            if on_step is not None:
+                on_step(step)
+        if stops.numel() and bool(finished.all()):
+            break
     model.train(was_training)
     return seq
+
+
+class _Chunk:
+    """The compiled chunk of ``models.decoding.CHUNK`` steps, for one generation loop: it draws each
+    step's noise from the loop's generator in the eager loop's order and passes the banned ids and
+    the forced ids of the steps it covers. Both are always tensors (none banned: an empty one; none
+    forced: -1 everywhere), so one compiled graph serves every loop with the same settings."""
+
+    def __init__(self, model: GPT, settings: SamplingSettings, generator: torch.Generator | None,
+                 rows: tuple[int, ...], banned: Tensor, forced: Tensor | None) -> None:
+        self.n = CHUNK
+        key = (settings.temperature, settings.top_k, settings.top_p)
+        pick = functools.partial(choose, settings=settings)
+        self.fn = guarded_calls(compiled_chunk(model, self.n, key, pick), self.n)
+        self.generator, self.device = generator, banned.device
+        shape = noise_shape(rows, model.config.vocab_size, settings)
+        self.noise = None if shape is None else torch.empty((self.n, *shape), device=self.device)
+        self.banned = banned
+        self.given = forced
+        self.forced = torch.full((*rows, self.n), -1, dtype=torch.long, device=self.device)
+
+    def fits(self, step: int, max_new_tokens: int, cache: KVCache) -> bool:
+        """Whether a whole chunk fits in the tokens asked and the context left."""
+        return step + self.n <= max_new_tokens and cache.length + self.n <= cache.max_len
+
+    def __call__(self, last: Tensor, cache: KVCache, step: int) -> Tensor:
+        if self.noise is not None:
+            for slot in self.noise:
+                sampling_noise(tuple(slot.shape), self.generator, self.device, out=slot)
+        if self.given is not None and step < self.given.shape[-1] + self.n:
+            window = self.given[..., step:step + self.n]
+            self.forced.fill_(-1)
+            self.forced[..., :window.shape[-1]] = window
+        return self.fn(last, cache, self.noise, self.banned, self.forced)
 
 
 def trim_at_stop(tokens: Tensor, stop_tokens: Iterable[int], start: int = 0) -> Tensor:

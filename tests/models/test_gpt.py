@@ -384,6 +384,26 @@ def test_top_k_sampling_draws_from_the_filtered_distribution(top_p):
     assert streams.shape == (2, 3)
 
 
+@pytest.mark.parametrize("top_k", [None, 4])
+def test_sampling_draws_the_ids_torch_multinomial_draws_for_a_seed(top_k):
+    """The written-out draw (an exponential race over noise drawn outside any compiled graph) gives,
+    seed for seed, the ids ``torch.multinomial`` gives: a seed samples what it sampled before."""
+    settings = SamplingSettings(temperature=0.8, top_k=top_k, seed=0)
+    for seed in range(30):
+        logits = torch.randn(3, 2, 11, generator=torch.Generator().manual_seed(100 + seed))
+        ours, theirs = torch.Generator().manual_seed(seed), torch.Generator().manual_seed(seed)
+        for _ in range(4):
+            got = sample_next(logits, settings, ours)
+            scaled = logits / 0.8
+            if top_k is None:
+                want = torch.multinomial(scaled.softmax(-1).reshape(-1, 11), 1, generator=theirs).view(3, 2)
+            else:
+                values, ids = torch.topk(scaled, top_k, dim=-1)
+                pick = torch.multinomial(values.softmax(-1).reshape(-1, top_k), 1, generator=theirs)
+                want = ids.reshape(-1, top_k).gather(-1, pick).view(3, 2)
+            assert torch.equal(got, want)
+
+
 def test_stream_losses_mask_ignored_targets():
     logits = torch.randn(2, 3, 5, 11)
     targets = torch.randint(0, 11, (2, 3, 5))
@@ -424,21 +444,56 @@ def test_one_weight_decay_rule_matrices_yes_gains_biases_and_lambdas_no():
     assert model.param_groups(0.1) == weight_decay_groups(model, 0.1)
 
 
+def _stops_inside_a_chunk(model: GPT, prompt: torch.Tensor, settings: SamplingSettings) -> list[int]:
+    """Each row's 7th new token (inside the second chunk of 4) of an unstopped generation: with these
+    as stop tokens every row stops by then, so generation ends inside that chunk."""
+    plain = generate(model, prompt, 15, settings)
+    return (plain if plain.dim() == 2 else plain[:, 0])[:, prompt.shape[-1] + 6].tolist()
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("shortcut", ["full", "last_layer"])
-def test_compiled_decoding_equals_eager_and_uncached_decoding(shortcut):
-    """``generate(compile=True)`` (torch.compile's CPU backend, dynamic cache length) samples what the
-    eager cached and uncached loops sample, through both per-depth caches and SVFormer's shared values."""
-    model = make(tiny(shortcut=shortcut, value_residual="svformer", n_kv_head=2, block_size=32))
+@pytest.mark.parametrize("variant", [dict(shortcut="full", value_residual="svformer", n_kv_head=2, n_streams=3),
+                                     dict(shortcut="last_layer", value_residual="learnable", n_kv_head=2)],
+                         ids=["full-svformer-3streams", "last_layer-learnable"])
+def test_compiled_chunks_decode_the_ids_eager_decoding_decodes(variant):
+    """``generate(compile=True)`` (compiled chunks of ``CHUNK`` steps, torch.compile's CPU backend,
+    dynamic cache length, noise drawn outside the graph) gives exactly the eager cached and uncached
+    loops' ids: past the context (the window slides), with banned and forced ids, with stop tokens
+    that end generation inside a chunk; through both per-depth caches, SVFormer's shared values,
+    grouped keys and several streams. One compiled graph serves all of it (compiling costs most of
+    this test)."""
+    model = make(tiny(block_size=32, **variant))
     prompt = tokens(model.config, 2, 5)
-    for settings in (SamplingSettings(temperature=0.0), SamplingSettings(temperature=0.9, top_k=20, seed=3)):
-        eager = generate(model, prompt, 20, settings)
-        assert torch.equal(generate(model, prompt, 20, settings, compile=True), eager)
-        assert torch.equal(generate(model, prompt, 20, settings, use_cache=False), eager)
-    greedy = SamplingSettings(temperature=0.0)
-    slid = generate(model, prompt, 40, greedy, compile=True)  # past the context, sliding to 1 kept position
-    assert torch.equal(slid, generate(model, prompt, 40, greedy))
-    assert torch.equal(generate(model, prompt, 40, greedy, compile=True, slide_keep=1),
-                       generate(model, prompt, 40, greedy, slide_keep=1))
-    one = prompt[:, :1]  # a cache of 1 position: a size the compiled graph specialises
+    sampled = SamplingSettings(temperature=0.9, top_k=20, seed=3)
+    eager = generate(model, prompt, 21, sampled)
+    assert torch.equal(generate(model, prompt, 21, sampled, compile=True), eager)
+    assert torch.equal(generate(model, prompt, 21, sampled, use_cache=False), eager)
+    for keep in (None, 1):  # past the context, sliding to 1 kept position
+        assert torch.equal(generate(model, prompt, 45, sampled, compile=True, slide_keep=keep),
+                           generate(model, prompt, 45, sampled, slide_keep=keep))
+    forced = torch.full((*prompt.shape[:-1], 6), -1)
+    forced[..., 1:6:2] = 7
+    rules = dict(banned=[3, 5, 9], forced=forced)
+    eager = generate(model, prompt, 15, sampled, **rules)
+    assert torch.equal(generate(model, prompt, 15, sampled, compile=True, **rules), eager)
+    assert not torch.isin(eager[..., 5:], torch.tensor([3, 5, 9])).any() and (eager[..., 6:11:2] == 7).all()
+    stops = _stops_inside_a_chunk(model, prompt, sampled)
+    stopped = generate(model, prompt, 15, sampled, stop_tokens=stops)
+    assert stopped.shape[-1] <= 5 + 7
+    assert torch.equal(generate(model, prompt, 15, sampled, compile=True, stop_tokens=stops), stopped)
+
+
+@pytest.mark.slow
+def test_compiled_chunks_decode_greedy_and_nucleus_ids_as_eager_decoding():
+    """The sampling settings a chunk bakes in: greedy (no noise; here from a one-token prompt at batch
+    1, a cache length and a batch size Dynamo specialises) and a nucleus over the whole vocabulary
+    (noise over every id, past the context)."""
+    model = make(tiny(block_size=32, shortcut="depth", value_residual="resformer"))
+    greedy, nucleus = SamplingSettings(temperature=0.0), SamplingSettings(temperature=1.1, top_p=0.9, seed=4)
+    one = tokens(model.config, 1, 1)
     assert torch.equal(generate(model, one, 12, greedy, compile=True), generate(model, one, 12, greedy))
+    stops = _stops_inside_a_chunk(model, one, greedy)
+    assert torch.equal(generate(model, one, 15, greedy, compile=True, stop_tokens=stops),
+                       generate(model, one, 15, greedy, stop_tokens=stops))
+    prompt = tokens(model.config, 2, 5)
+    assert torch.equal(generate(model, prompt, 45, nucleus, compile=True), generate(model, prompt, 45, nucleus))
