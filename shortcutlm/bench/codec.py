@@ -13,7 +13,8 @@ Five parts, the first four on the embedded chorales (rendered at 24 kHz with pre
 * **encode / decode** of one file, and encoding on a GPU when one is present;
 * **generation**: seconds of audio per wall second, batch 1 with the KV cache, delay layout with
   4 codebooks, at the audio recipe's tiny and default model sizes (weights untrained: the
-  speed does not depend on them), codec decoding timed apart;
+  speed does not depend on them), codec decoding timed apart; eager decoding beside
+  ``generate --compile``'s compiled chunks, whose default-size figure is judged (>= 5 s/s);
 * **memory**: peak RSS of encoding one long file (``--memory-minutes``, 10 and 60 by default,
   synthesized 44.1 kHz stereo WAVs) side by side, each in a fresh process, for encoding and
   for the codebook-fitting sample (:mod:`shortcutlm.bench.long_audio`); the target is that
@@ -39,9 +40,10 @@ import numpy as np
 import torch
 
 from shortcutlm.bench import long_audio
-from shortcutlm.bench.common import machine, target, timed, write_json
+from shortcutlm.bench.common import machine, median, target, timed, write_json
 
-TARGETS = {"identity": 0.95, "prepare_real_time_factor": 20.0}
+#: generation: seconds of audio per second at the default size, through ``generate --compile``.
+TARGETS = {"identity": 0.95, "prepare_real_time_factor": 20.0, "generation": 5.0}
 PARTS = ("identity", "prepare", "codec", "generation", "memory")
 CLIP_SECONDS = 2.0
 RATE = 24000
@@ -228,23 +230,34 @@ def bench_codec_speed(docs: list, bandwidth: float) -> dict[str, Any]:
 
 # --------------------------------------------------------------------------------- generation
 
-def bench_generation(seconds: float) -> dict[str, Any]:
-    """Seconds of audio per wall second, batch 1 with the KV cache, delay layout, 4 codebooks."""
+def bench_generation(seconds: float, repeats: int = 3) -> dict[str, Any]:
+    """Seconds of audio per wall second, batch 1 with the KV cache, delay layout, 4 codebooks: eager
+    decoding and ``generate --compile``'s compiled chunks (``models.decoding``), interleaved, median of
+    ``repeats``; the compile's own time and whether both decoded the same codes are beside them."""
     from shortcutlm.models import GPT, GPTConfig, SamplingSettings, generate
 
     k, frames_per_second, vocab = 4, 75, 1024 + 4
     steps = int(seconds * frames_per_second) + k - 1
     out: dict[str, Any] = {"layout": "delay", "n_codebooks": k, "batch": 1, "kv_cache": True,
-                           "seconds_generated": seconds, "threads": torch.get_num_threads()}
+                           "seconds_generated": seconds, "threads": torch.get_num_threads(), "repeats": repeats}
     for name, size in GENERATION_SIZES.items():
         torch.manual_seed(0)
         model = GPT(GPTConfig(vocab_size=vocab, n_streams=k, dropout=0.0, **size)).eval()
         prompt = torch.randint(0, 1024, (1, k, frames_per_second))  # one second of prompt
         settings = SamplingSettings(temperature=1.0, top_k=50, seed=0)
         generate(model, prompt, 8, settings)  # warm-up
-        wall = timed(lambda: generate(model, prompt, steps, settings))
-        out[name] = {**size, "params": model.num_params(), "wall_s": wall, "audio_seconds_per_second": seconds / wall,
-                     "steps_per_second": steps / wall}
+        compile_s = timed(lambda: generate(model, prompt, 8, settings, compile=True))
+        walls: dict[bool, list[float]] = {False: [], True: []}
+        for _ in range(repeats):
+            for compiled in (False, True):
+                walls[compiled].append(timed(lambda: generate(model, prompt, steps, settings, compile=compiled)))
+        same = torch.equal(generate(model, prompt, steps, settings, compile=True), generate(model, prompt, steps, settings))
+        eager, compiled_wall = median(walls[False]), median(walls[True])
+        out[name] = {**size, "params": model.num_params(), "wall_s": eager, "audio_seconds_per_second": seconds / eager,
+                     "steps_per_second": steps / eager, "compiled_wall_s": compiled_wall,
+                     "compiled_audio_seconds_per_second": seconds / compiled_wall,
+                     "compiled_over_eager": eager / compiled_wall, "compile_s": compile_s,
+                     "compiled_codes_equal_eager": same}
     return out
 
 
@@ -276,7 +289,9 @@ def summary(result: dict[str, Any]) -> list[str]:
         for name in GENERATION_SIZES:
             g = gen[name]
             lines.append(f"generation {name} ({g['n_layer']}x{g['n_embd']}): {g['audio_seconds_per_second']:.2f} "
-                         f"s of audio per s ({g['steps_per_second']:.0f} steps/s)")
+                         f"s of audio per s eager ({g['steps_per_second']:.0f} steps/s), "
+                         f"{g['compiled_audio_seconds_per_second']:.2f} compiled (--compile; "
+                         f"same codes: {g['compiled_codes_equal_eager']})")
     return lines
 
 
@@ -339,6 +354,8 @@ def _run(args: argparse.Namespace) -> int:
         result["codec"] = bench_codec_speed(docs, args.bandwidth)
     if "generation" in parts:
         result["generation"] = bench_generation(args.generate_seconds)
+        result["targets"]["generation_default_audio_seconds_per_second"] = target(
+            result["generation"]["default"]["compiled_audio_seconds_per_second"], TARGETS["generation"], ">=")
     if memory is not None:
         minutes, weights = memory
         result["memory"] = long_audio.bench_long_audio(minutes, weights, args.memory_bandwidth, work=args.work)
