@@ -289,7 +289,7 @@ def test_sidecars_find_the_samples_of_a_folder(midi_ckpt, midi_files, tmp_path):
 
 @pytest.mark.slow
 def test_cli_compile_writes_the_samples_eager_decoding_writes(text_ckpt, text_prompt, tmp_path):
-    """``generate --compile`` (the compiled single-token step) is a speed option only: the same
+    """``generate --compile`` (compiled chunks of steps) is a speed option only: the same
     seed gives the same files as eager decoding."""
     common = ["generate", str(text_ckpt), "--prompt", str(text_prompt), "--tokens", "12", "--seed", "5",
               "--top-k", "20", "--samples", "2", "--device", "cpu"]

@@ -251,7 +251,8 @@ def bench_generation(seconds: float, repeats: int = 3) -> dict[str, Any]:
         for _ in range(repeats):
             for compiled in (False, True):
                 walls[compiled].append(timed(lambda: generate(model, prompt, steps, settings, compile=compiled)))
-        same = torch.equal(generate(model, prompt, steps, settings, compile=True), generate(model, prompt, steps, settings))
+        same = torch.equal(generate(model, prompt, steps, settings, compile=True),
+                           generate(model, prompt, steps, settings))
         eager, compiled_wall = median(walls[False]), median(walls[True])
         out[name] = {**size, "params": model.num_params(), "wall_s": eager, "audio_seconds_per_second": seconds / eager,
                      "steps_per_second": steps / eager, "compiled_wall_s": compiled_wall,

@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import os
 import platform
+import shlex
 import statistics
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -54,6 +56,16 @@ def target(value: float, bound: float, kind: str) -> dict[str, Any]:
     return {"value": value, "target": f"{kind} {bound}", "pass": bool(ok)}
 
 
+def run_context(result: dict[str, Any]) -> dict[str, Any]:
+    """How the figures were made, written beside them: the command (when run from the command line;
+    a benchmark's own ``command`` field wins) and the machine's load averages at the end of the run
+    (1, 5 and 15 minutes), which say whether the cores were idle while it timed."""
+    context: dict[str, Any] = {"load_average_1_5_15_min": [round(x, 2) for x in os.getloadavg()]}
+    if "command" not in result and sys.argv[1:2] == ["bench"]:
+        context["command"] = shlex.join(["shortcutlm", *sys.argv[1:]])
+    return context
+
+
 def write_json(result: dict[str, Any], path: str | Path | None, summary: Iterable[str] = ()) -> None:
     """Print a benchmark's short summary and write its whole ``result`` to ``path`` as JSON.
 
@@ -80,7 +92,7 @@ def write_json(result: dict[str, Any], path: str | Path | None, summary: Iterabl
         for i, why in enumerate(notes, 1):
             print(f"  [{i}] {why}")
     if path:
-        path = files.write_json(path, result, sort_keys=False)
+        path = files.write_json(path, {**result, "run": run_context(result)}, sort_keys=False)
         print(f"all figures: {path}")
     else:
         print("all figures: give --json FILE to keep them")

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import time
 from dataclasses import replace
 from typing import Any
 
@@ -117,7 +118,7 @@ def interleaved_step_seconds(configs: dict[str, GPTConfig], batch: int, steps: i
 def measure_generation(model: GPT, new_tokens: int, use_cache: bool, device: str, compile: bool = False,
                        prompt_tokens: int = 16) -> float:
     """Generated tokens per second from a ``prompt_tokens`` prompt (batch 1; the prompt's prefill counted in
-    the time); ``compile``: the compiled single-token step (``generate(compile=True)``)."""
+    the time); ``compile``: the compiled chunks of steps (``generate(compile=True)``)."""
     prompt = torch.randint(0, model.config.vocab_size, (1, prompt_tokens), device=device)
     settings = SamplingSettings(temperature=1.0, top_k=50, seed=0)
     seconds = timed(lambda: generate(model, prompt, new_tokens, settings, use_cache=use_cache, compile=compile),
@@ -159,6 +160,10 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="also step the baseline on paired sequences (a source, a task marker at half the "
                              "context, the target; loss on the target only) and generate a target after a "
                              "source of half the context, beside the single-domain baseline")
+    parser.add_argument("--compiled-decoding", action="store_true",
+                        help="also time every variant's generation through compiled chunks (generate --compile; "
+                             "each variant compiles first, about a minute on a CPU) and check it decodes the "
+                             "ids eager decoding does")
 
 
 def at_stated_size(args: argparse.Namespace) -> bool:
@@ -187,7 +192,16 @@ def summary(result: dict[str, Any]) -> list[str]:
                           "gen tok/s cached", "uncached", "cache gain"], rows),
             "peak step: the memory one training step holds (weights, gradients, AdamW state, activations); "
             "KV cache: keys and values at full context, batch 1 (+ the shortcut's cached depth features)",
-            *_joint_lines(result.get("joint")), *_paired_lines(result.get("paired"))]
+            *_joint_lines(result.get("joint")), *_paired_lines(result.get("paired")), *_compiled_lines(out)]
+
+
+def _compiled_lines(out: dict[str, Any]) -> list[str]:
+    compiled = {n: v for n, v in out.items() if "generate_tokens_per_second_compiled" in v}
+    if not compiled:
+        return []
+    return ["compiled chunks (generate --compile), tokens/s and over eager: " + ", ".join(
+        f"{n} {v['generate_tokens_per_second_compiled']:.0f} ({v['compiled_over_eager']:.2f}x"
+        f"{'' if v['compiled_ids_equal_eager'] else ', ids differ'})" for n, v in compiled.items())]
 
 
 def _joint_lines(j: dict[str, Any] | None) -> list[str]:
@@ -241,13 +255,31 @@ def _joint_figures(trainees: dict[str, Trainee], times: dict[str, list[float]], 
     return figures
 
 
-def _generation(trainee: Trainee, new_tokens: int, prompt_tokens: int = 16, use_cache: bool = True) -> float:
+def _generation(trainee: Trainee, new_tokens: int, prompt_tokens: int = 16, use_cache: bool = True,
+                compile: bool = False) -> float:
     """Tokens per second ``trainee``'s model generates, in eval mode under the trainee's autocast."""
     model = trainee.model.eval()
     with torch.autocast(torch.device(trainee.device).type, dtype=trainee.dtype, enabled=trainee.dtype != torch.float32):
-        rate = measure_generation(model, new_tokens, use_cache, trainee.device, prompt_tokens=prompt_tokens)
+        rate = measure_generation(model, new_tokens, use_cache, trainee.device, compile, prompt_tokens)
     model.train()
     return rate
+
+
+def _compiled_figures(trainee: Trainee, new_tokens: int, eager: float) -> dict[str, Any]:
+    """Generation through compiled chunks beside the eager rate: the compile's own time (a first,
+    short generation), the rate after it, and whether both loops decode the same ids."""
+    started = time.perf_counter()
+    _generation(trainee, min(8, new_tokens), compile=True)
+    compile_s = time.perf_counter() - started
+    rate = _generation(trainee, new_tokens, compile=True)
+    model = trainee.model.eval()
+    prompt = torch.randint(0, model.config.vocab_size, (1, 16), device=trainee.device)
+    settings = SamplingSettings(temperature=1.0, top_k=50, seed=0)
+    same = torch.equal(generate(model, prompt, new_tokens, settings, compile=True),
+                       generate(model, prompt, new_tokens, settings))
+    model.train()
+    return {"generate_tokens_per_second_compiled": rate, "compiled_over_eager": rate / eager,
+            "compile_seconds": compile_s, "compiled_ids_equal_eager": same}
 
 
 def _paired_figures(trainees: dict[str, Trainee], times: dict[str, list[float]], new_tokens: int) -> dict[str, Any]:
@@ -291,6 +323,7 @@ def _variant_figures(trainee: Trainee, times: list[float], args: argparse.Namesp
         "generate_tokens_per_second_cached": cached,
         "generate_tokens_per_second_uncached": uncached,
         "cache_speedup": cached / uncached,
+        **(_compiled_figures(trainee, args.new_tokens, cached) if args.compiled_decoding else {}),
     }
 
 

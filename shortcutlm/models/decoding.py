@@ -8,8 +8,13 @@ the pointwise work between the matrix products. A compiled *single* step still p
 the compiled code's Python wrapper, Dynamo's cache lookup and an eager sampling step. So the
 compiled unit here is a chunk: ``n`` model steps, each followed by its sampling, unrolled into one
 graph, with the generated wrapper in C++ on the CPU. Measured at 4 layers x 256 on one CPU thread
-(``docs/bench/decoding/README.md``): a compiled single step 1.25 ms a token, a chunk of 4 with the
-C++ wrapper about 0.95 ms. The cache length is a symbol (dynamic shapes), so no recompile per token.
+(``docs/bench/decoding/README.md``): eager 1.85 ms a token, a compiled single step 1.25 ms, a chunk of
+4 with the C++ wrapper 1.02 ms. The cache length is a symbol (dynamic shapes), so no recompile per
+token. Within a chunk each layer's cache is copied up to its length once per step (functionalised
+writes, read by the attention kernel): the cost left that grows with the context.
+
+On a GPU the chunk is the unit CUDA graphs would capture (one replay per ``CHUNK`` tokens); with a
+dynamic cache length it is not captured (``bench.gpu.COMPILED_DECODING`` says what capturing needs).
 
 The chunk samples exactly what the eager loop samples: the random numbers are drawn outside the
 graph, in the eager loop's order, from the same generator (``sampling.sampling_noise``), and the
@@ -62,7 +67,8 @@ def compiled_chunk(model: GPT, n: int, key: tuple, choose: Callable[[Tensor, Ten
     """``chunk_steps`` compiled once per model and ``key`` (the sampling settings it bakes in); kept
     outside the module so its state dict and checkpoints are unchanged. On the CPU the generated
     wrapper is C++ (``cpp_wrapper``): with n tokens per call its per-kernel Python cost is what is
-    left, and the C++ wrapper removes it (0.96 against 1.12 ms a token at 4 x 256, chunk of 8)."""
+    left, and the C++ wrapper removes it (one thread, 4 x 256: a chunk of 4 1.12 ms a token with the
+    Python wrapper, 1.02 ms with C++; a chunk of 8 no faster than 4, and twice the compile)."""
     per_model = _COMPILED.setdefault(model, {})
     fn = per_model.get((n, key))
     if fn is None:

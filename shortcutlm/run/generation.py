@@ -383,8 +383,8 @@ def generate_from_checkpoint(folder: str | Path, out: str | Path, prompt: str | 
     ``out`` is a file path (with the domain's suffix; ``-00``, ``-01`` ... are added for several
     samples) or a folder (``<prompt stem or unconditional>-seed<seed>[-NN].<ext>``). Every
     artifact gets a ``.json`` sidecar beside it; MIDI also gets a ``.wav`` rendering unless
-    ``render`` is false. ``compile`` decodes through the compiled single-token step (a first call
-    compiles for tens of seconds; the same tokens, faster when many are generated). Nothing is
+    ``render`` is false. ``compile`` decodes through compiled chunks of steps (``models.decoding``: a first
+    call compiles for about a minute on a CPU; the same tokens, faster when many are generated). Nothing is
     written over the prompt, nor over an existing file unless ``overwrite``. ``progress`` shows
     tokens/s and the time left on the terminal while sampling. ``domain``: what a checkpoint
     of several domains samples without a prompt (with one, the prompt's file type decides).

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 
 import pytest
 
@@ -57,7 +58,7 @@ def test_the_default_sizes_are_the_stated_ones():
     assert (cfg.n_layer, cfg.n_embd, cfg.n_head, cfg.block_size) == (6, 384, 6, 512)
 
 
-def test_write_json_prints_no_json(tmp_path, capsys):
+def test_write_json_prints_no_json(tmp_path, capsys, monkeypatch):
     result = {"benchmark": "x", "figures": list(range(100)),
               "targets": {"a": common.target(1.5, 1.0, ">="), "b": {**common.target(0.5, 1.0, ">="), "pass": None,
                                                                    "note": "why"}}}
@@ -67,8 +68,14 @@ def test_write_json_prints_no_json(tmp_path, capsys):
                        "  b  0.5 (target >= 1.0)  not judged [1]",
                        "  [1] why", "all figures: give --json FILE to keep them"]
     common.write_json(result, tmp_path / "sub" / "r.json")
-    assert json.loads((tmp_path / "sub" / "r.json").read_text()) == result
+    written = json.loads((tmp_path / "sub" / "r.json").read_text())
+    assert {k: v for k, v in written.items() if k != "run"} == result
+    # How the figures were made: the load while they were timed (and the command, from the CLI).
+    assert len(written["run"]["load_average_1_5_15_min"]) == 3
     assert len(capsys.readouterr().out.splitlines()) < 10
+    monkeypatch.setattr(sys, "argv", ["shortcutlm", "bench", "model", "--json", "r.json"])
+    common.write_json(result, tmp_path / "r2.json")
+    assert json.loads((tmp_path / "r2.json").read_text())["run"]["command"] == "shortcutlm bench model --json r.json"
 
 
 def test_tiny_bench_mfu_prints_its_summary(tmp_path, capsys):
@@ -84,6 +91,21 @@ def test_tiny_bench_mfu_prints_its_summary(tmp_path, capsys):
     assert set(result["generation"]) == {"fp32", "bf16_autocast", "bf16_weights"}
     assert all(g["tokens_per_second_median"] > 0 for g in result["generation"].values())
     assert result["targets"]["bf16_mfu"]["target"] == f">= {mfu.BF16_MFU_TARGET}"
+
+
+@pytest.mark.slow
+def test_bench_model_times_compiled_chunks_beside_eager_decoding(tmp_path, capsys):
+    """``--compiled-decoding``: a variant's generation through compiled chunks, its compile time, and
+    whether it decoded the ids eager decoding does (the ``last_layer`` reading: the deepest cache)."""
+    out = tmp_path / "model.json"
+    argv = TINY + ["--new-tokens", "9", "--variants", "shortcut_last_layer", "--compiled-decoding", "--json", str(out)]
+    assert model.run(parse(model.configure, argv)) == 0
+    row = json.loads(out.read_text())["variants"]["shortcut_last_layer"]
+    assert row["compiled_ids_equal_eager"] is True
+    assert row["generate_tokens_per_second_compiled"] > 0 and row["compile_seconds"] > 0
+    assert row["compiled_over_eager"] == pytest.approx(row["generate_tokens_per_second_compiled"]
+                                                       / row["generate_tokens_per_second_cached"])
+    assert "compiled chunks (generate --compile)" in capsys.readouterr().out
 
 
 @pytest.mark.slow

@@ -92,7 +92,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     timing.add_argument("--new-tokens", type=int, default=256)
     timing.add_argument("--generation-repeats", type=int, default=3)
     timing.add_argument("--compiled-decoding", action="store_true",
-                        help="also time our generation through the compiled single-token step "
+                        help="also time our generation through the compiled chunks of steps "
                              "(generate(compile=True); compiling takes tens of seconds per model)")
     timing.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32", help="bf16 = autocast")
     timing.add_argument("--device", default=default_device())

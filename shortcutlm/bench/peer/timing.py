@@ -37,7 +37,7 @@ def measure_generations(models: dict[str, tuple[str, nn.Module]], new_tokens: in
                         dtype: torch.dtype, compiled: bool = False) -> dict[str, list[float]]:
     """Cached generation tokens/s per model, interleaved (A, B, A, B …) after a short warm-up.
 
-    ``compiled`` adds ours through the compiled single-token step as "NAME+compiled", in the
+    ``compiled`` adds ours through the compiled chunks of steps as "NAME+compiled", in the
     same rounds (its compile happens in the warm-up)."""
     runs = [(name, impl, model, False) for name, (impl, model) in models.items()]
     if compiled:
