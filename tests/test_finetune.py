@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import logging
 import random
 from pathlib import Path
 
@@ -160,7 +161,7 @@ def test_prepare_tokenizer_from_a_folder_without_one_is_one_line(tmp_path, capsy
     assert "without --tokenizer and --set" in line
 
 
-def test_a_saved_midi_tokenizer_is_never_trained_again_even_in_worker_processes(tmp_path):
+def test_a_saved_midi_tokenizer_is_never_trained_again_even_in_worker_processes(tmp_path, caplog):
     """A MIDI vocabulary whose BPE target is below its base vocabulary learns nothing and keeps saying it
     could: encoding other MIDI with it (``--tokenizer-from``, here through real worker processes) uses it
     as saved, never trains it again."""
@@ -169,8 +170,12 @@ def test_a_saved_midi_tokenizer_is_never_trained_again_even_in_worker_processes(
     from shortcutlm.tokenizers import load_tokenizer
 
     cache = str(tmp_path / "cache")
-    first = prepare({"name": "bach_chorales", "limit": 6, "cache": cache}, {"domain": "midi", "vocab_size": 100},
-                    tmp_path / "first", workers=0, progress=False)
+    with caplog.at_level(logging.WARNING, logger="shortcutlm.tokenizers.midi"):
+        first = prepare({"name": "bach_chorales", "limit": 6, "cache": cache}, {"domain": "midi", "vocab_size": 100},
+                        tmp_path / "first", workers=0, progress=False)
+    # Said once, in one line, when it is trained: the target asked for cannot be reached.
+    said = [r.getMessage() for r in caplog.records if "not above the base vocabulary" in r.getMessage()]
+    assert len(said) == 1 and "vocab_size 100 is not above the base vocabulary of 357 ids (REMI" in said[0]
     saved = load_tokenizer(tmp_path / "first" / "tokenizer")
     assert saved.needs_training  # the state this test is about
     again = prepare({"name": "bach_chorales", "limit": 9, "cache": cache}, tokenizer_from(tmp_path / "first"),

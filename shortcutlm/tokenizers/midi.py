@@ -481,6 +481,10 @@ class MidiTokenizer(Tokenizer):
             return
         if not samples:
             raise TrainingError("midi tokenizer: no readable train MIDI file to learn BPE from")
+        if self.vocab_target <= self._base_size:  # BPE only adds ids above the base vocabulary
+            log.warning("midi tokenizer: vocab_size %d is not above the base vocabulary of %d ids (%s with these "
+                        "settings), so BPE learns nothing and the base tokens are used; give a larger vocab_size",
+                        self.vocab_target, self._base_size, self.tokenization)
         self._tok.train(vocab_size=self.vocab_target, model="BPE", iterator=_Sequences(samples))
         self._refresh()
         if self.vocab_size < self.vocab_target:
