@@ -115,6 +115,18 @@ class KVCache:
         return self.attention_nbytes() + extra
 
 
+def attended_cache(keys: Tensor, values: Tensor, end: int) -> tuple[Tensor, Tensor, int]:
+    """The part of a per-depth cache buffer ([..., max_len, hd]) that a query attends over, and its
+    length: the whole buffer in eager mode, where it is a free view and a mask hides the positions not
+    yet written; only the written positions (``:end``) under ``torch.compile``, where the cache writes
+    are functionalised and the attended buffer is copied every step anyway: a copy of ``end``
+    positions instead of ``max_len`` (the ``last_layer`` reading's compiled decoding was 0.81x eager
+    with the whole buffer at 6 x 384)."""
+    if torch.compiler.is_compiling():
+        return keys[..., :end, :], values[..., :end, :], end
+    return keys, values, keys.shape[-2]
+
+
 def _write(buffer: Tensor, new: Tensor, offset: int) -> Tensor:
     """Copy ``new`` into ``buffer`` at positions offset .. offset+T-1 of the second-to-last axis."""
     buffer[..., offset:offset + new.shape[-2], :] = new

@@ -19,7 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from shortcutlm.models.attention import CausalSelfAttention, KVCache, Rotary, _attend, _causal_mask, _no_decay
+from shortcutlm.models.attention import (CausalSelfAttention, KVCache, Rotary, _attend, _causal_mask, _no_decay,
+                                         attended_cache)
 from shortcutlm.models.config import AFTER_LAST_BLOCK, GPTConfig
 from shortcutlm.models.last_layer import LastLayerAttention
 
@@ -150,11 +151,11 @@ class DepthShortcut(nn.Module):
         else:
             if self.rotary is not None:
                 q, k = self.rotary(q, offset), self.rotary(k, offset)
+            span = t
             if cache is not None:
-                # Attend over the whole preallocated buffer (a free view, no copy per step);
-                # the causal mask already hides the positions not yet written.
-                k, v = cache.store_shortcut(k, v)
-            span = k.shape[3]
+                # Attend over the preallocated buffer (eager: all of it, a free view, the causal mask
+                # hiding the positions not yet written; compiled: the written part).
+                k, v, span = attended_cache(*cache.store_shortcut(k, v), offset + t)
             mask = _causal_mask(t, span, offset, y.device).repeat(1, n_depths)  # keys are depth-major
             out, probs = _attend(q, k.reshape(b, self.n_head, n_depths * span, self.head_dim),
                                  v.reshape(b, self.n_head, n_depths * span, self.head_dim),

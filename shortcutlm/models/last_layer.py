@@ -31,7 +31,7 @@ from torch import Tensor, nn
 
 from shortcutlm.models.config import GPTConfig
 from shortcutlm.models.attention import (CausalSelfAttention, KVCache, Rotary, _attend, _causal_mask, _no_decay,
-                                         mix_values)
+                                         attended_cache, mix_values)
 
 
 class DepthFeatureMaps(nn.Module):
@@ -113,7 +113,7 @@ class LastLayerAttention(CausalSelfAttention):
             k_all, v_all = cache.store(self.layer, k, v)
             if v_all.dim() == 4:  # SVFormer: layer 1's cached values stand for every depth
                 v_all = v_all.unsqueeze(2).expand(-1, -1, n_depths, -1, -1)
-            span = cache.max_len
+            k_all, v_all, span = attended_cache(k_all, v_all, offset + t)
         mask = _causal_mask(t, span, offset, x.device).repeat(1, n_depths)  # keys are depth-major
         flat = (b, self.n_kv, n_depths * span, self.head_dim)
         drop = self.dropout if self.training else 0.0

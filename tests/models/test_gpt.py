@@ -289,7 +289,8 @@ def naive_windowed_generation(model: GPT, prompt: torch.Tensor, n: int, settings
     from scratch. The window is the sequence's tail of at most ``block_size`` tokens; it grows by
     each new token until it would pass ``block_size``, then restarts as the last ``keep`` tokens.
     ``keep=None``: no restart, the window is always the last ``block_size`` tokens.
-    Returns the sequence and the logits each step sampled from (plus those after the last token)."""
+    Returns the sequence and the logits each step sampled from (none after the last token: nothing
+    samples from them)."""
     block = model.config.block_size
     generator = torch.Generator().manual_seed(settings.seed) if settings.seed is not None else None
     seq, start, seen = prompt, max(0, prompt.shape[-1] - block), []
@@ -299,7 +300,6 @@ def naive_windowed_generation(model: GPT, prompt: torch.Tensor, n: int, settings
         seq = torch.cat([seq, nxt.unsqueeze(-1)], dim=-1)
         if seq.shape[-1] - start > block:
             start = seq.shape[-1] - (block if keep is None else keep)
-    seen.append(model(seq[..., start:])[..., -1, :])
     return seq, seen
 
 
@@ -323,7 +323,7 @@ def test_generation_slides_past_the_context_as_a_recomputed_window_would(combo, 
         want, want_logits = naive_windowed_generation(model, prompt, n, settings, keep)
         got, got_logits = recorded_generation(model, prompt, n, settings, **options)
         assert got.shape[-1] == prompt_length + n
-        assert len(got_logits) == len(want_logits) == n + 1, options
+        assert len(got_logits) == len(want_logits) == n, options
         for step, (a, b) in enumerate(zip(got_logits, want_logits, strict=True)):
             torch.testing.assert_close(a, b, atol=1e-4, rtol=0, msg=lambda m: f"{options}, step {step}: {m}")
         assert torch.equal(got, want), options
