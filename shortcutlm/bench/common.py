@@ -51,9 +51,18 @@ def median(values: list[float]) -> float:
 
 
 def target(value: float, bound: float, kind: str) -> dict[str, Any]:
-    """A target line: ``kind`` is "<=" or ">=" (or "==", exact)."""
+    """A target line: ``kind`` is "<=" or ">=" (or "==", exact). A missed bound says by how much
+    (``short_by``, in the value's own unit), so a JSON read alone tells a near miss from a far one."""
     ok = {"<=": value <= bound, ">=": value >= bound, "==": value == bound}[kind]
-    return {"value": value, "target": f"{kind} {bound}", "pass": bool(ok)}
+    line: dict[str, Any] = {"value": value, "target": f"{kind} {bound}", "pass": bool(ok)}
+    if not ok and kind != "==":
+        line["short_by"] = float(f"{abs(value - bound):.4g}")
+    return line
+
+
+def not_judged(line: dict[str, Any], why: str) -> dict[str, Any]:
+    """A target line shown but not judged here (another size, a dry run), and why."""
+    return {**{k: v for k, v in line.items() if k != "short_by"}, "pass": None, "note": why}
 
 
 def run_context(result: dict[str, Any]) -> dict[str, Any]:
@@ -82,6 +91,8 @@ def write_json(result: dict[str, Any], path: str | Path | None, summary: Iterabl
         notes: list[str] = []  # a note shared by several targets is printed once, below them
         for name, t in targets.items():
             verdict = {True: "pass", False: "FAIL", None: "not judged"}[t.get("pass")]
+            if t.get("pass") is False and "short_by" in t:
+                verdict += f" by {t['short_by']:g}"
             why = t.get("note") or t.get("error")
             if why and why not in notes:
                 notes.append(why)

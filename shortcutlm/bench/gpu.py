@@ -34,7 +34,7 @@ import torch
 
 from shortcutlm.artifacts import files
 from shortcutlm.artifacts.files import read_json
-from shortcutlm.bench.common import machine, target, write_json
+from shortcutlm.bench.common import machine, not_judged, target, write_json
 
 SKIPPED = "skipped: needs CUDA"
 DRY_RUN_NOTE = "dry run: tiny sizes on the CPU; GPU targets are judged on a GPU only"
@@ -384,7 +384,7 @@ def run(args: argparse.Namespace) -> int:
               "size": vars(check.size), "wall_seconds": round(time.perf_counter() - started, 1),
               "sections": check.results, "targets": gpu_targets(check.results, dev)}
     if args.dry_run:  # tiny sizes on a CPU: the figures show the check works, not what a GPU does
-        result["targets"] = {k: {**t, "pass": None, "note": DRY_RUN_NOTE} for k, t in result["targets"].items()}
+        result["targets"] = {k: not_judged(t, DRY_RUN_NOTE) for k, t in result["targets"].items()}
     write_json(result, out / "check.json",
                [f"bench gpu on {dev['name']}: " + ", ".join(f"{k} {v['status']}" for k, v in check.results.items())])
     return 0 if all(r["status"] in ("ok", SKIPPED) or r["status"].startswith("skipped")

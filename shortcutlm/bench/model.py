@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from shortcutlm.bench.common import machine, matmul_peak_flops, median, target, timed, write_json
+from shortcutlm.bench.common import machine, matmul_peak_flops, median, not_judged, target, timed, write_json
 from shortcutlm.compat.torch_memory import peak_step_bytes
 from shortcutlm.core.formatting import count, nbytes, param_count
 from shortcutlm.core.formatting import text_table as table
@@ -335,7 +335,7 @@ def _targets(out: dict[str, Any], n_layer: int, stated: bool) -> tuple[dict[str,
 
     def sized(t: dict[str, Any]) -> dict[str, Any]:
         """Speed targets hold at the stated sizes only; elsewhere they are shown, not judged."""
-        return t if stated else {**t, "pass": None, "note": NOT_JUDGED}
+        return t if stated else not_judged(t, NOT_JUDGED)
 
     for n, bound in (("resformer", 1.03), ("learnable", 1.03), ("shortcut_depth", 1.05)):
         if n in ratios:

@@ -62,6 +62,8 @@ def test_write_json_prints_no_json(tmp_path, capsys, monkeypatch):
     result = {"benchmark": "x", "figures": list(range(100)),
               "targets": {"a": common.target(1.5, 1.0, ">="), "b": {**common.target(0.5, 1.0, ">="), "pass": None,
                                                                    "note": "why"}}}
+    assert common.target(0.5, 1.0, ">=")["short_by"] == 0.5 and "short_by" not in common.target(1.5, 1.0, ">=")
+    assert common.target(1.0501, 1.05, "<=")["short_by"] == pytest.approx(0.0001)
     common.write_json(result, None, ["my summary"])
     printed = capsys.readouterr().out.splitlines()
     assert printed == ["my summary", "targets:", "  a  1.5 (target >= 1.0)  pass",
