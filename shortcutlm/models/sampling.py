@@ -218,7 +218,11 @@ class _Chunk:
             window = self.given[..., step:step + self.n]
             self.forced.fill_(-1)
             self.forced[..., :window.shape[-1]] = window
-        return self.fn(last, cache, self.noise, self.banned, self.forced)
+        cache.begin_chunk()
+        try:
+            return self.fn(last, cache, self.noise, self.banned, self.forced)
+        finally:
+            cache.end_chunk()
 
 
 def trim_at_stop(tokens: Tensor, stop_tokens: Iterable[int], start: int = 0) -> Tensor:

@@ -459,10 +459,10 @@ def test_compiled_chunks_decode_the_ids_eager_decoding_decodes(variant):
     """``generate(compile=True)`` (compiled chunks of ``CHUNK`` steps, torch.compile's CPU backend,
     dynamic cache length, noise drawn outside the graph) gives exactly the eager cached and uncached
     loops' ids: past the context (the window slides), with banned and forced ids, with stop tokens
-    that end generation inside a chunk; through both per-depth caches, SVFormer's shared values,
-    grouped keys and several streams. One compiled graph serves all of it (compiling costs most of
-    this test)."""
-    model = make(tiny(block_size=32, **variant))
+    that end generation inside a chunk; through both per-depth caches, the staged keys and values
+    (``KVCache.stage``) with SVFormer's shared values, grouped keys and several streams. One compiled
+    graph serves all of it."""
+    model = make(tiny(n_layer=2, block_size=32, **variant))  # two layers: compiling costs most of this test
     prompt = tokens(model.config, 2, 5)
     sampled = SamplingSettings(temperature=0.9, top_k=20, seed=3)
     eager = generate(model, prompt, 21, sampled)
@@ -487,8 +487,11 @@ def test_compiled_chunks_decode_the_ids_eager_decoding_decodes(variant):
 def test_compiled_chunks_decode_greedy_and_nucleus_ids_as_eager_decoding():
     """The sampling settings a chunk bakes in: greedy (no noise; here from a one-token prompt at batch
     1, a cache length and a batch size Dynamo specialises) and a nucleus over the whole vocabulary
-    (noise over every id, past the context)."""
-    model = make(tiny(block_size=32, shortcut="depth", value_residual="resformer"))
+    (noise over every id, past the context); with ``last_layer`` + SVFormer, the one configuration
+    whose chunks write the cache as they go instead of staging it (its final layer reads layer 1's
+    value buffer)."""
+    model = make(tiny(n_layer=2, block_size=32, shortcut="last_layer", value_residual="svformer"))
+    assert not model.new_cache(1).stages
     greedy, nucleus = SamplingSettings(temperature=0.0), SamplingSettings(temperature=1.1, top_p=0.9, seed=4)
     one = tokens(model.config, 1, 1)
     assert torch.equal(generate(model, one, 12, greedy, compile=True), generate(model, one, 12, greedy))
