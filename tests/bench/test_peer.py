@@ -180,6 +180,26 @@ def test_floors_are_the_peak_step_and_one_weight_pass():
     assert len(linears) == 6 * config.n_layer + 1  # q, k, v, o, up, down per layer, and the tied head
     assert f["decode_weight_bytes"] == 4 * sum(m.weight.numel() for m in linears)
     assert 0 < f["decode_weight_read_seconds"] < 1
+    layouts = f["decode_weight_read_seconds_by_layout"]
+    assert f["decode_weight_read_seconds"] == min(layouts.values())
+    assert layouts[f["decode_weight_read_layout"]] == f["decode_weight_read_seconds"]
+
+
+def test_every_weight_layout_computes_the_plain_products():
+    """The ceiling takes the fastest layout, so each must be a real pass through the same weights."""
+    from shortcutlm.bench.peer.bounds import weight_passes
+
+    model = GPT(replace(TINY, n_embd=64))
+    passes = weight_passes(model, "cpu", torch.float32)
+    if torch.backends.mkldnn.is_available():
+        assert "onednn_packed" in passes
+    if torch._C.has_mkl:
+        assert "mkl_packed" in passes
+    reference = passes["plain"]()
+    assert len(reference) == 6 * model.config.n_layer + 1
+    for name, fn in passes.items():
+        for got, want in zip(fn(), reference, strict=True):
+            torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5, msg=name)
 
 
 def test_resume_reuses_finished_phases_and_seeds(text8_shards, tmp_path, monkeypatch):
