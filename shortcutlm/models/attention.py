@@ -81,9 +81,7 @@ class KVCache:
             self.shortcut_values = torch.zeros(sc_shape, device=device, dtype=dtype)
         self.length = 0
         # A compiled chunk of decoding steps (models.decoding) stages the blocks' new keys and values
-        # here instead of writing them, so that its graph mutates no buffer (see `stage`). Not under
-        # last_layer + svformer, whose final layer reads layer 1's value buffer with the new positions.
-        self.stages = not (config.shortcut == "last_layer" and config.value_residual == "svformer")
+        # here instead of writing them, so that its graph mutates no attention buffer (see `stage`).
         self.chunk_start: int | None = None
         self.staged: dict[int, tuple[Tensor, Tensor | None]] = {}
 
@@ -107,8 +105,7 @@ class KVCache:
 
     def begin_chunk(self) -> None:
         """From here until :meth:`end_chunk`, the blocks' attention stages its new keys and values."""
-        if self.stages:
-            self.chunk_start, self.staged = self.length, {}
+        self.chunk_start, self.staged = self.length, {}
 
     def end_chunk(self) -> None:
         """Write what the chunk staged into the buffers, from where it began."""
@@ -200,14 +197,32 @@ def mix_values(own: Tensor | None, v1: Tensor | None, mode: str, lambdas: Tensor
 def attend_staged(q: Tensor, past_k: Tensor, past_v: Tensor, new_k: Tensor, new_v: Tensor) -> Tensor:
     """Attention of one new position (q [B,H,1,D]) over the cache before a chunk and the chunk's own
     keys so far (every one of them at or before it): one softmax over both score vectors, written as
-    matrix products so that neither part is copied (grouped heads share their key/value head)."""
+    matrix products so that neither part is copied (grouped heads share their key/value head).
+
+    Keys with a depth axis ([B,Hkv,depths,S,D], the ``last_layer`` reading's final layer) are
+    attended in one softmax over every (depth, position); values then either carry the same depth
+    axis or, under SVFormer, are layer 1's [B,Hkv,S,D] for every depth, and the probabilities are
+    summed over depths before they weigh them (the same sum, one product instead of one per depth).
+    """
     b, h, t, d = q.shape
     kv = past_k.shape[1]
+    per_depth = past_k.dim() == 5
     grouped = (q * (1.0 / math.sqrt(d))).reshape(b, kv, (h // kv) * t, d)
-    scores = torch.cat([grouped @ past_k.transpose(-2, -1), grouped @ new_k.transpose(-2, -1)], dim=-1)
-    probs = scores.float().softmax(dim=-1).to(q.dtype)
+    if per_depth:
+        grouped = grouped.unsqueeze(2)  # [B,Hkv,1,G,D] against [B,Hkv,depths,S,D]
+    scores = torch.cat([grouped @ past_k.transpose(-2, -1), grouped @ new_k.transpose(-2, -1)], dim=-1).float()
+    if per_depth:  # one softmax over (depth, position): bring depth next to position, flatten, undo
+        by_query = scores.transpose(2, 3)
+        probs = by_query.flatten(-2).softmax(dim=-1).view(by_query.shape).transpose(2, 3).to(q.dtype)
+    else:
+        probs = scores.softmax(dim=-1).to(q.dtype)
     past = past_k.shape[-2]
-    out = probs[..., :past] @ past_v + probs[..., past:] @ new_v
+    before, staged = probs[..., :past], probs[..., past:]
+    if per_depth and past_v.dim() == 4:  # one value per position for every depth (SVFormer)
+        before, staged = before.sum(2), staged.sum(2)
+    out = before @ past_v + staged @ new_v
+    if out.dim() == 5:
+        out = out.sum(2)
     return out.reshape(b, h, t, d)
 
 

@@ -31,7 +31,7 @@ from torch import Tensor, nn
 
 from shortcutlm.models.config import GPTConfig
 from shortcutlm.models.attention import (CausalSelfAttention, KVCache, Rotary, _attend, _causal_mask, _no_decay,
-                                         attended_cache, mix_values)
+                                         attend_staged, attended_cache, mix_values)
 
 
 class DepthFeatureMaps(nn.Module):
@@ -107,6 +107,10 @@ class LastLayerAttention(CausalSelfAttention):
         if rotary is not None:  # a key's position is its token's, whatever its depth
             q, k = rotary(q, offset), rotary(k, offset)
         own_values = v[:, :, -1]
+        if cache is not None and cache.chunk_start is not None and not need_weights:  # a compiled chunk
+            past_k, past_v, new_k, new_v = cache.stage(self.layer, k, v)
+            y = attend_staged(q, past_k, past_v, new_k, new_v).transpose(1, 2).reshape(b, t, -1)
+            return self.o_proj(y), own_values, None
         k_all, v_all, span = k, v, t
         if cache is not None:
             # Attend over the whole preallocated buffer (a free view); the mask hides unwritten positions.

@@ -444,6 +444,32 @@ def test_one_weight_decay_rule_matrices_yes_gains_biases_and_lambdas_no():
     assert model.param_groups(0.1) == weight_decay_groups(model, 0.1)
 
 
+@pytest.mark.parametrize("value_residual", ["none", "resformer", "learnable", "svformer"])
+@pytest.mark.parametrize("shortcut", ["none", "full", "last_layer"])
+def test_a_staged_chunk_gives_the_logits_of_writing_the_cache_as_it_goes(shortcut, value_residual):
+    """Inside a chunk (``KVCache.begin_chunk``) every block stages its new keys and values and attends
+    over the cache as it was plus the staged part (``attend_staged``): the ``last_layer`` reading's
+    final layer over every (depth, position) in one softmax, SVFormer's shared values standing for
+    every depth. Run eagerly, the chunk's logits equal writing the cache as it goes, and the positions
+    it writes at its end serve the steps after it."""
+    model = make(tiny(n_kv_head=2, shortcut=shortcut, value_residual=value_residual))
+    ids = tokens(model.config, 2, 12)
+    written, staged = model.new_cache(2), model.new_cache(2)
+    with torch.no_grad():
+        for cache in (written, staged):
+            model(ids[:, :6], cache=cache, last_only=True)
+        want = [model(ids[:, i:i + 1], cache=written, last_only=True) for i in range(6, 12)]
+        staged.begin_chunk()
+        got = [model(ids[:, i:i + 1], cache=staged, last_only=True) for i in range(6, 10)]
+        assert staged.length == 10 and not staged.keys[0][..., 6:10, :].any()  # nothing written yet
+        staged.end_chunk()
+        got += [model(ids[:, i:i + 1], cache=staged, last_only=True) for i in range(10, 12)]
+    for a, b in zip(got, want, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+    for a, b in zip(staged.keys, written.keys, strict=True):  # layers above the first see rounding
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+
+
 def _stops_inside_a_chunk(model: GPT, prompt: torch.Tensor, settings: SamplingSettings) -> list[int]:
     """Each row's 7th new token (inside the second chunk of 4) of an unstopped generation: with these
     as stop tokens every row stops by then, so generation ends inside that chunk."""
@@ -487,11 +513,9 @@ def test_compiled_chunks_decode_the_ids_eager_decoding_decodes(variant):
 def test_compiled_chunks_decode_greedy_and_nucleus_ids_as_eager_decoding():
     """The sampling settings a chunk bakes in: greedy (no noise; here from a one-token prompt at batch
     1, a cache length and a batch size Dynamo specialises) and a nucleus over the whole vocabulary
-    (noise over every id, past the context); with ``last_layer`` + SVFormer, the one configuration
-    whose chunks write the cache as they go instead of staging it (its final layer reads layer 1's
-    value buffer)."""
+    (noise over every id, past the context); with ``last_layer`` + SVFormer, whose final layer stages
+    per-depth keys against layer 1's shared values."""
     model = make(tiny(n_layer=2, block_size=32, shortcut="last_layer", value_residual="svformer"))
-    assert not model.new_cache(1).stages
     greedy, nucleus = SamplingSettings(temperature=0.0), SamplingSettings(temperature=1.1, top_p=0.9, seed=4)
     one = tokens(model.config, 1, 1)
     assert torch.equal(generate(model, one, 12, greedy, compile=True), generate(model, one, 12, greedy))
