@@ -20,14 +20,42 @@ from shortcutlm.artifacts import files
 from shortcutlm.core.peak import measure_peak_flops, sync
 
 
+#: CPU features that change which kernels PyTorch runs (bf16 matrix units, wide vectors).
+CPU_FLAGS_OF_NOTE = ("amx_bf16", "amx_tile", "avx512_bf16", "avx512f", "avx2")
+
+
 def machine() -> dict[str, Any]:
-    """What the figures were measured on."""
+    """What the figures were measured on: the same benchmark reads differently on two CPUs of one
+    family (an L3 that holds the weights or not, bf16 matrix units or not), so the CPU is named."""
     info: dict[str, Any] = {"python": platform.python_version(), "torch": torch.__version__,
                             "threads": torch.get_num_threads(), "cpu_count": os.cpu_count(),
-                            "processor": platform.processor() or platform.machine()}
+                            "processor": platform.processor() or platform.machine(),
+                            "cpu_capability": torch.backends.cpu.get_cpu_capability()}
+    info.update(_linux_cpu())
     if torch.cuda.is_available():
         info["gpu"] = torch.cuda.get_device_name()
     return info
+
+
+def _linux_cpu() -> dict[str, Any]:
+    """The CPU's model name, flags of note and L3 size where Linux says them (nothing elsewhere)."""
+    found: dict[str, Any] = {}
+    try:
+        text = Path("/proc/cpuinfo").read_text(errors="replace")
+    except OSError:
+        return found
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() == "model name" and "cpu_model" not in found:
+            found["cpu_model"] = value.strip()
+        elif key.strip() == "flags" and "cpu_flags_of_note" not in found:
+            flags = set(value.split())
+            found["cpu_flags_of_note"] = [f for f in CPU_FLAGS_OF_NOTE if f in flags]
+    try:
+        found["l3_cache"] = Path("/sys/devices/system/cpu/cpu0/cache/index3/size").read_text().strip()
+    except OSError:
+        pass
+    return found
 
 
 def matmul_peak_flops(device: str = "cpu", dtype: torch.dtype = torch.float32, size: int = 2048,

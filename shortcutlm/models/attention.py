@@ -161,8 +161,8 @@ def attended_cache(keys: Tensor, values: Tensor, end: int) -> tuple[Tensor, Tens
     length: the whole buffer in eager mode, where it is a free view and a mask hides the positions not
     yet written; only the written positions (``:end``) under ``torch.compile``, where the cache writes
     are functionalised and the attended buffer is copied every step anyway: a copy of ``end``
-    positions instead of ``max_len`` (the ``last_layer`` reading's compiled decoding was 0.81x eager
-    with the whole buffer at 6 x 384)."""
+    positions instead of ``max_len``. Inside compiled chunks only the ``full`` shortcut's buffers still
+    take this path; the blocks' caches, ``last_layer``'s per-depth ones included, are staged."""
     if torch.compiler.is_compiling():
         return keys[..., :end, :], values[..., :end, :], end
     return keys, values, keys.shape[-2]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
 import sys
 
 import pytest
@@ -56,6 +57,17 @@ def test_the_default_sizes_are_the_stated_ones():
     assert not model.at_stated_size(parse(model.configure, ["--layers", "4"]))
     cfg = model.default_config()
     assert (cfg.n_layer, cfg.n_embd, cfg.n_head, cfg.block_size) == (6, 384, 6, 512)
+
+
+def test_the_machine_names_its_cpu():
+    """Figures from two CPUs of one family differ (an L3 that holds the weights, bf16 matrix units):
+    each JSON names the CPU it was measured on."""
+    info = common.machine()
+    assert info["cpu_capability"] in {"DEFAULT", "AVX2", "AVX512", "NO AVX", "ZVECTOR", "SVE256", "VSX"}
+    if sys.platform == "linux":
+        assert info["cpu_model"] and set(info["cpu_flags_of_note"]) <= set(common.CPU_FLAGS_OF_NOTE)
+        flags = Path("/proc/cpuinfo").read_text().split()
+        assert ("avx2" in flags) == ("avx2" in info["cpu_flags_of_note"])
 
 
 def test_write_json_prints_no_json(tmp_path, capsys, monkeypatch):
