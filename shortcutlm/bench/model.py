@@ -19,6 +19,7 @@ from shortcutlm.core.formatting import count, nbytes, param_count
 from shortcutlm.core.formatting import text_table as table
 from shortcutlm.core.devices import default_device
 from shortcutlm.models import GPT, GPTConfig, SamplingSettings, flops_per_token, generate, stream_losses
+from shortcutlm.models.packed import packing_pays
 
 VARIANTS: dict[str, dict[str, Any]] = {
     "baseline": {},
@@ -278,8 +279,9 @@ def _compiled_figures(trainee: Trainee, new_tokens: int, eager: float) -> dict[s
     same = torch.equal(generate(model, prompt, new_tokens, settings, compile=True),
                        generate(model, prompt, new_tokens, settings))
     model.train()
+    packs = trainee.dtype == torch.float32 and packing_pays(model)  # never under autocast
     return {"generate_tokens_per_second_compiled": rate, "compiled_over_eager": rate / eager,
-            "compile_seconds": compile_s, "compiled_ids_equal_eager": same}
+            "compile_seconds": compile_s, "compiled_ids_equal_eager": same, "packed_weights": packs}
 
 
 def _paired_figures(trainees: dict[str, Trainee], times: dict[str, list[float]], new_tokens: int) -> dict[str, Any]:

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from shortcutlm.models.config import GPTConfig
+from shortcutlm.models.packed import Linear
 
 
 def _no_decay(p: nn.Parameter) -> nn.Parameter:
@@ -274,11 +275,11 @@ class CausalSelfAttention(nn.Module):
         self.n_head, self.n_kv, self.head_dim = config.n_head, config.kv_heads, config.head_dim
         self.mode = config.value_residual if layer > 0 else "none"
         kv_dim = self.n_kv * self.head_dim
-        self.q_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
-        self.k_proj = nn.Linear(config.n_embd, kv_dim, bias=config.bias)
+        self.q_proj = Linear(config.n_embd, config.n_embd, bias=config.bias)
+        self.k_proj = Linear(config.n_embd, kv_dim, bias=config.bias)
         # SVFormer: layers >= 2 have no value projection at all.
-        self.v_proj = None if self.mode == "svformer" else nn.Linear(config.n_embd, kv_dim, bias=config.bias)
-        self.o_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
+        self.v_proj = None if self.mode == "svformer" else Linear(config.n_embd, kv_dim, bias=config.bias)
+        self.o_proj = Linear(config.n_embd, config.n_embd, bias=config.bias)
         self.lambdas = _no_decay(nn.Parameter(torch.full((2,), 0.5))) if self.mode == "learnable" else None
         self.dropout = config.dropout
 

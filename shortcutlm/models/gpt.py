@@ -23,6 +23,7 @@ from shortcutlm.models.attention import (CausalSelfAttention, KVCache, Rotary, _
                                          attended_cache)
 from shortcutlm.models.config import AFTER_LAST_BLOCK, GPTConfig
 from shortcutlm.models.last_layer import LastLayerAttention
+from shortcutlm.models.packed import Linear
 
 
 class MLP(nn.Module):
@@ -32,8 +33,8 @@ class MLP(nn.Module):
         hidden = 4 * config.n_embd
         if self.gated:  # keep the parameter count of a 4x MLP, rounded for matmul efficiency
             hidden = 64 * math.ceil(int(8 * config.n_embd / 3) / 64)
-        self.up = nn.Linear(config.n_embd, hidden * (2 if self.gated else 1), bias=config.bias)
-        self.down = nn.Linear(hidden, config.n_embd, bias=config.bias)
+        self.up = Linear(config.n_embd, hidden * (2 if self.gated else 1), bias=config.bias)
+        self.down = Linear(hidden, config.n_embd, bias=config.bias)
         self.dropout = config.dropout
 
     def forward(self, x: Tensor) -> Tensor:
@@ -93,14 +94,14 @@ class DepthShortcut(nn.Module):
         n_depths, d, m, ds = len(self.depths), config.n_embd, config.sc_hidden, config.sc_dim
         self.n_head, self.head_dim = config.sc_heads, ds // config.sc_heads
         self.q_norm = nn.LayerNorm(d, bias=config.bias)
-        self.q_proj = nn.Linear(d, ds, bias=False)
+        self.q_proj = Linear(d, ds, bias=False)
         # The per-depth MLPs are stacked so that all depths run as one batched matmul.
         self.w1 = nn.Parameter(torch.empty(n_depths, d, m))
         self.b1 = _no_decay(nn.Parameter(torch.zeros(n_depths, 1, m)))
         self.w2 = nn.Parameter(torch.empty(n_depths, m, 2 * ds))
         # A per-depth offset, as in the last_layer reading: zero at the start, never decayed.
         self.depth_embedding = _no_decay(nn.Parameter(torch.zeros(n_depths, 1, 2 * ds)))
-        self.o_proj = nn.Linear(ds, d, bias=False)
+        self.o_proj = Linear(ds, d, bias=False)
         self.rotary = (Rotary(self.head_dim, config.block_size, config.rope_base)
                        if self.mode == "full" and config.positions == "rope" else None)
 
@@ -205,7 +206,7 @@ class GPT(nn.Module):
         self.blocks = nn.ModuleList(Block(config, i) for i in range(config.n_layer))
         self.shortcut = DepthShortcut(config) if config.shortcut in AFTER_LAST_BLOCK else None
         self.ln_f = nn.LayerNorm(d, bias=config.bias)
-        self.heads = nn.ModuleList(nn.Linear(d, config.vocab_size, bias=False) for _ in range(config.n_streams))
+        self.heads = nn.ModuleList(Linear(d, config.vocab_size, bias=False) for _ in range(config.n_streams))
         self.reset_parameters()
         if config.tie_embeddings:
             for head, emb in zip(self.heads, self.embeddings):

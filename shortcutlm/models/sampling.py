@@ -15,6 +15,7 @@ from torch import Tensor
 
 from shortcutlm.models.decoding import CHUNK, compiled_chunk, guarded_calls
 from shortcutlm.models.gpt import GPT, KVCache
+from shortcutlm.models.packed import can_pack, packed_linears, packing_pays
 
 
 @dataclass
@@ -108,7 +109,7 @@ def sample_next(logits: Tensor, settings: SamplingSettings, generator: torch.Gen
 def generate(model: GPT, prompt: Tensor, max_new_tokens: int, settings: SamplingSettings | None = None,
              stop_tokens: Iterable[int] = (), use_cache: bool = True, slide_keep: int | None = None,
              forced: Tensor | None = None, banned: Iterable[int] = (), compile: bool = False,
-             on_step: Callable[[int], None] | None = None) -> Tensor:
+             on_step: Callable[[int], None] | None = None, pack_weights: bool | None = None) -> Tensor:
     """Continue ``prompt`` ([B, T] or [B, K, T]) by up to ``max_new_tokens`` steps.
 
     Prefill once, then one token per step through the KV cache. When the context fills, the
@@ -121,7 +122,9 @@ def generate(model: GPT, prompt: Tensor, max_new_tokens: int, settings: Sampling
     cut the decoded waveform short). ``compile`` decodes ``models.decoding.CHUNK``
     tokens per call of a ``torch.compile``d chunk (the first call compiles, about a minute on a
     CPU; worth it for long or repeated generation), the same ids as without. ``on_step`` is called with the steps done
-    after each one (a progress display). Returns prompt and continuation together.
+    after each one (a progress display). ``pack_weights``: the projections read weights packed for
+    one-row products (``models.packed``; None: where ``packing_pays`` measures it faster on this
+    machine, True/False: always/never). Returns prompt and continuation together.
     """
     settings = settings or SamplingSettings()
     cfg = model.config
@@ -131,6 +134,20 @@ def generate(model: GPT, prompt: Tensor, max_new_tokens: int, settings: Sampling
         raise ValueError(f"prompt shape {tuple(prompt.shape)} does not fit a model with {cfg.n_streams} stream(s)")
     was_training = model.training
     model.eval()
+    pack = packing_pays(model) if pack_weights is None else pack_weights and can_pack(model)
+    try:
+        with packed_linears(model, pack):
+            return _generate(model, prompt, max_new_tokens, settings, stop_tokens, use_cache, slide_keep, forced,
+                             banned, compile, on_step, pack)
+    finally:
+        model.train(was_training)
+
+
+def _generate(model: GPT, prompt: Tensor, max_new_tokens: int, settings: SamplingSettings,
+              stop_tokens: Iterable[int], use_cache: bool, slide_keep: int | None, forced: Tensor | None,
+              banned: Iterable[int], compile: bool, on_step: Callable[[int], None] | None, packed: bool) -> Tensor:
+    """``generate``'s loop, with the model in eval mode and its projections packed or not."""
+    cfg = model.config
     generator = None
     if settings.seed is not None:
         generator = torch.Generator(device=prompt.device).manual_seed(settings.seed)
@@ -140,7 +157,7 @@ def generate(model: GPT, prompt: Tensor, max_new_tokens: int, settings: Sampling
     keep = slide_keep or max(1, (3 * cfg.block_size) // 4)
     seq = prompt
     cache = model.new_cache(prompt.shape[0]) if use_cache else None
-    chunk = _Chunk(model, settings, generator, tuple(prompt.shape[:-1]), never, forced) \
+    chunk = _Chunk(model, settings, generator, tuple(prompt.shape[:-1]), never, forced, packed) \
         if compile and cache is not None else None
 
     def prefill(n: int) -> Tensor:
@@ -183,7 +200,6 @@ def generate(model: GPT, prompt: Tensor, max_new_tokens: int, settings: Sampling
                 on_step(step)
         if stops.numel() and bool(finished.all()):
             break
-    model.train(was_training)
     return seq
 
 
@@ -194,9 +210,10 @@ class _Chunk:
     forced: -1 everywhere), so one compiled graph serves every loop with the same settings."""
 
     def __init__(self, model: GPT, settings: SamplingSettings, generator: torch.Generator | None,
-                 rows: tuple[int, ...], banned: Tensor, forced: Tensor | None) -> None:
+                 rows: tuple[int, ...], banned: Tensor, forced: Tensor | None, packed: bool) -> None:
         self.n = CHUNK
-        key = (settings.temperature, settings.top_k, settings.top_p)
+        # A graph is compiled for packed or plain projections (its guards are skipped after the first calls).
+        key = (settings.temperature, settings.top_k, settings.top_p, packed)
         pick = functools.partial(choose, settings=settings)
         self.fn = guarded_calls(compiled_chunk(model, self.n, key, pick), self.n)
         self.generator, self.device = generator, banned.device

@@ -514,7 +514,7 @@ def test_compiled_chunks_decode_greedy_and_nucleus_ids_as_eager_decoding():
     """The sampling settings a chunk bakes in: greedy (no noise; here from a one-token prompt at batch
     1, a cache length and a batch size Dynamo specialises) and a nucleus over the whole vocabulary
     (noise over every id, past the context); with ``last_layer`` + SVFormer, whose final layer stages
-    per-depth keys against layer 1's shared values."""
+    per-depth keys against layer 1's shared values; and with packed weights."""
     model = make(tiny(n_layer=2, block_size=32, shortcut="last_layer", value_residual="svformer"))
     greedy, nucleus = SamplingSettings(temperature=0.0), SamplingSettings(temperature=1.1, top_p=0.9, seed=4)
     one = tokens(model.config, 1, 1)
@@ -524,3 +524,6 @@ def test_compiled_chunks_decode_greedy_and_nucleus_ids_as_eager_decoding():
                        generate(model, one, 15, greedy, stop_tokens=stops))
     prompt = tokens(model.config, 2, 5)
     assert torch.equal(generate(model, prompt, 45, nucleus, compile=True), generate(model, prompt, 45, nucleus))
+    # Projections reading packed weights (models.packed, an opaque custom operator in the graph).
+    assert torch.equal(generate(model, prompt, 13, nucleus, compile=True, pack_weights=True),
+                       generate(model, prompt, 13, nucleus, pack_weights=True))

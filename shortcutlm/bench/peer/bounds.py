@@ -55,15 +55,14 @@ def weight_passes(model: nn.Module, device: str, dtype: torch.dtype) -> dict[str
 
 
 def weight_read_times(model: nn.Module, device: str, dtype: torch.dtype, repeats: int = 20) -> dict[str, float]:
-    """Best time of one weight pass (``weight_passes``) per layout, the layouts interleaved."""
-    passes = weight_passes(model, device, dtype)
-    best = {name: float("inf") for name in passes}
+    """Best time of one weight pass (``weight_passes``) per layout. Each layout's passes run back to
+    back, as decoding runs them: interleaved, the layouts together outgrow the cache that one of them
+    fits (4 x 256 on a 32 MiB L3: a plain pass 0.24 ms alone, 1.04 ms interleaved)."""
+    best = {}
     with torch.no_grad():
-        for fn in passes.values():
+        for name, fn in weight_passes(model, device, dtype).items():
             fn()
-        for _ in range(repeats):
-            for name, fn in passes.items():
-                best[name] = min(best[name], timed(fn, device))
+            best[name] = min(timed(fn, device) for _ in range(repeats))
     return best
 
 
@@ -92,7 +91,8 @@ def floors(config: GPTConfig, batch: int, device: str, dtype: torch.dtype) -> di
     return {"matmul_peak_flops": peak, "flops_per_token": flops,
             "flops_formula": "6N + 12·L·d·T (models.gpt.flops_per_token)",
             "train_step_floor_seconds": step, "decode_weight_read_seconds": read,
-            "decode_weight_read_seconds_by_layout": layouts, "decode_weight_read_layout": min(layouts, key=layouts.get),
+            "decode_weight_read_seconds_by_layout": layouts,
+            "decode_weight_read_layout": min(layouts, key=lambda name: layouts[name]),
             "decode_weight_bytes": weight_bytes, "decode_weight_read_bytes_per_second": weight_bytes / read}
 
 
