@@ -235,6 +235,7 @@ def bench_generation(seconds: float, repeats: int = 3) -> dict[str, Any]:
     decoding and ``generate --compile``'s compiled chunks (``models.decoding``), interleaved, median of
     ``repeats``; the compile's own time and whether both decoded the same codes are beside them."""
     from shortcutlm.models import GPT, GPTConfig, SamplingSettings, generate
+    from shortcutlm.models.packed import packing_pays
 
     k, frames_per_second, vocab = 4, 75, 1024 + 4
     steps = int(seconds * frames_per_second) + k - 1
@@ -258,7 +259,7 @@ def bench_generation(seconds: float, repeats: int = 3) -> dict[str, Any]:
                      "steps_per_second": steps / eager, "compiled_wall_s": compiled_wall,
                      "compiled_audio_seconds_per_second": seconds / compiled_wall,
                      "compiled_over_eager": eager / compiled_wall, "compile_s": compile_s,
-                     "compiled_codes_equal_eager": same}
+                     "compiled_codes_equal_eager": same, "packed_weights": packing_pays(model)}
     return out
 
 

@@ -18,6 +18,7 @@ set (by :func:`packed_linears`, around decoding) and gradients are off.
 from __future__ import annotations
 
 import contextlib
+import time
 import weakref
 from collections.abc import Iterator
 
@@ -101,8 +102,6 @@ def packed_linears(model: nn.Module, on: bool = True) -> Iterator[None]:
 def _pass_seconds(linears: list[Linear], rows: list[Tensor], repeats: int) -> float:
     """Best time of one pass of a row through every projection, the passes back to back (as
     decoding runs them, so that a model whose weights fit the cache is timed with them there)."""
-    import time
-
     def one_pass() -> None:
         for m, row in zip(linears, rows):
             m(row)
