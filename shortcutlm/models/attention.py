@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from shortcutlm.models.config import GPTConfig
-from shortcutlm.models.packed import Linear
+from shortcutlm.models.packed import Linear, project
 
 
 def _no_decay(p: nn.Parameter) -> nn.Parameter:
@@ -293,9 +293,11 @@ class CausalSelfAttention(nn.Module):
         """
         b, t, _ = x.shape
         offset = cache.length if cache is not None else 0
-        q = self.q_proj(x).view(b, t, self.n_head, self.head_dim).transpose(1, 2)
-        k = self.k_proj(x).view(b, t, self.n_kv, self.head_dim).transpose(1, 2)
-        own = None if self.v_proj is None else self.v_proj(x).view(b, t, self.n_kv, self.head_dim).transpose(1, 2)
+        q_out, k_out, v_out = project(x, self.q_proj, self.k_proj, self.v_proj)
+        assert q_out is not None and k_out is not None
+        q = q_out.view(b, t, self.n_head, self.head_dim).transpose(1, 2)
+        k = k_out.view(b, t, self.n_kv, self.head_dim).transpose(1, 2)
+        own = None if v_out is None else v_out.view(b, t, self.n_kv, self.head_dim).transpose(1, 2)
         v = mix_values(own, v1, self.mode, self.lambdas)
         if rotary is not None:
             q, k = rotary(q, offset), rotary(k, offset)

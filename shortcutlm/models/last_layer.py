@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from shortcutlm.models.config import GPTConfig
+from shortcutlm.models.packed import project
 from shortcutlm.models.attention import (CausalSelfAttention, KVCache, Rotary, _attend, _causal_mask, _no_decay,
                                          attend_staged, attended_cache, mix_values)
 
@@ -100,8 +101,10 @@ class LastLayerAttention(CausalSelfAttention):
         offset = cache.length if cache is not None else 0
         feats = self.phi(torch.stack(states).view(n_depths, b * t, d)).view(n_depths, b, t, d)
         q = self.q_proj(x).view(b, t, self.n_head, self.head_dim).transpose(1, 2)  # [B,H,T,hd]
-        k = self._per_depth(self.k_proj(feats))  # [B,Hkv,D,T,hd]
-        own = None if self.v_proj is None else self._per_depth(self.v_proj(feats))
+        k_out, v_out = project(feats, self.k_proj, self.v_proj)
+        assert k_out is not None
+        k = self._per_depth(k_out)  # [B,Hkv,D,T,hd]
+        own = None if v_out is None else self._per_depth(v_out)
         first = None if v1 is None else v1.unsqueeze(2)  # V_1 per token joins every depth's value there
         v = mix_values(own, first, self.mode, self.lambdas).expand(-1, -1, n_depths, -1, -1)
         if rotary is not None:  # a key's position is its token's, whatever its depth

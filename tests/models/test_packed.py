@@ -9,7 +9,8 @@ import torch.nn.functional as F
 
 from shortcutlm.models import GPT, GPTConfig
 from shortcutlm.models import packed
-from shortcutlm.models.packed import Linear, packed_linear, packed_linears, packing_pays
+from shortcutlm.models.packed import (Linear, packed_linear, packed_linears, packed_linears_of_one_input,
+                                      packing_pays, project)
 from shortcutlm.models.sampling import SamplingSettings, generate
 
 pytestmark = pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="needs oneDNN")
@@ -24,12 +25,32 @@ def tiny(**overrides) -> GPT:
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("bias", [False, True])
 def test_the_packed_product_is_the_plain_one(dtype, bias):
-    layer = Linear(48, 20, bias=bias).to(dtype)
+    """One weight, and several weights of one input (q, k and v) in one packed product."""
+    layers = [Linear(48, n, bias=bias).to(dtype) for n in (20, 12, 12)]
+    tol = dict(rtol=2e-2, atol=2e-2) if dtype == torch.bfloat16 else dict(rtol=1e-5, atol=1e-5)
     for shape in [(1, 48), (2, 1, 48), (3, 2, 5, 48)]:
         x = torch.randn(shape, dtype=dtype)
-        tol = dict(rtol=2e-2, atol=2e-2) if dtype == torch.bfloat16 else dict(rtol=1e-5, atol=1e-5)
-        torch.testing.assert_close(packed_linear(x, layer.weight, layer.bias), F.linear(x, layer.weight, layer.bias),
-                                   **tol)
+        want = [F.linear(x, m.weight, m.bias) for m in layers]
+        biases = [m.bias for m in layers] if bias else []
+        torch.testing.assert_close(packed_linear(x, layers[0].weight, layers[0].bias), want[0], **tol)
+        got = packed_linears_of_one_input(x, [m.weight for m in layers], biases)
+        for a, b in zip(got, want, strict=True):
+            torch.testing.assert_close(a, b, **tol)
+        assert got[0].untyped_storage().data_ptr() != got[1].untyped_storage().data_ptr()  # no aliasing
+
+
+def test_project_packs_what_it_can_and_keeps_a_missing_layer_missing():
+    q, k = Linear(16, 16, bias=False), Linear(16, 8, bias=False)
+    x = torch.randn(2, 1, 16)
+    model = torch.nn.ModuleList([q, k])
+    with torch.no_grad():
+        plain = project(x, q, k, None)
+        with packed_linears(model):
+            packed_out = project(x, q, k, None)
+    assert plain[2] is None and packed_out[2] is None
+    for a, b in zip(packed_out[:2], plain[:2]):
+        torch.testing.assert_close(a, b)
+    assert (id(q.weight), id(k.weight)) in packed._PACKED  # one product for both
 
 
 def test_a_weight_changed_in_place_is_packed_again():
@@ -51,7 +72,7 @@ def test_a_weight_changed_in_place_is_packed_again():
 def test_a_freed_weight_takes_its_packed_copy_with_it():
     layer = Linear(16, 8, bias=False)
     packed_linear(torch.randn(1, 16), layer.weight, None)
-    key = id(layer.weight)
+    key = (id(layer.weight),)
     assert key in packed._PACKED
     del layer
     gc.collect()
@@ -68,7 +89,8 @@ def test_the_model_packs_only_inside_the_block_and_only_without_gradients():
                 pass
             assert all(m.packed for m in model.modules() if isinstance(m, Linear))
             packed_logits = model(ids)
-    assert all(id(m.weight) in packed._PACKED for m in model.modules() if isinstance(m, Linear))
+    packed_ids = {i for key in packed._PACKED for i in key}
+    assert all(id(m.weight) in packed_ids for m in model.modules() if isinstance(m, Linear))
     assert not any(m.packed for m in model.modules() if isinstance(m, Linear))
     torch.testing.assert_close(packed_logits, plain, rtol=1e-5, atol=1e-5)
     with packed_linears(model):  # training inside the block takes the plain product, which has a backward
