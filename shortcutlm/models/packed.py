@@ -11,9 +11,10 @@ once per model and thread count, and ``generate`` packs only where it measured a
 The packed product is a custom operator (:func:`packed_linear`): it looks the packed copy of its
 weight up by the weight's identity and repacks when the weight's version has changed (an optimiser
 step, ``load_state_dict``), so a model that trains between generations never decodes with stale
-weights, eager or compiled. The packed copies (one per weight, the weights' size again) live as
-long as their weights. There is no backward: :class:`Linear` packs only while its ``packed`` flag is
-set (by :func:`packed_linears`, around decoding) and gradients are off.
+weights, eager or compiled. The packed copies (the weights' size again; q, k and v stacked into
+one, see :func:`project`) live as long as their weights. There is no backward: :class:`Linear`
+packs only while its ``packed`` flag is set (by :func:`packed_linears`, around decoding) and
+gradients are off.
 """
 from __future__ import annotations
 
@@ -170,4 +171,12 @@ def packing_pays(model: nn.Module, repeats: int = 10) -> bool:
         with packed_linears(model):
             packed = _pass_seconds(linears, rows, repeats)
         known[key] = packed <= PACKING_MARGIN * plain
+        _forget(linears)  # decoding packs q, k and v stacked: the measurement's single copies would linger
     return known[key]
+
+
+def _forget(linears: list[Linear]) -> None:
+    """Drop the packed copies made of these projections' weights (made again when next needed)."""
+    ids = {id(m.weight) for m in linears} | {id(m.bias) for m in linears if m.bias is not None}
+    for key in [k for k in _PACKED if set(k) <= ids]:
+        _PACKED.pop(key, None)

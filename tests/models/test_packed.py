@@ -111,6 +111,8 @@ def test_packing_is_measured_once_per_model_and_never_under_autocast(monkeypatch
     model = tiny()
     first = packing_pays(model)
     assert isinstance(first, bool)
+    weights = {id(m.weight) for m in model.modules() if isinstance(m, Linear)}
+    assert not any(set(key) & weights for key in packed._PACKED)  # the measurement's copies are dropped
     monkeypatch.setattr(packed, "_pass_seconds", lambda *a: pytest.fail("measured twice"))
     assert packing_pays(model) == first
     with torch.autocast("cpu", dtype=torch.bfloat16):
