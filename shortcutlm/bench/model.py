@@ -60,6 +60,11 @@ class Trainee:
         self.idx = torch.randint(0, config.vocab_size, shape, device=device)
         self.device, self.dtype = device, dtype
 
+    def decodes_packed(self) -> bool:
+        """Whether this trainee's generation reads packed weights (``models.packed``: measured per model;
+        never under the bf16 autocast its generation runs in)."""
+        return self.dtype == torch.float32 and packing_pays(self.model)
+
     def targets(self) -> torch.Tensor:
         """What the loss predicts: every next id."""
         return self.idx[..., 1:]
@@ -84,6 +89,11 @@ class PairedTrainee(Trainee):
         self.idx[self.idx >= end] = 0
         self.idx[..., config.block_size // 2] = marker
         self.spans = ([marker], [end])
+
+    def decodes_packed(self) -> bool:
+        """Whether this trainee's generation reads packed weights (``models.packed``: measured per model;
+        never under the bf16 autocast its generation runs in)."""
+        return self.dtype == torch.float32 and packing_pays(self.model)
 
     def targets(self) -> torch.Tensor:
         """The next ids after a task marker only (computed each step, as training does from its batch)."""
@@ -279,9 +289,9 @@ def _compiled_figures(trainee: Trainee, new_tokens: int, eager: float) -> dict[s
     same = torch.equal(generate(model, prompt, new_tokens, settings, compile=True),
                        generate(model, prompt, new_tokens, settings))
     model.train()
-    packs = trainee.dtype == torch.float32 and packing_pays(model)  # never under autocast
     return {"generate_tokens_per_second_compiled": rate, "compiled_over_eager": rate / eager,
-            "compile_seconds": compile_s, "compiled_ids_equal_eager": same, "packed_weights": packs}
+            "compile_seconds": compile_s, "compiled_ids_equal_eager": same,
+            "packed_weights": trainee.decodes_packed()}
 
 
 def _paired_figures(trainees: dict[str, Trainee], times: dict[str, list[float]], new_tokens: int) -> dict[str, Any]:

@@ -157,6 +157,12 @@ class KVCache:
         return self.attention_nbytes() + extra
 
 
+def stages(cache: KVCache | None, need_weights: bool) -> bool:
+    """Whether an attention stages its new keys and values (inside a compiled chunk, ``begin_chunk``)
+    rather than writing them; the eager path that returns probabilities never does."""
+    return cache is not None and cache.chunk_start is not None and not need_weights
+
+
 def attended_cache(keys: Tensor, values: Tensor, end: int) -> tuple[Tensor, Tensor, int]:
     """The part of a per-depth cache buffer ([..., max_len, hd]) that a query attends over, and its
     length: the whole buffer in eager mode, where it is a free view and a mask hides the positions not
@@ -303,7 +309,8 @@ class CausalSelfAttention(nn.Module):
             q, k = rotary(q, offset), rotary(k, offset)
         k_all, v_all = k, v
         drop = self.dropout if self.training else 0.0
-        if cache is not None and cache.chunk_start is not None and not need_weights:  # a compiled chunk
+        if stages(cache, need_weights):
+            assert cache is not None
             y, probs = attend_staged(q, *cache.stage(self.layer, k, v)), None
         else:
             if cache is not None:  # the mixed value is what enters the cache

@@ -32,7 +32,7 @@ from torch import Tensor, nn
 from shortcutlm.models.config import GPTConfig
 from shortcutlm.models.packed import project
 from shortcutlm.models.attention import (CausalSelfAttention, KVCache, Rotary, _attend, _causal_mask, _no_decay,
-                                         attend_staged, attended_cache, mix_values)
+                                         attend_staged, attended_cache, mix_values, stages)
 
 
 class DepthFeatureMaps(nn.Module):
@@ -110,7 +110,8 @@ class LastLayerAttention(CausalSelfAttention):
         if rotary is not None:  # a key's position is its token's, whatever its depth
             q, k = rotary(q, offset), rotary(k, offset)
         own_values = v[:, :, -1]
-        if cache is not None and cache.chunk_start is not None and not need_weights:  # a compiled chunk
+        if stages(cache, need_weights):
+            assert cache is not None
             past_k, past_v, new_k, new_v = cache.stage(self.layer, k, v)
             y = attend_staged(q, past_k, past_v, new_k, new_v).transpose(1, 2).reshape(b, t, -1)
             return self.o_proj(y), own_values, None

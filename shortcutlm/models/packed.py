@@ -37,6 +37,17 @@ _PACKED: dict[tuple[int, ...], tuple[list[weakref.ref[Tensor]], list[int], Tenso
 _PAYS: weakref.WeakKeyDictionary[nn.Module, dict[tuple, bool]] = weakref.WeakKeyDictionary()
 
 
+def pack_weight(weight: Tensor) -> Tensor:
+    """oneDNN's packed copy of one weight matrix [out, in], laid out for products with one row."""
+    return torch.ops.mkldnn._reorder_linear_weight(weight, 1)
+
+
+def packed_product(x: Tensor, packed: Tensor, bias: Tensor | None) -> Tensor:
+    """``x`` [..., in] times a :func:`pack_weight` copy (plus ``bias``): [rows, out], rows = x's
+    leading dimensions flattened."""
+    return torch.ops.mkldnn._linear_pointwise(x.reshape(-1, x.shape[-1]), packed, bias, "none", [], "")
+
+
 def _packed_weights(weights: list[Tensor], biases: list[Tensor]) -> tuple[Tensor, Tensor | None]:
     """oneDNN's packed copy of ``weights`` stacked (one matrix: several products of one input in one
     pass) and their biases stacked, made again when a weight's or bias's version has moved on;
@@ -47,7 +58,7 @@ def _packed_weights(weights: list[Tensor], biases: list[Tensor]) -> tuple[Tensor
     if (hit is None or any(ref() is not t for ref, t in zip(hit[0], tensors))
             or hit[1] != [t._version for t in tensors]):
         stacked = torch.cat([w.detach() for w in weights]) if len(weights) > 1 else weights[0].detach()
-        packed = torch.ops.mkldnn._reorder_linear_weight(stacked, 1)
+        packed = pack_weight(stacked)
         bias = torch.cat([b.detach() for b in biases]) if biases else None
         refs = [weakref.ref(t, lambda _: _PACKED.pop(key, None)) for t in tensors]
         hit = (refs, [t._version for t in tensors], packed, bias)
@@ -59,8 +70,7 @@ def _packed_weights(weights: list[Tensor], biases: list[Tensor]) -> tuple[Tensor
 def packed_linear(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
     """``F.linear(x, weight, bias)`` through ``weight``'s packed copy: one opaque call for
     ``torch.compile``, which cannot trace oneDNN's packed tensors."""
-    packed, stacked_bias = _packed_weights([weight], [] if bias is None else [bias])
-    out = torch.ops.mkldnn._linear_pointwise(x.reshape(-1, x.shape[-1]), packed, stacked_bias, "none", [], "")
+    out = packed_product(x, *_packed_weights([weight], [] if bias is None else [bias]))
     return out.view(*x.shape[:-1], out.shape[-1])
 
 
@@ -75,8 +85,7 @@ def packed_linears_of_one_input(x: Tensor, weights: list[Tensor], biases: list[T
     product through the weights' stacked packed copy: each call costs some 17 µs of dispatch and
     oneDNN set-up, so q, k and v in one call save two of three. (A list-taking operator costs more to
     call than ``packed_linear``, about 8 µs, so single products keep their own.)"""
-    packed, bias = _packed_weights(weights, biases)
-    out = torch.ops.mkldnn._linear_pointwise(x.reshape(-1, x.shape[-1]), packed, bias, "none", [], "")
+    out = packed_product(x, *_packed_weights(weights, biases))
     # A custom operator's outputs must not alias one another: each part is its own copy (a few rows).
     return [part.reshape(*x.shape[:-1], part.shape[-1]).clone()
             for part in out.split([w.shape[0] for w in weights], dim=-1)]
@@ -92,9 +101,8 @@ def project(x: Tensor, *layers: Linear | None) -> list[Tensor | None]:
     read packed weights (q, k and v of an attention), each layer's own product otherwise."""
     present = [m for m in layers if m is not None]
     biased = {m.bias is not None for m in present}
-    if not (present and all(m.packed for m in present) and not torch.is_grad_enabled() and len(biased) == 1):
-        return [None if m is None else m(x) for m in layers]
-    if len(present) == 1:
+    stackable = len(present) > 1 and len(biased) == 1 and all(m.packed for m in present)
+    if not stackable or torch.is_grad_enabled():
         return [None if m is None else m(x) for m in layers]
     outs = iter(packed_linears_of_one_input(x, [m.weight for m in present],
                                             [m.bias for m in present if m.bias is not None]))
@@ -159,7 +167,7 @@ def packing_pays(model: nn.Module, repeats: int = 10) -> bool:
     """Whether one row's pass through every projection of ``model`` is faster packed than plain, by
     ``PACKING_MARGIN``, measured here (once per model, thread count and weight dtype; some tenths of
     a second at 6 x 384). Both passes go through the projections themselves, the packed one through
-    the custom operator, so its dispatch (about 15 µs a call) is in the comparison."""
+    the custom operator, so its cost beyond the reading (17–20 µs a call) is in the comparison."""
     if not can_pack(model):
         return False
     linears = [m for m in model.modules() if isinstance(m, Linear)]

@@ -11,6 +11,7 @@ from torch import nn
 
 from shortcutlm.bench.common import matmul_peak_flops, timed
 from shortcutlm.models import GPT, GPTConfig, flops_per_token
+from shortcutlm.models.packed import pack_weight, packed_product
 
 #: What the floors mean, written beside them in the JSON.
 MEANING = ("train_step_floor_seconds: the step at 100% of the measured matmul peak; "
@@ -44,11 +45,10 @@ def weight_passes(model: nn.Module, device: str, dtype: torch.dtype) -> dict[str
 
         passes["mkl_packed"] = mkl_packed
     if device == "cpu" and torch.backends.mkldnn.is_available():
-        onednn = [torch.ops.mkldnn._reorder_linear_weight(w, 1) for w in weights]
+        onednn = [pack_weight(w) for w in weights]
 
-        def onednn_packed() -> list[torch.Tensor]:
-            return [torch.ops.mkldnn._linear_pointwise(row, packed, None, "none", [], "")
-                    for row, packed in zip(rows, onednn)]
+        def onednn_packed() -> list[torch.Tensor]:  # the raw product: no operator dispatch, a floor
+            return [packed_product(row, packed, None) for row, packed in zip(rows, onednn)]
 
         passes["onednn_packed"] = onednn_packed
     return passes

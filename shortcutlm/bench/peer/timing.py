@@ -12,7 +12,6 @@ from shortcutlm.bench.model import Trainee, measure_generation
 from shortcutlm.bench.peer.config import PROMPT_TOKENS, TOP_K
 from shortcutlm.bench.peer.models import num_params
 from shortcutlm.models import GPT
-from shortcutlm.models.packed import packing_pays
 
 
 def measure_peer_generation(net: nn.Module, new_tokens: int, device: str) -> float:
@@ -72,8 +71,8 @@ def timing_rows(trainees: dict[str, Trainee], times: dict[str, list[float]], rat
             "generate_tokens_per_second_cached": median(rates[name]),
             "generate_tokens_per_second_all": rates[name],
         }
-        if impl == "ours":  # whether its decoding read packed weights (measured per model; never under autocast)
-            models[v][impl]["generate_packed_weights"] = trainee.dtype == torch.float32 and packing_pays(trainee.model)
+        if impl == "ours":
+            models[v][impl]["generate_packed_weights"] = trainee.decodes_packed()
         if f"{name}+compiled" in rates:
             models[v][impl]["generate_tokens_per_second_cached_compiled"] = median(rates[f"{name}+compiled"])
             models[v][impl]["generate_tokens_per_second_compiled_all"] = rates[f"{name}+compiled"]
