@@ -19,6 +19,7 @@ from shortcutlm.core.formatting import count, nbytes, param_count
 from shortcutlm.core.formatting import text_table as table
 from shortcutlm.core.devices import default_device
 from shortcutlm.models import GPT, GPTConfig, SamplingSettings, flops_per_token, generate, stream_losses
+from shortcutlm.models.optim import adamw
 from shortcutlm.models.packed import packing_pays
 
 VARIANTS: dict[str, dict[str, Any]] = {
@@ -54,7 +55,7 @@ class Trainee:
         self.config = config
         self.model = GPT(config).to(device)
         self.forward = torch.compile(self.model) if compile else self.model  # what ``train.compile`` does
-        self.opt = torch.optim.AdamW(self.model.param_groups(0.1), lr=3e-4, betas=(0.9, 0.95), fused=device == "cuda")
+        self.opt = adamw(self.model.param_groups(0.1), device, 3e-4, (0.9, 0.95))
         shape = (batch, config.block_size + 1) if config.n_streams == 1 else \
             (batch, config.n_streams, config.block_size + 1)
         self.idx = torch.randint(0, config.vocab_size, shape, device=device)
@@ -89,11 +90,6 @@ class PairedTrainee(Trainee):
         self.idx[self.idx >= end] = 0
         self.idx[..., config.block_size // 2] = marker
         self.spans = ([marker], [end])
-
-    def decodes_packed(self) -> bool:
-        """Whether this trainee's generation reads packed weights (``models.packed``: measured per model;
-        never under the bf16 autocast its generation runs in)."""
-        return self.dtype == torch.float32 and packing_pays(self.model)
 
     def targets(self) -> torch.Tensor:
         """The next ids after a task marker only (computed each step, as training does from its batch)."""

@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from shortcutlm.models import blocked_attention
 from shortcutlm.models.config import GPTConfig
 from shortcutlm.models.packed import Linear, project
 
@@ -246,8 +247,10 @@ def _attend(q: Tensor, k: Tensor, v: Tensor, offset: int, dropout: float, need_w
     Causal by absolute position (query t sits at offset+t) unless ``mask`` is given or
     ``causal`` is False (every key visible).
 
-    The fast path is ``scaled_dot_product_attention`` (flash kernels on GPU); ``need_weights``
-    takes an eager path that also returns the probabilities, for diagnostics.
+    The fast path is ``scaled_dot_product_attention`` (flash kernels on GPU), or on CPU, for a whole
+    causal sequence, the blocked products of :mod:`~shortcutlm.models.blocked_attention` where those
+    were measured faster; ``need_weights`` takes an eager path that also returns the probabilities,
+    for diagnostics.
     """
     t, s = q.shape[-2], k.shape[-2]
     groups = q.shape[1] // k.shape[1]
@@ -262,6 +265,8 @@ def _attend(q: Tensor, k: Tensor, v: Tensor, offset: int, dropout: float, need_w
         return probs @ v, probs
     if mask is None and causal:
         if s == t:
+            if blocked_attention.chosen(q, k, dropout):
+                return blocked_attention.causal_attention(q, k, v), None
             return F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=dropout,
                                                   enable_gqa=groups > 1), None
         if t > 1:  # a chunk after cached tokens: it sees all the past and itself causally

@@ -22,6 +22,7 @@ from torch import Tensor
 from shortcutlm.models.config import GPTConfig
 from shortcutlm.models.gpt import GPT, flops_per_token
 from shortcutlm.models.losses import stream_means, targets_only
+from shortcutlm.models.optim import adamw
 from shortcutlm.core.peak import observe_step, precision_dtype
 
 if TYPE_CHECKING:
@@ -140,9 +141,7 @@ class LitGPT(L.LightningModule):
 
     def configure_optimizers(self) -> OptimizerLRSchedulerConfig:
         s = self.settings
-        fused = self.device.type == "cuda"
-        opt = torch.optim.AdamW(self.model.param_groups(s["weight_decay"]), lr=s["lr"],
-                                betas=(s["beta1"], s["beta2"]), fused=fused)
+        opt = adamw(self.model.param_groups(s["weight_decay"]), self.device, s["lr"], (s["beta1"], s["beta2"]))
         schedule = torch.optim.lr_scheduler.LambdaLR(
             opt, lambda step: warmup_cosine(step, s["warmup_steps"], s["max_steps"], s["lr"], s["min_lr"]) / s["lr"])
         return {"optimizer": opt, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}

@@ -103,6 +103,8 @@ def project(x: Tensor, *layers: Linear | None) -> list[Tensor | None]:
     biased = {m.bias is not None for m in present}
     stackable = len(present) > 1 and len(biased) == 1 and all(m.packed for m in present)
     if not stackable or torch.is_grad_enabled():
+        if len(present) > 1 and torch.is_autocast_enabled(x.device.type):
+            x = x.to(torch.get_autocast_dtype(x.device.type))  # autocast would cast x once per layer
         return [None if m is None else m(x) for m in layers]
     outs = iter(packed_linears_of_one_input(x, [m.weight for m in present],
                                             [m.bias for m in present if m.bias is not None]))

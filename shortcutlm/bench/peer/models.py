@@ -14,6 +14,7 @@ from shortcutlm.bench.model import Trainee
 from shortcutlm.bench.peer.config import INITS, VARIANTS
 from shortcutlm.models import GPT, GPTConfig, weight_decay_groups
 from shortcutlm.models.gpt import Block
+from shortcutlm.models.optim import adamw
 
 
 def peer_model(config: GPTConfig, init: str = "gpt2", flash: bool = True) -> nn.Module:
@@ -137,8 +138,7 @@ class PeerTrainee(Trainee):
         # The peer stands where Trainee keeps our GPT; ``step`` asks of it only a forward and parameters.
         self.model = peer_model(config, init, flash).to(device)  # type: ignore[assignment]
         self.forward = self.model
-        self.opt = torch.optim.AdamW(peer_param_groups(self.model, 0.1), lr=3e-4, betas=(0.9, 0.95),
-                                     fused=device == "cuda")
+        self.opt = adamw(peer_param_groups(self.model, 0.1), device, 3e-4, (0.9, 0.95))
         self.idx = torch.randint(0, config.vocab_size, (batch, config.block_size + 1), device=device)
         self.device, self.dtype = device, dtype
 
