@@ -53,8 +53,10 @@ def chosen(q: Tensor, k: Tensor, dropout: float) -> bool:
     """Whether a full causal self-attention call takes the blocked path: on CPU, without attention
     dropout, in bf16 or fp32 up to the measured crossover length and the memory cap, outside
     ``torch.compile`` (which brings its own fused attention)."""
+    if q.device.type != "cpu" or dropout > 0 or torch.compiler.is_compiling():
+        return False
     dtype = compute_dtype(q)
-    if q.device.type != "cpu" or dropout > 0 or dtype not in BLOCK or torch.compiler.is_compiling():
+    if dtype not in BLOCK:
         return False
     b, h, t, _ = q.shape
     if k.shape[-2] != t or t > LONGEST[dtype]:

@@ -1,0 +1,137 @@
+"""Causal attention in query blocks (``shortcutlm.models.blocked_attention``) against a naive reference."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from shortcutlm.models import GPT, GPTConfig, stream_losses
+from shortcutlm.models import blocked_attention
+from shortcutlm.models.blocked_attention import _BlockedCausal, causal_attention, chosen, saved_bytes
+
+
+def naive(q, k, v):
+    """softmax(q k^T / sqrt(D)) v with every later key masked, grouped heads repeated, in float64."""
+    groups = q.shape[1] // k.shape[1]
+    k, v = k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1)
+    scores = q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1])
+    t = q.shape[-2]
+    later = torch.ones(t, t, dtype=torch.bool).triu(1)
+    return scores.masked_fill(later, float("-inf")).softmax(-1) @ v
+
+
+def inputs(t, heads=4, kv_heads=4, d=32, batch=2, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    q = torch.randn(batch, heads, t, d, generator=g, dtype=torch.float64)
+    k, v = (torch.randn(batch, kv_heads, t, d, generator=g, dtype=torch.float64) for _ in range(2))
+    return q, k, v, torch.randn(batch, heads, t, d, generator=g, dtype=torch.float64)
+
+
+def output_and_grads(fn, q, k, v, grad, dtype):
+    leaves = [x.detach().to(dtype).requires_grad_() for x in (q, k, v)]
+    out = fn(*leaves)
+    return [out.double(), *(g.double() for g in torch.autograd.grad(out, leaves, grad.to(dtype)))]
+
+
+def worst(got, want):
+    return max((a - b).abs().max().item() for a, b in zip(got, want, strict=True))
+
+
+def test_the_blocks_gradients_are_the_gradients_of_their_forward():
+    """The hand-written backward against finite differences, float64, blocks of 3 over 8 positions."""
+    q, k, v, _ = inputs(8, heads=2, kv_heads=2, d=4, batch=1)
+    leaves = [(x / math.sqrt(4) if i == 0 else x).reshape(1, 2, 8, 4).requires_grad_() for i, x in enumerate((q, k, v))]
+    assert torch.autograd.gradcheck(lambda a, b, c: _BlockedCausal.apply(a, b, c, 3), leaves)
+
+
+@pytest.mark.parametrize("t", [1, 63, 64, 129, 300, 512])
+@pytest.mark.parametrize("kv_heads", [4, 2])
+def test_fp32_blocks_equal_the_reference(t, kv_heads):
+    """Output and the three gradients, a last block of any length, grouped heads."""
+    q, k, v, grad = inputs(t, kv_heads=kv_heads)
+    want = output_and_grads(naive, q, k, v, grad, torch.float64)
+    got = output_and_grads(causal_attention, q, k, v, grad, torch.float32)
+    assert worst(got, want) < 1e-5
+
+
+@pytest.mark.parametrize("t", [100, 512])
+def test_bf16_blocks_are_as_close_to_the_reference_as_the_flash_kernel(t):
+    """bf16 has no tight tolerance; the bar is PyTorch's own bf16 attention on the same inputs."""
+    q, k, v, grad = inputs(t)
+    want = output_and_grads(naive, q, k, v, grad, torch.float64)
+    got = output_and_grads(causal_attention, q, k, v, grad, torch.bfloat16)
+    flash = output_and_grads(lambda a, b, c: F.scaled_dot_product_attention(a, b, c, is_causal=True),
+                             q, k, v, grad, torch.bfloat16)
+    assert got[0].dtype == torch.float64 and worst(got, want) < max(2 * worst(flash, want), 0.02)
+
+
+def test_strided_inputs_and_an_output_the_heads_merge_from_without_a_copy():
+    """q, k, v as the projections leave them ([B,T,H,D] memory seen as [B,H,T,D]); the output's heads
+    merge back into [B,T,H*D] as a view."""
+    q, k, v, _ = inputs(70)
+    strided = [x.transpose(1, 2).contiguous().transpose(1, 2).float() for x in (q, k, v)]
+    assert not strided[0].is_contiguous()
+    out = causal_attention(*strided)
+    torch.testing.assert_close(out, causal_attention(*(x.contiguous() for x in strided)), rtol=0, atol=0)
+    assert out.transpose(1, 2).is_contiguous()
+    torch.testing.assert_close(out.double(), naive(q, k, v), rtol=1e-5, atol=1e-5)
+
+
+def test_under_autocast_it_computes_in_the_autocast_dtype():
+    q, k, v, _ = inputs(40)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = causal_attention(q.float(), k.float(), v.float())
+        flash = F.scaled_dot_product_attention(q.float(), k.float(), v.float(), is_causal=True)
+    assert out.dtype == flash.dtype == torch.bfloat16
+    torch.testing.assert_close(out.double(), naive(q, k, v), rtol=0.05, atol=0.05)
+
+
+def test_the_choice_follows_dtype_length_memory_dropout_and_device():
+    def q(t, dtype=torch.float32, batch=8, device="cpu"):
+        return torch.empty(batch, 6, t, 64, dtype=dtype, device=device)
+
+    assert chosen(q(512, torch.bfloat16), q(512, torch.bfloat16), 0.0)
+    assert chosen(q(512), q(512), 0.0)
+    assert not chosen(q(1024), q(1024), 0.0)  # fp32 measured no faster past 512
+    assert chosen(q(2048, torch.bfloat16, batch=2), q(2048, torch.bfloat16, batch=2), 0.0)
+    assert not chosen(q(4096, torch.bfloat16, batch=1), q(4096, torch.bfloat16, batch=1), 0.0)
+    assert not chosen(q(2048, torch.bfloat16, batch=64), q(2048, torch.bfloat16, batch=64), 0.0)  # memory cap
+    assert not chosen(q(512), q(512), 0.1)  # attention dropout: the kernel applies it
+    assert not chosen(q(512, torch.float16), q(512, torch.float16), 0.0)
+    assert not chosen(q(1), q(9), 0.0)  # a query over a cache is not a whole causal sequence
+    assert not chosen(q(512, device="meta"), q(512, device="meta"), 0.0)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert chosen(q(2048, batch=2), q(2048, batch=2), 0.0)  # computes in bf16, whatever q holds
+
+
+def test_saved_bytes_counts_each_blocks_rows_times_keys():
+    assert saved_bytes(1, 4, 2, 2) == 2 * (2 * 2 + 2 * 4)
+    assert saved_bytes(48, 512, 128, 2) == 48 * 2 * 128 * (128 + 256 + 384 + 512)
+
+
+def test_a_training_step_takes_the_blocks_and_matches_the_flash_kernel(monkeypatch):
+    """The model's own attention takes the blocked path on CPU and gives the loss and gradients the
+    flash kernel gives."""
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(vocab_size=50, n_layer=2, n_head=4, n_kv_head=2, n_embd=32, block_size=40))
+    idx = torch.randint(0, 50, (2, 41))
+    calls = []
+    original = blocked_attention.causal_attention
+    monkeypatch.setattr(blocked_attention, "causal_attention", lambda *a: calls.append(1) or original(*a))
+
+    def loss_and_grads():
+        model.zero_grad()
+        loss = stream_losses(model(idx[:, :-1]), idx[:, 1:]).mean()
+        loss.backward()
+        return loss.detach(), [p.grad.clone() for p in model.parameters()]
+
+    blocked = loss_and_grads()
+    assert len(calls) == 2
+    monkeypatch.setattr(blocked_attention, "chosen", lambda *a: False)
+    flash = loss_and_grads()
+    assert len(calls) == 2
+    torch.testing.assert_close(blocked[0], flash[0], rtol=1e-5, atol=1e-6)
+    for a, b in zip(blocked[1], flash[1], strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
