@@ -53,15 +53,24 @@ def chosen(q: Tensor, k: Tensor, dropout: float) -> bool:
     """Whether a full causal self-attention call takes the blocked path: on CPU, without attention
     dropout, in bf16 or fp32 up to the measured crossover length and the memory cap, outside
     ``torch.compile`` (which brings its own fused attention)."""
-    if q.device.type != "cpu" or dropout > 0 or torch.compiler.is_compiling():
-        return False
-    dtype = compute_dtype(q)
-    if dtype not in BLOCK:
+    if q.device.type != "cpu" or dropout > 0 or torch.compiler.is_compiling() or k.shape[-2] != q.shape[-2]:
         return False
     b, h, t, _ = q.shape
-    if k.shape[-2] != t or t > LONGEST[dtype]:
-        return False
-    return saved_bytes(b * h, t, BLOCK[dtype], torch.finfo(dtype).bits // 8) <= MAX_SAVED_BYTES
+    return fits(compute_dtype(q), b * h, t)
+
+
+def fits(dtype: torch.dtype, batch_heads: int, t: int) -> bool:
+    """Whether a CPU causal call of ``t`` positions in ``dtype`` is one the blocked path was measured
+    faster for, within the memory cap."""
+    return (dtype in BLOCK and t <= LONGEST[dtype]
+            and saved_bytes(batch_heads, t, BLOCK[dtype], torch.finfo(dtype).bits // 8) <= MAX_SAVED_BYTES)
+
+
+def training_path(device: str, dtype: torch.dtype, batch_heads: int, t: int) -> str:
+    """Which attention an eager training step of this shape takes, in words (for benchmark reports)."""
+    if torch.device(device).type == "cpu" and fits(dtype, batch_heads, t):
+        return f"blocked batched products (models.blocked_attention), query blocks of {BLOCK[dtype]}"
+    return "F.scaled_dot_product_attention"
 
 
 @lru_cache(maxsize=64)

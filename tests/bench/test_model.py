@@ -97,7 +97,7 @@ def test_tiny_bench_mfu_prints_its_summary(tmp_path, capsys):
                    "--json", str(tmp_path / "m.json")]
     assert mfu.run(parse(mfu.configure, argv)) == 0
     lines = capsys.readouterr().out.strip().splitlines()
-    assert len(lines) < 15 and lines[0].startswith("bench mfu:")
+    assert len(lines) < 16 and lines[0].startswith("bench mfu:")
     assert [line.split()[0] for line in lines[2:4]] == ["fp32", "bf16"]
     result = json.loads((tmp_path / "m.json").read_text())
     assert result["benchmark"] == "mfu" and "compiled_speedup" not in result
@@ -105,6 +105,11 @@ def test_tiny_bench_mfu_prints_its_summary(tmp_path, capsys):
     assert set(result["generation"]) == {"fp32", "bf16_autocast", "bf16_weights"}
     assert all(g["tokens_per_second_median"] > 0 for g in result["generation"].values())
     assert result["targets"]["bf16_mfu"]["target"] == f">= {mfu.BF16_MFU_TARGET}"
+    # Both attentions timed per dtype, and which one a step takes (the tiny size: the blocked path).
+    for name in ("fp32", "bf16"):
+        row = result["attention_forward_backward_one_layer"][name]
+        assert row["flash_kernel_ms"] > 0 and row["blocked_ms"] > 0 and row["taken"].startswith("blocked")
+    assert "attention_taken_bf16_over_fp32_speed" in result["targets"]
 
 
 @pytest.mark.slow

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 
 from shortcutlm.models import GPT, GPTConfig, stream_losses
 from shortcutlm.models import blocked_attention
-from shortcutlm.models.blocked_attention import _BlockedCausal, causal_attention, chosen, saved_bytes
+from shortcutlm.models.blocked_attention import _BlockedCausal, causal_attention, chosen, saved_bytes, training_path
 
 
 def naive(q, k, v):
@@ -102,6 +102,8 @@ def test_the_choice_follows_dtype_length_memory_dropout_and_device():
     assert not chosen(q(512, torch.float16), q(512, torch.float16), 0.0)
     assert not chosen(q(1), q(9), 0.0)  # a query over a cache is not a whole causal sequence
     assert not chosen(q(512, device="meta"), q(512, device="meta"), 0.0)
+    assert "blocks of 128" in training_path("cpu", torch.bfloat16, 48, 512)
+    assert training_path("cuda", torch.bfloat16, 48, 512) == "F.scaled_dot_product_attention"
     with torch.autocast("cpu", dtype=torch.bfloat16):
         assert chosen(q(2048, batch=2), q(2048, batch=2), 0.0)  # computes in bf16, whatever q holds
 
