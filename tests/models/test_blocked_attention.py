@@ -137,3 +137,28 @@ def test_a_training_step_takes_the_blocks_and_matches_the_flash_kernel(monkeypat
     torch.testing.assert_close(blocked[0], flash[0], rtol=1e-5, atol=1e-6)
     for a, b in zip(blocked[1], flash[1], strict=True):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.slow
+def test_a_compiled_model_attends_through_the_blocks_between_its_graphs(monkeypatch):
+    """``torch.compile`` (what ``train.compile`` does) keeps the blocked path, run eagerly between the
+    compiled graphs, and gives the eager model's loss and gradients."""
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(vocab_size=50, n_layer=2, n_head=4, n_embd=32, block_size=40))
+    idx = torch.randint(0, 50, (2, 41))
+    calls = []
+    original = blocked_attention.causal_attention
+    monkeypatch.setattr(blocked_attention, "causal_attention", lambda *a: calls.append(1) or original(*a))
+
+    def loss_and_grads(forward):
+        model.zero_grad()
+        loss = stream_losses(forward(idx[:, :-1]), idx[:, 1:]).mean()
+        loss.backward()
+        return loss.detach(), [p.grad.clone() for p in model.parameters()]
+
+    eager = loss_and_grads(model)
+    compiled = loss_and_grads(torch.compile(model))
+    assert len(calls) == 4
+    torch.testing.assert_close(compiled[0], eager[0], rtol=1e-5, atol=1e-6)
+    for a, b in zip(compiled[1], eager[1], strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
