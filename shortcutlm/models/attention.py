@@ -265,7 +265,7 @@ def _attend(q: Tensor, k: Tensor, v: Tensor, offset: int, dropout: float, need_w
         return probs @ v, probs
     if mask is None and causal:
         if s == t:
-            if blocked_attention.chosen(q, k, dropout):
+            if blocked_attention.chosen(q, k, v, dropout):
                 return blocked_attention.causal_attention(q, k, v), None
             return F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=dropout,
                                                   enable_gqa=groups > 1), None

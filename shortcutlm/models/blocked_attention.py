@@ -12,7 +12,9 @@ bf16       61.9 ms                     19.7 ms (128)
 fp32       76.1 ms                     47.7 ms (64)
 =========  ==========================  ================
 
-At 1024 positions bf16 is still 1.7x faster and fp32 level; at 2048 bf16 1.5x, fp32 slower.
+At 1024 positions bf16 is still 1.7x faster and fp32 level; at 2048 bf16 1.5x, fp32 slower. Forward
+only (evaluation, a prefill) only bf16 gains (8 x 6 x 512: 0.47 of the flash kernel's time; fp32 1.26x
+slower), and tiny calls lose to the per-block calls: :func:`fits` holds the measured limits.
 
 The sequence is cut into blocks of queries; block ``i`` attends to the keys up to its own end, so the
 products skip most of the masked half (blocks of 128 at 512 positions compute 10/16 of the full
@@ -35,6 +37,12 @@ BLOCK = {torch.bfloat16: 128, torch.float32: 64}
 LONGEST = {torch.bfloat16: 2048, torch.float32: 512}
 #: Most probability bytes one call may keep for its backward pass (else the flash kernel's O(T) memory).
 MAX_SAVED_BYTES = 256 * 2**20
+#: Least work (batch x heads x T^2) where the blocked path's per-block calls pay, with a backward to
+#: run and forward only. Forward + backward: 1 x 6 heads x 32 positions 1.2-1.6x slower than the flash
+#: kernel, 8 x 6 x 32 (49k) 0.29-0.73 of its time. Forward only (evaluation, a prefill), bf16 alone
+#: gains, and from more work: 1 x 6 x 128 (98k) 1.12x slower, 1 x 6 x 256 (393k) 0.62 of its time;
+#: fp32's forward is no faster (8 x 6 x 512: 1.26x slower), its gain is all in the backward.
+MIN_WORK = {"backward": 2**15, "forward": 2**18}
 
 
 def compute_dtype(q: Tensor) -> torch.dtype:
@@ -49,28 +57,33 @@ def saved_bytes(batch_heads: int, t: int, block: int, itemsize: int) -> int:
     return batch_heads * itemsize * sum((min(i + block, t) - i) * min(i + block, t) for i in range(0, t, block))
 
 
-def chosen(q: Tensor, k: Tensor, dropout: float) -> bool:
+def chosen(q: Tensor, k: Tensor, v: Tensor, dropout: float) -> bool:
     """Whether a full causal self-attention call takes the blocked path: on CPU, without attention
-    dropout, in bf16 or fp32 up to the measured crossover length and the memory cap. Under
-    ``torch.compile`` too: the path runs eagerly between compiled graphs (:func:`causal_attention`),
-    since Inductor's CPU attention is the same flash kernel (bf16 step, 6 x 384: 0.91 s compiled
-    with it against 0.57 s compiled around the blocked path)."""
+    dropout, where :func:`fits` says it was measured faster. Under ``torch.compile`` too: the path
+    runs eagerly between compiled graphs (:func:`causal_attention`), since Inductor's CPU attention is
+    the same flash kernel (bf16 step, 6 x 384: 0.91 s compiled with it against 0.57 s compiled around
+    the blocked path)."""
     if q.device.type != "cpu" or dropout > 0 or k.shape[-2] != q.shape[-2]:
         return False
     b, h, t, _ = q.shape
-    return fits(compute_dtype(q), b * h, t)
+    backward = torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad)
+    return fits(compute_dtype(q), b * h, t, backward)
 
 
-def fits(dtype: torch.dtype, batch_heads: int, t: int) -> bool:
+def fits(dtype: torch.dtype, batch_heads: int, t: int, backward: bool) -> bool:
     """Whether a CPU causal call of ``t`` positions in ``dtype`` is one the blocked path was measured
-    faster for, within the memory cap."""
-    return (dtype in BLOCK and t <= LONGEST[dtype]
+    faster for (with a backward to run, or forward only), within the memory cap."""
+    if dtype not in BLOCK or t > LONGEST[dtype]:
+        return False
+    if not backward:
+        return dtype == torch.bfloat16 and batch_heads * t * t >= MIN_WORK["forward"]
+    return (batch_heads * t * t >= MIN_WORK["backward"]
             and saved_bytes(batch_heads, t, BLOCK[dtype], torch.finfo(dtype).bits // 8) <= MAX_SAVED_BYTES)
 
 
 def training_path(device: str, dtype: torch.dtype, batch_heads: int, t: int) -> str:
     """Which attention an eager training step of this shape takes, in words (for benchmark reports)."""
-    if torch.device(device).type == "cpu" and fits(dtype, batch_heads, t):
+    if torch.device(device).type == "cpu" and fits(dtype, batch_heads, t, backward=True):
         return f"blocked batched products (models.blocked_attention), query blocks of {BLOCK[dtype]}"
     return "F.scaled_dot_product_attention"
 

@@ -88,24 +88,35 @@ def test_under_autocast_it_computes_in_the_autocast_dtype():
     torch.testing.assert_close(out.double(), naive(q, k, v), rtol=0.05, atol=0.05)
 
 
-def test_the_choice_follows_dtype_length_memory_dropout_and_device():
-    def q(t, dtype=torch.float32, batch=8, device="cpu"):
-        return torch.empty(batch, 6, t, 64, dtype=dtype, device=device)
+def test_the_choice_follows_dtype_length_work_memory_dropout_grad_and_device():
+    def q(t, dtype=torch.float32, batch=8, device="cpu", grad=True):
+        return torch.empty(batch, 6, t, 64, dtype=dtype, device=device, requires_grad=grad)
 
-    assert chosen(q(512, torch.bfloat16), q(512, torch.bfloat16), 0.0)
-    assert chosen(q(512), q(512), 0.0)
-    assert not chosen(q(1024), q(1024), 0.0)  # fp32 measured no faster past 512
-    assert chosen(q(2048, torch.bfloat16, batch=2), q(2048, torch.bfloat16, batch=2), 0.0)
-    assert not chosen(q(4096, torch.bfloat16, batch=1), q(4096, torch.bfloat16, batch=1), 0.0)
-    assert not chosen(q(2048, torch.bfloat16, batch=64), q(2048, torch.bfloat16, batch=64), 0.0)  # memory cap
-    assert not chosen(q(512), q(512), 0.1)  # attention dropout: the kernel applies it
-    assert not chosen(q(512, torch.float16), q(512, torch.float16), 0.0)
-    assert not chosen(q(1), q(9), 0.0)  # a query over a cache is not a whole causal sequence
-    assert not chosen(q(512, device="meta"), q(512, device="meta"), 0.0)
+    def picks(x, dropout=0.0, k=None):
+        return chosen(x, x if k is None else k, x, dropout)
+
+    # With a backward to run (training):
+    assert picks(q(512, torch.bfloat16)) and picks(q(512)) and picks(q(32))
+    assert not picks(q(1024))  # fp32 measured no faster past 512
+    assert picks(q(2048, torch.bfloat16, batch=2))
+    assert not picks(q(4096, torch.bfloat16, batch=1))
+    assert not picks(q(2048, torch.bfloat16, batch=64))  # memory cap
+    assert not picks(q(32, batch=1))  # too little work for the per-block calls
+    assert not picks(q(512), dropout=0.1)  # attention dropout: the kernel applies it
+    assert not picks(q(512, torch.float16))
+    assert not picks(q(1), k=q(9))  # a query over a cache is not a whole causal sequence
+    assert not picks(q(512, device="meta"))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert picks(q(2048, batch=2))  # computes in bf16, whatever q holds
+    # Forward only (evaluation, a prefill): bf16 with enough work.
+    assert picks(q(256, torch.bfloat16, batch=1, grad=False))
+    assert not picks(q(128, torch.bfloat16, batch=1, grad=False))
+    assert not picks(q(512, grad=False))  # fp32's forward is no faster
+    with torch.no_grad():
+        assert not picks(q(512))
+        assert picks(q(512, torch.bfloat16))
     assert "blocks of 128" in training_path("cpu", torch.bfloat16, 48, 512)
     assert training_path("cuda", torch.bfloat16, 48, 512) == "F.scaled_dot_product_attention"
-    with torch.autocast("cpu", dtype=torch.bfloat16):
-        assert chosen(q(2048, batch=2), q(2048, batch=2), 0.0)  # computes in bf16, whatever q holds
 
 
 def test_saved_bytes_counts_each_blocks_rows_times_keys():
@@ -117,8 +128,8 @@ def test_a_training_step_takes_the_blocks_and_matches_the_flash_kernel(monkeypat
     """The model's own attention takes the blocked path on CPU and gives the loss and gradients the
     flash kernel gives."""
     torch.manual_seed(0)
-    model = GPT(GPTConfig(vocab_size=50, n_layer=2, n_head=4, n_kv_head=2, n_embd=32, block_size=40))
-    idx = torch.randint(0, 50, (2, 41))
+    model = GPT(GPTConfig(vocab_size=50, n_layer=2, n_head=4, n_kv_head=2, n_embd=32, block_size=64))
+    idx = torch.randint(0, 50, (4, 65))  # batch x heads x T^2 = 65k: enough work for the blocks
     calls = []
     original = blocked_attention.causal_attention
     monkeypatch.setattr(blocked_attention, "causal_attention", lambda *a: calls.append(1) or original(*a))
@@ -144,8 +155,8 @@ def test_a_compiled_model_attends_through_the_blocks_between_its_graphs(monkeypa
     """``torch.compile`` (what ``train.compile`` does) keeps the blocked path, run eagerly between the
     compiled graphs, and gives the eager model's loss and gradients."""
     torch.manual_seed(0)
-    model = GPT(GPTConfig(vocab_size=50, n_layer=2, n_head=4, n_embd=32, block_size=40))
-    idx = torch.randint(0, 50, (2, 41))
+    model = GPT(GPTConfig(vocab_size=50, n_layer=2, n_head=4, n_embd=32, block_size=64))
+    idx = torch.randint(0, 50, (4, 65))  # batch x heads x T^2 = 65k: enough work for the blocks
     calls = []
     original = blocked_attention.causal_attention
     monkeypatch.setattr(blocked_attention, "causal_attention", lambda *a: calls.append(1) or original(*a))
