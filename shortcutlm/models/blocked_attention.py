@@ -19,7 +19,7 @@ slower), and tiny calls lose to the per-block calls: :func:`fits` holds the meas
 The sequence is cut into blocks of queries; block ``i`` attends to the keys up to its own end, so the
 products skip most of the masked half (blocks of 128 at 512 positions compute 10/16 of the full
 square). Unlike flash attention it keeps each block's probabilities for the backward pass: that is
-``batch x heads x (about T^2/2) x itemsize`` bytes a layer (15.7 MiB at the benchmark size in bf16),
+``batch x heads x (about T^2/2) x itemsize`` bytes a layer (15.7 MB at the benchmark size in bf16),
 so :func:`chosen` leaves long or large calls to the flash kernel.
 """
 from __future__ import annotations
