@@ -109,7 +109,7 @@ def test_tiny_bench_mfu_prints_its_summary(tmp_path, capsys):
     for name in ("fp32", "bf16"):
         row = result["attention_forward_backward_one_layer"][name]
         assert row["flash_kernel_ms"] > 0 and row["blocked_ms"] > 0
-        assert row["taken"] == "F.scaled_dot_product_attention"
+        assert row["taken"] == "F.scaled_dot_product_attention" and row["taken_path"] == "flash_kernel"
     assert "attention_taken_bf16_over_fp32_speed" in result["targets"]
 
 

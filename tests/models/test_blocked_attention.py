@@ -124,52 +124,53 @@ def test_saved_bytes_counts_each_blocks_rows_times_keys():
     assert saved_bytes(48, 512, 128, 2) == 48 * 2 * 128 * (128 + 256 + 384 + 512)
 
 
+def model_and_batch(**overrides):
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(**{**dict(vocab_size=50, n_layer=2, n_head=4, n_embd=32, block_size=64), **overrides}))
+    return model, torch.randint(0, 50, (4, 65))  # batch x heads x T^2 = 65k: enough work for the blocks
+
+
+def count_block_calls(monkeypatch) -> list[int]:
+    """A list that grows by one at every call of the blocked path (which still runs)."""
+    calls: list[int] = []
+    original = blocked_attention.causal_attention
+    monkeypatch.setattr(blocked_attention, "causal_attention", lambda *a: calls.append(1) or original(*a))
+    return calls
+
+
+def loss_and_grads(model, forward, idx):
+    model.zero_grad()
+    loss = stream_losses(forward(idx[:, :-1]), idx[:, 1:]).mean()
+    loss.backward()
+    return loss.detach(), [p.grad.clone() for p in model.parameters()]
+
+
+def assert_same_step(got, want):
+    torch.testing.assert_close(got[0], want[0], rtol=1e-5, atol=1e-6)
+    for a, b in zip(got[1], want[1], strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+
+
 def test_a_training_step_takes_the_blocks_and_matches_the_flash_kernel(monkeypatch):
     """The model's own attention takes the blocked path on CPU and gives the loss and gradients the
     flash kernel gives."""
-    torch.manual_seed(0)
-    model = GPT(GPTConfig(vocab_size=50, n_layer=2, n_head=4, n_kv_head=2, n_embd=32, block_size=64))
-    idx = torch.randint(0, 50, (4, 65))  # batch x heads x T^2 = 65k: enough work for the blocks
-    calls = []
-    original = blocked_attention.causal_attention
-    monkeypatch.setattr(blocked_attention, "causal_attention", lambda *a: calls.append(1) or original(*a))
-
-    def loss_and_grads():
-        model.zero_grad()
-        loss = stream_losses(model(idx[:, :-1]), idx[:, 1:]).mean()
-        loss.backward()
-        return loss.detach(), [p.grad.clone() for p in model.parameters()]
-
-    blocked = loss_and_grads()
+    model, idx = model_and_batch(n_kv_head=2)
+    calls = count_block_calls(monkeypatch)
+    blocked = loss_and_grads(model, model, idx)
     assert len(calls) == 2
     monkeypatch.setattr(blocked_attention, "chosen", lambda *a: False)
-    flash = loss_and_grads()
+    flash = loss_and_grads(model, model, idx)
     assert len(calls) == 2
-    torch.testing.assert_close(blocked[0], flash[0], rtol=1e-5, atol=1e-6)
-    for a, b in zip(blocked[1], flash[1], strict=True):
-        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+    assert_same_step(blocked, flash)
 
 
 @pytest.mark.slow
 def test_a_compiled_model_attends_through_the_blocks_between_its_graphs(monkeypatch):
     """``torch.compile`` (what ``train.compile`` does) keeps the blocked path, run eagerly between the
     compiled graphs, and gives the eager model's loss and gradients."""
-    torch.manual_seed(0)
-    model = GPT(GPTConfig(vocab_size=50, n_layer=2, n_head=4, n_embd=32, block_size=64))
-    idx = torch.randint(0, 50, (4, 65))  # batch x heads x T^2 = 65k: enough work for the blocks
-    calls = []
-    original = blocked_attention.causal_attention
-    monkeypatch.setattr(blocked_attention, "causal_attention", lambda *a: calls.append(1) or original(*a))
-
-    def loss_and_grads(forward):
-        model.zero_grad()
-        loss = stream_losses(forward(idx[:, :-1]), idx[:, 1:]).mean()
-        loss.backward()
-        return loss.detach(), [p.grad.clone() for p in model.parameters()]
-
-    eager = loss_and_grads(model)
-    compiled = loss_and_grads(torch.compile(model))
+    model, idx = model_and_batch()
+    calls = count_block_calls(monkeypatch)
+    eager = loss_and_grads(model, model, idx)
+    compiled = loss_and_grads(model, torch.compile(model), idx)
     assert len(calls) == 4
-    torch.testing.assert_close(compiled[0], eager[0], rtol=1e-5, atol=1e-6)
-    for a, b in zip(compiled[1], eager[1], strict=True):
-        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+    assert_same_step(compiled, eager)
