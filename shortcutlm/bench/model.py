@@ -15,6 +15,7 @@ import torch
 
 from shortcutlm.bench.common import machine, matmul_peak_flops, median, not_judged, target, timed, write_json
 from shortcutlm.compat.torch_memory import peak_step_bytes
+from shortcutlm.core.allocator import keep_freed_memory
 from shortcutlm.core.formatting import count, nbytes, param_count
 from shortcutlm.core.formatting import text_table as table
 from shortcutlm.core.devices import default_device
@@ -51,6 +52,7 @@ class Trainee:
 
     def __init__(self, config: GPTConfig, batch: int, device: str, dtype: torch.dtype, seed: int = 0,
                  compile: bool = False) -> None:
+        keep_freed_memory()  # as training does (core.allocator)
         torch.manual_seed(seed)
         self.config = config
         self.model = GPT(config).to(device)

@@ -14,8 +14,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
+
+from shortcutlm.models.cross_entropy import target_nats
 
 #: A target that never counts (PyTorch's ``ignore_index`` default).
 IGNORE = -100
@@ -27,14 +28,14 @@ def token_nats(logits: Tensor, targets: Tensor, ignored: Ignored = ()) -> tuple[
     """Cross-entropy of every target and where targets count, both ``[B, K, T]``.
 
     ``logits`` ``[B, T, V]`` or ``[B, K, T, V]``, ``targets`` ``[B, T]`` or ``[B, K, T]`` (K = 1 for
-    one stream). Nats are float32 (from float32 logits) and zero where the target is ``IGNORE``;
-    ``valid`` is False there and where the target is one of ``ignored``.
+    one stream). Nats are float32, computed in float32 whatever the logits' dtype
+    (:mod:`~shortcutlm.models.cross_entropy`), and zero where the target is ``IGNORE``; ``valid`` is
+    False there and where the target is one of ``ignored``.
     """
     if logits.dim() == 3:  # one stream: [B, T, V] -> [B, 1, T, V]
         logits, targets = logits.unsqueeze(1), targets.unsqueeze(1)
     b, k, t, v = logits.shape
-    nats = F.cross_entropy(logits.float().reshape(-1, v), targets.reshape(-1), ignore_index=IGNORE,
-                           reduction="none").view(b, k, t)
+    nats = target_nats(logits.reshape(-1, v), targets.reshape(-1), IGNORE).view(b, k, t)
     valid = targets != IGNORE
     if len(ignored):
         valid &= ~torch.isin(targets, torch.as_tensor(ignored, dtype=targets.dtype, device=targets.device))

@@ -33,6 +33,7 @@ from shortcutlm.artifacts.hparams import TrainingRecord
 from shortcutlm.artifacts.lock import first_process, folder_lock
 from shortcutlm.artifacts.manifest import MANIFEST, ShardManifest
 from shortcutlm.artifacts.remote import shard_folder
+from shortcutlm.core.allocator import keep_freed_memory
 from shortcutlm.core.cleanup import removed_if_failed
 from shortcutlm.compat import lightning_loops
 from shortcutlm.core.config_schema import ConfigError
@@ -328,6 +329,7 @@ def _fit(recipe: Recipe, variant: str, data_dir: Path, out: Path, s: TrainSettin
          shards: ShardManifest, progress: bool, stop_after: int | None,
          callbacks: list[L.Callback] | None, start: finetune.StartingPoint | None = None) -> Path:
     """Build the Lightning trainer for a checked run and fit (or resume) it."""
+    keep_freed_memory()  # each step's activations reuse the last step's pages (core.allocator)
     peak = measured_peak(s, s.accelerator)  # before seeding: a measurement must not move the model's init
     L.seed_everything(s.seed, workers=True, verbose=False)
     spans = None
