@@ -5,8 +5,8 @@ log-probabilities, and its backward a zeroed fp32 gradient, its fp32 result and 
 passes over ``tokens x vocab`` in memory the size of the fp32 logits, which a bf16 step on a CPU
 pays in memory traffic. Here the fp32 maths runs on row chunks that stay in cache, reading the
 logits once each way and writing the gradient once, in the logits' own dtype. Measured at the
-benchmark size (4096 rows x 2048 ids, two threads, AMD EPYC), forward + backward: bf16 logits
-{BF16}; fp32 logits {FP32}.
+benchmark size (4096 rows x 2048 ids, two threads, AMD EPYC), forward + backward, medians: bf16
+logits 13.3 ms against 40.6 for ``F.cross_entropy(logits.float())``; fp32 logits 21 ms against 32.
 
 The result is the same maths: nats = logsumexp(row) - row[target] in fp32; gradient
 (softmax(row) - onehot(target)) x the incoming gradient, rounded once to the logits' dtype.
