@@ -6,9 +6,9 @@ passes over ``tokens x vocab`` in memory the size of the fp32 logits, which a bf
 pays in memory traffic. Here the fp32 maths runs on row chunks that stay in cache, reading the
 logits once each way and writing the gradient once, in the logits' own dtype. Measured at the
 benchmark size (4096 rows x 2048 ids, two threads, AMD EPYC), forward + backward, medians: bf16
-logits 13.3 ms against 40.6 for ``F.cross_entropy(logits.float())``; fp32 logits 21 ms against 32.
+logits 8.2 ms against 42.8 for ``F.cross_entropy(logits.float())``; fp32 logits 7.9 ms against 23.5.
 
-The result is the same maths: nats = logsumexp(row) - row[target] in fp32; gradient
+The result is the same maths: nats = -log_softmax(row)[target] in fp32; gradient
 (softmax(row) - onehot(target)) x the incoming gradient, rounded once to the logits' dtype.
 """
 from __future__ import annotations
@@ -31,30 +31,33 @@ def _chunks(logits: Tensor) -> range:
 
 
 class _TargetNats(torch.autograd.Function):
-    """Nats of each row's target (0 where it is ``ignore``), logits [N, V], targets [N]."""
+    """Nats of each row's target (0 where it is ``ignore``), logits [N, V], targets [N]. Each chunk is
+    one fp32 (log-)softmax kernel reading the logits in their dtype (``dtype=torch.float32``): 8.3 ms
+    forward + backward at 4096 x 2048 in bf16, against 12.2 ms for logsumexp, subtraction and exp
+    as separate passes. Chunks of 1 MiB were the fastest of 256 KiB to 2 MiB."""
 
     @staticmethod
     def forward(ctx: Any, logits: Tensor, targets: Tensor, ignore: int) -> Tensor:
         counted = targets != ignore
         safe = targets.where(counted, 0)
-        lse = torch.empty(logits.shape[0], dtype=torch.float32, device=logits.device)
+        picked = torch.empty(logits.shape[0], dtype=torch.float32, device=logits.device)
         starts = _chunks(logits)
         for s in starts:
             e = s + starts.step
-            lse[s:e] = torch.logsumexp(logits[s:e].float(), dim=-1)
-        picked = logits.gather(1, safe[:, None]).squeeze(1).float()
-        ctx.save_for_backward(logits, safe, counted, lse)
-        return (lse - picked).where(counted, 0.0)
+            log_probs = torch.log_softmax(logits[s:e], dim=-1, dtype=torch.float32)
+            picked[s:e] = log_probs.gather(1, safe[s:e, None]).squeeze(1)
+        ctx.save_for_backward(logits, safe, counted)
+        return picked.neg_().where(counted, 0.0)
 
     @staticmethod
     def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None, None]:
-        logits, safe, counted, lse = ctx.saved_tensors
+        logits, safe, counted = ctx.saved_tensors
         weights = grad.float().where(counted, 0.0)
         out = torch.empty_like(logits)
         starts = _chunks(logits)
         for s in starts:
             e = min(s + starts.step, logits.shape[0])
-            x = (logits[s:e] - lse[s:e, None]).exp_().mul_(weights[s:e, None])  # fp32 by promotion, a new tensor
+            x = torch.softmax(logits[s:e], dim=-1, dtype=torch.float32).mul_(weights[s:e, None])
             x[torch.arange(e - s, device=x.device), safe[s:e]] -= weights[s:e]
             out[s:e] = x
         return out, None, None
