@@ -65,7 +65,11 @@ def _swap_halves(x: Tensor) -> Tensor:
 
 
 def _rotate(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
-    return torch.addcmul(x * cos, _swap_halves(x), sin)
+    """Written into contiguous [..., T, D] memory (from q and k as the projections leave them, heads
+    strided): the blocked attention reads each head's positions contiguously and copies otherwise."""
+    if torch.compiler.is_compiling():  # Inductor picks its own layouts (and mis-handles ``out=`` here)
+        return torch.addcmul(x * cos, _swap_halves(x), sin)
+    return torch.addcmul(x * cos, _swap_halves(x), sin, out=torch.empty(x.shape, dtype=x.dtype, device=x.device))
 
 
 class _Rotate(torch.autograd.Function):

@@ -89,41 +89,53 @@ def training_path(device: str, dtype: torch.dtype, batch_heads: int, t: int) -> 
 
 
 @lru_cache(maxsize=64)
-def _above_diagonal(rows: int, device: torch.device) -> Tensor:
-    """[rows, rows] True where a key lies after its query inside the diagonal block."""
-    return torch.ones(rows, rows, dtype=torch.bool, device=device).triu(1)
+def _above_diagonal(rows: int, dtype: torch.dtype, device: torch.device) -> Tensor:
+    """[rows, rows] in ``dtype``: -inf where a key lies after its query inside the diagonal block, 0
+    elsewhere. Added to the scores rather than written by a boolean mask: the add takes 0.05 ms
+    where ``masked_fill_`` took 0.23 (8 x 6 heads x 128 x 128 in bf16)."""
+    return torch.zeros(rows, rows, dtype=dtype, device=device).masked_fill_(
+        torch.ones(rows, rows, dtype=torch.bool, device=device).triu(1), float("-inf"))
+
+
+def _heads_in_projection_layout(shape: torch.Size, dtype: torch.dtype, device: torch.device) -> Tensor:
+    """An empty [B,H,T,D] tensor over [B,T,H,D] memory: the layout the projections read and write,
+    so a gradient written in it reaches them without a copy."""
+    b, h, t, d = shape
+    return torch.empty(b, t, h, d, dtype=dtype, device=device).transpose(1, 2)
 
 
 class _BlockedCausal(torch.autograd.Function):
-    """Forward and backward of causal attention block by block on q, k, v [B,H,T,D] (q pre-scaled).
+    """Forward and backward of causal attention block by block on q, k, v [B,H,T,D]; q is scaled by
+    ``scale`` as it is made contiguous (one pass), and its gradient as it is written.
 
-    The output (and q's gradient) is written in [B,T,H,D] memory, the layout the projections use, so
-    the heads merge back into [B,T,H*D] without a copy. Inputs and the incoming gradient are made
+    The output and all three gradients are written in [B,T,H,D] memory, the layout the projections
+    use, so the heads merge back into [B,T,H*D] without a copy. Inputs and the incoming gradient are made
     contiguous once: a strided slice would be copied inside every block's product.
     """
 
     @staticmethod
-    def forward(ctx: Any, q: Tensor, k: Tensor, v: Tensor, block: int) -> Tensor:
-        q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
+    def forward(ctx: Any, q: Tensor, k: Tensor, v: Tensor, block: int, scale: float) -> Tensor:
+        q = torch.mul(q, scale, out=torch.empty(q.shape, dtype=q.dtype, device=q.device))  # scaled, contiguous
+        k, v = k.contiguous(), v.contiguous()
         t = q.shape[2]
-        out = q.new_empty(q.shape[0], t, q.shape[1], q.shape[3])  # [B,T,H,D]
+        out = _heads_in_projection_layout(q.shape, q.dtype, q.device)
         probs = []
         for i in range(0, t, block):
             e = min(i + block, t)
             scores = torch.matmul(q[:, :, i:e], k[:, :, :e].transpose(2, 3))
-            scores[..., i:e].masked_fill_(_above_diagonal(e - i, q.device), float("-inf"))
+            scores[..., i:e] += _above_diagonal(e - i, scores.dtype, q.device)
             p = torch.softmax(scores, -1)  # reduced-precision input: PyTorch accumulates in fp32
-            out[:, i:e] = torch.matmul(p, v[:, :, :e]).transpose(1, 2)
+            out[:, :, i:e] = torch.matmul(p, v[:, :, :e])
             probs.append(p)
         ctx.save_for_backward(q, k, v, *probs)
-        ctx.block = block
-        return out.transpose(1, 2)
+        ctx.block, ctx.scale = block, scale
+        return out
 
     @staticmethod
-    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, Tensor, Tensor, None]:
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, Tensor, Tensor, None, None]:
         q, k, v, *probs = ctx.saved_tensors
         grad = grad.to(q.dtype).contiguous()
-        dq = q.new_empty(q.shape[0], q.shape[2], q.shape[1], q.shape[3])  # [B,T,H,D], as the output
+        dq = _heads_in_projection_layout(q.shape, q.dtype, q.device)
         # Keys and values gather from every later block: summed in fp32, rounded once.
         dk = torch.zeros(k.shape, dtype=torch.float32, device=k.device)
         dv = torch.zeros(v.shape, dtype=torch.float32, device=v.device)
@@ -132,9 +144,10 @@ class _BlockedCausal(torch.autograd.Function):
             g = grad[:, :, i:e]
             dv[:, :, :e] += torch.matmul(p.transpose(2, 3), g)
             d_scores = torch._softmax_backward_data(torch.matmul(g, v[:, :, :e].transpose(2, 3)), p, -1, p.dtype)
-            dq[:, i:e] = torch.matmul(d_scores, k[:, :, :e]).transpose(1, 2)
+            torch.mul(torch.matmul(d_scores, k[:, :, :e]), ctx.scale, out=dq[:, :, i:e])  # q was scaled
             dk[:, :, :e] += torch.matmul(d_scores.transpose(2, 3), q[:, :, i:e])
-        return dq.transpose(1, 2), dk.to(k.dtype), dv.to(v.dtype), None
+        return (dq, _heads_in_projection_layout(k.shape, k.dtype, k.device).copy_(dk),
+                _heads_in_projection_layout(v.shape, v.dtype, v.device).copy_(dv), None, None)
 
 
 @torch.compiler.disable  # eager between compiled graphs: traced, its loop unrolls into slower code
@@ -146,5 +159,4 @@ def causal_attention(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
     if groups > 1:
         k, v = k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1)
     with torch.autocast(q.device.type, enabled=False):
-        q = q.to(dtype) * (1 / math.sqrt(q.shape[-1]))
-        return _BlockedCausal.apply(q, k.to(dtype), v.to(dtype), BLOCK[dtype])
+        return _BlockedCausal.apply(q.to(dtype), k.to(dtype), v.to(dtype), BLOCK[dtype], 1 / math.sqrt(q.shape[-1]))

@@ -40,10 +40,11 @@ def worst(got, want):
 
 
 def test_the_blocks_gradients_are_the_gradients_of_their_forward():
-    """The hand-written backward against finite differences, float64, blocks of 3 over 8 positions."""
+    """The hand-written backward against finite differences, float64, blocks of 3 over 8 positions, q's
+    scale (folded into its copy and its gradient) not 1."""
     q, k, v, _ = inputs(8, heads=2, kv_heads=2, d=4, batch=1)
-    leaves = [(x / math.sqrt(4) if i == 0 else x).reshape(1, 2, 8, 4).requires_grad_() for i, x in enumerate((q, k, v))]
-    assert torch.autograd.gradcheck(lambda a, b, c: _BlockedCausal.apply(a, b, c, 3), leaves)
+    leaves = [x.reshape(1, 2, 8, 4).requires_grad_() for x in (q, k, v)]
+    assert torch.autograd.gradcheck(lambda a, b, c: _BlockedCausal.apply(a, b, c, 3, 1 / math.sqrt(4)), leaves)
 
 
 @pytest.mark.parametrize("t", [1, 63, 64, 129, 300, 512])
@@ -69,14 +70,16 @@ def test_bf16_blocks_are_as_close_to_the_reference_as_the_flash_kernel(t):
 
 def test_strided_inputs_and_an_output_the_heads_merge_from_without_a_copy():
     """q, k, v as the projections leave them ([B,T,H,D] memory seen as [B,H,T,D]); the output's heads
-    merge back into [B,T,H*D] as a view."""
+    merge back into [B,T,H*D] as a view, and so do all three gradients."""
     q, k, v, _ = inputs(70)
-    strided = [x.transpose(1, 2).contiguous().transpose(1, 2).float() for x in (q, k, v)]
+    strided = [x.transpose(1, 2).contiguous().transpose(1, 2).float().requires_grad_() for x in (q, k, v)]
     assert not strided[0].is_contiguous()
     out = causal_attention(*strided)
     torch.testing.assert_close(out, causal_attention(*(x.contiguous() for x in strided)), rtol=0, atol=0)
     assert out.transpose(1, 2).is_contiguous()
     torch.testing.assert_close(out.double(), naive(q, k, v), rtol=1e-5, atol=1e-5)
+    grads = torch.autograd.grad(out, strided, torch.randn_like(out))
+    assert all(g.transpose(1, 2).is_contiguous() for g in grads)
 
 
 def test_under_autocast_it_computes_in_the_autocast_dtype():
