@@ -64,22 +64,24 @@ def _swap_halves(x: Tensor) -> Tensor:
     return torch.cat((x2, x1), dim=-1)
 
 
-def _rotate(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
-    """Written into contiguous [..., T, D] memory (from q and k as the projections leave them, heads
-    strided): the blocked attention reads each head's positions contiguously and copies otherwise."""
-    if torch.compiler.is_compiling():  # Inductor picks its own layouts (and mis-handles ``out=`` here)
-        return torch.addcmul(x * cos, _swap_halves(x), sin)
-    return torch.addcmul(x * cos, _swap_halves(x), sin, out=torch.empty(x.shape, dtype=x.dtype, device=x.device))
+def _rotate(x: Tensor, cos: Tensor, sin: Tensor, out: Tensor | None = None) -> Tensor:
+    return torch.addcmul(x * cos, _swap_halves(x), sin, out=out)
 
 
 class _Rotate(torch.autograd.Function):
-    """x·C + swap(x)·S; its gradient g·C + swap(g·S) (swap is its own inverse, S odd across the halves:
-    the transpose of "swap, then scale by S" is "scale by S, then swap")."""
+    """x·C + swap(x)·S; its gradient g·C + swap(g·S): the transpose of swapping the halves is swapping
+    them back, so "swap, then scale by S" transposes to "scale by S, then swap"."""
 
     @staticmethod
     def forward(ctx: Any, x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+        """Written into contiguous [..., T, D] memory (q and k leave the projections with their heads
+        strided): the blocked attention reads each head's positions contiguously, and copies otherwise.
+        Not under ``torch.compile``, which picks its own layouts (and with ``out=`` gave gradients up to
+        1e-4 from eager's: test_a_compiled_model_attends_through_the_blocks_between_its_graphs)."""
         ctx.save_for_backward(cos, sin)
-        return _rotate(x, cos, sin)
+        if torch.compiler.is_compiling():
+            return _rotate(x, cos, sin)
+        return _rotate(x, cos, sin, out=torch.empty(x.shape, dtype=x.dtype, device=x.device))
 
     @staticmethod
     def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None, None]:
