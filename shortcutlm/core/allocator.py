@@ -1,4 +1,4 @@
-"""Keep the memory a training step frees for the next step, instead of handing it back to the kernel.
+"""Keep the memory a step frees for the next step, instead of handing it back to the kernel.
 
 Why: glibc's malloc serves each large block by ``mmap`` and unmaps it when freed, and returns the
 heap's free top beyond a threshold; every step of a CPU training run then faults the pages of its
@@ -6,8 +6,9 @@ activations in again, and the kernel zeroes each one. A bf16 step at 6 x 384 (ba
 71-162 MiB of pages a step; kept, 3 MiB, and the step took 560 ms instead of 586-619 (AMD EPYC, two
 threads, one process). jemalloc and tcmalloc do the same by default (Intel's PyTorch launcher
 preloads one of them), but a preload has to be set up outside Python; glibc's own ``mallopt`` does it
-from inside. The cost: the process holds its peak heap until it exits, as PyTorch's CUDA caching
-allocator does on a GPU.
+from inside. An fp32 evaluation batch (8 x 512 at 6 x 384) faulted 75-260 MiB and took 0.64-0.67 s;
+kept, 0.60-0.64 s. The cost: the process holds its peak heap until it exits, as PyTorch's CUDA caching
+allocator does on a GPU. Training, evaluation and generation set it as they start.
 """
 from __future__ import annotations
 

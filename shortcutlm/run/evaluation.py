@@ -75,6 +75,7 @@ from shortcutlm.artifacts.manifest import ShardManifest
 from shortcutlm.artifacts.remote import remote_location
 from shortcutlm.artifacts.results import EosStats, EvaluationRecord, EvaluationResults, LossStats, write_results
 from shortcutlm.datasets.batches import eval_batches
+from shortcutlm.core.allocator import keep_freed_memory
 from shortcutlm.core.devices import resolve_device
 from shortcutlm.core.errors import UserError
 from shortcutlm.core.formatting import markdown_table, param_count
@@ -204,6 +205,7 @@ def _score(ckpt: Checkpoint, batches: Iterable[torch.Tensor], n_run: int, device
     """One pass over ``n_run`` batches: the sums, the group kind and names, the compute dtype, seconds."""
     from tqdm import tqdm
 
+    keep_freed_memory()  # each batch's activations reuse the last batch's pages (core.allocator)
     model, tok = ckpt.model, ckpt.tokenizer
     kind, names, lookup = _groups(ckpt)
     if lookup is not None:

@@ -79,6 +79,7 @@ from shortcutlm.artifacts.checkpoint import Checkpoint, load_folder
 from shortcutlm.artifacts.files import ArtifactError
 from shortcutlm.artifacts.manifest import ShardManifest
 from shortcutlm.artifacts.sidecar import SampleRecord, read_sidecar, sidecar_path, write_sidecar
+from shortcutlm.core.allocator import keep_freed_memory
 from shortcutlm.core.devices import resolve_device
 from shortcutlm.documents import Document
 from shortcutlm.core.errors import UserError
@@ -294,6 +295,7 @@ class _Sampled:
 
 def _sample(job: _Job, compile: bool, progress: bool, seconds: float | None) -> _Sampled:
     """Sample every row at once; MIDI asked for in seconds goes on until each row lasts them."""
+    keep_freed_memory()  # a prefill's (and an uncached step's) activations reuse freed pages (core.allocator)
     model, tok, start, device = job.ckpt.model, job.tok, job.prompt, job.device
     x = torch.from_numpy(np.ascontiguousarray(start.tail)).to(device).unsqueeze(0)
     x = x.expand(job.samples, *x.shape[1:]).contiguous()
