@@ -26,7 +26,7 @@ from shortcutlm.bench.model import Trainee, add_size_arguments, default_config, 
 from shortcutlm.core.formatting import count
 from shortcutlm.core.formatting import text_table as table
 from shortcutlm.models import GPT, flops_per_token
-from shortcutlm.models.blocked_attention import causal_attention, training_path
+from shortcutlm.models.blocked_attention import causal_attention, trains_blocked, training_path
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 #: bf16 autocast MFU against the measured bf16 peak at the default size.
@@ -99,10 +99,10 @@ def attention_timings(config: Any, batch: int, device: str, repeats: int = 5) ->
                 times[(name, path)].append(seconds)
     out: dict[str, dict[str, Any]] = {}
     for name, dtype in DTYPES.items():
-        taken = training_path(device, dtype, batch * config.n_head, config.block_size)
+        shape_args = (device, dtype, batch * config.n_head, config.block_size)
         row: dict[str, Any] = {f"{path}_ms": 1000 * median(times[(name, path)]) for path in paths}
-        row["taken"] = taken
-        row["taken_path"] = "blocked" if taken.startswith("blocked") else "flash_kernel"
+        row["taken"] = training_path(*shape_args)
+        row["taken_path"] = "blocked" if trains_blocked(*shape_args) else "flash_kernel"
         out[name] = row
     return out
 

@@ -81,9 +81,14 @@ def fits(dtype: torch.dtype, batch_heads: int, t: int, backward: bool) -> bool:
             and saved_bytes(batch_heads, t, BLOCK[dtype], torch.finfo(dtype).bits // 8) <= MAX_SAVED_BYTES)
 
 
+def trains_blocked(device: str, dtype: torch.dtype, batch_heads: int, t: int) -> bool:
+    """Whether an eager training step of this shape takes the blocked path (else the flash kernel)."""
+    return torch.device(device).type == "cpu" and fits(dtype, batch_heads, t, backward=True)
+
+
 def training_path(device: str, dtype: torch.dtype, batch_heads: int, t: int) -> str:
     """Which attention an eager training step of this shape takes, in words (for benchmark reports)."""
-    if torch.device(device).type == "cpu" and fits(dtype, batch_heads, t, backward=True):
+    if trains_blocked(device, dtype, batch_heads, t):
         return f"blocked batched products (models.blocked_attention), query blocks of {BLOCK[dtype]}"
     return "F.scaled_dot_product_attention"
 
