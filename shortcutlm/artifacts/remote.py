@@ -35,6 +35,7 @@ from typing import IO, Any
 
 from shortcutlm.artifacts.files import read_json, read_json_or_none, write_with
 from shortcutlm.artifacts.manifest import FORMAT, MANIFEST, TOKENIZER_FOLDER, ShardError, check_names
+from shortcutlm.core.cache_dir import cache_root
 from shortcutlm.artifacts.names import (MAX_MANIFEST_BYTES, MAX_SHARD_BYTES, MAX_TOKENIZER_FILE_BYTES, UnsafeName,
                                         inside, plain_name)
 
@@ -174,9 +175,7 @@ def _fsspec(url: str, sink: IO[bytes], limit: int) -> int:
 # ------------------------------------------------------------------------------ the local view
 
 def _cache_root() -> Path:
-    base = os.environ.get("SHORTCUTLM_CACHE") or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") \
-        / "shortcutlm"
-    return Path(base) / "remote"
+    return cache_root() / "remote"
 
 
 def open_view(location: str) -> Path:

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import platform
 import time
 from pathlib import Path
@@ -27,10 +26,10 @@ from typing import Any
 import torch
 
 from shortcutlm.artifacts.files import jsonable, write_with
+from shortcutlm.core.cache_dir import cache_root
 
 log = logging.getLogger(__name__)
 
-CACHE_ENV = "SHORTCUTLM_CACHE"
 CACHE_FILE = "peak_flops.json"
 TRIALS = 5
 TRIAL_SECONDS = 0.01  # a GPU trial repeats the product until it takes about this long
@@ -53,10 +52,7 @@ def precision_dtype(precision: str) -> torch.dtype:
 
 def cache_path() -> Path:
     """``$SHORTCUTLM_CACHE/peak_flops.json``, else under ``$XDG_CACHE_HOME/shortcutlm`` (``~/.cache``)."""
-    if os.environ.get(CACHE_ENV):
-        return Path(os.environ[CACHE_ENV]).expanduser() / CACHE_FILE
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base).expanduser() / "shortcutlm" / CACHE_FILE
+    return cache_root() / CACHE_FILE
 
 
 def _cpu_name() -> str:

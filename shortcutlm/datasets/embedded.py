@@ -13,11 +13,11 @@ from __future__ import annotations
 
 import importlib.util
 import multiprocessing
-import os
 from pathlib import Path
 from typing import Any
 from collections.abc import Iterator
 
+from shortcutlm.core.cache_dir import cache_root as shared_cache_root
 from shortcutlm.datasets.splits import assign_splits
 from shortcutlm.documents import Document, Item, Rejected, safe_id
 
@@ -25,9 +25,8 @@ SOUNDFONT = "TimGM6mb.sf2"
 
 
 def cache_root(cache: str | Path | None = None) -> Path:
-    """Where converted corpora are kept: ``cache``, else ``$SHORTCUTLM_CACHE``, else ``~/.cache/shortcutlm``."""
-    chosen = cache or os.environ.get("SHORTCUTLM_CACHE") or Path.home() / ".cache" / "shortcutlm"
-    return Path(chosen).expanduser()
+    """Where converted corpora are kept: ``cache``, else the suite's cache (``core.cache_dir``)."""
+    return Path(cache).expanduser() if cache else shared_cache_root()
 
 
 def _limit(limit: Any) -> int | None:

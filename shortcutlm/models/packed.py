@@ -8,11 +8,13 @@ plain 3.0 ms, packed 1.4 ms; 12 x 768, plain 18.9 ms, packed 9.9 ms; but 4 x 256
 in the L3, plain 0.30 ms, packed 0.38 ms). So :func:`packing_pays` times both on the model itself,
 once per model and thread count, and ``generate`` packs only where it measured a gain.
 
-The packed product is a custom operator (:func:`packed_linear`): it looks the packed copy of its
-weight up by the weight's identity and repacks when the weight's version has changed (an optimiser
-step, ``load_state_dict``), so a model that trains between generations never decodes with stale
-weights, eager or compiled. The packed copies (the weights' size again; q, k and v stacked into
-one, see :func:`project`) live as long as their weights. There is no backward: :class:`Linear`
+The packed product is a custom operator: it looks the packed copy of its weight up by the weight's
+identity and repacks when the weight's version has changed (an optimiser step, ``load_state_dict``),
+so a model that trains between generations never decodes with stale weights, eager or compiled. It
+runs in C++ (``models.native``, built on first use) where it can be built, else in Python
+(:func:`packed_linear`): the same oneDNN product either way, so the same samples. The packed copies
+(the weights' size again; q, k and v stacked into one, see :func:`project`) live as long as their
+weights. There is no backward: :class:`Linear`
 packs only while its ``packed`` flag is set (by :func:`packed_linears`, around decoding) and
 gradients are off.
 """
@@ -22,10 +24,13 @@ import contextlib
 import time
 import weakref
 from collections.abc import Iterator
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from shortcutlm.models import native
 
 #: A packed pass must take at most this share of the plain pass's time for decoding to pack. Packed
 #: and plain products round differently, so a decision that flipped between runs could change a
@@ -35,6 +40,10 @@ PACKING_MARGIN = 0.8
 
 _PACKED: dict[tuple[int, ...], tuple[list[weakref.ref[Tensor]], list[int], Tensor, Tensor | None]] = {}
 _PAYS: weakref.WeakKeyDictionary[nn.Module, dict[tuple, bool]] = weakref.WeakKeyDictionary()
+#: The C++ operators (``models.native``) once :func:`packed_linears` has looked for them; None: Python's.
+_NATIVE: Any = None
+#: Tensors (by id) whose C++ packed copies are dropped as they are freed (a finalizer each, set once).
+_WATCHED: dict[int, weakref.ref[Tensor]] = {}
 
 
 def pack_weight(weight: Tensor) -> Tensor:
@@ -106,9 +115,25 @@ def project(x: Tensor, *layers: Linear | None) -> list[Tensor | None]:
         if len(present) > 1 and torch.is_autocast_enabled(x.device.type):
             x = x.to(torch.get_autocast_dtype(x.device.type))  # autocast would cast x once per layer
         return [None if m is None else m(x) for m in layers]
-    outs = iter(packed_linears_of_one_input(x, [m.weight for m in present],
-                                            [m.bias for m in present if m.bias is not None]))
+    outs = iter(_stacked_products(x, [m.weight for m in present], [m.bias for m in present]))
     return [None if m is None else next(outs) for m in layers]
+
+
+def _one_product(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+    """One packed product, through the C++ operator when it is loaded."""
+    if _NATIVE is not None:
+        return _NATIVE.packed_linear(x, weight, bias)
+    return packed_linear(x, weight, bias)
+
+
+def _stacked_products(x: Tensor, weights: list[Tensor], biases: list[Tensor | None]) -> list[Tensor]:
+    """Products of ``x`` with each weight as one product over their stacked packed copy. The C++
+    operators take two or three weights as separate arguments: a list argument would make Inductor's
+    C++ wrapper call back into Python."""
+    if _NATIVE is not None and len(weights) in (2, 3):
+        call = _NATIVE.packed_linear2 if len(weights) == 2 else _NATIVE.packed_linear3
+        return list(call(x, *weights, *biases))
+    return packed_linears_of_one_input(x, weights, [b for b in biases if b is not None])
 
 
 class Linear(nn.Linear):
@@ -119,7 +144,7 @@ class Linear(nn.Linear):
 
     def forward(self, x: Tensor) -> Tensor:
         if self.packed and not torch.is_grad_enabled():
-            return packed_linear(x, self.weight, self.bias)
+            return _one_product(x, self.weight, self.bias)
         return F.linear(x, self.weight, self.bias)
 
 
@@ -133,8 +158,17 @@ def can_pack(model: nn.Module) -> bool:
 
 @contextlib.contextmanager
 def packed_linears(model: nn.Module, on: bool = True) -> Iterator[None]:
-    """Within the block, every :class:`Linear` of ``model`` reads packed weights (when ``on``)."""
+    """Within the block, every :class:`Linear` of ``model`` reads packed weights (when ``on``), through
+    the C++ operators where they build."""
+    global _NATIVE
     linears = [m for m in model.modules() if isinstance(m, Linear)] if on else []
+    if linears:
+        _NATIVE = native.operators()
+        if _NATIVE is not None:
+            for m in linears:
+                _watch(m.weight)
+                if m.bias is not None:
+                    _watch(m.bias)
     before = [vars(m).get("packed") for m in linears]
     for m in linears:
         m.packed = True
@@ -187,6 +221,22 @@ def packing_pays(model: nn.Module, repeats: int = 10) -> bool:
 
 def _forget(linears: list[Linear]) -> None:
     """Drop the packed copies made of these projections' weights (made again when next needed)."""
-    ids = {id(m.weight) for m in linears} | {id(m.bias) for m in linears if m.bias is not None}
+    tensors = [m.weight for m in linears] + [m.bias for m in linears if m.bias is not None]
+    ids = {id(t) for t in tensors}
     for key in [k for k in _PACKED if set(k) <= ids]:
         _PACKED.pop(key, None)
+    native.forget(tensors)
+
+
+def _watch(tensor: Tensor) -> None:
+    """Drop the C++ operator's packed copies of ``tensor`` when it is freed (they would outlive it:
+    the C++ side holds only weak references, which it sweeps when it next packs)."""
+    known = _WATCHED.get(id(tensor))
+    if known is None or known() is not tensor:
+        _WATCHED[id(tensor)] = weakref.ref(tensor)
+        weakref.finalize(tensor, _freed, id(tensor), tensor._cdata)
+
+
+def _freed(key: int, address: int) -> None:
+    _WATCHED.pop(key, None)
+    native.forget_addresses([address])
