@@ -128,11 +128,11 @@ def _one_product(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
 
 def _stacked_products(x: Tensor, weights: list[Tensor], biases: list[Tensor | None]) -> list[Tensor]:
     """Products of ``x`` with each weight as one product over their stacked packed copy. The C++
-    operators take two or three weights as separate arguments: a list argument would make Inductor's
-    C++ wrapper call back into Python."""
-    if _NATIVE is not None and len(weights) in (2, 3):
-        call = _NATIVE.packed_linear2 if len(weights) == 2 else _NATIVE.packed_linear3
-        return list(call(x, *weights, *biases))
+    operator returns them side by side, split here into views (no copies); it takes up to three
+    weights, as separate arguments (a list would make Inductor's C++ wrapper call back into Python)."""
+    if _NATIVE is not None and len(weights) <= 3:
+        args = [t for pair in zip(weights, biases) for t in pair]
+        return list(_NATIVE.packed_linear(x, *args).split([w.shape[0] for w in weights], dim=-1))
     return packed_linears_of_one_input(x, weights, [b for b in biases if b is not None])
 
 

@@ -86,22 +86,12 @@ def operators() -> Any | None:
 
 
 def _register_shapes() -> None:
-    """Output shapes for ``torch.compile``'s tracing (the C++ side only runs real products)."""
-    def rows_out(x: Tensor, weight: Tensor) -> Tensor:
-        return x.new_empty(*x.shape[:-1], weight.shape[0])
-
+    """The output's shape for ``torch.compile``'s tracing (the C++ side only runs real products)."""
     @torch.library.register_fake(f"{NAME}::packed_linear")
-    def _one(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
-        return rows_out(x, weight)
-
-    @torch.library.register_fake(f"{NAME}::packed_linear2")
-    def _two(x: Tensor, w1: Tensor, w2: Tensor, b1: Tensor | None, b2: Tensor | None) -> tuple[Tensor, Tensor]:
-        return rows_out(x, w1), rows_out(x, w2)
-
-    @torch.library.register_fake(f"{NAME}::packed_linear3")
-    def _three(x: Tensor, w1: Tensor, w2: Tensor, w3: Tensor, b1: Tensor | None, b2: Tensor | None,
-               b3: Tensor | None) -> tuple[Tensor, Tensor, Tensor]:
-        return rows_out(x, w1), rows_out(x, w2), rows_out(x, w3)
+    def _stacked(x: Tensor, w1: Tensor, b1: Tensor | None, w2: Tensor | None = None, b2: Tensor | None = None,
+                 w3: Tensor | None = None, b3: Tensor | None = None) -> Tensor:
+        rows = sum(w.shape[0] for w in (w1, w2, w3) if w is not None)
+        return x.new_empty(*x.shape[:-1], rows)
 
 
 def forget(tensors: list[Tensor]) -> int:

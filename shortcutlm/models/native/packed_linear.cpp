@@ -17,7 +17,6 @@
 #include <map>
 #include <mutex>
 #include <optional>
-#include <tuple>
 #include <vector>
 
 namespace {
@@ -99,10 +98,21 @@ const Packed& packed_copy(const std::vector<at::Tensor>& weights, const std::vec
   return cache[key] = std::move(p);
 }
 
-// x [..., in] times each weight (plus its bias): one product over their stacked packed copy, cut
-// into one output per weight. Outputs of an operator must not alias: several parts are copies.
-std::vector<at::Tensor> products(const at::Tensor& x, const std::vector<at::Tensor>& weights,
-                                 const std::vector<at::Tensor>& biases) {
+// x [..., in] times each weight (plus its bias), the weights stacked: one product over their stacked
+// packed copy, [..., sum of the weights' rows]. The caller splits it (free views), so nothing is
+// copied and an operator's output aliases nothing. Up to three weights (q, k and v) as separate
+// arguments: a list argument would make Inductor's C++ wrapper call back into Python.
+at::Tensor packed_linear(const at::Tensor& x, const at::Tensor& w1, const std::optional<at::Tensor>& b1,
+                         const std::optional<at::Tensor>& w2, const std::optional<at::Tensor>& b2,
+                         const std::optional<at::Tensor>& w3, const std::optional<at::Tensor>& b3) {
+  std::vector<at::Tensor> weights{w1};
+  std::vector<at::Tensor> biases;
+  for (const auto& w : {w2, w3}) {
+    if (w.has_value()) weights.push_back(*w);
+  }
+  for (const auto& b : {b1, b2, b3}) {
+    if (b.has_value()) biases.push_back(*b);
+  }
   TORCH_CHECK(biases.empty() || biases.size() == weights.size(), "packed_linear: one bias per weight, or none");
   at::Tensor out;
   {
@@ -110,41 +120,8 @@ std::vector<at::Tensor> products(const at::Tensor& x, const std::vector<at::Tens
     out = product(x.reshape({-1, x.size(-1)}), packed_copy(weights, biases));
   }
   auto shape = x.sizes().vec();
-  std::vector<at::Tensor> parts;
-  int64_t start = 0;
-  for (const auto& w : weights) {
-    shape.back() = w.size(0);
-    auto part = out.narrow(-1, start, w.size(0));
-    parts.push_back(weights.size() > 1 ? part.clone().view(shape) : part.view(shape));
-    start += w.size(0);
-  }
-  return parts;
-}
-
-std::vector<at::Tensor> present(std::initializer_list<std::optional<at::Tensor>> biases) {
-  std::vector<at::Tensor> out;
-  for (const auto& b : biases) {
-    if (b.has_value()) out.push_back(*b);
-  }
-  return out;
-}
-
-at::Tensor packed_linear(const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& bias) {
-  return products(x, {weight}, present({bias}))[0];
-}
-
-std::tuple<at::Tensor, at::Tensor> packed_linear2(const at::Tensor& x, const at::Tensor& w1, const at::Tensor& w2,
-                                                  const std::optional<at::Tensor>& b1,
-                                                  const std::optional<at::Tensor>& b2) {
-  auto parts = products(x, {w1, w2}, present({b1, b2}));
-  return {parts[0], parts[1]};
-}
-
-std::tuple<at::Tensor, at::Tensor, at::Tensor> packed_linear3(
-    const at::Tensor& x, const at::Tensor& w1, const at::Tensor& w2, const at::Tensor& w3,
-    const std::optional<at::Tensor>& b1, const std::optional<at::Tensor>& b2, const std::optional<at::Tensor>& b3) {
-  auto parts = products(x, {w1, w2, w3}, present({b1, b2, b3}));
-  return {parts[0], parts[1], parts[2]};
+  shape.back() = out.size(-1);
+  return out.view(shape);
 }
 
 // Drop every packed copy made from a tensor at one of these addresses; how many were dropped.
@@ -170,16 +147,12 @@ int64_t copies() {
 }  // namespace
 
 TORCH_LIBRARY(shortcutlm_native, m) {
-  m.def("packed_linear(Tensor x, Tensor weight, Tensor? bias) -> Tensor");
-  m.def("packed_linear2(Tensor x, Tensor w1, Tensor w2, Tensor? b1, Tensor? b2) -> (Tensor, Tensor)");
-  m.def("packed_linear3(Tensor x, Tensor w1, Tensor w2, Tensor w3, Tensor? b1, Tensor? b2, Tensor? b3)"
-        " -> (Tensor, Tensor, Tensor)");
+  m.def("packed_linear(Tensor x, Tensor w1, Tensor? b1, Tensor? w2=None, Tensor? b2=None, Tensor? w3=None,"
+        " Tensor? b3=None) -> Tensor");
   m.def("forget(int[] addresses) -> int", forget);
   m.def("copies() -> int", copies);
 }
 
 TORCH_LIBRARY_IMPL(shortcutlm_native, CPU, m) {
   m.impl("packed_linear", packed_linear);
-  m.impl("packed_linear2", packed_linear2);
-  m.impl("packed_linear3", packed_linear3);
 }
