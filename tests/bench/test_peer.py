@@ -185,6 +185,20 @@ def test_floors_are_the_peak_step_and_one_weight_pass():
     assert layouts[f["decode_weight_read_layout"]] == f["decode_weight_read_seconds"]
 
 
+def test_the_weight_read_floor_is_the_best_round(monkeypatch):
+    """A burst of a neighbour's memory traffic during one round must not raise the ceiling."""
+    from shortcutlm.bench.peer import bounds
+
+    passes = {"plain": lambda: [], "onednn_packed": lambda: []}
+    monkeypatch.setattr(bounds, "weight_passes", lambda *a: passes)
+    readings = iter([5.0, 4.0, 9.0, 8.0,    # round 1: plain, then oneDNN (two repeats each)
+                     3.0, 6.0, 2.0, 7.0,    # round 2: both faster
+                     4.0, 4.0, 9.0, 9.0])   # round 3: a busy one
+    monkeypatch.setattr(bounds, "timed", lambda fn, device: next(readings))
+    best = bounds.weight_read_times(torch.nn.Linear(2, 2), "cpu", torch.float32, repeats=2, rounds=3)
+    assert best == {"plain": 3.0, "onednn_packed": 2.0}
+
+
 def test_every_weight_layout_computes_the_plain_products():
     """The ceiling takes the fastest layout, so each must be a real pass through the same weights."""
     from shortcutlm.bench.peer.bounds import weight_passes
