@@ -14,9 +14,8 @@ so a model that trains between generations never decodes with stale weights, eag
 runs in C++ (``models.native``, built on first use) where it can be built, else in Python
 (:func:`packed_linear`): the same oneDNN product either way, so the same samples. The packed copies
 (the weights' size again; q, k and v stacked into one, see :func:`project`) live as long as their
-weights. There is no backward: :class:`Linear`
-packs only while its ``packed`` flag is set (by :func:`packed_linears`, around decoding) and
-gradients are off.
+weights. There is no backward: :class:`Linear` packs only while its ``packed`` flag is set (by
+:func:`packed_linears`, around decoding) and gradients are off.
 """
 from __future__ import annotations
 
@@ -234,7 +233,7 @@ def _watch(tensor: Tensor) -> None:
     known = _WATCHED.get(id(tensor))
     if known is None or known() is not tensor:
         _WATCHED[id(tensor)] = weakref.ref(tensor)
-        weakref.finalize(tensor, _freed, id(tensor), tensor._cdata)
+        weakref.finalize(tensor, _freed, id(tensor), tensor._cdata).atexit = False  # exiting frees all
 
 
 def _freed(key: int, address: int) -> None:
