@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from shortcutlm.core import peak
+from shortcutlm.core.cache_dir import CACHE_ENV
 from shortcutlm.core.config_schema import from_dict
 from shortcutlm.run.recipe import Recipe
 from shortcutlm.run.training import train
@@ -17,16 +18,31 @@ from tests.conftest import tiny_recipe_dict
 @pytest.fixture
 def cache(tmp_path, monkeypatch):
     """The peak cache lives in tmp_path: tests never touch the real home."""
-    monkeypatch.setenv(peak.CACHE_ENV, str(tmp_path / "cache"))
+    monkeypatch.setenv(CACHE_ENV, str(tmp_path / "cache"))
     return tmp_path / "cache" / peak.CACHE_FILE
 
 
 def test_cache_location_follows_the_environment(tmp_path, monkeypatch):
-    monkeypatch.delenv(peak.CACHE_ENV, raising=False)
+    monkeypatch.delenv(CACHE_ENV, raising=False)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
     assert peak.cache_path() == tmp_path / "xdg" / "shortcutlm" / "peak_flops.json"
-    monkeypatch.setenv(peak.CACHE_ENV, str(tmp_path / "mine"))
+    monkeypatch.setenv(CACHE_ENV, str(tmp_path / "mine"))
     assert peak.cache_path() == tmp_path / "mine" / "peak_flops.json"
+
+
+def test_every_cache_of_the_suite_sits_under_one_root(tmp_path, monkeypatch):
+    """Converted corpora, remote shards' views, the peak and the C++ operator's build follow the same
+    variables (the embedded corpora once ignored ``$XDG_CACHE_HOME``)."""
+    from shortcutlm.artifacts.remote import _cache_root
+    from shortcutlm.datasets.embedded import cache_root
+    from shortcutlm.models.native import build_directory
+
+    monkeypatch.delenv(CACHE_ENV, raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    root = tmp_path / "xdg" / "shortcutlm"
+    for path in (cache_root(), _cache_root(), peak.cache_path(), build_directory()):
+        assert root in path.parents or path == root
+    assert cache_root(tmp_path / "given") == tmp_path / "given"
 
 
 def test_cache_round_trips_and_only_grows(cache):

@@ -71,6 +71,8 @@ def operators() -> Any | None:
 
         folder = build_directory()
         folder.mkdir(parents=True, exist_ok=True)
+        if not (folder / f"{NAME}.so").exists():  # a pause the user should not mistake for a hang
+            log.warning("building the packed product's C++ operator in %s (once, some 10 s)", folder)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             cpp_extension.load(name=NAME, sources=[str(SOURCE)], extra_cflags=["-O2"],
