@@ -215,3 +215,18 @@ def test_without_the_cpp_operator_decoding_falls_back_to_python_and_says_why(mon
     with caplog.at_level(logging.WARNING, logger=native.__name__):
         assert build() is None
     assert "did not build" in caplog.text
+
+
+def test_two_threads_decoding_at_once_get_what_each_gets_alone(operator):
+    """The packed copies are shared state: concurrent generations (a server's threads) must neither
+    block nor read each other's weights."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    models = [tiny(), tiny(n_embd=48, n_head=4, n_kv_head=4)]
+    prompt = torch.randint(0, 37, (1, 5))
+    settings = SamplingSettings(temperature=0.9, top_k=20, seed=11)
+    alone = [generate(m, prompt, 40, settings, pack_weights=True) for m in models]
+    with ThreadPoolExecutor(2) as pool:
+        together = list(pool.map(lambda m: generate(m, prompt, 40, settings, pack_weights=True), models * 3))
+    for i, ids in enumerate(together):
+        assert torch.equal(ids, alone[i % 2])

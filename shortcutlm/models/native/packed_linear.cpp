@@ -114,11 +114,14 @@ at::Tensor packed_linear(const at::Tensor& x, const at::Tensor& w1, const std::o
     if (b.has_value()) biases.push_back(*b);
   }
   TORCH_CHECK(biases.empty() || biases.size() == weights.size(), "packed_linear: one bias per weight, or none");
-  at::Tensor out;
+  Packed copy;  // its tensors shared, not copied: the product runs outside the lock, on what was current
   {
     std::lock_guard<std::mutex> guard(cache_mutex);
-    out = product(x.reshape({-1, x.size(-1)}), packed_copy(weights, biases));
+    const Packed& current = packed_copy(weights, biases);
+    copy.weight = current.weight;
+    copy.bias = current.bias;
   }
+  auto out = product(x.reshape({-1, x.size(-1)}), copy);
   auto shape = x.sizes().vec();
   shape.back() = out.size(-1);
   return out.view(shape);
