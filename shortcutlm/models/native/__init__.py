@@ -3,8 +3,8 @@
 Why C++: a compiled decoding chunk calls the packed product 25 times a token at 6 x 384, and the
 Python operator in ``models.packed`` costs 26 µs a call where oneDNN's own product costs 14 µs (AMD
 EPYC, two threads, a 384 x 384 weight); the C++ operator costs 14.8 µs, and Inductor's C++ wrapper
-calls it without entering Python. Decoding at 6 x 384 ran 424-427 tokens/s compiled through the
-Python operator and 480-581 through this one, with the same ids (two processes each, interleaved).
+calls it without entering Python. Decoding at 6 x 384 ran 396-415 tokens/s compiled through the
+Python operator and 525-605 through this one, with the same ids (two processes each, alternated).
 
 The source is compiled with PyTorch's own extension builder (the C++ compiler ``torch.compile``
 already needs, and ninja) into the suite's cache, some 8 s on first use, then loaded from there; a

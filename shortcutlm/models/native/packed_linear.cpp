@@ -1,10 +1,10 @@
-// Packed one-row products for decoding, as operators whose whole call stays in C++.
+// Packed one-row products for decoding, as an operator whose whole call stays in C++.
 //
 // Why C++: models/packed.py's Python operator costs 26 us a call for a 384 x 384 weight where
 // oneDNN's own product costs 14 us (AMD EPYC, two threads), and a compiled decoding chunk calls it
-// through the dispatcher into Python 25 times a token. These operators do the same work (look the
-// packed copy up by the weight's identity, repack when its version moved, multiply) without Python:
-// 14.8 us a call, and Inductor's C++ wrapper calls them directly.
+// through the dispatcher into Python 25 times a token. This operator does the same work (look the
+// packed copy up by the weights' identity, repack when a version moved, multiply) without Python:
+// 14.8 us a call, and Inductor's C++ wrapper calls it directly.
 //
 // The packed copies live in a map keyed by the tensors' TensorImpl addresses; each entry keeps weak
 // references, so a freed weight is never read and its address reused by a new tensor is a miss.
