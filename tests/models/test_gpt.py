@@ -510,6 +510,24 @@ def test_compiled_chunks_decode_the_ids_eager_decoding_decodes(variant):
 
 
 @pytest.mark.slow
+def test_compiled_chunks_through_the_cpp_packed_product_decode_the_eager_ids():
+    """q, k and v as one product of three stacked weights with their biases, in the compiled graph,
+    through the C++ operator (``models.native``) where it builds, else the Python one."""
+    from torch._inductor.utils import run_and_get_code
+
+    from shortcutlm.models import native, packed
+
+    model = make(tiny(n_layer=2, block_size=32, bias=True))
+    prompt = tokens(model.config, 1, 4)
+    settings = SamplingSettings(temperature=1.0, top_k=10, seed=2)
+    compiled, code = run_and_get_code(generate, model, prompt, 14, settings, compile=True, pack_weights=True)
+    assert torch.equal(compiled, generate(model, prompt, 14, settings, pack_weights=True))
+    assert packed._NATIVE is native.operators()
+    if native.operators() is not None:  # the generated C++ wrapper calls it with no way back into Python
+        assert "shortcutlm_native::packed_linear" in "".join(code) and "custom_op_wrapper" not in "".join(code)
+
+
+@pytest.mark.slow
 def test_compiled_chunks_decode_greedy_and_nucleus_ids_as_eager_decoding():
     """The sampling settings a chunk bakes in: greedy (no noise; here from a one-token prompt at batch
     1, a cache length and a batch size Dynamo specialises) and a nucleus over the whole vocabulary
