@@ -45,13 +45,13 @@ at::Tensor reorder(const at::Tensor& weight) {
   return op.call(weight, 1);
 }
 
-at::Tensor product(const at::Tensor& rows, const Packed& p) {
+at::Tensor product(const at::Tensor& rows, const at::Tensor& weight, const std::optional<at::Tensor>& bias) {
   static auto op = c10::Dispatcher::singleton()
                        .findSchemaOrThrow("mkldnn::_linear_pointwise", "")
                        .typed<at::Tensor(const at::Tensor&, const at::Tensor&, const std::optional<at::Tensor>&,
                                          c10::string_view, c10::List<std::optional<at::Scalar>>,
                                          std::optional<c10::string_view>)>();
-  return op.call(rows, p.weight, p.bias, "none", c10::List<std::optional<at::Scalar>>(), c10::string_view(""));
+  return op.call(rows, weight, bias, "none", c10::List<std::optional<at::Scalar>>(), c10::string_view(""));
 }
 
 bool current(const Packed& p, const std::vector<at::Tensor>& tensors) {
@@ -114,14 +114,15 @@ at::Tensor packed_linear(const at::Tensor& x, const at::Tensor& w1, const std::o
     if (b.has_value()) biases.push_back(*b);
   }
   TORCH_CHECK(biases.empty() || biases.size() == weights.size(), "packed_linear: one bias per weight, or none");
-  Packed copy;  // its tensors shared, not copied: the product runs outside the lock, on what was current
+  at::Tensor weight;  // shared with the cache, not copied: the product runs outside the lock
+  std::optional<at::Tensor> bias;
   {
     std::lock_guard<std::mutex> guard(cache_mutex);
     const Packed& current = packed_copy(weights, biases);
-    copy.weight = current.weight;
-    copy.bias = current.bias;
+    weight = current.weight;
+    bias = current.bias;
   }
-  auto out = product(x.reshape({-1, x.size(-1)}), copy);
+  auto out = product(x.reshape({-1, x.size(-1)}), weight, bias);
   auto shape = x.sizes().vec();
   shape.back() = out.size(-1);
   return out.view(shape);
